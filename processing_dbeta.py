@@ -1,0 +1,443 @@
+"""D-BETA processor: the one place where ECG signals are conditioned and report text is cleaned.
+
+Every consumer (training, evaluation, the pipeline, the demo) goes through `DBetaFeatureExtractor`, so a
+model always sees signals prepared the same way. The input contract of the released checkpoint:
+12 leads in the order I, II, III, aVR, aVL, aVF, V1-V6, millivolts, 500 Hz, 10 s (5000 samples).
+
+This file is remote code: at module level it imports only numpy, torch, transformers and the standard library.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from transformers import BatchFeature, FeatureExtractionMixin, ProcessorMixin
+
+STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+# MIMIC-IV-ECG's WFDB files store aVF before aVL.
+MIMIC_LEADS = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
+
+NORMALIZATIONS = ("none", "minmax")
+CROP_POLICIES = ("start", "center", "random")
+NAN_POLICIES = ("interpolate", "zero", "raise")
+
+_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3, "v": 1e3, "nv": 1e-6}
+
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
+
+
+def canonical_lead_name(name: str) -> str:
+    """Map the many spellings of a lead name ("Lead aVR (Goldberger)", "AVR", "DII", "v1") to the standard one."""
+    raw = str(name).strip()
+    key = re.sub(r"\(.*?\)", "", raw)
+    key = re.sub(r"^lead\s*", "", key.strip(), flags=re.IGNORECASE).strip().upper().replace(" ", "")
+    key = {"DI": "I", "DII": "II", "DIII": "III"}.get(key, key)
+    for lead in STANDARD_LEADS:
+        if key == lead.upper():
+            return lead
+    raise ValueError(f"unknown lead name {raw!r}; expected one of {', '.join(STANDARD_LEADS)}")
+
+
+def unit_scale_to_mv(unit: str) -> float:
+    """Factor that converts a signal in `unit` to millivolts."""
+    key = str(unit).strip().lower().replace(" ", "")
+    if key not in _UNIT_TO_MV:
+        raise ValueError(f"unknown signal unit {unit!r}; expected one of mV, uV, V")
+    return _UNIT_TO_MV[key]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# File readers: they only read. They return the raw signal in millivolts with its rate and lead names.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ECGReadError(ValueError):
+    """A record could not be read; the message names the file."""
+
+
+@dataclass
+class ECGRecord:
+    signal: np.ndarray  # [leads, samples], float32, millivolts
+    sampling_rate: float
+    lead_names: list
+    path: str = ""
+
+
+def read_wfdb(path: Union[str, Path]) -> ECGRecord:
+    """Read a WFDB record (`path` with or without the .hea suffix) and convert every channel to millivolts."""
+    try:
+        import wfdb
+    except ImportError as err:  # pragma: no cover - wfdb is in requirements.txt
+        raise ImportError("reading WFDB records needs the `wfdb` package: pip install wfdb") from err
+    base = str(path)
+    if base.endswith((".hea", ".dat", ".mat")):
+        base = base[:-4]
+    if not Path(base + ".hea").is_file():
+        raise ECGReadError(f"{base}.hea: WFDB header not found")
+    try:
+        header = wfdb.rdheader(base)
+        record = wfdb.rdrecord(base)
+    except Exception as err:  # wfdb raises assorted ValueError/IndexError/OSError on damaged files
+        raise ECGReadError(f"{base}: unreadable WFDB record ({type(err).__name__}: {err})") from err
+    signal = record.p_signal
+    if signal is None or signal.ndim != 2:
+        raise ECGReadError(f"{base}: WFDB record has no physical signal")
+    if header.sig_len and signal.shape[0] != header.sig_len:
+        raise ECGReadError(
+            f"{base}: header says {header.sig_len} samples but the data file holds {signal.shape[0]} (truncated?)"
+        )
+    units = record.units or ["mV"] * signal.shape[1]
+    try:
+        scales = np.array([unit_scale_to_mv(u) for u in units], dtype=np.float64)
+    except ValueError as err:
+        raise ECGReadError(f"{base}: {err}") from err
+    mv = (signal * scales[None, :]).T.astype(np.float32)
+    return ECGRecord(mv, float(record.fs), list(record.sig_name), base)
+
+
+def read_dicom(path: Union[str, Path], group: str = "RHYTHM") -> ECGRecord:
+    """Read a DICOM 12-lead ECG waveform (the multiplex group named `group`, else the first) in millivolts."""
+    try:
+        import pydicom
+    except ImportError as err:
+        raise ImportError("reading DICOM ECGs needs the `pydicom` package: pip install pydicom") from err
+    try:
+        ds = pydicom.dcmread(str(path))
+        groups = list(ds.WaveformSequence)
+    except Exception as err:
+        raise ECGReadError(f"{path}: not a DICOM waveform file ({type(err).__name__}: {err})") from err
+    labels = [str(getattr(g, "MultiplexGroupLabel", "")).upper() for g in groups]
+    index = labels.index(group.upper()) if group.upper() in labels else 0
+    wave = groups[index]
+    data = ds.waveform_array(index).astype(np.float64)  # [samples, channels], sensitivity already applied
+    names, scales = [], []
+    for channel in wave.ChannelDefinitionSequence:
+        names.append(str(channel.ChannelSourceSequence[0].CodeMeaning))
+        unit_seq = getattr(channel, "ChannelSensitivityUnitsSequence", None)
+        unit = str(unit_seq[0].CodeValue) if unit_seq else "uV"
+        scales.append(unit_scale_to_mv(unit))
+    mv = (data * np.asarray(scales)[None, :]).T.astype(np.float32)
+    return ECGRecord(mv, float(wave.SamplingFrequency), names, str(path))
+
+
+def read_ecg_file(path: Union[str, Path]) -> ECGRecord:
+    """Read a DICOM (.dcm) or WFDB (.hea/.dat or the record name) file."""
+    p = Path(path)
+    if p.suffix.lower() == ".dcm":
+        return read_dicom(p)
+    return read_wfdb(p)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Signal conditioning
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _repair_non_finite(x: np.ndarray, policy: str, where: str) -> np.ndarray:
+    """Linear interpolation across NaN/inf gaps in each lead; the edges take the nearest finite value."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    if policy == "raise":
+        raise ValueError(f"{where}: {int(bad.sum())} NaN/inf samples (nan_policy='raise')")
+    x = x.copy()
+    positions = np.arange(x.shape[1])
+    for lead in np.nonzero(bad.any(axis=1))[0]:
+        good = ~bad[lead]
+        if not good.any():
+            if policy == "zero":
+                x[lead] = 0.0
+                continue
+            raise ValueError(f"{where}: lead {lead} has no finite sample (use nan_policy='zero' to zero it)")
+        if policy == "zero":
+            x[lead, bad[lead]] = 0.0
+        else:
+            x[lead, bad[lead]] = np.interp(positions[bad[lead]], positions[good], x[lead, good])
+    return x
+
+
+def _resample(x: np.ndarray, source_rate: float, target_rate: float) -> np.ndarray:
+    if abs(source_rate - target_rate) < 1e-6:
+        return x
+    try:
+        from scipy.signal import resample_poly
+    except ImportError as err:
+        raise ImportError("resampling needs scipy: pip install scipy") from err
+    ratio = Fraction(target_rate / source_rate).limit_denominator(1000)
+    return resample_poly(x, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
+
+
+class DBetaFeatureExtractor(FeatureExtractionMixin):
+    r"""Turns raw 12-lead ECGs into the model's `ecg_values` [batch, 12, 5000].
+
+    Steps, in order, for each record:
+      1. shape check: [leads, samples] (a [samples, 12] array is rejected with a hint to transpose);
+      2. lead order: with `lead_names` the leads are reordered to I, II, III, aVR, aVL, aVF, V1-V6 (extra leads
+         are dropped, a missing one is an error); without it the array must already be in that order;
+      3. non-finite repair (`nan_policy`): "interpolate" (default) bridges NaN/inf gaps linearly per lead and
+         rejects a lead with no finite sample; "zero" zeroes them; "raise" refuses any;
+      4. resampling to `sampling_rate` (polyphase, scipy.signal.resample_poly);
+      5. length: shorter than `min_duration` seconds is an error; shorter than `num_samples` is zero-padded at
+         the end; longer is cropped to `num_samples` by `crop` ("start": the first 10 s as in the benchmark
+         protocol; "center"; "random": for training augmentation);
+      6. amplitude: `normalization="none"` keeps millivolts (what the authors' checkpoint expects); "minmax"
+         scales each whole record to [0, 1] over all leads together (the MERL protocol).
+    """
+
+    model_input_names = ["ecg_values"]
+
+    def __init__(
+        self,
+        sampling_rate: int = 500,
+        num_samples: int = 5000,
+        lead_names: Sequence[str] = STANDARD_LEADS,
+        normalization: str = "none",
+        crop: str = "start",
+        nan_policy: str = "interpolate",
+        min_duration: float = 2.0,
+        **kwargs,
+    ):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        if crop not in CROP_POLICIES:
+            raise ValueError(f"crop must be one of {CROP_POLICIES}, got {crop!r}")
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        self.sampling_rate = int(sampling_rate)
+        self.num_samples = int(num_samples)
+        self.lead_names = list(lead_names)
+        self.normalization = normalization
+        self.crop = crop
+        self.nan_policy = nan_policy
+        self.min_duration = float(min_duration)
+        super().__init__(**kwargs)
+
+    @property
+    def num_leads(self) -> int:
+        return len(self.lead_names)
+
+    def __call__(
+        self,
+        ecg,
+        sampling_rate: Union[float, Sequence[float], None] = None,
+        lead_names: Optional[Sequence] = None,
+        return_tensors: Optional[str] = "pt",
+        crop: Optional[str] = None,
+        generator: Optional[np.random.Generator] = None,
+        **kwargs,
+    ) -> BatchFeature:
+        records = self._as_record_list(ecg)
+        if sampling_rate is None:
+            raise ValueError(
+                "sampling_rate is required: pass the rate (Hz) the ECG was recorded at, e.g. sampling_rate=500"
+            )
+        rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * len(records)
+        if len(rates) != len(records):
+            raise ValueError(f"got {len(rates)} sampling rates for {len(records)} ECGs")
+        names_per_record = self._lead_names_per_record(lead_names, len(records))
+        out = np.stack(
+            [
+                self.condition(x, float(r), names, crop=crop, generator=generator, where=f"ecg[{i}]")
+                for i, (x, r, names) in enumerate(zip(records, rates, names_per_record))
+            ]
+        )
+        return BatchFeature({"ecg_values": out}, tensor_type=return_tensors)
+
+    def condition(
+        self,
+        x: np.ndarray,
+        sampling_rate: float,
+        lead_names: Optional[Sequence[str]] = None,
+        crop: Optional[str] = None,
+        generator: Optional[np.random.Generator] = None,
+        where: str = "ecg",
+    ) -> np.ndarray:
+        """Condition one record [leads, samples]; see the class docstring for the steps."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"{where}: expected [leads, samples], got shape {tuple(x.shape)}")
+        if not np.isfinite(sampling_rate) or sampling_rate <= 0:
+            raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {sampling_rate}")
+        x = self._reorder_leads(x, lead_names, where)
+        if x.shape[1] == 0:
+            raise ValueError(f"{where}: the signal is empty")
+        x = _repair_non_finite(x, self.nan_policy, where)
+        x = _resample(x, sampling_rate, self.sampling_rate)
+        min_len = int(round(self.min_duration * self.sampling_rate))
+        if x.shape[1] < min_len:
+            raise ValueError(
+                f"{where}: {x.shape[1] / self.sampling_rate:.2f} s of signal is shorter than the minimum "
+                f"{self.min_duration:g} s (min_duration)"
+            )
+        x = self._fit_length(x, crop or self.crop, generator)
+        if self.normalization == "minmax":
+            lo, hi = float(x.min()), float(x.max())
+            x = (x - lo) / (hi - lo + 1e-8)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _as_record_list(self, ecg) -> list:
+        if ecg is None:
+            raise ValueError("no ECG given")
+        if isinstance(ecg, torch.Tensor):
+            ecg = ecg.detach().cpu().float().numpy()
+        if isinstance(ecg, np.ndarray):
+            if ecg.size == 0:
+                raise ValueError("the ECG array is empty")
+            if ecg.ndim == 2:
+                return [ecg]
+            if ecg.ndim == 3:
+                return list(ecg)
+            raise ValueError(f"expected [leads, samples] or [batch, leads, samples], got shape {ecg.shape}")
+        if isinstance(ecg, (list, tuple)):
+            if len(ecg) == 0:
+                raise ValueError("the list of ECGs is empty")
+            if np.isscalar(ecg[0]):
+                raise ValueError("expected [leads, samples] arrays, got a flat list of numbers")
+            if isinstance(ecg[0], (list, tuple)) and len(ecg[0]) > 0 and np.isscalar(ecg[0][0]):
+                return [np.asarray(ecg, dtype=np.float32)]  # one record as nested lists
+            return [e.detach().cpu().float().numpy() if isinstance(e, torch.Tensor) else np.asarray(e) for e in ecg]
+        raise TypeError(f"unsupported ECG input of type {type(ecg).__name__}")
+
+    def _lead_names_per_record(self, lead_names, n: int) -> list:
+        if lead_names is None:
+            return [None] * n
+        if len(lead_names) and isinstance(lead_names[0], (list, tuple)):
+            if len(lead_names) != n:
+                raise ValueError(f"got {len(lead_names)} lead-name lists for {n} ECGs")
+            return list(lead_names)
+        return [lead_names] * n
+
+    def _reorder_leads(self, x: np.ndarray, lead_names, where: str) -> np.ndarray:
+        if lead_names is None:
+            if x.shape[0] != self.num_leads:
+                hint = " (it looks like [samples, leads]: pass ecg.T)" if x.shape[1] == self.num_leads else ""
+                raise ValueError(
+                    f"{where}: expected {self.num_leads} leads ({', '.join(self.lead_names)}), "
+                    f"got {x.shape[0]} rows{hint}"
+                )
+            return x
+        if len(lead_names) != x.shape[0]:
+            raise ValueError(f"{where}: {len(lead_names)} lead names for {x.shape[0]} leads")
+        canon = [canonical_lead_name(n) for n in lead_names]
+        missing = [lead for lead in self.lead_names if lead not in canon]
+        if missing:
+            raise ValueError(f"{where}: missing lead(s) {', '.join(missing)} (have {', '.join(canon)})")
+        return x[[canon.index(lead) for lead in self.lead_names]]
+
+    def _fit_length(self, x: np.ndarray, crop: str, generator) -> np.ndarray:
+        n, target = x.shape[1], self.num_samples
+        if n < target:
+            return np.pad(x, ((0, 0), (0, target - n)))
+        if n == target:
+            return x
+        if crop == "start":
+            start = 0
+        elif crop == "center":
+            start = (n - target) // 2
+        elif crop == "random":
+            start = int((generator or np.random.default_rng()).integers(0, n - target + 1))
+        else:
+            raise ValueError(f"crop must be one of {CROP_POLICIES}, got {crop!r}")
+        return x[:, start : start + target]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Report text
+# --------------------------------------------------------------------------------------------------------------
+
+_EDGE_MARKS = ("*** ", " ***", "***", "=-", "=")
+
+
+def normalize_report(text: str) -> str:
+    """Clean a report the way the model was trained on: lower case, "ekg" -> "ecg", trimmed of edge markup."""
+    text = str(text).lower().strip().replace("ekg", "ecg")
+    changed = True
+    while changed:  # markers can be stacked ("*** =-"), so strip until nothing changes
+        changed = False
+        for mark in _EDGE_MARKS:
+            if text.startswith(mark):
+                text, changed = text[len(mark) :], True
+            if text.endswith(mark):
+                text, changed = text[: -len(mark)], True
+        stripped = text.strip()
+        changed = changed or stripped != text
+        text = stripped
+    return text
+
+
+def assemble_report(fields: Sequence) -> str:
+    """Join machine-report fields (e.g. MIMIC-IV-ECG's report_0..report_17) with ". ", skipping empty ones."""
+    parts = []
+    for field in fields:
+        if field is None or (isinstance(field, float) and np.isnan(field)):
+            continue
+        part = str(field).strip().rstrip(".").strip()
+        if part:
+            parts.append(part)
+    return ". ".join(parts)
+
+
+class DBetaProcessor(ProcessorMixin):
+    r"""An ECG feature extractor and a tokenizer as one processor.
+
+    `processor(ecg=..., sampling_rate=500, text=[...])` returns `ecg_values` and/or `input_ids` and
+    `attention_mask`. Texts are cleaned with `normalize_report` unless `normalize_text=False`; an empty text
+    (before or after cleaning) is an error naming its index.
+    """
+
+    def __init__(self, feature_extractor, tokenizer):
+        super().__init__(feature_extractor, tokenizer)
+
+    normalize_report = staticmethod(normalize_report)
+
+    def __call__(
+        self,
+        ecg=None,
+        text=None,
+        sampling_rate=None,
+        lead_names=None,
+        return_tensors: Optional[str] = "pt",
+        normalize_text: bool = True,
+        max_length: int = 256,
+        padding="longest",
+        **kwargs,
+    ) -> BatchFeature:
+        if ecg is None and text is None:
+            raise ValueError("give an ECG (ecg=...), a text (text=...) or both")
+        data = {}
+        if ecg is not None:
+            data.update(
+                self.feature_extractor(
+                    ecg, sampling_rate=sampling_rate, lead_names=lead_names, return_tensors=None, **kwargs
+                )
+            )
+        if text is not None:
+            data.update(
+                self.tokenize(text, normalize_text=normalize_text, max_length=max_length, padding=padding)
+            )
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def tokenize(self, text, normalize_text: bool = True, max_length: int = 256, padding="longest") -> dict:
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("the list of texts is empty")
+        cleaned = []
+        for i, t in enumerate(texts):
+            if t is None or not str(t).strip():
+                raise ValueError(f"text[{i}] is empty")
+            c = normalize_report(t) if normalize_text else str(t)
+            if not c:
+                raise ValueError(f"text[{i}] is empty after normalization (was {t!r})")
+            cleaned.append(c)
+        enc = self.tokenizer(cleaned, padding=padding, truncation=True, max_length=max_length)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    @property
+    def model_input_names(self):
+        return ["ecg_values", "input_ids", "attention_mask"]
