@@ -1,0 +1,244 @@
+"""D-BETA configuration: an ECG encoder sub-config, a text encoder sub-config, and the fusion/objective settings.
+
+Defaults reproduce the authors' full-size model (arXiv 2410.02131): a wav2vec2-style ECG encoder (4 strided convs,
+8 post-LN transformer layers, width 768), Flan-T5-base's encoder for text, 6 + 6 cross-attention fusion layers and a
+4-block MEM decoder. `DBetaConfig.small()` gives a ~6M-parameter variant for quick experiments and CPU demos.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+# google/flan-t5-base's encoder settings, written here because the config cannot be downloaded offline.
+FLAN_T5_BASE = dict(
+    model_type="t5",
+    vocab_size=32128,
+    d_model=768,
+    d_kv=64,
+    d_ff=2048,
+    num_layers=12,
+    num_decoder_layers=12,
+    num_heads=12,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    dropout_rate=0.1,
+    layer_norm_epsilon=1e-6,
+    initializer_factor=1.0,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+
+ETS_MODES = ("fixed", "learnable")
+MEM_TARGET_NORMS = ("lead", "patch", "none")
+
+
+def _text_config_from(value) -> PretrainedConfig:
+    if value is None:
+        value = dict(FLAN_T5_BASE)
+    if isinstance(value, PretrainedConfig):
+        return value
+    value = dict(value)
+    model_type = value.pop("model_type", "t5")
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"text_config: unknown model_type {model_type!r}")
+    return CONFIG_MAPPING[model_type](**value)
+
+
+class DBetaECGConfig(PretrainedConfig):
+    r"""The ECG encoder: strided conv feature extractor, convolutional positional encoding, post-LN transformer.
+
+    `conv_layers` lists (channels, kernel, stride) per conv; the product of strides is the token size in samples
+    (16 by default: 5000 samples -> 312 tokens of 32 ms).
+    """
+
+    model_type = "dbeta_ecg"
+    base_config_key = "ecg_config"
+
+    def __init__(
+        self,
+        num_leads: int = 12,
+        conv_layers=((256, 2, 2),) * 4,
+        conv_bias: bool = False,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 8,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        conv_pos_kernel: int = 128,
+        conv_pos_groups: int = 16,
+        hidden_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation_dropout: float = 0.0,
+        input_dropout: float = 0.1,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.num_leads = num_leads
+        self.conv_layers = [list(layer) for layer in conv_layers]
+        self.conv_bias = conv_bias
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.conv_pos_kernel = conv_pos_kernel
+        self.conv_pos_groups = conv_pos_groups
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.input_dropout = input_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"ecg_config: hidden_size {hidden_size} is not divisible by {num_attention_heads} heads")
+
+    @property
+    def token_size(self) -> int:
+        size = 1
+        for _, _, stride in self.conv_layers:
+            size *= stride
+        return size
+
+    def num_tokens(self, num_samples: int) -> int:
+        n = num_samples
+        for _, kernel, stride in self.conv_layers:
+            n = (n - kernel) // stride + 1
+        return n
+
+
+class DBetaConfig(PretrainedConfig):
+    r"""Configuration of a D-BETA model.
+
+    Args:
+        ecg_config: a `DBetaECGConfig` (or its dict).
+        text_config: any Hugging Face encoder config or its dict with `model_type`; T5 configs use T5's encoder,
+            others `AutoModel`. Default: google/flan-t5-base.
+        hidden_size: width of the projections, the fusion layers and the 768-d features.
+        num_fusion_layers: cross-attention layers per stream (6 text + 6 ECG by default).
+        mem_layer: the fused ECG stream after this many fusion layers feeds the MEM decoder.
+        mem_mask_ratio: fraction of ECG tokens hidden from the encoder during pretraining (CLS is never hidden).
+        mem_target_norm: "lead" z-scores each lead of each record over the whole signal (the authors' choice),
+            "patch" z-scores each patch (MAE's), "none" regresses raw values.
+        ets_mode: "fixed" is the authors' ECG-text sigmoid loss (raw dot product of tanh features, scale 1, no
+            bias); "learnable" is SigLIP's (L2-normalised features, learnable temperature init log 10, bias -10).
+        loss weights: `mem_weight`, `mlm_weight`, `etm_weight`, `ets_weight` (the authors sum them unweighted).
+        ets_gather: all-gather features across processes so the ECG-text loss sees the global batch.
+    """
+
+    model_type = "dbeta"
+    sub_configs = {"ecg_config": DBetaECGConfig}
+
+    def __init__(
+        self,
+        ecg_config=None,
+        text_config=None,
+        hidden_size: int = 768,
+        num_fusion_layers: int = 6,
+        fusion_num_heads: int = 12,
+        fusion_intermediate_size: int = 3072,
+        fusion_dropout: float = 0.1,
+        fusion_layer_norm_eps: float = 1e-12,
+        mem_layer: int = 3,
+        mem_mask_ratio: float = 0.75,
+        mem_decoder_hidden_size: int = 384,
+        mem_decoder_layers: int = 4,
+        mem_decoder_heads: int = 6,
+        mem_decoder_max_positions: int = 512,
+        mem_target_norm: str = "lead",
+        mlm_probability: float = 0.25,
+        ets_mode: str = "fixed",
+        ets_gather: bool = True,
+        mem_weight: float = 1.0,
+        mlm_weight: float = 1.0,
+        etm_weight: float = 1.0,
+        ets_weight: float = 1.0,
+        classifier_dropout: float = 0.1,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        if isinstance(ecg_config, dict):
+            ecg_config = DBetaECGConfig(**ecg_config)
+        self.ecg_config = ecg_config if ecg_config is not None else DBetaECGConfig()
+        self.text_config = _text_config_from(text_config)
+        self.hidden_size = hidden_size
+        self.num_fusion_layers = num_fusion_layers
+        self.fusion_num_heads = fusion_num_heads
+        self.fusion_intermediate_size = fusion_intermediate_size
+        self.fusion_dropout = fusion_dropout
+        self.fusion_layer_norm_eps = fusion_layer_norm_eps
+        self.mem_layer = mem_layer
+        self.mem_mask_ratio = mem_mask_ratio
+        self.mem_decoder_hidden_size = mem_decoder_hidden_size
+        self.mem_decoder_layers = mem_decoder_layers
+        self.mem_decoder_heads = mem_decoder_heads
+        self.mem_decoder_max_positions = mem_decoder_max_positions
+        self.mem_target_norm = mem_target_norm
+        self.mlm_probability = mlm_probability
+        self.ets_mode = ets_mode
+        self.ets_gather = ets_gather
+        self.mem_weight = mem_weight
+        self.mlm_weight = mlm_weight
+        self.etm_weight = etm_weight
+        self.ets_weight = ets_weight
+        self.classifier_dropout = classifier_dropout
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self):
+        if self.ets_mode not in ETS_MODES:
+            raise ValueError(f"ets_mode must be one of {ETS_MODES}, got {self.ets_mode!r}")
+        if self.mem_target_norm not in MEM_TARGET_NORMS:
+            raise ValueError(f"mem_target_norm must be one of {MEM_TARGET_NORMS}, got {self.mem_target_norm!r}")
+        if not 1 <= self.mem_layer <= self.num_fusion_layers:
+            raise ValueError(f"mem_layer must be in [1, {self.num_fusion_layers}], got {self.mem_layer}")
+        if self.hidden_size % self.fusion_num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.fusion_num_heads} heads")
+        if not 0.0 <= self.mem_mask_ratio < 1.0:
+            raise ValueError(f"mem_mask_ratio must be in [0, 1), got {self.mem_mask_ratio}")
+
+    @property
+    def text_hidden_size(self) -> int:
+        text = self.text_config
+        return getattr(text, "d_model", None) or text.hidden_size
+
+    def to_dict(self):
+        out = super().to_dict()
+        out["ecg_config"] = self.ecg_config.to_dict()
+        out["text_config"] = self.text_config.to_dict()
+        return out
+
+    @classmethod
+    def small(cls, text_config=None, **overrides) -> "DBetaConfig":
+        """A ~6M-parameter D-BETA (without the text encoder) for tests, CPU demos and quick experiments.
+
+        Width 128, 4 ECG layers, 2 + 2 fusion layers, 2 MEM decoder blocks. Pass `text_config` (e.g. a small
+        T5 or BERT config) to match the text encoder you have.
+        """
+        ecg = DBetaECGConfig(
+            conv_layers=[(128, 2, 2)] * 4,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=512,
+            conv_pos_kernel=32,
+            conv_pos_groups=8,
+        )
+        values = dict(
+            ecg_config=ecg,
+            text_config=text_config,
+            hidden_size=128,
+            num_fusion_layers=2,
+            fusion_num_heads=4,
+            fusion_intermediate_size=512,
+            mem_layer=1,
+            mem_decoder_hidden_size=64,
+            mem_decoder_layers=2,
+            mem_decoder_heads=2,
+        )
+        values.update(overrides)
+        return cls(**values)

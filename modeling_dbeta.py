@@ -1,0 +1,704 @@
+"""D-BETA: contrastive masked ECG-text auto-encoder (Pham, Saeed, Ma; arXiv 2410.02131).
+
+Classes:
+    DBetaModel                   ECG and text encoders, fusion, `get_ecg_features`, `get_text_features`,
+                                 `get_matching_logits`; `forward` gives both embeddings and their similarity logits.
+    DBetaForPreTraining          + the MEM decoder, MLM and ETM heads and the four losses.
+    DBetaForECGClassification    ECG path + a linear classifier (single- or multi-label), for `Trainer`.
+
+This file is remote code: at module level it imports only torch, transformers and the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel, T5EncoderModel
+from transformers import initialization as init
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_dbeta import DBetaConfig, DBetaECGConfig
+except ImportError:  # imported as a top-level module (tests, scripts)
+    from configuration_dbeta import DBetaConfig, DBetaECGConfig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DBetaOutput(ModelOutput):
+    """ECG and text embeddings (the unimodal 768-d features) and their similarity logits."""
+
+    loss: Optional[torch.FloatTensor] = None
+    logits_per_ecg: Optional[torch.FloatTensor] = None
+    logits_per_text: Optional[torch.FloatTensor] = None
+    ecg_embeds: Optional[torch.FloatTensor] = None
+    text_embeds: Optional[torch.FloatTensor] = None
+    ecg_last_hidden_state: Optional[torch.FloatTensor] = None
+    text_last_hidden_state: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class DBetaPreTrainingOutput(ModelOutput):
+    """The weighted total loss, each objective's loss, and the logits behind them."""
+
+    loss: Optional[torch.FloatTensor] = None
+    mem_loss: Optional[torch.FloatTensor] = None
+    mlm_loss: Optional[torch.FloatTensor] = None
+    etm_loss: Optional[torch.FloatTensor] = None
+    ets_loss: Optional[torch.FloatTensor] = None
+    etm_logits: Optional[torch.FloatTensor] = None
+    etm_accuracy: Optional[torch.FloatTensor] = None
+    mlm_logits: Optional[torch.FloatTensor] = None
+    mem_pred: Optional[torch.FloatTensor] = None
+    mem_mask: Optional[torch.FloatTensor] = None
+    ecg_embeds: Optional[torch.FloatTensor] = None
+    text_embeds: Optional[torch.FloatTensor] = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DBetaAttention(nn.Module):
+    """Multi-head attention (self or cross) through `scaled_dot_product_attention`."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class DBetaFp32GroupNorm(nn.GroupNorm):
+    """GroupNorm computed in float32 (keeps bf16/fp16 runs stable)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
+        return out.type_as(x)
+
+
+class DBetaFp32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 (the MEM decoder's norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return out.type_as(x)
+
+
+class DBetaConvLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool, norm: bool):
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
+        self.norm = DBetaFp32GroupNorm(out_channels, out_channels, affine=True) if norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return F.gelu(x)
+
+
+class DBetaPositionalConv(nn.Module):
+    """Convolutional relative position encoding with weight normalisation over the kernel axis.
+
+    weight = g * v / ||v||, the norm taken over output and input channels for each kernel tap, as in wav2vec 2.0.
+    """
+
+    def __init__(self, dim: int, kernel: int, groups: int):
+        super().__init__()
+        self.kernel = kernel
+        self.groups = groups
+        self.weight_g = nn.Parameter(torch.empty(1, 1, kernel))
+        self.weight_v = nn.Parameter(torch.empty(dim, dim // groups, kernel))
+        self.bias = nn.Parameter(torch.empty(dim))
+
+    def weight(self) -> torch.Tensor:
+        norm = self.weight_v.norm(dim=(0, 1), keepdim=True)
+        return self.weight_v * (self.weight_g / norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, D]
+        y = F.conv1d(x.transpose(1, 2), self.weight().to(x.dtype), self.bias.to(x.dtype),
+                     padding=self.kernel // 2, groups=self.groups)
+        if self.kernel % 2 == 0:  # "same" padding for an even kernel: the last step is one too many
+            y = y[..., :-1]
+        return F.gelu(y).transpose(1, 2)
+
+
+class DBetaECGLayer(nn.Module):
+    """Post-LN transformer layer (wav2vec 2.0 with layer_norm_first=False)."""
+
+    def __init__(self, config: DBetaECGConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.self_attn = DBetaAttention(d, config.num_attention_heads, config.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.fc1 = nn.Linear(d, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, d)
+        self.final_layer_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x)))
+        h = self.activation_dropout(F.gelu(self.fc1(x).float()).type_as(x))
+        return self.final_layer_norm(x + self.dropout(self.fc2(h)))
+
+
+class DBetaECGEncoder(nn.Module):
+    """Strided convs -> LayerNorm -> projection -> conv positions -> [CLS] + tokens -> post-LN transformer."""
+
+    def __init__(self, config: DBetaECGConfig):
+        super().__init__()
+        self.config = config
+        layers, in_ch = [], config.num_leads
+        for i, (out_ch, kernel, stride) in enumerate(config.conv_layers):
+            layers.append(DBetaConvLayer(in_ch, out_ch, kernel, stride, config.conv_bias, norm=(i == 0)))
+            in_ch = out_ch
+        self.conv_layers = nn.ModuleList(layers)
+        self.feature_layer_norm = nn.LayerNorm(in_ch, eps=config.layer_norm_eps)
+        self.feature_projection = nn.Linear(in_ch, config.hidden_size)
+        self.input_dropout = nn.Dropout(config.input_dropout)
+        self.pos_conv = DBetaPositionalConv(config.hidden_size, config.conv_pos_kernel, config.conv_pos_groups)
+        self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(DBetaECGLayer(config) for _ in range(config.num_hidden_layers))
+
+    def embed(self, ecg_values: torch.Tensor) -> torch.Tensor:
+        """[B, leads, samples] -> position-encoded tokens [B, T, D] (no CLS)."""
+        if ecg_values.dim() != 3 or ecg_values.shape[1] != self.config.num_leads:
+            raise ValueError(
+                f"ecg_values must be [batch, {self.config.num_leads}, samples], got {tuple(ecg_values.shape)}"
+            )
+        x = ecg_values
+        for layer in self.conv_layers:
+            x = layer(x)
+        x = self.feature_layer_norm(x.transpose(1, 2))
+        x = self.input_dropout(self.feature_projection(x))
+        return x + self.pos_conv(x)
+
+    def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Prepend CLS to `tokens` (only the `keep` indices [B, K] when given) and run the transformer."""
+        if keep is not None:
+            tokens = tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        cls = self.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+        x = self.dropout(self.layer_norm(torch.cat([cls, tokens], dim=1)))
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def forward(self, ecg_values: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.embed(ecg_values))
+
+
+class DBetaPooler(nn.Module):
+    """Token 0 -> Linear -> tanh."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class DBetaFusionLayer(nn.Module):
+    """BERT-style cross layer: self-attention, cross-attention to the other stream, FFN; post-LN."""
+
+    def __init__(self, config: DBetaConfig):
+        super().__init__()
+        d, eps, p = config.hidden_size, config.fusion_layer_norm_eps, config.fusion_dropout
+        self.self_attn = DBetaAttention(d, config.fusion_num_heads, p)
+        self.self_attn_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.cross_attn = DBetaAttention(d, config.fusion_num_heads, p)
+        self.cross_attn_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.fc1 = nn.Linear(d, config.fusion_intermediate_size)
+        self.fc2 = nn.Linear(config.fusion_intermediate_size, d)
+        self.final_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.dropout = nn.Dropout(p)
+
+    def forward(self, x, context, self_mask=None, context_mask=None):
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, mask=self_mask)))
+        x = self.cross_attn_layer_norm(x + self.dropout(self.cross_attn(x, context, mask=context_mask)))
+        return self.final_layer_norm(x + self.dropout(self.fc2(F.gelu(self.fc1(x)))))
+
+
+class DBetaFusion(nn.Module):
+    """Text and ECG streams updated together: each layer reads both streams' previous outputs."""
+
+    def __init__(self, config: DBetaConfig):
+        super().__init__()
+        self.text_layers = nn.ModuleList(DBetaFusionLayer(config) for _ in range(config.num_fusion_layers))
+        self.ecg_layers = nn.ModuleList(DBetaFusionLayer(config) for _ in range(config.num_fusion_layers))
+
+    def forward(self, text, ecg, text_mask=None, capture_ecg_after: Optional[int] = None):
+        """Returns (text, ecg, ecg stream after `capture_ecg_after` layers or None). `text_mask` is additive."""
+        captured = None
+        for i, (text_layer, ecg_layer) in enumerate(zip(self.text_layers, self.ecg_layers)):
+            text, ecg = text_layer(text, ecg, text_mask, None), ecg_layer(ecg, text, None, text_mask)
+            if capture_ecg_after == i + 1:
+                captured = ecg
+        return text, ecg, captured
+
+
+def _additive_mask(attention_mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    if attention_mask is None:
+        return None
+    mask = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+def _build_text_encoder(config) -> nn.Module:
+    if config.model_type == "t5":
+        return T5EncoderModel(config)
+    try:
+        return AutoModel.from_config(config, add_pooling_layer=False)
+    except TypeError:  # encoders without a pooler option
+        return AutoModel.from_config(config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained model base
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DBetaPreTrainedModel(PreTrainedModel):
+    config_class = DBetaConfig
+    base_model_prefix = "dbeta"
+    main_input_name = "ecg_values"
+    input_modalities = ("ecg", "text")
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, DBetaConvLayer):
+            init.kaiming_normal_(module.conv.weight)
+        elif isinstance(module, DBetaPositionalConv):
+            fan = module.kernel * module.weight_v.shape[0]
+            init.normal_(module.weight_v, mean=0.0, std=math.sqrt(4.0 / fan))
+            init.copy_(module.weight_g, module.weight_v.norm(dim=(0, 1), keepdim=True))
+            init.zeros_(module.bias)
+        elif isinstance(module, DBetaECGEncoder):
+            init.uniform_(module.class_embedding)
+        elif isinstance(module, DBetaMEMDecoder):
+            init.normal_(module.mask_token, mean=0.0, std=std)
+        elif isinstance(module, DBetaMLMHead):
+            init.zeros_(module.bias)
+        elif isinstance(module, DBetaModel) and module.config.ets_mode == "learnable":
+            init.constant_(module.logit_scale, math.log(10.0))
+            init.constant_(module.logit_bias, -10.0)
+
+
+class _ECGPathMixin:
+    """The unimodal ECG feature path shared by every class: encoder -> projection -> tanh pooler."""
+
+    def _build_ecg_path(self, config: DBetaConfig):
+        self.ecg_model = DBetaECGEncoder(config.ecg_config)
+        self.ecg_projection = nn.Linear(config.ecg_config.hidden_size, config.hidden_size)
+        self.ecg_pooler = DBetaPooler(config.hidden_size)
+
+    def _ecg_input(self, ecg_values: torch.Tensor) -> torch.Tensor:
+        return ecg_values.to(self.ecg_projection.weight.dtype)
+
+    def get_ecg_features(self, ecg_values: torch.Tensor) -> torch.Tensor:
+        """The 768-d ECG feature [B, hidden]: CLS token -> projection -> tanh pooler."""
+        cls = self.ecg_model(self._ecg_input(ecg_values))[:, :1]
+        return self.ecg_pooler(self.ecg_projection(cls))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DBetaModel
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
+    _keys_to_ignore_on_load_unexpected = [r"^mem_head\.", r"^mlm_head\.", r"^etm_head\.", r"^classifier\."]
+
+    def __init__(self, config: DBetaConfig):
+        super().__init__(config)
+        d = config.hidden_size
+        self._build_ecg_path(config)
+        self.text_model = _build_text_encoder(config.text_config)
+        self.text_projection = nn.Linear(config.text_hidden_size, d)
+        self.text_pooler = DBetaPooler(d)
+        self.modality_type_embeddings = nn.Embedding(2, d)  # 0 = text, 1 = ECG
+        self.fusion = DBetaFusion(config)
+        self.fused_text_pooler = DBetaPooler(d)
+        self.fused_ecg_pooler = DBetaPooler(d)
+        if config.ets_mode == "learnable":
+            self.logit_scale = nn.Parameter(torch.empty(()))
+            self.logit_bias = nn.Parameter(torch.empty(()))
+        self.post_init()
+
+    # -- unimodal paths -------------------------------------------------------------------------------------
+
+    def encode_ecg(self, ecg_values: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Projected ECG tokens [B, 1 + T, hidden] (CLS first); only the `keep` token indices when given."""
+        tokens = self.ecg_model.embed(self._ecg_input(ecg_values))
+        return self.ecg_projection(self.ecg_model.encode(tokens, keep))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Projected text tokens [B, L, hidden]. The attention mask is always passed to the text encoder."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.text_projection(hidden)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
+        """The 768-d text feature [B, hidden]: text encoder (with its mask) -> projection -> tanh pooler (token 0)."""
+        return self.text_pooler(self.encode_text(input_ids, attention_mask))
+
+    # -- fused path -----------------------------------------------------------------------------------------
+
+    def fuse(self, ecg_states, text_states, attention_mask=None, capture_ecg_after=None):
+        text_type = self.modality_type_embeddings.weight[0].to(text_states.dtype)
+        ecg_type = self.modality_type_embeddings.weight[1].to(ecg_states.dtype)
+        mask = _additive_mask(attention_mask, text_states.dtype)
+        return self.fusion(text_states + text_type, ecg_states + ecg_type, mask, capture_ecg_after)
+
+    def fused_features(self, fused_text: torch.Tensor, fused_ecg: torch.Tensor) -> torch.Tensor:
+        """[text pooled, ECG pooled] -> [B, 2 * hidden], the ECG-text matching head's input."""
+        return torch.cat([self.fused_text_pooler(fused_text), self.fused_ecg_pooler(fused_ecg)], dim=-1)
+
+    def get_fused_features(self, ecg_values, input_ids, attention_mask=None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text, ecg, _ = self.fuse(self.encode_ecg(ecg_values), self.encode_text(input_ids, attention_mask),
+                                 attention_mask)
+        return self.fused_features(text, ecg)
+
+    # -- similarity -----------------------------------------------------------------------------------------
+
+    def similarity(self, ecg_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """ECG x text logits as trained: raw dot product ("fixed"), or SigLIP's scaled cosine ("learnable")."""
+        if self.config.ets_mode == "learnable":
+            ecg_embeds = F.normalize(ecg_embeds, dim=-1)
+            text_embeds = F.normalize(text_embeds, dim=-1)
+            return ecg_embeds @ text_embeds.t() * self.logit_scale.exp() + self.logit_bias
+        return ecg_embeds @ text_embeds.t()
+
+    def forward(
+        self,
+        ecg_values: Optional[torch.Tensor] = None,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> DBetaOutput:
+        ecg_embeds = text_embeds = logits_per_ecg = logits_per_text = None
+        if ecg_values is not None:
+            ecg_embeds = self.get_ecg_features(ecg_values)
+        if input_ids is not None:
+            text_embeds = self.get_text_features(input_ids, attention_mask)
+        if ecg_embeds is not None and text_embeds is not None:
+            logits_per_ecg = self.similarity(ecg_embeds, text_embeds)
+            logits_per_text = logits_per_ecg.t()
+        return DBetaOutput(
+            logits_per_ecg=logits_per_ecg,
+            logits_per_text=logits_per_text,
+            ecg_embeds=ecg_embeds,
+            text_embeds=text_embeds,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretraining heads
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DBetaMatchingHead(nn.Module):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.fc = nn.Linear(2 * hidden_size, 2)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.fc(fused)
+
+
+class DBetaMLMHead(nn.Module):
+    """BERT prediction head: dense -> GELU -> LayerNorm -> vocabulary (untied) + bias."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.empty(vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm(F.gelu(self.dense(x)))) + self.bias
+
+
+class DBetaDecoderBlock(nn.Module):
+    """Pre-LN transformer block with QuickGELU (the MEM decoder's)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.ln_1 = DBetaFp32LayerNorm(dim)
+        self.attn = DBetaAttention(dim, heads, dropout=0.0)
+        self.ln_2 = DBetaFp32LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        h = self.fc1(self.ln_2(x))
+        return x + self.fc2(h * torch.sigmoid(1.702 * h))
+
+
+def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
+    position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div)
+    return pe
+
+
+class DBetaMEMDecoder(nn.Module):
+    """MAE-style decoder: visible tokens + mask tokens, unshuffled, sinusoidal positions -> patch values."""
+
+    def __init__(self, config: DBetaConfig):
+        super().__init__()
+        dim = config.mem_decoder_hidden_size
+        self.max_positions = config.mem_decoder_max_positions
+        self.embed = nn.Linear(config.hidden_size, dim)
+        self.mask_token = nn.Parameter(torch.empty(1, 1, dim))
+        self.blocks = nn.ModuleList(
+            DBetaDecoderBlock(dim, config.mem_decoder_heads) for _ in range(config.mem_decoder_layers)
+        )
+        self.norm = DBetaFp32LayerNorm(dim)
+        self.pred = nn.Linear(dim, config.ecg_config.num_leads * config.ecg_config.token_size)
+
+    def forward(self, visible: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """visible: [B, 1 + K, hidden] (CLS first); ids_restore: [B, T]. Returns [B, T, leads * token_size]."""
+        x = self.embed(visible)
+        b, n, d = x.shape
+        t = ids_restore.shape[1]
+        if t + 1 > self.max_positions:
+            raise ValueError(f"{t} ECG tokens exceed the MEM decoder's {self.max_positions - 1} positions")
+        tokens = torch.cat([x[:, 1:], self.mask_token.to(x.dtype).expand(b, t + 1 - n, d)], dim=1)
+        tokens = tokens.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+        x = torch.cat([x[:, :1], tokens], dim=1)
+        x = x + sinusoidal_positions(t + 1, d, x.device).to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        return self.pred(self.norm(x))[:, 1:]
+
+
+def random_token_mask(batch: int, length: int, mask_ratio: float, device, generator=None):
+    """Per-sample random subset of tokens to keep (MAE). Returns keep [B, K], ids_restore [B, T], mask [B, T]."""
+    num_keep = max(1, int(length * (1.0 - mask_ratio)))
+    noise = torch.rand(batch, length, device=device, generator=generator)
+    ids_shuffle = noise.argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    mask = torch.ones(batch, length, device=device)
+    mask[:, :num_keep] = 0
+    return ids_shuffle[:, :num_keep], ids_restore, mask.gather(1, ids_restore)
+
+
+def mem_targets(ecg_values: torch.Tensor, num_tokens: int, token_size: int, norm: str) -> torch.Tensor:
+    """ECG [B, leads, samples] -> per-token targets [B, T, leads * token_size] (lead-major within a token)."""
+    b, leads, _ = ecg_values.shape
+    x = ecg_values[:, :, : num_tokens * token_size].float()
+    if norm == "lead":  # each lead of each record over the whole (trimmed) signal
+        x = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
+    x = x.reshape(b, leads, num_tokens, token_size).permute(0, 2, 1, 3).reshape(b, num_tokens, -1)
+    if norm == "patch":
+        x = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
+    return x
+
+
+def _all_gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenate `x` from every process (gradients flow back); returns (global, this rank's offset)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x, 0
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0), torch.distributed.get_rank() * x.shape[0]
+
+
+class DBetaForPreTraining(DBetaModel):
+    r"""D-BETA with its four pretraining objectives, computed on one forward over the masked ECG:
+
+    - MEM: the MAE decoder reconstructs the hidden ECG tokens from the fused ECG stream after `mem_layer`;
+      mean squared error over hidden tokens only.
+    - MLM: masked text tokens (the collator masks aligned pairs only) predicted from the fused text stream;
+      the vocabulary projection runs only on the masked positions.
+    - ETM: matched / mismatched classification of the fused pair (`is_aligned`; N3S supplies the mismatches).
+    - ETS: sigmoid loss over the batch's ECG x text scores (all-gathered across processes when `ets_gather`);
+      a row whose text is a sampled negative has no positive.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: DBetaConfig):
+        super().__init__(config)
+        self.mem_head = DBetaMEMDecoder(config)
+        self.mlm_head = DBetaMLMHead(config.hidden_size, config.text_config.vocab_size, config.fusion_layer_norm_eps)
+        self.etm_head = DBetaMatchingHead(config.hidden_size)
+        self.post_init()
+
+    def get_matching_logits(self, ecg_values, input_ids, attention_mask=None) -> torch.Tensor:
+        """ECG-text matching logits [B, 2] (index 1 = matched) for the fused, unmasked pair."""
+        return self.etm_head(self.get_fused_features(ecg_values, input_ids, attention_mask))
+
+    def ets_loss(self, ecg_embeds, text_embeds, is_aligned) -> torch.Tensor:
+        texts, offset = (_all_gather_with_grad(text_embeds) if self.config.ets_gather else (text_embeds, 0))
+        logits = self.similarity(ecg_embeds, texts).float()
+        labels = -torch.ones_like(logits)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        labels[rows, rows + offset] = is_aligned.float() * 2 - 1
+        return -F.logsigmoid(labels * logits).mean()
+
+    def forward(
+        self,
+        ecg_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        mlm_labels: Optional[torch.Tensor] = None,
+        is_aligned: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> DBetaPreTrainingOutput:
+        cfg = self.config
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if is_aligned is None:
+            is_aligned = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+        tokens = self.ecg_model.embed(self._ecg_input(ecg_values))
+        b, t, _ = tokens.shape
+        keep, ids_restore, mem_mask = random_token_mask(b, t, cfg.mem_mask_ratio, tokens.device, generator)
+        ecg_states = self.ecg_projection(self.ecg_model.encode(tokens, keep))
+        text_states = self.encode_text(input_ids, attention_mask)
+        ecg_embeds, text_embeds = self.ecg_pooler(ecg_states), self.text_pooler(text_states)
+
+        fused_text, fused_ecg, mem_stream = self.fuse(ecg_states, text_states, attention_mask, cfg.mem_layer)
+
+        etm_logits = self.etm_head(self.fused_features(fused_text, fused_ecg))
+        etm_loss = F.cross_entropy(etm_logits.float(), is_aligned)
+        etm_accuracy = (etm_logits.argmax(-1) == is_aligned).float().mean()
+
+        mlm_logits, mlm_loss = None, etm_loss.new_zeros(())
+        if mlm_labels is not None:
+            selected = mlm_labels != -100
+            if selected.any():
+                mlm_logits = self.mlm_head(fused_text[selected])
+                mlm_loss = F.cross_entropy(mlm_logits.float(), mlm_labels[selected])
+
+        mem_pred = self.mem_head(mem_stream, ids_restore)
+        target = mem_targets(ecg_values, t, cfg.ecg_config.token_size, cfg.mem_target_norm)
+        per_token = (mem_pred.float() - target).pow(2).mean(-1)
+        mem_loss = (per_token * mem_mask).sum() / mem_mask.sum().clamp(min=1.0)
+
+        ets_loss = self.ets_loss(ecg_embeds, text_embeds, is_aligned)
+        loss = (cfg.mem_weight * mem_loss + cfg.mlm_weight * mlm_loss + cfg.etm_weight * etm_loss
+                + cfg.ets_weight * ets_loss)
+        return DBetaPreTrainingOutput(
+            loss=loss,
+            mem_loss=mem_loss.detach(),
+            mlm_loss=mlm_loss.detach(),
+            etm_loss=etm_loss.detach(),
+            ets_loss=ets_loss.detach(),
+            etm_logits=etm_logits,
+            etm_accuracy=etm_accuracy,
+            mlm_logits=mlm_logits,
+            mem_pred=mem_pred,
+            mem_mask=mem_mask,
+            ecg_embeds=ecg_embeds,
+            text_embeds=text_embeds,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Classification
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
+    r"""The ECG path with a linear classifier on the 768-d feature.
+
+    `config.problem_type` is "single_label_classification" (cross-entropy on class indices) or
+    "multi_label_classification" (BCE on multi-hot float labels); if unset it is inferred from the labels'
+    dtype. `config.class_weights` (one per class) weights the positive term of the BCE loss.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [
+        r"^text_model\.", r"^text_projection\.", r"^text_pooler\.", r"^modality_type_embeddings\.",
+        r"^fusion\.", r"^fused_", r"^mem_head\.", r"^mlm_head\.", r"^etm_head\.", r"^logit_",
+    ]
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: DBetaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self._build_ecg_path(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, ecg_values: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                return_dict: Optional[bool] = None, **kwargs) -> SequenceClassifierOutput:
+        features = self.get_ecg_features(ecg_values)
+        logits = self.classifier(self.dropout(features))
+        loss = None
+        if labels is not None:
+            problem = self.config.problem_type
+            if problem is None:
+                problem = "multi_label_classification" if labels.is_floating_point() else "single_label_classification"
+            if problem == "multi_label_classification":
+                weights = getattr(self.config, "class_weights", None)
+                pos_weight = torch.tensor(weights, device=logits.device) if weights else None
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=pos_weight)
+            elif problem == "single_label_classification":
+                loss = F.cross_entropy(logits.float(), labels.long().view(-1))
+            else:
+                raise ValueError(f"unsupported problem_type {problem!r} for ECG classification")
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+__all__ = [
+    "DBetaPreTrainedModel",
+    "DBetaModel",
+    "DBetaForPreTraining",
+    "DBetaForECGClassification",
+    "DBetaOutput",
+    "DBetaPreTrainingOutput",
+]
