@@ -1,0 +1,95 @@
+"""Push an exported model folder (save_pretrained output) to the Hugging Face Hub in one commit.
+
+Generic on purpose: works for any folder holding `config.json` + `model.safetensors` (plain transformers
+models as well as remote-code models such as DBetaModel, whose .py files are uploaded like any other file).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, constants
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_FILES = ("config.json", "model.safetensors")
+SHARDED_WEIGHTS_INDEX = "model.safetensors.index.json"  # accepted in place of model.safetensors
+MODEL_CARD = "model_card.md"  # uploaded as README.md
+# Directories and file patterns that are never uploaded (caches, training state, VCS metadata).
+SKIP_DIRS = frozenset({"__pycache__", "checkpoints", ".git", ".cache", ".ipynb_checkpoints"})
+SKIP_FILES = ("*.pyc", "*.pyo", ".DS_Store")
+
+
+def validate_export(folder: str | Path) -> Path:
+    """Return the folder as a Path, or raise FileNotFoundError naming what is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Export folder not found or not a directory: {folder}")
+    for name in REQUIRED_FILES:
+        if (folder / name).is_file():
+            continue
+        if name == "model.safetensors" and (folder / SHARDED_WEIGHTS_INDEX).is_file():
+            continue
+        raise FileNotFoundError(
+            f"Export folder {folder} is missing {name}; expected a save_pretrained() output "
+            f"containing {' and '.join(REQUIRED_FILES)}."
+        )
+    return folder
+
+
+def _skipped(rel: Path) -> bool:
+    return any(part in SKIP_DIRS for part in rel.parts[:-1]) or any(
+        fnmatch.fnmatch(rel.name, pat) for pat in SKIP_FILES
+    )
+
+
+def collect_files(folder: str | Path) -> dict[str, Path]:
+    """Map path_in_repo -> local file for everything that should be uploaded (model_card.md -> README.md)."""
+    folder = Path(folder)
+    files: dict[str, Path] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder)
+        if not _skipped(rel):
+            files[rel.as_posix()] = path
+    if MODEL_CARD in files:
+        if "README.md" in files:
+            logger.warning("%s has both README.md and %s; uploading %s as README.md", folder, MODEL_CARD, MODEL_CARD)
+        files["README.md"] = files.pop(MODEL_CARD)
+    return files
+
+
+def push_export(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Upload `folder` to `repo_id` in a single commit and return the commit URL.
+
+    The repo is created if needed. `endpoint` defaults to HF_ENDPOINT (read by huggingface_hub at import time).
+    The local folder is only read, never modified. Any Hub/network failure is re-raised as a RuntimeError
+    naming the repo and the endpoint, with the original exception chained.
+    """
+    folder = validate_export(folder)
+    files = collect_files(folder)
+    api = HfApi(endpoint=endpoint, token=token)
+    where = f"{repo_id!r} at {api.endpoint}"
+    if constants.is_offline_mode():
+        raise RuntimeError(f"Cannot push {folder} to {where}: HF_HUB_OFFLINE is set; unset it to upload.")
+    message = commit_message or f"Upload {folder.name} ({len(files)} files)"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision not in (None, constants.DEFAULT_REVISION):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
+        info = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
+    except Exception as exc:  # HfHubHTTPError, network errors, invalid README metadata, ...
+        raise RuntimeError(f"Failed to push {folder} to {where}: {type(exc).__name__}: {exc}") from exc
+    logger.info("Pushed %d files from %s to %s: %s", len(files), folder, where, info.commit_url)
+    return info.commit_url
