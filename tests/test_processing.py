@@ -1,0 +1,174 @@
+"""The processor: signal conditioning policies, clear errors, file readers (WFDB, the real DICOM ECG), text."""
+
+import numpy as np
+import pytest
+import torch
+
+from processing_dbeta import (
+    MIMIC_LEADS,
+    STANDARD_LEADS,
+    DBetaFeatureExtractor,
+    DBetaProcessor,
+    ECGReadError,
+    assemble_report,
+    canonical_lead_name,
+    normalize_report,
+    read_dicom,
+    read_ecg_file,
+    read_wfdb,
+)
+from tests.tiny import ecg_batch, train_t5_tokenizer
+
+
+@pytest.fixture(scope="module")
+def fe():
+    return DBetaFeatureExtractor()
+
+
+def test_single_and_batch_shapes(fe):
+    one = fe(np.zeros((12, 5000)), sampling_rate=500)["ecg_values"]
+    many = fe(np.zeros((3, 12, 5000)), sampling_rate=500)["ecg_values"]
+    ragged = fe([np.zeros((12, 6000)), torch.zeros(12, 4000)], sampling_rate=[500, 500])["ecg_values"]
+    assert one.shape == (1, 12, 5000) and many.shape == (3, 12, 5000) and ragged.shape == (2, 12, 5000)
+    assert one.dtype == torch.float32
+    assert isinstance(fe(np.zeros((12, 5000)), sampling_rate=500, return_tensors="np")["ecg_values"], np.ndarray)
+
+
+def test_sampling_rate_is_required(fe):
+    with pytest.raises(ValueError, match="sampling_rate is required"):
+        fe(np.zeros((12, 5000)))
+
+
+def test_resampling_preserves_a_sine(fe):
+    t = np.arange(4000) / 400.0  # 10 s at 400 Hz, like CODE-test
+    x = np.tile(np.sin(2 * np.pi * 1.5 * t), (12, 1))
+    out = fe(x, sampling_rate=400)["ecg_values"][0].numpy()
+    ref = np.sin(2 * np.pi * 1.5 * np.arange(5000) / 500.0)
+    assert np.abs(out[0, 100:-100] - ref[100:-100]).max() < 1e-2
+
+
+def test_length_policy_pad_and_crop():
+    x = np.arange(12 * 6000, dtype=np.float32).reshape(12, 6000)
+    start = DBetaFeatureExtractor(crop="start")(x, sampling_rate=500)["ecg_values"][0]
+    center = DBetaFeatureExtractor(crop="center")(x, sampling_rate=500)["ecg_values"][0]
+    assert start[0, 0] == 0 and center[0, 0] == 500
+    rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+    fr = DBetaFeatureExtractor(crop="random")
+    assert torch.equal(fr(x, sampling_rate=500, generator=rng1)["ecg_values"],
+                       fr(x, sampling_rate=500, generator=rng2)["ecg_values"])
+    short = DBetaFeatureExtractor()(np.ones((12, 2500)), sampling_rate=500)["ecg_values"][0]
+    assert short[:, :2500].eq(1).all() and short[:, 2500:].eq(0).all()  # zero-padded at the end
+
+
+def test_too_short_and_empty_are_errors(fe):
+    with pytest.raises(ValueError, match="shorter than the minimum"):
+        fe(np.zeros((12, 500)), sampling_rate=500)
+    with pytest.raises(ValueError, match="empty"):
+        fe(np.zeros((12, 0)), sampling_rate=500)
+    with pytest.raises(ValueError, match="empty"):
+        fe([], sampling_rate=500)
+
+
+def test_wrong_lead_count_names_the_record_and_hints_transpose(fe):
+    with pytest.raises(ValueError, match=r"ecg\[1\]: expected 12 leads"):
+        fe([np.zeros((12, 5000)), np.zeros((8, 5000))], sampling_rate=500)
+    with pytest.raises(ValueError, match="pass ecg.T"):
+        fe(np.zeros((5000, 12)), sampling_rate=500)
+
+
+def test_mimic_lead_order_is_fixed_by_lead_names(fe):
+    x = np.stack([np.full(5000, i, dtype=np.float32) for i in range(12)])  # lead i holds value i
+    out = fe(x, sampling_rate=500, lead_names=list(MIMIC_LEADS))["ecg_values"][0]
+    assert out[4, 0] == 5 and out[5, 0] == 4  # aVL and aVF swapped into standard order
+    with pytest.raises(ValueError, match="missing lead"):
+        fe(x[:11], sampling_rate=500, lead_names=list(MIMIC_LEADS)[:11])
+
+
+def test_lead_name_spellings():
+    assert canonical_lead_name("Lead aVR (Goldberger)") == "aVR"
+    assert canonical_lead_name("DII") == "II" and canonical_lead_name("v1") == "V1"
+    with pytest.raises(ValueError, match="unknown lead"):
+        canonical_lead_name("X9")
+
+
+def test_nan_policies():
+    x = np.tile(np.linspace(0, 1, 5000, dtype=np.float32), (12, 1))
+    x[3, 100:200] = np.nan
+    x[5, 0:10] = np.inf
+    out = DBetaFeatureExtractor()(x, sampling_rate=500)["ecg_values"][0].numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[3, 100:200], np.linspace(0, 1, 5000)[100:200], atol=1e-6)  # bridged linearly
+    assert out[5, 0] == pytest.approx(x[5, 10])  # edges take the nearest finite value
+    with pytest.raises(ValueError, match="NaN"):
+        DBetaFeatureExtractor(nan_policy="raise")(x, sampling_rate=500)
+    x[7] = np.nan
+    with pytest.raises(ValueError, match="lead 7 has no finite sample"):
+        DBetaFeatureExtractor()(x, sampling_rate=500)
+    zeroed = DBetaFeatureExtractor(nan_policy="zero")(x, sampling_rate=500)["ecg_values"][0]
+    assert zeroed[7].eq(0).all()
+
+
+def test_minmax_normalisation():
+    x = ecg_batch(1)[0].numpy()
+    out = DBetaFeatureExtractor(normalization="minmax")(x, sampling_rate=500)["ecg_values"][0]
+    assert out.min() >= 0 and out.max() <= 1 and out.max() > 0.99
+    with pytest.raises(ValueError, match="normalization"):
+        DBetaFeatureExtractor(normalization="zscore")
+
+
+def test_feature_extractor_round_trips_its_settings(tmp_path):
+    fe = DBetaFeatureExtractor(normalization="minmax", crop="center", min_duration=1.0)
+    fe.save_pretrained(tmp_path)
+    again = DBetaFeatureExtractor.from_pretrained(tmp_path)
+    assert (again.normalization, again.crop, again.min_duration) == ("minmax", "center", 1.0)
+
+
+def test_wfdb_reader_units_and_truncation(tmp_path):
+    wfdb = pytest.importorskip("wfdb")
+    sig = ecg_batch(1)[0].numpy().T.astype(np.float64)  # [samples, leads] in mV
+    wfdb.wrsamp("rec", fs=500, units=["uV"] * 12, sig_name=list(STANDARD_LEADS), p_signal=sig * 1000,
+                fmt=["16"] * 12, adc_gain=[1.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    rec = read_wfdb(tmp_path / "rec")
+    assert rec.sampling_rate == 500 and rec.lead_names == list(STANDARD_LEADS)
+    assert np.abs(rec.signal - sig.T).max() < 2e-3  # microvolts converted to millivolts (1 uV resolution)
+    data = tmp_path / "rec.dat"
+    data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
+    with pytest.raises(ECGReadError, match="rec"):
+        read_wfdb(tmp_path / "rec")
+    with pytest.raises(ECGReadError, match="header not found"):
+        read_wfdb(tmp_path / "absent")
+
+
+def test_real_dicom_ecg_through_the_processor():
+    pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    rec = read_ecg_file(get_testdata_file("waveform_ecg.dcm"))
+    assert rec.signal.shape == (12, 10000) and rec.sampling_rate == 1000
+    assert [canonical_lead_name(n) for n in rec.lead_names] == list(STANDARD_LEADS)
+    assert 0.3 < np.abs(rec.signal).max() < 10  # millivolts, not microvolts
+    # Einthoven: III = II - I holds on the real recording
+    assert np.abs(rec.signal[2] - (rec.signal[1] - rec.signal[0])).max() < 0.05
+    out = DBetaFeatureExtractor()(rec.signal, sampling_rate=rec.sampling_rate, lead_names=rec.lead_names)
+    assert out["ecg_values"].shape == (1, 12, 5000)
+    with pytest.raises(ECGReadError, match="not a DICOM waveform"):
+        read_dicom(__file__)
+
+
+def test_report_text_cleaning():
+    assert normalize_report("  *** Sinus rhythm. Normal EKG ***  ") == "sinus rhythm. normal ecg"
+    assert normalize_report("=-Atrial fibrillation=") == "atrial fibrillation"
+    assert assemble_report(["Sinus rhythm", "", None, float("nan"), "Normal ECG."]) == "Sinus rhythm. Normal ECG"
+
+
+def test_processor_text_and_ecg_together():
+    proc = DBetaProcessor(DBetaFeatureExtractor(), train_t5_tokenizer())
+    batch = proc(ecg=np.zeros((2, 12, 5000)), sampling_rate=500, text=["Sinus rhythm.", "AFIB"])
+    assert set(batch) == {"ecg_values", "input_ids", "attention_mask"}
+    assert batch["input_ids"].shape[0] == 2 and batch["ecg_values"].shape == (2, 12, 5000)
+    with pytest.raises(ValueError, match=r"text\[1\] is empty"):
+        proc(text=["sinus rhythm", "   "])
+    with pytest.raises(ValueError, match="empty after normalization"):
+        proc(text=["***"])
+    with pytest.raises(ValueError, match="give an ECG"):
+        proc()
