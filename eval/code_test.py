@@ -1,0 +1,153 @@
+"""CODE-test (Ribeiro et al. 2020): 827 annotated 12-lead ECGs in one HDF5 array, test split only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from eval.downstream_base import ECGLabelDataset, PathLike, check_split, require_dir, require_file
+from eval.label_sets import CODE_TEST_CANONICAL, CODE_TEST_COLUMNS
+from processing_dbeta import canonical_lead_name
+
+# The lead order of the `tracings` array. The dataset's own README (Zenodo record 3765780, "ecg_tracings.hdf5")
+# gives {DI, DII, DIII, AVL, AVF, AVR, V1-V6}: aVL, aVF, aVR, not the usual aVR, aVL, aVF (which is the order
+# the same authors give for the *model input* of their CODE network). Check a file with
+# eval.downstream_base.check_limb_leads: under the right names III = II - I, aVR = -(I+II)/2, aVL = I - II/2,
+# aVF = II - I/2 hold up to noise.
+CODE_TEST_LEADS = ("I", "II", "III", "aVL", "aVF", "aVR", "V1", "V2", "V3", "V4", "V5", "V6")
+CODE_TEST_RATE = 400.0
+
+_HINT = (
+    "download CODE-test (Zenodo record 3765780: ecg_tracings.hdf5 and annotations/) and pass the folder "
+    "holding ecg_tracings.hdf5"
+)
+
+
+class CODETestDataset(ECGLabelDataset):
+    """CODE-test: 827 exams, 400 Hz, 4096 samples, 12 leads; 6 classes from annotations/gold_standard.csv.
+
+    Expected layout (the Zenodo download)::
+
+        root/ecg_tracings.hdf5              (dataset `tracings`, shape [827, 4096, 12]: exam, sample, lead)
+        root/annotations/gold_standard.csv  (827 rows, columns 1dAVb, RBBB, LBBB, SB, AF, ST; row i = exam i)
+
+    (gold_standard.csv directly in root is accepted too.) Classes, in column order, named by
+    eval.label_sets.CODE_TEST_CLASSES: 1AVB, RBBB, LBBB, SBRAD, AFIB, STACH (from 1dAVb, RBBB, LBBB, SB, AF, ST;
+    SB is sinus bradycardia, AF atrial fibrillation, ST sinus tachycardia). Only the split "test" exists ("all"
+    is the same records). Record ids are the row numbers "0".."826" (the release has no exam ids).
+
+    Units (`scale_to_mv`, default 1.0): the README says the values are "at the scale 1e-4V" and, in the same
+    sentence, that a signal in volts "should be multiplied by 1000", which is the scale of millivolts. Read
+    literally, 1e-4 V per unit would be 0.1 mV per unit (mV = value * 0.1); the x1000 rule means 1 unit = 1 mV.
+    Public measurements of the arrays (median lead-II R wave about 1.5 mV when read as mV) fit millivolts, so
+    the default treats the stored values as mV. Pass `scale_to_mv=0.1` for the literal 1e-4 V reading. We have
+    not checked this against the file here (it is not available offline).
+
+    Lead order (`lead_names`, default `CODE_TEST_LEADS`): I, II, III, aVL, aVF, aVR, V1-V6, as the dataset's
+    README states; see the note at CODE_TEST_LEADS.
+
+    Padding: exams shorter than 4096 samples (7 s and 10 s recordings) were zero-padded on both sides by the
+    authors. Items keep all 4096 samples as stored; cropping belongs to the processor.
+
+    The HDF5 file is opened on first use in each process (so DataLoader workers each get their own handle) and
+    read one exam at a time.
+    """
+
+    name = "code-test"
+
+    def __init__(
+        self,
+        root: PathLike,
+        split: str = "test",
+        scale_to_mv: float = 1.0,
+        lead_names: Sequence[str] = CODE_TEST_LEADS,
+        sampling_rate: float = CODE_TEST_RATE,
+    ):
+        check_split(split, "CODE-test", allowed=("test", "all"))
+        root = require_dir(Path(root), "CODE-test", "the dataset folder", _HINT)
+        self.h5_path = require_file(root / "ecg_tracings.hdf5", "CODE-test", "ecg_tracings.hdf5", _HINT)
+        gold = root / "annotations" / "gold_standard.csv"
+        if not gold.is_file() and (root / "gold_standard.csv").is_file():
+            gold = root / "gold_standard.csv"
+        require_file(gold, "CODE-test", "annotations/gold_standard.csv", _HINT)
+        table = pd.read_csv(gold)
+        missing = [c for c in CODE_TEST_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(
+                f"CODE-test: {gold} lacks column(s) {', '.join(missing)}; expected {', '.join(CODE_TEST_COLUMNS)}"
+            )
+        labels = table[list(CODE_TEST_COLUMNS)].to_numpy(dtype=np.float32)
+        class_names = [CODE_TEST_CANONICAL[c] for c in CODE_TEST_COLUMNS]
+        if not np.isin(labels, (0.0, 1.0)).all():
+            raise ValueError(f"CODE-test: {gold} holds values other than 0 and 1")
+
+        n_exams = self._check_tracings(len(table))
+        lead_names = [str(n) for n in lead_names]
+        if len(lead_names) != 12:
+            raise ValueError(f"CODE-test: lead_names must name the 12 stored leads, got {len(lead_names)}")
+        for lead in lead_names:
+            canonical_lead_name(lead)  # fail early on a misspelt lead
+        if not np.isfinite(scale_to_mv) or scale_to_mv <= 0:
+            raise ValueError(f"CODE-test: scale_to_mv must be a positive number, got {scale_to_mv}")
+        ids = [str(i) for i in range(n_exams)]
+        super().__init__(root, split, class_names, ids, labels)
+        self.scale_to_mv = float(scale_to_mv)
+        self.lead_names = lead_names
+        self.sampling_rate = float(sampling_rate)
+        self.gold_standard_path = gold
+        self._h5 = None
+        self._h5_pid: Optional[int] = None
+
+    def _check_tracings(self, n_rows: int) -> int:
+        import h5py
+
+        try:
+            with h5py.File(self.h5_path, "r") as f:
+                if "tracings" not in f:
+                    raise ValueError(
+                        f"CODE-test: {self.h5_path} has no dataset 'tracings' (it has: {', '.join(f.keys())})"
+                    )
+                shape = f["tracings"].shape
+        except OSError as err:
+            raise ValueError(f"CODE-test: {self.h5_path} is not a readable HDF5 file ({err})") from err
+        if len(shape) != 3 or shape[2] != 12:
+            raise ValueError(
+                f"CODE-test: {self.h5_path}: 'tracings' has shape {shape}, expected [exams, samples, 12]"
+            )
+        if shape[0] != n_rows:
+            raise ValueError(
+                f"CODE-test: {self.h5_path} holds {shape[0]} exams but the gold standard has {n_rows} rows"
+            )
+        return int(shape[0])
+
+    def _tracings(self):
+        if self._h5 is None or self._h5_pid != os.getpid():
+            import h5py
+
+            self._h5 = h5py.File(self.h5_path, "r")
+            self._h5_pid = os.getpid()
+        return self._h5["tracings"]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_h5"] = None
+        state["_h5_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            try:
+                self._h5.close()
+            finally:
+                self._h5 = None
+
+    def _source(self, index: int) -> str:
+        return f"{self.h5_path} (tracings[{index}])"
+
+    def _read(self, index: int):
+        exam = np.asarray(self._tracings()[index], dtype=np.float32)  # [samples, 12]
+        return exam.T * np.float32(self.scale_to_mv), self.sampling_rate, list(self.lead_names)

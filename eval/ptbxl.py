@@ -1,0 +1,140 @@
+"""PTB-XL downstream tasks (super, sub, form, rhythm) with the official strat_fold split."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+from eval.downstream_base import ECGLabelDataset, PathLike, check_split, multi_hot, require_dir, require_file
+from eval.label_sets import PTBXL_SUPER, PTBXL_TASKS, ptbxl_label_sets
+from processing_dbeta import read_wfdb
+
+_TASK_ALIASES = {"super_class": "super", "superclass": "super", "sub_class": "sub", "subclass": "sub"}
+# strat_fold -> split: folds 1-8 train, 9 val, 10 test (the PTB-XL authors' recommendation).
+PTBXL_SPLIT_FOLDS = {"train": tuple(range(1, 9)), "val": (9,), "test": (10,), "all": tuple(range(1, 11))}
+_HINT = "download PTB-XL 1.0.3 from PhysioNet and pass the folder that holds ptbxl_database.csv"
+
+
+def normalize_ptbxl_task(task: Optional[str]) -> str:
+    key = str(task).strip().lower() if task is not None else ""
+    key = _TASK_ALIASES.get(key, key)
+    if key not in PTBXL_TASKS:
+        raise ValueError(f"PTB-XL: task must be one of {', '.join(PTBXL_TASKS)}; got {task!r}")
+    return key
+
+
+def ptbxl_statement_map(statements: pd.DataFrame, task: str) -> Dict[str, str]:
+    """SCP statement code -> class name of `task`, from scp_statements.csv (indexed by statement code).
+
+    super / sub: `diagnostic_class` / `diagnostic_subclass` of the statements with diagnostic == 1;
+    form / rhythm: the statements with form == 1 / rhythm == 1, each its own class.
+    """
+    task = normalize_ptbxl_task(task)
+    if task in ("super", "sub"):
+        column = "diagnostic_class" if task == "super" else "diagnostic_subclass"
+        rows = statements[statements["diagnostic"] == 1]
+        return {str(code): str(name) for code, name in rows[column].items() if pd.notna(name)}
+    rows = statements[statements[task] == 1]
+    return {str(code): str(code) for code in rows.index}
+
+
+def ptbxl_class_names(statements: pd.DataFrame, task: str) -> List[str]:
+    """The class order of a task: the protocol's NORM, MI, STTC, CD, HYP for super; otherwise the sorted list
+    of eval.label_sets.ptbxl_label_sets (codes spelled as in scp_statements.csv, e.g. NST_, _AVB)."""
+    task = normalize_ptbxl_task(task)
+    names = sorted(set(ptbxl_statement_map(statements, task).values()))
+    order = list(PTBXL_SUPER) if task == "super" else list(ptbxl_label_sets(statements)[task])
+    if sorted(order) != names:
+        raise ValueError(
+            f"PTB-XL: the {task} classes of scp_statements.csv ({', '.join(names)}) differ from "
+            f"eval.label_sets ({', '.join(order)}); is this PTB-XL 1.0.x's scp_statements.csv?"
+        )
+    return order
+
+
+def parse_scp_codes(text: str, ecg_id) -> Dict[str, float]:
+    try:
+        value = ast.literal_eval(str(text))
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"PTB-XL: ecg_id {ecg_id}: cannot parse scp_codes {text!r}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"PTB-XL: ecg_id {ecg_id}: scp_codes is not a dict: {text!r}")
+    return value
+
+
+def read_ptbxl_tables(root: PathLike) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """ptbxl_database.csv (indexed by ecg_id) and scp_statements.csv (indexed by statement code), checked."""
+    root = Path(root)
+    require_dir(root, "PTB-XL", "the dataset folder", _HINT)
+    db_path = require_file(root / "ptbxl_database.csv", "PTB-XL", "ptbxl_database.csv", _HINT)
+    st_path = require_file(root / "scp_statements.csv", "PTB-XL", "scp_statements.csv", _HINT)
+    db = pd.read_csv(db_path)
+    need = {"ecg_id", "scp_codes", "strat_fold", "filename_hr"}
+    if not need <= set(db.columns):
+        raise ValueError(
+            f"PTB-XL: {db_path} lacks column(s) {', '.join(sorted(need - set(db.columns)))}; "
+            "is this PTB-XL's ptbxl_database.csv?"
+        )
+    db = db.set_index("ecg_id")
+    statements = pd.read_csv(st_path, index_col=0)
+    need = {"diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"}
+    if not need <= set(statements.columns):
+        raise ValueError(
+            f"PTB-XL: {st_path} lacks column(s) {', '.join(sorted(need - set(statements.columns)))}; "
+            "is this PTB-XL's scp_statements.csv?"
+        )
+    return db, statements
+
+
+class PTBXLDataset(ECGLabelDataset):
+    """PTB-XL (Wagner et al. 2020) for one task: super (5 classes), sub (23), form (19) or rhythm (12).
+
+    Expected layout (the PhysioNet download, version 1.0.x)::
+
+        root/ptbxl_database.csv
+        root/scp_statements.csv
+        root/records500/00000/00001_hr.hea, 00001_hr.dat, ...   (the `filename_hr` column, relative to root)
+
+    Labels: a record has a statement when its `scp_codes` dict lists it, whatever the likelihood (0 included),
+    as in the MERL protocol; the statement maps to the task's classes by `ptbxl_statement_map`. Records with no
+    class of the task are dropped. Split by `strat_fold`: 1-8 train, 9 val, 10 test ("all": every fold).
+    Items are the 500 Hz records as stored (10 s, 12 leads named as in the file, mV).
+    """
+
+    name = "ptbxl"
+
+    def __init__(self, root: PathLike, split: str = "train", task: str = "super"):
+        task = normalize_ptbxl_task(task)
+        split = check_split(split, "PTB-XL")
+        root = Path(root)
+        db, statements = read_ptbxl_tables(root)
+        require_dir(root / "records500", "PTB-XL", "the records500/ folder (the 500 Hz WFDB records)", _HINT)
+        code_map = ptbxl_statement_map(statements, task)
+        class_names = ptbxl_class_names(statements, task)
+
+        folds = pd.to_numeric(db["strat_fold"], errors="coerce")
+        keep_fold = folds.isin(PTBXL_SPLIT_FOLDS[split])
+        ids, label_sets, files, fold_list = [], [], [], []
+        for ecg_id, row in db[keep_fold].iterrows():
+            codes = parse_scp_codes(row["scp_codes"], ecg_id)
+            names = {code_map[c] for c in codes if c in code_map}
+            if not names:
+                continue
+            ids.append(str(ecg_id))
+            label_sets.append(names)
+            files.append(str(row["filename_hr"]))
+            fold_list.append(int(folds[ecg_id]))
+        super().__init__(root, split, class_names, ids, multi_hot(label_sets, class_names), task=task)
+        self.filenames = files
+        self.strat_folds = np.asarray(fold_list, dtype=np.int64)
+
+    def _source(self, index: int) -> str:
+        return str(self.root / self.filenames[index])
+
+    def _read(self, index: int):
+        record = read_wfdb(self.root / self.filenames[index])
+        return record.signal, record.sampling_rate, record.lead_names
