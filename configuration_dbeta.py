@@ -2,7 +2,7 @@
 
 Defaults reproduce the authors' full-size model (arXiv 2410.02131): a wav2vec2-style ECG encoder (4 strided convs,
 8 post-LN transformer layers, width 768), Flan-T5-base's encoder for text, 6 + 6 cross-attention fusion layers and a
-4-block MEM decoder. `DBetaConfig.small()` gives a ~6M-parameter variant for quick experiments and CPU demos.
+4-block MEM decoder. `DBetaConfig.small()` gives a ~2.2M-parameter variant (plus its text encoder) for quick experiments and CPU demos.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ class DBetaConfig(PretrainedConfig):
 
     @classmethod
     def small(cls, text_config=None, **overrides) -> "DBetaConfig":
-        """A ~6M-parameter D-BETA (without the text encoder) for tests, CPU demos and quick experiments.
+        """A ~2.2M-parameter D-BETA (not counting the text encoder) for tests, CPU demos and quick experiments.
 
         Width 128, 4 ECG layers, 2 + 2 fusion layers, 2 MEM decoder blocks. Pass `text_config` (e.g. a small
         T5 or BERT config) to match the text encoder you have.
