@@ -1,0 +1,572 @@
+"""MIMIC-IV-ECG v1.0 on Hugging Face `datasets`: ingest, prepared-dataset loading, streaming and collation.
+
+The loader only READS: it hands on the stored ADC samples with their per-lead gain/baseline, the sampling rate, the
+lead names as stored (MIMIC order: I, II, III, aVR, aVF, aVL, V1-V6), the report text and ids. All signal
+conditioning (lead reorder, resampling, crop/pad, NaN repair) is done by `processing_dbeta.DBetaFeatureExtractor`,
+e.g. through `MimicECGCollator`.
+
+Row schema (`FEATURES`), shared by the prepared dataset and the streaming path:
+    study_id, subject_id (int64), ecg_time, path, report (string),
+    signal [12, 5000] int16  - the ADC values exactly as in the .dat file; -32768 marks a missing sample (NaN),
+    adc_gain [12] float32    - ADC units per millivolt (units already folded in),
+    baseline [12] int32      - ADC value of 0 mV,
+    sampling_rate float32, lead_names [12] string.
+`decode_signal(row)` -> float32 [12, T] millivolts, NaN where samples are missing.
+
+Why int16 + gain rather than float16: MIMIC stores 16-bit integers (200 adu/mV), so int16 is lossless (0 error vs
+the wfdb physical signal) at the same 2 bytes/sample as float16, while float16 rounds (max error ~1e-3 mV on
++-5 mV) and needs a cast anyway. benchmarks/data_speed.py measures size, error and decode speed of both.
+
+Drop reasons (first failing check wins, report checks come before the signal is read):
+    malformed_record_list_row, duplicate_study, missing_report (no machine_measurements row, e.g. a malformed one),
+    empty_report, missing_record (.hea absent), missing_dat, bad_header, truncated_dat, header_data_mismatch
+    (.dat larger than the header says), checksum_mismatch, unreadable_record, wrong_lead_count, unknown_leads,
+    wrong_sampling_rate, wrong_length, unsupported_format, bad_units, all_nan_lead.
+Records at another rate or length are dropped, not resampled: MIMIC-IV-ECG is uniformly 500 Hz x 10 s, and a fixed
+[12, 5000] schema keeps the Arrow column fixed-size and fast to read. Partial NaN runs are kept (the processor's
+nan_policy repairs them).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, Iterator, List as TList, Optional, Sequence, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from processing_dbeta import (  # noqa: E402
+    MIMIC_LEADS,
+    STANDARD_LEADS,
+    assemble_report,
+    canonical_lead_name,
+    normalize_report,
+    unit_scale_to_mv,
+)
+
+NUM_LEADS = 12
+SAMPLING_RATE = 500
+NUM_SAMPLES = 5000
+ADC_NAN = -32768
+REPORT_COLUMNS = tuple(f"report_{i}" for i in range(18))
+RECORD_LIST_COLUMNS = ("subject_id", "study_id", "file_name", "ecg_time", "path")
+
+# WFDB "invalid sample" value per storage format (the formats whose samples fit in int16).
+_FMT_NAN = {"16": -32768, "61": -32768, "80": -128, "212": -2048, "310": -512, "311": -512}
+
+DROP_REASONS = (
+    "malformed_record_list_row",
+    "duplicate_study",
+    "missing_report",
+    "empty_report",
+    "missing_record",
+    "missing_dat",
+    "bad_header",
+    "truncated_dat",
+    "header_data_mismatch",
+    "checksum_mismatch",
+    "unreadable_record",
+    "wrong_lead_count",
+    "unknown_leads",
+    "wrong_sampling_rate",
+    "wrong_length",
+    "unsupported_format",
+    "bad_units",
+    "all_nan_lead",
+)
+
+
+def features():
+    """The `datasets.Features` of a MIMIC row (prepared and streaming)."""
+    from datasets import Array2D, Features, List, Value
+
+    return Features(
+        {
+            "study_id": Value("int64"),
+            "subject_id": Value("int64"),
+            "ecg_time": Value("string"),
+            "path": Value("string"),
+            "report": Value("string"),
+            "signal": Array2D((NUM_LEADS, NUM_SAMPLES), "int16"),
+            "adc_gain": List(Value("float32"), length=NUM_LEADS),
+            "baseline": List(Value("int32"), length=NUM_LEADS),
+            "sampling_rate": Value("float32"),
+            "lead_names": List(Value("string"), length=NUM_LEADS),
+        }
+    )
+
+
+class RecordDropped(Exception):
+    """A record that cannot enter the dataset; `reason` is one of DROP_REASONS."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def decode_signal(row) -> np.ndarray:
+    """A stored row -> float32 [12, T] millivolts in the stored lead order (row["lead_names"]); NaN where missing.
+
+    Works on rows in any `datasets` format (python lists, numpy, torch).
+    """
+    adc = _to_numpy(row["signal"])
+    gain = _to_numpy(row["adc_gain"]).astype(np.float32)
+    base = _to_numpy(row["baseline"]).astype(np.float32)
+    x = (adc.astype(np.float32) - base[:, None]) / gain[:, None]
+    missing = adc == ADC_NAN
+    if missing.any():
+        x[missing] = np.nan
+    return x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CSV parsing (robust: a bad row is counted, never fatal)
+# --------------------------------------------------------------------------------------------------------------
+
+csv.field_size_limit(1 << 20)  # a runaway quote then fails one row instead of swallowing the file
+
+
+def _csv_rows(path: Path) -> Iterator[Tuple[int, Optional[list], Optional[list]]]:
+    """Yield (row_number, header, fields or None if the row could not be parsed). Row 0 is the first data row."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        i = 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                fields = None
+            if fields is not None and not fields:  # blank line
+                continue
+            yield i, header, fields
+            i += 1
+
+
+def _parse_int(value) -> int:
+    return int(str(value).strip())
+
+
+def iter_record_list(mimic_root) -> Iterator[dict]:
+    """Entries of record_list.csv in file order: {"index", "subject_id", "study_id", "ecg_time", "path", "status"}.
+
+    `status` is None for a usable row, else "malformed_record_list_row" or "duplicate_study" (a study_id already
+    listed earlier in the file).
+    """
+    seen = set()
+    for i, header, fields in _csv_rows(Path(mimic_root) / "record_list.csv"):
+        entry = {"index": i, "subject_id": -1, "study_id": -1, "ecg_time": "", "path": "", "status": None}
+        try:
+            if fields is None or len(fields) != len(header):
+                raise ValueError
+            row = dict(zip(header, fields))
+            entry["subject_id"] = _parse_int(row["subject_id"])
+            entry["study_id"] = _parse_int(row["study_id"])
+            entry["ecg_time"] = str(row.get("ecg_time", "")).strip()
+            entry["path"] = str(row["path"]).strip().strip("/")
+            if not entry["path"]:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            entry["status"] = "malformed_record_list_row"
+            entry["path"] = ",".join(fields or [])[:200]
+            yield entry
+            continue
+        if entry["study_id"] in seen:
+            entry["status"] = "duplicate_study"
+        seen.add(entry["study_id"])
+        yield entry
+
+
+def iter_machine_measurements(mimic_root, counters: Optional[dict] = None) -> Iterator[Tuple[int, str]]:
+    """(study_id, report) for each well-formed row of machine_measurements.csv; the report is
+    normalize_report(assemble_report(report_0..report_17)), possibly "". Malformed rows are counted in
+    counters["malformed_machine_measurements_row"]."""
+    path = Path(mimic_root) / "machine_measurements.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: machine_measurements.csv not found in the MIMIC-IV-ECG folder")
+    for _i, header, fields in _csv_rows(path):
+        try:
+            if fields is None or len(fields) != len(header):
+                raise ValueError
+            row = dict(zip(header, fields))
+            study = _parse_int(row["study_id"])
+        except (ValueError, KeyError, TypeError):
+            if counters is not None:
+                counters["malformed_machine_measurements_row"] = counters.get("malformed_machine_measurements_row", 0) + 1
+            continue
+        fields_ = [row.get(c, "") for c in REPORT_COLUMNS]
+        yield study, normalize_report(assemble_report(fields_))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading one record
+# --------------------------------------------------------------------------------------------------------------
+
+
+_RECORD_LINE = re.compile(
+    r"^(?P<name>[^\s/]+)(?:/(?P<nseg>\d+))?\s+(?P<nsig>\d+)"
+    r"(?:\s+(?P<fs>[0-9.eE+-]+)(?:/(?P<cf>[0-9.eE+-]+))?(?:\((?P<bc>[0-9.eE+-]+)\))?"
+    r"(?:\s+(?P<len>\d+)(?:\s+(?P<time>\S+)(?:\s+(?P<date>\S+))?)?)?)?\s*$"
+)
+_SIGNAL_LINE = re.compile(
+    r"^(?P<file>\S+)\s+(?P<fmt>\d+)(?:x(?P<spf>\d+))?(?::(?P<skew>\d+))?(?:\+(?P<off>\d+))?"
+    r"(?:\s+(?P<gain>[0-9.eE+-]+)(?:\((?P<base>-?\d+)\))?(?:/(?P<units>\S+))?"
+    r"(?:\s+(?P<res>\d+)(?:\s+(?P<zero>-?\d+)(?:\s+(?P<init>-?\d+)(?:\s+(?P<cks>-?\d+)"
+    r"(?:\s+(?P<bs>\d+)(?:\s+(?P<desc>.*?))?)?)?)?)?)?)?\s*$"
+)
+
+
+class WfdbHeader(SimpleNamespace):
+    """The header fields the loader uses (same names as wfdb.Record attributes)."""
+
+
+def parse_wfdb_header(text: str) -> WfdbHeader:
+    """Parse a single-segment WFDB header (https://physionet.org/physiotools/wag/header-5.htm).
+
+    A small, strict parser for the fields the loader needs: wfdb.rdheader spends ~3.5 ms per header in pandas
+    look-ups, which would dominate the ingest. Raises ValueError on anything it does not understand (multi-segment
+    records, malformed lines); read_record then falls back to wfdb.rdheader. tests/test_mimic.py checks it against
+    wfdb.rdheader.
+    """
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise ValueError("empty header")
+    m = _RECORD_LINE.match(lines[0])
+    if m is None or m.group("nseg"):
+        raise ValueError(f"unsupported record line {lines[0]!r}")
+    n_sig = int(m.group("nsig"))
+    if len(lines) < 1 + n_sig:
+        raise ValueError(f"header lists {n_sig} signals but has {len(lines) - 1} signal lines")
+    h = WfdbHeader(
+        record_name=m.group("name"), n_sig=n_sig, fs=float(m.group("fs") or 250.0),
+        sig_len=int(m.group("len")) if m.group("len") else None,
+        file_name=[], fmt=[], samps_per_frame=[], skew=[], byte_offset=[], adc_gain=[], baseline=[], units=[],
+        adc_res=[], adc_zero=[], init_value=[], checksum=[], block_size=[], sig_name=[],
+    )
+    for i, line in enumerate(lines[1 : 1 + n_sig]):
+        s = _SIGNAL_LINE.match(line)
+        if s is None:
+            raise ValueError(f"unparsable signal line {line!r}")
+        zero = int(s.group("zero")) if s.group("zero") else 0
+        gain = float(s.group("gain")) if s.group("gain") else 0.0
+        h.file_name.append(s.group("file"))
+        h.fmt.append(s.group("fmt"))
+        h.samps_per_frame.append(int(s.group("spf")) if s.group("spf") else 1)
+        h.skew.append(int(s.group("skew")) if s.group("skew") else None)
+        h.byte_offset.append(int(s.group("off")) if s.group("off") else None)
+        h.adc_gain.append(gain if gain else 200.0)
+        h.baseline.append(int(s.group("base")) if s.group("base") else zero)
+        h.units.append(s.group("units") or "mV")
+        h.adc_res.append(int(s.group("res")) if s.group("res") else None)
+        h.adc_zero.append(zero)
+        h.init_value.append(int(s.group("init")) if s.group("init") else None)
+        h.checksum.append(int(s.group("cks")) if s.group("cks") else None)
+        h.block_size.append(int(s.group("bs")) if s.group("bs") else None)
+        h.sig_name.append(s.group("desc") if s.group("desc") is not None else f"ch{i + 1}")
+    return h
+
+
+def read_header(hea: Path):
+    """parse_wfdb_header, falling back to wfdb.rdheader for anything unusual; raises RecordDropped("bad_header")."""
+    try:
+        return parse_wfdb_header(hea.read_text(encoding="latin-1"))
+    except (ValueError, OSError):
+        pass
+    import wfdb
+
+    try:
+        return wfdb.rdheader(str(hea)[: -len(".hea")])
+    except Exception as err:
+        raise RecordDropped("bad_header", f"{hea}: {type(err).__name__}: {err}") from None
+
+
+def read_record(mimic_root, path: str) -> dict:
+    """Read the WFDB record at `mimic_root/path` into the compact form; raises RecordDropped.
+
+    Returns {"signal" int16 [12, T], "adc_gain" float32 [12] (adu/mV), "baseline" int32 [12],
+    "sampling_rate" float, "lead_names" [12]}.
+    """
+    base = Path(mimic_root) / path
+    hea = base.with_name(base.name + ".hea")
+    if not hea.is_file():
+        raise RecordDropped("missing_record", f"{hea} not found")
+    header = read_header(hea)
+    n_sig = int(header.n_sig or 0)
+    if n_sig != NUM_LEADS:
+        raise RecordDropped("wrong_lead_count", f"{hea}: {n_sig} signals")
+    try:
+        names = [canonical_lead_name(n) for n in header.sig_name]
+    except ValueError as err:
+        raise RecordDropped("unknown_leads", f"{hea}: {err}") from None
+    if sorted(names) != sorted(STANDARD_LEADS):
+        raise RecordDropped("unknown_leads", f"{hea}: leads {header.sig_name}")
+    if abs(float(header.fs) - SAMPLING_RATE) > 1e-6:
+        raise RecordDropped("wrong_sampling_rate", f"{hea}: {header.fs} Hz")
+    if int(header.sig_len or 0) != NUM_SAMPLES:
+        raise RecordDropped("wrong_length", f"{hea}: {header.sig_len} samples")
+    fmts = [str(f) for f in header.fmt]
+    if any(f not in _FMT_NAN for f in fmts) or len(set(fmts)) != 1:
+        raise RecordDropped("unsupported_format", f"{hea}: formats {sorted(set(fmts))}")
+    if any((s or 1) != 1 for s in (header.samps_per_frame or [])) or any(header.skew or []):
+        raise RecordDropped("unsupported_format", f"{hea}: multi-frequency or skewed record")
+    try:
+        scales = np.array([unit_scale_to_mv(u) for u in (header.units or ["mV"] * n_sig)])
+    except ValueError as err:
+        raise RecordDropped("bad_units", f"{hea}: {err}") from None
+
+    files = list(dict.fromkeys(header.file_name))
+    for fname in files:
+        if not (hea.parent / fname).is_file():
+            raise RecordDropped("missing_dat", f"{hea.parent / fname} not found")
+    simple = len(files) == 1 and fmts[0] == "16" and not any(header.byte_offset or [])
+    if simple:  # MIMIC's case: one interleaved little-endian int16 file
+        dat = hea.parent / files[0]
+        expected = NUM_SAMPLES * NUM_LEADS * 2
+        size = dat.stat().st_size
+        if size < expected:
+            raise RecordDropped("truncated_dat", f"{dat}: {size} bytes, header implies {expected}")
+        if size > expected:
+            raise RecordDropped("header_data_mismatch", f"{dat}: {size} bytes, header implies {expected}")
+        d = np.fromfile(dat, dtype="<i2").reshape(NUM_SAMPLES, NUM_LEADS)
+    else:
+        import wfdb
+
+        try:
+            rec = wfdb.rdrecord(str(base), physical=False, return_res=16)
+            d = np.asarray(rec.d_signal)
+        except Exception as err:
+            raise RecordDropped("unreadable_record", f"{base}: {type(err).__name__}: {err}") from None
+        if d.ndim != 2 or d.shape != (NUM_SAMPLES, NUM_LEADS):
+            raise RecordDropped("truncated_dat", f"{base}: read {d.shape}, header says ({NUM_SAMPLES}, {NUM_LEADS})")
+        nan_value = _FMT_NAN[fmts[0]]
+        d = np.where(d == nan_value, ADC_NAN, d)
+        if d.min() < -32768 or d.max() > 32767:
+            raise RecordDropped("unsupported_format", f"{base}: samples exceed int16")
+        d = d.astype(np.int16)
+
+    checksums = header.checksum
+    if checksums and all(c is not None for c in checksums):
+        got = d.sum(axis=0, dtype=np.int64) % 65536
+        if any(int(g) != int(c) % 65536 for g, c in zip(got, checksums)):
+            raise RecordDropped("checksum_mismatch", f"{base}: data do not match the header checksums")
+    signal = np.ascontiguousarray(d.T)
+    missing = signal == ADC_NAN
+    if missing.any():
+        dead = np.nonzero(missing.all(axis=1))[0]
+        if len(dead):
+            raise RecordDropped("all_nan_lead", f"{base}: lead(s) {[header.sig_name[i] for i in dead]} have no sample")
+    gains = np.array([g if g else 200.0 for g in header.adc_gain], dtype=np.float64) / scales
+    baselines = np.array([b or 0 for b in (header.baseline or [0] * n_sig)], dtype=np.int32)
+    return {
+        "signal": signal,
+        "adc_gain": gains.astype(np.float32),
+        "baseline": baselines,
+        "sampling_rate": float(header.fs),
+        "lead_names": [str(n) for n in header.sig_name],
+    }
+
+
+def build_row(mimic_root, entry: dict, report: Optional[str]) -> dict:
+    """A record_list entry + its report -> a row of FEATURES; raises RecordDropped."""
+    if entry.get("status"):
+        raise RecordDropped(entry["status"], entry.get("path", ""))
+    if report is None:
+        raise RecordDropped("missing_report", f"study {entry['study_id']} has no machine_measurements row")
+    if not report.strip():
+        raise RecordDropped("empty_report", f"study {entry['study_id']}")
+    rec = read_record(mimic_root, entry["path"])
+    return {
+        "study_id": int(entry["study_id"]),
+        "subject_id": int(entry["subject_id"]),
+        "ecg_time": entry.get("ecg_time", ""),
+        "path": entry["path"],
+        "report": report,
+        **rec,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------------------------
+
+
+def subject_split(subject_id: int, seed: int, val_fraction: float) -> str:
+    """"validation" or "train" for a subject: blake2b(f"{seed}:{subject_id}") as a uniform number < val_fraction.
+
+    Depends only on (seed, subject_id): every study of a subject lands on the same side, whatever the corpus order
+    or chunking, with no subject list held in memory.
+    """
+    h = hashlib.blake2b(f"{int(seed)}:{int(subject_id)}".encode(), digest_size=8).digest()
+    return "validation" if int.from_bytes(h, "big") / 2.0**64 < val_fraction else "train"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Streaming
+# --------------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=2)
+def _report_table(mimic_root: str, mtime: float) -> Dict[int, str]:
+    reports: Dict[int, str] = {}
+    for study, report in iter_machine_measurements(mimic_root):
+        reports.setdefault(study, report)
+    return reports
+
+
+def _stream_rows(mimic_root: str, shards: TList[Tuple[int, int]], on_drop=None) -> Iterator[dict]:
+    mm = Path(mimic_root) / "machine_measurements.csv"
+    reports = _report_table(str(mimic_root), mm.stat().st_mtime)
+    for start, stop in shards:
+        for entry in iter_record_list(mimic_root):
+            i = entry["index"]
+            if i < start:
+                continue
+            if i >= stop:
+                break
+            try:
+                yield build_row(mimic_root, entry, reports.get(entry["study_id"]))
+            except RecordDropped as drop:
+                if on_drop is not None:
+                    on_drop(entry, drop)
+
+
+def count_record_list_rows(mimic_root) -> int:
+    return sum(1 for _ in _csv_rows(Path(mimic_root) / "record_list.csv"))
+
+
+def mimic_iterable_dataset(mimic_root, limit: Optional[int] = None, num_shards: int = 8):
+    """A `datasets.IterableDataset` read straight from an unmodified MIMIC-IV-ECG folder (no prepared copy).
+
+    Same row schema as the prepared dataset; dropped records are skipped. Split into `num_shards` contiguous ranges
+    of record_list.csv so DataLoader workers (num_workers <= num_shards) share the work. The reports of
+    machine_measurements.csv are held in memory (~200 MB for all of MIMIC-IV-ECG), the signals are not.
+    `limit` keeps the first `limit` rows of record_list.csv. No train/validation split: use `subject_split`.
+    """
+    from datasets import IterableDataset
+
+    root = str(Path(mimic_root).resolve())
+    total = count_record_list_rows(root)
+    if limit is not None:
+        total = min(total, int(limit))
+    num_shards = max(1, min(int(num_shards), total or 1))
+    bounds = np.linspace(0, total, num_shards + 1).astype(int)
+    shards = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return IterableDataset.from_generator(
+        _stream_rows, features=features(), gen_kwargs={"mimic_root": root, "shards": shards}
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prepared dataset
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_prepared_mimic(output_dir):
+    """The DatasetDict ("train", "validation") written by `python -m train.prepare_mimic --output DIR`.
+
+    Memory-mapped: OUTPUT/dataset (save_to_disk) when consolidated, else the per-chunk Arrow shards.
+    """
+    from datasets import DatasetDict, concatenate_datasets, load_from_disk, Dataset
+
+    out = Path(output_dir)
+    if (out / "dataset" / "dataset_dict.json").is_file():
+        return load_from_disk(str(out / "dataset"))
+    chunks = sorted((out / "work" / "chunks").glob("chunk-*"))
+    if not chunks or not all((c / "result.json").is_file() for c in chunks):
+        raise FileNotFoundError(f"{out}: no finished prepared dataset (run python -m train.prepare_mimic)")
+    parts = {}
+    for split in ("train", "validation"):
+        files = [Dataset.from_file(str(c / f"{split}.arrow")) for c in chunks]
+        parts[split] = concatenate_datasets(files) if files else Dataset.from_dict({}, features=features())
+    return DatasetDict(parts)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Collation
+# --------------------------------------------------------------------------------------------------------------
+
+
+class MimicECGCollator:
+    """Rows (any datasets format) -> {"ecg_values" float32 [B, 12, 5000] standard lead order, "report", "study_id"}.
+
+    Signals go through `decode_signal` and the processor's `DBetaFeatureExtractor` (lead reorder from the stored
+    MIMIC order via row["lead_names"], NaN repair, crop/pad). With `processor` (a DBetaProcessor) the reports are
+    also tokenized into "input_ids"/"attention_mask".
+    """
+
+    def __init__(self, feature_extractor=None, processor=None, max_length: int = 256, **extractor_kwargs):
+        if feature_extractor is None and processor is not None:
+            feature_extractor = processor.feature_extractor
+        if feature_extractor is None:
+            from processing_dbeta import DBetaFeatureExtractor
+
+            feature_extractor = DBetaFeatureExtractor(**extractor_kwargs)
+        self.feature_extractor = feature_extractor
+        self.processor = processor
+        self.max_length = max_length
+
+    def __call__(self, rows: Sequence[dict]) -> dict:
+        import torch
+
+        ecg = self.feature_extractor(
+            [decode_signal(r) for r in rows],
+            sampling_rate=[float(r["sampling_rate"]) for r in rows],
+            lead_names=[[str(n) for n in r["lead_names"]] for r in rows],
+            return_tensors="pt",
+        )["ecg_values"]
+        reports = [str(r["report"]) for r in rows]
+        batch = {
+            "ecg_values": ecg,
+            "report": reports,
+            "study_id": torch.tensor([int(r["study_id"]) for r in rows], dtype=torch.int64),
+        }
+        if self.processor is not None:
+            tok = self.processor.tokenize(reports, max_length=self.max_length)
+            batch["input_ids"] = torch.tensor(tok["input_ids"], dtype=torch.int64)
+            batch["attention_mask"] = torch.tensor(tok["attention_mask"], dtype=torch.int64)
+        return batch
+
+
+__all__ = [
+    "DROP_REASONS",
+    "MIMIC_LEADS",
+    "MimicECGCollator",
+    "RecordDropped",
+    "build_row",
+    "decode_signal",
+    "features",
+    "iter_machine_measurements",
+    "iter_record_list",
+    "load_prepared_mimic",
+    "mimic_iterable_dataset",
+    "read_record",
+    "subject_split",
+]

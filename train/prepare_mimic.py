@@ -1,0 +1,426 @@
+"""Build a memory-mapped Arrow copy of MIMIC-IV-ECG v1.0 with a subject-level train/validation split.
+
+    python -m train.prepare_mimic --mimic-root DIR --output OUT [--num-proc N] [--val-fraction 0.02] [--seed 0]
+                                  [--limit N] [--chunk-size 1000]
+
+Reads an unmodified download (record_list.csv, machine_measurements.csv, files/.../*.hea|.dat). Output:
+    OUT/dataset/              DatasetDict ("train", "validation") saved with save_to_disk -> train.mimic.load_prepared_mimic
+    OUT/summary.json          read / kept / dropped {reason: count} / splits / malformed CSV rows / settings
+    OUT/dropped.csv           index, study_id, path, reason, detail for every dropped record-list row
+    OUT/validation_subjects.txt
+    OUT/work/                 manifest.sqlite (the CSVs joined on disk) and per-chunk shards while running
+
+Bounded memory: the two CSVs are streamed into an on-disk SQLite manifest (never held in RAM); records are
+processed in fixed-size chunks, each written by its own ArrowWriter (writer_batch_size rows buffered) to
+work/chunks/chunk-NNNNN/{train,validation}.arrow with a result.json written last as the done marker.
+Resumable: re-running the same command skips finished chunks (a half-written chunk is redone). Parallel:
+chunks are spread over --num-proc processes. Bad input never stops the ingest; each dropped row is counted by reason
+(see train/mimic.py for the list).
+
+The split is seeded and subject-level: a subject goes to validation iff blake2b(f"{seed}:{subject_id}") / 2**64 <
+val_fraction, so no subject is on both sides and the assignment does not depend on order or chunking.
+
+Consolidation (`save_to_disk` into OUT/dataset) copies the shards once (so disk use briefly doubles) and then deletes
+them; with --no-consolidate the shards stay and load_prepared_mimic concatenates them (zero-copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from train.mimic import (  # noqa: E402
+    DROP_REASONS,
+    RecordDropped,
+    build_row,
+    features,
+    iter_machine_measurements,
+    iter_record_list,
+    subject_split,
+)
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "validation")
+EXIT_STOPPED = 3
+
+
+class IngestStopped(RuntimeError):
+    """Raised when --stop-after-chunks ends a run early (used to test resuming)."""
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Manifest: the CSVs joined on disk
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_manifest(mimic_root: Path, work: Path, limit: Optional[int]) -> dict:
+    """Stream record_list.csv and machine_measurements.csv into work/manifest.sqlite; returns its info."""
+    done = work / "manifest.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if not (mimic_root / "record_list.csv").is_file():
+        raise FileNotFoundError(f"{mimic_root}: record_list.csv not found (is this a MIMIC-IV-ECG v1.0 folder?)")
+    db_path = work / "manifest.sqlite"
+    tmp = work / "manifest.sqlite.tmp"
+    if tmp.exists():
+        tmp.unlink()
+    con = sqlite3.connect(tmp)
+    con.execute("PRAGMA journal_mode=OFF")
+    con.execute("PRAGMA synchronous=OFF")
+    con.execute(
+        "CREATE TABLE records (idx INTEGER PRIMARY KEY, subject_id INTEGER, study_id INTEGER, ecg_time TEXT, "
+        "path TEXT, status TEXT)"
+    )
+    con.execute("CREATE TABLE reports (study_id INTEGER PRIMARY KEY, report TEXT)")
+    counters: dict = {}
+    n = 0
+    batch = []
+    for entry in iter_record_list(mimic_root):
+        if limit is not None and entry["index"] >= limit:
+            break
+        batch.append(
+            (entry["index"], entry["subject_id"], entry["study_id"], entry["ecg_time"], entry["path"], entry["status"])
+        )
+        n += 1
+        if len(batch) >= 10000:
+            con.executemany("INSERT INTO records VALUES (?,?,?,?,?,?)", batch)
+            batch = []
+    con.executemany("INSERT INTO records VALUES (?,?,?,?,?,?)", batch)
+    batch = []
+    n_reports = 0
+    for study, report in iter_machine_measurements(mimic_root, counters):
+        batch.append((study, report))
+        n_reports += 1
+        if len(batch) >= 10000:
+            con.executemany("INSERT OR IGNORE INTO reports VALUES (?,?)", batch)
+            batch = []
+    con.executemany("INSERT OR IGNORE INTO reports VALUES (?,?)", batch)
+    con.commit()
+    malformed_rl = con.execute(
+        "SELECT COUNT(*) FROM records WHERE status = 'malformed_record_list_row'"
+    ).fetchone()[0]
+    con.close()
+    os.replace(tmp, db_path)
+    info = {
+        "records": n,
+        "report_rows": n_reports,
+        "malformed_csv_rows": {
+            "record_list.csv": int(malformed_rl),
+            "machine_measurements.csv": int(counters.get("malformed_machine_measurements_row", 0)),
+        },
+    }
+    _write_json(done, info)
+    return info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Chunks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _chunk_dir(work: Path, chunk: int) -> Path:
+    return work / "chunks" / f"chunk-{chunk:05d}"
+
+
+def process_chunk(task: dict) -> dict:
+    """Read the records [start, stop) of the manifest and write this chunk's train/validation Arrow files."""
+    from datasets.arrow_writer import ArrowWriter
+
+    work, mimic_root = Path(task["work"]), Path(task["mimic_root"])
+    final = _chunk_dir(work, task["chunk"])
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    con = sqlite3.connect(f"file:{work / 'manifest.sqlite'}?mode=ro", uri=True)
+    rows = con.execute(
+        "SELECT r.idx, r.subject_id, r.study_id, r.ecg_time, r.path, r.status, m.report FROM records r "
+        "LEFT JOIN reports m ON m.study_id = r.study_id WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
+        (task["start"], task["stop"]),
+    ).fetchall()
+    con.close()
+    feats = features()
+    writers = {
+        s: ArrowWriter(features=feats, path=str(tmp / f"{s}.arrow"), writer_batch_size=task["writer_batch_size"])
+        for s in SPLITS
+    }
+    kept = {s: 0 for s in SPLITS}
+    dropped: dict = {}
+    dropped_rows = []
+    for idx, subject, study, ecg_time, path, status, report in rows:
+        entry = {"index": idx, "subject_id": subject, "study_id": study, "ecg_time": ecg_time or "", "path": path,
+                 "status": status}
+        try:
+            row = build_row(mimic_root, entry, report)
+        except RecordDropped as drop:
+            dropped[drop.reason] = dropped.get(drop.reason, 0) + 1
+            dropped_rows.append([idx, study, path, drop.reason, drop.detail[:300]])
+            continue
+        split = subject_split(subject, task["seed"], task["val_fraction"])
+        writers[split].write(row)
+        kept[split] += 1
+    for w in writers.values():
+        w.finalize()
+        w.close()
+    result = {"chunk": task["chunk"], "start": task["start"], "stop": task["stop"], "read": len(rows),
+              "kept": kept, "dropped": dropped, "dropped_rows": dropped_rows}
+    _write_json(tmp / "result.json", result)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return result
+
+
+def _settings(args) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "mimic_root": str(Path(args["mimic_root"]).resolve()),
+        "seed": int(args["seed"]),
+        "val_fraction": float(args["val_fraction"]),
+        "limit": None if args["limit"] is None else int(args["limit"]),
+        "chunk_size": int(args["chunk_size"]),
+    }
+
+
+def prepare_mimic(
+    mimic_root,
+    output,
+    num_proc: int = 1,
+    val_fraction: float = 0.02,
+    seed: int = 0,
+    limit: Optional[int] = None,
+    chunk_size: int = 1000,
+    writer_batch_size: int = 64,
+    consolidate: bool = True,
+    keep_chunks: bool = False,
+    stop_after_chunks: Optional[int] = None,
+    progress: bool = True,
+    restart: bool = False,
+) -> dict:
+    """Ingest MIMIC-IV-ECG into OUTPUT (see the module docstring); returns the summary dict.
+
+    `stop_after_chunks=K` processes K pending chunks and raises IngestStopped (a resumable, deliberate stop).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    mimic_root, out = Path(mimic_root), Path(output)
+    work = out / "work"
+    settings = _settings(
+        {"mimic_root": mimic_root, "seed": seed, "val_fraction": val_fraction, "limit": limit, "chunk_size": chunk_size}
+    )
+    if restart:
+        for p in (work, out / "dataset", out / "summary.json"):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    summary_path = out / "summary.json"
+    if summary_path.is_file() and (out / "dataset").is_dir():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("settings") == settings and summary.get("complete"):
+            if progress:
+                print(f"{out}: already prepared (summary.json); nothing to do. Use --restart to rebuild.")
+            return summary
+    work.mkdir(parents=True, exist_ok=True)
+    settings_path = work / "settings.json"
+    if settings_path.is_file():
+        old = json.loads(settings_path.read_text())
+        if old != settings:
+            raise ValueError(
+                f"{out} holds an unfinished ingest with other settings {old}; use the same arguments to resume, "
+                "or --restart to start over"
+            )
+    else:
+        _write_json(settings_path, settings)
+
+    t0 = time.perf_counter()
+    manifest = build_manifest(mimic_root, work, limit)
+    n = manifest["records"]
+    n_chunks = max(1, math.ceil(n / chunk_size))
+    (work / "chunks").mkdir(exist_ok=True)
+    for stale in (work / "chunks").glob("*.tmp"):
+        shutil.rmtree(stale)
+    tasks = [
+        {"work": str(work), "mimic_root": str(mimic_root), "chunk": c, "start": c * chunk_size,
+         "stop": min(n, (c + 1) * chunk_size), "seed": seed, "val_fraction": val_fraction,
+         "writer_batch_size": writer_batch_size}
+        for c in range(n_chunks)
+        if not (_chunk_dir(work, c) / "result.json").is_file()
+    ]
+    done_records = n - sum(t["stop"] - t["start"] for t in tasks)
+    stopped = False
+    if stop_after_chunks is not None and len(tasks) > stop_after_chunks:
+        tasks, stopped = tasks[:stop_after_chunks], True
+
+    bar = None
+    if not progress:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, initial=done_records, desc="MIMIC-IV-ECG ingest", unit="rec", smoothing=0.05)
+    num_proc = max(1, int(num_proc or 1))
+    if num_proc == 1 or len(tasks) <= 1:
+        for task in tasks:
+            res = process_chunk(task)
+            if bar is not None:
+                bar.update(res["read"])
+    else:
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        with ctx.Pool(min(num_proc, len(tasks)), maxtasksperchild=50) as pool:
+            for res in pool.imap_unordered(process_chunk, tasks):
+                if bar is not None:
+                    bar.update(res["read"])
+    if bar is not None:
+        bar.close()
+    if stopped:
+        raise IngestStopped(f"stopped after {stop_after_chunks} chunk(s) as asked; re-run the same command to resume")
+
+    summary = _finish(out, work, settings, manifest, n_chunks, consolidate, keep_chunks)
+    summary["elapsed_s_last_run"] = round(time.perf_counter() - t0, 2)
+    _write_json(summary_path, summary)
+    return summary
+
+
+def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int, consolidate: bool,
+            keep_chunks: bool) -> dict:
+    """Aggregate the chunk results into summary.json/dropped.csv and (optionally) consolidate the shards."""
+    import numpy as np
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    read, kept = 0, {s: 0 for s in SPLITS}
+    dropped = {}
+    with open(out / "dropped.csv.tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "study_id", "path", "reason", "detail"])
+        for c in range(n_chunks):
+            res = json.loads((_chunk_dir(work, c) / "result.json").read_text())
+            read += res["read"]
+            for s in SPLITS:
+                kept[s] += res["kept"][s]
+            for reason, count in res["dropped"].items():
+                dropped[reason] = dropped.get(reason, 0) + count
+            w.writerows(res["dropped_rows"])
+    os.replace(out / "dropped.csv.tmp", out / "dropped.csv")
+
+    parts = {}
+    for s in SPLITS:
+        shards = [Dataset.from_file(str(_chunk_dir(work, c) / f"{s}.arrow")) for c in range(n_chunks)]
+        parts[s] = concatenate_datasets(shards)
+    subjects = {}
+    for s in SPLITS:
+        col = parts[s].data.column("subject_id").to_numpy() if len(parts[s]) else np.zeros(0, dtype=np.int64)
+        subjects[s] = np.unique(col)
+    overlap = np.intersect1d(subjects["train"], subjects["validation"])
+    if len(overlap):  # cannot happen with subject_split; checked anyway
+        raise RuntimeError(f"{len(overlap)} subject(s) on both sides of the split")
+    (out / "validation_subjects.txt").write_text("".join(f"{int(x)}\n" for x in subjects["validation"]))
+    if consolidate:
+        target = out / "dataset"
+        tmp = out / "dataset.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        DatasetDict(parts).save_to_disk(str(tmp), max_shard_size="500MB")
+        del parts
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        if not keep_chunks:
+            for c in range(n_chunks):
+                for s in SPLITS:
+                    p = _chunk_dir(work, c) / f"{s}.arrow"
+                    if p.exists():
+                        p.unlink()
+    ordered_drops = {r: dropped[r] for r in DROP_REASONS if r in dropped}
+    ordered_drops.update({r: v for r, v in dropped.items() if r not in ordered_drops})
+    total_kept = sum(kept.values())
+    if total_kept + sum(dropped.values()) != read:
+        raise RuntimeError("internal error: kept + dropped != read")
+    return {
+        "complete": True,
+        "read": read,
+        "kept": total_kept,
+        "dropped": ordered_drops,
+        "malformed_csv_rows": manifest["malformed_csv_rows"],
+        "machine_measurements_rows": manifest["report_rows"],
+        "splits": {
+            s: {"records": kept[s], "subjects": int(len(subjects[s]))} for s in SPLITS
+        },
+        "split_method": "subject-level: validation iff blake2b(f'{seed}:{subject_id}')/2**64 < val_fraction",
+        "dataset": "dataset" if consolidate else "work/chunks",
+        "chunks": n_chunks,
+        "signal_storage": "int16 ADC values as stored in the .dat files + per-lead adc_gain (adu/mV) and "
+        "baseline; -32768 = missing sample; decode with train.mimic.decode_signal",
+        "settings": settings,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.prepare_mimic",
+        description="Prepare MIMIC-IV-ECG v1.0 as a memory-mapped Arrow DatasetDict (train/validation by subject).",
+    )
+    parser.add_argument("--mimic-root", required=True, help="folder with record_list.csv, machine_measurements.csv, files/")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--num-proc", type=int, default=1)
+    parser.add_argument("--val-fraction", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N rows of record_list.csv")
+    parser.add_argument("--chunk-size", type=int, default=1000, help="records per resumable chunk")
+    parser.add_argument("--writer-batch-size", type=int, default=64, help="rows buffered per Arrow write")
+    parser.add_argument("--no-consolidate", action="store_true",
+                        help="keep the per-chunk shards instead of copying them into OUTPUT/dataset")
+    parser.add_argument("--keep-chunks", action="store_true", help="keep the chunk shards after consolidating")
+    parser.add_argument("--restart", action="store_true", help="discard a previous (partial) ingest in OUTPUT")
+    parser.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)  # resume testing
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        summary = prepare_mimic(
+            args.mimic_root, args.output, num_proc=args.num_proc, val_fraction=args.val_fraction, seed=args.seed,
+            limit=args.limit, chunk_size=args.chunk_size, writer_batch_size=args.writer_batch_size,
+            consolidate=not args.no_consolidate, keep_chunks=args.keep_chunks,
+            stop_after_chunks=args.stop_after_chunks, progress=not args.quiet, restart=args.restart,
+        )
+    except IngestStopped as stop:
+        print(str(stop), file=sys.stderr)
+        return EXIT_STOPPED
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    splits = summary["splits"]
+    print(
+        f"read {summary['read']}, kept {summary['kept']} (train {splits['train']['records']}, validation "
+        f"{splits['validation']['records']}), dropped {sum(summary['dropped'].values())} {summary['dropped']}; "
+        f"summary: {Path(args.output) / 'summary.json'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
