@@ -271,11 +271,11 @@ def parse_wfdb_header(text: str) -> WfdbHeader:
         file_name=[], fmt=[], samps_per_frame=[], skew=[], byte_offset=[], adc_gain=[], baseline=[], units=[],
         adc_res=[], adc_zero=[], init_value=[], checksum=[], block_size=[], sig_name=[],
     )
-    for i, line in enumerate(lines[1 : 1 + n_sig]):
+    for line in lines[1 : 1 + n_sig]:
         s = _SIGNAL_LINE.match(line)
         if s is None:
             raise ValueError(f"unparsable signal line {line!r}")
-        zero = int(s.group("zero")) if s.group("zero") else 0
+        zero = int(s.group("zero")) if s.group("zero") else None
         gain = float(s.group("gain")) if s.group("gain") else 0.0
         h.file_name.append(s.group("file"))
         h.fmt.append(s.group("fmt"))
@@ -283,14 +283,14 @@ def parse_wfdb_header(text: str) -> WfdbHeader:
         h.skew.append(int(s.group("skew")) if s.group("skew") else None)
         h.byte_offset.append(int(s.group("off")) if s.group("off") else None)
         h.adc_gain.append(gain if gain else 200.0)
-        h.baseline.append(int(s.group("base")) if s.group("base") else zero)
+        h.baseline.append(int(s.group("base")) if s.group("base") else (zero or 0))
         h.units.append(s.group("units") or "mV")
         h.adc_res.append(int(s.group("res")) if s.group("res") else None)
         h.adc_zero.append(zero)
         h.init_value.append(int(s.group("init")) if s.group("init") else None)
         h.checksum.append(int(s.group("cks")) if s.group("cks") else None)
         h.block_size.append(int(s.group("bs")) if s.group("bs") else None)
-        h.sig_name.append(s.group("desc") if s.group("desc") is not None else f"ch{i + 1}")
+        h.sig_name.append(s.group("desc"))
     return h
 
 
@@ -323,7 +323,7 @@ def read_record(mimic_root, path: str) -> dict:
     if n_sig != NUM_LEADS:
         raise RecordDropped("wrong_lead_count", f"{hea}: {n_sig} signals")
     try:
-        names = [canonical_lead_name(n) for n in header.sig_name]
+        names = [canonical_lead_name(str(n)) for n in header.sig_name]
     except ValueError as err:
         raise RecordDropped("unknown_leads", f"{hea}: {err}") from None
     if sorted(names) != sorted(STANDARD_LEADS):

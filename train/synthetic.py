@@ -221,8 +221,8 @@ def _qrs_components(label: str, rng: np.random.Generator):
     """(offsets s relative to the beat fiducial, sigmas s, vectors [k,3] mV) of the ventricular depolarisation."""
     if label == "CRBBB":
         stretch = rng.uniform(0.92, 1.1)
-        offs = np.array([-0.030, 0.0, 0.046]) * stretch
-        sig = np.array([0.010, 0.013, 0.017]) * stretch
+        offs = np.array([-0.030, 0.0, 0.050]) * stretch
+        sig = np.array([0.010, 0.013, 0.019]) * stretch
         vec = np.stack(
             [
                 _unit([-0.30, 0.10, 0.60]) * rng.uniform(0.25, 0.4),  # septal: r in V1, q in I/V6
@@ -270,7 +270,7 @@ def synthesize(label: str, rng: np.random.Generator, sampling_rate: int = 500, d
     rr0 = 60.0 / hr
     n_beats = int((duration + 2.0) / (rr0 * 0.6)) + 4
     if afib:
-        k = rng.uniform(6.0, 25.0)  # RR coefficient of variation 1/sqrt(k): 0.2-0.4
+        k = rng.uniform(5.0, 16.0)  # RR coefficient of variation 1/sqrt(k): 0.25-0.45
         rr = np.clip(rr0 * rng.gamma(k, 1.0 / k, n_beats), 0.28, 2.2)
     else:
         rsa = rng.uniform(0.0, 0.05)  # respiratory sinus arrhythmia
@@ -314,12 +314,12 @@ def synthesize(label: str, rng: np.random.Generator, sampling_rate: int = 500, d
 
     st_vec = None
     if label == "STD_":  # depression in I, II, aVL, aVF?, V4-V6 (reciprocal rise in aVR/V1)
-        st_vec = _unit([-0.65, -0.45, -0.05]) * rng.uniform(0.25, 0.45)
+        st_vec = _unit([-0.65, -0.45, -0.05]) * rng.uniform(0.3, 0.5)
     elif label == "STE_":  # anterior or inferior injury current
         st_vec = (
-            _unit([-0.05, 0.10, 0.95]) * rng.uniform(0.2, 0.35)
+            _unit([-0.05, 0.10, 0.95]) * rng.uniform(0.25, 0.4)
             if rng.random() < 0.6
-            else _unit([0.0, 0.95, 0.15]) * rng.uniform(0.25, 0.4)
+            else _unit([0.0, 0.95, 0.15]) * rng.uniform(0.35, 0.5)
         )
     elif label == "CLBBB":
         st_vec = -_unit(q_vec[-1]) * rng.uniform(0.1, 0.2)

@@ -1,0 +1,337 @@
+"""MIMIC-IV-ECG ingest: drop accounting, subject split, resume, streaming, decoding, collation (synthetic data)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from processing_dbeta import MIMIC_LEADS, STANDARD_LEADS
+from train import synthetic as syn
+from train.mimic import (
+    ADC_NAN,
+    MimicECGCollator,
+    build_row,
+    decode_signal,
+    iter_record_list,
+    load_prepared_mimic,
+    mimic_iterable_dataset,
+    parse_wfdb_header,
+    read_record,
+    subject_split,
+)
+from train.prepare_mimic import IngestStopped, main as prepare_main, prepare_mimic
+
+N = 40
+SEED = 11
+BROKEN = {}  # reason -> study_id of the record broken that way (filled by the broken_root fixture)
+
+EXPECTED_DROPS = {
+    "malformed_record_list_row": 1,
+    "duplicate_study": 1,
+    "missing_report": 1,
+    "empty_report": 1,
+    "missing_record": 1,
+    "missing_dat": 1,
+    "bad_header": 1,
+    "truncated_dat": 1,
+    "header_data_mismatch": 1,
+    "checksum_mismatch": 1,
+    "wrong_lead_count": 1,
+    "wrong_sampling_rate": 1,
+    "all_nan_lead": 1,
+}
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        return header, list(reader)
+
+
+def _write_rows(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _labels(root):
+    with open(root / "synthetic_labels.csv", newline="") as f:
+        return {r["study_id"]: r["label"] for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def broken_root(tmp_path_factory):
+    """A synthetic MIMIC-IV-ECG folder with one record broken in each way the ingest must survive."""
+    root = syn.write_mimic_layout(tmp_path_factory.mktemp("mimic") / "mimic", N, seed=SEED)
+    rl_header, rl = _read_csv(root / "record_list.csv")
+    mm_header, mm = _read_csv(root / "machine_measurements.csv")
+    path_of = {r[1]: root / r[4] for r in rl}
+    study = [r[1] for r in rl]
+    broken = {}
+
+    def take(reason):
+        s = study[len(broken) * 3 + 1]  # spread over subjects/chunks
+        broken[reason] = s
+        return s, path_of[s]
+
+    s, p = take("truncated_dat")
+    data = p.with_suffix(".dat").read_bytes()
+    p.with_suffix(".dat").write_bytes(data[: len(data) // 2])
+    s, p = take("missing_dat")
+    p.with_suffix(".dat").unlink()
+    s, p = take("missing_record")
+    p.with_suffix(".dat").unlink()
+    p.with_suffix(".hea").unlink()
+    s, p = take("bad_header")
+    p.with_suffix(".hea").write_text("this is not a WFDB header\n")
+    s, p = take("header_data_mismatch")
+    with open(p.with_suffix(".dat"), "ab") as f:
+        f.write(b"\x00\x01" * 12)
+    s, p = take("checksum_mismatch")
+    raw = bytearray(p.with_suffix(".dat").read_bytes())
+    raw[1000] ^= 0x40
+    p.with_suffix(".dat").write_bytes(bytes(raw))
+    x = syn.generate_ecg("NORM", np.random.default_rng(5))[[STANDARD_LEADS.index(n) for n in MIMIC_LEADS]]
+    s, p = take("wrong_lead_count")
+    syn.write_wfdb(p.name, p.parent, syn.to_adc(x[:8], 200.0), 500, MIMIC_LEADS[:8], 200.0)
+    s, p = take("wrong_sampling_rate")
+    syn.write_wfdb(p.name, p.parent, syn.to_adc(x[:, ::2], 200.0), 250, MIMIC_LEADS, 200.0)
+    s, p = take("all_nan_lead")
+    y = x.copy()
+    y[4] = np.nan
+    syn.write_wfdb(p.name, p.parent, syn.to_adc(y, 200.0), 500, MIMIC_LEADS, 200.0)
+    # kept despite a NaN run (the processor repairs it)
+    s, p = take("partial_nan")
+    y = x.copy()
+    y[7, 1000:1100] = np.nan
+    syn.write_wfdb(p.name, p.parent, syn.to_adc(y, 200.0), 500, MIMIC_LEADS, 200.0)
+
+    s = take("empty_report")[0]
+    s_mm = take("missing_report")[0]  # its machine_measurements row is malformed
+    for row in mm:
+        if row[1] == s:
+            for i in range(4, 22):
+                row[i] = ""
+    mm = [row if row[1] != s_mm else row[:3] for row in mm]
+    _write_rows(root / "machine_measurements.csv", mm_header, mm)
+    rl.insert(5, ["not-a-number", "garbage", "x"])
+    dup = next(r for r in rl if r[1] == study[-1])
+    rl.append(list(dup))
+    _write_rows(root / "record_list.csv", rl_header, rl)
+    broken["duplicate_study"] = dup[1]
+    BROKEN.clear()
+    BROKEN.update(broken)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(broken_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "out"
+    summary = prepare_mimic(broken_root, out, num_proc=1, val_fraction=0.3, seed=SEED, chunk_size=8, progress=False)
+    return out, summary
+
+
+def _rows_by_study(ds_dict):
+    rows = {}
+    for split in ds_dict:
+        for r in ds_dict[split].with_format("numpy"):
+            rows[int(r["study_id"])] = (split, r)
+    return rows
+
+
+def test_ingest_summary_counts(prepared, broken_root):
+    out, summary = prepared
+    assert summary["read"] == N + 2  # + malformed row + duplicate row
+    assert summary["dropped"] == EXPECTED_DROPS
+    assert summary["kept"] == N + 2 - sum(EXPECTED_DROPS.values())
+    assert summary["malformed_csv_rows"] == {"record_list.csv": 1, "machine_measurements.csv": 1}
+    assert json.loads((out / "summary.json").read_text())["dropped"] == EXPECTED_DROPS
+    with open(out / "dropped.csv", newline="") as f:
+        dropped = list(csv.DictReader(f))
+    assert len(dropped) == sum(EXPECTED_DROPS.values())
+    by_reason = {d["reason"]: d["study_id"] for d in dropped}
+    for reason, study in BROKEN.items():
+        if reason != "partial_nan" and reason != "duplicate_study":
+            assert by_reason[reason] == study, reason
+    ds = load_prepared_mimic(out)
+    assert sum(len(ds[s]) for s in ds) == summary["kept"]
+    assert int(BROKEN["partial_nan"]) in _rows_by_study(ds)
+
+
+def test_subject_level_split(prepared):
+    out, summary = prepared
+    ds = load_prepared_mimic(out)
+    train = set(ds["train"]["subject_id"])
+    val = set(ds["validation"]["subject_id"])
+    assert train and val and not (train & val)
+    assert summary["splits"]["train"] == {"records": len(ds["train"]), "subjects": len(train)}
+    assert summary["splits"]["validation"] == {"records": len(ds["validation"]), "subjects": len(val)}
+    listed = {int(x) for x in (out / "validation_subjects.txt").read_text().split()}
+    assert listed == val
+    for s in train:
+        assert subject_split(s, SEED, 0.3) == "train"
+    for s in val:
+        assert subject_split(s, SEED, 0.3) == "validation"
+
+
+def test_schema_and_decode_round_trip(prepared, broken_root):
+    import wfdb
+
+    out, _ = prepared
+    ds = load_prepared_mimic(out)
+    assert ds["train"].features["signal"].shape == (12, 5000) and ds["train"].features["signal"].dtype == "int16"
+    rows = _rows_by_study(ds)
+    for study, (_, row) in list(rows.items())[:6] + [(int(BROKEN["partial_nan"]), rows[int(BROKEN["partial_nan"])])]:
+        assert list(row["lead_names"]) == list(MIMIC_LEADS)
+        assert float(row["sampling_rate"]) == 500.0
+        rec = wfdb.rdrecord(str(broken_root / str(row["path"])))
+        ref = rec.p_signal.T
+        got = decode_signal(row)
+        assert got.dtype == np.float32 and got.shape == (12, 5000)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        ok = ~np.isnan(ref)
+        assert np.abs(got[ok] - ref[ok]).max() < 1e-6
+    nan_row = rows[int(BROKEN["partial_nan"])][1]
+    assert (nan_row["signal"][7, 1000:1100] == ADC_NAN).all()
+    # decode works on python-list rows (the default datasets format) too
+    plain = ds["train"][0]
+    np.testing.assert_array_equal(decode_signal(plain), decode_signal(ds["train"].with_format("numpy")[0]))
+
+
+def test_processor_turns_rows_into_standard_order(prepared, broken_root):
+    out, _ = prepared
+    ds = load_prepared_mimic(out)["train"].with_format("numpy")
+    labels = _labels(broken_root)
+    _, rl = _read_csv(broken_root / "record_list.csv")
+    index_of = {}
+    for r in rl:
+        if r[1].isdigit():
+            index_of.setdefault(r[1], len(index_of))
+    rows = [ds[i] for i in range(4)]
+    batch = MimicECGCollator()(rows)
+    ecg = batch["ecg_values"]
+    assert tuple(ecg.shape) == (4, 12, 5000) and str(ecg.dtype) == "torch.float32"
+    assert batch["report"] == [r["report"] for r in rows]
+    for b, row in enumerate(rows):
+        study = str(int(row["study_id"]))
+        x = syn.generate_ecg(labels[study], syn._record_rng(SEED, index_of[study]))  # standard order
+        assert np.abs(ecg[b].numpy() - x).max() <= 0.5 / 200 + 1e-6
+        stored = decode_signal(row)  # MIMIC order: aVF at index 4, aVL at index 5
+        np.testing.assert_array_equal(ecg[b, STANDARD_LEADS.index("aVL")].numpy(), stored[MIMIC_LEADS.index("aVL")])
+        np.testing.assert_array_equal(ecg[b, STANDARD_LEADS.index("aVF")].numpy(), stored[MIMIC_LEADS.index("aVF")])
+    # NaN runs are repaired by the processor
+    nan_study = int(BROKEN["partial_nan"])
+    full = load_prepared_mimic(out)
+    row = _rows_by_study(full)[nan_study][1]
+    repaired = MimicECGCollator()([row])["ecg_values"]
+    assert bool(repaired.isfinite().all())
+
+
+def test_streaming_rows_equal_prepared_rows(prepared, broken_root):
+    out, _ = prepared
+    prepared_rows = _rows_by_study(load_prepared_mimic(out))
+    stream = mimic_iterable_dataset(broken_root, num_shards=3)
+    streamed = {int(r["study_id"]): r for r in stream.with_format("numpy")}
+    assert streamed.keys() == prepared_rows.keys()
+    for study, row in streamed.items():
+        ref = prepared_rows[study][1]
+        assert set(row) == set(ref)
+        for key in row:
+            np.testing.assert_array_equal(np.asarray(row[key]), np.asarray(ref[key]), err_msg=key)
+    assert stream.features == load_prepared_mimic(out)["train"].features
+    limited = list(mimic_iterable_dataset(broken_root, limit=4, num_shards=2))
+    assert 0 < len(limited) <= 4
+
+
+def test_resume_matches_uninterrupted_run(broken_root, prepared, tmp_path):
+    ref_out, ref_summary = prepared
+    out = tmp_path / "resumed"
+    kwargs = dict(val_fraction=0.3, seed=SEED, chunk_size=8, progress=False)
+    with pytest.raises(IngestStopped):
+        prepare_mimic(broken_root, out, num_proc=1, stop_after_chunks=2, **kwargs)
+    done = sorted(p.name for p in (out / "work" / "chunks").iterdir())
+    assert done == ["chunk-00000", "chunk-00001"] and not (out / "summary.json").exists()
+    # a chunk that was being written when the process died is redone
+    (out / "work" / "chunks" / "chunk-00002.tmp").mkdir()
+    (out / "work" / "chunks" / "chunk-00002.tmp" / "train.arrow").write_bytes(b"partial")
+    # other settings are refused instead of mixing two ingests
+    with pytest.raises(ValueError, match="other settings"):
+        prepare_mimic(broken_root, out, num_proc=1, **{**kwargs, "seed": SEED + 1})
+    first = json.loads((out / "work" / "chunks" / "chunk-00000" / "result.json").read_text())
+    summary = prepare_mimic(broken_root, out, num_proc=2, **kwargs)
+    assert json.loads((out / "work" / "chunks" / "chunk-00000" / "result.json").read_text()) == first  # not redone
+    strip = lambda s: {k: v for k, v in s.items() if k != "elapsed_s_last_run"}  # noqa: E731
+    assert strip(summary) == strip(ref_summary)
+    a, b = load_prepared_mimic(ref_out), load_prepared_mimic(out)
+    for split in ("train", "validation"):
+        assert a[split].to_pandas().drop(columns=["signal"]).equals(b[split].to_pandas().drop(columns=["signal"]))
+        np.testing.assert_array_equal(
+            np.stack(a[split].with_format("numpy")["signal"]), np.stack(b[split].with_format("numpy")["signal"])
+        )
+    # a finished output is not rebuilt
+    assert prepare_mimic(broken_root, out, num_proc=1, **kwargs)["settings"] == summary["settings"]
+
+
+def test_cli_stop_and_resume_and_no_consolidate(broken_root, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["--mimic-root", str(broken_root), "--output", str(out), "--chunk-size", "16", "--quiet", "--no-consolidate",
+            "--limit", "30"]
+    assert prepare_main(args + ["--stop-after-chunks", "1"]) == 3
+    assert prepare_main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["read"] == 30 and summary["dataset"] == "work/chunks"
+    ds = load_prepared_mimic(out)
+    assert len(ds["train"]) + len(ds["validation"]) == summary["kept"]
+    assert prepare_main(["--mimic-root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x"), "--quiet"]) == 2
+
+
+def test_record_list_parsing(broken_root):
+    entries = list(iter_record_list(broken_root))
+    assert len(entries) == N + 2
+    assert [e["status"] for e in entries].count("malformed_record_list_row") == 1
+    assert [e["status"] for e in entries].count("duplicate_study") == 1
+    entry = next(e for e in entries if e["status"] is None)
+    row = build_row(broken_root, entry, "sinus rhythm")
+    assert row["signal"].dtype == np.int16 and row["signal"].shape == (12, 5000)
+    assert row["adc_gain"].tolist() == [200.0] * 12 and row["baseline"].tolist() == [0] * 12
+
+
+def test_header_parser_matches_wfdb(tmp_path):
+    import wfdb
+
+    headers = {
+        "mimic": "40689238 12 500 5000 08:44:00 23/07/2180\n"
+        + "".join(f"40689238.dat 16 200.0(0)/mV 16 0 -13 -5163 0 {n}\n" for n in MIMIC_LEADS),
+        "ptbxl": "00001_hr 12 500 5000\n"
+        + "".join(f"00001_hr.dat 16 1000.0(0)/mV 16 0 -119 1508 0 {n}\n" for n in syn.PTBXL_HEADER_LEADS),
+        "defaults": "# a comment\nrec 2 360 650000\nrec.dat 212 200 11 1024 995 -22131 0 MLII\nrec.dat 212 200 11 1024 1011 20052 0 V5\n",
+        "units_baseline": "r 3 250\nr.dat 16 1000(-5)/uV 12 0\nr.dat 16\nr.dat 16 0.5/mV 16 0 0 0 0 lead with spaces\n",
+    }
+    for name, text in headers.items():
+        (tmp_path / f"{name}.hea").write_text(text)
+        mine = parse_wfdb_header(text)
+        ref = wfdb.rdheader(str(tmp_path / name))
+        for field in ("n_sig", "fs", "sig_len", "file_name", "fmt", "adc_gain", "baseline", "units", "adc_res",
+                      "adc_zero", "init_value", "checksum", "block_size", "sig_name"):
+            assert getattr(mine, field) == getattr(ref, field), (name, field, getattr(mine, field), getattr(ref, field))
+    with pytest.raises(ValueError):
+        parse_wfdb_header("multi/3 2 500 1000\n")
+
+
+def test_read_record_microvolt_units(tmp_path):
+    """Units other than mV are folded into adc_gain, so decode_signal still returns millivolts."""
+    import wfdb
+
+    x = syn.generate_ecg("NORM", np.random.default_rng(2))[[STANDARD_LEADS.index(n) for n in MIMIC_LEADS]]
+    folder = tmp_path / "files" / "p1000" / "p10000001" / "s40000001"
+    folder.mkdir(parents=True)
+    wfdb.wrsamp("40000001", fs=500, units=["uV"] * 12, sig_name=list(MIMIC_LEADS), p_signal=(x * 1000).T.astype(np.float64),
+                fmt=["16"] * 12, adc_gain=[1.0] * 12, baseline=[10] * 12, write_dir=str(folder))
+    rec = read_record(tmp_path, "files/p1000/p10000001/s40000001/40000001")
+    np.testing.assert_allclose(rec["adc_gain"], 1000.0)
+    got = decode_signal(rec)
+    assert np.abs(got - x).max() <= 0.5e-3 + 1e-6

