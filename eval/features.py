@@ -1,0 +1,225 @@
+"""D-BETA features for whole datasets: model + processor loading, ECG features through DataLoader workers, text
+features for prompts or reports. Used by eval.zero_shot and eval.retrieval; generic enough for any script.
+
+    from eval.features import load_model_and_processor, dataset_ecg_features, text_features
+    model, processor = load_model_and_processor("path/or/repo")
+    ecg = dataset_ecg_features(model, processor, ds, batch_size=32, num_workers=2)   # float32 [n, hidden]
+    txt = text_features(model, processor, ["atrial fibrillation. ..."])               # float32 [m, hidden]
+
+Every record goes through the model's own processor (`DBetaFeatureExtractor.condition`: lead order, NaN repair,
+resampling, crop/pad, amplitude policy). Where the dataset names a protocol length (`protocol_num_samples`,
+CPSC2018: 2500 samples at the processor's rate) the record is cut to that duration first, and the processor then
+zero-pads it to the model length (the MERL protocol).
+
+A record that cannot be read or conditioned raises `RecordError` naming the record and its file, in the main
+process (not wrapped in a DataLoader-worker traceback); with `on_error="skip"` it is left out instead and
+reported in the returned `failures`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipeline_dbeta import text_features as _text_features  # noqa: E402
+
+__all__ = [
+    "RecordError",
+    "load_model_and_processor",
+    "ProcessedRecords",
+    "condition_item",
+    "dataset_ecg_features",
+    "text_features",
+    "processor_settings",
+]
+
+
+class RecordError(ValueError):
+    """A record could not be read or conditioned; the message names it."""
+
+
+def _register_local_config() -> None:
+    """Let Auto* classes read a D-BETA config.json with this repository's classes (no remote-code prompt)."""
+    from transformers import AutoConfig
+
+    from configuration_dbeta import DBetaConfig
+
+    try:
+        AutoConfig.register("dbeta", DBetaConfig)
+    except ValueError:  # already registered
+        pass
+
+
+def load_model_and_processor(name_or_path: str, remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                             device: str = "cpu") -> Tuple[torch.nn.Module, object]:
+    """(DBetaModel in eval mode, DBetaProcessor) from a model folder or Hub repo id.
+
+    By default the classes of this repository are used (no code from the model folder is run); with
+    `remote_code=True` the folder's own code is loaded with `trust_remote_code=True`, as the pipeline does."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        if remote_code:
+            from transformers import AutoModel, AutoProcessor
+
+            model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
+            processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+        else:
+            from transformers import AutoTokenizer
+
+            from modeling_dbeta import DBetaModel
+            from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
+
+            _register_local_config()
+            model = DBetaModel.from_pretrained(name_or_path, dtype=dtype)
+            try:
+                feature_extractor = DBetaFeatureExtractor.from_pretrained(name_or_path)
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            except (OSError, ValueError) as err:
+                raise FileNotFoundError(
+                    f"{name_or_path}: no D-BETA processor (processor_config.json + tokenizer files) found "
+                    f"({type(err).__name__}: {err}); export the model with train.export.export_model(..., "
+                    "processor=...)"
+                ) from err
+            processor = DBetaProcessor(feature_extractor, tokenizer)
+    finally:
+        hf_logging.set_verbosity(level)
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model, processor
+
+
+def processor_settings(feature_extractor) -> dict:
+    """The feature extractor's settings that change its output (for reports)."""
+    fe = feature_extractor
+    return {"sampling_rate": fe.sampling_rate, "num_samples": fe.num_samples, "lead_names": list(fe.lead_names),
+            "normalization": fe.normalization, "crop": fe.crop, "nan_policy": fe.nan_policy,
+            "min_duration": fe.min_duration}
+
+
+def condition_item(feature_extractor, item: dict, protocol_num_samples: Optional[int] = None) -> np.ndarray:
+    """A dataset item {signal, sampling_rate, lead_names, record_id} -> model input [leads, num_samples]."""
+    signal = item["signal"]
+    rate = float(item["sampling_rate"])
+    if protocol_num_samples:
+        keep = int(round(protocol_num_samples * rate / feature_extractor.sampling_rate))
+        signal = signal[:, :keep]
+    return feature_extractor.condition(signal, rate, item.get("lead_names"),
+                                       where=f"record {item.get('record_id', '?')}")
+
+
+class ProcessedRecords(torch.utils.data.Dataset):
+    """A dataset's records conditioned by the feature extractor (in DataLoader workers).
+
+    Items: {"ecg_values": float32 [leads, samples], "index": int, "error": str}. A failing record yields zeros
+    and a non-empty `error` (naming the record and file), so the caller decides to raise or skip."""
+
+    def __init__(self, dataset, feature_extractor, protocol_num_samples: Optional[int] = None):
+        self.dataset = dataset
+        self.feature_extractor = feature_extractor
+        self.protocol_num_samples = protocol_num_samples
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _where(self, index: int) -> Tuple[str, str]:
+        """(record id, file) of item `index`, for error messages."""
+        rid = self.dataset.record_ids[index] if hasattr(self.dataset, "record_ids") else str(index)
+        try:
+            source = self.dataset._source(index) if hasattr(self.dataset, "_source") else ""
+        except Exception:
+            source = ""
+        return str(rid), str(source)
+
+    def __getitem__(self, index: int) -> dict:
+        fe = self.feature_extractor
+        error = ""
+        try:
+            x = condition_item(fe, self.dataset[int(index)], self.protocol_num_samples)
+        except Exception as err:  # reported (raised or skipped) by the caller, in the main process
+            x = np.zeros((len(fe.lead_names), fe.num_samples), dtype=np.float32)
+            rid, source = self._where(int(index))
+            message = f"{type(err).__name__}: {err}"
+            error = message if source and source in message else f"record {rid}" + (
+                f" ({source})" if source else "") + f": {message}"
+        return {"ecg_values": torch.from_numpy(np.ascontiguousarray(x)), "index": int(index), "error": error}
+
+
+def resolve_protocol_num_samples(dataset, value="auto") -> Optional[int]:
+    """"auto" -> the dataset's `protocol_num_samples` (or None); None/"none" -> None; an int -> that int."""
+    if value is None or str(value).lower() == "none":
+        return None
+    if str(value).lower() == "auto":
+        n = getattr(dataset, "protocol_num_samples", None)
+        return int(n) if n else None
+    n = int(value)
+    if n <= 0:
+        raise ValueError(f"protocol_num_samples must be positive, got {n}")
+    return n
+
+
+@torch.no_grad()
+def dataset_ecg_features(model, processor, dataset, batch_size: int = 32, num_workers: int = 0,
+                         protocol_num_samples="auto", on_error: str = "raise", progress: bool = True,
+                         desc: str = "ECG features", return_failures: bool = False):
+    """`get_ecg_features` of every record of `dataset` (items as in eval.datasets), in order.
+
+    Returns float32 [n, hidden]; with `return_failures=True`, (features, kept_indices, failures) where failures
+    is a list of {"index", "error"} (only non-empty with on_error="skip")."""
+    from tqdm.auto import tqdm
+
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    fe = processor.feature_extractor if hasattr(processor, "feature_extractor") else processor
+    pns = resolve_protocol_num_samples(dataset, protocol_num_samples)
+    loader = torch.utils.data.DataLoader(
+        ProcessedRecords(dataset, fe, pns), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        persistent_workers=False,
+    )
+    device = next(model.parameters()).device
+    feats: List[np.ndarray] = []
+    kept: List[int] = []
+    failures: List[dict] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+            errors = list(batch["error"])
+            ok = [i for i, e in enumerate(errors) if not e]
+            for i, e in enumerate(errors):
+                if e:
+                    if on_error == "raise":
+                        raise RecordError(e)
+                    failures.append({"index": int(batch["index"][i]), "error": e})
+            if not ok:
+                continue
+            x = batch["ecg_values"][ok].to(device)
+            feats.append(model.get_ecg_features(x).float().cpu().numpy())
+            kept.extend(int(batch["index"][i]) for i in ok)
+    finally:
+        model.train(was_training)
+    hidden = model.config.hidden_size
+    out = np.concatenate(feats) if feats else np.zeros((0, hidden), dtype=np.float32)
+    if return_failures:
+        return out, np.asarray(kept, dtype=np.int64), failures
+    return out
+
+
+def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """`get_text_features` of `texts` (cleaned and tokenized by the processor): float32 [len(texts), hidden]."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _text_features(model, processor, list(texts), batch_size).float().cpu().numpy()
+    finally:
+        model.train(was_training)

@@ -1,0 +1,361 @@
+"""Zero-shot classification of a downstream ECG dataset with D-BETA (the MERL benchmark protocol).
+
+    python -m eval.zero_shot --model DIR_OR_REPO --dataset {ptbxl,cpsc2018,csn,physionet2021,code-test} \
+        --data-root DIR [--task super|sub|form|rhythm] [--split test] [--scoring cosine|dot] \
+        [--batch-size 32] [--num-workers 2] [--bootstrap 1000] [--seed 0] --output FILE.json
+
+What it does:
+1. ECG features: every record of the split goes through the model's processor (in DataLoader workers) and
+   `get_ecg_features`. CPSC2018's protocol length (first 2500 samples, zero-padded) is applied when the dataset
+   declares it (`--protocol-num-samples auto`).
+2. One prompt per class: the class name is mapped to a key of the prompt set (`prompts_dbeta.json` in the model
+   folder, else the repository's; `--prompts FILE` overrides) by eval.label_sets.resolve_class_key (dataset
+   spellings first), and that key's clinical description is encoded with `get_text_features`. A class with no
+   prompt is encoded by its name, and listed under `classes_without_prompt`.
+3. Scores: cosine similarity of the ECG and text features (default; the protocol's), or the raw dot product
+   (`--scoring dot`, what D-BETA's own notebook uses and what `DBetaModel.similarity` returns for the released
+   "fixed" similarity mode).
+4. Metrics (eval.metrics): per-class ROC AUC, macro AUC over the classes with both positives and negatives in
+   the split, percentile-bootstrap 95% CIs over records (seeded; `--bootstrap` resamples). Classes with one label
+   value only are reported in `excluded_classes` and left out of the macro, with a note.
+
+Outputs: FILE.json (schema dbeta-zero-shot/1), FILE.md (tables), FILE.roc.png (ROC curves) and, with
+`--plot-examples N` (default 1), FILE.ecg-<record>.png: the first N records drawn on ECG paper with their
+per-class scores. `--save-scores` writes FILE.scores.npz (record_ids, labels, scores, class_names).
+`evaluate`'s metrics are not used: its Hub-hosted metric scripts do not load offline; scikit-learn-equivalent
+AUCs come from eval.metrics (tested against sklearn.metrics.roc_auc_score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python eval/zero_shot.py` as well as `python -m eval.zero_shot`
+    sys.path.insert(0, str(ROOT))
+
+from eval.features import (  # noqa: E402
+    RecordError,
+    dataset_ecg_features,
+    load_model_and_processor,
+    processor_settings,
+    resolve_protocol_num_samples,
+    text_features,
+)
+from eval.metrics import auc_report  # noqa: E402
+
+logger = logging.getLogger("dbeta.zero_shot")
+
+SCHEMA = "dbeta-zero-shot/1"
+DATASETS = ("ptbxl", "cpsc2018", "csn", "physionet2021", "code-test")
+PTBXL_TASKS = ("super", "sub", "form", "rhythm")
+SCORINGS = ("cosine", "dot")
+PROMPTS_FILENAME = "prompts_dbeta.json"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Prompts
+# ------------------------------------------------------------------------------------------------------------
+
+
+def label_set_name(dataset: str, task: Optional[str]) -> str:
+    """The eval.label_sets name of a dataset/task: ptbxl_super, cpsc2018, code_test, ..."""
+    key = dataset.replace("-", "_")
+    return f"ptbxl_{task}" if key == "ptbxl" else key
+
+
+def find_prompt_file(model: str, prompts: Optional[str] = None) -> Path:
+    """`prompts` if given; else prompts_dbeta.json in the model folder (or downloaded from its Hub repo);
+    else the repository's copy."""
+    if prompts:
+        path = Path(prompts)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts {prompts}: no such file")
+        return path
+    local = Path(model)
+    if local.is_dir():
+        if (local / PROMPTS_FILENAME).is_file():
+            return local / PROMPTS_FILENAME
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(model, PROMPTS_FILENAME))
+        except Exception as err:  # offline / not there: fall back to the repository's copy
+            logger.info("no %s in %s (%s); using the repository's", PROMPTS_FILENAME, model, err)
+    return ROOT / PROMPTS_FILENAME
+
+
+def class_prompts(class_names: Sequence[str], label_set: str, prompt_set: dict) -> List[dict]:
+    """One prompt per class: [{"class", "key", "text"}]; key None (text = class name) when nothing matches."""
+    from eval.label_sets import resolve_class_key
+
+    out = []
+    for name in class_names:
+        key = resolve_class_key(name, prompt_set, dataset=label_set)
+        text = prompt_set["prompts"][key] if key is not None else str(name)
+        out.append({"class": str(name), "key": key, "text": text})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Scoring
+# ------------------------------------------------------------------------------------------------------------
+
+
+def zero_shot_scores(ecg_features: np.ndarray, text_feats: np.ndarray, scoring: str = "cosine") -> np.ndarray:
+    """[n, classes] scores: cosine similarity (L2-normalised features) or the raw dot product."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    e = np.asarray(ecg_features, dtype=np.float64)
+    t = np.asarray(text_feats, dtype=np.float64)
+    if scoring == "cosine":
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    return e @ t.T
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Reports
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _fmt(v: Optional[float], scale: float = 100.0) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v * scale:.1f}"
+
+
+def render_markdown(result: dict) -> str:
+    task = f" / {result['task']}" if result.get("task") else ""
+    ci = result.get("macro_auc_ci") or {}
+    lines = [
+        f"# Zero-shot: {result['dataset']}{task} ({result['split']})",
+        "",
+        f"- model: `{result['model']}`",
+        f"- records: {result['n_records']}, classes scored: {result['n_classes_scored']} of {result['n_classes']}",
+        f"- scoring: {result['scoring']}; prompts: `{result['prompt_file']}`",
+        f"- macro AUC: **{_fmt(result['macro_auc'])}** (95% CI {_fmt(ci.get('low'))}-{_fmt(ci.get('high'))}, "
+        f"{ci.get('n_resamples', 0)} bootstrap resamples, seed {ci.get('seed')})",
+        "",
+        "| class | prompt key | positives | AUC x100 | 95% CI |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, auc in result["per_class_auc"].items():
+        interval = (result.get("per_class_ci") or {}).get(name)
+        ci_text = f"{_fmt(interval[0])}-{_fmt(interval[1])}" if interval else "-"
+        key = result["prompts"][name]["key"] or "(class name)"
+        lines.append(f"| {name} | {key} | {result['positives'][name]} | {_fmt(auc)} | {ci_text} |")
+    if result.get("note"):
+        lines += ["", f"Note: {result['note']}"]
+    if result.get("classes_without_prompt"):
+        lines += ["", "Classes without a prompt (encoded by their name): "
+                  + ", ".join(result["classes_without_prompt"])]
+    if result.get("failures"):
+        lines += ["", f"{len(result['failures'])} record(s) skipped as unreadable (see the JSON)."]
+    lines += ["", "Prompts:", ""] + [f"- **{k}**: {v['text']}" for k, v in result["prompts"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_record_scores(dataset, index: int, scores: np.ndarray, class_names: Sequence[str], path: Path,
+                       scoring: str = "cosine", layout: str = "3x4") -> Path:
+    """Draw record `index` of `dataset` (as stored, in mV) with its per-class zero-shot scores and true labels."""
+    from eval.plots import plot_ecg
+
+    item = dataset[int(index)]
+    truth = [c for c, y in zip(class_names, item["labels"]) if y > 0.5]
+    return plot_ecg(
+        item["signal"], item["sampling_rate"], path, lead_names=item["lead_names"], layout=layout,
+        scores={c: float(s) for c, s in zip(class_names, scores)},
+        title=f"record {item['record_id']}  true: {', '.join(truth) or '-'}  ({scoring} scores)",
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Run
+# ------------------------------------------------------------------------------------------------------------
+
+
+def run_zero_shot(args: argparse.Namespace) -> dict:
+    from eval.datasets import load_downstream
+    from eval.label_sets import load_prompt_set
+
+    if args.dataset == "ptbxl" and args.task is None:
+        raise ValueError(f"--dataset ptbxl needs --task: one of {', '.join(PTBXL_TASKS)}")
+    if args.dataset != "ptbxl" and args.task is not None:
+        raise ValueError(f"--task applies to ptbxl only (tasks: {', '.join(PTBXL_TASKS)}); {args.dataset} has none")
+    t0 = time.perf_counter()
+    dataset = load_downstream(args.dataset, args.data_root, split=args.split, task=args.task)
+    if len(dataset) == 0:
+        raise ValueError(f"{args.dataset}: the {args.split} split has no records")
+    model, processor = load_model_and_processor(args.model, remote_code=args.remote_code)
+    prompt_file = find_prompt_file(args.model, args.prompts)
+    prompt_set = load_prompt_set(prompt_file)
+    label_set = label_set_name(args.dataset, args.task)
+    prompts = class_prompts(dataset.class_names, label_set, prompt_set)
+    t_load = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    pns = resolve_protocol_num_samples(dataset, args.protocol_num_samples)
+    ecg, kept, failures = dataset_ecg_features(
+        model, processor, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+        protocol_num_samples=pns, on_error=args.on_error, progress=not args.quiet,
+        desc=f"{args.dataset}{'/' + args.task if args.task else ''} {args.split}", return_failures=True,
+    )
+    t_ecg = time.perf_counter() - t1
+    text = text_features(model, processor, [p["text"] for p in prompts])
+    scores = zero_shot_scores(ecg, text, args.scoring)
+    labels = dataset.labels_matrix()[kept]
+    class_names = list(dataset.class_names)
+    t2 = time.perf_counter()
+    report = auc_report(labels, scores, class_names, n_resamples=args.bootstrap, seed=args.seed)
+    t_metrics = time.perf_counter() - t2
+
+    import sklearn
+    import transformers
+
+    result = {
+        "schema": SCHEMA,
+        "model": str(args.model),
+        "dataset": args.dataset,
+        "task": args.task,
+        "split": args.split,
+        "data_root": str(args.data_root),
+        "scoring": args.scoring,
+        **report,
+        "class_names": class_names,
+        "prompts": {p["class"]: {"key": p["key"], "text": p["text"]} for p in prompts},
+        "prompt_file": str(prompt_file),
+        "classes_without_prompt": [p["class"] for p in prompts if p["key"] is None],
+        "protocol_num_samples": pns,
+        "processor": processor_settings(processor.feature_extractor),
+        "failures": [{"record_id": dataset.record_ids[f["index"]], **f} for f in failures],
+        "bootstrap": {"n_resamples": args.bootstrap, "seed": args.seed, "confidence": 0.95,
+                      "method": "percentile bootstrap over records"},
+        "timing_s": {"load": round(t_load, 3), "ecg_features": round(t_ecg, 3), "metrics": round(t_metrics, 3),
+                     "records_per_s": round(len(kept) / t_ecg, 2) if t_ecg > 0 else None},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "transformers": transformers.__version__, "sklearn": sklearn.__version__,
+                        "threads": torch.get_num_threads()},
+    }
+    result["_arrays"] = {"scores": scores, "labels": labels, "kept": kept, "dataset": dataset}
+    return result
+
+
+def write_outputs(result: dict, output: Path, plot: bool = True, plot_examples: int = 1,
+                  save_scores: bool = False) -> Dict[str, str]:
+    """FILE.json, FILE.md and (with plot) FILE.roc.png and FILE.ecg-<record>.png; returns the paths."""
+    arrays = result.pop("_arrays", None)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stem = output.with_suffix("")
+    paths = {"json": str(output), "markdown": str(stem.with_suffix(".md"))}
+    if arrays is not None and plot:
+        from eval.plots import plot_roc_curves
+
+        task = f"/{result['task']}" if result.get("task") else ""
+        paths["roc"] = str(plot_roc_curves(
+            arrays["labels"], arrays["scores"], result["class_names"], f"{stem}.roc.png",
+            title=f"zero-shot {result['dataset']}{task} ({result['split']}), macro AUC "
+                  f"{_fmt(result['macro_auc'])}",
+        ))
+        examples = []
+        for row in range(min(int(plot_examples), len(arrays["kept"]))):
+            index = int(arrays["kept"][row])
+            rid = arrays["dataset"].record_ids[index]
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(rid))
+            examples.append(str(plot_record_scores(arrays["dataset"], index, arrays["scores"][row],
+                                                   result["class_names"], Path(f"{stem}.ecg-{safe}.png"),
+                                                   result["scoring"])))
+        if examples:
+            paths["ecg_examples"] = examples
+    if arrays is not None and save_scores:
+        ds = arrays["dataset"]
+        np.savez_compressed(f"{stem}.scores.npz", scores=arrays["scores"], labels=arrays["labels"],
+                            record_ids=np.asarray([ds.record_ids[i] for i in arrays["kept"]]),
+                            class_names=np.asarray(result["class_names"]))
+        paths["scores"] = f"{stem}.scores.npz"
+    result["outputs"] = paths
+    output.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    Path(paths["markdown"]).write_text(render_markdown(result))
+    return paths
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.zero_shot",
+                                description="Zero-shot ECG classification of a downstream dataset with D-BETA.")
+    p.add_argument("--model", required=True, help="exported model folder or Hub repo id")
+    p.add_argument("--dataset", required=True, type=str.lower, choices=DATASETS)
+    p.add_argument("--data-root", required=True, type=Path, help="the dataset folder (see eval/datasets.py)")
+    p.add_argument("--task", choices=PTBXL_TASKS, default=None, help="PTB-XL task (required for ptbxl)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    p.add_argument("--scoring", default="cosine", choices=SCORINGS)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers reading/conditioning records")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--prompts", default=None, help="prompt-set JSON (default: the model's prompts_dbeta.json)")
+    p.add_argument("--protocol-num-samples", default="auto",
+                   help="'auto' (the dataset's protocol length, CPSC2018: 2500), 'none', or a number of samples")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="an unreadable record stops the run (raise) or is left out and listed (skip)")
+    p.add_argument("--remote-code", action="store_true",
+                   help="load the model folder's own code (trust_remote_code) instead of this repository's")
+    p.add_argument("--plot-examples", type=int, default=1, help="records to draw with their scores")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--save-scores", action="store_true", help="also write FILE.scores.npz")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--output", required=True, type=Path, help="FILE.json")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.num_workers < 0:
+        parser.error("--num-workers must be >= 0")
+    if args.bootstrap < 0:
+        parser.error("--bootstrap must be >= 0")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_zero_shot(args)
+    except (FileNotFoundError, ValueError, RecordError, OSError) as err:
+        # the loaders' and readers' messages name the dataset, folder or file: print them without a traceback
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+    paths = write_outputs(result, args.output, plot=not args.no_plots, plot_examples=args.plot_examples,
+                          save_scores=args.save_scores)
+    ci = result.get("macro_auc_ci") or {}
+    print(f"{args.dataset}{'/' + args.task if args.task else ''} {args.split}: {result['n_records']} records, "
+          f"macro AUC {_fmt(result['macro_auc'])} (95% CI {_fmt(ci.get('low'))}-{_fmt(ci.get('high'))}), "
+          f"{result['n_classes_scored']}/{result['n_classes']} classes scored ({args.scoring})")
+    if result.get("note"):
+        print(f"note: {result['note']}")
+    print("wrote " + ", ".join(v if isinstance(v, str) else f"{len(v)} ECG plot(s)" for v in paths.values()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
