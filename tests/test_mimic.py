@@ -14,8 +14,10 @@ from train.mimic import (
     MimicECGCollator,
     build_row,
     decode_signal,
+    decode_signals,
     iter_record_list,
     load_prepared_mimic,
+    mimic_dataloader,
     mimic_iterable_dataset,
     parse_wfdb_header,
     read_record,
@@ -276,15 +278,15 @@ def test_resume_matches_uninterrupted_run(broken_root, prepared, tmp_path):
     assert prepare_mimic(broken_root, out, num_proc=1, **kwargs)["settings"] == summary["settings"]
 
 
-def test_cli_stop_and_resume_and_no_consolidate(broken_root, tmp_path, capsys):
+def test_cli_stop_and_resume(broken_root, tmp_path):
     out = tmp_path / "cli"
-    args = ["--mimic-root", str(broken_root), "--output", str(out), "--chunk-size", "16", "--quiet", "--no-consolidate",
-            "--limit", "30"]
+    args = ["--mimic-root", str(broken_root), "--output", str(out), "--chunk-size", "16", "--quiet", "--limit", "30"]
     assert prepare_main(args + ["--stop-after-chunks", "1"]) == 3
     assert prepare_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["read"] == 30 and summary["dataset"] == "work/chunks"
+    assert summary["read"] == 30 and summary["dataset"] == "dataset"
     ds = load_prepared_mimic(out)
+    assert not list((out / "work" / "chunks").rglob("*.arrow"))  # shards were linked into OUTPUT/dataset
     assert len(ds["train"]) + len(ds["validation"]) == summary["kept"]
     assert prepare_main(["--mimic-root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x"), "--quiet"]) == 2
 
@@ -335,3 +337,21 @@ def test_read_record_microvolt_units(tmp_path):
     np.testing.assert_allclose(rec["adc_gain"], 1000.0)
     got = decode_signal(rec)
     assert np.abs(got - x).max() <= 0.5e-3 + 1e-6
+
+
+def test_arrow_batches_and_dataloader(prepared):
+    out, _ = prepared
+    ds = load_prepared_mimic(out)["train"]
+    rows = [ds.with_format("numpy")[i] for i in range(5)]
+    table = ds.with_format("arrow")[list(range(5))]
+    a, b = MimicECGCollator()(rows), MimicECGCollator()(table)
+    np.testing.assert_array_equal(a["ecg_values"].numpy(), b["ecg_values"].numpy())
+    assert a["report"] == b["report"] and a["study_id"].tolist() == b["study_id"].tolist()
+    batched = decode_signals(np.stack([r["signal"] for r in rows]), np.stack([r["adc_gain"] for r in rows]),
+                             np.stack([r["baseline"] for r in rows]))
+    np.testing.assert_allclose(batched, np.stack([decode_signal(r) for r in rows]), rtol=1e-6, atol=1e-6)
+    seen = []
+    for batch in mimic_dataloader(ds, batch_size=4, shuffle=True, seed=1):
+        assert batch["ecg_values"].shape[1:] == (12, 5000)
+        seen += batch["study_id"].tolist()
+    assert sorted(seen) == sorted(ds["study_id"])

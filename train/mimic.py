@@ -128,15 +128,21 @@ def _to_numpy(x) -> np.ndarray:
 def decode_signal(row) -> np.ndarray:
     """A stored row -> float32 [12, T] millivolts in the stored lead order (row["lead_names"]); NaN where missing.
 
-    Works on rows in any `datasets` format (python lists, numpy, torch).
+    Works on rows in any `datasets` format (python lists, numpy, torch): (adc - baseline) / adc_gain.
     """
-    adc = _to_numpy(row["signal"])
-    gain = _to_numpy(row["adc_gain"]).astype(np.float32)
-    base = _to_numpy(row["baseline"]).astype(np.float32)
-    x = (adc.astype(np.float32) - base[:, None]) / gain[:, None]
-    missing = adc == ADC_NAN
-    if missing.any():
-        x[missing] = np.nan
+    return decode_signals(
+        _to_numpy(row["signal"])[None], _to_numpy(row["adc_gain"])[None], _to_numpy(row["baseline"])[None]
+    )[0]
+
+
+def decode_signals(signal, adc_gain, baseline) -> np.ndarray:
+    """Batched decode_signal: int [B, 12, T] ADC + [B, 12] gain/baseline -> float32 [B, 12, T] mV (NaN if missing)."""
+    adc = _to_numpy(signal)
+    x = adc.astype(np.float32)
+    x -= _to_numpy(baseline).astype(np.float32)[..., None]
+    x /= _to_numpy(adc_gain).astype(np.float32)[..., None]
+    if adc.size and adc.min() <= ADC_NAN:
+        x[adc == ADC_NAN] = np.nan
     return x
 
 
@@ -490,23 +496,14 @@ def mimic_iterable_dataset(mimic_root, limit: Optional[int] = None, num_shards: 
 
 
 def load_prepared_mimic(output_dir):
-    """The DatasetDict ("train", "validation") written by `python -m train.prepare_mimic --output DIR`.
+    """The DatasetDict ("train", "validation") written by `python -m train.prepare_mimic --output DIR`
+    (OUTPUT/dataset, memory-mapped; the same as datasets.load_from_disk(OUTPUT/dataset))."""
+    from datasets import load_from_disk
 
-    Memory-mapped: OUTPUT/dataset (save_to_disk) when consolidated, else the per-chunk Arrow shards.
-    """
-    from datasets import DatasetDict, concatenate_datasets, load_from_disk, Dataset
-
-    out = Path(output_dir)
-    if (out / "dataset" / "dataset_dict.json").is_file():
-        return load_from_disk(str(out / "dataset"))
-    chunks = sorted((out / "work" / "chunks").glob("chunk-*"))
-    if not chunks or not all((c / "result.json").is_file() for c in chunks):
-        raise FileNotFoundError(f"{out}: no finished prepared dataset (run python -m train.prepare_mimic)")
-    parts = {}
-    for split in ("train", "validation"):
-        files = [Dataset.from_file(str(c / f"{split}.arrow")) for c in chunks]
-        parts[split] = concatenate_datasets(files) if files else Dataset.from_dict({}, features=features())
-    return DatasetDict(parts)
+    path = Path(output_dir) / "dataset"
+    if not (path / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"{path}: no finished prepared dataset (run python -m train.prepare_mimic)")
+    return load_from_disk(str(path))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -514,12 +511,37 @@ def load_prepared_mimic(output_dir):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class MimicECGCollator:
-    """Rows (any datasets format) -> {"ecg_values" float32 [B, 12, 5000] standard lead order, "report", "study_id"}.
+def _arrow_batch_columns(table) -> dict:
+    """Columns of a pyarrow Table batch (`dataset.with_format("arrow")[indices]`) as numpy / lists, zero-copy for
+    the int16 signal."""
+    import pyarrow as pa
 
-    Signals go through `decode_signal` and the processor's `DBetaFeatureExtractor` (lead reorder from the stored
-    MIMIC order via row["lead_names"], NaN repair, crop/pad). With `processor` (a DBetaProcessor) the reports are
-    also tokenized into "input_ids"/"attention_mask".
+    def col(name):
+        c = table.column(name)
+        return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+
+    b = table.num_rows
+    sig = col("signal")
+    sig = sig.storage if hasattr(sig, "storage") else sig
+    return {
+        "signal": sig.flatten().flatten().to_numpy(zero_copy_only=False).reshape(b, NUM_LEADS, -1),
+        "adc_gain": col("adc_gain").flatten().to_numpy(zero_copy_only=False).reshape(b, NUM_LEADS),
+        "baseline": col("baseline").flatten().to_numpy(zero_copy_only=False).reshape(b, NUM_LEADS),
+        "sampling_rate": col("sampling_rate").to_numpy(zero_copy_only=False),
+        "lead_names": col("lead_names").to_pylist(),
+        "report": col("report").to_pylist(),
+        "study_id": col("study_id").to_numpy(zero_copy_only=False),
+    }
+
+
+class MimicECGCollator:
+    """A batch of MIMIC rows -> {"ecg_values" float32 [B, 12, 5000] in standard lead order, "report", "study_id"}.
+
+    Accepts a list of rows in any `datasets` format, or a pyarrow Table (a batch taken from
+    `dataset.with_format("arrow")`, the fast path used by `mimic_dataloader`). Signals are decoded with
+    `decode_signals` and conditioned by the processor's `DBetaFeatureExtractor` (lead reorder from the stored MIMIC
+    order via lead_names, NaN repair, resampling, crop/pad). With `processor` (a DBetaProcessor) the reports are also
+    tokenized into "input_ids"/"attention_mask".
     """
 
     def __init__(self, feature_extractor=None, processor=None, max_length: int = 256, **extractor_kwargs):
@@ -533,26 +555,46 @@ class MimicECGCollator:
         self.processor = processor
         self.max_length = max_length
 
-    def __call__(self, rows: Sequence[dict]) -> dict:
+    def __call__(self, batch) -> dict:
         import torch
 
-        ecg = self.feature_extractor(
-            [decode_signal(r) for r in rows],
-            sampling_rate=[float(r["sampling_rate"]) for r in rows],
-            lead_names=[[str(n) for n in r["lead_names"]] for r in rows],
-            return_tensors="pt",
-        )["ecg_values"]
-        reports = [str(r["report"]) for r in rows]
-        batch = {
-            "ecg_values": ecg,
-            "report": reports,
-            "study_id": torch.tensor([int(r["study_id"]) for r in rows], dtype=torch.int64),
-        }
+        if hasattr(batch, "column_names") and hasattr(batch, "num_rows"):  # pyarrow Table
+            cols = _arrow_batch_columns(batch)
+            signals = list(decode_signals(cols["signal"], cols["adc_gain"], cols["baseline"]))
+            rates = [float(r) for r in cols["sampling_rate"]]
+            names = [[str(n) for n in lead] for lead in cols["lead_names"]]
+            reports = [str(r) for r in cols["report"]]
+            studies = [int(s) for s in cols["study_id"]]
+        else:
+            rows = list(batch)
+            signals = [decode_signal(r) for r in rows]
+            rates = [float(r["sampling_rate"]) for r in rows]
+            names = [[str(n) for n in r["lead_names"]] for r in rows]
+            reports = [str(r["report"]) for r in rows]
+            studies = [int(r["study_id"]) for r in rows]
+        ecg = self.feature_extractor(signals, sampling_rate=rates, lead_names=names, return_tensors="pt")["ecg_values"]
+        out = {"ecg_values": ecg, "report": reports, "study_id": torch.tensor(studies, dtype=torch.int64)}
         if self.processor is not None:
             tok = self.processor.tokenize(reports, max_length=self.max_length)
-            batch["input_ids"] = torch.tensor(tok["input_ids"], dtype=torch.int64)
-            batch["attention_mask"] = torch.tensor(tok["attention_mask"], dtype=torch.int64)
-        return batch
+            out["input_ids"] = torch.tensor(tok["input_ids"], dtype=torch.int64)
+            out["attention_mask"] = torch.tensor(tok["attention_mask"], dtype=torch.int64)
+        return out
+
+
+def mimic_dataloader(dataset, batch_size: int = 32, shuffle: bool = True, num_workers: int = 0, seed: int = 0,
+                     collator: Optional[MimicECGCollator] = None, drop_last: bool = False, **loader_kwargs):
+    """A torch DataLoader over a prepared split that fetches whole batches from Arrow (one `take` per batch, int16
+    zero-copy) and collates them with `MimicECGCollator`. ~2-4x faster than per-row numpy formatting."""
+    import torch
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+    data = dataset.with_format("arrow")
+    base = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
+    sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
+    return DataLoader(
+        data, sampler=sampler, batch_size=None, num_workers=num_workers, collate_fn=collator or MimicECGCollator(),
+        persistent_workers=num_workers > 0, **loader_kwargs,
+    )
 
 
 __all__ = [
@@ -562,10 +604,12 @@ __all__ = [
     "RecordDropped",
     "build_row",
     "decode_signal",
+    "decode_signals",
     "features",
     "iter_machine_measurements",
     "iter_record_list",
     "load_prepared_mimic",
+    "mimic_dataloader",
     "mimic_iterable_dataset",
     "read_record",
     "subject_split",

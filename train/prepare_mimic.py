@@ -8,7 +8,7 @@ Reads an unmodified download (record_list.csv, machine_measurements.csv, files/.
     OUT/summary.json          read / kept / dropped {reason: count} / splits / malformed CSV rows / settings
     OUT/dropped.csv           index, study_id, path, reason, detail for every dropped record-list row
     OUT/validation_subjects.txt
-    OUT/work/                 manifest.sqlite (the CSVs joined on disk) and per-chunk shards while running
+    OUT/work/                 manifest.sqlite (the CSVs joined on disk), per-chunk results (and shards while running)
 
 Bounded memory: the two CSVs are streamed into an on-disk SQLite manifest (never held in RAM); records are
 processed in fixed-size chunks, each written by its own ArrowWriter (writer_batch_size rows buffered) to
@@ -20,8 +20,9 @@ chunks are spread over --num-proc processes. Bad input never stops the ingest; e
 The split is seeded and subject-level: a subject goes to validation iff blake2b(f"{seed}:{subject_id}") / 2**64 <
 val_fraction, so no subject is on both sides and the assignment does not depend on order or chunking.
 
-Consolidation (`save_to_disk` into OUT/dataset) copies the shards once (so disk use briefly doubles) and then deletes
-them; with --no-consolidate the shards stay and load_prepared_mimic concatenates them (zero-copy).
+The final step copies nothing: the chunk shards are hard-linked into the save_to_disk layout of OUT/dataset (one Arrow
+file per chunk and split), with state.json/dataset_info.json taken from a template the installed `datasets` writes,
+and the result is verified with load_from_disk before it is published.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ if str(ROOT) not in sys.path:
 
 from train.mimic import (  # noqa: E402
     DROP_REASONS,
+    features,
     RecordDropped,
     build_row,
-    features,
     iter_machine_measurements,
     iter_record_list,
     subject_split,
@@ -211,8 +212,6 @@ def prepare_mimic(
     limit: Optional[int] = None,
     chunk_size: int = 1000,
     writer_batch_size: int = 64,
-    consolidate: bool = True,
-    keep_chunks: bool = False,
     stop_after_chunks: Optional[int] = None,
     progress: bool = True,
     restart: bool = False,
@@ -301,19 +300,19 @@ def prepare_mimic(
     if stopped:
         raise IngestStopped(f"stopped after {stop_after_chunks} chunk(s) as asked; re-run the same command to resume")
 
-    summary = _finish(out, work, settings, manifest, n_chunks, consolidate, keep_chunks)
+    summary = _finish(out, work, settings, manifest, n_chunks)
     summary["elapsed_s_last_run"] = round(time.perf_counter() - t0, 2)
     _write_json(summary_path, summary)
     return summary
 
 
-def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int, consolidate: bool,
-            keep_chunks: bool) -> dict:
-    """Aggregate the chunk results into summary.json/dropped.csv and (optionally) consolidate the shards."""
+def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int) -> dict:
+    """Aggregate the chunk results into summary.json/dropped.csv and assemble OUTPUT/dataset from the shards."""
     import numpy as np
-    from datasets import Dataset, DatasetDict, concatenate_datasets
+    from datasets import Dataset
 
     read, kept = 0, {s: 0 for s in SPLITS}
+    per_chunk = []
     dropped = {}
     with open(out / "dropped.csv.tmp", "w", newline="") as f:
         w = csv.writer(f)
@@ -321,46 +320,28 @@ def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int
         for c in range(n_chunks):
             res = json.loads((_chunk_dir(work, c) / "result.json").read_text())
             read += res["read"]
+            per_chunk.append(res["kept"])
             for s in SPLITS:
                 kept[s] += res["kept"][s]
             for reason, count in res["dropped"].items():
                 dropped[reason] = dropped.get(reason, 0) + count
             w.writerows(res["dropped_rows"])
     os.replace(out / "dropped.csv.tmp", out / "dropped.csv")
-
-    parts = {}
-    for s in SPLITS:
-        shards = [Dataset.from_file(str(_chunk_dir(work, c) / f"{s}.arrow")) for c in range(n_chunks)]
-        parts[s] = concatenate_datasets(shards)
-    subjects = {}
-    for s in SPLITS:
-        col = parts[s].data.column("subject_id").to_numpy() if len(parts[s]) else np.zeros(0, dtype=np.int64)
-        subjects[s] = np.unique(col)
-    overlap = np.intersect1d(subjects["train"], subjects["validation"])
-    if len(overlap):  # cannot happen with subject_split; checked anyway
-        raise RuntimeError(f"{len(overlap)} subject(s) on both sides of the split")
-    (out / "validation_subjects.txt").write_text("".join(f"{int(x)}\n" for x in subjects["validation"]))
-    if consolidate:
-        target = out / "dataset"
-        tmp = out / "dataset.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        DatasetDict(parts).save_to_disk(str(tmp), max_shard_size="500MB")
-        del parts
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        if not keep_chunks:
-            for c in range(n_chunks):
-                for s in SPLITS:
-                    p = _chunk_dir(work, c) / f"{s}.arrow"
-                    if p.exists():
-                        p.unlink()
-    ordered_drops = {r: dropped[r] for r in DROP_REASONS if r in dropped}
-    ordered_drops.update({r: v for r, v in dropped.items() if r not in ordered_drops})
     total_kept = sum(kept.values())
     if total_kept + sum(dropped.values()) != read:
         raise RuntimeError("internal error: kept + dropped != read")
+
+    dataset = assemble_dataset(out, work, per_chunk, settings)
+    subjects = {}
+    for s in SPLITS:
+        col = dataset[s].data.column("subject_id").to_numpy() if len(dataset[s]) else np.zeros(0, dtype=np.int64)
+        subjects[s] = np.unique(col)
+    if len(np.intersect1d(subjects["train"], subjects["validation"])):  # cannot happen with subject_split
+        raise RuntimeError("a subject is on both sides of the split")
+    (out / "validation_subjects.txt").write_text("".join(f"{int(x)}\n" for x in subjects["validation"]))
+    del dataset
+    ordered_drops = {r: dropped[r] for r in DROP_REASONS if r in dropped}
+    ordered_drops.update({r: v for r, v in dropped.items() if r not in ordered_drops})
     return {
         "complete": True,
         "read": read,
@@ -368,16 +349,77 @@ def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int
         "dropped": ordered_drops,
         "malformed_csv_rows": manifest["malformed_csv_rows"],
         "machine_measurements_rows": manifest["report_rows"],
-        "splits": {
-            s: {"records": kept[s], "subjects": int(len(subjects[s]))} for s in SPLITS
-        },
+        "splits": {s: {"records": kept[s], "subjects": int(len(subjects[s]))} for s in SPLITS},
         "split_method": "subject-level: validation iff blake2b(f'{seed}:{subject_id}')/2**64 < val_fraction",
-        "dataset": "dataset" if consolidate else "work/chunks",
+        "dataset": "dataset",
         "chunks": n_chunks,
         "signal_storage": "int16 ADC values as stored in the .dat files + per-lead adc_gain (adu/mV) and "
         "baseline; -32768 = missing sample; decode with train.mimic.decode_signal",
         "settings": settings,
     }
+
+
+def assemble_dataset(out: Path, work: Path, per_chunk: list, settings: dict):
+    """Turn the finished chunk shards into OUTPUT/dataset, a DatasetDict that `datasets.load_from_disk` opens.
+
+    No data are copied: the shards are hard-linked (copied only where the file system refuses links) into the save_to_disk
+    layout, and state.json / dataset_info.json come from a template written by the installed `datasets` itself
+    (an empty Dataset.save_to_disk) with only the list of data files filled in. The result is checked with
+    load_from_disk (row counts per split) before it replaces OUTPUT/dataset; then the shard names are removed.
+    """
+    import hashlib
+
+    from datasets import Dataset, load_from_disk
+
+    target, tmp = out / "dataset", out / "dataset.tmp"
+    expected = {split: sum(kept[split] for kept in per_chunk) for split in SPLITS}
+    shards_left = any((_chunk_dir(work, c) / f"{s}.arrow").exists() for c in range(len(per_chunk)) for s in SPLITS)
+    if target.is_dir() and not shards_left:  # published by a run that stopped before writing summary.json
+        done = load_from_disk(str(target))
+        if all(len(done[s]) == expected[s] for s in SPLITS):
+            return done
+        raise RuntimeError(f"{target} does not match the chunk results; re-run with --restart")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    feats = features()
+    Dataset.from_dict({k: [] for k in feats}, features=feats).save_to_disk(str(tmp / "_template"))
+    template_state = json.loads((tmp / "_template" / "state.json").read_text())
+    template_info = (tmp / "_template" / "dataset_info.json").read_text()
+    shutil.rmtree(tmp / "_template")
+    for split in SPLITS:
+        chunks = [c for c, kept in enumerate(per_chunk) if kept[split] > 0] or [0]  # keep one (empty) file
+        (tmp / split).mkdir(parents=True)
+        names = []
+        for k, c in enumerate(chunks):
+            src = _chunk_dir(work, c) / f"{split}.arrow"
+            name = f"data-{k:05d}-of-{len(chunks):05d}.arrow"
+            try:
+                os.link(src, tmp / split / name)
+            except OSError:
+                shutil.copy2(src, tmp / split / name)
+            names.append(name)
+        state = dict(template_state)
+        state["_data_files"] = [{"filename": n} for n in names]
+        state["_split"] = split
+        key = json.dumps([settings, split, names], sort_keys=True).encode()
+        state["_fingerprint"] = hashlib.blake2b(key, digest_size=8).hexdigest()
+        _write_json(tmp / split / "state.json", state)
+        (tmp / split / "dataset_info.json").write_text(template_info)
+    _write_json(tmp / "dataset_dict.json", {"splits": list(SPLITS)})
+    check = load_from_disk(str(tmp))
+    for split in SPLITS:
+        if len(check[split]) != expected[split] or check[split].features != feats:
+            raise RuntimeError(f"assembled {split} split has {len(check[split])} rows, expected {expected[split]}")
+    del check
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    for c in range(len(per_chunk)):  # drop the shard names (the data live on under OUTPUT/dataset)
+        for split in SPLITS:
+            src = _chunk_dir(work, c) / f"{split}.arrow"
+            if src.exists():
+                src.unlink()
+    return load_from_disk(str(target))
 
 
 def main(argv=None) -> int:
@@ -393,9 +435,6 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows of record_list.csv")
     parser.add_argument("--chunk-size", type=int, default=1000, help="records per resumable chunk")
     parser.add_argument("--writer-batch-size", type=int, default=64, help="rows buffered per Arrow write")
-    parser.add_argument("--no-consolidate", action="store_true",
-                        help="keep the per-chunk shards instead of copying them into OUTPUT/dataset")
-    parser.add_argument("--keep-chunks", action="store_true", help="keep the chunk shards after consolidating")
     parser.add_argument("--restart", action="store_true", help="discard a previous (partial) ingest in OUTPUT")
     parser.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)  # resume testing
     parser.add_argument("--quiet", action="store_true")
@@ -404,7 +443,6 @@ def main(argv=None) -> int:
         summary = prepare_mimic(
             args.mimic_root, args.output, num_proc=args.num_proc, val_fraction=args.val_fraction, seed=args.seed,
             limit=args.limit, chunk_size=args.chunk_size, writer_batch_size=args.writer_batch_size,
-            consolidate=not args.no_consolidate, keep_chunks=args.keep_chunks,
             stop_after_chunks=args.stop_after_chunks, progress=not args.quiet, restart=args.restart,
         )
     except IngestStopped as stop:
