@@ -5,13 +5,17 @@ lead names as stored (MIMIC order: I, II, III, aVR, aVF, aVL, V1-V6), the report
 conditioning (lead reorder, resampling, crop/pad, NaN repair) is done by `processing_dbeta.DBetaFeatureExtractor`,
 e.g. through `MimicECGCollator`.
 
-Row schema (`FEATURES`), shared by the prepared dataset and the streaming path:
+Row schema (`features()`), shared by the prepared dataset and the streaming path:
     study_id, subject_id (int64), ecg_time, path, report (string),
     signal [12, 5000] int16  - the ADC values exactly as in the .dat file; -32768 marks a missing sample (NaN),
     adc_gain [12] float32    - ADC units per millivolt (units already folded in),
     baseline [12] int32      - ADC value of 0 mV,
     sampling_rate float32, lead_names [12] string.
-`decode_signal(row)` -> float32 [12, T] millivolts, NaN where samples are missing.
+`decode_signal(row)` -> float32 [12, T] millivolts, NaN where samples are missing (`decode_signals` for a batch).
+
+Entry points: `python -m train.prepare_mimic` (train/prepare_mimic.py) builds the prepared copy;
+`load_prepared_mimic(OUTPUT)` opens it (DatasetDict train/validation, memory-mapped); `mimic_dataloader(split)` reads
+it in collated batches; `mimic_iterable_dataset(MIMIC_ROOT)` streams the same rows straight from the download.
 
 Why int16 + gain rather than float16: MIMIC stores 16-bit integers (200 adu/mV), so int16 is lossless (0 error vs
 the wfdb physical signal) at the same 2 bytes/sample as float16, while float16 rounds (max error ~1e-3 mV on
