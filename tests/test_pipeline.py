@@ -1,0 +1,193 @@
+"""The zero-shot pipeline: exported tiny model -> fresh process -> pipeline("zero-shot-ecg-classification") on an
+array, a WFDB path, pydicom's real DICOM ECG and a list; scores against a manual computation; prompt mapping."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_dbeta import DBetaModel
+from pipeline_dbeta import PromptSet, extract_features, load_prompt_set, looks_like_code
+from processing_dbeta import read_ecg_file
+from tests.test_remote_code import fresh_python
+from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
+from train.export import ROOT, build_processor, export_model
+
+LABELS = ["NORM", "AFIB", "left bundle branch block", "CLBBB"]
+
+
+def _write_wfdb(folder, name, signal_mv, fs=500):
+    import wfdb
+
+    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * 12, sig_name=names, p_signal=signal_mv.T.astype(np.float64),
+                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+    return folder / name
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zs-pipeline")
+    torch.manual_seed(0)
+    tok = train_t5_tokenizer()
+    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))).eval()
+    with torch.no_grad():  # larger logits than the initialisation gives, so the softmax is not flat
+        model.ecg_pooler.dense.weight.mul_(20.0)
+        model.text_pooler.dense.weight.mul_(20.0)
+    processor = build_processor(tok)
+    out = export_model(model, tmp / "dbeta-zs", processor=processor)
+
+    record = _write_wfdb(tmp, "rec001", ecg_batch(1, seed=3)[0].numpy())
+    signal = read_ecg_file(record).signal  # what the pipeline will read from the file
+    np.save(tmp / "signal.npy", signal)
+    prompts = json.loads((ROOT / "prompts_dbeta.json").read_text())["prompts"]
+    texts = [prompts.get(label, label) for label in LABELS]
+    from pydicom.data import get_testdata_file
+
+    dicom = get_testdata_file("waveform_ecg.dcm")
+    with torch.no_grad():
+        ecg_in = processor(ecg=signal, sampling_rate=500, return_tensors="pt")["ecg_values"]
+        dcm = read_ecg_file(dicom)
+        dcm_in = processor(ecg=dcm.signal, sampling_rate=dcm.sampling_rate, lead_names=dcm.lead_names,
+                           return_tensors="pt")["ecg_values"]
+        enc = processor(text=texts, return_tensors="pt")
+        text = model.get_text_features(enc["input_ids"], enc["attention_mask"])
+        logits = model.similarity(model.get_ecg_features(torch.cat([ecg_in, dcm_in])), text)
+    torch.save({"logits": logits, "texts": texts}, tmp / "expected.pt")
+    return {"dir": out, "tmp": tmp, "record": record, "dicom": dicom, "model": model, "processor": processor,
+            "texts": texts, "logits": logits}
+
+
+def test_pipeline_in_a_fresh_process(exported, tmp_path):
+    e = exported
+    stdout = fresh_python(
+        f"""
+        import json, warnings
+        import numpy as np, torch
+        from transformers import pipeline
+
+        labels = {LABELS!r}
+        expected = torch.load({str(e['tmp'] / 'expected.pt')!r}, weights_only=True)
+        signal = np.load({str(e['tmp'] / 'signal.npy')!r})
+        pipe = pipeline("zero-shot-ecg-classification", model={str(e['dir'])!r}, trust_remote_code=True)
+        assert "transformers_modules" in type(pipe).__module__, type(pipe).__module__
+
+        def as_dict(result):
+            return {{d["label"]: d["score"] for d in result}}
+
+        def check_softmax(result, row):
+            assert [d["label"] for d in result] == sorted(labels, key=lambda l: -as_dict(result)[l])
+            scores = as_dict(result)
+            assert set(scores) == set(labels)
+            assert abs(sum(scores.values()) - 1) < 1e-5
+            want = expected["logits"][row].softmax(-1)
+            got = torch.tensor([scores[l] for l in labels])
+            assert torch.allclose(got, want, atol=1e-6), (got, want)
+
+        # 1. an array [leads, samples] with its sampling rate; codes map to the shipped prompts
+        arr = pipe(signal, sampling_rate=500, candidate_labels=labels)
+        check_softmax(arr, 0)
+        assert pipe.label_texts(labels) == expected["texts"]
+        # 2. the same ECG as a WFDB record path (with and without .hea), and a torch tensor
+        check_softmax(pipe({str(e['record'])!r}, candidate_labels=labels), 0)
+        check_softmax(pipe({str(e['record']) + '.hea'!r}, candidate_labels=labels), 0)
+        check_softmax(pipe(torch.from_numpy(signal), sampling_rate=500, candidate_labels=labels), 0)
+        # 3. pydicom's real 12-lead DICOM ECG (its own rate and lead names)
+        check_softmax(pipe({e['dicom']!r}, candidate_labels=labels), 1)
+        # 4. a list, batched; text features once per call
+        calls = pipe.text_feature_calls
+        batch = pipe([signal, {{"signal": signal, "sampling_rate": 500}}, {e['dicom']!r}, {str(e['record'])!r}],
+                     sampling_rate=500, candidate_labels=labels, batch_size=3)
+        assert pipe.text_feature_calls == calls + 1
+        assert len(batch) == 4
+        for result, row in zip(batch, [0, 0, 1, 0]):
+            check_softmax(result, row)
+        # a [batch, leads, samples] array is a batch too
+        assert len(pipe(np.stack([signal, signal]), sampling_rate=500, candidate_labels=labels)) == 2
+        # 5. multi_label: an independent sigmoid of each logit
+        ml = as_dict(pipe(signal, sampling_rate=500, candidate_labels=labels, multi_label=True))
+        want = torch.sigmoid(expected["logits"][0])
+        assert torch.allclose(torch.tensor([ml[l] for l in labels]), want, atol=1e-6)
+        single = as_dict(pipe(signal, sampling_rate=500, candidate_labels=["AFIB"], multi_label=True))
+        assert abs(single["AFIB"] - ml["AFIB"]) < 1e-6  # does not depend on the other labels
+        # top_k, comma-separated labels, template, dataset spellings
+        assert len(pipe(signal, sampling_rate=500, candidate_labels=labels, top_k=2)) == 2
+        assert {{d["label"] for d in pipe(signal, sampling_rate=500, candidate_labels="NORM, AFIB")}} == {{"NORM", "AFIB"}}
+        assert pipe.label_texts(["sinus rhythm"], "an ecg of {{}}") == ["an ecg of sinus rhythm"]
+        prompts = json.load(open({str(e['dir'] / 'prompts_dbeta.json')!r}))["prompts"]
+        assert pipe.label_texts(["AF"], dataset="csn") == [prompts["AFL"]]
+        assert pipe.label_texts(["AF"], dataset="code_test") == [prompts["AFIB"]]
+        # 6. an unknown code-like label is used as text, with a warning naming close codes
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = pipe(signal, sampling_rate=500, candidate_labels=["AFIBB", "NORM"])
+        messages = [str(w.message) for w in caught if "looks like a class code" in str(w.message)]
+        assert messages and "AFIB" in messages[0].split("close known codes:")[1], messages
+        assert {{d["label"] for d in out}} == {{"AFIBB", "NORM"}}
+        # 7. errors that say what is wrong
+        for call, needle in [
+            (lambda: pipe(signal, candidate_labels=labels), "sampling_rate"),
+            (lambda: pipe(signal, sampling_rate=500), "candidate_labels"),
+            (lambda: pipe({str(tmp_path / 'missing.hea')!r}, candidate_labels=labels), "missing.hea"),
+            (lambda: pipe({str(e['tmp'] / 'broken')!r}, candidate_labels=labels), "broken"),
+        ]:
+            try:
+                call()
+            except Exception as err:
+                assert needle in str(err), (needle, str(err))
+            else:
+                raise AssertionError("no error for " + needle)
+        print("PIPELINE-OK", json.dumps(arr))
+        """,
+        cwd=tmp_path,
+        hf_home=tmp_path / "hf",
+    )
+    assert "PIPELINE-OK" in stdout
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _broken_record(exported):
+    """A WFDB record whose data file is truncated (read must fail naming it)."""
+    tmp = exported["tmp"]
+    rec = _write_wfdb(tmp, "broken", ecg_batch(1, seed=5)[0].numpy())
+    dat = rec.with_suffix(".dat")
+    dat.write_bytes(dat.read_bytes()[:1000])
+
+
+def test_extract_features_matches_the_model(exported):
+    e = exported
+    signal = np.load(e["tmp"] / "signal.npy")
+    feats = extract_features(e["model"], e["processor"], ecgs=[signal, str(e["record"]), e["dicom"]],
+                             texts=e["texts"], sampling_rate=500, batch_size=2)
+    assert feats["ecg"].shape == (3, e["model"].config.hidden_size)
+    assert feats["text"].shape == (len(e["texts"]), e["model"].config.hidden_size)
+    logits = e["model"].similarity(torch.from_numpy(feats["ecg"]), torch.from_numpy(feats["text"]))
+    assert torch.allclose(logits[[0, 2]], e["logits"], atol=1e-5)
+    assert torch.allclose(logits[0], logits[1], atol=1e-6)  # array and file of the same record
+    cos = extract_features(e["model"], e["processor"], ecgs=signal, sampling_rate=500, normalize=True)["ecg"]
+    assert np.allclose(np.linalg.norm(cos, axis=1), 1.0, atol=1e-5)
+
+
+def test_prompt_set_resolution():
+    ps = load_prompt_set(prompts=ROOT / "prompts_dbeta.json")
+    assert ps.key_for("AFIB") == "AFIB" and ps.key_for("Afib") == "AFIB" and ps.key_for("afib") is None
+    assert ps.key_for("1dAVb") == "1AVB"  # code-like alias
+    assert ps.key_for("atrial fibrillation") is None  # free text stays free text
+    assert ps.key_for("normal") is None  # lower-case words are not codes
+    assert ps.key_for("STE", dataset="csn") == "STIAb" and ps.key_for("STE") == "STE"
+    assert looks_like_code("NST_") and looks_like_code("1dAVb") and not looks_like_code("sinus rhythm")
+    assert "AFIB" in ps.close_codes("AFIBB")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text, key = ps.resolve("QQQZ")
+    assert (text, key) == ("QQQZ", None) and any("looks like a class code" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert ps.resolve("a wide qrs complex") == ("a wide qrs complex", None)
+    assert not caught
+    plain = PromptSet({"X1": "custom text"})
+    assert plain.resolve("X1") == ("custom text", "X1")
+    fallback = load_prompt_set("/nonexistent/model")  # no folder, no Hub: the copy beside pipeline_dbeta.py
+    assert len(fallback) == len(ps)
