@@ -9,6 +9,7 @@ This file is remote code: at module level it imports only numpy, torch, transfor
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -32,6 +33,7 @@ _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
 
 
+@functools.lru_cache(maxsize=512)  # called per record in the data path; the spellings repeat
 def canonical_lead_name(name: str) -> str:
     """Map the many spellings of a lead name ("Lead aVR (Goldberger)", "AVR", "DII", "v1") to the standard one."""
     raw = str(name).strip()
