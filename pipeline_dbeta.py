@@ -1,4 +1,4 @@
-"""Zero-shot ECG classification with D-BETA: `pipeline("zero-shot-ecg-classification", model=..., trust_remote_code=True)`.
+"""Zero-shot ECG classification with D-BETA: `pipeline("zero-shot-ecg-classification", model=...)`.
 
     from transformers import pipeline
     pipe = pipeline("zero-shot-ecg-classification", model="path/or/repo", trust_remote_code=True)

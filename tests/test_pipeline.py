@@ -2,6 +2,9 @@
 array, a WFDB path, pydicom's real DICOM ECG and a list; scores against a manual computation; prompt mapping."""
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -114,7 +117,8 @@ def test_pipeline_in_a_fresh_process(exported, tmp_path):
         assert abs(single["AFIB"] - ml["AFIB"]) < 1e-6  # does not depend on the other labels
         # top_k, comma-separated labels, template, dataset spellings
         assert len(pipe(signal, sampling_rate=500, candidate_labels=labels, top_k=2)) == 2
-        assert {{d["label"] for d in pipe(signal, sampling_rate=500, candidate_labels="NORM, AFIB")}} == {{"NORM", "AFIB"}}
+        two = pipe(signal, sampling_rate=500, candidate_labels="NORM, AFIB")
+        assert {{d["label"] for d in two}} == {{"NORM", "AFIB"}}
         assert pipe.label_texts(["sinus rhythm"], "an ecg of {{}}") == ["an ecg of sinus rhythm"]
         prompts = json.load(open({str(e['dir'] / 'prompts_dbeta.json')!r}))["prompts"]
         assert pipe.label_texts(["AF"], dataset="csn") == [prompts["AFL"]]
@@ -191,3 +195,39 @@ def test_prompt_set_resolution():
     assert plain.resolve("X1") == ("custom text", "X1")
     fallback = load_prompt_set("/nonexistent/model")  # no folder, no Hub: the copy beside pipeline_dbeta.py
     assert len(fallback) == len(ps)
+
+
+def test_pipeline_from_a_hub_repo_finds_the_prompt_set(exported, tmp_path, monkeypatch):
+    """Pushed to a (fake, local) Hub and loaded by repo id in a fresh process: prompts_dbeta.json comes from the
+    repo through hf_hub_download, so codes still map to their descriptions."""
+    from huggingface_hub import constants as hf_constants
+
+    from tests.fake_hub import FakeHub
+    from train.hub import push_export
+
+    repo = "dbeta-tests/zs-tiny"
+    with FakeHub() as hub:
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
+        push_export(exported["dir"], repo, token="hf_fake", endpoint=hub.url)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))
+               and k != "PYTHONPATH"}
+        env.update(HF_ENDPOINT=hub.url, HF_TOKEN="hf_fake", HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1",
+                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", TOKENIZERS_PARALLELISM="false")
+        script = f"""
+import json, numpy as np
+from transformers import pipeline
+pipe = pipeline("zero-shot-ecg-classification", model={repo!r}, trust_remote_code=True)
+texts = pipe.label_texts(["AFIB", "free text"])
+out = pipe(np.load({str(exported['tmp'] / 'signal.npy')!r}), sampling_rate=500, candidate_labels=["AFIB", "NORM"])
+print("HUB-OK", json.dumps({{"texts": texts, "source": pipe.prompt_set().source, "n": len(out)}}))
+"""
+        proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("HUB-OK"))
+    data = json.loads(line[len("HUB-OK "):])
+    prompts = json.loads((exported["dir"] / "prompts_dbeta.json").read_text())["prompts"]
+    assert data["texts"] == [prompts["AFIB"], "free text"] and data["n"] == 2
+    assert data["source"].startswith(repo)
