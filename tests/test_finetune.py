@@ -1,0 +1,178 @@
+"""Fine-tuning with transformers.Trainer (train.finetune): train, checkpoint, resume, export that reloads with
+AutoModelForSequenceClassification in a fresh process, push, early stopping, bf16, class weights, and gradient
+accumulation that does not scale the loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_linear_probe import export_tiny_encoder, write_cpsc_fixture
+from tests.test_remote_code import fresh_python
+from tests.tiny import train_t5_tokenizer
+from train import finetune as ft
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model on a shared 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, one_thread):
+    tmp = tmp_path_factory.mktemp("finetune")
+    data = write_cpsc_fixture(tmp / "cpsc", n=48, seed=1)  # train 34 / val 4 / test 10
+    model = export_tiny_encoder(tmp / "model", train_t5_tokenizer(), fit_steps=0)
+    return {"tmp": tmp, "data": data, "model": model}
+
+
+def ft_args(setup, output_dir, *extra):
+    return ["--model", str(setup["model"]), "--dataset", "cpsc2018", "--data-root", str(setup["data"]),
+            "--output-dir", str(output_dir), "--num-workers", "0", "--no-progress", "--bootstrap", "50", *extra]
+
+
+def no_dropout(model):
+    """Zero every dropout of the model (nn.Dropout modules and the attention's functional dropout)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif hasattr(module, "dropout") and isinstance(module.dropout, float):
+            module.dropout = 0.0
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Units
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_auto_class_weights():
+    y = np.zeros((100, 4), np.float32)
+    y[:10, 0] = 1  # 10 positives: 90 / 10 = 9
+    y[:50, 1] = 1  # balanced: 1
+    y[:1, 2] = 1  # 1 positive: 99, clipped to 50
+    w = ft.auto_class_weights(y, max_weight=50.0)  # class 3 has no positive: 1
+    assert w == pytest.approx([9.0, 1.0, 50.0, 1.0])
+    y[:99, 1] = 1  # 99 positives: 1 / 99, clipped to 1 / 20
+    assert ft.auto_class_weights(y, max_weight=20.0)[1] == pytest.approx(1 / 20)
+
+
+def test_compute_metrics_is_sklearns_macro_auc():
+    from sklearn.metrics import roc_auc_score
+    from transformers import EvalPrediction
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 3)) < 0.4).astype(np.float32)
+    y[:, 2] = 0  # unscorable: left out
+    logits = rng.normal(size=(40, 3)) + y
+    metrics = ft.make_compute_metrics(["A", "B", "C"])(EvalPrediction(predictions=logits, label_ids=y))
+    expected = [roc_auc_score(y[:, j], logits[:, j]) for j in range(2)]
+    assert metrics["macro_auc"] == pytest.approx(np.mean(expected))
+    assert metrics["auc_A"] == pytest.approx(expected[0]) and "auc_C" not in metrics
+    assert metrics["classes_scored"] == 2
+
+
+def test_gradient_accumulation_does_not_scale_the_loss(setup, tmp_path):
+    """Same data, lr 0: the logged loss of each optimizer step is the mean over its 4 records whether they come
+    as one batch of 4 or as 2 accumulated batches of 2; with the loss treated as pre-scaled it would be x2."""
+    args = ft.build_parser().parse_args(ft_args(setup, tmp_path / "ga", "--lr", "0", "--max-steps", "2",
+                                                "--logging-steps", "1", "--early-stopping-patience", "0"))
+    parts = ft.prepare(args)
+    initial = {k: v.clone() for k, v in parts["model"].state_dict().items()}
+
+    def logged_losses(batch, accumulation, loss_is_scaled=False):
+        model = no_dropout(ft.load_classifier(str(setup["model"]), parts["class_names"]))
+        model.load_state_dict(initial)  # the same head in every run
+        args.batch_size, args.gradient_accumulation_steps = batch, accumulation
+        args.output_dir = str(tmp_path / f"ga-{batch}-{accumulation}-{loss_is_scaled}")
+        trainer = ft.build_trainer(args, model, parts["processor"], parts["datasets"]["train"],
+                                   parts["datasets"]["val"], parts["class_names"])
+        assert trainer.model_accepts_loss_kwargs is False  # DBetaForECGClassification.accepts_loss_kwargs
+        trainer.loss_is_scaled_for_ga = loss_is_scaled or False
+        trainer.train()
+        return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+    one = logged_losses(4, 1)
+    two = logged_losses(2, 2)
+    assert len(one) == len(two) == 2
+    assert two == pytest.approx(one, rel=1e-4), (one, two)
+    trap = logged_losses(2, 2, loss_is_scaled=True)  # what the accepts_loss_kwargs trap does
+    assert np.asarray(trap) / np.asarray(one) == pytest.approx([2.0, 2.0], rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# End to end
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    first = ft.main(ft_args(setup, out, "--epochs", "1", "--batch-size", "17", "--lr", "1e-3",
+                            "--logging-steps", "1", "--class-weights", "auto"))
+    assert first["splits"] == {"train": 34, "val": 4, "test": 10}
+    assert first["global_step"] == 2 and (out / "checkpoint-2" / "model.safetensors").is_file()
+    assert (out / "checkpoint-2" / "processor_config.json").is_file()  # processing_class is saved
+    assert first["class_weights"] and len(first["class_weights"]) == 9
+    assert first["test"]["report"]["n_records"] == 10 and first["best_val_macro_auc"] is not None
+    assert json.loads((out / "results.json").read_text())["schema"] == "dbeta-finetune/1"
+
+    pushed = []
+    monkeypatch.setattr(ft, "push_export", lambda folder, repo, **kw: pushed.append((folder, repo, kw)) or "url")
+    second = ft.main(ft_args(setup, out, "--epochs", "2", "--batch-size", "17", "--lr", "1e-3", "--logging-steps",
+                             "1", "--resume", "--push-to-hub", "someone/dbeta-cpsc"))
+    assert second["resumed_from"] == str(out / "checkpoint-2")
+    assert second["global_step"] == 4 and second["epochs_run"] == 2
+    steps = [e["step"] for e in second["train_loss_log"]]
+    assert steps == [1, 2, 3, 4]  # the first epoch's log comes back from the checkpoint, then steps 3-4
+    assert len(second["eval_log"]) == 2 and second["best_checkpoint"] in (str(out / "checkpoint-2"),
+                                                                         str(out / "checkpoint-4"))
+    assert pushed == [(Path(second["export_dir"]), "someone/dbeta-cpsc", pushed[0][2])] and second["pushed"] == "url"
+
+    export = Path(second["export_dir"])
+    config = json.loads((export / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and config.get("class_weights") is None
+    assert config["id2label"]["0"] == "AFIB" and config["label2id"]["CLBBB"] == 7
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_dbeta.DBetaForECGClassification"
+    assert "test macro AUC" in (export / "model_card.md").read_text()
+
+    # the export reloads in a fresh interpreter (remote code only) and gives the same logits
+    from modeling_dbeta import DBetaForECGClassification
+
+    ecg = torch.randn(2, 12, 1000) * 0.3
+    with torch.no_grad():
+        expected = DBetaForECGClassification.from_pretrained(export).eval()(ecg_values=ecg).logits
+    torch.save({"ecg": ecg, "logits": expected}, tmp_path / "io.pt")
+    stdout = fresh_python(
+        f"""
+        import numpy as np, torch
+        from transformers import AutoModelForSequenceClassification, AutoProcessor
+        path, io = {str(export)!r}, torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
+        proc = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+        with torch.no_grad():
+            out = model(ecg_values=io["ecg"])
+        assert (out.logits - io["logits"]).abs().max() < 1e-5
+        assert model.config.problem_type == "multi_label_classification"
+        batch = proc(ecg=np.zeros((12, 500), np.float32), sampling_rate=50)
+        print(type(model).__name__, model.config.id2label[7], tuple(batch["ecg_values"].shape))
+        """,
+        cwd=tmp_path,
+        hf_home=tmp_path / "hf",
+    )
+    assert "DBetaForECGClassification CLBBB (1, 12, 1000)" in stdout
+
+
+def test_early_stopping_with_bf16(setup, tmp_path):
+    """lr 0: the val AUC never improves after the first epoch, so patience 1 stops after epoch 2 of 5."""
+    result = ft.main(ft_args(setup, tmp_path / "es", "--epochs", "5", "--batch-size", "17", "--lr", "0",
+                             "--early-stopping-patience", "1", "--bf16", "--class-weights", "none"))
+    assert result["epochs_run"] == 2 and result["global_step"] == 4
+    assert result["hyperparameters"]["bf16"] is True and result["class_weights"] is None
+    assert result["best_checkpoint"].endswith("checkpoint-2")

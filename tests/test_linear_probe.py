@@ -1,0 +1,345 @@
+"""Linear probe (eval.linear_probe): the head on separable features, subsets, and the CLI end to end on a tiny
+exported model and a CPSC2018-layout WFDB fixture (feature cache hits, invalidation, reproducibility, JSON).
+
+The helpers `write_cpsc_fixture` and `export_tiny_encoder` are shared with tests/test_finetune.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eval import linear_probe as lp
+from modeling_dbeta import DBetaForPreTraining
+from processing_dbeta import STANDARD_LEADS
+from tests.tiny import tiny_config, tiny_t5_text_config, train_t5_tokenizer
+from train.export import build_processor, export_model
+
+# CPSC2018 SNOMED codes as in the CinC 2020 headers (eval.label_sets.CPSC2018_SNOMED).
+DX = {"NORM": "426783006", "AFIB": "164889003", "CLBBB": "164909002"}
+FIXTURE_RATE = 100  # Hz; the tiny processor runs at 100 Hz / 1000 samples to keep the tests fast
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Shared helpers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def fixture_signal(wide: bool, fast: bool, rng: np.random.Generator, fs: int = FIXTURE_RATE,
+                   seconds: float = 10.0) -> np.ndarray:
+    """A [12, samples] mV signal: Gaussian beats, wide (120 ms) or narrow (20 ms), fast (2.4-3 /s) or slow."""
+    t = np.arange(int(fs * seconds)) / fs
+    rate = rng.uniform(2.4, 3.0) if fast else rng.uniform(0.8, 1.2)
+    width = 0.12 if wide else 0.02
+    phase = (t * rate + rng.uniform()) % 1.0
+    beat = np.exp(-((phase - 0.5) ** 2) / (2 * width**2))
+    gains = rng.uniform(0.7, 1.3, size=(12, 1))
+    return (gains * beat + 0.03 * rng.standard_normal((12, t.size))).astype(np.float32)
+
+
+def write_wfdb(folder: Path, name: str, signal_mv: np.ndarray, fs: int, lead_names, comments=()) -> Path:
+    """A format-16 WFDB record (gain 1000 adu/mV), written directly (wfdb.wrsamp is ~100x slower)."""
+    adc = np.round(signal_mv.T * 1000.0).astype("<i2")  # [samples, leads], interleaved
+    adc.tofile(folder / f"{name}.dat")
+    lines = [f"{name} {adc.shape[1]} {fs} {adc.shape[0]}"]
+    for j, lead in enumerate(lead_names):
+        checksum = int(adc[:, j].astype(np.int64).sum()) % 65536
+        checksum -= 65536 if checksum >= 32768 else 0
+        lines.append(f"{name}.dat 16 1000/mV 16 0 {adc[0, j]} {checksum} 0 {lead}")
+    lines += [f"# {c}" for c in comments]
+    (folder / f"{name}.hea").write_text("\n".join(lines) + "\n")
+    return folder / f"{name}.hea"
+
+
+def write_cpsc_fixture(root: Path, n: int = 120, seed: int = 0) -> Path:
+    """n records in the CinC-2020 CPSC2018 layout (A0001.hea/.dat with '# Dx:'), three learnable classes:
+    CLBBB = wide beats, AFIB = fast beats, NORM = neither (a record can be CLBBB and AFIB at once).
+    Record A0000 carries only an out-of-set code and is dropped by the loader."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        wide, fast = bool(i % 2), bool((i // 2) % 2)
+        codes = ([DX["CLBBB"]] if wide else []) + ([DX["AFIB"]] if fast else []) or [DX["NORM"]]
+        write_wfdb(root, f"A{i + 1:04d}", fixture_signal(wide, fast, rng), FIXTURE_RATE, STANDARD_LEADS,
+                   ["Age: 60", "Sex: Female", "Dx: " + ",".join(codes)])
+    write_wfdb(root, "A0000", fixture_signal(False, False, rng), FIXTURE_RATE, STANDARD_LEADS, ["Dx: 10370003"])
+    return root
+
+
+def export_tiny_encoder(out: Path, tokenizer, fixture_root: Path = None, seed: int = 0,
+                        fit_steps: int = 120) -> Path:
+    """Export a tiny DBetaForPreTraining (processor at 100 Hz, 1000 samples) as a stand-in pretrained encoder.
+
+    Its CLS embedding is zeroed (the random uniform one swamps the tokens in a 2-layer untrained model) and,
+    with `fixture_root`, its ECG projection + pooler are fitted for `fit_steps` full-batch Adam steps to the
+    fixture's train labels (with a penalty on the pooler's pre-tanh values, so the features stay unsaturated),
+    so its features carry the classes the way a pretrained encoder's would."""
+    from eval.datasets import load_downstream
+
+    torch.manual_seed(seed)
+    model = DBetaForPreTraining(tiny_config(tiny_t5_text_config(len(tokenizer)))).eval()
+    processor = build_processor(tokenizer, sampling_rate=FIXTURE_RATE, num_samples=10 * FIXTURE_RATE)
+    with torch.no_grad():
+        model.ecg_model.class_embedding.zero_()
+    if fixture_root is not None and fit_steps:
+        ds = lp.ProcessedECGDataset(load_downstream("cpsc2018", fixture_root, split="train"),
+                                    processor.feature_extractor)
+        batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+        with torch.no_grad():
+            cls = model.ecg_model(batch["ecg_values"])[:, :1]
+        head = torch.nn.Linear(model.config.hidden_size, batch["labels"].shape[1])
+        params = [*model.ecg_projection.parameters(), *model.ecg_pooler.parameters(), *head.parameters()]
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        for _ in range(fit_steps):
+            pre_tanh = model.ecg_pooler.dense(model.ecg_projection(cls)[:, 0])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(torch.tanh(pre_tanh)), batch["labels"])
+            loss = loss + 0.1 * pre_tanh.pow(2).mean()  # keeps the tanh out of saturation (features ~ +-0.4)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+    return export_model(model, out, processor=processor, card_facts={"run": "linear-probe test"})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fixtures
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: extra threads only spin (7 s vs 2 s for one probe run)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, one_thread):
+    tmp = tmp_path_factory.mktemp("probe")
+    data = write_cpsc_fixture(tmp / "cpsc")
+    model = export_tiny_encoder(tmp / "model", train_t5_tokenizer(), fixture_root=data)
+    return {"tmp": tmp, "data": data, "model": model, "cache": tmp / "cache"}
+
+
+def probe_args(setup, output, *extra, model=None, fractions=("0.02", "1.0"), seeds=("42", "7"), epochs="15"):
+    return ["--model", str(model or setup["model"]), "--dataset", "cpsc2018", "--data-root", str(setup["data"]),
+            "--output", str(output), "--cache-dir", str(setup["cache"]), "--fractions", *fractions,
+            "--seeds", *seeds, "--epochs", epochs, "--num-workers", "0", "--bootstrap", "200", *extra]
+
+
+@pytest.fixture(scope="module")
+def first_run(setup):
+    before = lp.EXTRACTION_COUNT
+    out = setup["tmp"] / "out" / "probe.json"
+    result = lp.main(probe_args(setup, out))
+    return {"result": result, "out": out, "extractions": lp.EXTRACTION_COUNT - before,
+            "cache_files": {p: p.stat().st_mtime_ns for p in setup["cache"].glob("*.safetensors")}}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Units
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_head_separates_an_easy_feature_set():
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 4)) < 0.3).astype(np.float32)
+    x = (y @ rng.normal(size=(4, 24)) * 2.0 + rng.normal(size=(400, 24))).astype(np.float32)
+    h = lp.train_linear_head(x[:250], y[:250], x[250:320], y[250:320], x[320:], y[320:], epochs=30, seed=0)
+    assert len(h["val_auc"]) == 30 and h["val_auc"][-1] > 0.95 and h["test_auc"][-1] > 0.95
+    assert h["train_loss"][-1] < h["train_loss"][0]
+    best = int(np.nanargmax(h["val_auc"]))
+    assert h["best_epoch"] == best and h["best_test_scores"].shape == (80, 4)
+    # shuffled labels: nothing to learn, the test AUC stays near chance
+    h = lp.train_linear_head(x[:250], rng.permutation(y[:250]), x[250:320], y[250:320], x[320:], y[320:],
+                             epochs=30, seed=0)
+    assert abs(h["test_auc"][-1] - 0.5) < 0.2
+
+
+def test_head_is_reproducible_and_seeded():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(60, 8)).astype(np.float32), (rng.random((60, 3)) < 0.5).astype(np.float32)
+    a = lp.train_linear_head(x, y, x, y, x, y, epochs=3, seed=5)
+    b = lp.train_linear_head(x, y, x, y, x, y, epochs=3, seed=5)
+    c = lp.train_linear_head(x, y, x, y, x, y, epochs=3, seed=6)
+    assert a["train_loss"] == b["train_loss"] and a["test_auc"] == b["test_auc"]
+    assert a["train_loss"] != c["train_loss"]
+
+
+def test_train_subsets_follow_the_protocol():
+    from sklearn.model_selection import train_test_split
+
+    n = 1234
+    for fraction in (0.01, 0.1, 0.5):
+        idx = lp.train_subset_indices(n, fraction, 42)
+        expected, _ = train_test_split(np.arange(n), train_size=math.floor(fraction * n), random_state=42)
+        assert len(idx) == math.floor(fraction * n) and (idx == expected).all()
+        assert (lp.train_subset_indices(n, fraction, 42) == idx).all()
+        assert set(lp.train_subset_indices(n, fraction, 43)) != set(idx)
+    assert (lp.train_subset_indices(n, 1.0, 42) == np.arange(n)).all()
+    assert len(lp.train_subset_indices(50, 0.01, 42)) == 1  # floor(0.5) -> at least one record
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="fractions"):
+            lp.train_subset_indices(n, bad, 42)
+
+
+def test_protocol_num_samples_cuts_before_the_processor_pads():
+    from processing_dbeta import DBetaFeatureExtractor
+
+    fe = DBetaFeatureExtractor(sampling_rate=500, num_samples=5000)
+    item = {"signal": np.ones((12, 2000), np.float32), "sampling_rate": 200.0, "lead_names": list(STANDARD_LEADS)}
+    x = lp.condition_record(fe, item, protocol_num_samples=2500)  # 2500 at 500 Hz = 5 s = 1000 at 200 Hz
+    assert x.shape == (12, 5000)
+    assert np.allclose(x[:, 100:2400], 1.0, atol=1e-3) and (x[:, 2600:] == 0).all()
+    assert np.abs(lp.condition_record(fe, item)[:, 2600:4900]).min() > 0.99  # without it: all 10 s kept
+
+
+def test_processed_dataset_in_dataloader_workers(setup):
+    """The per-record Dataset pickles into DataLoader workers and gives what the main process gives."""
+    from eval.datasets import load_downstream
+
+    fe = lp.load_feature_extractor(str(setup["model"]))
+    ds = lp.ProcessedECGDataset(load_downstream("cpsc2018", setup["data"], split="val"), fe, 2500)
+    batches = [list(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=w)) for w in (0, 2)]
+    for a, b in zip(*batches):
+        assert torch.equal(a["ecg_values"], b["ecg_values"]) and torch.equal(a["labels"], b["labels"])
+    assert batches[0][0]["ecg_values"].shape == (4, 12, 1000) and batches[0][0]["labels"].shape == (4, 9)
+
+
+def test_missing_encoder_weights_are_an_error(setup, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(setup["model"], broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("ecg_model.layers.")},
+              str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks .* ECG-encoder weight"):
+        lp.load_encoder(str(broken))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# End to end
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_probe_results_and_json_schema(first_run):
+    result, out = first_run["result"], first_run["out"]
+    saved = json.loads(out.read_text())
+    assert saved["schema"] == "dbeta-linear-probe/1" == result["schema"]
+    assert saved["class_names"] == ["AFIB", "VPC", "NORM", "1AVB", "CRBBB", "STE", "PAC", "CLBBB", "STD"]
+    assert saved["feature_dim"] == 32 and saved["random_init"] is False
+    assert saved["protocol"]["epochs"] == 15 and saved["protocol"]["lr"] == 1e-3
+    assert saved["protocol"]["batch_size"] == 16 and saved["protocol"]["weight_decay"] == 1e-4
+    assert saved["protocol_num_samples"] == 2500 and saved["processor"]["sampling_rate"] == 100
+    n = {s: saved["splits"][s]["n"] for s in ("train", "val", "test")}
+    assert n == {"train": 86, "val": 10, "test": 24}  # 120 labelled records: 20% test, then 10% val
+    assert set(saved["splits"]["test"]["unscorable_classes"]) == {"VPC", "1AVB", "CRBBB", "STE", "PAC", "STD"}
+    assert len(saved["runs"]) == 4 and [r["fraction"] for r in saved["summary"]] == [0.02, 1.0]
+    for run in saved["runs"]:
+        h = run["history"]
+        assert len(h["val_auc"]) == len(h["test_auc"]) == len(h["train_loss"]) == 15
+        best = run["best_epoch"]
+        assert h["val_auc"][best - 1] == max(v for v in h["val_auc"] if v is not None) == run["val_auc"]
+        assert run["test_auc"] == pytest.approx(h["test_auc"][best - 1], abs=1e-12)
+        assert run["comparison_only_max_test_auc"] == max(h["test_auc"]) >= run["test_auc"]
+        assert set(run["per_class_test_auc"]) == set(saved["class_names"])
+        assert run["per_class_test_auc"]["VPC"] is None  # no test positives: out of the macro AUC
+        ci = run["test_auc_ci"]
+        assert ci["n_resamples"] == 200 and ci["low"] <= run["test_auc"] <= ci["high"]
+    small = [r for r in saved["runs"] if r["fraction"] == 0.02]
+    assert all(r["n_train"] == 1 for r in small)  # floor(0.02 * 86) = 1 record
+    # one record cannot hold NORM and an abnormal class: some scored class has no training positive
+    assert all({"NORM", "AFIB", "CLBBB"} & set(r["classes_without_train_positives"]) for r in small)
+    assert {"NORM", "AFIB", "CLBBB"} & set(saved["summary"][0]["classes_without_train_positives"])
+    full = saved["summary"][1]
+    assert full["test_auc_mean"] > 0.9, full  # the classes are easy for this encoder
+    assert full["test_auc_std"] is not None and full["n_train"] == [86]
+    md = out.with_suffix(".md").read_text()
+    assert "comparison only" in md and "| 1 | 86 | 2 |" in md and "the train split has no positive for VPC" in md
+    assert "fraction 0.02: the subset of at least one seed has no positive for" in md
+    for suffix in (".png", ".roc-0.02.png", ".roc-1.png"):
+        path = out.with_name(out.stem + suffix)
+        assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_features_are_cached_and_results_reproducible(setup, first_run):
+    assert first_run["extractions"] == 3 and len(first_run["cache_files"]) == 3
+    assert not any(first_run["result"]["splits"][s]["cache"]["hit"] for s in ("train", "val", "test"))
+    before = lp.EXTRACTION_COUNT
+    again = lp.main(probe_args(setup, setup["tmp"] / "out2" / "probe.json", "--no-plot"))
+    assert lp.EXTRACTION_COUNT == before  # nothing re-extracted
+    assert all(again["splits"][s]["cache"]["hit"] for s in ("train", "val", "test"))
+    assert {p: p.stat().st_mtime_ns for p in setup["cache"].glob("*.safetensors")} == first_run["cache_files"]
+    for a, b in zip(first_run["result"]["runs"], again["runs"]):
+        assert a["history"] == b["history"] and a["test_auc"] == b["test_auc"] and a["best_epoch"] == b["best_epoch"]
+
+
+def test_cache_is_not_reused_by_another_model_or_processor_setting(setup, first_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from eval.datasets import load_downstream
+
+    val = load_downstream("cpsc2018", setup["data"], split="val")
+    fe = lp.load_feature_extractor(str(setup["model"]))
+    encoder = lp.load_encoder(str(setup["model"]))
+    fingerprint = lp.weights_fingerprint(encoder)
+    assert fingerprint == first_run["result"]["model_fingerprint"]
+    cache = setup["cache"]
+
+    def features(enc, fe, fp, protocol=2500):
+        return lp.cached_features(enc, fe, val, "val", cache, fp, protocol_num_samples=protocol)
+
+    before = lp.EXTRACTION_COUNT
+    cached, info = features(encoder, fe, fingerprint)
+    assert info["hit"] and lp.EXTRACTION_COUNT == before  # what the CLI wrote is found again
+
+    # the same folder with changed weights (a re-export in place) must not hit the old features
+    changed = tmp_path / "model"
+    shutil.copytree(setup["model"], changed)
+    weights = load_file(str(changed / "model.safetensors"))
+    weights["ecg_pooler.dense.bias"] = weights["ecg_pooler.dense.bias"] + 0.5
+    save_file(weights, str(changed / "model.safetensors"), metadata={"format": "pt"})
+    other = lp.load_encoder(str(changed))
+    other_fp = lp.weights_fingerprint(other)
+    assert other_fp != fingerprint
+    other_features, info = features(other, fe, other_fp)
+    assert not info["hit"] and lp.EXTRACTION_COUNT == before + 1
+    assert not np.allclose(other_features, cached)
+
+    # another processor setting or protocol length is another key too
+    for fe_other, protocol in ((lp.DBetaFeatureExtractor(sampling_rate=100, num_samples=1000,
+                                                         normalization="minmax"), 2500), (fe, 300)):
+        _, info = features(encoder, fe_other, fingerprint, protocol)
+        assert not info["hit"]
+    assert lp.EXTRACTION_COUNT == before + 3
+
+    # a damaged cache file is recomputed, not trusted
+    path = Path(info["path"])
+    path.write_bytes(b"not safetensors")
+    again, info = features(encoder, fe, fingerprint, 300)
+    assert not info["hit"] and again.shape == (len(val), 32) and lp.EXTRACTION_COUNT == before + 4
+
+
+def test_random_init_baseline(setup, first_run):
+    before = lp.EXTRACTION_COUNT
+    out = setup["tmp"] / "out5" / "random.json"
+    base = lp.main(probe_args(setup, out, "--random-init", "--no-plot", fractions=("1.0",), seeds=("42",)))
+    assert lp.EXTRACTION_COUNT == before + 3  # other weights: no cache reuse
+    assert base["random_init"] is True and base["init_seed"] == 42
+    assert base["model_fingerprint"] != first_run["result"]["model_fingerprint"]
+    trained = first_run["result"]["summary"][1]["test_auc_mean"]
+    assert base["summary"][0]["test_auc_mean"] < trained - 0.1
+    assert "random-init baseline" in out.with_suffix(".md").read_text()
+    # the same seed builds the same random encoder
+    a = lp.load_encoder(str(setup["model"]), random_init=True, init_seed=3)
+    b = lp.load_encoder(str(setup["model"]), random_init=True, init_seed=3)
+    assert lp.weights_fingerprint(a) == lp.weights_fingerprint(b)
