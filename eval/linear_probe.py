@@ -9,8 +9,9 @@ What it does:
 1. Features. The encoder (`DBetaForECGClassification`'s ECG path; `get_ecg_features`, [B, hidden]) runs frozen,
    in eval mode, under `torch.no_grad`, on each split once. Every record goes through the model's own feature
    extractor (`DBetaFeatureExtractor.from_pretrained(model)`: lead order, resampling, crop/pad, scaling), in
-   DataLoader workers. Where the dataset names a protocol length (`protocol_num_samples`, CPSC2018: 2500), the
-   record is cut to that many samples (at the processor's rate) before the processor zero-pads it. The
+   DataLoader workers (eval.features.dataset_ecg_features). Where the dataset names a protocol length
+   (`protocol_num_samples`, CPSC2018: 2500), the record is cut to that many samples (at the processor's rate)
+   before the processor zero-pads it. The
    features are cached in `--cache-dir` as safetensors, under a key made of the encoder's weights
    fingerprint, the dataset, task, split, root, record list and label matrix, the processor settings and the
    dtype, so another model, processor or data set never reuses them.
@@ -54,8 +55,9 @@ if str(ROOT) not in sys.path:  # `python eval/linear_probe.py` as well as `pytho
     sys.path.insert(0, str(ROOT))
 
 from configuration_dbeta import DBetaConfig  # noqa: E402
-from modeling_dbeta import DBetaForECGClassification  # noqa: E402
+from eval.features import dataset_ecg_features, processor_settings, resolve_protocol_num_samples  # noqa: E402
 from eval.metrics import auc_report, per_class_auc  # noqa: E402
+from modeling_dbeta import DBetaForECGClassification  # noqa: E402
 from processing_dbeta import DBetaFeatureExtractor  # noqa: E402
 
 logger = logging.getLogger("dbeta.linear_probe")
@@ -128,19 +130,6 @@ def load_feature_extractor(model: str) -> DBetaFeatureExtractor:
         ) from err
 
 
-def processor_settings(fe: DBetaFeatureExtractor) -> dict:
-    """The feature extractor's settings that change its output (for the cache key and the report)."""
-    return {
-        "sampling_rate": fe.sampling_rate,
-        "num_samples": fe.num_samples,
-        "lead_names": list(fe.lead_names),
-        "normalization": fe.normalization,
-        "crop": fe.crop,
-        "nan_policy": fe.nan_policy,
-        "min_duration": fe.min_duration,
-    }
-
-
 def weights_fingerprint(module: torch.nn.Module, skip_prefixes: Sequence[str] = HEAD_PREFIXES) -> str:
     """A BLAKE2b digest of every parameter and buffer (name, dtype, shape, bytes) outside `skip_prefixes`."""
     digest = hashlib.blake2b(digest_size=16)
@@ -154,86 +143,27 @@ def weights_fingerprint(module: torch.nn.Module, skip_prefixes: Sequence[str] = 
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Records through the processor
+# Features (extracted once per split, cached)
 # ------------------------------------------------------------------------------------------------------------
-
-
-def condition_record(fe: DBetaFeatureExtractor, item: dict, protocol_num_samples: Optional[int] = None,
-                     crop: Optional[str] = None, generator: Optional[np.random.Generator] = None) -> np.ndarray:
-    """One dataset item -> the model input [leads, num_samples] through the feature extractor.
-
-    With `protocol_num_samples` (at the processor's rate) the record is first cut to that duration; the
-    processor then zero-pads it to its `num_samples` (CPSC2018's protocol: the first 2500 samples, padded)."""
-    signal = item["signal"]
-    rate = float(item["sampling_rate"])
-    if protocol_num_samples:
-        keep = int(round(protocol_num_samples * rate / fe.sampling_rate))
-        signal = signal[:, :keep]
-    return fe.condition(signal, rate, item.get("lead_names"), crop=crop, generator=generator,
-                        where=f"record {item.get('record_id', '?')}")
-
-
-class ProcessedECGDataset(torch.utils.data.Dataset):
-    """A downstream dataset's records conditioned by the feature extractor, one record per item (so the
-    DataLoader's workers run the processor in parallel). Items: ecg_values [leads, samples] float32 and
-    labels [classes] float32 (multi-hot).
-
-    `crop` overrides the extractor's crop policy (e.g. "random" for training augmentation); with "random" each
-    item draws its window from a fresh generator."""
-
-    def __init__(self, dataset, feature_extractor: DBetaFeatureExtractor,
-                 protocol_num_samples: Optional[int] = None, crop: Optional[str] = None):
-        self.dataset = dataset
-        self.feature_extractor = feature_extractor
-        self.protocol_num_samples = protocol_num_samples
-        self.crop = crop
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.dataset[int(index)]
-        generator = np.random.default_rng() if self.crop == "random" else None
-        x = condition_record(self.feature_extractor, item, self.protocol_num_samples, self.crop, generator)
-        return {"ecg_values": torch.from_numpy(x), "labels": torch.as_tensor(item["labels"], dtype=torch.float32)}
-
-
-def resolve_protocol_num_samples(dataset, value) -> Optional[int]:
-    """`value` "auto" -> the dataset's protocol length (or None); "none" -> None; an int -> that int."""
-    if value is None or str(value).lower() == "none":
-        return None
-    if str(value).lower() == "auto":
-        n = getattr(dataset, "protocol_num_samples", None)
-        return int(n) if n else None
-    n = int(value)
-    if n <= 0:
-        raise ValueError(f"protocol_num_samples must be positive, got {n}")
-    return n
 
 
 @torch.no_grad()
 def extract_features(encoder: DBetaForECGClassification, fe: DBetaFeatureExtractor, dataset,
                      protocol_num_samples: Optional[int] = None, batch_size: int = 64, num_workers: int = 0,
                      dtype: torch.dtype = torch.float32, desc: str = "features") -> np.ndarray:
-    """`get_ecg_features` of every record of `dataset`, in order: float32 [n, hidden]."""
-    from tqdm.auto import tqdm
+    """`get_ecg_features` of every record of `dataset`, in order: float32 [n, hidden].
 
+    Records go through eval.features.dataset_ecg_features (the model's processor in DataLoader workers, the
+    protocol cut, errors naming the record); `dtype` bfloat16 runs the encoder under autocast."""
     global EXTRACTION_COUNT
     EXTRACTION_COUNT += 1
     encoder.eval()
-    loader = torch.utils.data.DataLoader(
-        ProcessedECGDataset(dataset, fe, protocol_num_samples), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, persistent_workers=False,
-    )
     device = next(encoder.parameters()).device
     autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
-    chunks = []
     with autocast:
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=None):
-            chunks.append(encoder.get_ecg_features(batch["ecg_values"].to(device)).float().cpu().numpy())
-    hidden = encoder.config.hidden_size
-    return np.concatenate(chunks) if chunks else np.zeros((0, hidden), dtype=np.float32)
+        return dataset_ecg_features(encoder, fe, dataset, batch_size=batch_size, num_workers=num_workers,
+                                    protocol_num_samples=protocol_num_samples, on_error="raise", desc=desc)
 
 
 def records_fingerprint(dataset) -> str:

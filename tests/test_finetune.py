@@ -79,6 +79,39 @@ def test_compute_metrics_is_sklearns_macro_auc():
     assert metrics["classes_scored"] == 2
 
 
+def test_dataset_conditions_records_in_dataloader_workers(setup):
+    """One record per item through the processor; it pickles into DataLoader workers and gives the same batches."""
+    from eval.datasets import load_downstream
+
+    processor = ft.load_processor(str(setup["model"]))
+    val = load_downstream("cpsc2018", setup["data"], split="val")
+    ds = ft.ECGClassificationDataset(val, processor.feature_extractor, protocol_num_samples=500)
+    item = ds[0]
+    assert item["ecg_values"].shape == (12, 1000) and torch.equal(item["labels"], torch.from_numpy(val[0]["labels"]))
+    assert (item["ecg_values"][:, 500:] == 0).all() and item["ecg_values"][:, :500].abs().max() > 0.5  # protocol cut
+    batches = [list(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=w)) for w in (0, 2)]
+    for a, b in zip(*batches):
+        assert torch.equal(a["ecg_values"], b["ecg_values"]) and torch.equal(a["labels"], b["labels"])
+
+
+def test_random_crop_only_changes_the_window():
+    from processing_dbeta import DBetaFeatureExtractor, STANDARD_LEADS
+
+    class Long:  # one 30 s record whose samples count up
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"signal": np.tile(np.arange(3000, dtype=np.float32), (12, 1)), "sampling_rate": 100.0,
+                    "lead_names": list(STANDARD_LEADS), "labels": np.ones(2, np.float32), "record_id": "x"}
+
+    fe = DBetaFeatureExtractor(sampling_rate=100, num_samples=1000)
+    fixed = ft.ECGClassificationDataset(Long(), fe)
+    assert fixed[0]["ecg_values"][0, 0] == 0  # the protocol's first 10 s
+    starts = {int(ft.ECGClassificationDataset(Long(), fe, random_crop=True)[0]["ecg_values"][0, 0]) for _ in range(8)}
+    assert len(starts) > 1 and fe.crop == "start"  # random windows; the model's extractor is left as it was
+
+
 def test_gradient_accumulation_does_not_scale_the_loss(setup, tmp_path):
     """Same data, lr 0: the logged loss of each optimizer step is the mean over its 4 records whether they come
     as one batch of 4 or as 2 accumulated batches of 2; with the loss treated as pre-scaled it would be x2."""

@@ -88,9 +88,12 @@ def export_tiny_encoder(out: Path, tokenizer, fixture_root: Path = None, seed: i
     with torch.no_grad():
         model.ecg_model.class_embedding.zero_()
     if fixture_root is not None and fit_steps:
-        ds = lp.ProcessedECGDataset(load_downstream("cpsc2018", fixture_root, split="train"),
-                                    processor.feature_extractor)
-        batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+        from eval.features import ProcessedRecords
+
+        train = load_downstream("cpsc2018", fixture_root, split="train")
+        records = ProcessedRecords(train, processor.feature_extractor)
+        batch = {"ecg_values": torch.stack([records[i]["ecg_values"] for i in range(len(records))]),
+                 "labels": torch.from_numpy(train.labels_matrix())}
         with torch.no_grad():
             cls = model.ecg_model(batch["ecg_values"])[:, :1]
         head = torch.nn.Linear(model.config.hidden_size, batch["labels"].shape[1])
@@ -189,29 +192,6 @@ def test_train_subsets_follow_the_protocol():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="fractions"):
             lp.train_subset_indices(n, bad, 42)
-
-
-def test_protocol_num_samples_cuts_before_the_processor_pads():
-    from processing_dbeta import DBetaFeatureExtractor
-
-    fe = DBetaFeatureExtractor(sampling_rate=500, num_samples=5000)
-    item = {"signal": np.ones((12, 2000), np.float32), "sampling_rate": 200.0, "lead_names": list(STANDARD_LEADS)}
-    x = lp.condition_record(fe, item, protocol_num_samples=2500)  # 2500 at 500 Hz = 5 s = 1000 at 200 Hz
-    assert x.shape == (12, 5000)
-    assert np.allclose(x[:, 100:2400], 1.0, atol=1e-3) and (x[:, 2600:] == 0).all()
-    assert np.abs(lp.condition_record(fe, item)[:, 2600:4900]).min() > 0.99  # without it: all 10 s kept
-
-
-def test_processed_dataset_in_dataloader_workers(setup):
-    """The per-record Dataset pickles into DataLoader workers and gives what the main process gives."""
-    from eval.datasets import load_downstream
-
-    fe = lp.load_feature_extractor(str(setup["model"]))
-    ds = lp.ProcessedECGDataset(load_downstream("cpsc2018", setup["data"], split="val"), fe, 2500)
-    batches = [list(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=w)) for w in (0, 2)]
-    for a, b in zip(*batches):
-        assert torch.equal(a["ecg_values"], b["ecg_values"]) and torch.equal(a["labels"], b["labels"])
-    assert batches[0][0]["ecg_values"].shape == (4, 12, 1000) and batches[0][0]["labels"].shape == (4, 9)
 
 
 def test_missing_encoder_weights_are_an_error(setup, tmp_path):

@@ -7,9 +7,10 @@ with `transformers.Trainer`.
         [--resume] [--push-to-hub USER/REPO]
 
 - Data: eval.datasets.load_downstream(dataset, root, split, task) for train / val / test. Every record goes
-  through the model's own feature extractor inside the Dataset's __getitem__, so the Trainer's DataLoader
-  workers (`--num-workers`) run it in parallel. Where the dataset names a protocol length (CPSC2018) the
-  record is cut to it before the processor pads, as in the linear probe.
+  through the model's own feature extractor inside the Dataset's __getitem__ (`ECGClassificationDataset`), so
+  the Trainer's DataLoader workers (`--num-workers`) run it in parallel. Where the dataset names a protocol
+  length (CPSC2018) the record is cut to it before the processor pads (eval.features.condition_item, as in
+  the linear probe and zero-shot evaluation).
 - Loss: multi-label BCE with logits (config.problem_type = "multi_label_classification"). `--class-weights
   auto` sets each class's positive weight to neg/pos over the train labels, clipped to
   [1/--max-class-weight, --max-class-weight] (1 for a class with no positive); "none" weighs all equally.
@@ -29,6 +30,7 @@ with `transformers.Trainer`.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -46,7 +48,7 @@ if str(ROOT) not in sys.path:  # `python train/finetune.py` as well as `python -
     sys.path.insert(0, str(ROOT))
 
 from configuration_dbeta import DBetaConfig  # noqa: E402
-from eval.linear_probe import ProcessedECGDataset, resolve_protocol_num_samples  # noqa: E402
+from eval.features import condition_item, resolve_protocol_num_samples  # noqa: E402
 from eval.metrics import auc_report, per_class_auc  # noqa: E402
 from modeling_dbeta import DBetaForECGClassification  # noqa: E402
 from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor  # noqa: E402
@@ -64,6 +66,33 @@ EXPORT_DIR = "export"
 # ------------------------------------------------------------------------------------------------------------
 # Pieces
 # ------------------------------------------------------------------------------------------------------------
+
+
+class ECGClassificationDataset(torch.utils.data.Dataset):
+    """A downstream dataset for Trainer: each item is one record run through the model's feature extractor
+    (in the DataLoader worker that fetches it) with its multi-hot labels.
+
+    Items: {"ecg_values": float32 [leads, samples], "labels": float32 [classes]}. `protocol_num_samples` cuts the
+    record first (eval.features.condition_item); `random_crop=True` takes a random window of records longer
+    than the processor's length instead of the first one (training augmentation; unseeded)."""
+
+    def __init__(self, dataset, feature_extractor: DBetaFeatureExtractor, protocol_num_samples: Optional[int] = None,
+                 random_crop: bool = False):
+        self.dataset = dataset
+        self.protocol_num_samples = protocol_num_samples
+        self.feature_extractor = feature_extractor
+        if random_crop:
+            self.feature_extractor = copy.deepcopy(feature_extractor)
+            self.feature_extractor.crop = "random"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[int(index)]
+        x = condition_item(self.feature_extractor, item, self.protocol_num_samples)
+        return {"ecg_values": torch.from_numpy(np.ascontiguousarray(x)),
+                "labels": torch.as_tensor(item["labels"], dtype=torch.float32)}
 
 
 def load_processor(model: str) -> DBetaProcessor:
@@ -236,9 +265,9 @@ def prepare(args: argparse.Namespace) -> dict:
     set_seed(args.seed)  # the new head's initialisation
     model = load_classifier(args.model, class_names, weights, args.classifier_dropout)
     datasets = {
-        "train": ProcessedECGDataset(splits["train"], fe, protocol_n, crop="random" if args.random_crop else None),
-        "val": ProcessedECGDataset(splits["val"], fe, protocol_n),
-        "test": ProcessedECGDataset(splits["test"], fe, protocol_n) if len(splits["test"]) else None,
+        "train": ECGClassificationDataset(splits["train"], fe, protocol_n, random_crop=args.random_crop),
+        "val": ECGClassificationDataset(splits["val"], fe, protocol_n),
+        "test": ECGClassificationDataset(splits["test"], fe, protocol_n) if len(splits["test"]) else None,
     }
     return {"splits": splits, "datasets": datasets, "class_names": class_names, "class_weights": weights,
             "processor": processor, "model": model, "protocol_num_samples": protocol_n}
