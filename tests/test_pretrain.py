@@ -1,0 +1,638 @@
+"""Pretraining: the collator, the training loop (loss goes down), exact resume, SIGTERM, corrupt-checkpoint fallback,
+two processes under `accelerate launch`, the export (fresh-process AutoModel load) and the push failure path.
+
+Everything runs on a tiny D-BETA (tests/tiny.py) and a 64-row in-memory dataset in the prepared-MIMIC row layout
+(int16 ADC `signal` + `adc_gain` + `baseline`, MIMIC lead order), saved with save_to_disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from processing_dbeta import MIMIC_LEADS, STANDARD_LEADS, normalize_report
+from tests.tiny import REPORTS, ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer, \
+    train_wordpiece_tokenizer
+from train.collator import (PretrainingCollator, RandomReportSampler, ShardedBatchSampler, decode_row_signal,
+                            resolve_mask_token_id)
+from train.export import build_processor
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "dbeta-test/pretrained-tiny"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fixtures
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def mimic_rows(n: int, seed: int) -> dict:
+    """Rows in the prepared-MIMIC layout: int16 ADC at 200 adu/mV, MIMIC lead order, one of REPORTS each."""
+    x = ecg_batch(n, seed=seed).numpy()
+    adc = np.clip(np.round(x * 200.0), -32767, 32767).astype(np.int16)
+    return {
+        "study_id": list(range(seed * 1000, seed * 1000 + n)),
+        "report": [REPORTS[(3 * i + seed) % len(REPORTS)] for i in range(n)],
+        "signal": list(adc),
+        "adc_gain": [np.full(12, 200.0, np.float32)] * n,
+        "baseline": [np.zeros(12, np.int32)] * n,
+        "sampling_rate": [500.0] * n,
+        "lead_names": [list(MIMIC_LEADS)] * n,
+    }
+
+
+def mimic_dataset(n: int, seed: int):
+    from datasets import Array2D, Dataset, Features, List, Value
+
+    features = Features({
+        "study_id": Value("int64"), "report": Value("string"), "signal": Array2D((12, 5000), "int16"),
+        "adc_gain": List(Value("float32"), length=12), "baseline": List(Value("int32"), length=12),
+        "sampling_rate": Value("float32"), "lead_names": List(Value("string"), length=12),
+    })
+    return Dataset.from_dict(mimic_rows(n, seed), features=features)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models here are tiny: one intra-op thread is as fast, and far faster when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def t5_tokenizer():
+    return train_t5_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def bert_tokenizer():
+    return train_wordpiece_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return mimic_dataset(24, seed=5).with_format("numpy")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, t5_tokenizer):
+    """On disk: the dataset (train 48 / validation 16), a tiny T5 text encoder + tokenizer, a tiny D-BETA config."""
+    from datasets import DatasetDict
+    from transformers import T5Config, T5EncoderModel
+
+    root = tmp_path_factory.mktemp("pretrain-assets")
+    DatasetDict(train=mimic_dataset(48, seed=1), validation=mimic_dataset(16, seed=2)).save_to_disk(
+        str(root / "data"))
+    text = tiny_t5_text_config(len(t5_tokenizer))
+    text.pop("model_type")
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(**text)).save_pretrained(root / "t5")
+    t5_tokenizer.save_pretrained(root / "t5")
+    (root / "tiny.json").write_text(tiny_config(tiny_t5_text_config(len(t5_tokenizer))).to_json_string())
+    n3s = None
+    try:  # the real N3S table (train/n3s.py), built from the train reports with a word-hash embedder
+        from train.n3s import build_n3s_table
+
+        table = build_n3s_table(mimic_rows(48, 1)["report"], word_hash_embed, k=4, index="flat", progress=False)
+        n3s = table.save(root / "n3s")
+    except ImportError:
+        pass
+    return SimpleNamespace(root=root, data=root / "data", t5=root / "t5", tiny=root / "tiny.json", n3s=n3s)
+
+
+def word_hash_embed(texts) -> np.ndarray:
+    """Deterministic unit vectors: hashed bag of words (stands in for the frozen sentence encoder)."""
+    import zlib
+
+    out = np.zeros((len(texts), 64), np.float32)
+    for i, text in enumerate(texts):
+        for word in str(text).split():
+            out[i, zlib.crc32(word.encode()) % 64] += 1.0
+    return out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-6)
+
+
+def train_args(assets, out, *extra, steps: int = 8) -> list:
+    return [
+        "--output-dir", str(out), "--dataset", str(assets.data), "--text-encoder", str(assets.t5),
+        "--set", f"model.config={assets.tiny}", "--max-steps", str(steps), "--batch-size", "4", "--grad-accum", "2",
+        "--no-bf16", "--lr", "3e-3", "--warmup-steps", "2", "--num-workers", "0", "--eval-every", "4",
+        "--save-every", "4", "--set", "train.log_every=2", "--set", "train.log_with=[]",
+        "--set", "train.record_batches=true", "--set", "data.max_val_samples=16",
+        *(["--n3s", str(assets.n3s)] if assets.n3s else []), *extra,
+    ]
+
+
+def run_main(argv) -> int:
+    """train.pretrain.main in this process, with accelerate's singletons reset before and after."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from train.pretrain import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        return main(argv)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def batches(out: Path, rank: int = 0) -> list:
+    path = out / f"batches_rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+@pytest.fixture(scope="module")
+def straight_run(assets, tmp_path_factory):
+    """8 optimizer steps (batch 4 x accumulation 2) without interruption; checkpoints at steps 4 and 8."""
+    out = tmp_path_factory.mktemp("straight")
+    assert run_main(train_args(assets, out, "--set", "train.log_with=[tensorboard]")) == 0
+    return out
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    return env
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Collator
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ShiftSampler:
+    """Stand-in for N3STable: the report three places further in REPORTS; records every query."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sample_negative(self, report, rng):
+        negative = REPORTS[(REPORTS.index(normalize_report(report)) + 3) % len(REPORTS)]
+        self.calls.append((report, negative))
+        return negative
+
+
+def strip(ids, tokenizer) -> list:
+    return [int(i) for i in ids if int(i) != tokenizer.pad_token_id]
+
+
+def test_negatives_are_exactly_what_the_model_sees(rows, t5_tokenizer):
+    sampler = ShiftSampler()
+    collator = PretrainingCollator(build_processor(t5_tokenizer), sampler, p_neg=0.5, mlm_probability=0.25, seed=3)
+    data = [rows[i] for i in range(16)]
+    batch = collator(data, batch_id=0)
+    aligned = batch["is_aligned"].numpy()
+    assert int((aligned == 0).sum()) == 8  # int(16 * 0.5 + U[0, 1)) = 8
+    negatives = dict(sampler.calls)
+    for i, row in enumerate(data):
+        report = str(row["report"])
+        text = report if aligned[i] else negatives[report]
+        expected = t5_tokenizer(normalize_report(text)).input_ids
+        ids = strip(batch["input_ids"][i], t5_tokenizer)
+        labels = batch["mlm_labels"][i].numpy()
+        if aligned[i]:  # restore the masked positions: the row is its own report
+            ids = [int(lab) if lab != -100 else t for t, lab in zip(ids, labels)]
+        else:  # a negative: the sampled text itself, never masked
+            assert (labels == -100).all()
+            assert normalize_report(negatives[report]) != normalize_report(report)
+        assert ids == expected, (i, aligned[i], text)
+        n = len(expected)
+        assert batch["attention_mask"][i, :n].all() and not batch["attention_mask"][i, n:].any()
+    assert len(sampler.calls) == 8
+
+
+def test_negative_count_follows_the_authors_rule(rows, t5_tokenizer):
+    collator = PretrainingCollator(build_processor(t5_tokenizer), ShiftSampler(), p_neg=0.5, mlm_probability=0.0)
+    data = [rows[i] for i in range(7)]
+    counts = {int((collator(data, batch_id=b)["is_aligned"] == 0).sum()) for b in range(40)}
+    assert counts == {3, 4}  # int(3.5 + U[0, 1))
+    none = PretrainingCollator(build_processor(t5_tokenizer), ShiftSampler(), p_neg=0.0, mlm_probability=0.0)
+    assert none(data, batch_id=0)["is_aligned"].all()
+    with pytest.raises(ValueError, match="negative_sampler"):
+        PretrainingCollator(build_processor(t5_tokenizer), None, p_neg=0.5)
+
+
+def test_sampler_returning_the_same_report_leaves_the_row_aligned(rows, t5_tokenizer):
+    class Same:
+        def sample_negative(self, report, rng):
+            return report.upper() + "  "  # the same report once cleaned
+
+    collator = PretrainingCollator(build_processor(t5_tokenizer), Same(), p_neg=1.0, mlm_probability=0.0)
+    assert collator([rows[i] for i in range(4)], batch_id=0)["is_aligned"].all()
+
+
+@pytest.mark.parametrize("kind", ["t5", "bert"])
+def test_mlm_masks_aligned_rows_only_and_never_specials_or_pads(rows, t5_tokenizer, bert_tokenizer, kind):
+    tokenizer = t5_tokenizer if kind == "t5" else bert_tokenizer
+    mask_id = tokenizer.convert_tokens_to_ids("<extra_id_0>" if kind == "t5" else "[MASK]")
+    assert mask_id != tokenizer.unk_token_id
+    sampler = ShiftSampler()
+    collator = PretrainingCollator(build_processor(tokenizer), sampler, p_neg=0.5, mlm_probability=0.25, seed=11)
+    specials = list(tokenizer.all_special_ids)
+    selected = kept = masked = randomized = 0
+    data = [rows[i] for i in range(24)]
+    for b in range(20):
+        sampler.calls.clear()
+        batch = collator(data, batch_id=b)
+        ids, labels = batch["input_ids"].numpy(), batch["mlm_labels"].numpy()
+        att, aligned = batch["attention_mask"].numpy(), batch["is_aligned"].numpy()
+        negatives = dict(sampler.calls)
+        texts = [str(r["report"]) if aligned[i] else negatives[str(r["report"])] for i, r in enumerate(data)]
+        clean = tokenizer([normalize_report(t) for t in texts], padding="longest", return_tensors="np").input_ids
+        sel = labels != -100
+        assert (ids[~sel] == clean[~sel]).all()  # only the selected positions changed
+        assert (labels[sel] == clean[sel]).all()  # and their labels are the original ids
+        assert not sel[aligned == 0].any()  # negatives are never masked
+        assert not sel[att == 0].any()  # nor padding
+        assert not np.isin(clean[sel], specials).any()  # nor special tokens (eos, cls, sep, sentinels, unk)
+        now, originals = ids[sel], labels[sel]
+        is_random = (now != mask_id) & (now != originals)
+        assert not np.isin(now[is_random], specials).any()  # random replacements are ordinary tokens
+        masked += int((now == mask_id).sum())
+        kept += int((now == originals).sum())
+        randomized += int(is_random.sum())
+        selected += int(sel.sum())
+    assert selected > 300
+    assert 0.72 < masked / selected < 0.88 and 0.04 < kept / selected < 0.16 and 0.04 < randomized / selected < 0.16
+    if kind == "bert":
+        assert (batch["input_ids"][:, 0] == tokenizer.cls_token_id).all()
+
+
+def test_mlm_rate_is_25_percent_of_maskable_tokens(rows, t5_tokenizer):
+    collator = PretrainingCollator(build_processor(t5_tokenizer), None, p_neg=0.0, mlm_probability=0.25, seed=1)
+    data = [rows[i] for i in range(24)]
+    rate = []
+    for b in range(20):
+        batch = collator(data, batch_id=b)
+        labels, att = batch["mlm_labels"].numpy(), batch["attention_mask"].numpy()
+        rate.append((labels != -100).sum() / (att.sum() - len(data)))  # minus one </s> per row
+    assert 0.22 < float(np.mean(rate)) < 0.28
+
+
+def test_mask_token_choice(t5_tokenizer, bert_tokenizer):
+    assert t5_tokenizer.mask_token is None
+    assert resolve_mask_token_id(t5_tokenizer) == t5_tokenizer.convert_tokens_to_ids("<extra_id_0>")
+    assert resolve_mask_token_id(bert_tokenizer) == bert_tokenizer.mask_token_id
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    word_level = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "sinus": 2}, unk_token="[UNK]"))
+    bare = PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="[PAD]", unk_token="[UNK]")
+    with pytest.raises(ValueError, match="no mask token"):
+        resolve_mask_token_id(bare)
+
+
+def test_ecg_lead_order_and_lead_masking(rows, t5_tokenizer):
+    processor = build_processor(t5_tokenizer)
+    data = [rows[i] for i in range(16)]
+    plain = PretrainingCollator(processor, None, p_neg=0.0, mlm_probability=0.0, lead_mask_prob=0.0)(data, 0)
+    raw = decode_row_signal(data[0])
+    order = [list(MIMIC_LEADS).index(lead) for lead in STANDARD_LEADS]
+    np.testing.assert_allclose(plain["ecg_values"][0].numpy(), raw[order], rtol=0, atol=1e-6)  # aVL/aVF swapped
+    assert plain["ecg_values"].shape == (16, 12, 5000) and plain["ecg_values"].dtype == torch.float32
+
+    masked = PretrainingCollator(processor, None, p_neg=0.0, mlm_probability=0.0, lead_mask_prob=0.5, seed=4)
+    ecg = masked(data, batch_id=0)["ecg_values"]
+    zero = (ecg == 0).all(-1)
+    assert 0.3 < float(zero.float().mean()) < 0.7  # whole leads are zeroed, about half of them
+    torch.testing.assert_close(ecg[~zero], plain["ecg_values"][~zero], rtol=0, atol=0)  # the others untouched
+    val = PretrainingCollator(processor, None, train=False, p_neg=0.0, mlm_probability=0.0, lead_mask_prob=0.5)
+    assert not (val(data, batch_id=0)["ecg_values"] == 0).all(-1).any()  # no augmentation for validation
+
+
+def test_random_crop_is_seeded_and_validation_crops_the_start(t5_tokenizer):
+    long = mimic_rows(4, seed=9)
+    signals = [np.concatenate([s, s[:, :1000]], axis=1) for s in long["signal"]]  # 6000 samples
+    data = [{"report": long["report"][i], "ecg": signals[i] / 200.0, "lead_names": list(MIMIC_LEADS),
+             "sampling_rate": 500.0} for i in range(4)]
+    processor = build_processor(t5_tokenizer)
+    kw = dict(p_neg=0.0, mlm_probability=0.0, lead_mask_prob=0.0)
+    train_a = PretrainingCollator(processor, None, seed=1, **kw)(data, batch_id=3)["ecg_values"]
+    train_b = PretrainingCollator(processor, None, seed=1, **kw)(data, batch_id=3)["ecg_values"]
+    other = PretrainingCollator(processor, None, seed=1, **kw)(data, batch_id=4)["ecg_values"]
+    val = PretrainingCollator(processor, None, train=False, **kw)(data, batch_id=3)["ecg_values"]
+    torch.testing.assert_close(train_a, train_b, rtol=0, atol=0)
+    assert not torch.equal(train_a, other)
+    order = [list(MIMIC_LEADS).index(lead) for lead in STANDARD_LEADS]
+    np.testing.assert_allclose(val[0].numpy(), (signals[0] / 200.0)[order, :5000].astype(np.float32), atol=1e-6)
+
+
+def test_collator_is_deterministic_given_seed_and_batch_id(rows, t5_tokenizer):
+    processor = build_processor(t5_tokenizer)
+    sampler = RandomReportSampler(REPORTS)
+    data = [rows[i] for i in range(12)]
+    a = PretrainingCollator(processor, sampler, seed=5)(data, batch_id=7)
+    b = PretrainingCollator(processor, sampler, seed=5)(data, batch_id=7)
+    c = PretrainingCollator(processor, sampler, seed=5)(data, batch_id=8)
+    d = PretrainingCollator(processor, sampler, seed=6)(data, batch_id=7)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not all(torch.equal(a[k], c[k]) for k in ("input_ids", "ecg_values", "is_aligned"))
+    assert not all(torch.equal(a[k], d[k]) for k in ("input_ids", "ecg_values", "is_aligned"))
+
+
+def test_batch_sampler_is_seeded_sharded_and_resumable():
+    full = ShardedBatchSampler(10, 4, seed=3)
+    it = iter(full)
+    first = [next(it) for _ in range(6)]  # 24 positions: 2.4 epochs
+    ids = [i for batch in first for _, i in batch]
+    assert sorted(ids[:10]) == list(range(10)) and sorted(ids[10:20]) == list(range(10))
+    assert ids[:10] != ids[10:20]  # a new permutation each epoch
+    resumed = iter(ShardedBatchSampler(10, 4, seed=3, start=4))
+    assert [next(resumed) for _ in range(2)] == first[4:]
+    r0 = iter(ShardedBatchSampler(10, 4, seed=3, rank=0, world=2))
+    r1 = iter(ShardedBatchSampler(10, 4, seed=3, rank=1, world=2))
+    assert [next(r0) for _ in range(3)] == first[0::2] and [next(r1) for _ in range(3)] == first[1::2]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_config_errors_exit_2(tmp_path, capsys):
+    from train.pretrain import main
+
+    assert main(["--set", "optim.learning_rate=1"]) == 2
+    assert "unknown setting 'optim.learning_rate'" in capsys.readouterr().err
+    assert main(["--set", "train.mixed_precision=fp16"]) == 2
+    assert main(["--output-dir", str(tmp_path)]) == 2  # no dataset
+    assert "data.dataset" in capsys.readouterr().err
+
+
+def test_shipped_configs_parse_and_default_yaml_documents_the_defaults():
+    from train.pretrain import DEFAULTS, resolve_config
+
+    for path in sorted((ROOT / "train" / "configs").glob("*.yaml")):
+        cfg, _ = resolve_config(["--config", str(path)])
+        assert cfg["train"]["max_steps"] > 0, path
+    import yaml
+
+    assert yaml.safe_load((ROOT / "train" / "configs" / "default.yaml").read_text()) == DEFAULTS
+    cfg, _ = resolve_config(["--set", "optim.betas=[0.9, 0.98]", "--set", "model.overrides.ets_mode=learnable",
+                             "--lr", "1e-4", "--bf16"])
+    assert cfg["optim"]["betas"] == [0.9, 0.98] and cfg["model"]["overrides"] == {"ets_mode": "learnable"}
+    assert cfg["optim"]["lr"] == 1e-4 and cfg["train"]["mixed_precision"] == "bf16"
+
+
+def test_collator_with_a_real_n3s_table(assets, rows, t5_tokenizer):
+    if assets.n3s is None:
+        pytest.skip("train/n3s.py is not available")
+    from train.n3s import N3STable
+
+    table = N3STable.load(assets.n3s)
+
+    class Recording:
+        calls = []
+
+        def sample_negative(self, report, rng):
+            negative = table.sample_negative(report, rng)
+            self.calls.append((report, negative))
+            return negative
+
+    sampler = Recording()
+    collator = PretrainingCollator(build_processor(t5_tokenizer), sampler, p_neg=0.5, mlm_probability=0.0)
+    data = [rows[i] for i in range(8)]
+    batch = collator(data, batch_id=0)
+    chosen = dict(sampler.calls)
+    for i in np.nonzero(batch["is_aligned"].numpy() == 0)[0]:
+        report = str(data[i]["report"])
+        assert chosen[report] in table.negatives_of(report)
+        expected = t5_tokenizer(normalize_report(chosen[report])).input_ids
+        assert strip(batch["input_ids"][i], t5_tokenizer) == expected
+
+
+def test_a_few_steps_reduce_the_loss(assets, tmp_path):
+    out = tmp_path / "fit"
+    args = train_args(assets, out, "--batch-size", "8", "--grad-accum", "1", "--lr", "1e-2", "--warmup-steps", "1",
+                      "--set", "optim.min_lr_ratio=1.0", "--save-every", "0", "--eval-every", "0",
+                      "--set", "train.eval_at_start=true", "--set", "train.log_every=3",
+                      "--set", "train.record_batches=false", steps=12)
+    assert run_main(args) == 0
+    # Validation is deterministic (fixed batches, negatives, MLM and MEM masks, eval mode): before vs after.
+    val = [h["validation"] for h in json.loads((out / "metrics.json").read_text())["history"] if "validation" in h]
+    assert len(val) == 2
+    before, after = val
+    assert after["loss"] < before["loss"] - 0.2, (before, after)
+    assert after["mlm_loss"] < before["mlm_loss"] and after["mem_loss"] < before["mem_loss"], (before, after)
+
+
+def test_run_outputs_metrics_card_and_validation(straight_run):
+    metrics = json.loads((straight_run / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["steps"] == 8 and metrics["global_batch"] == 8
+    assert [h["step"] for h in metrics["history"] if "validation" in h] == [4, 8]
+    val = metrics["validation"]
+    assert {"loss", "mem_loss", "mlm_loss", "etm_loss", "ets_loss", "etm_accuracy", "recall@1", "recall@5",
+            "recall@10"} <= set(val)
+    assert val["samples"] == 16 and val["retrieval_candidates"] == len({REPORTS[(3 * i + 2) % 10] for i in range(16)})
+    assert 0 <= val["recall@1"] <= val["recall@5"] <= val["recall@10"] == 1.0  # <= 10 candidates
+    card = (straight_run / "model" / "model_card.md").read_text()
+    assert "| optimizer steps | 8 |" in card and "recall@1" in card and "final training losses" in card
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(straight_run / "logs" / "dbeta-pretrain")).Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"train/loss", "train/mlm_loss", "train/lr", "train/samples_per_s", "val/recall@1", "val/etm_accuracy"}
+    assert expected <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]
+
+
+def test_resume_reproduces_an_uninterrupted_run(assets, straight_run, tmp_path):
+    out = tmp_path / "interrupted"
+    assert run_main(train_args(assets, out, "--set", "train.stop_at_step=4")) == 3
+    state = json.loads((out / "checkpoints" / "checkpoint_0" / "train_state.json").read_text())
+    assert state["step"] == 4 and state["micro_batches"] == 8
+    assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+    # Resume with DataLoader workers this time: the batches must not depend on them.
+    assert run_main(train_args(assets, out, "--resume", "--num-workers", "2")) == 0
+    assert_same_weights(weights(out / "model"), weights(straight_run / "model"))
+    assert batches(out) == batches(straight_run)  # the data order continued where it stopped
+    assert [b["micro"] for b in batches(out)] == list(range(16))
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["steps"] == 8
+    assert final["validation"] == pytest.approx(json.loads((straight_run / "metrics.json").read_text())["validation"])
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(assets, straight_run, tmp_path, caplog):
+    out = tmp_path / "corrupt"
+    shutil.copytree(straight_run, out)
+    for name in ("model", "metrics.json"):
+        (shutil.rmtree if (out / name).is_dir() else os.remove)(out / name)
+    newest = out / "checkpoints" / "checkpoint_1"
+    blob = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(blob[: len(blob) // 2])  # truncated
+    lines = (out / "batches_rank0.jsonl").read_text().splitlines()
+    (out / "batches_rank0.jsonl").write_text("\n".join(lines[:8]) + "\n")  # what ran up to checkpoint_0
+    caplog.set_level("WARNING", logger="train.pretrain")
+    assert run_main(train_args(assets, out, "--resume")) == 0
+    warned = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+    assert len(warned) == 1 and "checkpoint_1" in warned[0]
+    assert_same_weights(weights(out / "model"), weights(straight_run / "model"))  # steps 5-8 redone identically
+    assert (out / "checkpoints" / "checkpoint_2" / "train_state.json").is_file()  # numbering moved past the bad one
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_3(assets, tmp_path):
+    """SIGTERM to the whole process group (as torchrun's shutdown and Ctrl-C do), DataLoader workers included."""
+    out = tmp_path / "sigterm"
+    args = train_args(assets, out, "--save-every", "0", "--eval-every", "0", "--num-workers", "1", steps=100000)
+    log = open(tmp_path / "stderr.txt", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "train.pretrain", *args], cwd=ROOT, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len(batches(out)) < 4:
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert code == 3, stderr[-3000:]
+    assert "received SIGTERM" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    from train.pretrain import list_checkpoints
+
+    (checkpoint,) = list_checkpoints(out)
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    assert state["step"] >= 2 and state["micro_batches"] == 2 * state["step"]
+    assert len(batches(out)) == state["micro_batches"]  # no step was half-done
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["steps"] == state["step"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_accelerate_launch(assets, tmp_path):
+    out = tmp_path / "ddp"
+    launcher = Path(sys.executable).parent / "accelerate"
+    # --cpu would start a single process on accelerate 1.15; --multi_gpu runs DDP over gloo on a CPU-only box.
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "train.pretrain", *train_args(assets, out, "--eval-every", "0", steps=3)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["distributed_type"] == "MULTI_CPU"
+    assert metrics["global_batch"] == 16 and metrics["steps"] == 3
+    assert metrics["validation"]["samples"] == 16  # both shards gathered
+    b0, b1 = batches(out, 0), batches(out, 1)
+    assert len(b0) == len(b1) == 6
+    assert [b["batch_id"] for b in b0] == list(range(0, 12, 2)) and [b["batch_id"] for b in b1] == list(range(1, 12, 2))
+    single = ShardedBatchSampler(48, 4, seed=42)
+    assert [b["indices"] for b in b0] == [single.batch(g) for g in range(0, 12, 2)]
+    assert all(np.isfinite(v) for v in metrics["train"].values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Export and push
+# ----------------------------------------------------------------------------------------------------------------
+
+LOADER = """
+import sys, torch
+from transformers import AutoModel, AutoProcessor
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+ecg = torch.load(sys.argv[2])
+batch = processor(ecg=ecg.numpy(), sampling_rate=500, text=["sinus rhythm. normal ecg."])
+with torch.no_grad():
+    e = model.get_ecg_features(batch["ecg_values"])
+    t = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+torch.save({"cls": type(model).__name__, "ecg": e, "text": t}, sys.argv[3])
+"""
+
+
+def test_export_loads_with_automodel_in_a_fresh_process(straight_run, tmp_path):
+    from modeling_dbeta import DBetaForPreTraining
+    from processing_dbeta import DBetaProcessor
+
+    export = straight_run / "model"
+    ecg = ecg_batch(2, seed=3)
+    torch.save(ecg, tmp_path / "ecg.pt")
+    proc = subprocess.run([sys.executable, "-c", LOADER, str(export), str(tmp_path / "ecg.pt"), str(tmp_path / "o.pt")],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "o.pt")
+    assert got["cls"] == "DBetaModel" and got["ecg"].shape == (2, 32)
+    model = DBetaForPreTraining.from_pretrained(export, trust_remote_code=True).eval()
+    processor = DBetaProcessor.from_pretrained(export, trust_remote_code=True)
+    batch = processor(ecg=ecg.numpy(), sampling_rate=500, text=["sinus rhythm. normal ecg."])
+    with torch.no_grad():
+        torch.testing.assert_close(got["ecg"], model.get_ecg_features(batch["ecg_values"]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(got["text"], model.get_text_features(batch["input_ids"], batch["attention_mask"]),
+                                   rtol=0, atol=1e-6)
+    assert_same_weights(weights(export), weights(straight_run / "checkpoints" / "checkpoint_1"))
+
+
+@pytest.fixture
+def online_hub(monkeypatch):
+    """A fake Hub this process may reach despite conftest's HF_HUB_OFFLINE=1 (as in test_push_to_hub.py)."""
+    from huggingface_hub import constants as hf_constants
+
+    from tests.fake_hub import FakeHub
+
+    with FakeHub() as hub:
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
+        monkeypatch.setenv("HF_TOKEN", "hf_fake")
+        yield hub
+
+
+def test_export_only_push_failure_keeps_the_export_and_exits_4(straight_run, tmp_path, online_hub, caplog):
+    online_hub.fail_commits = True
+    checkpoint = straight_run / "checkpoints" / "checkpoint_1"
+    caplog.set_level("ERROR", logger="train.pretrain")
+    code = run_main(["--export-only", str(checkpoint), "--output-dir", str(tmp_path), "--push-to-hub", REPO_ID])
+    assert code == 4
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "FAILED" in message and REPO_ID in message and "python -m train.push_to_hub" in message
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["push"]["ok"] is False and "500" in metrics["push"]["error"]
+    assert_same_weights(weights(tmp_path / "model"), weights(checkpoint))  # the export is complete
+    assert {"config.json", "model.safetensors", "modeling_dbeta.py", "processor_config.json",
+            "model_card.md"} <= {p.name for p in (tmp_path / "model").iterdir()}
+
+
+def test_export_only_pushes_to_the_hub(straight_run, tmp_path, online_hub):
+    checkpoint = straight_run / "checkpoints" / "checkpoint_1"
+    # The checkpoint carries its config and tokenizer: the text encoder folder is not needed any more.
+    assert run_main(["--export-only", str(checkpoint), "--output-dir", str(tmp_path), "--push-to-hub", REPO_ID,
+                     "--text-encoder", str(tmp_path / "gone")]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "exported"
+    files = online_hub.files(REPO_ID)
+    assert {"README.md", "config.json", "model.safetensors", "modeling_dbeta.py"} <= set(files)
+    assert files["model.safetensors"] == (tmp_path / "model" / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "metrics.json").read_text())["push"]["ok"] is True
