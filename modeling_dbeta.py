@@ -301,11 +301,17 @@ class DBetaPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module):
-        super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, DBetaConvLayer):
-            init.kaiming_normal_(module.conv.weight)
-        elif isinstance(module, DBetaPositionalConv):
+        if isinstance(module, nn.Conv1d):
+            # The ECG feature extractor (its only Conv1d). Handled here and not on DBetaConvLayer: transformers
+            # visits a parent before its children, so the generic normal(std) init would overwrite a parent's
+            # Kaiming init and shrink the activations ~5x per layer.
+            init.kaiming_normal_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            return
+        super()._init_weights(module)
+        if isinstance(module, DBetaPositionalConv):
             fan = module.kernel * module.weight_v.shape[0]
             init.normal_(module.weight_v, mean=0.0, std=math.sqrt(4.0 / fan))
             init.copy_(module.weight_g, module.weight_v.norm(dim=(0, 1), keepdim=True))
@@ -317,8 +323,8 @@ class DBetaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, DBetaMLMHead):
             init.zeros_(module.bias)
         elif isinstance(module, DBetaModel) and module.config.ets_mode == "learnable":
-            init.constant_(module.logit_scale, math.log(10.0))
-            init.constant_(module.logit_bias, -10.0)
+            init.constant_(module.logit_scale, math.log(module.config.ets_scale_init))
+            init.constant_(module.logit_bias, module.config.ets_bias_init)
 
 
 class _ECGPathMixin:

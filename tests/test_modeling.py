@@ -82,6 +82,21 @@ def test_learnable_ets_initialisation(tokenizer):
     model = DBetaModel(tiny_config(tiny_t5_text_config(len(tokenizer)), ets_mode="learnable"))
     assert math.isclose(model.logit_scale.item(), math.log(10.0), rel_tol=1e-6)
     assert model.logit_bias.item() == -10.0
+    small_batch = DBetaModel(tiny_config(tiny_t5_text_config(len(tokenizer)), ets_mode="learnable",
+                                         ets_scale_init=5.0, ets_bias_init=-3.0))
+    assert math.isclose(small_batch.logit_scale.exp().item(), 5.0, rel_tol=1e-6)
+    assert small_batch.logit_bias.item() == -3.0
+
+
+def test_conv_feature_extractor_keeps_kaiming_initialisation(config):
+    # transformers initialises parents before children: a Kaiming init set on the parent layer was overwritten by
+    # the generic normal(0.02), shrinking the activations ~5x per conv layer.
+    torch.manual_seed(0)
+    model = DBetaModel(config)
+    for layer in model.ecg_model.conv_layers:
+        w = layer.conv.weight
+        expected = math.sqrt(2.0 / (w.shape[1] * w.shape[2]))
+        assert 0.8 * expected < w.std().item() < 1.2 * expected
 
 
 def test_random_token_mask_keeps_a_quarter_and_restores_order():

@@ -248,7 +248,7 @@ def test_sampler_returning_the_same_report_leaves_the_row_aligned(rows, t5_token
 
 
 @pytest.mark.parametrize("kind", ["t5", "bert"])
-def test_mlm_masks_aligned_rows_only_and_never_specials_or_pads(rows, t5_tokenizer, bert_tokenizer, kind):
+def test_mlm_masks_every_row_scores_aligned_rows_only_never_specials_or_pads(rows, t5_tokenizer, bert_tokenizer, kind):
     tokenizer = t5_tokenizer if kind == "t5" else bert_tokenizer
     mask_id = tokenizer.convert_tokens_to_ids("<extra_id_0>" if kind == "t5" else "[MASK]")
     assert mask_id != tokenizer.unk_token_id
@@ -256,6 +256,8 @@ def test_mlm_masks_aligned_rows_only_and_never_specials_or_pads(rows, t5_tokeniz
     collator = PretrainingCollator(build_processor(tokenizer), sampler, p_neg=0.5, mlm_probability=0.25, seed=11)
     specials = list(tokenizer.all_special_ids)
     selected = kept = masked = randomized = 0
+    changed = {0: 0, 1: 0}
+    tokens = {0: 0, 1: 0}
     data = [rows[i] for i in range(24)]
     for b in range(20):
         sampler.calls.clear()
@@ -266,9 +268,16 @@ def test_mlm_masks_aligned_rows_only_and_never_specials_or_pads(rows, t5_tokeniz
         texts = [str(r["report"]) if aligned[i] else negatives[str(r["report"])] for i, r in enumerate(data)]
         clean = tokenizer([normalize_report(t) for t in texts], padding="longest", return_tensors="np").input_ids
         sel = labels != -100
-        assert (ids[~sel] == clean[~sel]).all()  # only the selected positions changed
+        assert not sel[aligned == 0].any()  # negatives are never scored...
+        for a in (0, 1):  # ...but masked like the aligned rows, so the masking cannot give the pairing away
+            rows_a = (aligned == a)[:, None] & (att == 1) & ~np.isin(clean, specials)
+            changed[a] += int(((ids != clean) & rows_a).sum())
+            tokens[a] += int(rows_a.sum())
+        aligned_rows = np.broadcast_to((aligned == 1)[:, None], ids.shape)
+        assert (ids[~sel & aligned_rows] == clean[~sel & aligned_rows]).all()  # only selected positions changed
         assert (labels[sel] == clean[sel]).all()  # and their labels are the original ids
-        assert not sel[aligned == 0].any()  # negatives are never masked
+        assert not ((ids != clean) & (att == 0)).any()
+        assert not ((ids != clean) & np.isin(clean, specials)).any()
         assert not sel[att == 0].any()  # nor padding
         assert not np.isin(clean[sel], specials).any()  # nor special tokens (eos, cls, sep, sentinels, unk)
         now, originals = ids[sel], labels[sel]
@@ -279,6 +288,8 @@ def test_mlm_masks_aligned_rows_only_and_never_specials_or_pads(rows, t5_tokeniz
         randomized += int(is_random.sum())
         selected += int(sel.sum())
     assert selected > 300
+    rate = {a: changed[a] / tokens[a] for a in (0, 1)}  # ~25% x 90% (10% of the selected stay unchanged)
+    assert 0.17 < rate[0] < 0.28 and 0.17 < rate[1] < 0.28, rate
     assert 0.72 < masked / selected < 0.88 and 0.04 < kept / selected < 0.16 and 0.04 < randomized / selected < 0.16
     if kind == "bert":
         assert (batch["input_ids"][:, 0] == tokenizer.cls_token_id).all()
@@ -384,6 +395,15 @@ def test_config_errors_exit_2(tmp_path, capsys):
     assert main(["--set", "train.mixed_precision=fp16"]) == 2
     assert main(["--output-dir", str(tmp_path)]) == 2  # no dataset
     assert "data.dataset" in capsys.readouterr().err
+    assert main(["--set", "optim.lr=fast"]) == 2
+    assert "optim.lr must be a number" in capsys.readouterr().err
+
+
+def test_yaml_exponent_without_a_dot_is_a_number():
+    from train.pretrain import resolve_config
+
+    cfg, _ = resolve_config(["--set", "optim.lr=1e-3", "--set", "optim.max_grad_norm=5"])  # YAML reads "1e-3" as str
+    assert cfg["optim"]["lr"] == 1e-3 and cfg["optim"]["max_grad_norm"] == 5.0
 
 
 def test_shipped_configs_parse_and_default_yaml_documents_the_defaults():

@@ -86,6 +86,7 @@ DEFAULTS = {
         "text_encoder_weights": True,  # load its pretrained weights (False: only its shape, random init)
         "tokenizer": None,  # default: from text_encoder (or init_from)
         "init_from": None,  # start from a saved D-BETA (export folder); overrides size/config/text_encoder
+        "freeze_text_encoder": False,  # LiT-style: keep the pretrained text encoder fixed (projections still train)
         "overrides": {},  # DBetaConfig fields, e.g. {ets_mode: learnable, mem_target_norm: patch}
     },
     "collator": {
@@ -208,9 +209,16 @@ def validate_config(cfg: dict) -> None:
         raise ConfigError("train.checkpoint_total_limit must be >= 2 (the oldest is deleted before the new one "
                           "is written, so 1 could leave no checkpoint)")
     for key in ("p_neg", "mlm_probability", "lead_mask_prob"):
-        if not 0 <= float(c[key]) <= 1:
+        if not isinstance(c[key], (int, float)) or not 0 <= c[key] <= 1:
             raise ConfigError(f"collator.{key} must be in [0, 1], got {c[key]!r}")
-    if float(o["lr"]) <= 0 or int(o["warmup_steps"]) < 0:
+    # YAML 1.1 reads "1e-3" (no dot) as a string: numbers are coerced here, once, with the field named on failure.
+    for key in ("lr", "weight_decay", "eps", "min_lr_ratio", "max_grad_norm"):
+        if o[key] is not None:
+            try:
+                o[key] = float(o[key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"optim.{key} must be a number, got {o[key]!r}") from None
+    if o["lr"] <= 0 or int(o["warmup_steps"]) < 0:
         raise ConfigError("optim.lr must be > 0 and optim.warmup_steps >= 0")
 
 
@@ -856,8 +864,12 @@ def run_training(cfg: dict, resume: bool) -> int:
                                        seed=cfg["seed"] + 1, return_report_tokens=True, **common)
     train_rows, val_rows = as_rows(train_ds), (as_rows(val_ds) if val_ds is not None else None)
 
+    if cfg["model"]["freeze_text_encoder"]:
+        model.text_model.requires_grad_(False)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": float(o["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}]
     adam = dict(lr=float(o["lr"]), betas=tuple(float(b) for b in o["betas"]), eps=float(o["eps"]))
