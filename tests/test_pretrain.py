@@ -204,7 +204,8 @@ def strip(ids, tokenizer) -> list:
 
 def test_negatives_are_exactly_what_the_model_sees(rows, t5_tokenizer):
     sampler = ShiftSampler()
-    collator = PretrainingCollator(build_processor(t5_tokenizer), sampler, p_neg=0.5, mlm_probability=0.25, seed=3)
+    # Masking is off so every token can be compared (negatives are masked too: see the MLM test below).
+    collator = PretrainingCollator(build_processor(t5_tokenizer), sampler, p_neg=0.5, mlm_probability=0.0, seed=3)
     data = [rows[i] for i in range(16)]
     batch = collator(data, batch_id=0)
     aligned = batch["is_aligned"].numpy()
@@ -656,3 +657,27 @@ def test_export_only_pushes_to_the_hub(straight_run, tmp_path, online_hub):
     assert {"README.md", "config.json", "model.safetensors", "modeling_dbeta.py"} <= set(files)
     assert files["model.safetensors"] == (tmp_path / "model" / "model.safetensors").read_bytes()
     assert json.loads((tmp_path / "metrics.json").read_text())["push"]["ok"] is True
+
+
+def test_freeze_text_encoder_trains_everything_but_the_text_encoder(assets, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import T5EncoderModel
+
+    out = tmp_path / "frozen"
+    args = train_args(assets, out, "--save-every", "0", "--eval-every", "0", "--set", "model.freeze_text_encoder=true",
+                      "--set", "train.record_batches=false", steps=3)
+    assert run_main(args) == 0
+    exported = load_file(str(out / "model" / "model.safetensors"))
+    start = T5EncoderModel.from_pretrained(str(assets.t5)).state_dict()
+    text = {k[len("text_model."):]: v for k, v in exported.items() if k.startswith("text_model.")}
+    assert text and all(torch.equal(text[k], start[k]) for k in text if k in start)  # untouched
+    from accelerate.utils import set_seed
+
+    from train.pretrain import build_model_and_tokenizer, resolve_config
+
+    cfg, _ = resolve_config(["--text-encoder", str(assets.t5), "--set", f"model.config={assets.tiny}"])
+    set_seed(cfg["seed"])  # what run_training does before building: the run's own starting weights
+    initial, _, _ = build_model_and_tokenizer(cfg)
+    start_state = initial.state_dict()
+    assert all(torch.equal(start_state[k], exported[k]) for k in exported if k.startswith("text_model."))
+    assert not torch.equal(start_state["text_projection.weight"], exported["text_projection.weight"])
