@@ -20,8 +20,9 @@ Design decisions (see dbeta-reference.md §5, §6 and §10):
 - MLM: 25% of the maskable tokens of EVERY row, 80% replaced by the mask token, 10% by a random non-special token,
   10% kept; labels only on ALIGNED rows (reconstructing an unrelated report from a mismatched ECG teaches nothing).
   Negatives are masked too: text masked only on aligned rows would tell the matching head the answer (a measured
-  shortcut: ETM accuracy 95% within 80 steps while the ECG-text loss stayed at chance). Special tokens (pad, eos, unk, cls, sep, sentinels) and padding are never selected. T5 has no mask token, so
-  its first sentinel `<extra_id_0>` is used; a BERT tokenizer uses its [MASK].
+  shortcut: ETM accuracy 95% within 80 steps while the ECG-text loss stayed at chance). Special tokens (pad, eos,
+  unk, cls, sep, sentinels) and padding are never selected. T5 has no mask token, so its first sentinel
+  `<extra_id_0>` is used; a BERT tokenizer uses its [MASK].
 - Determinism: every random choice comes from numpy Generators seeded by (seed, batch_id). A batch's content is a
   pure function of (seed, batch_id, rows), whatever the number of DataLoader workers or processes, and a resumed run
   rebuilds identical batches. Four independent child streams (crop, negatives, MLM, lead mask) keep, e.g., the crops
