@@ -34,6 +34,8 @@ FLAN_T5_BASE = dict(
 
 ETS_MODES = ("fixed", "learnable")
 MEM_TARGET_NORMS = ("lead", "patch", "none")
+TEXT_POOLINGS = ("first", "mean")
+ETS_ECG_VIEWS = ("masked", "full")
 
 
 def _text_config_from(value) -> PretrainedConfig:
@@ -130,6 +132,12 @@ class DBetaConfig(PretrainedConfig):
             -log(B - 1), which a bias of -10 reaches only after thousands of Adam steps).
         loss weights: `mem_weight`, `mlm_weight`, `etm_weight`, `ets_weight` (the authors sum them unweighted).
         ets_gather: all-gather features across processes so the ECG-text loss sees the global batch.
+        text_pooling: how the unimodal text feature reads the text encoder: "first" takes token 0 (the authors';
+            T5's first word piece, BERT's [CLS]); "mean" averages the non-padding tokens, which is how
+            sentence-embedding encoders such as all-MiniLM-L6-v2 were trained to be read.
+        ets_ecg_view: the ECG the contrastive loss sees: "masked" reuses the MEM forward with 75% of the tokens
+            hidden (the authors'; no extra cost); "full" runs the ECG encoder a second time on every token, so
+            training matches inference, where the feature always sees the whole record.
     """
 
     model_type = "dbeta"
@@ -157,6 +165,8 @@ class DBetaConfig(PretrainedConfig):
         ets_gather: bool = True,
         ets_scale_init: float = 10.0,
         ets_bias_init: float = -10.0,
+        text_pooling: str = "first",
+        ets_ecg_view: str = "masked",
         mem_weight: float = 1.0,
         mlm_weight: float = 1.0,
         etm_weight: float = 1.0,
@@ -187,6 +197,8 @@ class DBetaConfig(PretrainedConfig):
         self.ets_gather = ets_gather
         self.ets_scale_init = ets_scale_init
         self.ets_bias_init = ets_bias_init
+        self.text_pooling = text_pooling
+        self.ets_ecg_view = ets_ecg_view
         self.mem_weight = mem_weight
         self.mlm_weight = mlm_weight
         self.etm_weight = etm_weight
@@ -201,6 +213,10 @@ class DBetaConfig(PretrainedConfig):
             raise ValueError(f"ets_mode must be one of {ETS_MODES}, got {self.ets_mode!r}")
         if self.ets_scale_init <= 0:
             raise ValueError(f"ets_scale_init must be > 0, got {self.ets_scale_init}")
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
+        if self.ets_ecg_view not in ETS_ECG_VIEWS:
+            raise ValueError(f"ets_ecg_view must be one of {ETS_ECG_VIEWS}, got {self.ets_ecg_view!r}")
         if self.mem_target_norm not in MEM_TARGET_NORMS:
             raise ValueError(f"mem_target_norm must be one of {MEM_TARGET_NORMS}, got {self.mem_target_norm!r}")
         if not 1 <= self.mem_layer <= self.num_fusion_layers:

@@ -222,14 +222,19 @@ class DBetaECGEncoder(nn.Module):
 
 
 class DBetaPooler(nn.Module):
-    """Token 0 -> Linear -> tanh."""
+    """Token 0 -> Linear -> tanh; with `attention_mask`, the mean of the unmasked tokens instead of token 0."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.dense = nn.Linear(dim, dim)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden_states[:, 0]))
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if attention_mask is None:
+            pooled = hidden_states[:, 0]
+        else:
+            weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+            pooled = (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return torch.tanh(self.dense(pooled))
 
 
 class DBetaFusionLayer(nn.Module):
@@ -383,8 +388,14 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
         return self.text_projection(hidden)
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
-        """The 768-d text feature [B, hidden]: text encoder (with its mask) -> projection -> tanh pooler (token 0)."""
-        return self.text_pooler(self.encode_text(input_ids, attention_mask))
+        """The 768-d text feature [B, hidden]: text encoder (with its mask) -> projection -> tanh pooler
+        (token 0, or the mean over real tokens when `config.text_pooling == "mean"`)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.pool_text(self.encode_text(input_ids, attention_mask), attention_mask)
+
+    def pool_text(self, text_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_pooler(text_states, attention_mask if self.config.text_pooling == "mean" else None)
 
     # -- fused path -----------------------------------------------------------------------------------------
 
@@ -564,11 +575,13 @@ class DBetaForPreTraining(DBetaModel):
 
     - MEM: the MAE decoder reconstructs the hidden ECG tokens from the fused ECG stream after `mem_layer`;
       mean squared error over hidden tokens only.
-    - MLM: masked text tokens (the collator masks aligned pairs only) predicted from the fused text stream;
-      the vocabulary projection runs only on the masked positions.
+    - MLM: masked text tokens predicted from the fused text stream (the collator masks every row, so masking
+      says nothing about matching, and labels only aligned rows); the vocabulary projection runs only on the
+      labelled positions.
     - ETM: matched / mismatched classification of the fused pair (`is_aligned`; N3S supplies the mismatches).
     - ETS: sigmoid loss over the batch's ECG x text scores (all-gathered across processes when `ets_gather`);
-      a row whose text is a sampled negative has no positive.
+      a row whose text is a sampled negative has no positive. With `ets_ecg_view="full"` the ECG features come
+      from a second, unmasked encoder pass.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
@@ -614,7 +627,11 @@ class DBetaForPreTraining(DBetaModel):
         keep, ids_restore, mem_mask = random_token_mask(b, t, cfg.mem_mask_ratio, tokens.device, generator)
         ecg_states = self.ecg_projection(self.ecg_model.encode(tokens, keep))
         text_states = self.encode_text(input_ids, attention_mask)
-        ecg_embeds, text_embeds = self.ecg_pooler(ecg_states), self.text_pooler(text_states)
+        text_embeds = self.pool_text(text_states, attention_mask)
+        if cfg.ets_ecg_view == "full":
+            ecg_embeds = self.ecg_pooler(self.ecg_projection(self.ecg_model.encode(tokens))[:, :1])
+        else:
+            ecg_embeds = self.ecg_pooler(ecg_states)
 
         fused_text, fused_ecg, mem_stream = self.fuse(ecg_states, text_states, attention_mask, cfg.mem_layer)
 

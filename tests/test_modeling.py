@@ -43,7 +43,8 @@ def test_default_config_is_the_authors_full_size():
     assert restored.text_config.d_ff == 2048 and restored.ecg_config.conv_pos_kernel == 128
 
 
-@pytest.mark.parametrize("bad", [dict(ets_mode="cosine"), dict(mem_layer=7), dict(mem_target_norm="x")])
+@pytest.mark.parametrize("bad", [dict(ets_mode="cosine"), dict(mem_layer=7), dict(mem_target_norm="x"),
+                                 dict(text_pooling="max"), dict(ets_ecg_view="both")])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         DBetaConfig(**bad)
@@ -70,6 +71,46 @@ def test_text_features_ignore_padding(config, tokenizer):
         batched = model.get_text_features(ids, mask)[0]
         alone = model.get_text_features(*_text(tokenizer, ["sinus rhythm."]))[0]
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_text_pooling_averages_real_tokens_only(config, tokenizer):
+    model = DBetaModel(DBetaConfig.from_dict({**config.to_dict(), "text_pooling": "mean"})).eval()
+    ids, mask = _text(tokenizer, ["sinus rhythm.", "left bundle branch block. abnormal ecg."])
+    with torch.no_grad():
+        states = model.encode_text(ids, mask)
+        n = int(mask[0].sum())
+        expected = torch.tanh(model.text_pooler.dense(states[0, :n].mean(0)))
+        torch.testing.assert_close(model.get_text_features(ids, mask)[0], expected)
+        # the same text alone (no padding) gives the same feature
+        alone = model.get_text_features(*_text(tokenizer, ["sinus rhythm."]))[0]
+        torch.testing.assert_close(alone, expected, atol=1e-5, rtol=1e-5)
+        first = torch.tanh(model.text_pooler.dense(states[0, 0]))
+        assert not torch.allclose(expected, first)
+
+
+def test_full_ets_view_scores_the_unmasked_ecg(config, tokenizer):
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    ecg = ecg_batch(2)
+    torch.manual_seed(0)
+    base = DBetaForPreTraining(config).eval()
+    outputs = {}
+    for view in ("masked", "full"):
+        model = DBetaForPreTraining(DBetaConfig.from_dict({**config.to_dict(), "ets_ecg_view": view})).eval()
+        model.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            outputs[view] = model(ecg_values=ecg, input_ids=ids, attention_mask=mask,
+                                  generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        tokens = base.ecg_model.embed(ecg)
+        keep, _, _ = random_token_mask(2, tokens.shape[1], config.mem_mask_ratio, tokens.device,
+                                       torch.Generator().manual_seed(1))
+        masked = base.ecg_pooler(base.ecg_projection(base.ecg_model.encode(tokens, keep)))
+        full = base.get_ecg_features(ecg)
+    # "masked" (the authors'): the features of the MEM forward; "full": exactly the inference-time features
+    torch.testing.assert_close(outputs["masked"].ecg_embeds, masked)
+    torch.testing.assert_close(outputs["full"].ecg_embeds, full)
+    # the masked MEM forward is shared: the same reconstruction either way
+    torch.testing.assert_close(outputs["full"].mem_loss, outputs["masked"].mem_loss)
 
 
 def test_wrong_lead_count_is_a_clear_error(config):
