@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "demo" / "out"))
     parser.add_argument("--n-pairs", type=int, default=4000, help="synthetic MIMIC-layout ECG-report pairs")
     parser.add_argument("--n-downstream", type=int, default=1500, help="synthetic PTB-XL-layout records")
-    parser.add_argument("--steps", type=int, default=1500, help="pretraining steps")
+    parser.add_argument("--steps", type=int, default=2000, help="pretraining steps")
     parser.add_argument("--fresh", action="store_true", help="delete demo/out first")
     args = parser.parse_args(argv)
 

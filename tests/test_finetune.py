@@ -79,6 +79,28 @@ def test_compute_metrics_is_sklearns_macro_auc():
     assert metrics["classes_scored"] == 2
 
 
+def test_macro_auc_is_a_local_evaluate_module_that_loads_offline(tmp_path):
+    """evaluate.load on the package's folder works with HF_HUB_OFFLINE=1 from any directory, in a fresh process."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = (rng.random((30, 3)) < 0.5).astype(int)
+    y[:, 1] = 1  # only positives: no AUC
+    scores = rng.normal(size=(30, 3)) + y
+    out = fresh_python(f"""
+        import json, sys, evaluate
+        metric = evaluate.load({str(ft.ROOT / "eval" / "macro_auc")!r})
+        metric.add_batch(predictions={scores[:10].tolist()!r}, references={y[:10].tolist()!r})
+        metric.add_batch(predictions={scores[10:].tolist()!r}, references={y[10:].tolist()!r})
+        print(json.dumps(metric.compute(class_names=["A", "B", "C"])))
+    """, cwd=tmp_path, hf_home=tmp_path / "hf")
+    result = json.loads(out.strip().splitlines()[-1])
+    expected = {name: roc_auc_score(y[:, j], scores[:, j]) for j, name in ((0, "A"), (2, "C"))}
+    assert result["per_class_auc"]["B"] is None and result["classes_scored"] == 2
+    assert result["per_class_auc"]["A"] == pytest.approx(expected["A"])
+    assert result["macro_auc"] == pytest.approx(np.mean(list(expected.values())))
+
+
 def test_dataset_conditions_records_in_dataloader_workers(setup):
     """One record per item through the processor; it pickles into DataLoader workers and gives the same batches."""
     from eval.datasets import load_downstream

@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:  # `python train/finetune.py` as well as `python -
 
 from configuration_dbeta import DBetaConfig  # noqa: E402
 from eval.features import condition_item, resolve_protocol_num_samples  # noqa: E402
-from eval.metrics import auc_report, per_class_auc  # noqa: E402
+from eval.metrics import auc_report  # noqa: E402
 from modeling_dbeta import DBetaForECGClassification  # noqa: E402
 from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor  # noqa: E402
 from train.export import export_model  # noqa: E402
@@ -161,15 +161,23 @@ def load_classifier(model: str, class_names: Sequence[str], class_weights: Optio
     return clf
 
 
+def load_macro_auc_metric():
+    """The package's multi-label macro AUC as an `evaluate` metric (a local module: loads offline)."""
+    import evaluate
+
+    return evaluate.load(str(ROOT / "eval" / "macro_auc"))
+
+
 def make_compute_metrics(class_names: Sequence[str]):
     """compute_metrics for Trainer: macro ROC AUC (key `macro_auc`) and each scorable class's AUC."""
+    metric = load_macro_auc_metric()
 
     def compute_metrics(prediction) -> Dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        auc = per_class_auc(prediction.label_ids, logits)
-        ok = np.isfinite(auc)
-        metrics = {"macro_auc": float(auc[ok].mean()) if ok.any() else 0.0, "classes_scored": int(ok.sum())}
-        metrics.update({f"auc_{name}": float(a) for name, a, good in zip(class_names, auc, ok) if good})
+        result = metric.compute(predictions=logits, references=prediction.label_ids, class_names=list(class_names))
+        metrics = {"macro_auc": result["macro_auc"] if result["macro_auc"] is not None else 0.0,
+                   "classes_scored": result["classes_scored"]}
+        metrics.update({f"auc_{name}": a for name, a in result["per_class_auc"].items() if a is not None})
         return metrics
 
     return compute_metrics
