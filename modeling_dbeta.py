@@ -373,6 +373,19 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
             self.logit_bias = nn.Parameter(torch.empty(()))
         self.post_init()
 
+    def freeze_text_encoder(self) -> None:
+        """LiT-style locked text tower: its weights stay fixed and it runs in eval mode (no dropout) even while the
+        rest of the model trains; the text projection and pooler still train."""
+        self.text_model.requires_grad_(False)
+        self._text_encoder_frozen = True
+        self.text_model.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "_text_encoder_frozen", False):
+            self.text_model.eval()
+        return self
+
     # -- unimodal paths -------------------------------------------------------------------------------------
 
     def encode_ecg(self, ecg_values: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:

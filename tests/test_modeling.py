@@ -113,6 +113,26 @@ def test_full_ets_view_scores_the_unmasked_ecg(config, tokenizer):
     torch.testing.assert_close(outputs["full"].mem_loss, outputs["masked"].mem_loss)
 
 
+def test_frozen_text_encoder_stays_in_eval_mode_while_the_rest_trains(config, tokenizer):
+    model = DBetaForPreTraining(DBetaConfig.from_dict({**config.to_dict(), "fusion_dropout": 0.5}))
+    model.text_model.config.dropout_rate = 0.5
+    for module in model.text_model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    model.train()
+    noisy = [model.encode_text(ids, mask) for _ in range(2)]
+    assert not torch.allclose(noisy[0], noisy[1])  # dropout active in an unfrozen text tower
+    model.freeze_text_encoder()
+    model.train()  # e.g. after a validation pass
+    assert model.training and model.fusion.training and not model.text_model.training
+    assert not any(p.requires_grad for p in model.text_model.parameters())
+    assert model.text_projection.weight.requires_grad
+    torch.testing.assert_close(model.encode_text(ids, mask), model.encode_text(ids, mask))
+    model.eval()
+    assert not model.training and not model.text_model.training
+
+
 def test_wrong_lead_count_is_a_clear_error(config):
     model = DBetaModel(config)
     with pytest.raises(ValueError, match="12"):

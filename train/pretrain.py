@@ -865,7 +865,7 @@ def run_training(cfg: dict, resume: bool) -> int:
     train_rows, val_rows = as_rows(train_ds), (as_rows(val_ds) if val_ds is not None else None)
 
     if cfg["model"]["freeze_text_encoder"]:
-        model.text_model.requires_grad_(False)
+        model.freeze_text_encoder()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
