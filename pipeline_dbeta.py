@@ -362,6 +362,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._prompt_sets: Dict[str, PromptSet] = {}
+        self._label_cache: Optional[tuple] = None  # (key, features) of the last label texts
         self.text_feature_calls = 0  # how many times candidate-label features were computed (tests read it)
 
     # -- parameters -------------------------------------------------------------------------------------------
@@ -438,17 +439,28 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         prompts = kwargs.pop("prompts", None) or init_post.get("_prompts")
         labels = self._labels_list(candidate_labels)
         texts = self.label_texts(labels, template, dataset, prompts)
-        with torch.no_grad():
-            was_training = self.model.training
-            self.model.eval()
-            text_embeds = text_features(self.model, self.processor, texts)
-            self.model.train(was_training)
-        self.text_feature_calls += 1
+        text_embeds = self._label_features(texts)
         self._last_texts = texts
         inputs = _split_batch(inputs)
         if isinstance(inputs, list) and not inputs:
             return []
         return super().__call__(inputs, _text_embeds=text_embeds, _labels=labels, **kwargs)
+
+    def _label_features(self, texts: list) -> torch.Tensor:
+        """Text features of the label texts, reused while the texts and the weights stay the same (a full-size
+        text encoder takes about a second per call; classifying one record per call would pay it every time).
+        Parameter versions change with any in-place update, so training between calls is noticed."""
+        key = (tuple(texts), tuple(p._version for p in self.model.parameters()))
+        if self._label_cache is not None and self._label_cache[0] == key:
+            return self._label_cache[1]
+        with torch.no_grad():
+            was_training = self.model.training
+            self.model.eval()
+            features = text_features(self.model, self.processor, texts)
+            self.model.train(was_training)
+        self.text_feature_calls += 1
+        self._label_cache = (key, features)
+        return features
 
     def preprocess(self, inputs, sampling_rate=None, lead_names=None):
         record = as_record(inputs, sampling_rate, lead_names)
