@@ -356,6 +356,7 @@ class _ECGPathMixin:
 
 class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"^mem_head\.", r"^mlm_head\.", r"^etm_head\.", r"^classifier\."]
+    _text_encoder_frozen = False  # set by freeze_text_encoder()
 
     def __init__(self, config: DBetaConfig):
         super().__init__(config)
@@ -382,7 +383,7 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if getattr(self, "_text_encoder_frozen", False):
+        if self._text_encoder_frozen:
             self.text_model.eval()
         return self
 

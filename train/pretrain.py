@@ -871,15 +871,15 @@ def run_training(cfg: dict, resume: bool) -> int:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": float(o["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}]
-    adam = dict(lr=float(o["lr"]), betas=tuple(float(b) for b in o["betas"]), eps=float(o["eps"]))
+    groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    adam = dict(lr=o["lr"], betas=tuple(float(b) for b in o["betas"]), eps=o["eps"])
     try:
         optimizer = torch.optim.AdamW(groups, fused=bool(o["fused"]) or None, **adam)
     except RuntimeError as err:  # a device without the fused kernel
         logger.warning("fused AdamW unavailable (%s); using the default implementation", err)
         optimizer = torch.optim.AdamW(groups, **adam)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda_factory(int(o["warmup_steps"]), t["max_steps"], float(o["min_lr_ratio"])))
+        optimizer, lr_lambda_factory(int(o["warmup_steps"]), t["max_steps"], o["min_lr_ratio"]))
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
     # The scheduler is not prepared (accelerate would step it once per process); it is saved with the state.
@@ -955,7 +955,7 @@ def run_training(cfg: dict, resume: bool) -> int:
                 window += torch.stack([getattr(out_, k).detach().float() for k in loss_keys]) / ga
                 state.micro_batches += 1
             if o["max_grad_norm"]:
-                grad_norm = accelerator.clip_grad_norm_(params, float(o["max_grad_norm"]))
+                grad_norm = accelerator.clip_grad_norm_(params, o["max_grad_norm"])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
