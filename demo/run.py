@@ -194,12 +194,13 @@ def main(argv=None) -> int:
     step(done / "n3s", "2b. N3S negative table (MiniLM embeddings + faiss)", lambda: run(
         [PY, "-m", "train.build_n3s", "--dataset", prepared / "dataset", "--encoder", minilm,
          "--output", prepared / "n3s", "--overwrite"], log))
-    run_dir = out / "run"
+    run_dir, model_dir = out / "run", out / "model"
     step(done / "pretrain", "3-4. pretrain a small D-BETA with Accelerate, then export", lambda: run(
         [PY, "-m", "accelerate.commands.launch", "--num_processes", 1, "--cpu", "-m", "train.pretrain",
          "--config", ROOT / "train" / "configs" / "small_cpu.yaml", "--dataset", prepared,
-         "--n3s", prepared / "n3s", "--output-dir", run_dir, "--max-steps", args.steps, "--resume"], log))
-    model_dir, random_dir = run_dir / "model", out / "random_model"
+         "--n3s", prepared / "n3s", "--output-dir", run_dir, "--export-dir", model_dir, "--max-steps", args.steps,
+         "--resume"], log))
+    random_dir = out / "random_model"
     step(done / "random", "5a. the same architecture with random weights (baseline)",
          lambda: make_random_baseline(model_dir, random_dir))
 

@@ -659,6 +659,16 @@ def test_export_only_pushes_to_the_hub(straight_run, tmp_path, online_hub):
     assert json.loads((tmp_path / "metrics.json").read_text())["push"]["ok"] is True
 
 
+def test_export_dir_puts_the_export_where_asked(straight_run, tmp_path):
+    checkpoint = straight_run / "checkpoints" / "checkpoint_1"
+    target = tmp_path / "elsewhere" / "my-model"
+    assert run_main(["--export-only", str(checkpoint), "--output-dir", str(tmp_path / "out"),
+                     "--export-dir", str(target)]) == 0
+    assert not (tmp_path / "out" / "model").exists()
+    assert_same_weights(weights(target), weights(checkpoint))
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["export_dir"] == str(target)
+
+
 def test_freeze_text_encoder_trains_everything_but_the_text_encoder(assets, tmp_path):
     from safetensors.torch import load_file
     from transformers import T5EncoderModel

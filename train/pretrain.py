@@ -18,7 +18,8 @@ Outputs in OUTPUT (--output-dir):
                                       state as custom_checkpoint_*.pkl, RNG states) + run_config.json + train_state.json
                                       (written last: a checkpoint without it is incomplete and never resumed from)
     logs/dbeta-pretrain/              TensorBoard events
-    model/                            the export (export_model: weights, remote code, processor, model card)
+    model/                            the export (export_model: weights, remote code, processor, model card);
+                                      --export-dir puts it elsewhere
     metrics.json                      status, steps, final training losses, validation figures, export/push result
 
 Resuming (--resume) picks the newest complete checkpoint that loads; a damaged one (e.g. a truncated
@@ -68,6 +69,7 @@ RUN_CONFIG_FILE = "run_config.json"
 # Every setting, with its default. Unknown keys in a config file or --set are errors (typos fail loudly).
 DEFAULTS = {
     "output_dir": "runs/dbeta-full",
+    "export_dir": None,  # where the final save_pretrained folder goes; None = OUTPUT/model
     "seed": 42,
     "data": {
         "dataset": None,  # prepared dataset: a save_to_disk DatasetDict folder, or prepare_mimic's OUTPUT
@@ -126,6 +128,7 @@ DEFAULTS = {
 
 FLAGS = {  # argparse dest -> config key
     "output_dir": "output_dir",
+    "export_dir": "export_dir",
     "seed": "seed",
     "dataset": "data.dataset",
     "n3s": "data.n3s",
@@ -233,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set optim.lr=1e-4 --set model.overrides.ets_mode=learnable")
     p.add_argument("--output-dir")
+    p.add_argument("--export-dir", help="folder for the exported model (default: OUTPUT/model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--dataset", help="prepared dataset folder (save_to_disk DatasetDict with train/validation)")
     p.add_argument("--n3s", help="N3S table folder")
@@ -692,12 +696,13 @@ def card_facts(cfg: dict, state: TrainState, info: dict) -> dict:
 
 def export_and_push(model, tokenizer, cfg: dict, state: TrainState, info: dict, out: Path, accelerator=None,
                     status: str = "finished") -> dict:
-    """Export to OUT/model (main process writes) and push if asked. Returns the metrics.json content."""
+    """Export to export_dir, default OUT/model (main process writes), and push if asked. Returns the
+    metrics.json content."""
     from train.export import build_processor, export_model
 
     is_main = accelerator is None or accelerator.is_main_process
     processor = build_processor(tokenizer)
-    export_dir = out / "model"
+    export_dir = Path(cfg["export_dir"]) if cfg["export_dir"] else out / "model"
     kwargs = {"is_main_process": is_main}
     if accelerator is not None:
         kwargs["save_function"] = accelerator.save
