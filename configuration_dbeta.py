@@ -36,6 +36,7 @@ ETS_MODES = ("fixed", "learnable")
 MEM_TARGET_NORMS = ("lead", "patch", "none")
 TEXT_POOLINGS = ("first", "mean")
 ETS_ECG_VIEWS = ("masked", "full")
+PROMPT_STYLES = ("description", "name")
 
 
 def _text_config_from(value) -> PretrainedConfig:
@@ -138,6 +139,10 @@ class DBetaConfig(PretrainedConfig):
         ets_ecg_view: the ECG the contrastive loss sees: "masked" reuses the MEM forward with 75% of the tokens
             hidden (the authors'; no extra cost); "full" runs the ECG encoder a second time on every token, so
             training matches inference, where the feature always sees the whole record.
+        zero_shot_prompt_style: how a class code becomes text for zero-shot use (the pipeline, eval.zero_shot):
+            "description" encodes the prompt set's whole entry, "<full name>. <what the ECG shows>." (the
+            authors' style: LLM-written descriptions); "name" encodes the full name alone, which suits a text
+            tower that only ever saw short reports (it stays a property of the checkpoint, set at pretraining).
     """
 
     model_type = "dbeta"
@@ -167,6 +172,7 @@ class DBetaConfig(PretrainedConfig):
         ets_bias_init: float = -10.0,
         text_pooling: str = "first",
         ets_ecg_view: str = "masked",
+        zero_shot_prompt_style: str = "description",
         mem_weight: float = 1.0,
         mlm_weight: float = 1.0,
         etm_weight: float = 1.0,
@@ -199,6 +205,7 @@ class DBetaConfig(PretrainedConfig):
         self.ets_bias_init = ets_bias_init
         self.text_pooling = text_pooling
         self.ets_ecg_view = ets_ecg_view
+        self.zero_shot_prompt_style = zero_shot_prompt_style
         self.mem_weight = mem_weight
         self.mlm_weight = mlm_weight
         self.etm_weight = etm_weight
@@ -217,6 +224,9 @@ class DBetaConfig(PretrainedConfig):
             raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
         if self.ets_ecg_view not in ETS_ECG_VIEWS:
             raise ValueError(f"ets_ecg_view must be one of {ETS_ECG_VIEWS}, got {self.ets_ecg_view!r}")
+        if self.zero_shot_prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"zero_shot_prompt_style must be one of {PROMPT_STYLES}, "
+                             f"got {self.zero_shot_prompt_style!r}")
         if self.mem_target_norm not in MEM_TARGET_NORMS:
             raise ValueError(f"mem_target_norm must be one of {MEM_TARGET_NORMS}, got {self.mem_target_norm!r}")
         if not 1 <= self.mem_layer <= self.num_fusion_layers:

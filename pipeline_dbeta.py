@@ -14,7 +14,9 @@ Inputs (one, or a list of them for a batch; `batch_size=` batches the model call
 Every record goes through the model's processor (lead order, resampling, crop/pad, amplitude policy).
 
 Labels. `candidate_labels` are class codes or free text. A code that is a key of the prompt set shipped with the
-model (`prompts_dbeta.json`, e.g. "AFIB", "NORM", "CLBBB") is replaced by its clinical description; with
+model (`prompts_dbeta.json`, e.g. "AFIB", "NORM", "CLBBB") is replaced by its entry: the full name and clinical
+description, or the full name alone with `prompt_style="name"` (the default is the checkpoint's
+`config.zero_shot_prompt_style`: the style its text tower was trained to match); with
 `dataset=` ("ptbxl", "cpsc2018", "code_test", "physionet2021", "csn") the dataset's own spellings are mapped
 first (CSN's "AF" is atrial flutter). Short code-like spellings listed in the prompt set's aliases ("1dAVb",
 "I-AVB") are mapped too. Anything else is used as written; a label that looks like a code (no spaces, capitals or
@@ -47,8 +49,10 @@ import torch
 from transformers import Pipeline
 
 try:
+    from .configuration_dbeta import PROMPT_STYLES
     from .processing_dbeta import read_ecg_file
 except ImportError:  # imported as a top-level module (tests, scripts)
+    from configuration_dbeta import PROMPT_STYLES
     from processing_dbeta import read_ecg_file
 
 PROMPTS_FILENAME = "prompts_dbeta.json"
@@ -75,6 +79,16 @@ def looks_like_code(label: str) -> bool:
     """No whitespace, only code characters, and at least one capital letter or digit ("AFIB", "1dAVb", "NST_")."""
     label = str(label).strip()
     return bool(_CODE_RE.fullmatch(label)) and any(ch.isupper() or ch.isdigit() for ch in label)
+
+
+def prompt_text(entry: str, style: str = "description") -> str:
+    """What a prompt-set entry ("<full name>. <what the ECG shows>.") is encoded as: all of it ("description")
+    or its first sentence, the full class name ("name")."""
+    if style == "description":
+        return entry
+    if style == "name":
+        return entry.split(". ", 1)[0].strip().rstrip(".")
+    raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {style!r}")
 
 
 class PromptSet:
@@ -145,11 +159,11 @@ class PromptSet:
                 out.append(key)
         return out[:n]
 
-    def resolve(self, label: str, dataset: Optional[str] = None, warn: bool = True):
-        """(text for the text encoder, prompt key or None)."""
+    def resolve(self, label: str, dataset: Optional[str] = None, warn: bool = True, style: str = "description"):
+        """(text for the text encoder, prompt key or None); `style` picks the whole entry or the class name."""
         key = self.key_for(label, dataset)
         if key is not None:
-            return self.prompts[key], key
+            return prompt_text(self.prompts[key], style), key
         name = str(label).strip()
         if warn and looks_like_code(name):
             if self.prompts:
@@ -352,7 +366,8 @@ class ZeroShotECGClassificationPipeline(Pipeline):
 
     Call keywords: candidate_labels (list or comma-separated string; required), sampling_rate, lead_names,
     hypothesis_template ("{}"), multi_label (False), dataset (None; applies that dataset's code spellings),
-    prompts (a prompt-set dict or JSON path overriding the model's), top_k (None = all), batch_size."""
+    prompts (a prompt-set dict or JSON path overriding the model's), prompt_style ("description" | "name";
+    default the model config's zero_shot_prompt_style), top_k (None = all), batch_size."""
 
     _load_processor = True
     _load_tokenizer = False
@@ -369,7 +384,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
 
     def _sanitize_parameters(self, sampling_rate=None, lead_names=None, candidate_labels=None,
                              hypothesis_template=None, multi_label=None, dataset=None, prompts=None, top_k=None,
-                             _text_embeds=None, _labels=None, **kwargs):
+                             prompt_style=None, _text_embeds=None, _labels=None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
         preprocess, forward, post = {}, {}, {}
@@ -385,9 +400,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             post["multi_label"] = bool(multi_label)
         if top_k is not None:
             post["top_k"] = int(top_k)
-        # candidate_labels / template / dataset / prompts are consumed by __call__; kept here for pipeline(...)
+        # candidate_labels / template / dataset / prompts / style are consumed by __call__; kept for pipeline(...)
         for name, value in (("candidate_labels", candidate_labels), ("hypothesis_template", hypothesis_template),
-                            ("dataset", dataset), ("prompts", prompts)):
+                            ("dataset", dataset), ("prompts", prompts), ("prompt_style", prompt_style)):
             if value is not None:
                 post["_" + name] = value
         return preprocess, forward, post
@@ -405,13 +420,17 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             self._prompt_sets[key] = load_prompt_set(name, revision=getattr(config, "_commit_hash", None))
         return self._prompt_sets[key]
 
-    def label_texts(self, candidate_labels, hypothesis_template: str = "{}", dataset=None, prompts=None) -> list:
-        """The text each candidate label is encoded as (prompt description or free text, in the template)."""
+    def label_texts(self, candidate_labels, hypothesis_template: str = "{}", dataset=None, prompts=None,
+                    prompt_style: Optional[str] = None) -> list:
+        """The text each candidate label is encoded as (its prompt-set entry in `prompt_style`, default the
+        model config's `zero_shot_prompt_style`, or the free text as given; in the template)."""
         labels = self._labels_list(candidate_labels)
         if "{}" not in hypothesis_template:
             raise ValueError(f"hypothesis_template must contain '{{}}' for the label, got {hypothesis_template!r}")
+        style = prompt_style or getattr(self.model.config, "zero_shot_prompt_style", "description")
+        prompt_text("", style)  # validates the style before any work
         prompt_set = self.prompt_set(prompts)
-        return [hypothesis_template.format(prompt_set.resolve(label, dataset)[0]) for label in labels]
+        return [hypothesis_template.format(prompt_set.resolve(label, dataset, style=style)[0]) for label in labels]
 
     @staticmethod
     def _labels_list(candidate_labels) -> list:
@@ -437,8 +456,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         template = kwargs.pop("hypothesis_template", None) or init_post.get("_hypothesis_template", "{}")
         dataset = kwargs.pop("dataset", None) or init_post.get("_dataset")
         prompts = kwargs.pop("prompts", None) or init_post.get("_prompts")
+        style = kwargs.pop("prompt_style", None) or init_post.get("_prompt_style")
         labels = self._labels_list(candidate_labels)
-        texts = self.label_texts(labels, template, dataset, prompts)
+        texts = self.label_texts(labels, template, dataset, prompts, style)
         text_embeds = self._label_features(texts)
         self._last_texts = texts
         inputs = _split_batch(inputs)

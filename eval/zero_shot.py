@@ -10,8 +10,10 @@ What it does:
    declares it (`--protocol-num-samples auto`).
 2. One prompt per class: the class name is mapped to a key of the prompt set (`prompts_dbeta.json` in the model
    folder, else the repository's; `--prompts FILE` overrides) by eval.label_sets.resolve_class_key (dataset
-   spellings first), and that key's clinical description is encoded with `get_text_features`. A class with no
-   prompt is encoded by its name, and listed under `classes_without_prompt`.
+   spellings first), and that key's entry is encoded with `get_text_features`: the full name and clinical
+   description, or the full name alone (`--prompt-style name`; the default is the model config's
+   `zero_shot_prompt_style`). A class with no prompt is encoded by its name, and listed under
+   `classes_without_prompt`.
 3. Scores: cosine similarity of the ECG and text features (default; the protocol's), or the raw dot product
    (`--scoring dot`, what D-BETA's own notebook uses and what `DBetaModel.similarity` returns for the released
    "fixed" similarity mode).
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python eval/zero_shot.py` as well as `python -m eval.zero_shot`
     sys.path.insert(0, str(ROOT))
 
+from configuration_dbeta import PROMPT_STYLES  # noqa: E402
 from eval.features import (  # noqa: E402
     RecordError,
     dataset_ecg_features,
@@ -96,14 +99,18 @@ def find_prompt_file(model: str, prompts: Optional[str] = None) -> Path:
     return ROOT / PROMPTS_FILENAME
 
 
-def class_prompts(class_names: Sequence[str], label_set: str, prompt_set: dict) -> List[dict]:
-    """One prompt per class: [{"class", "key", "text"}]; key None (text = class name) when nothing matches."""
+def class_prompts(class_names: Sequence[str], label_set: str, prompt_set: dict,
+                  style: str = "description") -> List[dict]:
+    """One prompt per class: [{"class", "key", "text"}]; key None (text = class name) when nothing matches.
+    `style` "description" encodes the whole prompt-set entry, "name" its first sentence (the full class name)."""
     from eval.label_sets import resolve_class_key
+    from pipeline_dbeta import prompt_text
 
+    prompt_text("", style)  # validates the style
     out = []
     for name in class_names:
         key = resolve_class_key(name, prompt_set, dataset=label_set)
-        text = prompt_set["prompts"][key] if key is not None else str(name)
+        text = prompt_text(prompt_set["prompts"][key], style) if key is not None else str(name)
         out.append({"class": str(name), "key": key, "text": text})
     return out
 
@@ -200,7 +207,8 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
     prompt_file = find_prompt_file(args.model, args.prompts)
     prompt_set = load_prompt_set(prompt_file)
     label_set = label_set_name(args.dataset, args.task)
-    prompts = class_prompts(dataset.class_names, label_set, prompt_set)
+    style = args.prompt_style or getattr(model.config, "zero_shot_prompt_style", "description")
+    prompts = class_prompts(dataset.class_names, label_set, prompt_set, style)
     t_load = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -234,6 +242,7 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
         "class_names": class_names,
         "prompts": {p["class"]: {"key": p["key"], "text": p["text"]} for p in prompts},
         "prompt_file": str(prompt_file),
+        "prompt_style": style,
         "classes_without_prompt": [p["class"] for p in prompts if p["key"] is None],
         "protocol_num_samples": pns,
         "processor": processor_settings(processor.feature_extractor),
@@ -315,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--prompts", default=None, help="prompt-set JSON (default: the model's prompts_dbeta.json)")
+    p.add_argument("--prompt-style", choices=PROMPT_STYLES, default=None,
+                   help="encode each class's whole prompt-set entry (description) or its full name alone (name); "
+                        "default: the model config's zero_shot_prompt_style")
     p.add_argument("--protocol-num-samples", default="auto",
                    help="'auto' (the dataset's protocol length, CPSC2018: 2500), 'none', or a number of samples")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",

@@ -77,6 +77,17 @@ def test_every_fixed_class_has_a_prompt(prompt_set, set_name):
     assert not missing, f"{set_name}: no prompt for {missing}"
 
 
+@pytest.mark.parametrize("set_name", sorted(ls.FIXED_LABEL_SETS))
+def test_class_names_alone_still_tell_the_classes_of_a_set_apart(prompt_set, set_name):
+    # prompt_style="name" encodes only the first sentence of each entry
+    from pipeline_dbeta import prompt_text
+
+    names = [prompt_text(prompt_set["prompts"][ls.resolve_class_key(c, prompt_set, set_name)], "name")
+             for c in ls.FIXED_LABEL_SETS[set_name]]
+    assert all(0 < len(n.split()) <= 9 for n in names), names
+    assert len(set(names)) == len(names), f"{set_name}: classes share a name: {names}"
+
+
 def test_other_class_lists_have_prompts(prompt_set):
     groups = {
         "code_test": ls.CODE_TEST_CLASSES,

@@ -44,7 +44,8 @@ def test_default_config_is_the_authors_full_size():
 
 
 @pytest.mark.parametrize("bad", [dict(ets_mode="cosine"), dict(mem_layer=7), dict(mem_target_norm="x"),
-                                 dict(text_pooling="max"), dict(ets_ecg_view="both")])
+                                 dict(text_pooling="max"), dict(ets_ecg_view="both"),
+                                 dict(zero_shot_prompt_style="short")])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         DBetaConfig(**bad)

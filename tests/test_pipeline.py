@@ -134,6 +134,15 @@ def test_pipeline_in_a_fresh_process(exported, tmp_path):
         prompts = json.load(open({str(e['dir'] / 'prompts_dbeta.json')!r}))["prompts"]
         assert pipe.label_texts(["AF"], dataset="csn") == [prompts["AFL"]]
         assert pipe.label_texts(["AF"], dataset="code_test") == [prompts["AFIB"]]
+        # prompt_style "name": the entry's first sentence; free text stays as written; the default is the config's
+        assert prompts["AFIB"].startswith("atrial fibrillation. ")
+        assert pipe.label_texts(["AFIB", "sinus rhythm"], prompt_style="name") == ["atrial fibrillation", "sinus rhythm"]
+        pipe(signal, sampling_rate=500, candidate_labels=["AFIB", "NORM"], prompt_style="name")
+        assert pipe._last_texts == ["atrial fibrillation", "normal ecg"]
+        pipe.model.config.zero_shot_prompt_style = "name"
+        assert pipe.label_texts(["AFIB"]) == ["atrial fibrillation"]
+        assert pipe.label_texts(["AFIB"], prompt_style="description") == [prompts["AFIB"]]
+        pipe.model.config.zero_shot_prompt_style = "description"
         # 6. an unknown code-like label is used as text, with a warning naming close codes
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -145,6 +154,7 @@ def test_pipeline_in_a_fresh_process(exported, tmp_path):
         for call, needle in [
             (lambda: pipe(signal, candidate_labels=labels), "sampling_rate"),
             (lambda: pipe(signal, sampling_rate=500), "candidate_labels"),
+            (lambda: pipe(signal, sampling_rate=500, candidate_labels=labels, prompt_style="short"), "prompt_style"),
             (lambda: pipe({str(tmp_path / 'missing.hea')!r}, candidate_labels=labels), "missing.hea"),
             (lambda: pipe({str(e['tmp'] / 'broken')!r}, candidate_labels=labels), "broken"),
         ]:

@@ -192,6 +192,13 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
     assert np.allclose(saved["scores"][0], (ecg @ text.T)[0].numpy(), atol=1e-5)
     assert saved["record_ids"][0] == item["record_id"]
 
+    # --prompt-style name encodes the full class names alone (the first sentence of each entry)
+    named = zero_shot.main(["--model", str(model_dir), "--dataset", "ptbxl", "--task", "super", "--split", "all",
+                            "--data-root", str(ptbxl_root), "--num-workers", "0", "--bootstrap", "0", "--quiet",
+                            "--prompt-style", "name", "--no-plots", "--output", str(tmp_path / "named.json")])
+    assert data["prompt_style"] == "description" and named["prompt_style"] == "name"
+    assert named["prompts"]["NORM"]["text"] == "normal ecg" and named["prompts"]["MI"]["text"] == "myocardial infarction"
+
 
 def test_zero_shot_cli_bad_input(tiny_model, ptbxl_root, tmp_path, capsys):
     from eval import zero_shot
