@@ -13,7 +13,7 @@ Steps (each is the package's real command; a step whose output exists is reused 
 Every figure printed is written to demo/out/results.json. The ECG signals are SYNTHETIC: the numbers show that
 the code paths work end to end, not how D-BETA performs on real ECGs.
 
-    python -m demo.run [--out demo/out] [--steps 1500] [--fresh]
+    python -m demo.run [--out demo/out] [--steps 2000] [--n-downstream 3000] [--fresh]
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ def collect(out: Path) -> dict:
             zs = read_json(folder / f"zero_shot_{task}.json")
             row[f"zero_shot_{task}_macro_auc"] = zs["macro_auc"]
             row[f"zero_shot_{task}_per_class_auc"] = zs["per_class_auc"]
+            row["zero_shot_prompt_style"] = zs["prompt_style"]
         lp = read_json(folder / "linear_probe_sub.json")
         row["linear_probe_sub"] = {f"{r['fraction']:g}": r["test_auc_mean"] for r in lp["summary"]}
         rt = read_json(folder / "retrieval_mimic.json")
@@ -155,7 +156,8 @@ def print_table(results: dict) -> None:
             ("ECG→report R@10", lambda r: r["retrieval_ecg_to_report"].get("R@10"))]
     head = "| model | " + " | ".join(c for c, _ in cols) + " |"
     print("\nMacro AUC ×100 on the held-out synthetic PTB-XL-layout test fold (strat_fold 10); retrieval recall ×100"
-          " on the MIMIC-layout validation split. SYNTHETIC data.")
+          " on the MIMIC-layout validation split. SYNTHETIC data. Zero-shot prompts: "
+          f"{results['models'][LABEL]['zero_shot_prompt_style']} style (the exported config's).")
     print(head)
     print("|" + " --- |" * (len(cols) + 1))
     for tag, row in results["models"].items():
@@ -166,7 +168,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "demo" / "out"))
     parser.add_argument("--n-pairs", type=int, default=4000, help="synthetic MIMIC-layout ECG-report pairs")
-    parser.add_argument("--n-downstream", type=int, default=1500, help="synthetic PTB-XL-layout records")
+    parser.add_argument("--n-downstream", type=int, default=3000,
+                        help="synthetic PTB-XL-layout records (~10% each in the validation and test folds)")
     parser.add_argument("--steps", type=int, default=2000, help="pretraining steps")
     parser.add_argument("--fresh", action="store_true", help="delete demo/out first")
     args = parser.parse_args(argv)
