@@ -1,12 +1,13 @@
 """`make demo`: the whole product on a generated default, from data to a reloadable, evaluated model.
 
 Steps (each is the package's real command; a step whose output exists is reused on the next run):
-  1. synthetic data: a MIMIC-IV-ECG-layout corpus (ECG-report pairs) and a PTB-XL-layout downstream set;
+  1. synthetic data: a MIMIC-IV-ECG-layout corpus (ECG-report pairs), a PTB-XL-layout downstream set with the
+     corpus's classes, and a smaller one that adds a class the corpus never shows (LVH);
   2. ingest with the real MIMIC-IV-ECG loader (train.prepare_mimic), build the N3S table (train.build_n3s);
   3. pretrain a small D-BETA through train.pretrain (Accelerate) with the real MiniLM text encoder;
   4. export (inside train.pretrain): safetensors, code, processor, pipeline, model card -> demo/out/model;
-  5. evaluate zero-shot, linear probe (1/10/100%) and retrieval on the held-out split, for the trained model and
-     for the same architecture with random weights;
+  5. evaluate zero-shot, linear probe (1/10/100%) and retrieval on the held-out split, and zero-shot and probe
+     AUC of the unseen class, for the trained model and for the same architecture with random weights;
   6. in a fresh process, load the export with pipeline(..., trust_remote_code=True) and classify the real
      12-lead DICOM ECG that pydicom ships; plot it with its scores.
 
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 LABEL = "trained"
 BASELINE = "random weights"
+UNSEEN = "LVH"  # drawn by the generator but never put in the pretraining corpus
 
 
 def banner(text: str) -> None:
@@ -146,6 +148,14 @@ def collect(out: Path) -> dict:
             row["zero_shot_prompt_style"] = zs["prompt_style"]
         lp = read_json(folder / "linear_probe_sub.json")
         row["linear_probe_sub"] = {f"{r['fraction']:g}": r["test_auc_mean"] for r in lp["summary"]}
+        by_fraction = {}
+        for r in read_json(folder / "linear_probe_unseen_sub.json")["runs"]:
+            by_fraction.setdefault(f"{r['fraction']:g}", []).append(r["per_class_test_auc"][UNSEEN])
+        row["unseen_class"] = {
+            "class": UNSEEN,
+            "zero_shot_auc": read_json(folder / "zero_shot_unseen_sub.json")["per_class_auc"][UNSEEN],
+            "linear_probe_auc": {f: sum(v) / len(v) for f, v in by_fraction.items()},
+        }
         rt = read_json(folder / "retrieval_mimic.json")
         row["retrieval_ecg_to_report"] = rt["ecg_to_report"]
         row["retrieval_report_to_ecg"] = rt["report_to_ecg"]
@@ -178,6 +188,13 @@ def print_table(results: dict) -> None:
     print("|" + " --- |" * (len(cols) + 1))
     for tag, row in results["models"].items():
         print(f"| {tag} | " + " | ".join(fmt(get(row)) for _, get in cols) + " |")
+    print(f"\n{UNSEEN}, a class the pretraining corpus never shows: AUC ×100 on the test fold of its own synthetic "
+          "set (the nine corpus classes plus it).")
+    print("| model | zero-shot | probe 1% | probe 10% | probe 100% |\n| --- | --- | --- | --- | --- |")
+    for tag, row in results["models"].items():
+        u = row["unseen_class"]
+        print(f"| {tag} | {fmt(u['zero_shot_auc'])} | "
+              + " | ".join(fmt(u["linear_probe_auc"].get(f)) for f in ("0.01", "0.1", "1")) + " |")
 
 
 def main(argv=None) -> int:
@@ -207,6 +224,11 @@ def main(argv=None) -> int:
     step(done / "ptbxl", "1b. synthetic PTB-XL-layout downstream set", lambda: run(
         [PY, "-m", "train.synthetic", "--layout", "ptbxl", "--output", ptbxl, "--n", args.n_downstream,
          "--seed", 1], log))
+    unseen = out / "data" / "ptbxl_unseen"
+    step(done / "ptbxl_unseen", f"1c. synthetic PTB-XL-layout set that adds a class never seen in pretraining "
+                                f"({UNSEEN})", lambda: run(
+        [PY, "-m", "train.synthetic", "--layout", "ptbxl", "--output", unseen, "--n", args.n_downstream // 2,
+         "--seed", 2, "--classes", *corpus_classes(), UNSEEN], log))
     step(done / "prepare", "2a. ingest with the MIMIC-IV-ECG loader", lambda: run(
         [PY, "-m", "train.prepare_mimic", "--mimic-root", mimic, "--output", prepared, "--num-proc", 2,
          "--val-fraction", 0.05], log))
@@ -237,6 +259,12 @@ def main(argv=None) -> int:
         if tag == "random":
             probe.append("--random-init")
         step(done / f"lp_{tag}", f"5c. linear probe 1/10/100% ({tag})", lambda probe=probe: run(probe, log))
+        unseen_zs = [PY, "-m", "eval.zero_shot", "--model", folder, "--dataset", "ptbxl", "--data-root", unseen,
+                     "--task", "sub", "--output", ev / "zero_shot_unseen_sub.json", "--quiet"]
+        unseen_lp = probe[:probe.index("--data-root") + 1] + [unseen] + probe[probe.index("--data-root") + 2:]
+        unseen_lp[unseen_lp.index("--output") + 1] = ev / "linear_probe_unseen_sub.json"
+        step(done / f"unseen_{tag}", f"5e. zero-shot and linear probe with the unseen class {UNSEEN} ({tag})",
+             lambda zs=unseen_zs, lp=unseen_lp: (run(zs, log), run(lp, log)))
         step(done / f"rt_{tag}", f"5d. retrieval on the held-out MIMIC-layout split ({tag})", lambda ev=ev, folder=folder: run(
             [PY, "-m", "eval.retrieval", "--model", folder, "--dataset", "mimic", "--data-root", prepared,
              "--output", ev / "retrieval_mimic.json", "--quiet"], log))
@@ -257,6 +285,16 @@ def main(argv=None) -> int:
     print_table(results)
     print(f"\nall figures: {out / 'results.json'}; exported model: {model_dir}")
     return 0
+
+
+def corpus_classes() -> tuple:
+    """The classes train.synthetic draws by default: the pretraining corpus's and the main downstream set's."""
+    sys.path.insert(0, str(ROOT))
+    from train.synthetic import DEFAULT_CLASSES
+
+    if UNSEEN in DEFAULT_CLASSES:
+        raise RuntimeError(f"{UNSEEN} is in the pretraining corpus; pick another unseen class")
+    return DEFAULT_CLASSES
 
 
 def _minilm_path() -> str:
