@@ -246,28 +246,30 @@ def main(argv=None) -> int:
     step(done / "random", "5a. the same architecture with random weights (baseline)",
          lambda: make_random_baseline(model_dir, random_dir))
 
+    def zero_shot(folder, root, task, output):
+        return [PY, "-m", "eval.zero_shot", "--model", folder, "--dataset", "ptbxl", "--data-root", root,
+                "--task", task, "--output", output, "--quiet"]
+
+    def probe(tag, root, output):  # the random baseline: the trained export's architecture, --random-init
+        cmd = [PY, "-m", "eval.linear_probe", "--model", model_dir, "--dataset", "ptbxl", "--data-root", root,
+               "--task", "sub", "--fractions", 0.01, 0.1, 1.0, "--output", output,
+               "--cache-dir", out / "feature_cache"]
+        return cmd + ["--random-init"] if tag == "random" else cmd
+
     for tag, folder in (("trained", model_dir), ("random", random_dir)):
         ev = out / "eval" / tag
         ev.mkdir(parents=True, exist_ok=True)
         for task in ("rhythm", "sub"):
-            step(done / f"zs_{tag}_{task}", f"5b. zero-shot PTB-XL {task} ({tag})", lambda task=task, ev=ev, folder=folder: run(
-                [PY, "-m", "eval.zero_shot", "--model", folder, "--dataset", "ptbxl", "--data-root", ptbxl,
-                 "--task", task, "--output", ev / f"zero_shot_{task}.json", "--quiet"], log))
-        probe = [PY, "-m", "eval.linear_probe", "--model", model_dir, "--dataset", "ptbxl", "--data-root", ptbxl,
-                 "--task", "sub", "--fractions", 0.01, 0.1, 1.0, "--output", ev / "linear_probe_sub.json",
-                 "--cache-dir", out / "feature_cache"]
-        if tag == "random":
-            probe.append("--random-init")
-        step(done / f"lp_{tag}", f"5c. linear probe 1/10/100% ({tag})", lambda probe=probe: run(probe, log))
-        unseen_zs = [PY, "-m", "eval.zero_shot", "--model", folder, "--dataset", "ptbxl", "--data-root", unseen,
-                     "--task", "sub", "--output", ev / "zero_shot_unseen_sub.json", "--quiet"]
-        unseen_lp = probe[:probe.index("--data-root") + 1] + [unseen] + probe[probe.index("--data-root") + 2:]
-        unseen_lp[unseen_lp.index("--output") + 1] = ev / "linear_probe_unseen_sub.json"
-        step(done / f"unseen_{tag}", f"5e. zero-shot and linear probe with the unseen class {UNSEEN} ({tag})",
-             lambda zs=unseen_zs, lp=unseen_lp: (run(zs, log), run(lp, log)))
+            step(done / f"zs_{tag}_{task}", f"5b. zero-shot PTB-XL {task} ({tag})", lambda cmd=zero_shot(
+                folder, ptbxl, task, ev / f"zero_shot_{task}.json"): run(cmd, log))
+        step(done / f"lp_{tag}", f"5c. linear probe 1/10/100% ({tag})",
+             lambda cmd=probe(tag, ptbxl, ev / "linear_probe_sub.json"): run(cmd, log))
         step(done / f"rt_{tag}", f"5d. retrieval on the held-out MIMIC-layout split ({tag})", lambda ev=ev, folder=folder: run(
             [PY, "-m", "eval.retrieval", "--model", folder, "--dataset", "mimic", "--data-root", prepared,
              "--output", ev / "retrieval_mimic.json", "--quiet"], log))
+        step(done / f"unseen_{tag}", f"5e. zero-shot and linear probe with the unseen class {UNSEEN} ({tag})",
+             lambda zs=zero_shot(folder, unseen, "sub", ev / "zero_shot_unseen_sub.json"),
+             lp=probe(tag, unseen, ev / "linear_probe_unseen_sub.json"): (run(zs, log), run(lp, log)))
 
     def dicom():
         (out / "dicom.json").write_text(json.dumps(classify_dicom(model_dir, out), indent=1))
