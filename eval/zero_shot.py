@@ -149,7 +149,7 @@ def render_markdown(result: dict) -> str:
         "",
         f"- model: `{result['model']}`",
         f"- records: {result['n_records']}, classes scored: {result['n_classes_scored']} of {result['n_classes']}",
-        f"- scoring: {result['scoring']}; prompts: `{result['prompt_file']}`",
+        f"- scoring: {result['scoring']}; prompts: `{result['prompt_file']}`, {result['prompt_style']} style",
         f"- macro AUC: **{_fmt(result['macro_auc'])}** (95% CI {_fmt(ci.get('low'))}-{_fmt(ci.get('high'))}, "
         f"{ci.get('n_resamples', 0)} bootstrap resamples, seed {ci.get('seed')})",
         "",

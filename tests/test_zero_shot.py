@@ -174,7 +174,7 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
     prompts = json.loads((model_dir / "prompts_dbeta.json").read_text())["prompts"]
     assert data["prompts"]["NORM"] == {"key": "NORM", "text": prompts["NORM"]}
     md = (tmp_path / "res" / "zs.md").read_text()
-    assert "| NORM | NORM |" in md and "macro AUC" in md
+    assert "| NORM | NORM |" in md and "macro AUC" in md and "description style" in md
     assert (tmp_path / "res" / "zs.roc.png").read_bytes()[:8] == PNG
     assert len(data["outputs"]["ecg_examples"]) == 1
 
