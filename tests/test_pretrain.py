@@ -475,6 +475,7 @@ def test_run_outputs_metrics_card_and_validation(straight_run):
     assert 0 <= val["recall@1"] <= val["recall@5"] <= val["recall@10"] == 1.0  # <= 10 candidates
     card = (straight_run / "model" / "model_card.md").read_text()
     assert "| optimizer steps | 8 |" in card and "recall@1" in card and "final training losses" in card
+    assert "| text encoder | trained |" in card and "| config overrides | none |" in card
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(straight_run / "logs" / "dbeta-pretrain")).Reload()
@@ -675,8 +676,12 @@ def test_freeze_text_encoder_trains_everything_but_the_text_encoder(assets, tmp_
 
     out = tmp_path / "frozen"
     args = train_args(assets, out, "--save-every", "0", "--eval-every", "0", "--set", "model.freeze_text_encoder=true",
-                      "--set", "train.record_batches=false", steps=3)
+                      "--set", "train.record_batches=false", "--set", "model.overrides.zero_shot_prompt_style=name",
+                      steps=3)
     assert run_main(args) == 0
+    card = (out / "model" / "model_card.md").read_text()
+    assert "| text encoder | frozen (LiT-style) |" in card and "| config overrides | zero_shot_prompt_style=name |" in card
+    assert json.loads((out / "model" / "config.json").read_text())["zero_shot_prompt_style"] == "name"
     exported = load_file(str(out / "model" / "model.safetensors"))
     start = T5EncoderModel.from_pretrained(str(assets.t5)).state_dict()
     text = {k[len("text_model."):]: v for k, v in exported.items() if k.startswith("text_model.")}

@@ -676,6 +676,9 @@ def card_facts(cfg: dict, state: TrainState, info: dict) -> dict:
         "pretraining data": info.get("data", str(cfg["data"]["dataset"])),
         "negatives": info.get("negatives", ""),
         "text encoder init": info.get("text_init", ""),
+        "text encoder": "frozen (LiT-style)" if cfg["model"]["freeze_text_encoder"] else "trained",
+        "config overrides": ", ".join(f"{k}={v}" for k, v in sorted((cfg["model"]["overrides"] or {}).items()))
+        or "none",
         "optimizer steps": state.step,
         "samples seen": state.samples,
         "global batch": info.get("global_batch", ""),
