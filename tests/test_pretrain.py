@@ -670,6 +670,17 @@ def test_export_dir_puts_the_export_where_asked(straight_run, tmp_path):
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["export_dir"] == str(target)
 
 
+def test_export_only_does_not_reuse_the_original_runs_export_dir(straight_run, tmp_path):
+    checkpoint = tmp_path / "checkpoint_1"
+    shutil.copytree(straight_run / "checkpoints" / "checkpoint_1", checkpoint)
+    run_config = json.loads((checkpoint / "run_config.json").read_text())
+    run_config["export_dir"] = str(tmp_path / "original-export")  # as if that run had --export-dir
+    (checkpoint / "run_config.json").write_text(json.dumps(run_config))
+    assert run_main(["--export-only", str(checkpoint), "--output-dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+    assert not (tmp_path / "original-export").exists()
+
+
 def test_freeze_text_encoder_trains_everything_but_the_text_encoder(assets, tmp_path):
     from safetensors.torch import load_file
     from transformers import T5EncoderModel

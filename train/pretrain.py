@@ -19,7 +19,8 @@ Outputs in OUTPUT (--output-dir):
                                       (written last: a checkpoint without it is incomplete and never resumed from)
     logs/dbeta-pretrain/              TensorBoard events
     model/                            the export (export_model: weights, remote code, processor, model card);
-                                      --export-dir puts it elsewhere
+                                      --export-dir puts it elsewhere (--export-only ignores the folder
+                                      the checkpoint's own run exported to)
     metrics.json                      status, steps, final training losses, validation figures, export/push result
 
 Resuming (--resume) picks the newest complete checkpoint that loads; a damaged one (e.g. a truncated
@@ -268,6 +269,8 @@ def resolve_config(argv=None) -> tuple:
         config_path = str(Path(args.export_only) / RUN_CONFIG_FILE)
     if config_path is not None:
         _merge(cfg, read_config_file(config_path))
+        if config_path != args.config:  # a checkpoint's own run config: its export folder was that run's
+            cfg["export_dir"] = None
     import yaml
 
     for item in args.sets:
