@@ -145,7 +145,7 @@ def collect(out: Path) -> dict:
             zs = read_json(folder / f"zero_shot_{task}.json")
             row[f"zero_shot_{task}_macro_auc"] = zs["macro_auc"]
             row[f"zero_shot_{task}_per_class_auc"] = zs["per_class_auc"]
-            row["zero_shot_prompt_style"] = zs["prompt_style"]
+        row["zero_shot_prompt_style"] = zs["prompt_style"]  # one per model: its config's
         lp = read_json(folder / "linear_probe_sub.json")
         row["linear_probe_sub"] = {f"{r['fraction']:g}": r["test_auc_mean"] for r in lp["summary"]}
         by_fraction = {}
