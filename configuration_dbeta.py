@@ -132,7 +132,8 @@ class DBetaConfig(PretrainedConfig):
             tuned for batches of thousands; with a batch of B the no-information optimum of the bias is about
             -log(B - 1), which a bias of -10 reaches only after thousands of Adam steps).
         loss weights: `mem_weight`, `mlm_weight`, `etm_weight`, `ets_weight` (the authors sum them unweighted).
-        ets_gather: all-gather features across processes so the ECG-text loss sees the global batch.
+        ets_gather: in training mode, all-gather features across processes so the ECG-text loss sees the global
+            batch (evaluation scores each batch on its own).
         text_pooling: how the unimodal text feature reads the text encoder: "first" takes token 0 (the authors';
             T5's first word piece, BERT's [CLS]); "mean" averages the non-padding tokens, which is how
             sentence-embedding encoders such as all-MiniLM-L6-v2 were trained to be read.

@@ -613,7 +613,10 @@ class DBetaForPreTraining(DBetaModel):
         return self.etm_head(self.get_fused_features(ecg_values, input_ids, attention_mask))
 
     def ets_loss(self, ecg_embeds, text_embeds, is_aligned) -> torch.Tensor:
-        texts, offset = (_all_gather_with_grad(text_embeds) if self.config.ets_gather else (text_embeds, 0))
+        # Gathering widens the training signal to every process's texts; evaluation scores each batch on its own
+        # (processes may hold different numbers of validation batches, so a collective there could hang).
+        gather = self.config.ets_gather and self.training
+        texts, offset = (_all_gather_with_grad(text_embeds) if gather else (text_embeds, 0))
         logits = self.similarity(ecg_embeds, texts).float()
         labels = -torch.ones_like(logits)
         rows = torch.arange(logits.shape[0], device=logits.device)

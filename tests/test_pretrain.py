@@ -7,6 +7,7 @@ Everything runs on a tiny D-BETA (tests/tiny.py) and a 64-row in-memory dataset 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -131,24 +132,53 @@ def train_args(assets, out, *extra, steps: int = 8) -> list:
         "--set", f"model.config={assets.tiny}", "--max-steps", str(steps), "--batch-size", "4", "--grad-accum", "2",
         "--no-bf16", "--lr", "3e-3", "--warmup-steps", "2", "--num-workers", "0", "--eval-every", "4",
         "--save-every", "4", "--set", "train.log_every=2", "--set", "train.log_with=[]",
-        "--set", "train.record_batches=true", "--set", "data.max_val_samples=16",
+        "--set", "data.max_val_samples=16",
         *(["--n3s", str(assets.n3s)] if assets.n3s else []), *extra,
     ]
 
 
-def run_main(argv) -> int:
-    """train.pretrain.main in this process, with accelerate's singletons reset before and after."""
+def run_main(argv, record: bool = True) -> int:
+    """train.pretrain.main in this process, with accelerate's singletons reset before and after; with `record`, every
+    micro-batch the loop takes is logged to OUTPUT/batches_rank0.jsonl (tests/recording.py)."""
     from accelerate.state import AcceleratorState, GradientState
 
+    from tests import recording
     from train.pretrain import main
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+    restore = recording.install(argv[argv.index("--output-dir") + 1]) if record and "--output-dir" in argv else None
     try:
         return main(argv)
     finally:
+        if restore is not None:
+            restore()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+RECORDING = str(ROOT / "tests" / "recording.py")
+
+
+@contextlib.contextmanager
+def sigterm_after_validation(call: int):
+    """Deliver SIGTERM to this process right after the `call`-th validation (a spy on train.validation.evaluate)."""
+    import train.validation as validation
+
+    original, calls = validation.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    validation.evaluate = evaluate
+    try:
+        yield
+    finally:
+        validation.evaluate = original
 
 
 def batches(out: Path, rank: int = 0) -> list:
@@ -401,25 +431,32 @@ def test_config_errors_exit_2(tmp_path, capsys):
 
 
 def test_yaml_exponent_without_a_dot_is_a_number():
-    from train.pretrain import resolve_config
+    from train.pretrain import resolve_settings
 
-    cfg, _ = resolve_config(["--set", "optim.lr=1e-3", "--set", "optim.max_grad_norm=5"])  # YAML reads "1e-3" as str
-    assert cfg["optim"]["lr"] == 1e-3 and cfg["optim"]["max_grad_norm"] == 5.0
+    s, _ = resolve_settings(["--set", "optim.lr=1e-3", "--set", "optim.max_grad_norm=5"])  # YAML reads "1e-3" as str
+    assert s.optim.lr == 1e-3 and s.optim.max_grad_norm == 5.0
 
 
-def test_shipped_configs_parse_and_default_yaml_documents_the_defaults():
-    from train.pretrain import DEFAULTS, resolve_config
-
-    for path in sorted((ROOT / "train" / "configs").glob("*.yaml")):
-        cfg, _ = resolve_config(["--config", str(path)])
-        assert cfg["train"]["max_steps"] > 0, path
+def test_shipped_configs_parse_and_print_config_round_trips(capsys):
     import yaml
 
-    assert yaml.safe_load((ROOT / "train" / "configs" / "default.yaml").read_text()) == DEFAULTS
-    cfg, _ = resolve_config(["--set", "optim.betas=[0.9, 0.98]", "--set", "model.overrides.ets_mode=learnable",
+    from train.pretrain import main, resolve_settings
+    from train.settings import PretrainSettings
+
+    for path in sorted((ROOT / "train" / "configs").glob("*.yaml")):
+        s, _ = resolve_settings(["--config", str(path)])
+        assert s.train.max_steps > 0, path
+    s, _ = resolve_settings(["--set", "optim.betas=[0.9, 0.98]", "--set", "model.overrides.ets_mode=learnable",
                              "--lr", "1e-4", "--bf16"])
-    assert cfg["optim"]["betas"] == [0.9, 0.98] and cfg["model"]["overrides"] == {"ets_mode": "learnable"}
-    assert cfg["optim"]["lr"] == 1e-4 and cfg["train"]["mixed_precision"] == "bf16"
+    assert s.optim.betas == [0.9, 0.98] and s.model.overrides == {"ets_mode": "learnable"}
+    assert s.optim.lr == 1e-4 and s.train.mixed_precision == "bf16"
+    # --print-config is the documentation of the defaults: it reads back as exactly the settings it printed.
+    assert main(["--print-config", "--config", str(ROOT / "train" / "configs" / "small_cpu.yaml")]) == 0
+    printed = capsys.readouterr().out
+    assert "# peak learning rate" in printed
+    small, _ = resolve_settings(["--config", str(ROOT / "train" / "configs" / "small_cpu.yaml")])
+    assert PretrainSettings.from_dict(yaml.safe_load(printed)).to_dict() == small.to_dict()
+    assert yaml.safe_load(PretrainSettings().to_yaml()) == PretrainSettings().to_dict()
 
 
 def test_collator_with_a_real_n3s_table(assets, rows, t5_tokenizer):
@@ -453,8 +490,7 @@ def test_a_few_steps_reduce_the_loss(assets, tmp_path):
     out = tmp_path / "fit"
     args = train_args(assets, out, "--batch-size", "8", "--grad-accum", "1", "--lr", "1e-2", "--warmup-steps", "1",
                       "--set", "optim.min_lr_ratio=1.0", "--save-every", "0", "--eval-every", "0",
-                      "--set", "train.eval_at_start=true", "--set", "train.log_every=3",
-                      "--set", "train.record_batches=false", steps=12)
+                      "--set", "train.eval_at_start=true", "--set", "train.log_every=3", steps=12)
     assert run_main(args) == 0
     # Validation is deterministic (fixed batches, negatives, MLM and MEM masks, eval mode): before vs after.
     val = [h["validation"] for h in json.loads((out / "metrics.json").read_text())["history"] if "validation" in h]
@@ -487,7 +523,8 @@ def test_run_outputs_metrics_card_and_validation(straight_run):
 
 def test_resume_reproduces_an_uninterrupted_run(assets, straight_run, tmp_path):
     out = tmp_path / "interrupted"
-    assert run_main(train_args(assets, out, "--set", "train.stop_at_step=4")) == 3
+    with sigterm_after_validation(call=1):  # validation runs every 4 steps: stop after step 4
+        assert run_main(train_args(assets, out)) == 3
     state = json.loads((out / "checkpoints" / "checkpoint_0" / "train_state.json").read_text())
     assert state["step"] == 4 and state["micro_batches"] == 8
     assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
@@ -524,7 +561,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_3(assets, tmp_path):
     out = tmp_path / "sigterm"
     args = train_args(assets, out, "--save-every", "0", "--eval-every", "0", "--num-workers", "1", steps=100000)
     log = open(tmp_path / "stderr.txt", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "train.pretrain", *args], cwd=ROOT, env=subprocess_env(),
+    proc = subprocess.Popen([sys.executable, RECORDING, *args], cwd=ROOT, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -541,7 +578,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_3(assets, tmp_path):
     stderr = (tmp_path / "stderr.txt").read_text()
     assert code == 3, stderr[-3000:]
     assert "received SIGTERM" in stderr and "--resume" in stderr and "Traceback" not in stderr
-    from train.pretrain import list_checkpoints
+    from train.checkpoints import list_checkpoints
 
     (checkpoint,) = list_checkpoints(out)
     state = json.loads((checkpoint / "train_state.json").read_text())
@@ -563,7 +600,7 @@ def test_two_processes_with_accelerate_launch(assets, tmp_path):
     # --cpu would start a single process on accelerate 1.15; --multi_gpu runs DDP over gloo on a CPU-only box.
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "train.pretrain", *train_args(assets, out, "--eval-every", "0", steps=3)]
+           RECORDING, *train_args(assets, out, "--eval-every", "0", steps=3)]
     proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -687,7 +724,7 @@ def test_freeze_text_encoder_trains_everything_but_the_text_encoder(assets, tmp_
 
     out = tmp_path / "frozen"
     args = train_args(assets, out, "--save-every", "0", "--eval-every", "0", "--set", "model.freeze_text_encoder=true",
-                      "--set", "train.record_batches=false", "--set", "model.overrides.zero_shot_prompt_style=name",
+                      "--set", "model.overrides.zero_shot_prompt_style=name",
                       steps=3)
     assert run_main(args) == 0
     card = (out / "model" / "model_card.md").read_text()
@@ -699,11 +736,13 @@ def test_freeze_text_encoder_trains_everything_but_the_text_encoder(assets, tmp_
     assert text and all(torch.equal(text[k], start[k]) for k in text if k in start)  # untouched
     from accelerate.utils import set_seed
 
-    from train.pretrain import build_model_and_tokenizer, resolve_config
+    from train.model_setup import build_model_and_tokenizer
+    from train.pretrain import resolve_settings
 
-    cfg, _ = resolve_config(["--text-encoder", str(assets.t5), "--set", f"model.config={assets.tiny}"])
-    set_seed(cfg["seed"])  # what run_training does before building: the run's own starting weights
-    initial, _, _ = build_model_and_tokenizer(cfg)
+    s, _ = resolve_settings(["--text-encoder", str(assets.t5), "--set", f"model.config={assets.tiny}",
+                             "--dataset", "unused"])
+    set_seed(s.seed)  # what train() does before building: the run's own starting weights
+    initial, _, _ = build_model_and_tokenizer(s.model)
     start_state = initial.state_dict()
     assert all(torch.equal(start_state[k], exported[k]) for k in exported if k.startswith("text_model."))
     assert not torch.equal(start_state["text_projection.weight"], exported["text_projection.weight"])

