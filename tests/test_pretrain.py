@@ -746,3 +746,290 @@ def test_freeze_text_encoder_trains_everything_but_the_text_encoder(assets, tmp_
     start_state = initial.state_dict()
     assert all(torch.equal(start_state[k], exported[k]) for k in exported if k.startswith("text_model."))
     assert not torch.equal(start_state["text_projection.weight"], exported["text_projection.weight"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Faults: planted pickles, concurrent runs, signals to the launcher, non-finite values, bad settings, kills
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Planted:
+    """Unpickling this creates the file it names: the harm a planted pickle could do, made observable."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_executes_nothing_from_planted_pickles(assets, straight_run, tmp_path, caplog):
+    out = tmp_path / "planted"
+    shutil.copytree(straight_run, out)
+    shutil.rmtree(out / "model")
+    marker = tmp_path / "pwned"
+    newest, older = out / "checkpoints" / "checkpoint_1", out / "checkpoints" / "checkpoint_0"
+    # accelerate unpickles custom_checkpoint_*.pkl with weights_only=False whenever objects are registered with it.
+    torch.save(_Planted(marker), newest / "custom_checkpoint_0.pkl")
+    torch.save(_Planted(marker), newest / "custom_checkpoint_1.pkl")
+    assert run_main(train_args(assets, out, "--resume")) == 0
+    assert not marker.exists()
+    assert_same_weights(weights(out / "model"), weights(straight_run / "model"))
+
+    # A planted optimizer file is refused (weights_only) and its checkpoint skipped; a planted RNG file is refused
+    # too (accelerate then keeps the current RNG, which this loop re-seeds at every micro-batch anyway).
+    shutil.rmtree(out)
+    shutil.copytree(straight_run, out)
+    shutil.rmtree(out / "model")
+    torch.save(_Planted(marker), newest / "optimizer.bin")
+    torch.save(_Planted(marker), older / "random_states_0.pkl")
+    caplog.set_level("WARNING", logger="train.checkpoints")
+    assert run_main(train_args(assets, out, "--resume")) == 0
+    assert not marker.exists()
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "checkpoint_1 is unusable" in warned and "Weights only load failed" in warned
+    assert_same_weights(weights(out / "model"), weights(straight_run / "model"))  # steps 5-8 redone identically
+
+
+def test_one_output_folder_one_run(assets, tmp_path, capsys):
+    from train.run_lock import RunLock
+
+    out = tmp_path / "locked"
+    with RunLock(out):
+        assert run_main(train_args(assets, out, steps=2)) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and f'"pid": {os.getpid()}' in err and "in use by another run" in err
+        assert not (out / "checkpoints").exists()
+    # A lock file left by a process that died (no flock held any more) is taken over.
+    (out / "run.lock").write_text('{"pid": 999999, "host": "gone"}')
+    assert run_main(train_args(assets, out, steps=2, *("--save-every", "0", "--eval-every", "0"))) == 0
+
+
+def _wait_for(predicate, what: str, timeout: float = 180, proc=None, log=None):
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended ({proc.returncode}) before {what}: "
+                                 f"{Path(log).read_text()[-3000:] if log else ''}")
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_sigterm_to_the_launcher_reaches_the_worker(assets, tmp_path):
+    """`accelerate launch` dies of SIGTERM without forwarding it; the worker must still checkpoint and exit."""
+    from train.checkpoints import list_checkpoints
+    from train.run_lock import RunLock
+
+    out = tmp_path / "launcher"
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher), "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no", "--dynamo_backend",
+           "no", RECORDING, *train_args(assets, out, "--save-every", "0", "--eval-every", "0", steps=100000)]
+    log_path = tmp_path / "stderr.txt"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=log,
+                                start_new_session=True)
+        try:
+            _wait_for(lambda: len(batches(out)) >= 4, "training started", proc=proc, log=log_path)
+            proc.send_signal(signal.SIGTERM)  # the launcher only, as `kill PID` of the command a user started
+            proc.wait(timeout=60)
+            # The worker saves and exits; until then it holds the folder's lock.
+            _wait_for(lambda: (out / "metrics.json").is_file(), "the worker's metrics.json")
+
+            def free() -> bool:
+                try:
+                    RunLock(out).acquire().release()
+                    return True
+                except RuntimeError:
+                    return False
+
+            _wait_for(free, "the worker to exit and release the folder", timeout=60)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    (checkpoint,) = list_checkpoints(out)
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    assert state["step"] >= 2 and len(batches(out)) == state["micro_batches"]
+    assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+
+
+def _poison(path: Path, key: str = None) -> str:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    key = key or next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return key
+
+
+def test_a_nan_weight_in_a_checkpoint_is_never_resumed_from(assets, straight_run, tmp_path, caplog):
+    out = tmp_path / "nan-checkpoint"
+    shutil.copytree(straight_run, out)
+    shutil.rmtree(out / "model")
+    key = _poison(out / "checkpoints" / "checkpoint_1" / "model.safetensors")
+    caplog.set_level("WARNING", logger="train.checkpoints")
+    assert run_main(train_args(assets, out, "--resume")) == 0
+    warned = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]
+    assert len(warned) == 1 and "non-finite" in warned[0] and key in warned[0]
+    assert_same_weights(weights(out / "model"), weights(straight_run / "model"))  # redone from checkpoint_0
+
+
+@contextlib.contextmanager
+def nan_loss_at_micro_batches(*calls: int):
+    """Make the pretraining forward return a NaN loss at the given (1-based) calls in training mode."""
+    from modeling_dbeta import DBetaForPreTraining
+
+    original, seen = DBetaForPreTraining.forward, []
+
+    def forward(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        if self.training:
+            seen.append(1)
+            if len(seen) in calls:
+                output.loss = output.loss * float("nan")
+        return output
+
+    DBetaForPreTraining.forward = forward
+    try:
+        yield
+    finally:
+        DBetaForPreTraining.forward = original
+
+
+def test_a_non_finite_loss_stops_the_run_keeps_the_last_checkpoint_and_exports_nothing(assets, tmp_path, capsys):
+    out = tmp_path / "nan-loss"
+    with nan_loss_at_micro_batches(11):  # step 6's first micro-batch (2 per step)
+        code = run_main(train_args(assets, out, "--save-every", "2", "--eval-every", "0"))
+    assert code == 5
+    err = capsys.readouterr().err
+    assert "step 6" in err and "non-finite" in err and "checkpoint_1" in err
+    assert not (out / "model").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "non-finite" and metrics["steps"] == 5
+    from train.checkpoints import list_checkpoints, non_finite_tensors
+
+    newest = list_checkpoints(out)[0]
+    assert json.loads((newest / "train_state.json").read_text())["step"] == 4
+    assert not non_finite_tensors(weights(newest).items())
+
+    # With a budget of skipped steps the run goes on, and says how many it skipped.
+    out = tmp_path / "nan-skipped"
+    with nan_loss_at_micro_batches(11):
+        assert run_main(train_args(assets, out, "--set", "train.max_bad_steps=1", "--eval-every", "0")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 8 and metrics["skipped_steps"] == 1
+    assert not non_finite_tensors(weights(out / "model").items())
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.log_every=0", "train.log_every must be >= 1"),
+    ("train.save_every=often", "train.save_every must be an integer"),
+    ("train.warmup_steps=5", "unknown setting 'train.warmup_steps'"),
+    ("optim.warmup_steps=1.5", "optim.warmup_steps must be an integer"),
+    ("data.max_val_samples=[1]", "data.max_val_samples must be an integer"),
+    ("optim.betas=[0.9]", "optim.betas must have 2 items"),
+    ("optim.betas=[0.9, x]", "optim.betas[1] must be a number"),
+    ("optim.lr=.nan", "optim.lr must be a finite number"),
+    ("train.cpu=yes please", "train.cpu must be true or false"),
+    ("model.overrides.ets_mod=fixed", "unknown model override(s) ets_mod"),
+    ("model.overrides.ets_mode=sometimes", "model.overrides:"),
+    ("collator.p_neg=2", "collator.p_neg must be <= 1"),
+])
+def test_every_setting_is_checked_before_anything_is_built(tmp_path, capsys, setting, message):
+    out = tmp_path / "never"
+    assert run_main(["--output-dir", str(out), "--dataset", str(tmp_path / "none"), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not out.exists()
+
+
+def test_unknown_setting_lists_the_known_ones(capsys):
+    assert run_main(["--set", "optim.learning_rate=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown setting 'optim.learning_rate'" in err and "lr, weight_decay, betas" in err
+
+
+def test_a_dataset_without_validation_split_trains_without_validation(assets, tmp_path, caplog):
+    from datasets import DatasetDict, load_from_disk
+
+    data = tmp_path / "train-only"
+    DatasetDict(train=load_from_disk(str(assets.data))["train"]).save_to_disk(str(data))
+    out = tmp_path / "no-val"
+    args = train_args(assets, out, steps=4)
+    args[args.index("--dataset") + 1] = str(data)
+    caplog.set_level("WARNING", logger="train.pretrain_data")
+    assert run_main(args) == 0
+    assert "validation is skipped" in caplog.text
+    assert json.loads((out / "metrics.json").read_text())["validation"] == {}
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+mode, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+calls = []
+def kill_all():  # a crash of the whole job: launcher and every worker, no chance to clean up
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+if mode == "checkpoint":  # inside a checkpoint write: every file written, not yet renamed into place
+    import train.checkpoints as ck
+    original = ck._fsync_tree
+    def fsync_tree(folder):
+        original(folder)
+        calls.append(1)
+        if len(calls) == n:
+            kill_all()
+    ck._fsync_tree = fsync_tree
+elif mode == "save_state":  # inside accelerate's save_state, before the JSON state files
+    import accelerate
+    original = accelerate.Accelerator.save_state
+    def save_state(self, *a, **k):
+        result = original(self, *a, **k)
+        calls.append(1)
+        if len(calls) == n:
+            kill_all()
+        return result
+    accelerate.Accelerator.save_state = save_state
+elif mode == "batch":  # in the middle of training, after the n-th micro-batch of rank 0
+    import train.pretrain_data as pd
+    original = pd.train_loader
+    def train_loader(rows, collator, batch_size, seed, rank, world, start, workers):
+        loader, sampler = original(rows, collator, batch_size, seed, rank, world, start, workers)
+        def stream():
+            for batch in loader:
+                calls.append(1)
+                if rank == 0 and len(calls) == n:
+                    kill_all()
+                yield batch
+        return stream(), sampler
+    pd.train_loader = train_loader
+from train.pretrain import main
+sys.exit(main(args))
+"""
+
+
+def test_two_process_run_killed_at_any_point_resumes_to_the_same_weights(assets, tmp_path):
+    """kill -9 of the whole job (launcher and both workers) inside a checkpoint write, inside accelerate's
+    save_state and mid-training; each time `--resume` continues, and the end equals an uninterrupted run."""
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER.format(root=str(ROOT)))
+    launcher = Path(sys.executable).parent / "accelerate"
+
+    def launch(out, *prefix, resume=False):
+        cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               *prefix, *train_args(assets, out, "--save-every", "2", "--eval-every", "0", "--num-workers", "0",
+                                    *(["--resume"] if resume else []), steps=6)]
+        return subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                              start_new_session=True)
+
+    straight = launch(tmp_path / "straight", RECORDING)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / "killed"
+    for mode, n in (("checkpoint", 2), ("save_state", 1), ("batch", 3)):
+        proc = launch(out, str(killer), mode, str(n), resume=(out / "checkpoints").exists())
+        assert proc.returncode != 0, f"{mode}: the kill did not happen"
+    assert list((out / "checkpoints").glob("*.partial")), "no kill landed inside a checkpoint write"
+    final = launch(out, RECORDING, resume=True)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert not list((out / "checkpoints").glob("*.partial"))
+    assert_same_weights(weights(out / "model"), weights(tmp_path / "straight" / "model"))
