@@ -822,7 +822,7 @@ def test_sigterm_to_the_launcher_reaches_the_worker(assets, tmp_path):
 
     out = tmp_path / "launcher"
     launcher = Path(sys.executable).parent / "accelerate"
-    cmd = [str(launcher), "launch", "--num_processes", "1", "--cpu", "--mixed_precision", "no", "--dynamo_backend",
+    cmd = [str(launcher), "launch", "--num_processes", "2", "--cpu", "--mixed_precision", "no", "--dynamo_backend",
            "no", RECORDING, *train_args(assets, out, "--save-every", "0", "--eval-every", "0", steps=100000)]
     log_path = tmp_path / "stderr.txt"
     with open(log_path, "w") as log:
@@ -849,6 +849,8 @@ def test_sigterm_to_the_launcher_reaches_the_worker(assets, tmp_path):
     state = json.loads((checkpoint / "train_state.json").read_text())
     assert state["step"] >= 2 and len(batches(out)) == state["micro_batches"]
     assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+    # --cpu made accelerate start one process of the two asked for: the run says so.
+    assert "asked for 2 processes but started 1" in log_path.read_text()
 
 
 def _poison(path: Path, key: str = None) -> str:

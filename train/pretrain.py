@@ -187,7 +187,8 @@ def train(s: PretrainSettings, resume: bool) -> int:
     from train.pretrain_data import build_collators, negative_samplers, select_splits, train_loader
     from train.model_setup import public_name
     from train.run_report import export_and_push, write_metrics
-    from train.signals import StopFlag, follow_parent_death, launched_by_a_launcher
+    from train.signals import (StopFlag, follow_parent_death, launched_by_a_launcher,
+                               processes_requested_from_launcher)
     from train.validation import LOSS_KEYS, evaluate
 
     t, o, d = s.train, s.optim, s.data
@@ -210,6 +211,11 @@ def train(s: PretrainSettings, resume: bool) -> int:
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    requested = processes_requested_from_launcher() if launched_by_a_launcher() else None
+    if requested and requested > world:
+        logger.warning("accelerate launch was asked for %d processes but started %d: with --cpu, accelerate 1.15 "
+                       "runs one process; on a machine without a GPU use `accelerate launch --multi_gpu "
+                       "--num_processes %d` (DDP over gloo)", requested, world, requested)
     if not resume and list_checkpoints(out):
         raise ConfigError(f"{out / 'checkpoints'} already holds checkpoints: pass --resume, or use another "
                           "--output-dir")

@@ -43,8 +43,7 @@ class StopFlag:
 
 def launched_by_a_launcher() -> bool:
     """True under `accelerate launch` / torchrun, which set these variables for their workers."""
-    return "LOCAL_RANK" in os.environ or "ACCELERATE_CONFIG_DS_FIELDS" in os.environ or \
-        os.environ.get("ACCELERATE_USE_CPU") is not None
+    return any(name in os.environ for name in ("LOCAL_RANK", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_CPU"))
 
 
 def follow_parent_death() -> None:
@@ -69,3 +68,23 @@ def follow_parent_death() -> None:
         return
     if os.getppid() != parent:  # the launcher died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def processes_requested_from_launcher() -> int | None:
+    """The `--num_processes N` of the `accelerate launch` command that started this worker (Linux), else None.
+
+    Accelerate 1.15 routes `--cpu` to its single-process launcher whatever --num_processes says; the worker cannot
+    learn the request any other way than from its parent's command line."""
+    try:
+        argv = open(f"/proc/{os.getppid()}/cmdline", "rb").read().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if not any(a.endswith("accelerate") or "accelerate.commands" in a for a in argv[:3]):
+        return None
+    for i, arg in enumerate(argv):
+        for flag in ("--num_processes", "--num-processes"):
+            if arg == flag and i + 1 < len(argv) and argv[i + 1].isdigit():
+                return int(argv[i + 1])
+            if arg.startswith(flag + "=") and arg.split("=", 1)[1].isdigit():
+                return int(arg.split("=", 1)[1])
+    return None
