@@ -393,9 +393,12 @@ def read_header(hea: Path):
     import wfdb
 
     try:
-        return wfdb.rdheader(str(hea)[: -len(".hea")])
+        header = wfdb.rdheader(str(hea)[: -len(".hea")])
     except Exception as err:
         raise RecordDropped("bad_header", f"{hea}: {own} (wfdb: {type(err).__name__})") from None
+    if len(header.file_name or []) != int(header.n_sig or 0):  # wfdb accepts a header missing signal lines
+        raise RecordDropped("bad_header", f"{hea}: {own}")
+    return header
 
 
 @lru_cache(maxsize=8)
