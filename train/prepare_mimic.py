@@ -454,18 +454,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.prepare_mimic",
         description="Prepare MIMIC-IV-ECG v1.0 as a memory-mapped Arrow DatasetDict (train/validation by subject).",
+        epilog="Re-run the same command to resume after a stop or a kill. Bad records (including paths leading outside "
+        "--mimic-root, never opened) are dropped and counted by reason in OUTPUT/summary.json and listed in "
+        "OUTPUT/dropped.csv with their record_list.csv line. Exit 2: a CSV without its columns or data rows, or no "
+        "usable record at all.",
     )
     parser.add_argument("--mimic-root", required=True, help="folder with record_list.csv, machine_measurements.csv, files/")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--num-proc", type=int, default=1)
-    parser.add_argument("--val-fraction", type=float, default=0.02)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, help="folder for dataset/, summary.json, dropped.csv, work/")
+    parser.add_argument("--num-proc", type=int, default=1, help="processes reading chunks in parallel")
+    parser.add_argument("--val-fraction", type=float, default=0.02, help="fraction of subjects in validation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subject-level split")
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows of record_list.csv")
     parser.add_argument("--chunk-size", type=int, default=1000, help="records per resumable chunk")
     parser.add_argument("--writer-batch-size", type=int, default=64, help="rows buffered per Arrow write")
     parser.add_argument("--restart", action="store_true", help="discard a previous (partial) ingest in OUTPUT")
     parser.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)  # resume testing
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         summary = prepare_mimic(
