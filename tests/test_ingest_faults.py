@@ -247,6 +247,29 @@ def test_non_finite_gain_is_a_drop(tmp_path):
     assert drop.reason == "bad_header" and "ADC gains" in drop.detail
 
 
+def test_unreadable_files_are_drops_not_a_crash(tmp_path, monkeypatch):
+    """An I/O error on one record (permissions, a failing disk) used to end the whole ingest."""
+    path = _record(tmp_path)
+
+    def failing_read(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(np, "fromfile", failing_read)
+    drop = _dropped_reason(tmp_path, path)
+    assert drop.reason == "unreadable_record" and "Permission denied" in drop.detail
+    monkeypatch.setattr(Path, "read_text", failing_read)
+    drop = _dropped_reason(tmp_path, path)
+    assert drop.reason == "unreadable_record" and drop.detail.startswith(str(tmp_path / path) + ".hea")
+
+
+def test_oversized_header_is_not_read_into_memory(tmp_path):
+    path = _record(tmp_path)
+    with open(tmp_path / f"{path}.hea", "ab") as f:
+        f.write(b"#" * (2 << 20))
+    drop = _dropped_reason(tmp_path, path)
+    assert drop.reason == "bad_header" and "too large" in drop.detail
+
+
 @pytest.mark.parametrize("fmt", ["212", "80"])
 def test_packed_formats_of_the_right_size_are_read(tmp_path, fmt):
     """The size check matches what wfdb writes, so valid packed records are kept."""
@@ -269,7 +292,7 @@ def test_packed_formats_of_the_right_size_are_read(tmp_path, fmt):
 # Run by the test in one subprocess (imports paid once); each scenario runs the CLI in a forked child that patches
 # one function to SIGKILL itself at its Nth matching call, before or after the real call.
 _KILLER = r'''
-import importlib, json, os, re, signal, sys
+import importlib, json, os, re, signal, sys, traceback
 sys.path.insert(0, sys.argv[1])
 from train.prepare_mimic import main
 
@@ -300,8 +323,14 @@ for sc in json.loads(sys.argv[2]):
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
-        arm(sc["target"], sc["match"], sc["nth"], sc["when"])
-        os._exit(main(sc["args"]))
+        code = 1
+        try:  # a child must never fall through into the scenario loop
+            arm(sc["target"], sc["match"], sc["nth"], sc["when"])
+            code = main(sc["args"])
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
     codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 print(json.dumps(codes))
 '''
