@@ -59,7 +59,7 @@ from train.mimic import (  # noqa: E402
     subject_split,
 )
 
-FORMAT_VERSION = 2  # 2: dropped.csv/manifest carry line numbers; dataset written by save_to_disk
+FORMAT_VERSION = 2  # bumped when work/ changes layout: an older unfinished ingest is refused, not misread
 SPLITS = ("train", "validation")
 EXIT_STOPPED = 3
 
@@ -137,7 +137,9 @@ def build_manifest(mimic_root: Path, work: Path, limit: Optional[int]) -> dict:
         "report_rows": n_reports,
         "malformed_csv_rows": {"record_list.csv": len(bad_rl_lines), "machine_measurements.csv": len(bad_mm_lines)},
         # line numbers (the first 1000 per file) of the malformed rows, so they can be found and fixed
-        "malformed_csv_lines": {"record_list.csv": bad_rl_lines[:1000], "machine_measurements.csv": bad_mm_lines[:1000]},
+        "malformed_csv_lines": {
+            "record_list.csv": bad_rl_lines[:1000], "machine_measurements.csv": bad_mm_lines[:1000]
+        },
     }
     _write_json(done, info)
     return info
