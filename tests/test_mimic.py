@@ -286,7 +286,7 @@ def test_cli_stop_and_resume(broken_root, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["read"] == 30 and summary["dataset"] == "dataset"
     ds = load_prepared_mimic(out)
-    assert not list((out / "work" / "chunks").rglob("*.arrow"))  # shards were linked into OUTPUT/dataset
+    assert not list((out / "work" / "chunks").rglob("*.arrow"))  # shards removed once OUTPUT/dataset holds the data
     assert len(ds["train"]) + len(ds["validation"]) == summary["kept"]
     assert prepare_main(["--mimic-root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x"), "--quiet"]) == 2
 

@@ -22,10 +22,15 @@ the wfdb physical signal) at the same 2 bytes/sample as float16, while float16 r
 +-5 mV) and needs a cast anyway. benchmarks/data_speed.py measures size, error and decode speed of both.
 
 Drop reasons (first failing check wins, report checks come before the signal is read):
-    malformed_record_list_row, duplicate_study, missing_report (no machine_measurements row, e.g. a malformed one),
-    empty_report, missing_record (.hea absent), missing_dat, bad_header, truncated_dat, header_data_mismatch
-    (.dat larger than the header says), checksum_mismatch, unreadable_record, wrong_lead_count, unknown_leads,
+    malformed_record_list_row (with its line number), unsafe_path (a record_list path or a .dat name in a header
+    that is absolute, climbs with "..", or resolves through a symlink outside the MIMIC folder; the file is never
+    opened; a files/ folder that is itself a symlink is allowed), duplicate_study, missing_report (no
+    machine_measurements row, e.g. a malformed one), empty_report, missing_record (.hea absent), missing_dat,
+    bad_header, truncated_dat / header_data_mismatch (.dat smaller / larger than the header's samples x signals x
+    bytes per sample of its format), checksum_mismatch, unreadable_record, wrong_lead_count, unknown_leads,
     wrong_sampling_rate, wrong_length, unsupported_format, bad_units, all_nan_lead.
+The CSVs are read one physical line per row (as MIMIC writes them), so a broken line costs only that row; report
+fields reading "nan" count as empty. A CSV without its key columns or without data rows is an error (MimicInputError).
 Records at another rate or length are dropped, not resampled: MIMIC-IV-ECG is uniformly 500 Hz x 10 s, and a fixed
 [12, 5000] schema keeps the Arrow column fixed-size and fast to read. Partial NaN runs are kept (the processor's
 nan_policy repairs them).
@@ -69,6 +74,7 @@ _FMT_NAN = {"16": -32768, "61": -32768, "80": -128, "212": -2048, "310": -512, "
 
 DROP_REASONS = (
     "malformed_record_list_row",
+    "unsafe_path",
     "duplicate_study",
     "missing_report",
     "empty_report",
@@ -151,88 +157,151 @@ def decode_signals(signal, adc_gain, baseline) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# CSV parsing (robust: a bad row is counted, never fatal)
+# CSV parsing (line by line: a bad row is counted with its line number, never fatal to the rows after it)
 # --------------------------------------------------------------------------------------------------------------
 
-csv.field_size_limit(1 << 20)  # a runaway quote then fails one row instead of swallowing the file
+# Report fields that hold a missing value written as text (str(float("nan")), pandas' NA) rather than left empty.
+_NULL_TEXT = frozenset({"nan", "<na>"})
 
 
-def _csv_rows(path: Path) -> Iterator[Tuple[int, Optional[list], Optional[list]]]:
-    """Yield (row_number, header, fields or None if the row could not be parsed). Row 0 is the first data row."""
+class MimicInputError(ValueError):
+    """A MIMIC-IV-ECG CSV the ingest cannot use at all (absent columns, no data rows); names the file."""
+
+
+def _csv_rows(path: Path) -> Iterator[Tuple[int, int, list, Optional[list], str]]:
+    """Yield (row_number, line_number, header, fields or None, problem) per non-blank line after the header.
+
+    Row 0 is the first data row; line numbers count physical lines from 1. MIMIC-IV-ECG's CSVs hold one row per
+    physical line, so each line is parsed on its own (quoted fields with commas are fine): an unterminated quote
+    then spoils only its own line instead of swallowing every row after it. A quoted field spanning lines is not
+    supported (each of its lines is a malformed row). Raises MimicInputError for a file without a header.
+    """
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        header = [h.strip().lstrip("\ufeff") for h in header]
+        header = None
         i = 0
-        while True:
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error:
-                fields = None
-            if fields is not None and not fields:  # blank line
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
                 continue
-            yield i, header, fields
+            try:
+                fields, problem = next(csv.reader([line], strict=True)), ""
+            except csv.Error as err:
+                fields, problem = None, f"unparsable CSV ({err})"
+            if header is None:
+                if fields is None:
+                    raise MimicInputError(f"{path}: line {lineno}: cannot parse the header ({problem})")
+                header = [h.strip().lstrip("\ufeff") for h in fields]
+                continue
+            if fields is not None and len(fields) != len(header):
+                fields, problem = None, f"{len(fields)} fields, the header has {len(header)}"
+            yield i, lineno, header, fields, problem
             i += 1
+        if header is None:
+            raise MimicInputError(f"{path}: empty file (expected a CSV header and data rows)")
+
+
+def _require_columns(path: Path, header: list, required: Sequence[str], what: str) -> None:
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise MimicInputError(f"{path}: no column(s) {missing} in the header {header}; expected {what}")
 
 
 def _parse_int(value) -> int:
     return int(str(value).strip())
 
 
-def iter_record_list(mimic_root) -> Iterator[dict]:
-    """Entries of record_list.csv in file order: {"index", "subject_id", "study_id", "ecg_time", "path", "status"}.
+def check_record_path(path: str) -> str:
+    """A record_list.csv `path` as a clean relative path; raises RecordDropped("unsafe_path") for anything that
+    could leave the MIMIC folder (absolute, drive letter, backslash, "..", NUL), ValueError if empty."""
+    path = str(path).strip()
+    if "\x00" in path or "\\" in path or path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        raise RecordDropped("unsafe_path", f"{path!r} is not a path relative to the MIMIC-IV-ECG folder")
+    path = path.rstrip("/")
+    if ".." in path.split("/"):
+        raise RecordDropped("unsafe_path", f"{path!r} climbs out of the MIMIC-IV-ECG folder")
+    if not path:
+        raise ValueError("empty path")
+    return path
 
-    `status` is None for a usable row, else "malformed_record_list_row" or "duplicate_study" (a study_id already
-    listed earlier in the file).
+
+def iter_record_list(mimic_root) -> Iterator[dict]:
+    """Entries of record_list.csv in file order:
+    {"index", "line", "subject_id", "study_id", "ecg_time", "path", "status", "detail"}.
+
+    `status` is None for a usable row, else "malformed_record_list_row", "unsafe_path" (see check_record_path) or
+    "duplicate_study" (a study_id already listed earlier in the file); `detail` says why. Raises MimicInputError if
+    the file lacks the subject_id/study_id/path columns or has no data row.
     """
+    path = Path(mimic_root) / "record_list.csv"
     seen = set()
-    for i, header, fields in _csv_rows(Path(mimic_root) / "record_list.csv"):
-        entry = {"index": i, "subject_id": -1, "study_id": -1, "ecg_time": "", "path": "", "status": None}
+    rows = 0
+    for i, lineno, header, fields, problem in _csv_rows(path):
+        if i == 0:
+            _require_columns(path, header, ("subject_id", "study_id", "path"), "a MIMIC-IV-ECG v1.0 record_list.csv")
+        rows += 1
+        entry = {"index": i, "line": lineno, "subject_id": -1, "study_id": -1, "ecg_time": "", "path": "",
+                 "status": None, "detail": ""}
         try:
-            if fields is None or len(fields) != len(header):
-                raise ValueError
+            if fields is None:
+                raise ValueError(problem)
             row = dict(zip(header, fields))
             entry["subject_id"] = _parse_int(row["subject_id"])
             entry["study_id"] = _parse_int(row["study_id"])
             entry["ecg_time"] = str(row.get("ecg_time", "")).strip()
-            entry["path"] = str(row["path"]).strip().strip("/")
-            if not entry["path"]:
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
+            entry["path"] = check_record_path(row["path"])
+        except RecordDropped as drop:
+            entry.update(status=drop.reason, detail=f"record_list.csv line {lineno}: {drop.detail}")
+            entry["path"] = str(row["path"])[:200]
+            yield entry
+            continue
+        except (ValueError, KeyError, TypeError) as err:
             entry["status"] = "malformed_record_list_row"
+            entry["detail"] = f"record_list.csv line {lineno}: {err or 'bad value'}"
             entry["path"] = ",".join(fields or [])[:200]
             yield entry
             continue
         if entry["study_id"] in seen:
             entry["status"] = "duplicate_study"
+            entry["detail"] = f"record_list.csv line {lineno}: study {entry['study_id']} listed earlier"
         seen.add(entry["study_id"])
         yield entry
+    if rows == 0:
+        raise MimicInputError(f"{path}: a header but no data rows (expected one row per ECG record)")
 
 
-def iter_machine_measurements(mimic_root, counters: Optional[dict] = None) -> Iterator[Tuple[int, str]]:
+def iter_machine_measurements(mimic_root, on_malformed=None) -> Iterator[Tuple[int, str]]:
     """(study_id, report) for each well-formed row of machine_measurements.csv; the report is
-    normalize_report(assemble_report(report_0..report_17)), possibly "". Malformed rows are counted in
-    counters["malformed_machine_measurements_row"]."""
+    normalize_report(assemble_report(report_0..report_17)), possibly "" ("nan" fields count as empty).
+    Malformed rows are skipped after `on_malformed(line_number, problem)`. Raises MimicInputError if the file lacks
+    study_id or every report_* column, or has no data row."""
     path = Path(mimic_root) / "machine_measurements.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: machine_measurements.csv not found in the MIMIC-IV-ECG folder")
-    for _i, header, fields in _csv_rows(path):
+    columns = ()
+    rows = 0
+    for i, lineno, header, fields, problem in _csv_rows(path):
+        if i == 0:
+            columns = [c for c in REPORT_COLUMNS if c in header]
+            _require_columns(path, header, ("study_id",), "a MIMIC-IV-ECG v1.0 machine_measurements.csv")
+            if not columns:
+                raise MimicInputError(
+                    f"{path}: no report_0..report_17 columns in the header {header}; expected the machine report "
+                    "fields of a MIMIC-IV-ECG v1.0 machine_measurements.csv"
+                )
+        rows += 1
         try:
-            if fields is None or len(fields) != len(header):
-                raise ValueError
+            if fields is None:
+                raise ValueError(problem)
             row = dict(zip(header, fields))
             study = _parse_int(row["study_id"])
-        except (ValueError, KeyError, TypeError):
-            if counters is not None:
-                counters["malformed_machine_measurements_row"] = counters.get("malformed_machine_measurements_row", 0) + 1
+        except (ValueError, KeyError, TypeError) as err:
+            if on_malformed is not None:
+                on_malformed(lineno, str(err) or "bad value")
             continue
-        fields_ = [row.get(c, "") for c in REPORT_COLUMNS]
-        yield study, normalize_report(assemble_report(fields_))
+        texts = [row[c] for c in columns]
+        yield study, normalize_report(assemble_report(["" if t.strip().lower() in _NULL_TEXT else t for t in texts]))
+    if rows == 0:
+        raise MimicInputError(f"{path}: a header but no data rows (expected one row per study)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -304,34 +373,75 @@ def parse_wfdb_header(text: str) -> WfdbHeader:
     return h
 
 
+_MAX_HEADER_BYTES = 1 << 20  # a WFDB header is a few hundred bytes; anything this large is not one
+
+
 def read_header(hea: Path):
-    """parse_wfdb_header, falling back to wfdb.rdheader for anything unusual; raises RecordDropped("bad_header")."""
+    """parse_wfdb_header, falling back to wfdb.rdheader for anything unusual; raises RecordDropped("bad_header") with
+    this parser's reason (clearer than wfdb's, e.g. an IndexError for an empty file) when both fail."""
     try:
-        return parse_wfdb_header(hea.read_text(encoding="latin-1"))
-    except (ValueError, OSError):
-        pass
+        size = hea.stat().st_size
+        if size > _MAX_HEADER_BYTES:
+            raise RecordDropped("bad_header", f"{hea}: {size} bytes, too large for a WFDB header")
+        text = hea.read_text(encoding="latin-1")
+    except OSError as err:
+        raise RecordDropped("unreadable_record", f"{hea}: {err}") from None
+    try:
+        return parse_wfdb_header(text)
+    except ValueError as err:
+        own = err
     import wfdb
 
     try:
-        return wfdb.rdheader(str(hea)[: -len(".hea")])
+        header = wfdb.rdheader(str(hea)[: -len(".hea")])
     except Exception as err:
-        raise RecordDropped("bad_header", f"{hea}: {type(err).__name__}: {err}") from None
+        raise RecordDropped("bad_header", f"{hea}: {own} (wfdb: {type(err).__name__})") from None
+    if len(header.file_name or []) != int(header.n_sig or 0):  # wfdb accepts a header missing signal lines
+        raise RecordDropped("bad_header", f"{hea}: {own}")
+    return header
+
+
+@lru_cache(maxsize=8)
+def _allowed_roots(mimic_root: str) -> Tuple[Path, ...]:
+    # files/ may be a symlink to another disk; anything else resolving outside these is refused
+    root = Path(mimic_root).resolve()
+    return tuple(dict.fromkeys((root, (root / "files").resolve())))
+
+
+def _check_inside(mimic_root, path: Path, what: str) -> None:
+    """RecordDropped("unsafe_path") unless `path`, symlinks resolved, lies in the MIMIC folder (or its files/)."""
+    real = path.resolve()
+    if not any(real.is_relative_to(r) for r in _allowed_roots(str(mimic_root))):
+        raise RecordDropped("unsafe_path", f"{path}: {what} resolves to {real}, outside {mimic_root}")
+
+
+def dat_size(fmt: str, n_values: int) -> int:
+    """Bytes that `n_values` samples take in WFDB storage format `fmt` (one of _FMT_NAN)."""
+    if fmt in ("16", "61"):
+        return 2 * n_values
+    if fmt == "80":
+        return n_values
+    if fmt == "212":  # two 12-bit samples in 3 bytes
+        return (3 * n_values + 1) // 2
+    return 4 * -(-n_values // 3)  # 310/311: three 10-bit samples in a 32-bit word
 
 
 def read_record(mimic_root, path: str) -> dict:
     """Read the WFDB record at `mimic_root/path` into the compact form; raises RecordDropped.
 
     Returns {"signal" int16 [12, T], "adc_gain" float32 [12] (adu/mV), "baseline" int32 [12],
-    "sampling_rate" float, "lead_names" [12]}.
+    "sampling_rate" float, "lead_names" [12]}. Neither `path` nor the .dat names in its header may lead outside
+    `mimic_root` (RecordDropped("unsafe_path"), checked before the file is opened).
     """
-    base = Path(mimic_root) / path
+    base = Path(mimic_root) / check_record_path(path)
     hea = base.with_name(base.name + ".hea")
+    _check_inside(mimic_root, hea, "the header")
     if not hea.is_file():
         raise RecordDropped("missing_record", f"{hea} not found")
     header = read_header(hea)
     n_sig = int(header.n_sig or 0)
     if n_sig != NUM_LEADS:
-        raise RecordDropped("wrong_lead_count", f"{hea}: {n_sig} signals")
+        raise RecordDropped("wrong_lead_count", f"{hea}: {n_sig} signals, expected {NUM_LEADS}")
     try:
         names = [canonical_lead_name(str(n)) for n in header.sig_name]
     except ValueError as err:
@@ -339,9 +449,9 @@ def read_record(mimic_root, path: str) -> dict:
     if sorted(names) != sorted(STANDARD_LEADS):
         raise RecordDropped("unknown_leads", f"{hea}: leads {header.sig_name}")
     if abs(float(header.fs) - SAMPLING_RATE) > 1e-6:
-        raise RecordDropped("wrong_sampling_rate", f"{hea}: {header.fs} Hz")
+        raise RecordDropped("wrong_sampling_rate", f"{hea}: {header.fs} Hz, expected {SAMPLING_RATE}")
     if int(header.sig_len or 0) != NUM_SAMPLES:
-        raise RecordDropped("wrong_length", f"{hea}: {header.sig_len} samples")
+        raise RecordDropped("wrong_length", f"{hea}: {header.sig_len} samples, expected {NUM_SAMPLES}")
     fmts = [str(f) for f in header.fmt]
     if any(f not in _FMT_NAN for f in fmts) or len(set(fmts)) != 1:
         raise RecordDropped("unsupported_format", f"{hea}: formats {sorted(set(fmts))}")
@@ -351,21 +461,38 @@ def read_record(mimic_root, path: str) -> dict:
         scales = np.array([unit_scale_to_mv(u) for u in (header.units or ["mV"] * n_sig)])
     except ValueError as err:
         raise RecordDropped("bad_units", f"{hea}: {err}") from None
+    raw_gains = np.array([g if g else 200.0 for g in header.adc_gain], dtype=np.float64)
+    if not (np.isfinite(raw_gains).all() and (raw_gains > 0).all()):
+        raise RecordDropped("bad_header", f"{hea}: ADC gains {raw_gains.tolist()}, expected positive numbers")
 
     files = list(dict.fromkeys(header.file_name))
     for fname in files:
-        if not (hea.parent / fname).is_file():
-            raise RecordDropped("missing_dat", f"{hea.parent / fname} not found")
+        _check_inside(mimic_root, hea.parent / str(fname), "a signal file named in the header")
+    offsets = {}
+    for fname, off in zip(header.file_name, header.byte_offset or [None] * n_sig):
+        offsets.setdefault(fname, off or 0)
+    for fname in files:  # the size the header implies, so a wrong format or lead count is not read as garbage
+        dat = hea.parent / fname
+        if not dat.is_file():
+            raise RecordDropped("missing_dat", f"{dat} not found")
+        n_in_file = sum(1 for f in header.file_name if f == fname)
+        expected = offsets[fname] + dat_size(fmts[0], NUM_SAMPLES * n_in_file)
+        try:
+            size = dat.stat().st_size
+        except OSError as err:
+            raise RecordDropped("unreadable_record", f"{dat}: {err}") from None
+        what = f"{dat}: {size} bytes, the header implies {expected} ({n_in_file} signals x {NUM_SAMPLES} samples " \
+               f"in format {fmts[0]})"
+        if size < expected:
+            raise RecordDropped("truncated_dat", what)
+        if size > expected:
+            raise RecordDropped("header_data_mismatch", what)
     simple = len(files) == 1 and fmts[0] == "16" and not any(header.byte_offset or [])
     if simple:  # MIMIC's case: one interleaved little-endian int16 file
-        dat = hea.parent / files[0]
-        expected = NUM_SAMPLES * NUM_LEADS * 2
-        size = dat.stat().st_size
-        if size < expected:
-            raise RecordDropped("truncated_dat", f"{dat}: {size} bytes, header implies {expected}")
-        if size > expected:
-            raise RecordDropped("header_data_mismatch", f"{dat}: {size} bytes, header implies {expected}")
-        d = np.fromfile(dat, dtype="<i2").reshape(NUM_SAMPLES, NUM_LEADS)
+        try:
+            d = np.fromfile(hea.parent / files[0], dtype="<i2").reshape(NUM_SAMPLES, NUM_LEADS)
+        except (OSError, ValueError) as err:
+            raise RecordDropped("unreadable_record", f"{hea.parent / files[0]}: {err}") from None
     else:
         import wfdb
 
@@ -393,7 +520,7 @@ def read_record(mimic_root, path: str) -> dict:
         dead = np.nonzero(missing.all(axis=1))[0]
         if len(dead):
             raise RecordDropped("all_nan_lead", f"{base}: lead(s) {[header.sig_name[i] for i in dead]} have no sample")
-    gains = np.array([g if g else 200.0 for g in header.adc_gain], dtype=np.float64) / scales
+    gains = raw_gains / scales
     baselines = np.array([b or 0 for b in (header.baseline or [0] * n_sig)], dtype=np.int32)
     return {
         "signal": signal,
@@ -407,7 +534,7 @@ def read_record(mimic_root, path: str) -> dict:
 def build_row(mimic_root, entry: dict, report: Optional[str]) -> dict:
     """A record_list entry + its report -> a row of FEATURES; raises RecordDropped."""
     if entry.get("status"):
-        raise RecordDropped(entry["status"], entry.get("path", ""))
+        raise RecordDropped(entry["status"], entry.get("detail") or entry.get("path", ""))
     if report is None:
         raise RecordDropped("missing_report", f"study {entry['study_id']} has no machine_measurements row")
     if not report.strip():
@@ -469,7 +596,8 @@ def _stream_rows(mimic_root: str, shards: TList[Tuple[int, int]], on_drop=None) 
 
 
 def count_record_list_rows(mimic_root) -> int:
-    return sum(1 for _ in _csv_rows(Path(mimic_root) / "record_list.csv"))
+    """Data rows of record_list.csv; raises MimicInputError for a file without its columns or rows."""
+    return sum(1 for _ in iter_record_list(mimic_root))
 
 
 def mimic_iterable_dataset(mimic_root, limit: Optional[int] = None, num_shards: int = 8):
@@ -484,6 +612,7 @@ def mimic_iterable_dataset(mimic_root, limit: Optional[int] = None, num_shards: 
 
     root = str(Path(mimic_root).resolve())
     total = count_record_list_rows(root)
+    next(iter_machine_measurements(root), None)  # fail now, not in a worker, on a file without report columns
     if limit is not None:
         total = min(total, int(limit))
     num_shards = max(1, min(int(num_shards), total or 1))
@@ -605,8 +734,10 @@ __all__ = [
     "DROP_REASONS",
     "MIMIC_LEADS",
     "MimicECGCollator",
+    "MimicInputError",
     "RecordDropped",
     "build_row",
+    "check_record_path",
     "decode_signal",
     "decode_signals",
     "features",

@@ -5,24 +5,28 @@
 
 Reads an unmodified download (record_list.csv, machine_measurements.csv, files/.../*.hea|.dat). Output:
     OUT/dataset/              DatasetDict ("train", "validation") saved with save_to_disk -> train.mimic.load_prepared_mimic
-    OUT/summary.json          read / kept / dropped {reason: count} / splits / malformed CSV rows / settings
-    OUT/dropped.csv           index, study_id, path, reason, detail for every dropped record-list row
+    OUT/summary.json          read (= data rows of record_list.csv) / kept / dropped {reason: count} / splits /
+                              malformed CSV rows and their line numbers / settings
+    OUT/dropped.csv           index, line (in record_list.csv), study_id, path, reason, detail per dropped row
     OUT/validation_subjects.txt
     OUT/work/                 manifest.sqlite (the CSVs joined on disk), per-chunk results (and shards while running)
 
 Bounded memory: the two CSVs are streamed into an on-disk SQLite manifest (never held in RAM); records are
 processed in fixed-size chunks, each written by its own ArrowWriter (writer_batch_size rows buffered) to
 work/chunks/chunk-NNNNN/{train,validation}.arrow with a result.json written last as the done marker.
-Resumable: re-running the same command skips finished chunks (a half-written chunk is redone). Parallel:
-chunks are spread over --num-proc processes. Bad input never stops the ingest; each dropped row is counted by reason
-(see train/mimic.py for the list).
+Resumable: every step publishes its result with one rename, so the same command can be re-run after a stop or a kill
+at any point (finished chunks are skipped, a half-written chunk or dataset is redone). Parallel: chunks are spread
+over --num-proc processes. Bad records never stop the ingest; each dropped row is counted by reason (see
+train/mimic.py for the list), including paths that would lead outside --mimic-root (unsafe_path, never opened).
+Errors (exit 2): a CSV without its key columns (record_list.csv: subject_id, study_id, path; machine_measurements.csv:
+study_id and report_0..report_17) or without data rows, and an ingest that keeps no record at all.
 
 The split is seeded and subject-level: a subject goes to validation iff blake2b(f"{seed}:{subject_id}") / 2**64 <
 val_fraction, so no subject is on both sides and the assignment does not depend on order or chunking.
 
-The final step copies nothing: the chunk shards are hard-linked into the save_to_disk layout of OUT/dataset (one Arrow
-file per chunk and split), with state.json/dataset_info.json taken from a template the installed `datasets` writes,
-and the result is verified with load_from_disk before it is published.
+The final step reads the chunk shards with Dataset.from_file, concatenates them and writes OUT/dataset.tmp with
+DatasetDict.save_to_disk, verifies it with load_from_disk and renames it to OUT/dataset; then the shards are deleted
+(so it needs free space for a second copy of the kept records while it runs).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ if str(ROOT) not in sys.path:
 
 from train.mimic import (  # noqa: E402
     DROP_REASONS,
+    MimicInputError,
     features,
     RecordDropped,
     build_row,
@@ -54,7 +59,7 @@ from train.mimic import (  # noqa: E402
     subject_split,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bumped when work/ changes layout: an older unfinished ingest is refused, not misread
 SPLITS = ("train", "validation")
 EXIT_STOPPED = 3
 
@@ -63,10 +68,14 @@ class IngestStopped(RuntimeError):
     """Raised when --stop-after-chunks ends a run early (used to test resuming)."""
 
 
-def _write_json(path: Path, obj) -> None:
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -89,27 +98,28 @@ def build_manifest(mimic_root: Path, work: Path, limit: Optional[int]) -> dict:
     con.execute("PRAGMA journal_mode=OFF")
     con.execute("PRAGMA synchronous=OFF")
     con.execute(
-        "CREATE TABLE records (idx INTEGER PRIMARY KEY, subject_id INTEGER, study_id INTEGER, ecg_time TEXT, "
-        "path TEXT, status TEXT)"
+        "CREATE TABLE records (idx INTEGER PRIMARY KEY, line INTEGER, subject_id INTEGER, study_id INTEGER, "
+        "ecg_time TEXT, path TEXT, status TEXT, detail TEXT)"
     )
     con.execute("CREATE TABLE reports (study_id INTEGER PRIMARY KEY, report TEXT)")
-    counters: dict = {}
+    bad_mm_lines: list = []
     n = 0
     batch = []
     for entry in iter_record_list(mimic_root):
         if limit is not None and entry["index"] >= limit:
             break
         batch.append(
-            (entry["index"], entry["subject_id"], entry["study_id"], entry["ecg_time"], entry["path"], entry["status"])
+            (entry["index"], entry["line"], entry["subject_id"], entry["study_id"], entry["ecg_time"], entry["path"],
+             entry["status"], entry["detail"])
         )
         n += 1
         if len(batch) >= 10000:
-            con.executemany("INSERT INTO records VALUES (?,?,?,?,?,?)", batch)
+            con.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?)", batch)
             batch = []
-    con.executemany("INSERT INTO records VALUES (?,?,?,?,?,?)", batch)
+    con.executemany("INSERT INTO records VALUES (?,?,?,?,?,?,?,?)", batch)
     batch = []
     n_reports = 0
-    for study, report in iter_machine_measurements(mimic_root, counters):
+    for study, report in iter_machine_measurements(mimic_root, lambda line, _why: bad_mm_lines.append(line)):
         batch.append((study, report))
         n_reports += 1
         if len(batch) >= 10000:
@@ -117,17 +127,18 @@ def build_manifest(mimic_root: Path, work: Path, limit: Optional[int]) -> dict:
             batch = []
     con.executemany("INSERT OR IGNORE INTO reports VALUES (?,?)", batch)
     con.commit()
-    malformed_rl = con.execute(
-        "SELECT COUNT(*) FROM records WHERE status = 'malformed_record_list_row'"
-    ).fetchone()[0]
+    bad_rl_lines = [r[0] for r in con.execute(
+        "SELECT line FROM records WHERE status = 'malformed_record_list_row' ORDER BY idx"
+    )]
     con.close()
     os.replace(tmp, db_path)
     info = {
         "records": n,
         "report_rows": n_reports,
-        "malformed_csv_rows": {
-            "record_list.csv": int(malformed_rl),
-            "machine_measurements.csv": int(counters.get("malformed_machine_measurements_row", 0)),
+        "malformed_csv_rows": {"record_list.csv": len(bad_rl_lines), "machine_measurements.csv": len(bad_mm_lines)},
+        # line numbers (the first 1000 per file) of the malformed rows, so they can be found and fixed
+        "malformed_csv_lines": {
+            "record_list.csv": bad_rl_lines[:1000], "machine_measurements.csv": bad_mm_lines[:1000]
         },
     }
     _write_json(done, info)
@@ -155,7 +166,8 @@ def process_chunk(task: dict) -> dict:
     tmp.mkdir(parents=True)
     con = sqlite3.connect(f"file:{work / 'manifest.sqlite'}?mode=ro", uri=True)
     rows = con.execute(
-        "SELECT r.idx, r.subject_id, r.study_id, r.ecg_time, r.path, r.status, m.report FROM records r "
+        "SELECT r.idx, r.line, r.subject_id, r.study_id, r.ecg_time, r.path, r.status, r.detail, m.report "
+        "FROM records r "
         "LEFT JOIN reports m ON m.study_id = r.study_id WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
         (task["start"], task["stop"]),
     ).fetchall()
@@ -168,14 +180,14 @@ def process_chunk(task: dict) -> dict:
     kept = {s: 0 for s in SPLITS}
     dropped: dict = {}
     dropped_rows = []
-    for idx, subject, study, ecg_time, path, status, report in rows:
-        entry = {"index": idx, "subject_id": subject, "study_id": study, "ecg_time": ecg_time or "", "path": path,
-                 "status": status}
+    for idx, line, subject, study, ecg_time, path, status, detail, report in rows:
+        entry = {"index": idx, "line": line, "subject_id": subject, "study_id": study, "ecg_time": ecg_time or "",
+                 "path": path, "status": status, "detail": detail or ""}
         try:
             row = build_row(mimic_root, entry, report)
         except RecordDropped as drop:
             dropped[drop.reason] = dropped.get(drop.reason, 0) + 1
-            dropped_rows.append([idx, study, path, drop.reason, drop.detail[:300]])
+            dropped_rows.append([idx, line, study, path, drop.reason, drop.detail[:300]])
             continue
         split = subject_split(subject, task["seed"], task["val_fraction"])
         writers[split].write(row)
@@ -229,12 +241,11 @@ def prepare_mimic(
     settings = _settings(
         {"mimic_root": mimic_root, "seed": seed, "val_fraction": val_fraction, "limit": limit, "chunk_size": chunk_size}
     )
-    if restart:
-        for p in (work, out / "dataset", out / "summary.json"):
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+    for leftover in out.glob(".trash-*") if out.is_dir() else ():
+        _remove(leftover)
+    if restart:  # summary first: a kill midway leaves an unfinished ingest, never a "complete" one without data
+        for p in (out / "summary.json", out / "dataset", out / "dataset.tmp", work):
+            _discard(p)
     summary_path = out / "summary.json"
     if summary_path.is_file() and (out / "dataset").is_dir():
         summary = json.loads(summary_path.read_text())
@@ -309,14 +320,13 @@ def prepare_mimic(
 def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int) -> dict:
     """Aggregate the chunk results into summary.json/dropped.csv and assemble OUTPUT/dataset from the shards."""
     import numpy as np
-    from datasets import Dataset
 
     read, kept = 0, {s: 0 for s in SPLITS}
     per_chunk = []
     dropped = {}
     with open(out / "dropped.csv.tmp", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "study_id", "path", "reason", "detail"])
+        w.writerow(["index", "line", "study_id", "path", "reason", "detail"])
         for c in range(n_chunks):
             res = json.loads((_chunk_dir(work, c) / "result.json").read_text())
             read += res["read"]
@@ -331,23 +341,29 @@ def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int
     if total_kept + sum(dropped.values()) != read:
         raise RuntimeError("internal error: kept + dropped != read")
 
-    dataset = assemble_dataset(out, work, per_chunk, settings)
+    ordered_drops = {r: dropped[r] for r in DROP_REASONS if r in dropped}
+    ordered_drops.update({r: v for r, v in dropped.items() if r not in ordered_drops})
+    if total_kept == 0:
+        raise MimicInputError(
+            f"{settings['mimic_root']}: no usable record: all {read} rows of record_list.csv were dropped "
+            f"({ordered_drops}); see {out / 'dropped.csv'}"
+        )
+    dataset = assemble_dataset(out, work, per_chunk)
     subjects = {}
     for s in SPLITS:
         col = dataset[s].data.column("subject_id").to_numpy() if len(dataset[s]) else np.zeros(0, dtype=np.int64)
         subjects[s] = np.unique(col)
     if len(np.intersect1d(subjects["train"], subjects["validation"])):  # cannot happen with subject_split
         raise RuntimeError("a subject is on both sides of the split")
-    (out / "validation_subjects.txt").write_text("".join(f"{int(x)}\n" for x in subjects["validation"]))
+    _write_text(out / "validation_subjects.txt", "".join(f"{int(x)}\n" for x in subjects["validation"]))
     del dataset
-    ordered_drops = {r: dropped[r] for r in DROP_REASONS if r in dropped}
-    ordered_drops.update({r: v for r, v in dropped.items() if r not in ordered_drops})
     return {
         "complete": True,
         "read": read,
         "kept": total_kept,
         "dropped": ordered_drops,
         "malformed_csv_rows": manifest["malformed_csv_rows"],
+        "malformed_csv_lines": manifest["malformed_csv_lines"],
         "machine_measurements_rows": manifest["report_rows"],
         "splits": {s: {"records": kept[s], "subjects": int(len(subjects[s]))} for s in SPLITS},
         "split_method": "subject-level: validation iff blake2b(f'{seed}:{subject_id}')/2**64 < val_fraction",
@@ -359,85 +375,103 @@ def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int
     }
 
 
-def assemble_dataset(out: Path, work: Path, per_chunk: list, settings: dict):
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _discard(path: Path) -> None:
+    """Remove `path` by first renaming it to .trash-NAME, so a kill midway never leaves a half-deleted folder under
+    the real name (leftover .trash-* are removed by the next run)."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    trash = path.with_name(f".trash-{path.name}")
+    _remove(trash)
+    os.replace(path, trash)
+    _remove(trash)
+
+
+def _load_if_complete(path: Path, expected: dict):
+    """The DatasetDict at `path` if it loads with the expected splits, row counts and features, else None."""
+    from datasets import load_from_disk
+
+    if not (path / "dataset_dict.json").is_file():
+        return None
+    try:
+        ds = load_from_disk(str(path))
+    except Exception:  # a foreign or damaged folder: rebuilt from the shards
+        return None
+    feats = features()
+    if set(ds) != set(SPLITS) or any(len(ds[s]) != expected[s] or ds[s].features != feats for s in SPLITS):
+        return None
+    return ds
+
+
+def assemble_dataset(out: Path, work: Path, per_chunk: list):
     """Turn the finished chunk shards into OUTPUT/dataset, a DatasetDict that `datasets.load_from_disk` opens.
 
-    No data are copied: the shards are hard-linked (copied only where the file system refuses links) into the save_to_disk
-    layout, and state.json / dataset_info.json come from a template written by the installed `datasets` itself
-    (an empty Dataset.save_to_disk) with only the list of data files filled in. The result is checked with
-    load_from_disk (row counts per split) before it replaces OUTPUT/dataset; then the shard names are removed.
+    The shards are opened with Dataset.from_file (memory-mapped), concatenated in chunk order and written by
+    DatasetDict.save_to_disk into OUTPUT/dataset.tmp, checked with load_from_disk, and renamed to OUTPUT/dataset in one
+    step: the dataset exists complete or not at all. Only then are the shards deleted. A run killed anywhere in here
+    finds, on the next run, either the shards (and redoes the copy) or the finished dataset (and finishes the clean-up).
+    Needs free disk space for one more copy of the kept records while it runs.
     """
-    import hashlib
-
-    from datasets import Dataset, load_from_disk
+    from datasets import Dataset, DatasetDict, concatenate_datasets
 
     target, tmp = out / "dataset", out / "dataset.tmp"
     expected = {split: sum(kept[split] for kept in per_chunk) for split in SPLITS}
-    shards_left = any((_chunk_dir(work, c) / f"{s}.arrow").exists() for c in range(len(per_chunk)) for s in SPLITS)
-    if target.is_dir() and not shards_left:  # published by a run that stopped before writing summary.json
-        done = load_from_disk(str(target))
-        if all(len(done[s]) == expected[s] for s in SPLITS):
-            return done
-        raise RuntimeError(f"{target} does not match the chunk results; re-run with --restart")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    feats = features()
-    Dataset.from_dict({k: [] for k in feats}, features=feats).save_to_disk(str(tmp / "_template"))
-    template_state = json.loads((tmp / "_template" / "state.json").read_text())
-    template_info = (tmp / "_template" / "dataset_info.json").read_text()
-    shutil.rmtree(tmp / "_template")
-    for split in SPLITS:
-        chunks = [c for c, kept in enumerate(per_chunk) if kept[split] > 0] or [0]  # keep one (empty) file
-        (tmp / split).mkdir(parents=True)
-        names = []
-        for k, c in enumerate(chunks):
-            src = _chunk_dir(work, c) / f"{split}.arrow"
-            name = f"data-{k:05d}-of-{len(chunks):05d}.arrow"
-            try:
-                os.link(src, tmp / split / name)
-            except OSError:
-                shutil.copy2(src, tmp / split / name)
-            names.append(name)
-        state = dict(template_state)
-        state["_data_files"] = [{"filename": n} for n in names]
-        state["_split"] = split
-        key = json.dumps([settings, split, names], sort_keys=True).encode()
-        state["_fingerprint"] = hashlib.blake2b(key, digest_size=8).hexdigest()
-        _write_json(tmp / split / "state.json", state)
-        (tmp / split / "dataset_info.json").write_text(template_info)
-    _write_json(tmp / "dataset_dict.json", {"splits": list(SPLITS)})
-    check = load_from_disk(str(tmp))
-    for split in SPLITS:
-        if len(check[split]) != expected[split] or check[split].features != feats:
-            raise RuntimeError(f"assembled {split} split has {len(check[split])} rows, expected {expected[split]}")
-    del check
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    for c in range(len(per_chunk)):  # drop the shard names (the data live on under OUTPUT/dataset)
-        for split in SPLITS:
-            src = _chunk_dir(work, c) / f"{split}.arrow"
-            if src.exists():
-                src.unlink()
-    return load_from_disk(str(target))
+    if _load_if_complete(target, expected) is None:
+        shards = {
+            split: [_chunk_dir(work, c) / f"{split}.arrow" for c, kept in enumerate(per_chunk) if kept[split] > 0]
+            for split in SPLITS
+        }
+        missing = [f for split in SPLITS for f in shards[split] if not f.is_file()]
+        if missing:
+            raise RuntimeError(
+                f"{target} is not a finished dataset of this ingest and its chunk shards are gone ({missing[0]}); "
+                "re-run with --restart"
+            )
+        _discard(target)
+        _remove(tmp)
+        feats = features()
+        parts = DatasetDict({
+            split: concatenate_datasets([Dataset.from_file(str(f)) for f in shards[split]]) if shards[split]
+            else Dataset.from_dict({k: [] for k in feats}, features=feats)
+            for split in SPLITS
+        })
+        # one (empty) file for an empty split: save_to_disk would write none, which load_from_disk cannot open
+        parts.save_to_disk(str(tmp), num_shards={split: 1 for split in SPLITS if not shards[split]})
+        del parts
+        if _load_if_complete(tmp, expected) is None:
+            raise RuntimeError(f"{tmp}: the assembled dataset does not hold the {expected} rows of the chunk results")
+        os.replace(tmp, target)
+    for shard in sorted((work / "chunks").glob("chunk-*/*.arrow")):  # the data now live in OUTPUT/dataset
+        shard.unlink()
+    return _load_if_complete(target, expected)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.prepare_mimic",
         description="Prepare MIMIC-IV-ECG v1.0 as a memory-mapped Arrow DatasetDict (train/validation by subject).",
+        epilog="Re-run the same command to resume after a stop or a kill. Bad records (including paths leading outside "
+        "--mimic-root, never opened) are dropped and counted by reason in OUTPUT/summary.json and listed in "
+        "OUTPUT/dropped.csv with their record_list.csv line. Exit 2: a CSV without its columns or data rows, or no "
+        "usable record at all.",
     )
     parser.add_argument("--mimic-root", required=True, help="folder with record_list.csv, machine_measurements.csv, files/")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--num-proc", type=int, default=1)
-    parser.add_argument("--val-fraction", type=float, default=0.02)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, help="folder for dataset/, summary.json, dropped.csv, work/")
+    parser.add_argument("--num-proc", type=int, default=1, help="processes reading chunks in parallel")
+    parser.add_argument("--val-fraction", type=float, default=0.02, help="fraction of subjects in validation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subject-level split")
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows of record_list.csv")
     parser.add_argument("--chunk-size", type=int, default=1000, help="records per resumable chunk")
     parser.add_argument("--writer-batch-size", type=int, default=64, help="rows buffered per Arrow write")
     parser.add_argument("--restart", action="store_true", help="discard a previous (partial) ingest in OUTPUT")
     parser.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)  # resume testing
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         summary = prepare_mimic(
