@@ -9,7 +9,15 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from eval.downstream_base import ECGLabelDataset, PathLike, check_split, require_dir, require_file
+from eval.downstream_base import (
+    ECGLabelDataset,
+    PathLike,
+    check_split,
+    describe_layout,
+    read_table,
+    require_dir,
+    require_file,
+)
 from eval.label_sets import CODE_TEST_CANONICAL, CODE_TEST_COLUMNS
 from processing_dbeta import canonical_lead_name
 
@@ -69,21 +77,22 @@ class CODETestDataset(ECGLabelDataset):
     ):
         check_split(split, "CODE-test", allowed=("test", "all"))
         root = require_dir(Path(root), "CODE-test", "the dataset folder", _HINT)
-        self.h5_path = require_file(root / "ecg_tracings.hdf5", "CODE-test", "ecg_tracings.hdf5", _HINT)
+        self.h5_path = require_file(root / "ecg_tracings.hdf5", "CODE-test", "ecg_tracings.hdf5",
+                                    _HINT + describe_layout(root))
         gold = root / "annotations" / "gold_standard.csv"
         if not gold.is_file() and (root / "gold_standard.csv").is_file():
             gold = root / "gold_standard.csv"
         require_file(gold, "CODE-test", "annotations/gold_standard.csv", _HINT)
-        table = pd.read_csv(gold)
-        missing = [c for c in CODE_TEST_COLUMNS if c not in table.columns]
-        if missing:
-            raise ValueError(
-                f"CODE-test: {gold} lacks column(s) {', '.join(missing)}; expected {', '.join(CODE_TEST_COLUMNS)}"
-            )
-        labels = table[list(CODE_TEST_COLUMNS)].to_numpy(dtype=np.float32)
+        table = read_table(gold, "CODE-test", CODE_TEST_COLUMNS)
+        labels = table[list(CODE_TEST_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
         class_names = [CODE_TEST_CANONICAL[c] for c in CODE_TEST_COLUMNS]
-        if not np.isin(labels, (0.0, 1.0)).all():
-            raise ValueError(f"CODE-test: {gold} holds values other than 0 and 1")
+        bad = ~np.isin(labels, (0.0, 1.0))  # NaN (an empty cell) and text fail too
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"CODE-test: {gold} holds {int(bad.sum())} value(s) other than 0 and 1 (first: line {row + 2}, "
+                f"column {CODE_TEST_COLUMNS[col]}: {str(table[CODE_TEST_COLUMNS[col]].iloc[row])!r})"
+            )
 
         n_exams = self._check_tracings(len(table))
         lead_names = [str(n) for n in lead_names]

@@ -27,12 +27,15 @@ __all__ = [
     "ECGLabelDataset",
     "ECGReadError",
     "check_limb_leads",
+    "describe_layout",
     "multi_hot",
     "parse_header_dx",
     "read_header_dx",
     "random_split",
+    "read_table",
     "require_dir",
     "require_file",
+    "require_records",
 ]
 
 
@@ -76,6 +79,11 @@ class ECGLabelDataset:
             )
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"{self.name}: duplicate class names in {self.class_names}")
+        if not len(self.record_ids):  # an empty split would evaluate to "0 records" and look like a result
+            raise ValueError(f"{self.name}: the {split} split{f' of task {task}' if task else ''} under {self.root} "
+                             f"has no records")
+        if not np.isfinite(labels).all():
+            raise ValueError(f"{self.name}: labels under {self.root} contain NaN")
         self._labels = labels
 
     # -- to implement -----------------------------------------------------------------------------------------
@@ -151,6 +159,56 @@ def require_file(path: Path, dataset: str, what: str, hint: str) -> Path:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{dataset}: expected {what} at {path} ({hint})")
     return Path(path)
+
+
+# Files that identify each dataset's folder, to say what a folder is when it is not what was asked for.
+_LAYOUT_MARKERS = (
+    ("ptbxl_database.csv", "a PTB-XL folder (--dataset ptbxl)"),
+    ("ConditionNames_SNOMED-CT.csv", "a Chapman-Shaoxing-Ningbo folder (--dataset csn)"),
+    ("ecg_tracings.hdf5", "a CODE-test folder (--dataset code-test)"),
+    ("REFERENCE.csv", "an ICBEB/CPSC2018 folder (--dataset cpsc2018)"),
+    ("dataset_dict.json", "a saved `datasets` folder (eval.retrieval --dataset mimic)"),
+    ("dataset/dataset_dict.json", "a train.prepare_mimic output (eval.retrieval --dataset mimic)"),
+)
+
+
+def describe_layout(root: PathLike) -> str:
+    """" (it looks like a PTB-XL folder (--dataset ptbxl))" when `root` holds another dataset's marker file,
+    else "": appended to "not the expected layout" errors so the user sees which dataset the folder holds."""
+    for name, what in _LAYOUT_MARKERS:
+        if (Path(root) / name).is_file():
+            return f" (it looks like {what}: {name} is there)"
+    return ""
+
+
+def read_table(path: Path, dataset: str, required: Iterable[str] = (), **read_csv_kwargs):
+    """pandas.read_csv with errors that name the file: an empty, unparsable or row-less CSV, or one without the
+    `required` columns, is a ValueError saying so."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, **read_csv_kwargs)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{dataset}: {path} is empty (expected a CSV table)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"{dataset}: {path} is not a readable CSV table ({type(err).__name__}: {err})") from err
+    table.columns = [str(c).strip().lstrip("\ufeff") for c in table.columns]
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ValueError(f"{dataset}: {path} lacks column(s) {', '.join(missing)} "
+                         f"(it has: {', '.join(table.columns) or 'none'})")
+    if table.empty:
+        raise ValueError(f"{dataset}: {path} has a header but no rows")
+    return table
+
+
+def require_records(ids: Sequence[str], dataset: str, root: Path, split: str, found: str, expected: str) -> None:
+    """Refuse to split zero (or too few: 3 for a train/val/test split) labelled records: the message says what
+    was found under `root`, what was expected, and which dataset the folder seems to hold instead."""
+    if len(ids) < (1 if split == "all" else 3):
+        raise ValueError(f"{dataset}: {found} under {root}, so {len(ids)} labelled record(s); expected {expected}"
+                         f"{describe_layout(root)}")
 
 
 def check_split(split: str, dataset: str, allowed: Iterable[str] = SPLITS + ("all",)) -> str:

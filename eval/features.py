@@ -13,7 +13,9 @@ zero-pads it to the model length (the MERL protocol).
 
 A record that cannot be read or conditioned raises `RecordError` naming the record and its file, in the main
 process (not wrapped in a DataLoader-worker traceback); with `on_error="skip"` it is left out instead and
-reported in the returned `failures`.
+reported in the returned `failures`. Skipping is refused (RecordError) when it would leave nothing to
+evaluate: every record failed, or a class that had both positive and negative records has lost all of one kind
+(its AUROC would silently vanish from the macro).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "RecordError",
     "load_model_and_processor",
     "ProcessedRecords",
+    "check_skipped_records",
     "condition_item",
     "dataset_ecg_features",
     "text_features",
@@ -168,6 +171,37 @@ def resolve_protocol_num_samples(dataset, value="auto") -> Optional[int]:
     return n
 
 
+def check_skipped_records(dataset, kept: Sequence[int], failures: Sequence[dict]) -> None:
+    """Raise RecordError when skipping `failures` left no record of `dataset`, or turned a class that had both
+    a positive and a negative record into one without (labelled datasets: `labels_matrix()`)."""
+    if not failures:
+        return
+    name = " ".join(str(v) for v in (getattr(dataset, "name", ""), getattr(dataset, "task", None),
+                                     getattr(dataset, "split", None)) if v) or type(dataset).__name__
+    where = f"{name} at {dataset.root}" if getattr(dataset, "root", None) is not None else name
+    first = failures[0]["error"]
+    if len(kept) == 0:
+        raise RecordError(f"{where}: all {len(failures)} record(s) failed and were skipped (--on-error skip); "
+                          f"nothing is left to evaluate. First error: {first}")
+    if not hasattr(dataset, "labels_matrix"):
+        return
+    labels = np.asarray(dataset.labels_matrix()) > 0.5
+    if labels.ndim != 2 or not labels.size:
+        return
+    before = labels.sum(axis=0)
+    after = labels[np.asarray(kept, dtype=np.int64)].sum(axis=0)
+    n_kept = len(kept)
+    lost = [(j, "positive" if after[j] == 0 else "negative") for j in range(labels.shape[1])
+            if 0 < before[j] < len(labels) and not 0 < after[j] < n_kept]
+    if lost:
+        names = getattr(dataset, "class_names", None) or [str(j) for j in range(labels.shape[1])]
+        raise RecordError(
+            f"{where}: skipping {len(failures)} unreadable record(s) of {len(labels)} leaves "
+            + ", ".join(f"{names[j]} without a {kind} record" for j, kind in lost)
+            + f"; its AUROC would drop out of the macro unnoticed. Fix or remove those records. First error: {first}"
+        )
+
+
 @torch.no_grad()
 def dataset_ecg_features(model, processor, dataset, batch_size: int = 32, num_workers: int = 0,
                          protocol_num_samples="auto", on_error: str = "raise", progress: bool = True,
@@ -175,7 +209,8 @@ def dataset_ecg_features(model, processor, dataset, batch_size: int = 32, num_wo
     """`get_ecg_features` of every record of `dataset` (items as in eval.datasets), in order.
 
     Returns float32 [n, hidden]; with `return_failures=True`, (features, kept_indices, failures) where failures
-    is a list of {"index", "error"} (only non-empty with on_error="skip")."""
+    is a list of {"index", "error"} (only non-empty with on_error="skip"). With on_error="skip", skips that
+    leave nothing to evaluate raise RecordError (check_skipped_records)."""
     from tqdm.auto import tqdm
 
     if on_error not in ("raise", "skip"):
@@ -208,6 +243,7 @@ def dataset_ecg_features(model, processor, dataset, batch_size: int = 32, num_wo
             kept.extend(int(batch["index"][i]) for i in ok)
     finally:
         model.train(was_training)
+    check_skipped_records(dataset, kept, failures)
     hidden = model.config.hidden_size
     out = np.concatenate(feats) if feats else np.zeros((0, hidden), dtype=np.float32)
     if return_failures:

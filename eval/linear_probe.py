@@ -4,6 +4,10 @@
         --output results/probe_ptbxl_super.json [--fractions 0.01 0.1 1.0] [--seeds 42] [--epochs 100] \
         [--batch-size 16] [--lr 1e-3] [--weight-decay 1e-4] [--cache-dir DIR] [--random-init]
 
+    from eval.linear_probe import run_linear_probe        # the same as a function (keywords as the flags)
+    result = run_linear_probe(model="out/model", dataset="ptbxl", task="sub", data_root="data/ptbxl",
+                              fractions=[0.01, 1.0], seeds=[42], output="out/lp.json")
+
 What it does:
 
 1. Features. The encoder (`DBetaForECGClassification`'s ECG path; `get_ecg_features`, [B, hidden]) runs frozen,
@@ -23,13 +27,16 @@ What it does:
    positives and negatives in that split) on val and test after every epoch. The reported figure is the test
    AUC at the epoch with the best val AUC (first such epoch). The maximum test AUC over epochs (what MERL's
    script reports: the epoch is chosen on the test set) is written beside it, labelled comparison-only.
-   Each run's val-selected test AUC gets a percentile bootstrap CI over test records (`--bootstrap`, via
-   eval.metrics.auc_report). Mean and std (ddof=1) over seeds.
+   At that epoch the test macro AUPRC (average precision, over the same classes) is reported beside the AUC.
+   Each run's val-selected test AUC and AUPRC get percentile bootstrap CIs over test records (`--bootstrap`,
+   via eval.metrics.auc_report). Mean and std (ddof=1) over seeds. A val or test split without any class
+   that has both a positive and a negative record is an error (its macro AUC is undefined).
 
 Outputs: FILE.json (schema `dbeta-linear-probe/1`), FILE.md (tables), FILE.png (val/test AUC per epoch) and
 FILE.roc-<fraction>.png (test ROC curves of the first seed's val-selected head).
 `--random-init` probes the same architecture with freshly initialised weights (the model's config only): the
-baseline row.
+baseline row. Fractions outside (0, 1] are refused when the arguments are parsed; data errors (a folder of
+another dataset, empty splits, unreadable tables) exit with status 2 and a message naming the file.
 """
 
 from __future__ import annotations
@@ -55,8 +62,13 @@ if str(ROOT) not in sys.path:  # `python eval/linear_probe.py` as well as `pytho
     sys.path.insert(0, str(ROOT))
 
 from configuration_dbeta import DBetaConfig  # noqa: E402
-from eval.features import dataset_ecg_features, processor_settings, resolve_protocol_num_samples  # noqa: E402
-from eval.metrics import auc_report, per_class_auc  # noqa: E402
+from eval.features import (  # noqa: E402
+    RecordError,
+    dataset_ecg_features,
+    processor_settings,
+    resolve_protocol_num_samples,
+)
+from eval.metrics import auc_report, evaluable_classes, per_class_auc  # noqa: E402
 from modeling_dbeta import DBetaForECGClassification  # noqa: E402
 from processing_dbeta import DBetaFeatureExtractor  # noqa: E402
 
@@ -69,9 +81,6 @@ DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 SPLIT_NAMES = ("train", "val", "test")
 # The encoder's own parameters: everything of DBetaForECGClassification except the (unused) classifier.
 HEAD_PREFIXES = ("classifier.",)
-
-# Number of splits encoded by the model in this process (cache misses). Tests read it.
-EXTRACTION_COUNT = 0
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -155,8 +164,6 @@ def extract_features(encoder: DBetaForECGClassification, fe: DBetaFeatureExtract
 
     Records go through eval.features.dataset_ecg_features (the model's processor in DataLoader workers, the
     protocol cut, errors naming the record); `dtype` bfloat16 runs the encoder under autocast."""
-    global EXTRACTION_COUNT
-    EXTRACTION_COUNT += 1
     encoder.eval()
     device = next(encoder.parameters()).device
     autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
@@ -365,8 +372,12 @@ def probe_run(features: Dict[str, np.ndarray], labels: Dict[str, np.ndarray], cl
         "val_auc": _nan_to_none([history["val_auc"][best]])[0],
         "test_auc": report["macro_auc"],
         "test_auc_ci": report["macro_auc_ci"],
+        "test_auprc": report["macro_auprc"],
+        "test_auprc_ci": report["macro_auprc_ci"],
         "per_class_test_auc": report["per_class_auc"],
         "per_class_test_auc_ci": report["per_class_ci"],
+        "per_class_test_auprc": report["per_class_auprc"],
+        "per_class_test_auprc_ci": report["per_class_auprc_ci"],
         "comparison_only_max_test_auc": _nan_to_none([history["test_auc"][best_test]])[0],
         "comparison_only_max_test_epoch": best_test + 1,
         "history": {
@@ -386,24 +397,31 @@ def summarize(runs: List[dict], fractions: Sequence[float], class_names: Sequenc
     for fraction in fractions:
         group = [r for r in runs if r["fraction"] == fraction]
         test_mean, test_std = _mean_std([r["test_auc"] for r in group])
+        auprc_mean, auprc_std = _mean_std([r["test_auprc"] for r in group])
         val_mean, val_std = _mean_std([r["val_auc"] for r in group])
         max_mean, max_std = _mean_std([r["comparison_only_max_test_auc"] for r in group])
-        per_class = {}
+        per_class, per_class_auprc = {}, {}
         for c in class_names:
             mean, std = _mean_std([r["per_class_test_auc"][c] for r in group if r["per_class_test_auc"][c] is not None])
             per_class[c] = {"mean": mean, "std": std}
+            mean, std = _mean_std([r["per_class_test_auprc"][c] for r in group
+                                   if r["per_class_test_auprc"][c] is not None])
+            per_class_auprc[c] = {"mean": mean, "std": std}
         rows.append({
             "fraction": fraction,
             "n_train": sorted({r["n_train"] for r in group}),
             "seeds": [r["seed"] for r in group],
             "test_auc_mean": test_mean,
             "test_auc_std": test_std,
+            "test_auprc_mean": auprc_mean,
+            "test_auprc_std": auprc_std,
             "val_auc_mean": val_mean,
             "val_auc_std": val_std,
             "best_epochs": [r["best_epoch"] for r in group],
             "comparison_only_max_test_auc_mean": max_mean,
             "comparison_only_max_test_auc_std": max_std,
             "per_class_test_auc": per_class,
+            "per_class_test_auprc": per_class_auprc,
             "classes_without_train_positives": sorted({c for r in group for c in r["classes_without_train_positives"]}),
         })
     return rows
@@ -430,15 +448,18 @@ def render_markdown(result: dict) -> str:
         f"weight decay {result['protocol']['weight_decay']:g}, batch {result['protocol']['batch_size']}, "
         f"{result['protocol']['epochs']} epochs. Train/val/test = "
         + " / ".join(str(result["splits"][s]["n"]) for s in SPLIT_NAMES)
-        + " records. Macro ROC AUC ×100, mean ± std over seeds.",
+        + " records. Macro ROC AUC (AUROC) and macro average precision (AUPRC; chance = prevalence) ×100, "
+        "mean ± std over seeds; the epoch is selected on val AUROC.",
         "",
-        "| fraction | n train | seeds | test AUC (val-selected) | val AUC | best epoch | max-over-epochs test AUC (comparison only) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| fraction | n train | seeds | test AUC (val-selected) | test AUPRC (val-selected) | val AUC | best epoch "
+        "| max-over-epochs test AUC (comparison only) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["summary"]:
         lines.append(
             f"| {row['fraction']:g} | {', '.join(map(str, row['n_train']))} | {len(row['seeds'])} | "
-            f"**{_pct(row['test_auc_mean'], row['test_auc_std'])}** | {_pct(row['val_auc_mean'], row['val_auc_std'])} | "
+            f"**{_pct(row['test_auc_mean'], row['test_auc_std'])}** | {_pct(row['test_auprc_mean'], row['test_auprc_std'])} | "
+            f"{_pct(row['val_auc_mean'], row['val_auc_std'])} | "
             f"{', '.join(map(str, row['best_epochs']))} | {_pct(row['comparison_only_max_test_auc_mean'], row['comparison_only_max_test_auc_std'])} |"
         )
     lines += [
@@ -448,26 +469,32 @@ def render_markdown(result: dict) -> str:
         "",
         "## Runs",
         "",
-        "| fraction | seed | n train | test AUC (val-selected) | 95% CI (bootstrap over test records) | best epoch "
-        "| max-over-epochs test AUC (comparison only) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| fraction | seed | n train | test AUC (val-selected) | 95% CI (bootstrap over test records) | test AUPRC "
+        "| 95% CI | best epoch | max-over-epochs test AUC (comparison only) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def ci_text(ci):
+        ci = ci or {}
+        return f"{_pct(ci['low'])} – {_pct(ci['high'])}" if ci.get("low") is not None else "n/a"
+
     for run in result["runs"]:
-        ci = run.get("test_auc_ci") or {}
-        ci_text = (f"{_pct(ci['low'])} – {_pct(ci['high'])}" if ci.get("low") is not None else "n/a")
-        lines.append(f"| {run['fraction']:g} | {run['seed']} | {run['n_train']} | {_pct(run['test_auc'])} | {ci_text} | "
-                     f"{run['best_epoch']} | {_pct(run['comparison_only_max_test_auc'])} |")
-    lines += [
-        "",
-        "## Per-class test AUC (val-selected epoch, mean over seeds)",
-        "",
-        "| class | test positives | " + " | ".join(f"{row['fraction']:g}" for row in result["summary"]) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in result["summary"]) + " |",
-    ]
+        lines.append(f"| {run['fraction']:g} | {run['seed']} | {run['n_train']} | {_pct(run['test_auc'])} | "
+                     f"{ci_text(run.get('test_auc_ci'))} | {_pct(run['test_auprc'])} | "
+                     f"{ci_text(run.get('test_auprc_ci'))} | {run['best_epoch']} | "
+                     f"{_pct(run['comparison_only_max_test_auc'])} |")
     test_pos = result["splits"]["test"]["positives"]
-    for c in result["class_names"]:
-        cells = [_pct(row["per_class_test_auc"][c]["mean"]) for row in result["summary"]]
-        lines.append(f"| {c} | {test_pos[c]} | " + " | ".join(cells) + " |")
+    for label, key in (("AUC", "per_class_test_auc"), ("AUPRC", "per_class_test_auprc")):
+        lines += [
+            "",
+            f"## Per-class test {label} (val-selected epoch, mean over seeds)",
+            "",
+            "| class | test positives | " + " | ".join(f"{row['fraction']:g}" for row in result["summary"]) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in result["summary"]) + " |",
+        ]
+        for c in result["class_names"]:
+            cells = [_pct(row[key][c]["mean"]) for row in result["summary"]]
+            lines.append(f"| {c} | {test_pos[c]} | " + " | ".join(cells) + " |")
     notes = []
     train_pos = result["splits"]["train"]["positives"]
     absent = [c for c in result["class_names"] if train_pos[c] == 0]
@@ -481,7 +508,7 @@ def render_markdown(result: dict) -> str:
     for split in ("val", "test"):
         if result["splits"][split]["unscorable_classes"]:
             notes.append(f"- {split}: {', '.join(result['splits'][split]['unscorable_classes'])} cannot be scored "
-                         f"(no positives or no negatives) and are left out of the macro AUC.")
+                         f"(no positives or no negatives) and are left out of the macro AUC and AUPRC.")
     if notes:
         lines += ["", "## Notes", ""] + notes
     return "\n".join(lines) + "\n"
@@ -528,39 +555,67 @@ def default_cache_dir() -> Path:
     return Path(base) / "dbeta" / "probe_features"
 
 
-def run_probe(args: argparse.Namespace) -> tuple:
+def check_fraction(value) -> float:
+    """A training fraction as a float in (0, 1]; ValueError otherwise (0 trains on nothing, > 1 on more than
+    the split holds)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"a fraction must be a number in (0, 1], got {value!r}") from None
+    if not 0.0 < f <= 1.0:  # NaN fails this too
+        raise ValueError(f"a fraction must be in (0, 1], got {value!r}")
+    return f
+
+
+def run_probe(model: str, dataset: str, data_root, task: Optional[str] = None,
+              fractions: Sequence[float] = DEFAULT_FRACTIONS, seeds: Sequence[int] = (42,), epochs: int = 100,
+              batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4, cache_dir=None,
+              no_cache: bool = False, random_init: bool = False, init_seed: int = 42,
+              protocol_num_samples="auto", feature_batch_size: int = 64, num_workers: int = 0,
+              threads: Optional[int] = None, dtype: str = "fp32", device: Optional[str] = None,
+              bootstrap: int = 1000) -> tuple:
     """Extract (or load) the features, run every fraction x seed. Returns (result dict, extras) where extras
     holds the test labels and each run's val-selected test scores (for the ROC plots; not in the JSON)."""
     from eval.datasets import load_downstream
 
     t0 = time.perf_counter()
-    fractions = [float(f) for f in args.fractions]
-    for f in fractions:
-        if not 0.0 < f <= 1.0:
-            raise ValueError(f"--fractions must be in (0, 1], got {f}")
-    datasets = {split: load_downstream(args.dataset, args.data_root, split=split, task=args.task)
+    fractions = [check_fraction(f) for f in fractions]
+    seeds = [int(v) for v in seeds]
+    if not fractions or not seeds:
+        raise ValueError("give at least one fraction and one seed")
+    if epochs < 1 or batch_size < 1 or feature_batch_size < 1:
+        raise ValueError("epochs, batch_size and feature_batch_size must be positive")
+    if bootstrap < 0 or num_workers < 0:
+        raise ValueError("bootstrap and num_workers must be >= 0")
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
+    datasets = {split: load_downstream(dataset, data_root, split=split, task=task)
                 for split in SPLIT_NAMES}
     class_names = list(datasets["train"].class_names)
     for split, ds in datasets.items():
         if list(ds.class_names) != class_names:
-            raise ValueError(f"{args.dataset}: the {split} split has other classes than train")
+            raise ValueError(f"{dataset}: the {split} split has other classes than train")
         if len(ds) == 0:
-            raise ValueError(f"{args.dataset}: the {split} split is empty")
+            raise ValueError(f"{dataset}: the {split} split under {data_root} is empty")
+    for split in ("val", "test"):  # val selects the epoch, test is the result: both need a scorable class
+        if not evaluable_classes(datasets[split].labels_matrix()).any():
+            raise ValueError(f"{dataset}: no class has both a positive and a negative record in the {split} split "
+                             f"({len(datasets[split])} records under {data_root}); its macro AUC is undefined")
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    encoder = load_encoder(args.model, random_init=args.random_init, init_seed=args.init_seed).to(device)
-    fe = load_feature_extractor(args.model)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder = load_encoder(model, random_init=random_init, init_seed=init_seed).to(device)
+    fe = load_feature_extractor(model)
     fingerprint = weights_fingerprint(encoder)
-    protocol_n = resolve_protocol_num_samples(datasets["train"], args.protocol_num_samples)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    cache_dir = None if args.no_cache else Path(args.cache_dir or default_cache_dir())
-    torch.set_num_threads(max(1, args.threads or torch.get_num_threads()))
+    protocol_n = resolve_protocol_num_samples(datasets["train"], protocol_num_samples)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    cache_dir = None if no_cache else Path(cache_dir or default_cache_dir())
+    torch.set_num_threads(max(1, threads or torch.get_num_threads()))
 
     features, labels, split_info = {}, {}, {}
     for split in SPLIT_NAMES:
         ds = datasets[split]
         features[split], info = cached_features(encoder, fe, ds, split, cache_dir, fingerprint, protocol_n,
-                                                args.feature_batch_size, args.num_workers, dtype)
+                                                feature_batch_size, num_workers, torch_dtype)
         labels[split] = ds.labels_matrix()
         pos = labels[split].sum(axis=0)
         split_info[split] = {
@@ -574,9 +629,9 @@ def run_probe(args: argparse.Namespace) -> tuple:
 
     runs, test_scores = [], {}
     for fraction in fractions:
-        for seed in args.seeds:
-            run, scores = probe_run(features, labels, class_names, fraction, seed, args.epochs, args.batch_size,
-                                    args.lr, args.weight_decay, args.bootstrap)
+        for seed in seeds:
+            run, scores = probe_run(features, labels, class_names, fraction, seed, epochs, batch_size,
+                                    lr, weight_decay, bootstrap)
             test_scores[(fraction, seed)] = scores
             if run["classes_without_train_positives"]:
                 logger.warning("fraction %g seed %d: no training positive for %s", fraction, seed,
@@ -591,33 +646,34 @@ def run_probe(args: argparse.Namespace) -> tuple:
 
     result = {
         "schema": SCHEMA,
-        "model": str(args.model),
-        "random_init": bool(args.random_init),
-        "init_seed": args.init_seed if args.random_init else None,
+        "model": str(model),
+        "random_init": bool(random_init),
+        "init_seed": init_seed if random_init else None,
         "model_fingerprint": fingerprint,
-        "dataset": datasets["train"].name or args.dataset,
-        "task": args.task,
-        "data_root": str(args.data_root),
+        "dataset": datasets["train"].name or dataset,
+        "task": task,
+        "data_root": str(data_root),
         "class_names": class_names,
         "feature_dim": int(features["train"].shape[1]),
         "processor": processor_settings(fe),
         "protocol_num_samples": protocol_n,
-        "feature_dtype": args.dtype,
+        "feature_dtype": dtype,
         "protocol": {
             "head": "nn.Linear(feature_dim, classes)",
             "loss": "BCEWithLogitsLoss (multi-label)",
             "optimizer": "Adam",
-            "lr": args.lr,
-            "weight_decay": args.weight_decay,
-            "batch_size": args.batch_size,
-            "epochs": args.epochs,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "batch_size": batch_size,
+            "epochs": epochs,
             "fractions": fractions,
-            "seeds": list(args.seeds),
+            "seeds": list(seeds),
             "subset": "sklearn train_test_split(train, train_size=floor(fraction*n), random_state=seed), no stratification",
             "selection": "epoch with the best val macro AUC (first on ties); test AUC at that epoch",
             "macro_auc": "mean of per-class ROC AUCs over classes with positives and negatives in the split",
+            "macro_auprc": "mean of per-class average precision (sklearn) over the same classes",
             "std": "ddof=1 over seeds (0 for one seed)",
-            "ci": f"per run: percentile bootstrap over test records, {args.bootstrap} resamples, seeded by the run's seed",
+            "ci": f"per run: percentile bootstrap over test records, {bootstrap} resamples, seeded by the run's seed",
         },
         "splits": split_info,
         "runs": runs,
@@ -666,6 +722,30 @@ def write_outputs(result: dict, output: Path, plot: bool = True, extras: Optiona
     return paths
 
 
+def run_linear_probe(*, model: str, dataset: str, data_root, output=None, task: Optional[str] = None,
+                     fractions: Sequence[float] = DEFAULT_FRACTIONS, seeds: Sequence[int] = (42,),
+                     plot: bool = True, **options) -> dict:
+    """The linear probe as a function: features, every fraction x seed, and (with `output`) FILE.json, FILE.md
+    and the plots. Returns the result dict (the JSON; `result["outputs"]` lists the files written).
+
+    `options` are run_probe's other keywords (epochs, batch_size, lr, weight_decay, cache_dir, no_cache,
+    random_init, init_seed, protocol_num_samples, feature_batch_size, num_workers, threads, dtype, device,
+    bootstrap), with the CLI's defaults. Bad arguments and data raise ValueError / FileNotFoundError naming
+    what is wrong."""
+    result, extras = run_probe(model, dataset, data_root, task=task, fractions=fractions, seeds=seeds, **options)
+    if output is not None:
+        paths = write_outputs(result, Path(output), plot=plot, extras=extras)
+        result["outputs"] = {k: str(v) for k, v in paths.items()}
+    return result
+
+
+def _fraction_arg(value: str) -> float:
+    try:
+        return check_fraction(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.linear_probe", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -674,7 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, help="the dataset's folder (see eval.datasets)")
     p.add_argument("--task", default=None, help="PTB-XL task: super, sub, form or rhythm")
     p.add_argument("--output", required=True, help="result JSON; .md and .png are written beside it")
-    p.add_argument("--fractions", type=float, nargs="+", default=list(DEFAULT_FRACTIONS))
+    p.add_argument("--fractions", type=_fraction_arg, nargs="+", default=list(DEFAULT_FRACTIONS),
+                   help="training fractions, each in (0, 1]")
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=16)
@@ -700,16 +781,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1:
-        raise SystemExit("--epochs and --batch-size must be positive")
+    """The CLI: parse, then run_linear_probe; a data or argument error exits 2 with its message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.feature_batch_size < 1:
+        parser.error("--epochs, --batch-size and --feature-batch-size must be positive")
+    if args.bootstrap < 0 or args.num_workers < 0:
+        parser.error("--bootstrap and --num-workers must be >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result, extras = run_probe(args)
-    paths = write_outputs(result, Path(args.output), plot=not args.no_plot, extras=extras)
+    options = vars(args)
+    plot = not options.pop("no_plot")
+    try:
+        result = run_linear_probe(plot=plot, **options)
+    except (FileNotFoundError, ValueError, RecordError, OSError) as err:
+        # the loaders' messages name the dataset, folder or file: print them without a traceback
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2)
     for row in result["summary"]:
-        print(f"fraction {row['fraction']:g}: test macro AUC {_pct(row['test_auc_mean'], row['test_auc_std'])} "
-              f"(val-selected; max-over-epochs, comparison only: {_pct(row['comparison_only_max_test_auc_mean'])})")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+        print(f"fraction {row['fraction']:g}: test macro AUC {_pct(row['test_auc_mean'], row['test_auc_std'])}, "
+              f"AUPRC {_pct(row['test_auprc_mean'], row['test_auprc_std'])} (val-selected; max-over-epochs AUC, "
+              f"comparison only: {_pct(row['comparison_only_max_test_auc_mean'])})")
+    print("wrote " + ", ".join(result["outputs"].values()))
     return result
 
 

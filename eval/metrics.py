@@ -1,29 +1,49 @@
-"""Evaluation metrics shared by the zero-shot, retrieval and linear-probe scripts.
+"""The evaluation metrics: the one place where AUROC, AUPRC, recall@k and their bootstrap intervals are computed.
 
-Everything takes plain numpy arrays and returns numpy values or JSON-ready dicts, so any evaluation can use it:
+Zero-shot, linear probe, retrieval, fine-tuning (checkpoint selection and the final report) and pretraining
+validation all call these functions, so a figure means the same thing wherever it is printed. Inputs are plain
+numpy arrays (or anything `np.asarray` takes); outputs are floats, numpy arrays or JSON-ready dicts.
 
-Classification (multi-label, one score column per class)
-    per_class_auc(y_true, scores) -> np.ndarray [classes]       ROC AUC per column; NaN where undefined
-    evaluable_classes(y_true) -> np.ndarray[bool] [classes]     columns with both positives and negatives
-    macro_auc(y_true, scores) -> float                          mean of the defined per-class AUCs
-    bootstrap_ci(y_true, scores, metric=macro_auc, ...) -> dict percentile CI over resampled records
-    per_class_bootstrap_ci(y_true, scores, ...) -> dict         the same for every class at once
-    auc_report(y_true, scores, class_names, ...) -> dict        macro + per-class + CIs + excluded classes
+Classification (multi-label: one 0/1 label column and one score column per class)
+    evaluable_classes(y_true) -> bool [classes]                 columns holding both a positive and a negative
+    per_class_auc(y_true, scores) -> float [classes]            AUROC per class (sklearn roc_auc_score); NaN if
+                                                                the class is not evaluable
+    per_class_auprc(y_true, scores) -> float [classes]          AUPRC per class = average precision (sklearn
+                                                                average_precision_score); NaN likewise
+    macro_auc / macro_auprc(y_true, scores) -> float            mean over the evaluable classes (NaN if none)
+    point_metrics(y_true, scores) -> dict                       both, per class and macro, from one call
+    bootstrap_ci(y_true, scores, metric=macro_auc, ...) -> dict percentile CI of any metric, explicit resamples
+    per_class_bootstrap_ci(y_true, scores, metric="auroc"|"auprc", ...) -> dict   every class + macro at once
+    auc_report(y_true, scores, class_names, ...) -> dict        the JSON block every evaluation writes
+    format_macro(report) / format_class(report, name)           Markdown-ready text of an auc_report
+    make_compute_metrics(class_names)                           `compute_metrics` for transformers.Trainer
 
 Retrieval
-    first_positive_rank(similarity, positives) -> np.ndarray    0-based rank of the best correct candidate
-    recall_at_k(similarity, positives, ks=(1, 5, 10)) -> dict   fraction of queries with a hit in the top k
-    retrieval_recall(query, candidates, ...) -> dict            chunked recall@k from embeddings and group ids
-    group_ids(texts) -> np.ndarray                              equal texts -> equal ids (duplicate-aware targets)
+    first_positive_rank(similarity, positives) -> int [queries] 0-based rank under the tie rule below
+    recall_at_k(similarity, positives, ks=(1, 5, 10)) -> dict   {"R@k": fraction of queries ranked < k}
+    retrieval_recall(query, candidates, ...) -> dict            the same from embeddings, in query chunks
+    group_ids(texts) -> int [n]                                 equal texts -> equal ids (duplicate-aware targets)
 
-AUC definition. `per_class_auc` uses the rank (Mann-Whitney U) formulation with average ranks for ties; it
-equals `sklearn.metrics.roc_auc_score` on every column that has both labels (tested). A column with only
-positives or only negatives has no AUC: it is NaN here, and `macro_auc` averages the other columns (the same as
-sklearn's `average="macro"` restricted to the scorable classes). `auc_report` names the excluded classes.
+Classes with one label value. A class without a positive, or without a negative, in the evaluated records has
+no AUROC, and is given no AUPRC either so that both macros average the same classes. Such a class is NaN in the
+per-class arrays, `None` in the JSON, left out of both macros and listed in `auc_report`'s `excluded_classes`
+(with the reason) and `note`. It never counts as 0.5 and never raises. When no class is evaluable the macros are
+NaN (None in the JSON).
 
-Bootstrap. Records (rows) are resampled with replacement `n_resamples` times from a seeded
-`numpy.random.default_rng(seed)`; the metric is recomputed on each resample and the CI is the percentile
-interval. A resample on which the metric is undefined (NaN) is skipped and counted in `n_invalid`.
+Tie rule (retrieval). A query's rank is the number of *incorrect* candidates scoring at least as high as its
+best-scoring correct candidate. With one correct candidate that is (candidates scoring >= the target) - 1: ties
+count against the query, so a constant similarity never scores a hit by luck (the conservative rule; it gives
+lower recall than counting only strictly higher candidates). Recall@k is the fraction of queries with rank < k.
+
+Bootstrap. Records (rows) are resampled with replacement from `numpy.random.default_rng(seed)`; the CI is the
+percentile interval of the metric over resamples; a resample on which it is undefined is skipped and counted in
+`n_invalid`. `per_class_bootstrap_ci` computes every class of a resample at once by weighting each record by
+its multiplicity in the resample: that is sklearn's AUROC / average precision with `sample_weight` (tested equal
+to sklearn on the resampled rows); calling sklearn per class and resample would take a minute per report.
+
+Why no `evaluate` metric module: `evaluate.load` copies a metric script into its own cache and imports it from
+there, so the script cannot import this module; a second copy of the formulas is what made the numbers
+disagree. `make_compute_metrics` is the Trainer hook instead.
 """
 
 from __future__ import annotations
@@ -34,70 +54,108 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 
 __all__ = [
-    "per_class_auc",
     "evaluable_classes",
+    "per_class_auc",
+    "per_class_auprc",
     "macro_auc",
+    "macro_auprc",
+    "point_metrics",
     "bootstrap_ci",
     "per_class_bootstrap_ci",
     "auc_report",
+    "format_macro",
+    "format_class",
+    "make_compute_metrics",
+    "TIE_RULE",
     "first_positive_rank",
     "recall_at_k",
     "retrieval_recall",
     "group_ids",
 ]
 
+METRICS = ("auroc", "auprc")
+TIE_RULE = ("rank = number of incorrect candidates scoring >= the best correct one (with one correct candidate: "
+            "candidates scoring >= it, minus one); ties count against the query")
 
-def _as_2d(y_true, scores):
+
+def _labels(y_true) -> np.ndarray:
     y = np.asarray(y_true)
-    s = np.asarray(scores, dtype=np.float64)
     if y.ndim == 1:
         y = y[:, None]
+    if y.dtype == bool:
+        return y
+    y = y.astype(np.float64)
+    bad = ~np.isin(y, (0.0, 1.0))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"labels must be 0 or 1; {int(bad.sum())} value(s) are not (first: row {row}, "
+                         f"column {col}: {y[row, col]})")
+    return y > 0.5
+
+
+def _as_2d(y_true, scores):
+    y = _labels(y_true)
+    s = np.asarray(scores, dtype=np.float64)
     if s.ndim == 1:
         s = s[:, None]
     if y.shape != s.shape:
         raise ValueError(f"y_true has shape {y.shape} but scores have shape {s.shape}")
     if not np.isfinite(s).all():
         raise ValueError(f"scores contain {int((~np.isfinite(s)).sum())} NaN/inf values")
-    return y > 0.5, s
-
-
-def _rank_columns(s: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based, ties averaged) of each column."""
-    from scipy.stats import rankdata
-
-    return rankdata(s, axis=0)
+    return y, s
 
 
 def evaluable_classes(y_true) -> np.ndarray:
     """Boolean mask of the columns of `y_true` [n, classes] that hold both positives and negatives."""
-    y = np.asarray(y_true) > 0.5
-    if y.ndim == 1:
-        y = y[:, None]
+    y = _labels(y_true)
     pos = y.sum(axis=0)
     return (pos > 0) & (pos < y.shape[0])
 
 
-def per_class_auc(y_true, scores) -> np.ndarray:
-    """ROC AUC of each column of `scores` [n, classes] against the multi-hot `y_true` [n, classes].
+def _per_class(y_true, scores, metric: str) -> np.ndarray:
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
-    Returns float64 [classes]; NaN for a column with only positives or only negatives. 1-D inputs are treated
-    as one class. Equal to sklearn's roc_auc_score column by column (ties get average ranks)."""
+    fn = {"auroc": roc_auc_score, "auprc": average_precision_score}[metric]
     y, s = _as_2d(y_true, scores)
-    if y.shape[0] == 0:
-        return np.full(y.shape[1], np.nan)
-    n_pos = y.sum(axis=0).astype(np.float64)
-    n_neg = y.shape[0] - n_pos
-    ranks = _rank_columns(s)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auc = ((ranks * y).sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return auc
+    out = np.full(y.shape[1], np.nan)
+    for j in np.flatnonzero(evaluable_classes(y)):
+        out[j] = fn(y[:, j], s[:, j])
+    return out
+
+
+def per_class_auc(y_true, scores) -> np.ndarray:
+    """AUROC of each column of `scores` [n, classes] against the 0/1 `y_true` [n, classes] (sklearn
+    roc_auc_score); NaN for a column with only positives or only negatives. 1-D inputs are one class."""
+    return _per_class(y_true, scores, "auroc")
+
+
+def per_class_auprc(y_true, scores) -> np.ndarray:
+    """AUPRC of each column as average precision (sklearn average_precision_score: the step-wise area, no
+    interpolation); NaN where the AUROC is undefined. Chance level is the class's prevalence."""
+    return _per_class(y_true, scores, "auprc")
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def macro_auc(y_true, scores) -> float:
-    """Unweighted mean of the defined per-class AUCs; NaN when no class has both labels."""
-    auc = per_class_auc(y_true, scores)
-    return float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
+    """Unweighted mean of the defined per-class AUROCs; NaN when no class has both labels."""
+    return _nanmean(per_class_auc(y_true, scores))
+
+
+def macro_auprc(y_true, scores) -> float:
+    """Unweighted mean of the defined per-class AUPRCs (macro average precision); NaN when none is defined."""
+    return _nanmean(per_class_auprc(y_true, scores))
+
+
+def point_metrics(y_true, scores) -> dict:
+    """{"per_class_auc", "per_class_auprc" (float arrays, NaN = not evaluable), "macro_auc", "macro_auprc"
+    (floats, NaN if no class is evaluable), "evaluable" (bool array)}: the figures every report is built from."""
+    y, s = _as_2d(y_true, scores)
+    auc, ap = per_class_auc(y, s), per_class_auprc(y, s)
+    return {"per_class_auc": auc, "per_class_auprc": ap, "macro_auc": _nanmean(auc), "macro_auprc": _nanmean(ap),
+            "evaluable": evaluable_classes(y)}
 
 
 def _percentile_interval(values: np.ndarray, confidence: float) -> tuple:
@@ -145,12 +203,14 @@ def bootstrap_ci(
     return out
 
 
-class _ResampledAUC:
-    """Per-class AUC of a resample given as record multiplicities (bootstrap counts), in O(n * classes).
+class _WeightedCurves:
+    """Per-class AUROC and average precision of a resample given as record multiplicities, in O(n * classes).
 
-    The columns are sorted and their tie groups found once; a resample then only re-weights each record, and
-    AUC = sum over tie groups of pos_weight * (neg_weight below + neg_weight in the group / 2) / (P * N), which
-    is exactly the average-rank AUC of the resampled data (same as per_class_auc(y[idx], s[idx]))."""
+    Each column is sorted and its tie groups found once; a resample only re-weights the records. Per tie group g
+    (ascending score) with positive weight p_g and negative weight q_g, out of P and N in total:
+      AUROC = sum_g p_g * (negatives below g + q_g / 2) / (P * N)
+      AP    = sum_g p_g * precision_g / P, precision_g = positives at or above g / all records at or above g
+    which is what sklearn's roc_auc_score / average_precision_score give with `sample_weight`."""
 
     def __init__(self, y: np.ndarray, s: np.ndarray):
         n, c = s.shape
@@ -163,35 +223,47 @@ class _ResampledAUC:
         self.flat_group = (group + (np.arange(c) * n)[None, :]).ravel(order="F")  # column-major offsets
         self.y_sorted = np.take_along_axis(y.astype(np.float64), self.order, axis=0)
 
-    def __call__(self, counts: np.ndarray) -> np.ndarray:
+    def __call__(self, counts: np.ndarray, metric: str) -> np.ndarray:
         n, c = self.n, self.c
         w = counts.astype(np.float64)[self.order]  # [n, c], in each column's sorted order
         pos = (w * self.y_sorted).ravel(order="F")
         neg = (w * (1.0 - self.y_sorted)).ravel(order="F")
         pos_g = np.bincount(self.flat_group, weights=pos, minlength=n * c).reshape(c, n)
         neg_g = np.bincount(self.flat_group, weights=neg, minlength=n * c).reshape(c, n)
-        neg_below = np.cumsum(neg_g, axis=1) - neg_g
         p_tot, n_tot = pos_g.sum(axis=1), neg_g.sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            auc = (pos_g * (neg_below + 0.5 * neg_g)).sum(axis=1) / (p_tot * n_tot)
-        auc[(p_tot == 0) | (n_tot == 0)] = np.nan
-        return auc
+            if metric == "auroc":
+                neg_below = np.cumsum(neg_g, axis=1) - neg_g
+                value = (pos_g * (neg_below + 0.5 * neg_g)).sum(axis=1) / (p_tot * n_tot)
+            else:
+                pos_above = p_tot[:, None] - (np.cumsum(pos_g, axis=1) - pos_g)  # at or above group g
+                all_above = pos_above + n_tot[:, None] - (np.cumsum(neg_g, axis=1) - neg_g)
+                precision = np.where(pos_g > 0, pos_above / np.where(all_above > 0, all_above, 1.0), 0.0)
+                value = (pos_g * precision).sum(axis=1) / p_tot
+        value[(p_tot == 0) | (n_tot == 0)] = np.nan
+        return value
 
 
 def per_class_bootstrap_ci(
-    y_true, scores, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+    y_true, scores, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0, metric: str = "auroc"
 ) -> dict:
-    """Percentile bootstrap CI of every class's AUC and of the macro AUC, from the same resamples.
+    """Percentile bootstrap CI of every class's AUROC (metric="auroc") or AUPRC ("auprc") and of their macro
+    mean, from the same resamples (the same seed gives the same resamples for both metrics).
 
-    Returns {"macro": {"low", "high", "n_invalid"}, "per_class": [{"low", "high", "n_invalid"}, ...], ...}.
-    The macro value of a resample is the mean over the classes scorable *in that resample*."""
+    Returns {"metric", "macro": {"low", "high", "n_invalid"}, "per_class": [{"low", "high", "n_invalid"}, ...],
+    "confidence", "n_resamples", "seed", "method"}. A resample's macro is the mean over the classes evaluable
+    in that resample."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     y, s = _as_2d(y_true, scores)
     n, c = y.shape
     rng = np.random.default_rng(seed)
-    weighted = _ResampledAUC(y, s)
+    weighted = _WeightedCurves(y, s)
     per_class = np.full((int(n_resamples), c), np.nan)
     for r in range(int(n_resamples)):
-        per_class[r] = weighted(np.bincount(rng.integers(0, n, size=n), minlength=n))
+        per_class[r] = weighted(np.bincount(rng.integers(0, n, size=n), minlength=n), metric)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice" for all-NaN resamples
         macro = np.nanmean(per_class, axis=1) if c else np.full(int(n_resamples), np.nan)
@@ -206,6 +278,7 @@ def per_class_bootstrap_ci(
         return d
 
     return {
+        "metric": metric,
         "confidence": confidence,
         "n_resamples": int(n_resamples),
         "seed": seed,
@@ -213,6 +286,10 @@ def per_class_bootstrap_ci(
         "macro": summary(macro),
         "per_class": [summary(per_class[:, j]) for j in range(c)],
     }
+
+
+def _json_float(value) -> Optional[float]:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def auc_report(
@@ -223,17 +300,19 @@ def auc_report(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict:
-    """Macro and per-class ROC AUC with bootstrap CIs, as a JSON-ready dict.
+    """Macro and per-class AUROC and AUPRC with bootstrap CIs, as a JSON-ready dict (every evaluation's block).
 
-    Keys: macro_auc (float, over the scorable classes), per_class_auc ({class: AUC or None}),
-    per_class_ci ({class: [low, high] or None}), macro_auc_ci ({"low", "high", ...}), positives ({class: n}),
-    n_records, n_classes_scored, excluded_classes ([{class, reason}]) and a `note` when some were excluded."""
+    Keys: macro_auc, macro_auprc (float, over the evaluable classes; None if none), per_class_auc,
+    per_class_auprc ({class: value or None}), macro_auc_ci, macro_auprc_ci ({"low", "high", ...} or None
+    without resamples), per_class_ci, per_class_auprc_ci ({class: [low, high] or None}), positives
+    ({class: n}), n_records, n_classes, n_classes_scored, excluded_classes ([{class, reason, positives,
+    records}]) and a `note` naming the excluded classes when there are any."""
     y, s = _as_2d(y_true, scores)
     names = [str(c) for c in class_names]
     if len(names) != y.shape[1]:
         raise ValueError(f"{len(names)} class names for {y.shape[1]} score columns")
-    auc = per_class_auc(y, s)
-    ok = np.isfinite(auc)
+    point = point_metrics(y, s)
+    ok = point["evaluable"]
     n = y.shape[0]
     positives = y.sum(axis=0).astype(int)
     excluded = []
@@ -241,28 +320,96 @@ def auc_report(
         if not ok[j]:
             reason = "no positive record" if positives[j] == 0 else "no negative record"
             excluded.append({"class": name, "reason": reason, "positives": int(positives[j]), "records": n})
-    ci = per_class_bootstrap_ci(y, s, n_resamples, confidence, seed) if n_resamples else None
     report = {
-        "macro_auc": float(auc[ok].mean()) if ok.any() else None,
-        "macro_auc_ci": (dict(ci["macro"], confidence=confidence, n_resamples=int(n_resamples), seed=seed,
-                              method=ci["method"]) if ci else None),
-        "per_class_auc": {name: (float(auc[j]) if ok[j] else None) for j, name in enumerate(names)},
-        "per_class_ci": ({name: ([ci["per_class"][j]["low"], ci["per_class"][j]["high"]]
-                                 if ok[j] and ci["per_class"][j]["low"] is not None else None)
-                          for j, name in enumerate(names)} if ci else None),
+        "macro_auc": _json_float(point["macro_auc"]),
+        "macro_auprc": _json_float(point["macro_auprc"]),
+        "macro_auc_ci": None,
+        "macro_auprc_ci": None,
+        "per_class_auc": {name: _json_float(point["per_class_auc"][j]) for j, name in enumerate(names)},
+        "per_class_auprc": {name: _json_float(point["per_class_auprc"][j]) for j, name in enumerate(names)},
+        "per_class_ci": None,
+        "per_class_auprc_ci": None,
         "positives": {name: int(positives[j]) for j, name in enumerate(names)},
         "n_records": int(n),
         "n_classes": len(names),
         "n_classes_scored": int(ok.sum()),
         "excluded_classes": excluded,
+        "metrics": "AUROC: sklearn roc_auc_score; AUPRC: sklearn average_precision_score (chance = prevalence); "
+                   "macro = mean over the classes with both a positive and a negative record",
     }
+    if n_resamples and n:
+        for metric, macro_key, class_key in (("auroc", "macro_auc_ci", "per_class_ci"),
+                                             ("auprc", "macro_auprc_ci", "per_class_auprc_ci")):
+            ci = per_class_bootstrap_ci(y, s, n_resamples, confidence, seed, metric=metric)
+            report[macro_key] = dict(ci["macro"], confidence=confidence, n_resamples=int(n_resamples), seed=seed,
+                                     method=ci["method"])
+            report[class_key] = {name: ([ci["per_class"][j]["low"], ci["per_class"][j]["high"]]
+                                        if ok[j] and ci["per_class"][j]["low"] is not None else None)
+                                 for j, name in enumerate(names)}
     if excluded:
         report["note"] = (
-            f"{len(excluded)} class(es) have only one label value in this split and no AUC: "
+            f"{len(excluded)} class(es) have only one label value in these records and no AUROC or AUPRC: "
             + ", ".join(f"{e['class']} ({e['reason']})" for e in excluded)
-            + "; the macro AUC averages the other classes."
+            + "; the macro figures average the other classes."
         )
     return report
+
+
+def _pct(value, scale: float = 100.0, digits: int = 1) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value * scale:.{digits}f}"
+
+
+def _ci_text(interval, digits: int = 1) -> str:
+    if not interval or interval[0] is None:
+        return "-"
+    return f"{_pct(interval[0], digits=digits)}-{_pct(interval[1], digits=digits)}"
+
+
+def format_macro(report: dict, digits: int = 1) -> str:
+    """One Markdown line of an auc_report's macro figures (x100), e.g.
+    "macro AUROC **81.2** (95% CI 78.0-84.1) · macro AUPRC **45.3** (95% CI 40.2-50.0) · 5 of 6 classes scored"."""
+    parts = []
+    for label, key in (("AUROC", "macro_auc"), ("AUPRC", "macro_auprc")):
+        ci = report.get(f"{key}_ci") or {}
+        text = f"macro {label} **{_pct(report.get(key), digits=digits)}**"
+        if ci.get("low") is not None:
+            text += f" ({round(100 * ci.get('confidence', 0.95))}% CI {_ci_text((ci['low'], ci['high']), digits)})"
+        parts.append(text)
+    parts.append(f"{report['n_classes_scored']} of {report['n_classes']} classes scored")
+    return " · ".join(parts)
+
+
+def format_class(report: dict, name: str, digits: int = 1) -> Dict[str, str]:
+    """Markdown cells (x100) of one class of an auc_report: {"auroc", "auroc_ci", "auprc", "auprc_ci"};
+    "n/a" for a class excluded from the macros, "-" for a missing CI."""
+    return {
+        "auroc": _pct(report["per_class_auc"][name], digits=digits),
+        "auroc_ci": _ci_text((report.get("per_class_ci") or {}).get(name), digits),
+        "auprc": _pct(report["per_class_auprc"][name], digits=digits),
+        "auprc_ci": _ci_text((report.get("per_class_auprc_ci") or {}).get(name), digits),
+    }
+
+
+def make_compute_metrics(class_names: Sequence[str]) -> Callable:
+    """`compute_metrics` for transformers.Trainer on multi-label logits: {"macro_auc", "macro_auprc",
+    "classes_scored", "auc_<class>", "auprc_<class>"} from point_metrics (the figures auc_report gives).
+    With no evaluable class the macros are NaN (never 0 or 0.5)."""
+    names = [str(c) for c in class_names]
+
+    def compute_metrics(prediction) -> Dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        point = point_metrics(prediction.label_ids, logits)
+        if len(names) != len(point["evaluable"]):
+            raise ValueError(f"{len(names)} class names for {len(point['evaluable'])} logit columns")
+        out = {"macro_auc": point["macro_auc"], "macro_auprc": point["macro_auprc"],
+               "classes_scored": int(point["evaluable"].sum())}
+        for j, name in enumerate(names):
+            if point["evaluable"][j]:
+                out[f"auc_{name}"] = float(point["per_class_auc"][j])
+                out[f"auprc_{name}"] = float(point["per_class_auprc"][j])
+        return out
+
+    return compute_metrics
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -286,16 +433,17 @@ def _positives_mask(positives, n_queries: int, n_candidates: int) -> np.ndarray:
 
 
 def first_positive_rank(similarity, positives) -> np.ndarray:
-    """0-based rank of each query's best-scoring correct candidate.
+    """0-based rank of each query's best-scoring correct candidate, under the module's tie rule.
 
-    `similarity` [queries, candidates] (higher = better); `positives` is either an int array [queries] of the
-    one correct candidate per query, or a bool mask [queries, candidates] of every correct candidate.
-    The rank is the number of *incorrect* candidates scoring at least as high as the best correct one (ties
-    count against the query: a constant similarity gives no hit unless all candidates are correct). A query
-    without any correct candidate gets rank = n_candidates (never a hit)."""
+    `similarity` [queries, candidates] (higher = better; torch tensors are accepted); `positives` is either an
+    int array [queries] of the one correct candidate per query, or a bool mask [queries, candidates] of every
+    correct candidate. The rank is the number of incorrect candidates scoring >= the best correct one (ties
+    count against the query). A query without any correct candidate gets rank = n_candidates (never a hit)."""
     sim = np.asarray(similarity, dtype=np.float64)
     if sim.ndim != 2:
         raise ValueError(f"similarity must be [queries, candidates], got shape {sim.shape}")
+    if not np.isfinite(sim).all():
+        raise ValueError(f"similarity contains {int((~np.isfinite(sim)).sum())} NaN/inf values")
     mask = _positives_mask(positives, *sim.shape)
     best_pos = np.where(mask, sim, -np.inf).max(axis=1)
     ranks = ((sim >= best_pos[:, None]) & ~mask).sum(axis=1)
@@ -303,10 +451,13 @@ def first_positive_rank(similarity, positives) -> np.ndarray:
     return ranks
 
 
+def _recall_from_ranks(ranks: np.ndarray, ks: Iterable[int]) -> Dict[str, float]:
+    return {f"R@{int(k)}": float(np.mean(ranks < int(k))) if len(ranks) else float("nan") for k in ks}
+
+
 def recall_at_k(similarity, positives, ks: Iterable[int] = (1, 5, 10)) -> Dict[str, float]:
     """{"R@k": fraction of queries whose correct candidate (any one, for a mask) is in the top k}."""
-    ranks = first_positive_rank(similarity, positives)
-    return {f"R@{int(k)}": float(np.mean(ranks < int(k))) if len(ranks) else float("nan") for k in ks}
+    return _recall_from_ranks(first_positive_rank(similarity, positives), ks)
 
 
 def group_ids(texts: Sequence[str], normalize: Optional[Callable[[str], str]] = None) -> np.ndarray:
@@ -358,9 +509,7 @@ def retrieval_recall(
         stop = min(start + chunk_size, len(q))
         sim = q[start:stop] @ c.T
         ranks[start:stop] = first_positive_rank(sim, qg[start:stop, None] == cg[None, :])
-    ks = [int(k) for k in ks]
-    out: Dict[str, Union[float, List[int]]] = {f"R@{k}": float(np.mean(ranks < k)) if len(ranks) else float("nan")
-                                               for k in ks}
+    out: Dict[str, Union[float, List[int]]] = dict(_recall_from_ranks(ranks, ks))
     out["n_queries"] = int(len(q))
     out["n_candidates"] = int(len(c))
     out["median_rank"] = float(np.median(ranks) + 1) if len(ranks) else float("nan")

@@ -56,8 +56,11 @@ def plot_roc_curves(
     """One ROC curve per class (multi-label `y_true` [n, classes], `scores` [n, classes]) on one set of axes.
 
     Classes with only one label value in `y_true` have no curve and are listed under the legend. With
-    `max_classes`, only that many classes with the most positives are drawn. The legend gives each AUC."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    `max_classes`, only that many classes with the most positives are drawn. The legend gives each AUROC
+    (eval.metrics.per_class_auc, the figure the reports print)."""
+    from sklearn.metrics import roc_curve
+
+    from eval.metrics import per_class_auc
 
     plt = _pyplot()
     y = np.asarray(y_true) > 0.5
@@ -68,7 +71,8 @@ def plot_roc_curves(
     if y.shape != s.shape or len(names) != y.shape[1]:
         raise ValueError(f"shapes differ: y_true {y.shape}, scores {s.shape}, {len(names)} class names")
     positives = y.sum(axis=0)
-    scorable = [j for j in range(len(names)) if 0 < positives[j] < y.shape[0]]
+    aucs = per_class_auc(y, s)
+    scorable = [j for j in range(len(names)) if np.isfinite(aucs[j])]
     skipped = [names[j] for j in range(len(names)) if j not in scorable]
     if max_classes is not None and len(scorable) > max_classes:
         scorable = sorted(scorable, key=lambda j: -positives[j])[:max_classes]
@@ -76,7 +80,7 @@ def plot_roc_curves(
     cmap = plt.get_cmap("tab20" if len(scorable) > 10 else "tab10")
     for i, j in enumerate(scorable):
         fpr, tpr, _ = roc_curve(y[:, j], s[:, j])
-        auc = roc_auc_score(y[:, j], s[:, j])
+        auc = aucs[j]
         ax.plot(fpr, tpr, lw=1.3, color=cmap(i % cmap.N), label=f"{names[j]} ({auc:.3f}, n+={int(positives[j])})")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",

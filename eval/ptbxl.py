@@ -9,7 +9,16 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from eval.downstream_base import ECGLabelDataset, PathLike, check_split, multi_hot, require_dir, require_file
+from eval.downstream_base import (
+    ECGLabelDataset,
+    PathLike,
+    check_split,
+    describe_layout,
+    multi_hot,
+    read_table,
+    require_dir,
+    require_file,
+)
 from eval.label_sets import PTBXL_SUPER, PTBXL_TASKS, ptbxl_label_sets
 from processing_dbeta import read_wfdb
 
@@ -70,23 +79,27 @@ def read_ptbxl_tables(root: PathLike) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """ptbxl_database.csv (indexed by ecg_id) and scp_statements.csv (indexed by statement code), checked."""
     root = Path(root)
     require_dir(root, "PTB-XL", "the dataset folder", _HINT)
-    db_path = require_file(root / "ptbxl_database.csv", "PTB-XL", "ptbxl_database.csv", _HINT)
-    st_path = require_file(root / "scp_statements.csv", "PTB-XL", "scp_statements.csv", _HINT)
-    db = pd.read_csv(db_path)
-    need = {"ecg_id", "scp_codes", "strat_fold", "filename_hr"}
-    if not need <= set(db.columns):
-        raise ValueError(
-            f"PTB-XL: {db_path} lacks column(s) {', '.join(sorted(need - set(db.columns)))}; "
-            "is this PTB-XL's ptbxl_database.csv?"
-        )
-    db = db.set_index("ecg_id")
-    statements = pd.read_csv(st_path, index_col=0)
-    need = {"diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass"}
-    if not need <= set(statements.columns):
-        raise ValueError(
-            f"PTB-XL: {st_path} lacks column(s) {', '.join(sorted(need - set(statements.columns)))}; "
-            "is this PTB-XL's scp_statements.csv?"
-        )
+    hint = _HINT + describe_layout(root)
+    db_path = require_file(root / "ptbxl_database.csv", "PTB-XL", "ptbxl_database.csv", hint)
+    st_path = require_file(root / "scp_statements.csv", "PTB-XL", "scp_statements.csv", hint)
+    db = read_table(db_path, "PTB-XL", sorted({"ecg_id", "scp_codes", "strat_fold", "filename_hr"}))
+    for column in ("ecg_id", "strat_fold"):  # a missing fold would silently drop the record from every split
+        values = pd.to_numeric(db[column], errors="coerce")
+        bad = db.index[values.isna() | (values != values.round())
+                       | ((column == "strat_fold") & ~values.between(1, 10))]
+        if len(bad):
+            rows = ", ".join(str(i + 2) for i in bad[:5])  # file line numbers (header is line 1)
+            raise ValueError(f"PTB-XL: {db_path}: {len(bad)} row(s) have no valid {column} "
+                             f"({'a fold 1-10' if column == 'strat_fold' else 'an integer'}; line(s) {rows}"
+                             f"{' ...' if len(bad) > 5 else ''})")
+    missing_file = db["ecg_id"][db["filename_hr"].isna() | (db["filename_hr"].astype(str).str.strip() == "")]
+    if len(missing_file):
+        raise ValueError(f"PTB-XL: {db_path}: {len(missing_file)} row(s) have no filename_hr (ecg_id "
+                         f"{', '.join(map(str, missing_file[:5]))}{' ...' if len(missing_file) > 5 else ''})")
+    db = db.set_index(db["ecg_id"].astype(int)).drop(columns="ecg_id")
+    db.index.name = "ecg_id"
+    statements = read_table(st_path, "PTB-XL", ["diagnostic", "form", "rhythm", "diagnostic_class",
+                                                "diagnostic_subclass"], index_col=0)
     return db, statements
 
 

@@ -29,7 +29,10 @@ its report text equals the query's true report text after the processor's report
 correct one (ties count against the query). `strict` gives the same metrics where only the paired item is
 correct. `duplicates` reports how many records share their report with another.
 
-Outputs: FILE.json (schema dbeta-retrieval/1) and FILE.md.
+Outputs: FILE.json (schema dbeta-retrieval/1) and FILE.md. The same as a function:
+`run_retrieval(model=..., dataset="ptbxl", data_root=..., output="rt.json")` (keywords as the flags).
+`--on-error skip` leaves unreadable records out and lists them; fewer than 2 readable records is an error.
+Recall needs no class labels, so this report has no AUROC or AUPRC.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from eval.features import (  # noqa: E402
     processor_settings,
     text_features,
 )
-from eval.metrics import group_ids, retrieval_recall  # noqa: E402
+from eval.metrics import TIE_RULE, group_ids, retrieval_recall  # noqa: E402
 from processing_dbeta import normalize_report, read_wfdb  # noqa: E402
 
 logger = logging.getLogger("dbeta.retrieval")
@@ -260,55 +263,80 @@ def render_markdown(result: dict) -> str:
     lines.append("| chance | paired | " + " | ".join(_pct(result["chance"][f"R@{k}"]) for k in ks) + " | - |")
     lines += ["", "Recall in %. 'same text': a retrieved item is correct when its report equals the query's true "
               "report after cleaning (duplicates count); 'paired only': only the record's own pair is correct. "
-              "Ties count against the query."]
+              "Ties count against the query: its rank is the number of incorrect candidates scoring at least as "
+              "high as its best correct one."]
     return "\n".join(lines) + "\n"
 
 
-def run_retrieval(args: argparse.Namespace) -> dict:
+def run_retrieval(*, model: str, dataset: str, data_root, output=None, split: Optional[str] = None,
+                  max_records: Optional[int] = None, seed: int = 0, scoring: str = "cosine", batch_size: int = 32,
+                  num_workers: int = 2, on_error: str = "raise", remote_code: bool = False,
+                  progress: bool = False) -> dict:
+    """Retrieval as a function (keywords as the CLI's flags). Returns the result dict (the JSON); with `output`
+    it also writes FILE.json and FILE.md (listed in `result["outputs"]`). Bad arguments and data raise
+    ValueError / FileNotFoundError / RecordError naming what is wrong."""
+    if scoring not in ("cosine", "dot"):
+        raise ValueError(f"scoring must be cosine or dot, got {scoring!r}")
+    if max_records is not None and max_records < 2:
+        raise ValueError("max_records must be at least 2")
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError("batch_size must be >= 1 and num_workers >= 0")
     t0 = time.perf_counter()
-    dataset = load_report_dataset(args.dataset, args.data_root, args.split)
-    if args.max_records is not None and len(dataset) > args.max_records:
-        rng = np.random.default_rng(args.seed)
-        dataset = _Subset(dataset, np.sort(rng.choice(len(dataset), args.max_records, replace=False)))
-    if len(dataset) < 2:
-        raise ValueError(f"{args.dataset}: the {getattr(dataset, 'split', args.split)} split has {len(dataset)} "
-                         "record(s) with a report; retrieval needs at least 2")
-    model, processor = load_model_and_processor(args.model, remote_code=args.remote_code)
+    data = load_report_dataset(dataset, data_root, split)
+    if max_records is not None and len(data) > max_records:
+        rng = np.random.default_rng(seed)
+        data = _Subset(data, np.sort(rng.choice(len(data), max_records, replace=False)))
+    split = getattr(data, "split", None) or split
+    if len(data) < 2:
+        raise ValueError(f"{dataset}: the {split} split under {data_root} has {len(data)} record(s) with a report; "
+                         "retrieval needs at least 2")
+    net, processor = load_model_and_processor(model, remote_code=remote_code)
     t1 = time.perf_counter()
     ecg, kept, failures = dataset_ecg_features(
-        model, processor, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-        on_error=args.on_error, progress=not args.quiet, desc=f"{args.dataset} ECG features", return_failures=True,
+        net, processor, data, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+        progress=progress, desc=f"{dataset} ECG features", return_failures=True,
     )
+    if len(kept) < 2:  # every record but one skipped: nothing to rank
+        raise RecordError(f"{dataset}: only {len(kept)} of {len(data)} record(s) under {data_root} could be read "
+                          f"(--on-error skip); retrieval needs at least 2. First error: {failures[0]['error']}")
     t_ecg = time.perf_counter() - t1
-    reports = [dataset.reports[i] for i in kept]
+    reports = [data.reports[i] for i in kept]
     t2 = time.perf_counter()
-    text = text_features(model, processor, reports, batch_size=args.batch_size)
+    text = text_features(net, processor, reports, batch_size=batch_size)
     t_text = time.perf_counter() - t2
-    metrics = retrieval_metrics(ecg, text, reports, args.scoring, KS)
+    metrics = retrieval_metrics(ecg, text, reports, scoring, KS)
 
     import transformers
 
-    return {
+    result = {
         "schema": SCHEMA,
-        "model": str(args.model),
-        "dataset": args.dataset,
-        "split": getattr(dataset, "split", None) or args.split,
-        "data_root": str(args.data_root),
-        "scoring": args.scoring,
+        "model": str(model),
+        "dataset": dataset,
+        "split": split,
+        "data_root": str(data_root),
+        "scoring": scoring,
         "n_records": int(len(kept)),
-        "max_records": args.max_records,
-        "seed": args.seed,
+        "max_records": max_records,
+        "seed": seed,
         "ks": list(KS),
         **metrics,
         "duplicate_rule": "a retrieved item is correct if its report text equals the query's true report after "
                           "processing_dbeta.normalize_report; strict: only the paired item",
-        "tie_rule": "rank = number of incorrect candidates scoring >= the best correct one",
+        "tie_rule": TIE_RULE,
         "processor": processor_settings(processor.feature_extractor),
-        "failures": [{"record_id": dataset.record_ids[f["index"]], **f} for f in failures],
+        "failures": [{"record_id": data.record_ids[f["index"]], **f} for f in failures],
         "timing_s": {"load": round(t1 - t0, 3), "ecg_features": round(t_ecg, 3), "text_features": round(t_text, 3)},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "threads": torch.get_num_threads()},
     }
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        md = output.with_suffix(".md")
+        result["outputs"] = {"json": str(output), "markdown": str(md)}
+        output.write_text(json.dumps(result, indent=2) + "\n")
+        md.write_text(render_markdown(result))
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """The CLI: parse, then run_retrieval; a data or argument error exits 2 with its message."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_records is not None and args.max_records < 2:
@@ -340,20 +369,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.batch_size < 1 or args.num_workers < 0:
         parser.error("--batch-size must be >= 1 and --num-workers >= 0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = vars(args)
+    options["progress"] = not options.pop("quiet")
     try:
-        result = run_retrieval(args)
+        result = run_retrieval(**options)
     except (FileNotFoundError, ValueError, RecordError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    md = args.output.with_suffix(".md")
-    md.write_text(render_markdown(result))
     e2r, r2e = result["ecg_to_report"], result["report_to_ecg"]
     print(f"{args.dataset} {result['split']}: {result['n_records']} records; ECG->report "
           + " ".join(f"R@{k} {_pct(e2r[f'R@{k}'])}" for k in KS) + "; report->ECG "
           + " ".join(f"R@{k} {_pct(r2e[f'R@{k}'])}" for k in KS) + f" (%, {args.scoring})")
-    print(f"wrote {args.output}, {md}")
+    print(f"wrote {result['outputs']['json']}, {result['outputs']['markdown']}")
     return result
 
 

@@ -15,11 +15,14 @@ from eval.downstream_base import (
     PathLike,
     SPLITS,
     check_split,
+    describe_layout,
     multi_hot,
     random_split,
     read_header_dx,
+    read_table,
     require_dir,
     require_file,
+    require_records,
 )
 from eval.label_sets import (
     CPSC2018_CLASSES,
@@ -199,16 +202,23 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
             if not headers:
                 raise FileNotFoundError(
                     f"CPSC2018: expected WFDB records (A0001.hea + A0001.mat with a '#Dx:' header line) or "
-                    f"REFERENCE.csv under {root} ({_CPSC_HINT})"
+                    f"REFERENCE.csv under {root} ({_CPSC_HINT}){describe_layout(root)}"
                 )
             code_map = _code_to_class(CPSC2018_CODES)
             label_map, paths = {}, {}
+            with_dx = 0
             for rec, header in headers.items():
-                codes = read_header_dx(header, "CPSC2018") or []
-                label_map[rec] = {code_map[c] for c in codes if c in code_map}
+                codes = read_header_dx(header, "CPSC2018")
+                with_dx += codes is not None
+                label_map[rec] = {code_map[c] for c in codes or [] if c in code_map}
                 paths[rec] = header
 
         labelled = sorted(rec for rec, names in label_map.items() if names)
+        found = (f"{len(label_map)} record(s) in {reference}" if use_reference else
+                 f"{len(headers)} WFDB header(s) found, {with_dx} with a '#Dx:' line")
+        require_records(labelled, "CPSC2018", root, split, f"{found}, {len(labelled)} with a CPSC2018 class",
+                        f"the CinC 2020 CPSC2018 records (A0001.hea with '#Dx: <SNOMED codes>') or the ICBEB "
+                        f"files with REFERENCE.csv")
         self.num_unlabeled_dropped = len(label_map) - len(labelled)
         ids = _select_split(labelled, split, seed)
         super().__init__(
@@ -228,21 +238,24 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
 
     @staticmethod
     def _labels_from_reference(path: Path) -> Dict[str, set]:
-        table = pd.read_csv(path)
         columns = ["First_label", "Second_label", "Third_label"]
-        if "Recording" not in table.columns or "First_label" not in table.columns:
-            raise ValueError(
-                f"CPSC2018: {path} should have the columns Recording, First_label, Second_label, Third_label "
-                f"(the ICBEB 2018 REFERENCE.csv); it has {', '.join(map(str, table.columns))}"
-            )
+        try:
+            table = read_table(path, "CPSC2018", ["Recording", "First_label"])
+        except ValueError as err:
+            raise ValueError(f"{err}; expected the columns Recording, First_label, Second_label, Third_label "
+                             f"(the ICBEB 2018 REFERENCE.csv)") from None
         out: Dict[str, set] = {}
-        for _, row in table.iterrows():
+        for line, (_, row) in enumerate(table.iterrows(), start=2):
             names = set()
             for column in columns:
                 value = row.get(column)
                 if value is None or pd.isna(value):
                     continue
-                number = int(value)
+                number = pd.to_numeric(value, errors="coerce")
+                if pd.isna(number) or number != int(number):
+                    raise ValueError(f"CPSC2018: {path}: line {line} (record {row['Recording']}): {column} is "
+                                     f"{value!r}, expected a label number 1-9")
+                number = int(number)
                 if number not in CPSC2018_REFERENCE_LABELS:
                     raise ValueError(f"CPSC2018: {path}: record {row['Recording']}: unknown label number {number}")
                 names.add(CPSC2018_REFERENCE_LABELS[number])
@@ -268,13 +281,10 @@ _CSN_HINT = (
 
 def read_csn_condition_names(path: Path) -> pd.DataFrame:
     """ConditionNames_SNOMED-CT.csv as a table with columns acronym, full_name, code (all str)."""
-    table = pd.read_csv(path, dtype=str)
-    table.columns = [str(c).strip().lstrip("\ufeff") for c in table.columns]
-    if not {"Acronym Name", "Snomed_CT"} <= set(table.columns):
-        raise ValueError(
-            f"CSN: {path} should have the columns 'Acronym Name', 'Full Name', 'Snomed_CT'; "
-            f"it has {', '.join(table.columns)}"
-        )
+    try:
+        table = read_table(path, "CSN", ["Acronym Name", "Snomed_CT"], dtype=str)
+    except ValueError as err:
+        raise ValueError(f"{err}; expected the columns 'Acronym Name', 'Full Name', 'Snomed_CT'") from None
     full = table["Full Name"] if "Full Name" in table.columns else table["Acronym Name"]
     return pd.DataFrame(
         {
@@ -340,6 +350,7 @@ class CSNDataset(_WFDBRecordsDataset):
         headers = _unique_by_stem(find_headers(records_dir), "CSN")
         if not headers:
             raise FileNotFoundError(f"CSN: no WFDB header (*.hea) under {records_dir} ({_CSN_HINT})")
+        n_headers = len(headers)
 
         acronyms: Dict[str, List[str]] = {}  # record -> its acronyms in header order
         self.num_unknown_dropped = 0
@@ -381,6 +392,9 @@ class CSNDataset(_WFDBRecordsDataset):
             ids = [r for r, k in zip(ids, keep) if k]
             labels = labels[keep]
         self.num_records_total = len(ids)
+        require_records(ids, "CSN", records_dir, split,
+                        f"{n_headers} WFDB header(s) found, {len(acronyms)} with codes named in {table_path.name}",
+                        "the Chapman-Shaoxing-Ningbo records (JS00001.hea with '#Dx: <SNOMED codes>')")
         row_of = {r: i for i, r in enumerate(ids)}
         ids = _select_split(ids, split, seed)
         super().__init__(root, split, class_names, ids, labels[[row_of[r] for r in ids]])
@@ -408,11 +422,11 @@ _CINC_HINT = (
 def read_split_file(path: Path, dataset: str) -> Dict[str, str]:
     """A CSV with columns record_id (or record) and split (train/val/test) -> {record_id: split}."""
     path = require_file(Path(path), dataset, "the split file", "a CSV with columns record_id,split")
-    table = pd.read_csv(path, dtype=str)
+    table = read_table(path, dataset, dtype=str)
     id_column = "record_id" if "record_id" in table.columns else "record" if "record" in table.columns else None
     if id_column is None or "split" not in table.columns:
         raise ValueError(f"{dataset}: split file {path} needs the columns record_id and split")
-    bad = sorted(set(table["split"]) - set(SPLITS))
+    bad = sorted(set(table["split"].fillna("(empty)")) - set(SPLITS))
     if bad:
         raise ValueError(f"{dataset}: split file {path} has split value(s) {bad}; expected train, val, test")
     out = dict(zip(table[id_column].astype(str).str.strip(), table["split"]))
@@ -479,6 +493,10 @@ class PhysioNet2021Dataset(_WFDBRecordsDataset):
         if drop_unlabeled:
             ids = [r for r in ids if label_map[r]]
         self.num_records_total = len(ids)
+        n_labelled = sum(bool(label_map[r]) for r in label_map)
+        require_records(ids, "PhysioNet 2021", root, "all" if split_file is not None else split,
+                        f"{len(headers)} WFDB header(s) found, {n_labelled} with a scored class",
+                        "the Challenge 2021 training records (*.hea with '#Dx: <SNOMED codes>')")
 
         if split_file is not None:
             ids = self._ids_from_split_file(Path(split_file), ids, split)

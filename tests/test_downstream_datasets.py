@@ -663,3 +663,61 @@ def test_items_match_labels_matrix_and_indexing(cpsc_root):
     with pytest.raises(IndexError):
         ds[len(ds)]
     assert "CPSC2018Dataset" in repr(ds) and "split='val'" in repr(ds)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A folder of another dataset, empty or damaged tables, NaN labels
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_a_folder_of_another_dataset_is_named_not_split(ptbxl_root, cpsc_root):
+    """Before: CPSC2018 / PhysioNet 2021 on a PTB-XL folder said only 'cannot split 0 records'."""
+    with pytest.raises(ValueError, match=r"CPSC2018: 8 WFDB header\(s\) found, 0 with a '#Dx:' line, 0 with a "
+                                         r"CPSC2018 class under .*looks like a PTB-XL folder \(--dataset ptbxl\)"):
+        CPSC2018Dataset(ptbxl_root, "train")
+    with pytest.raises(ValueError, match=r"PhysioNet 2021: 8 WFDB header\(s\) found, 0 with a scored class.*PTB-XL"):
+        PhysioNet2021Dataset(ptbxl_root, "test")
+    with pytest.raises(FileNotFoundError, match=r"ecg_tracings\.hdf5.*looks like a PTB-XL folder"):
+        CODETestDataset(ptbxl_root)
+    with pytest.raises(FileNotFoundError, match="ptbxl_database.csv"):
+        PTBXLDataset(cpsc_root, "train", "super")
+
+
+def test_empty_or_damaged_tables_name_the_file_and_line(ptbxl_root, code_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "ptbxl"
+    shutil.copytree(ptbxl_root, root)
+    db_path = root / "ptbxl_database.csv"
+    table = pd.read_csv(ptbxl_root / "ptbxl_database.csv")
+    db_path.write_text("")
+    with pytest.raises(ValueError, match=r"ptbxl_database\.csv is empty"):
+        PTBXLDataset(root, "train", "super")
+    table.iloc[:0].to_csv(db_path, index=False)
+    with pytest.raises(ValueError, match="has a header but no rows"):
+        PTBXLDataset(root, "train", "super")
+    broken = table.copy()
+    broken.loc[2, "strat_fold"] = np.nan  # was silently in no split
+    broken.to_csv(db_path, index=False)
+    with pytest.raises(ValueError, match=r"1 row\(s\) have no valid strat_fold \(a fold 1-10; line\(s\) 4\)"):
+        PTBXLDataset(root, "train", "super")
+    moved = table.copy()
+    moved.loc[moved["strat_fold"] == 10, "strat_fold"] = 1
+    moved.to_csv(db_path, index=False)
+    with pytest.raises(ValueError, match=r"ptbxl: the test split of task super under .* has no records"):
+        PTBXLDataset(root, "test", "super")
+
+    code = tmp_path / "code"
+    shutil.copytree(code_root, code)
+    gold = pd.read_csv(code_root / "annotations" / "gold_standard.csv")
+    gold.loc[1, "LBBB"] = np.nan  # an empty cell is not a negative
+    gold.to_csv(code / "annotations" / "gold_standard.csv", index=False)
+    with pytest.raises(ValueError, match=r"other than 0 and 1 \(first: line 3, column LBBB: 'nan'\)"):
+        CODETestDataset(code)
+
+
+def test_reference_csv_with_a_non_numeric_label_names_the_line(tmp_path):
+    pd.DataFrame({"Recording": ["A0001", "A0002"], "First_label": [1, "AF"]}).to_csv(tmp_path / "REFERENCE.csv",
+                                                                                       index=False)
+    with pytest.raises(ValueError, match=r"line 3 \(record A0002\): First_label is 'AF', expected a label number"):
+        CPSC2018Dataset(tmp_path, "all", labels_from="reference")

@@ -79,26 +79,28 @@ def test_compute_metrics_is_sklearns_macro_auc():
     assert metrics["classes_scored"] == 2
 
 
-def test_macro_auc_is_a_local_evaluate_module_that_loads_offline(tmp_path):
-    """evaluate.load on the package's folder works with HF_HUB_OFFLINE=1 from any directory, in a fresh process."""
-    from sklearn.metrics import roc_auc_score
+def test_checkpoint_selection_and_report_use_the_same_metric_function(monkeypatch):
+    """compute_metrics (which selects the checkpoint) and the test report (auc_report) both go through
+    eval.metrics.point_metrics, so they cannot disagree; a split with no evaluable class gives NaN, never 0."""
+    from transformers import EvalPrediction
 
+    from eval import metrics
+
+    calls = []
+    real = metrics.point_metrics
+    monkeypatch.setattr(metrics, "point_metrics", lambda y, s: calls.append(len(y)) or real(y, s))
     rng = np.random.default_rng(1)
-    y = (rng.random((30, 3)) < 0.5).astype(int)
-    y[:, 1] = 1  # only positives: no AUC
-    scores = rng.normal(size=(30, 3)) + y
-    out = fresh_python(f"""
-        import json, sys, evaluate
-        metric = evaluate.load({str(ft.ROOT / "eval" / "macro_auc")!r})
-        metric.add_batch(predictions={scores[:10].tolist()!r}, references={y[:10].tolist()!r})
-        metric.add_batch(predictions={scores[10:].tolist()!r}, references={y[10:].tolist()!r})
-        print(json.dumps(metric.compute(class_names=["A", "B", "C"])))
-    """, cwd=tmp_path, hf_home=tmp_path / "hf")
-    result = json.loads(out.strip().splitlines()[-1])
-    expected = {name: roc_auc_score(y[:, j], scores[:, j]) for j, name in ((0, "A"), (2, "C"))}
-    assert result["per_class_auc"]["B"] is None and result["classes_scored"] == 2
-    assert result["per_class_auc"]["A"] == pytest.approx(expected["A"])
-    assert result["macro_auc"] == pytest.approx(np.mean(list(expected.values())))
+    y = (rng.random((30, 3)) < 0.5).astype(np.float32)
+    y[:, 1] = 1  # only positives: no AUROC, no AUPRC
+    logits = rng.normal(size=(30, 3)) + y
+    selected = ft.make_compute_metrics(["A", "B", "C"])(EvalPrediction(predictions=logits, label_ids=y))
+    report = ft.auc_report(y, logits, ["A", "B", "C"], n_resamples=0)
+    assert calls == [30, 30]
+    assert selected["macro_auc"] == report["macro_auc"] and selected["macro_auprc"] == report["macro_auprc"]
+    assert selected["auprc_A"] == report["per_class_auprc"]["A"] and "auprc_B" not in selected
+    assert report["per_class_auc"]["B"] is None and [e["class"] for e in report["excluded_classes"]] == ["B"]
+    none = ft.make_compute_metrics(["A"])(EvalPrediction(predictions=logits[:, :1], label_ids=np.ones((30, 1))))
+    assert np.isnan(none["macro_auc"]) and np.isnan(none["macro_auprc"]) and none["classes_scored"] == 0
 
 
 def test_dataset_conditions_records_in_dataloader_workers(setup):
@@ -176,6 +178,7 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert (out / "checkpoint-2" / "processor_config.json").is_file()  # processing_class is saved
     assert first["class_weights"] and len(first["class_weights"]) == 9
     assert first["test"]["report"]["n_records"] == 10 and first["best_val_macro_auc"] is not None
+    assert first["test"]["report"]["macro_auprc"] is not None and "eval_macro_auprc" in first["eval_log"][0]
     assert json.loads((out / "results.json").read_text())["schema"] == "dbeta-finetune/1"
 
     pushed = []
@@ -196,6 +199,7 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert config["id2label"]["0"] == "AFIB" and config["label2id"]["CLBBB"] == 7
     assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_dbeta.DBetaForECGClassification"
     assert "test macro AUC" in (export / "model_card.md").read_text()
+    assert "test macro AUPRC" in (export / "model_card.md").read_text()
 
     # the export reloads in a fresh interpreter (remote code only) and gives the same logits
     from modeling_dbeta import DBetaForECGClassification

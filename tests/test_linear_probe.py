@@ -138,12 +138,25 @@ def probe_args(setup, output, *extra, model=None, fractions=("0.02", "1.0"), see
             "--seeds", *seeds, "--epochs", epochs, "--num-workers", "0", "--bootstrap", "200", *extra]
 
 
+def spy_on_extraction(mp: pytest.MonkeyPatch) -> list:
+    """Count the splits the model encodes (cache misses): a list that grows by one per extract_features call."""
+    calls, real = [], lp.extract_features
+    mp.setattr(lp, "extract_features", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
+@pytest.fixture
+def extractions(monkeypatch):
+    return spy_on_extraction(monkeypatch)
+
+
 @pytest.fixture(scope="module")
 def first_run(setup):
-    before = lp.EXTRACTION_COUNT
     out = setup["tmp"] / "out" / "probe.json"
-    result = lp.main(probe_args(setup, out))
-    return {"result": result, "out": out, "extractions": lp.EXTRACTION_COUNT - before,
+    with pytest.MonkeyPatch.context() as mp:
+        calls = spy_on_extraction(mp)
+        result = lp.main(probe_args(setup, out))
+    return {"result": result, "out": out, "extractions": len(calls),
             "cache_files": {p: p.stat().st_mtime_ns for p in setup["cache"].glob("*.safetensors")}}
 
 
@@ -235,6 +248,9 @@ def test_probe_results_and_json_schema(first_run):
         assert run["per_class_test_auc"]["VPC"] is None  # no test positives: out of the macro AUC
         ci = run["test_auc_ci"]
         assert ci["n_resamples"] == 200 and ci["low"] <= run["test_auc"] <= ci["high"]
+        assert run["test_auprc_ci"]["low"] <= run["test_auprc"] <= run["test_auprc_ci"]["high"]
+        scored = [v for v in run["per_class_test_auprc"].values() if v is not None]
+        assert run["test_auprc"] == pytest.approx(np.mean(scored)) and run["per_class_test_auprc"]["VPC"] is None
     small = [r for r in saved["runs"] if r["fraction"] == 0.02]
     assert all(r["n_train"] == 1 for r in small)  # floor(0.02 * 86) = 1 record
     # one record cannot hold NORM and an abnormal class: some scored class has no training positive
@@ -243,7 +259,9 @@ def test_probe_results_and_json_schema(first_run):
     full = saved["summary"][1]
     assert full["test_auc_mean"] > 0.9, full  # the classes are easy for this encoder
     assert full["test_auc_std"] is not None and full["n_train"] == [86]
+    assert full["test_auprc_mean"] is not None and set(full["per_class_test_auprc"]) == set(saved["class_names"])
     md = out.with_suffix(".md").read_text()
+    assert "test AUPRC (val-selected)" in md and "## Per-class test AUPRC" in md
     assert "comparison only" in md and "| 1 | 86 | 2 |" in md and "the train split has no positive for VPC" in md
     assert "fraction 0.02: the subset of at least one seed has no positive for" in md
     for suffix in (".png", ".roc-0.02.png", ".roc-1.png"):
@@ -251,19 +269,19 @@ def test_probe_results_and_json_schema(first_run):
         assert path.is_file() and path.stat().st_size > 1000
 
 
-def test_features_are_cached_and_results_reproducible(setup, first_run):
+def test_features_are_cached_and_results_reproducible(setup, first_run, extractions):
     assert first_run["extractions"] == 3 and len(first_run["cache_files"]) == 3
     assert not any(first_run["result"]["splits"][s]["cache"]["hit"] for s in ("train", "val", "test"))
-    before = lp.EXTRACTION_COUNT
+    before = len(extractions)
     again = lp.main(probe_args(setup, setup["tmp"] / "out2" / "probe.json", "--no-plot"))
-    assert lp.EXTRACTION_COUNT == before  # nothing re-extracted
+    assert len(extractions) == before  # nothing re-extracted
     assert all(again["splits"][s]["cache"]["hit"] for s in ("train", "val", "test"))
     assert {p: p.stat().st_mtime_ns for p in setup["cache"].glob("*.safetensors")} == first_run["cache_files"]
     for a, b in zip(first_run["result"]["runs"], again["runs"]):
         assert a["history"] == b["history"] and a["test_auc"] == b["test_auc"] and a["best_epoch"] == b["best_epoch"]
 
 
-def test_cache_is_not_reused_by_another_model_or_processor_setting(setup, first_run, tmp_path):
+def test_cache_is_not_reused_by_another_model_or_processor_setting(setup, first_run, tmp_path, extractions):
     from safetensors.torch import load_file, save_file
 
     from eval.datasets import load_downstream
@@ -278,9 +296,9 @@ def test_cache_is_not_reused_by_another_model_or_processor_setting(setup, first_
     def features(enc, fe, fp, protocol=2500):
         return lp.cached_features(enc, fe, val, "val", cache, fp, protocol_num_samples=protocol)
 
-    before = lp.EXTRACTION_COUNT
+    before = len(extractions)
     cached, info = features(encoder, fe, fingerprint)
-    assert info["hit"] and lp.EXTRACTION_COUNT == before  # what the CLI wrote is found again
+    assert info["hit"] and len(extractions) == before  # what the CLI wrote is found again
 
     # the same folder with changed weights (a re-export in place) must not hit the old features
     changed = tmp_path / "model"
@@ -292,7 +310,7 @@ def test_cache_is_not_reused_by_another_model_or_processor_setting(setup, first_
     other_fp = lp.weights_fingerprint(other)
     assert other_fp != fingerprint
     other_features, info = features(other, fe, other_fp)
-    assert not info["hit"] and lp.EXTRACTION_COUNT == before + 1
+    assert not info["hit"] and len(extractions) == before + 1
     assert not np.allclose(other_features, cached)
 
     # another processor setting or protocol length is another key too
@@ -300,20 +318,20 @@ def test_cache_is_not_reused_by_another_model_or_processor_setting(setup, first_
                                                          normalization="minmax"), 2500), (fe, 300)):
         _, info = features(encoder, fe_other, fingerprint, protocol)
         assert not info["hit"]
-    assert lp.EXTRACTION_COUNT == before + 3
+    assert len(extractions) == before + 3
 
     # a damaged cache file is recomputed, not trusted
     path = Path(info["path"])
     path.write_bytes(b"not safetensors")
     again, info = features(encoder, fe, fingerprint, 300)
-    assert not info["hit"] and again.shape == (len(val), 32) and lp.EXTRACTION_COUNT == before + 4
+    assert not info["hit"] and again.shape == (len(val), 32) and len(extractions) == before + 4
 
 
-def test_random_init_baseline(setup, first_run):
-    before = lp.EXTRACTION_COUNT
+def test_random_init_baseline(setup, first_run, extractions):
+    before = len(extractions)
     out = setup["tmp"] / "out5" / "random.json"
     base = lp.main(probe_args(setup, out, "--random-init", "--no-plot", fractions=("1.0",), seeds=("42",)))
-    assert lp.EXTRACTION_COUNT == before + 3  # other weights: no cache reuse
+    assert len(extractions) == before + 3  # other weights: no cache reuse
     assert base["random_init"] is True and base["init_seed"] == 42
     assert base["model_fingerprint"] != first_run["result"]["model_fingerprint"]
     trained = first_run["result"]["summary"][1]["test_auc_mean"]
@@ -323,3 +341,27 @@ def test_random_init_baseline(setup, first_run):
     a = lp.load_encoder(str(setup["model"]), random_init=True, init_seed=3)
     b = lp.load_encoder(str(setup["model"]), random_init=True, init_seed=3)
     assert lp.weights_fingerprint(a) == lp.weights_fingerprint(b)
+
+
+def test_probe_is_a_function_with_keyword_arguments(setup, first_run, extractions):
+    result = lp.run_linear_probe(model=str(setup["model"]), dataset="cpsc2018", data_root=setup["data"],
+                                 fractions=[1.0], seeds=[42], epochs=3, cache_dir=setup["cache"], num_workers=0,
+                                 bootstrap=0)
+    assert not extractions and "outputs" not in result  # the CLI's cached features; nothing written
+    assert [r["fraction"] for r in result["summary"]] == [1.0] and result["runs"][0]["test_auprc"] is not None
+    assert result["protocol"]["epochs"] == 3
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        lp.run_linear_probe(model=str(setup["model"]), dataset="cpsc2018", data_root=setup["data"], fractions=[0])
+
+
+def test_cli_refuses_bad_fractions_and_wrong_folders(setup, tmp_path, capsys):
+    for bad in ("0", "1.5", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            lp.main(probe_args(setup, tmp_path / "x.json", fractions=(bad,)))
+        assert exit_info.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err
+    # a PTB-XL run pointed at the CPSC2018 folder: a message naming the expected file, exit status 2
+    with pytest.raises(SystemExit) as exit_info:
+        lp.main(probe_args(setup, tmp_path / "x.json", "--task", "super") + ["--dataset", "ptbxl"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "ptbxl_database.csv" in err and "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()

@@ -17,12 +17,13 @@ with `transformers.Trainer`.
 - Gradient accumulation averages micro-batch losses: the model declares `accepts_loss_kwargs = False` and the
   Trainer is told the loss is a per-batch mean (`loss_is_scaled_for_ga = False`), so it divides by the number
   of accumulation steps; the logged training loss does not grow with `--gradient-accumulation-steps`.
-- Evaluation and checkpoints every epoch; the best checkpoint by val macro ROC AUC (eval.metrics, the same
-  numbers as sklearn's roc_auc_score per class) is reloaded at the end; early stopping after
+- Evaluation and checkpoints every epoch; the best checkpoint by val macro AUROC is reloaded at the end
+  (compute_metrics is eval.metrics.make_compute_metrics: the same point_metrics as the test report's
+  eval.metrics.auc_report, sklearn roc_auc_score / average_precision_score per class); early stopping after
   `--early-stopping-patience` epochs without improvement. `--resume` continues from the newest checkpoint in
   the output folder (weights, optimizer, scheduler, RNG and epoch).
-- At the end: val and test metrics (test macro AUC with a bootstrap CI) in OUTPUT_DIR/results.json, and the
-  best model exported with train.export.export_model to OUTPUT_DIR/export (id2label / label2id and
+- At the end: val and test metrics (test macro AUROC and AUPRC with bootstrap CIs) in OUTPUT_DIR/results.json,
+  and the best model exported with train.export.export_model to OUTPUT_DIR/export (id2label / label2id and
   problem_type in its config; loads with AutoModelForSequenceClassification.from_pretrained(...,
   trust_remote_code=True)); `--push-to-hub` uploads that folder with train.hub.push_export.
 """
@@ -38,7 +39,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ if str(ROOT) not in sys.path:  # `python train/finetune.py` as well as `python -
 
 from configuration_dbeta import DBetaConfig  # noqa: E402
 from eval.features import condition_item, resolve_protocol_num_samples  # noqa: E402
-from eval.metrics import auc_report  # noqa: E402
+from eval.metrics import auc_report, make_compute_metrics  # noqa: E402
 from modeling_dbeta import DBetaForECGClassification  # noqa: E402
 from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor  # noqa: E402
 from train.export import export_model  # noqa: E402
@@ -159,28 +160,6 @@ def load_classifier(model: str, class_names: Sequence[str], class_weights: Optio
         raise ValueError(f"{model}: {len(bad)} ECG-encoder weight(s) missing or misshapen in the checkpoint "
                          f"({', '.join(sorted(bad)[:5])}{' ...' if len(bad) > 5 else ''})")
     return clf
-
-
-def load_macro_auc_metric():
-    """The package's multi-label macro AUC as an `evaluate` metric (a local module: loads offline)."""
-    import evaluate
-
-    return evaluate.load(str(ROOT / "eval" / "macro_auc"))
-
-
-def make_compute_metrics(class_names: Sequence[str]):
-    """compute_metrics for Trainer: macro ROC AUC (key `macro_auc`) and each scorable class's AUC."""
-    metric = load_macro_auc_metric()
-
-    def compute_metrics(prediction) -> Dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        result = metric.compute(predictions=logits, references=prediction.label_ids, class_names=list(class_names))
-        metrics = {"macro_auc": result["macro_auc"] if result["macro_auc"] is not None else 0.0,
-                   "classes_scored": result["classes_scored"]}
-        metrics.update({f"auc_{name}": a for name, a in result["per_class_auc"].items() if a is not None})
-        return metrics
-
-    return compute_metrics
 
 
 def find_checkpoint(output_dir: Path) -> Optional[str]:
@@ -326,6 +305,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     if test is not None and test["report"]["macro_auc"] is not None:
         facts["test macro AUC"] = f"{test['report']['macro_auc']:.4f}"
+        facts["test macro AUPRC"] = f"{test['report']['macro_auprc']:.4f}"
     if trainer.is_world_process_zero():
         export_model(model, export_dir, processor=parts["processor"], card_facts=facts)
     pushed = None
@@ -427,8 +407,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise SystemExit("--batch-size and --gradient-accumulation-steps must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     results = run(args)
-    test = results["test"]["report"]["macro_auc"] if results["test"] else None
-    print(f"best val macro AUC {results['best_val_macro_auc']}; test macro AUC {test}; "
+    test = results["test"]["report"] if results["test"] else {}
+    print(f"best val macro AUC {results['best_val_macro_auc']}; test macro AUC {test.get('macro_auc')}, "
+          f"macro AUPRC {test.get('macro_auprc')}; "
           f"export: {results['export_dir']}" + (f"; pushed: {results['pushed']}" if results["pushed"] else ""))
     return results
 
