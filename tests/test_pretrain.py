@@ -505,18 +505,18 @@ def test_run_outputs_metrics_card_and_validation(straight_run):
     assert metrics["status"] == "finished" and metrics["steps"] == 8 and metrics["global_batch"] == 8
     assert [h["step"] for h in metrics["history"] if "validation" in h] == [4, 8]
     val = metrics["validation"]
-    assert {"loss", "mem_loss", "mlm_loss", "etm_loss", "ets_loss", "etm_accuracy", "recall@1", "recall@5",
-            "recall@10"} <= set(val)
+    assert {"loss", "mem_loss", "mlm_loss", "etm_loss", "ets_loss", "etm_accuracy", "R@1", "R@5",
+            "R@10"} <= set(val)
     assert val["samples"] == 16 and val["retrieval_candidates"] == len({REPORTS[(3 * i + 2) % 10] for i in range(16)})
-    assert 0 <= val["recall@1"] <= val["recall@5"] <= val["recall@10"] == 1.0  # <= 10 candidates
+    assert 0 <= val["R@1"] <= val["R@5"] <= val["R@10"] == 1.0  # <= 10 candidates
     card = (straight_run / "model" / "model_card.md").read_text()
-    assert "| optimizer steps | 8 |" in card and "recall@1" in card and "final training losses" in card
+    assert "| optimizer steps | 8 |" in card and "R@1" in card and "final training losses" in card
     assert "| text encoder | trained |" in card and "| config overrides | none |" in card
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(straight_run / "logs" / "dbeta-pretrain")).Reload()
     tags = set(events.Tags()["scalars"])
-    expected = {"train/loss", "train/mlm_loss", "train/lr", "train/samples_per_s", "val/recall@1", "val/etm_accuracy"}
+    expected = {"train/loss", "train/mlm_loss", "train/lr", "train/samples_per_s", "val/R@1", "val/etm_accuracy"}
     assert expected <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]
 

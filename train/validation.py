@@ -1,16 +1,9 @@
-"""Validation during pretraining: each loss, ETM accuracy and ECG->report retrieval recall@1/5/10."""
+"""Validation during pretraining: each loss, ETM accuracy and ECG->report retrieval R@1/5/10 (eval.metrics)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-
-def retrieval_recall(similarity: torch.Tensor, targets: torch.Tensor, ks=(1, 5, 10)) -> dict:
-    """similarity [N, C] (ECG x candidate reports), targets [N] -> recall@k (ties counted in the ECG's favour)."""
-    target_scores = similarity.gather(1, targets[:, None])
-    rank = (similarity > target_scores).sum(1)
-    return {f"recall@{k}": float((rank < k).float().mean()) for k in ks}
 
 
 LOSS_KEYS = ("loss", "mem_loss", "mlm_loss", "etm_loss", "ets_loss", "etm_accuracy")
@@ -27,6 +20,7 @@ def evaluate(accelerator, model, val_rows, collator, batch_size: int, seed: int)
     from accelerate.utils import gather_object
     from torch.utils.data import DataLoader
 
+    from eval.metrics import recall_at_k
     from processing_dbeta import normalize_report
     from train.collator import MODEL_INPUTS, BatchCollate, EvalBatches, RowsWithBatchId
 
@@ -80,7 +74,7 @@ def evaluate(accelerator, model, val_rows, collator, batch_size: int, seed: int)
             first.append(i)
         targets.append(unique[r])
     sim = unwrapped.similarity(ecg.to(device), text[first].to(device)).float().cpu()
-    metrics.update(retrieval_recall(sim, torch.tensor(targets)))
+    metrics.update(recall_at_k(sim.numpy(), np.asarray(targets)))
     metrics["samples"] = int(total)
     metrics["retrieval_candidates"] = len(unique)
     return metrics
