@@ -169,6 +169,13 @@ def test_classifier_is_refused_when_its_ecg_side_disagrees(pre_export, tmp_path)
             DBetaForECGClassification.from_pretrained(edited, num_labels=3)
 
 
+def test_conv_stride_change_is_caught_through_the_mem_decoder(pre_export, tmp_path):
+    """A stride leaves every conv shape intact; the MEM decoder's output (leads x token size) does not."""
+    edited = copy_export(pre_export, tmp_path / "edited", lambda c: c["ecg_config"]["conv_layers"][0].__setitem__(2, 1))
+    with pytest.raises(ValueError, match=r"mem_head\.pred\.weight"):
+        DBetaForPreTraining.from_pretrained(edited)
+
+
 def test_a_partly_present_head_is_refused(pre_export, tmp_path):
     edited = copy_export(pre_export, tmp_path / "edited", weights_edit=_drop("mem_head.pred.bias"))
     DBetaModel.from_pretrained(edited)  # the base model ignores the pretraining heads
