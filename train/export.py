@@ -39,7 +39,7 @@ CUSTOM_PIPELINES = {
         "type": "multimodal",
     }
 }
-# Shipped beside the weights: the pipeline (not copied by save_pretrained) and its prompt set.
+# Shipped beside the weights: the pipeline and its prompt set (this checkout's versions, whatever the model was loaded from).
 EXTRA_FILES = ("pipeline_dbeta.py", "prompts_dbeta.json")
 
 
@@ -131,17 +131,6 @@ def build_model_card(model, facts: Optional[dict] = None, *, base_model: Optiona
     table = "\n".join(f"| {scrub_local_paths(k)} | {scrub_local_paths(v)} |" for k, v in rows.items())
     card.text = text.rstrip() + "\n\n## This export\n\n| fact | value |\n| --- | --- |\n" + table + "\n"
     return card
-
-
-def render_model_card(facts: Optional[dict] = None, template: Path = ROOT / "model_card.md", model=None) -> str:
-    """The card as text (kept for callers of the old API; `build_model_card` is the full one)."""
-    if model is None:
-        card = template.read_text() if template.is_file() else "# D-BETA\n"
-        if facts:
-            rows = "\n".join(f"| {scrub_local_paths(k)} | {scrub_local_paths(v)} |" for k, v in facts.items())
-            card = card.rstrip() + "\n\n## This export\n\n| fact | value |\n| --- | --- |\n" + rows + "\n"
-        return card
-    return str(build_model_card(model, facts, template=template))
 
 
 def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, card_facts: Optional[dict] = None,
