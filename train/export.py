@@ -39,7 +39,7 @@ CUSTOM_PIPELINES = {
         "type": "multimodal",
     }
 }
-# Shipped beside the weights: the pipeline and its prompt set (this checkout's versions, whatever the model was loaded from).
+# Shipped beside the weights: the pipeline and its prompt set (this checkout's versions).
 EXTRA_FILES = ("pipeline_dbeta.py", "prompts_dbeta.json")
 
 
