@@ -168,7 +168,8 @@ def test_non_finite_weights_are_refused_naming_file_and_tensor(tmp_path):
     state["multi_modal_ecg_layers.0.output.dense.weight"][0, 0] = float("nan")
     torch.save({"model": state}, tmp_path / "nan.pt")
     authors = {"encoder_attention_heads": 4, "num_heads": 4, "mem_decoder_num_heads": 2, "mem_layer": 1}
-    with pytest.raises(ConversionError, match=r"non-finite[\s\S]*multi_modal_ecg_layers\.0\.output\.dense\.weight") as err:
+    bad_key = r"non-finite[\s\S]*multi_modal_ecg_layers\.0\.output\.dense\.weight"
+    with pytest.raises(ConversionError, match=bad_key) as err:
         convert(tmp_path / "nan.pt", authors, text)
     assert "nan.pt" in str(err.value)
     (tmp_path / "authors.json").write_text(json.dumps({"model": authors}))
