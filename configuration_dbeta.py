@@ -246,6 +246,8 @@ class DBetaConfig(PretrainedConfig):
         out = super().to_dict()
         out["ecg_config"] = self.ecg_config.to_dict()
         out["text_config"] = self.text_config.to_dict()
+        for sub in ("ecg_config", "text_config"):  # where a sub-config was loaded from: a local path, not config
+            out[sub].pop("_name_or_path", None)
         return out
 
     @classmethod

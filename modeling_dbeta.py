@@ -11,8 +11,13 @@ This file is remote code: at module level it imports only torch, transformers an
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -297,13 +302,141 @@ def _build_text_encoder(config) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+logger = logging.getLogger(__name__)
+
+# Files that travel with every saved copy: config.json's `custom_pipelines` names the pipeline module, and the
+# pipeline reads its prompt set from the model's folder; save_pretrained copies neither by itself.
+COMPANION_FILES = ("pipeline_dbeta.py", "prompts_dbeta.json")
+MODEL_CARD = "README.md"
+
+
+def _weights_file(source, key: str) -> str:
+    """The weights file of `source` (a folder or Hub id) that holds `key`, for error messages."""
+    index = Path(str(source)) / "model.safetensors.index.json"
+    name = "model.safetensors"
+    if index.is_file():
+        try:
+            name = json.loads(index.read_text()).get("weight_map", {}).get(key, name)
+        except (OSError, ValueError):
+            pass
+    return f"{source}/{name}"
+
+
+def _fetch_companion(source: str, name: str) -> Optional[Path]:
+    """`name` from the folder or Hub repo `source` a model was loaded from, or None if it has none."""
+    if not source:
+        return None
+    local = Path(source)
+    if local.is_dir():
+        return local / name if (local / name).is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(source, name))
+    except Exception:  # noqa: BLE001 - not a repo id, offline without a cached copy, or no such file
+        return None
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class DBetaPreTrainedModel(PreTrainedModel):
+    """Base class: weight init, and loading/saving rules shared by every D-BETA class.
+
+    Loading (`from_pretrained`) is strict, because a config that disagrees with its weights otherwise gives a
+    model that runs on random or ignored weights:
+      - every weight of the model body must be in the checkpoint with the shape the config implies;
+      - a checkpoint tensor the class does not use is an error, except the other classes' heads
+        (`_keys_to_ignore_on_load_unexpected`: a pretraining export loads into `DBetaModel` without its
+        pretraining heads, any export into `DBetaForECGClassification` without the text side);
+      - a head of the class (`_new_heads`: the classifier, the pretraining heads) absent from the checkpoint as a
+        whole is new and initialised; one only partly present is an error; a head tensor of another shape (e.g.
+        another number of labels) is re-initialised only with `ignore_mismatched_sizes=True`;
+      - a NaN or infinite weight is an error naming the file and the tensors.
+    Saving (`save_pretrained`) writes the weights with ordinary permissions (the umask's, as for any file) and
+    copies the pipeline, its prompt set and the model card of the export the model came from, so a re-saved
+    or pushed copy works like the export.
+    """
+
     config_class = DBetaConfig
     base_model_prefix = "dbeta"
     main_input_name = "ecg_values"
     input_modalities = ("ecg", "text")
     supports_gradient_checkpointing = False
     _supports_sdpa = True
+    _new_heads: tuple = ()  # top-level modules a checkpoint may lack as a whole (then initialised)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        want_info = kwargs.pop("output_loading_info", False)
+        allow_resize = kwargs.pop("ignore_mismatched_sizes", False)
+        # transformers' own refusal of misshapen keys only says "look at the report above"; refuse below instead.
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              ignore_mismatched_sizes=True, **kwargs)
+        model._check_loaded(pretrained_model_name_or_path, info, allow_resize)
+        return (model, info) if want_info else model
+
+    def _head_of(self, key: str) -> Optional[str]:
+        top = key.split(".", 1)[0]
+        return top if top in self._new_heads else None
+
+    def _check_loaded(self, source, info: dict, allow_resize: bool) -> None:
+        """Raise if the checkpoint `source` does not fill this model exactly (see the class docstring)."""
+        missing = set(info.get("missing_keys") or ())
+        mismatched = {k[0]: k[1:] for k in info.get("mismatched_keys") or ()}
+        own = set(self.state_dict())
+        problems = []
+        absent_heads = {h for h in self._new_heads if {k for k in own if self._head_of(k) == h} <= missing}
+        body_missing = sorted(k for k in missing if self._head_of(k) not in absent_heads)
+        if body_missing:
+            problems.append("weights the model needs but the checkpoint lacks:\n  " + "\n  ".join(body_missing))
+        unexpected = sorted(info.get("unexpected_keys") or ())
+        if unexpected:
+            problems.append("checkpoint tensors this model has no place for:\n  " + "\n  ".join(unexpected))
+        bad_shapes = sorted(k for k in mismatched if not (allow_resize and self._head_of(k)))
+        if bad_shapes:
+            problems.append("shape mismatches (checkpoint vs model):\n  " + "\n  ".join(
+                f"{k}: {tuple(mismatched[k][0])} vs {tuple(mismatched[k][1])}" for k in bad_shapes))
+        if problems:
+            raise ValueError(
+                f"{source}: the checkpoint does not match the model its config describes ({type(self).__name__}; "
+                f"an edited config.json, or weights of another architecture):\n" + "\n".join(problems))
+        fresh = missing | set(mismatched)
+        bad = [k for k, t in self.state_dict().items()
+               if k not in fresh and t.is_floating_point() and t.device.type != "meta"
+               and not bool(torch.isfinite(t).all())]
+        if bad:
+            files = sorted({_weights_file(source, k) for k in bad})
+            raise ValueError(f"{', '.join(files)}: non-finite (NaN or infinite) values in {len(bad)} weight(s): "
+                             f"{', '.join(bad[:20])}{' ...' if len(bad) > 20 else ''}; refusing to load them")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not (args[0] if args else kwargs.get("is_main_process", True)):
+            return
+        out = Path(save_directory)
+        mode = 0o666 & ~_current_umask()
+        for weights in out.glob("*.safetensors"):  # safetensors creates its files 0600
+            weights.chmod(mode)
+        self._save_companions(out)
+
+    def _save_companions(self, out: Path) -> None:
+        pipelines = json.dumps(getattr(self.config, "custom_pipelines", None) or {})
+        source = str(self.name_or_path or "")
+        here = Path(__file__).resolve().parent
+        for name in COMPANION_FILES if "pipeline_dbeta" in pipelines else ():
+            found = _fetch_companion(source, name) or (here / name if (here / name).is_file() else None)
+            if found is None:
+                logger.warning("%s: %s not found beside %s or in %r; pipeline(...) will not load this copy",
+                               out, name, here, source)
+            elif found.resolve() != (out / name).resolve():
+                shutil.copyfile(found, out / name)
+        card = _fetch_companion(source, MODEL_CARD)
+        if card is not None and not (out / MODEL_CARD).exists():
+            shutil.copyfile(card, out / MODEL_CARD)
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -599,6 +732,7 @@ class DBetaForPreTraining(DBetaModel):
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
+    _new_heads = ("mem_head", "mlm_head", "etm_head")
     accepts_loss_kwargs = False
 
     def __init__(self, config: DBetaConfig):
@@ -704,6 +838,7 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
         r"^text_model\.", r"^text_projection\.", r"^text_pooler\.", r"^modality_type_embeddings\.",
         r"^fusion\.", r"^fused_", r"^mem_head\.", r"^mlm_head\.", r"^etm_head\.", r"^logit_",
     ]
+    _new_heads = ("classifier",)
     accepts_loss_kwargs = False
 
     def __init__(self, config: DBetaConfig):

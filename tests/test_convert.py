@@ -158,3 +158,22 @@ def test_full_size_layout_converts_with_the_default_text_config(tmp_path):
     theirs, ours = source.state_dict(), converted.state_dict()
     assert set(theirs) == set(ours)
     assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+
+
+def test_non_finite_weights_are_refused_naming_file_and_tensor(tmp_path):
+    from tests.tiny import tiny_config, tiny_t5_text_config
+
+    text = tiny_t5_text_config(64)
+    state = to_authors_layout(DBetaForPreTraining(tiny_config(text)).state_dict())
+    state["multi_modal_ecg_layers.0.output.dense.weight"][0, 0] = float("nan")
+    torch.save({"model": state}, tmp_path / "nan.pt")
+    authors = {"encoder_attention_heads": 4, "num_heads": 4, "mem_decoder_num_heads": 2, "mem_layer": 1}
+    bad_key = r"non-finite[\s\S]*multi_modal_ecg_layers\.0\.output\.dense\.weight"
+    with pytest.raises(ConversionError, match=bad_key) as err:
+        convert(tmp_path / "nan.pt", authors, text)
+    assert "nan.pt" in str(err.value)
+    (tmp_path / "authors.json").write_text(json.dumps({"model": authors}))
+    (tmp_path / "text.json").write_text(json.dumps(text))
+    assert main(["--checkpoint", str(tmp_path / "nan.pt"), "--config", str(tmp_path / "authors.json"),
+                 "--text-config", str(tmp_path / "text.json"), "--output", str(tmp_path / "o")]) == 1
+    assert not (tmp_path / "o").exists()

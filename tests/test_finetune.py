@@ -198,8 +198,8 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert config["problem_type"] == "multi_label_classification" and config.get("class_weights") is None
     assert config["id2label"]["0"] == "AFIB" and config["label2id"]["CLBBB"] == 7
     assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_dbeta.DBetaForECGClassification"
-    assert "test macro AUC" in (export / "model_card.md").read_text()
-    assert "test macro AUPRC" in (export / "model_card.md").read_text()
+    assert "test macro AUC" in (export / "README.md").read_text()
+    assert "test macro AUPRC" in (export / "README.md").read_text()
 
     # the export reloads in a fresh interpreter (remote code only) and gives the same logits
     from modeling_dbeta import DBetaForECGClassification

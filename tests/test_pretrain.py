@@ -509,7 +509,7 @@ def test_run_outputs_metrics_card_and_validation(straight_run):
             "R@10"} <= set(val)
     assert val["samples"] == 16 and val["retrieval_candidates"] == len({REPORTS[(3 * i + 2) % 10] for i in range(16)})
     assert 0 <= val["R@1"] <= val["R@5"] <= val["R@10"] == 1.0  # <= 10 candidates
-    card = (straight_run / "model" / "model_card.md").read_text()
+    card = (straight_run / "model" / "README.md").read_text()
     assert "| optimizer steps | 8 |" in card and "R@1" in card and "final training losses" in card
     assert "| text encoder | trained |" in card and "| config overrides | none |" in card
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -682,7 +682,7 @@ def test_export_only_push_failure_keeps_the_export_and_exits_4(straight_run, tmp
     assert metrics["push"]["ok"] is False and "500" in metrics["push"]["error"]
     assert_same_weights(weights(tmp_path / "model"), weights(checkpoint))  # the export is complete
     assert {"config.json", "model.safetensors", "modeling_dbeta.py", "processor_config.json",
-            "model_card.md"} <= {p.name for p in (tmp_path / "model").iterdir()}
+            "README.md"} <= {p.name for p in (tmp_path / "model").iterdir()}
 
 
 def test_export_only_pushes_to_the_hub(straight_run, tmp_path, online_hub):
@@ -727,7 +727,7 @@ def test_freeze_text_encoder_trains_everything_but_the_text_encoder(assets, tmp_
                       "--set", "model.overrides.zero_shot_prompt_style=name",
                       steps=3)
     assert run_main(args) == 0
-    card = (out / "model" / "model_card.md").read_text()
+    card = (out / "model" / "README.md").read_text()
     assert "| text encoder | frozen (LiT-style) |" in card and "| config overrides | zero_shot_prompt_style=name |" in card
     assert json.loads((out / "model" / "config.json").read_text())["zero_shot_prompt_style"] == "name"
     exported = load_file(str(out / "model" / "model.safetensors"))

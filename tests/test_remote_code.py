@@ -53,12 +53,12 @@ def test_export_folder_contents(exported):
     out, _ = exported
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "configuration_dbeta.py", "modeling_dbeta.py",
-            "processing_dbeta.py", "processor_config.json", "tokenizer_config.json", "model_card.md"} <= names
+            "processing_dbeta.py", "processor_config.json", "tokenizer_config.json", "README.md"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))], "weights must be safetensors only"
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_dbeta.DBetaForECGClassification"
     assert "zero-shot-ecg-classification" in config["custom_pipelines"]
-    assert "| run | unit test |" in (out / "model_card.md").read_text()
+    assert "| run | unit test |" in (out / "README.md").read_text()
 
 
 def test_fresh_process_loads_every_auto_class(exported, tmp_path):

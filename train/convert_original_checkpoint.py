@@ -232,6 +232,9 @@ def convert_state_dict(state: dict, model: torch.nn.Module) -> dict:
         problems.append("model weights the checkpoint does not fill:\n  " + "\n  ".join(unfilled))
     if misshapen:
         problems.append("shape mismatches:\n  " + "\n  ".join(misshapen))
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        problems.append("non-finite (NaN or infinite) values in:\n  " + "\n  ".join(non_finite))
     if problems:
         raise ConversionError("conversion failed:\n" + "\n".join(problems))
     return mapped
@@ -241,7 +244,11 @@ def convert(checkpoint, authors_config=None, text_config=None) -> DBetaForPreTra
     state = load_authors_state(checkpoint)
     config = config_from_checkpoint(state, authors_config, text_config)
     model = DBetaForPreTraining(config)
-    model.load_state_dict(convert_state_dict(state, model), strict=True)
+    try:
+        mapped = convert_state_dict(state, model)
+    except ConversionError as err:
+        raise ConversionError(f"{checkpoint}: {err}") from None
+    model.load_state_dict(mapped, strict=True)
     return model.eval()
 
 

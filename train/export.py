@@ -2,16 +2,23 @@
 
 The folder holds model.safetensors, config.json (with `auto_map` for every class and the zero-shot pipeline in
 `custom_pipelines`), the remote-code files, the processor (processor_config.json and the tokenizer files), the
-prompt set, and model_card.md filled with the facts of the run. `AutoModel`, `AutoModelForPreTraining`,
-`AutoModelForSequenceClassification`, `AutoProcessor` and `pipeline("zero-shot-ecg-classification")` load it
-with `trust_remote_code=True`.
+prompt set, and README.md: the Hub card, made from the template model_card.md with huggingface_hub's
+`ModelCard` (front matter for this export, its shapes, a table of the run's facts). `AutoModel`,
+`AutoModelForPreTraining`, `AutoModelForSequenceClassification`, `AutoProcessor` and
+`pipeline("zero-shot-ecg-classification")` load it with `trust_remote_code=True`.
+
+Nothing local leaks into the folder: sub-configs drop where they were loaded from, and absolute paths in the
+card's facts are cut to their last component. Weights with a NaN or infinite value are refused.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
+
+import torch
 
 from configuration_dbeta import DBetaConfig
 from modeling_dbeta import DBetaForECGClassification, DBetaForPreTraining, DBetaModel
@@ -32,7 +39,7 @@ CUSTOM_PIPELINES = {
         "type": "multimodal",
     }
 }
-# Shipped beside the weights: the pipeline (not copied by save_pretrained) and its prompt set.
+# Shipped beside the weights: the pipeline and its prompt set (this checkout's versions).
 EXTRA_FILES = ("pipeline_dbeta.py", "prompts_dbeta.json")
 
 
@@ -55,18 +62,89 @@ def build_processor(tokenizer, **feature_extractor_kwargs) -> DBetaProcessor:
     return DBetaProcessor(DBetaFeatureExtractor(**feature_extractor_kwargs), tokenizer)
 
 
-def render_model_card(facts: Optional[dict] = None, template: Path = ROOT / "model_card.md") -> str:
-    """The package's model card with a table of this export's facts appended."""
-    card = template.read_text() if template.is_file() else "# D-BETA\n"
-    if facts:
-        rows = "\n".join(f"| {k} | {v} |" for k, v in facts.items())
-        card = card.rstrip() + "\n\n## This export\n\n| fact | value |\n| --- | --- |\n" + rows + "\n"
+# An absolute path (POSIX, ~ or a Windows drive) not inside a URL or a relative path: a run's local folders.
+_LOCAL_PATH = re.compile(r"(?<![\w/:.~-])(?:~|[A-Za-z]:)?(?:[/\\][^\s/\\|,;'\"()\[\]]+)+[/\\]?")
+# A Hub repo id ("owner/name"), the only form `base_model` may take.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# "[1, 768]"-style shapes in the template: 768 is the full-size feature width.
+_FEATURE_SHAPE = re.compile(r"\[(\w+), 768\]")
+
+
+def scrub_local_paths(text: str) -> str:
+    """`text` with every absolute local path replaced by its last component ("/home/me/data/mimic" -> "mimic")."""
+    return _LOCAL_PATH.sub(lambda m: Path(m.group(0).rstrip("/\\").replace("\\", "/")).name or "/", str(text))
+
+
+def non_finite_weights(model) -> list:
+    """Names of the model's floating-point tensors holding a NaN or an infinity."""
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all())]
+
+
+def _hub_base_model(model) -> Optional[str]:
+    """The Hub repo the model was loaded from (a fine-tune's base), or None for local folders and fresh models."""
+    name = str(getattr(model, "name_or_path", "") or "")
+    if _REPO_ID.match(name) and not Path(name).expanduser().exists():
+        return name
+    return None
+
+
+def architecture_facts(model) -> dict:
+    cfg = model.config
+    ecg, text = cfg.ecg_config, cfg.text_config
+    text_layers = getattr(text, "num_layers", None) or getattr(text, "num_hidden_layers", "?")
+    return {
+        "class": type(model).__name__,
+        "feature size": f"{cfg.hidden_size} (`get_ecg_features` / `get_text_features`: [batch, {cfg.hidden_size}])",
+        "ECG encoder": f"{len(ecg.conv_layers)} convs (token {ecg.token_size} samples), {ecg.num_hidden_layers} "
+                       f"transformer layers x {ecg.hidden_size}",
+        "text encoder": f"{text.model_type}, {text_layers} layers x {cfg.text_hidden_size}",
+        "fusion layers": f"{cfg.num_fusion_layers} + {cfg.num_fusion_layers}",
+        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M",
+    }
+
+
+def build_model_card(model, facts: Optional[dict] = None, *, base_model: Optional[str] = None,
+                     datasets: Optional[Sequence[str]] = None, license: Optional[str] = None,
+                     template: Path = ROOT / "model_card.md"):
+    """The Hub card (`huggingface_hub.ModelCard`) of this export: the template with metadata made for it.
+
+    Front matter: the template's licence, tags and language, `library_name: transformers`, no `pipeline_tag`
+    (the Hub has no tag for zero-shot ECG classification, and its `zero-shot-classification` is text NLI), and
+    `base_model` / `datasets` only when given (`base_model` defaults to the Hub repo the model was loaded from).
+    The feature shapes in the text follow the export's hidden size; the facts table gets the architecture and
+    `facts`, with local paths cut to their last component.
+    """
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(template.read_text() if template.is_file() else "---\nlicense: other\n---\n# D-BETA\n")
+    data = card.data
+    data.library_name = "transformers"
+    data.pipeline_tag = None
+    data.datasets = list(datasets) if datasets else None
+    data.base_model = base_model or _hub_base_model(model)
+    if license:
+        data.license = license
+    hidden = model.config.hidden_size
+    text = _FEATURE_SHAPE.sub(lambda m: f"[{m.group(1)}, {hidden}]", card.text)
+    rows = {**architecture_facts(model), **(facts or {})}
+    table = "\n".join(f"| {scrub_local_paths(k)} | {scrub_local_paths(v)} |" for k, v in rows.items())
+    card.text = text.rstrip() + "\n\n## This export\n\n| fact | value |\n| --- | --- |\n" + table + "\n"
     return card
 
 
 def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, card_facts: Optional[dict] = None,
-                 is_main_process: bool = True, save_function=None) -> Path:
-    """Write `model` (any D-BETA class), its processor, the pipeline, prompts and model card to `output_dir`."""
+                 is_main_process: bool = True, save_function=None, *, base_model: Optional[str] = None,
+                 datasets: Optional[Sequence[str]] = None, license: Optional[str] = None) -> Path:
+    """Write `model` (any D-BETA class), its processor, the pipeline, prompts and Hub card to `output_dir`.
+
+    Refuses (ValueError naming them, before writing anything) weights with NaN or infinite values.
+    `base_model`, `datasets` and `license` go into the card's front matter (see `build_model_card`).
+    """
+    bad = non_finite_weights(model)
+    if bad:
+        raise ValueError(f"refusing to export {type(model).__name__} to {output_dir}: non-finite (NaN or infinite) "
+                         f"values in {len(bad)} weight(s): {', '.join(bad[:20])}{' ...' if len(bad) > 20 else ''}")
     out = Path(output_dir)
     register_auto_classes()
     model.config.auto_map = dict(AUTO_MAP)
@@ -81,6 +159,7 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
         processor.save_pretrained(out)
     for name in EXTRA_FILES:
         if (ROOT / name).is_file():
-            shutil.copy2(ROOT / name, out / name)
-    (out / "model_card.md").write_text(render_model_card(card_facts))
+            shutil.copyfile(ROOT / name, out / name)
+    card = build_model_card(model, card_facts, base_model=base_model, datasets=datasets, license=license)
+    card.save(out / "README.md")
     return out

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("config.json", "model.safetensors")
 SHARDED_WEIGHTS_INDEX = "model.safetensors.index.json"  # accepted in place of model.safetensors
-MODEL_CARD = "model_card.md"  # uploaded as README.md
+MODEL_CARD = "model_card.md"  # older exports' card: uploaded as README.md when the folder has no README.md
 # Directories and file patterns that are never uploaded (caches, training state, VCS metadata).
 SKIP_DIRS = frozenset({"__pycache__", "checkpoints", ".git", ".cache", ".ipynb_checkpoints"})
 SKIP_FILES = ("*.pyc", "*.pyo", ".DS_Store")
@@ -46,7 +46,11 @@ def _skipped(rel: Path) -> bool:
 
 
 def collect_files(folder: str | Path) -> dict[str, Path]:
-    """Map path_in_repo -> local file for everything that should be uploaded (model_card.md -> README.md)."""
+    """Map path_in_repo -> local file for everything that should be uploaded.
+
+    README.md (the card exports write) is uploaded as is; an older export's model_card.md becomes README.md
+    when there is no README.md, and is left out when there is one (it would be a second, stale card).
+    """
     folder = Path(folder)
     files: dict[str, Path] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -54,9 +58,11 @@ def collect_files(folder: str | Path) -> dict[str, Path]:
         if not _skipped(rel):
             files[rel.as_posix()] = path
     if MODEL_CARD in files:
+        card = files.pop(MODEL_CARD)
         if "README.md" in files:
-            logger.warning("%s has both README.md and %s; uploading %s as README.md", folder, MODEL_CARD, MODEL_CARD)
-        files["README.md"] = files.pop(MODEL_CARD)
+            logger.warning("%s has both README.md and %s; uploading README.md as the card", folder, MODEL_CARD)
+        else:
+            files["README.md"] = card
     return files
 
 

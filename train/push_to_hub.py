@@ -1,7 +1,8 @@
 """CLI: python -m train.push_to_hub --folder DIR --repo-id NAME [--private] [--commit-message MSG].
 
-Uploads a save_pretrained() export in one commit (model_card.md becomes README.md). The token comes from
-HF_TOKEN or the saved login; the endpoint from HF_ENDPOINT unless --endpoint is given.
+Uploads a save_pretrained() export in one commit (its README.md is the card; an older export's model_card.md
+becomes README.md). The token comes from HF_TOKEN or the saved login; the endpoint from HF_ENDPOINT unless
+--endpoint is given.
 """
 
 from __future__ import annotations

@@ -1,0 +1,309 @@
+"""Exports and loading: file permissions, no local paths, non-finite weights, configs that disagree with their
+weights, re-saved / pushed copies that keep the pipeline, prompts and card, and the card's front matter."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
+
+from configuration_dbeta import DBetaConfig
+from modeling_dbeta import DBetaForECGClassification, DBetaForPreTraining, DBetaModel
+from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
+from train.export import build_processor, export_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_t5_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def pre_export(tmp_path_factory, tok):
+    """A DBetaForPreTraining export (tiny config: width 32, 2 ECG layers, 2 T5 layers)."""
+    torch.manual_seed(0)
+    model = DBetaForPreTraining(tiny_config(tiny_t5_text_config(len(tok)))).eval()
+    return export_model(model, tmp_path_factory.mktemp("pre") / "export", processor=build_processor(tok))
+
+
+def copy_export(src: Path, dst: Path, config_edit=None, weights_edit=None) -> Path:
+    """A copy of an export with config.json and/or the weights edited."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    if config_edit:
+        config = json.loads((dst / "config.json").read_text())
+        config_edit(config)
+        (dst / "config.json").write_text(json.dumps(config))
+    if weights_edit:
+        state = load_file(dst / "model.safetensors")
+        weights_edit(state)
+        save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+# -- 1. permissions and local paths ------------------------------------------------------------------------------
+
+
+def test_exported_files_get_ordinary_permissions(tok, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = export_model(DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))), tmp_path / "e",
+                           processor=build_processor(tok))
+        DBetaModel.from_pretrained(out).save_pretrained(tmp_path / "again")
+    finally:
+        os.umask(old)
+    for folder in (out, tmp_path / "again"):
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+        assert modes["model.safetensors"] == 0o644, modes
+        assert all(m == 0o644 for m in modes.values()), modes
+
+
+def test_no_local_path_in_any_exported_file(tmp_path):
+    """Text encoder and tokenizer loaded from a local folder, a card fact naming local folders: none of those
+    paths, nor the home or temp prefix, appears in any file of the export."""
+    from transformers import AutoConfig, AutoTokenizer, T5Config, T5EncoderModel
+
+    source = Path(tempfile.mkdtemp(prefix="dbeta-local-src-", dir=tmp_path))
+    tok = train_t5_tokenizer()
+    tok.save_pretrained(source / "text-encoder")
+    text = {k: v for k, v in tiny_t5_text_config(len(tok)).items() if k != "model_type"}
+    T5EncoderModel(T5Config(**text)).save_pretrained(source / "text-encoder")
+    config = DBetaConfig.small(text_config=AutoConfig.from_pretrained(source / "text-encoder"))
+    model = DBetaForPreTraining(config)
+    processor = build_processor(AutoTokenizer.from_pretrained(source / "text-encoder"))
+    out = export_model(model, tmp_path / "export", processor=processor, card_facts={
+        "pretraining data": f"{source / 'data'} (30 train / 4 validation rows)",
+        "text encoder init": f"{source / 'text-encoder'} (pretrained weights)",
+        "converted from": str(Path.home() / "downloads" / "sample.pt"),
+    })
+    forbidden = {str(source), str(tmp_path), str(Path.home()), tempfile.gettempdir() + os.sep}
+    for f in out.iterdir():
+        content = f.read_bytes()
+        for needle in forbidden:
+            assert needle.encode() not in content, f"{f.name} contains {needle}"
+    card = (out / "README.md").read_text()
+    assert "| pretraining data | data (30 train / 4 validation rows) |" in card
+    assert "| converted from | sample.pt |" in card
+
+
+# -- 2. non-finite weights -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_loading_refuses_non_finite_weights_naming_file_and_tensor(pre_export, tmp_path, bad):
+    key = "ecg_model.layers.1.fc1.weight"
+
+    def poison(state):
+        state[key][0, 3] = bad
+
+    damaged = copy_export(pre_export, tmp_path / "damaged", weights_edit=poison)
+    for cls in (DBetaModel, DBetaForPreTraining, DBetaForECGClassification):
+        with pytest.raises(ValueError, match="non-finite") as err:
+            cls.from_pretrained(damaged)
+        assert str(damaged / "model.safetensors") in str(err.value) and key in str(err.value)
+
+
+def test_export_refuses_non_finite_weights(tok, tmp_path):
+    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok))))
+    with torch.no_grad():
+        model.text_projection.bias[0] = float("nan")
+        model.ecg_pooler.dense.weight[1, 1] = float("-inf")
+    with pytest.raises(ValueError, match="non-finite") as err:
+        export_model(model, tmp_path / "e")
+    assert "text_projection.bias" in str(err.value) and "ecg_pooler.dense.weight" in str(err.value)
+    assert not (tmp_path / "e").exists()
+
+
+# -- 3. config and weights that disagree ---------------------------------------------------------------------------
+
+
+def _ecg_layers(n):
+    return lambda c: c["ecg_config"].update(num_hidden_layers=n)
+
+
+def _text_layers(n):
+    return lambda c: c["text_config"].update(num_layers=n)
+
+
+def _kernel(c):
+    c["ecg_config"]["conv_layers"][0][1] = 4
+
+
+def _drop(key):
+    return lambda state: state.pop(key)
+
+
+@pytest.mark.parametrize("cls", [DBetaModel, DBetaForPreTraining])
+@pytest.mark.parametrize("case, config_edit, weights_edit, named", [
+    ("ecg layers 2 -> 3", _ecg_layers(3), None, "ecg_model.layers.2."),
+    ("ecg layers 2 -> 1", _ecg_layers(1), None, "ecg_model.layers.1."),
+    ("text layers 2 -> 1", _text_layers(1), None, "text_model.encoder.block.1."),
+    ("conv kernel", _kernel, None, "ecg_model.conv_layers.0.conv.weight"),
+    ("one tensor missing", None, _drop("fusion.ecg_layers.0.fc2.weight"), "fusion.ecg_layers.0.fc2.weight"),
+])
+def test_config_that_disagrees_with_the_weights_is_refused(pre_export, tmp_path, cls, case, config_edit,
+                                                           weights_edit, named):
+    edited = copy_export(pre_export, tmp_path / "edited", config_edit, weights_edit)
+    with pytest.raises(ValueError, match="does not match") as err:
+        cls.from_pretrained(edited)
+    assert named in str(err.value) and str(edited) in str(err.value)
+
+
+def test_classifier_is_refused_when_its_ecg_side_disagrees(pre_export, tmp_path):
+    for config_edit, named in ((_ecg_layers(1), "ecg_model.layers.1."), (_kernel, "conv_layers.0.conv.weight")):
+        edited = copy_export(pre_export, tmp_path / named, config_edit)
+        with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+            DBetaForECGClassification.from_pretrained(edited, num_labels=3)
+
+
+def test_conv_stride_change_is_caught_through_the_mem_decoder(pre_export, tmp_path):
+    """A stride leaves every conv shape intact; the MEM decoder's output (leads x token size) does not."""
+    edited = copy_export(pre_export, tmp_path / "edited", lambda c: c["ecg_config"]["conv_layers"][0].__setitem__(2, 1))
+    with pytest.raises(ValueError, match=r"mem_head\.pred\.weight"):
+        DBetaForPreTraining.from_pretrained(edited)
+
+
+def test_a_partly_present_head_is_refused(pre_export, tmp_path):
+    edited = copy_export(pre_export, tmp_path / "edited", weights_edit=_drop("mem_head.pred.bias"))
+    DBetaModel.from_pretrained(edited)  # the base model ignores the pretraining heads
+    with pytest.raises(ValueError, match=r"mem_head\.pred\.bias"):
+        DBetaForPreTraining.from_pretrained(edited)
+
+
+def test_legitimate_loads_still_work(pre_export, tmp_path):
+    pre = DBetaForPreTraining.from_pretrained(pre_export)
+    base = DBetaModel.from_pretrained(pre_export)  # pretraining heads ignored
+    torch.testing.assert_close(base.ecg_pooler.dense.weight, pre.ecg_pooler.dense.weight)
+    clf, info = DBetaForECGClassification.from_pretrained(pre_export, num_labels=3, output_loading_info=True)
+    assert {"classifier.weight", "classifier.bias"} <= set(info["missing_keys"])  # a new head, initialised
+    torch.testing.assert_close(clf.ecg_model.layers[1].fc1.weight, pre.ecg_model.layers[1].fc1.weight)
+    assert torch.isfinite(clf(ecg_values=ecg_batch(1)).logits).all()
+    # a fine-tuned classifier re-headed for another label count: only when asked
+    clf.save_pretrained(tmp_path / "clf")
+    with pytest.raises(ValueError, match=r"classifier\.weight: \(3, 32\) vs \(5, 32\)"):
+        DBetaForECGClassification.from_pretrained(tmp_path / "clf", num_labels=5)
+    resized = DBetaForECGClassification.from_pretrained(tmp_path / "clf", num_labels=5, ignore_mismatched_sizes=True)
+    assert resized.classifier.weight.shape == (5, 32)
+    # a base (no pretraining heads) checkpoint starts pretraining with new heads; a classifier export has no text
+    base.save_pretrained(tmp_path / "base")
+    DBetaForPreTraining.from_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match=r"text_model\."):
+        DBetaModel.from_pretrained(tmp_path / "clf")
+
+
+# -- 4. re-saved and pushed copies keep the pipeline, prompts and card --------------------------------------------
+
+
+def _client_env(hf_home: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))
+           and k != "PYTHONPATH"}
+    env.update(HF_HOME=str(hf_home), TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_TELEMETRY="1",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **extra)
+    return env
+
+
+def _run(script: str, cwd: Path, env: dict) -> str:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+CLASSIFY = """
+import json, torch
+from transformers import pipeline
+from tests_signal import signal
+clf = pipeline("zero-shot-ecg-classification", model={where!r}, trust_remote_code=True)
+print("SCORES", json.dumps(clf(signal, sampling_rate=500, candidate_labels=["AFIB", "NORM", "sinus rhythm"])))
+"""
+
+
+def _scores(stdout: str):
+    return json.loads(next(x for x in stdout.splitlines() if x.startswith("SCORES"))[len("SCORES "):])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("client")
+    signal = ecg_batch(1, seed=5)[0].numpy()
+    (work / "tests_signal.py").write_text(f"import numpy as np\nsignal = np.array({signal.tolist()!r}, "
+                                          f"dtype=np.float32)\n")
+    return work
+
+
+def test_resaved_copy_works_like_the_export(pre_export, workdir, tmp_path):
+    copy = tmp_path / "copy"
+    env = _client_env(tmp_path / "hf", HF_HUB_OFFLINE="1")
+    _run(f"""
+        from transformers import AutoModel, AutoProcessor
+        AutoModel.from_pretrained({str(pre_export)!r}, trust_remote_code=True).save_pretrained({str(copy)!r})
+        AutoProcessor.from_pretrained({str(pre_export)!r}, trust_remote_code=True).save_pretrained({str(copy)!r})
+        """, workdir, env)
+    for name in ("pipeline_dbeta.py", "prompts_dbeta.json", "README.md"):
+        assert (copy / name).read_bytes() == (pre_export / name).read_bytes(), name
+    fresh = _client_env(tmp_path / "hf-empty", HF_HUB_OFFLINE="1")
+    original = _scores(_run(CLASSIFY.format(where=str(pre_export)), workdir, fresh))
+    resaved = _scores(_run(CLASSIFY.format(where=str(copy)), workdir, fresh))
+    assert [r["label"] for r in resaved] == [r["label"] for r in original]
+    assert all(abs(a["score"] - b["score"]) < 1e-6 for a, b in zip(resaved, original))
+
+
+def test_model_push_to_hub_copy_works_like_the_export(pre_export, workdir, tmp_path):
+    from tests.fake_hub import FakeHub
+
+    repo = "dbeta-tests/pushed"
+    with FakeHub() as hub:
+        env = _client_env(tmp_path / "hf", HF_ENDPOINT=hub.url, HF_TOKEN="hf_fake")
+        _run(f"""
+            from transformers import AutoModel, AutoProcessor
+            AutoModel.from_pretrained({str(pre_export)!r}, trust_remote_code=True).push_to_hub({repo!r})
+            AutoProcessor.from_pretrained({str(pre_export)!r}, trust_remote_code=True).push_to_hub({repo!r})
+            """, workdir, env)
+        files = hub.files(repo)
+        for name in ("pipeline_dbeta.py", "prompts_dbeta.json"):
+            assert files[name] == (pre_export / name).read_bytes(), name
+        fresh = _client_env(tmp_path / "hf-empty", HF_ENDPOINT=hub.url, HF_TOKEN="hf_fake")
+        pushed = _scores(_run(CLASSIFY.format(where=repo), workdir, fresh))
+    original = _scores(_run(CLASSIFY.format(where=str(pre_export)), workdir,
+                            _client_env(tmp_path / "hf-local", HF_HUB_OFFLINE="1")))
+    assert [r["label"] for r in pushed] == [r["label"] for r in original]
+
+
+# -- 5. the Hub card -----------------------------------------------------------------------------------------------
+
+
+def test_card_front_matter_and_shapes_fit_the_export(pre_export, tok, tmp_path):
+    card = ModelCard.load(pre_export / "README.md")
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "transformers" and meta["license"] == "cc-by-nc-4.0"
+    assert "pipeline_tag" not in meta  # the Hub has no zero-shot ECG tag; zero-shot-classification is text NLI
+    assert "datasets" not in meta and "base_model" not in meta  # trained here on nothing declared; not a fine-tune
+    assert "custom_code" in meta["tags"]
+    hidden = json.loads((pre_export / "config.json").read_text())["hidden_size"]
+    assert "[1, 768]" not in card.text and f"[1, {hidden}]" in card.text
+    assert not (pre_export / "model_card.md").exists()  # README.md is the one card
+
+    # a fine-tune of a Hub model names it; declared datasets are written
+    model = DBetaForECGClassification(tiny_config(tiny_t5_text_config(len(tok)), num_labels=2))
+    model.name_or_path = "someone/dbeta-base"
+    out = export_model(model, tmp_path / "ft", datasets=["someone/ptbxl"])
+    meta = ModelCard.load(out / "README.md").data.to_dict()
+    assert meta["base_model"] == "someone/dbeta-base" and meta["datasets"] == ["someone/ptbxl"]
+    # ... but never a local folder
+    local = tmp_path / "local-base"
+    local.mkdir()
+    model.name_or_path = str(local)
+    assert "base_model" not in ModelCard.load(export_model(model, tmp_path / "ft2") / "README.md").data.to_dict()
