@@ -33,7 +33,7 @@ CUSTOM_PIPELINES = {
     }
 }
 # Shipped beside the weights: the pipeline (not copied by save_pretrained) and its prompt set.
-EXTRA_FILES = ("pipeline_dbeta.py", "prompts_dbeta.json")
+EXTRA_FILES = ("pipeline_dbeta.py", "prompting_dbeta.py", "prompts_dbeta.json")
 
 
 def register_auto_classes() -> None:
