@@ -261,3 +261,102 @@ print("HUB-OK", json.dumps({{"texts": texts, "source": pipe.prompt_set().source,
     prompts = json.loads((exported["dir"] / "prompts_dbeta.json").read_text())["prompts"]
     assert data["texts"] == [prompts["AFIB"], "free text"] and data["n"] == 2
     assert data["source"].startswith(repo)
+
+
+# ----- issue 12/13: in-process checks of the pipeline's contract ------------------------------------------------
+
+
+def _local_pipeline(model, processor):
+    from pipeline_dbeta import ZeroShotECGClassificationPipeline
+
+    return ZeroShotECGClassificationPipeline(model=model, processor=processor)
+
+
+def test_a_single_label_is_scored_by_its_sigmoid(exported):
+    e = exported
+    pipe = _local_pipeline(e["model"], e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    out = pipe(signal, sampling_rate=500, candidate_labels=["AFIB"])  # LABELS[1]
+    want = torch.sigmoid(e["logits"][0, 1]).item()
+    assert out[0]["label"] == "AFIB" and out[0]["score"] == pytest.approx(want, abs=1e-6) and out[0]["score"] < 0.999
+    assert pipe(signal, sampling_rate=500, candidate_labels=["AFIB"], multi_label=True)[0]["score"] == out[0]["score"]
+
+
+def test_call_keywords_are_validated(exported):
+    e = exported
+    pipe = _local_pipeline(e["model"], e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    for value in ("false", 0, "True"):
+        with pytest.raises(TypeError, match="multi_label must be True or False"):
+            pipe(signal, sampling_rate=500, candidate_labels=LABELS, multi_label=value)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        pipe(signal, sampling_rate=500, candidate_labels=LABELS, top_k=0)
+    with pytest.raises(TypeError, match="candidate_label.*candidate_labels"):
+        pipe(signal, sampling_rate=500, candidate_label=LABELS)
+    with pytest.raises(TypeError, match="_text_embeds"):  # no private side channel any more
+        pipe(signal, sampling_rate=500, candidate_labels=LABELS, _text_embeds=torch.zeros(4, 32))
+    with pytest.raises(ValueError, match="unknown dataset 'cspc2018'"):
+        pipe(signal, sampling_rate=500, candidate_labels=["AF"], dataset="cspc2018")
+
+
+def test_labels_travel_through_the_model_inputs_and_outputs(exported):
+    e = exported
+    pipe = _local_pipeline(e["model"], e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    inputs = pipe.preprocess(signal, sampling_rate=500, candidate_labels=LABELS)
+    assert inputs["candidate_labels"] == LABELS and inputs["label_texts"] == e["texts"]
+    with torch.no_grad():
+        outputs = pipe._forward(dict(inputs))
+    assert outputs["candidate_labels"] == LABELS
+    assert torch.allclose(outputs["logits"], e["logits"][:1], atol=1e-5)
+    scores = {d["label"]: d["score"] for d in pipe.postprocess(outputs)}
+    assert torch.allclose(torch.tensor([scores[label] for label in LABELS]), e["logits"][0].softmax(-1), atol=1e-6)
+
+
+def test_label_features_follow_the_model_object(exported, tmp_path, monkeypatch):
+    """Two freshly loaded models have the same parameter versions: the cache must still tell them apart."""
+    import pipeline_dbeta
+
+    e = exported
+    torch.manual_seed(1)
+    other = DBetaModel(e["model"].config).eval()
+    other_dir = export_model(other, tmp_path / "other", processor=e["processor"])
+    first = DBetaModel.from_pretrained(e["dir"]).eval()
+    second = DBetaModel.from_pretrained(other_dir).eval()
+    computed = []
+    real = pipeline_dbeta.text_features
+
+    def spy(model, processor, texts, *args, **kwargs):
+        computed.append(model)
+        return real(model, processor, texts, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_dbeta, "text_features", spy)
+    pipe = _local_pipeline(first, e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    before = pipe(signal, sampling_rate=500, candidate_labels=LABELS, multi_label=True)
+    pipe(signal, sampling_rate=500, candidate_labels=LABELS)
+    assert computed == [first]  # same model, weights and labels: reused
+    pipe.model = second
+    after = {d["label"]: d["score"] for d in pipe(signal, sampling_rate=500, candidate_labels=LABELS, multi_label=True)}
+    assert computed == [first, second]
+    with torch.no_grad():
+        x = e["processor"](ecg=signal, sampling_rate=500)["ecg_values"]
+        enc = e["processor"](text=e["texts"])
+        want = torch.sigmoid(second.similarity(second.get_ecg_features(x),
+                                               second.get_text_features(enc["input_ids"], enc["attention_mask"])))[0]
+    assert torch.allclose(torch.tensor([after[label] for label in LABELS]), want, atol=1e-6)
+    assert after != {d["label"]: d["score"] for d in before}
+
+
+def test_a_bad_input_in_a_list_is_named_by_its_position(exported, tmp_path):
+    e = exported
+    pipe = _local_pipeline(e["model"], e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    with pytest.raises(ValueError, match=r"^input 1: expected 12 leads"):
+        pipe([signal, signal[:8]], sampling_rate=500, candidate_labels=LABELS)
+    with pytest.raises(ValueError, match=r"^input 2: .*broken"):
+        pipe([signal, str(e["record"]), str(e["tmp"] / "broken")], sampling_rate=500, candidate_labels=LABELS)
+    with pytest.raises(FileNotFoundError, match=r"^input 1: .*missing\.hea"):
+        pipe([signal, str(tmp_path / "missing.hea")], sampling_rate=500, candidate_labels=LABELS)
+    with pytest.raises(ValueError, match=r"^input 1: flat signal"):
+        extract_features(e["model"], e["processor"], ecgs=[signal, np.zeros_like(signal)], sampling_rate=500)
