@@ -360,3 +360,10 @@ def test_a_bad_input_in_a_list_is_named_by_its_position(exported, tmp_path):
         pipe([signal, str(tmp_path / "missing.hea")], sampling_rate=500, candidate_labels=LABELS)
     with pytest.raises(ValueError, match=r"^input 1: flat signal"):
         extract_features(e["model"], e["processor"], ecgs=[signal, np.zeros_like(signal)], sampling_rate=500)
+
+
+def test_the_prompting_module_is_remote_code_by_the_import_rule():
+    import tests.test_remote_code as remote_code
+
+    assert "prompting_dbeta.py" in __import__("train.export", fromlist=["EXTRA_FILES"]).EXTRA_FILES
+    remote_code.test_remote_code_imports_only_allowed_modules_at_module_level("prompting_dbeta.py")
