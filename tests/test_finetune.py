@@ -127,7 +127,7 @@ def test_random_crop_only_changes_the_window():
             return {"signal": np.tile(np.arange(3000, dtype=np.float32), (12, 1)), "sampling_rate": 100.0,
                     "lead_names": list(STANDARD_LEADS), "labels": np.ones(2, np.float32), "record_id": "x"}
 
-    fe = DBetaFeatureExtractor(sampling_rate=100, num_samples=1000)
+    fe = DBetaFeatureExtractor(sampling_rate=100, num_samples=1000, max_amplitude_mv=None)  # values count samples, not mV
     fixed = ft.ECGClassificationDataset(Long(), fe)
     assert fixed[0]["ecg_values"][0, 0] == 0  # the protocol's first 10 s
     starts = {int(ft.ECGClassificationDataset(Long(), fe, random_crop=True)[0]["ecg_values"][0, 0]) for _ in range(8)}
