@@ -304,9 +304,10 @@ def _build_text_encoder(config) -> nn.Module:
 
 logger = logging.getLogger(__name__)
 
-# Files that travel with every saved copy: config.json's `custom_pipelines` names the pipeline module, and the
-# pipeline reads its prompt set from the model's folder; save_pretrained copies neither by itself.
-COMPANION_FILES = ("pipeline_dbeta.py", "prompts_dbeta.json")
+# Files that travel with every saved copy: config.json's `custom_pipelines` names the pipeline module (which imports
+# its prompt and scoring module), and the pipeline reads its prompt set from the model's folder; save_pretrained
+# copies none of them by itself.
+COMPANION_FILES = ("pipeline_dbeta.py", "prompting_dbeta.py", "prompts_dbeta.json")
 MODEL_CARD = "README.md"
 
 

@@ -10,23 +10,24 @@ Inputs (one, or a list of them for a batch; `batch_size=` batches the model call
     `lead_names=` (otherwise the leads must be in the order I, II, III, aVR, aVL, aVF, V1-V6);
     a [batch, leads, samples] array is a batch;
   * a dict {"signal" (or "ecg"), "sampling_rate", "lead_names"} (missing keys fall back to the call's keywords);
-  * a path to a WFDB record (with or without .hea) or a DICOM ECG (.dcm).
-Every record goes through the model's processor (lead order, resampling, crop/pad, amplitude policy).
+  * a path to a WFDB record (with or without .hea) or a DICOM ECG (recognised by its content).
+Every record goes through the model's processor (lead order, resampling, crop/pad, plausibility, amplitude
+policy); an error names the input's position in the list and its file.
 
-Labels. `candidate_labels` are class codes or free text. A code that is a key of the prompt set shipped with the
-model (`prompts_dbeta.json`, e.g. "AFIB", "NORM", "CLBBB") is replaced by its entry: the full name and clinical
-description, or the full name alone with `prompt_style="name"` (the default is the checkpoint's
-`config.zero_shot_prompt_style`: the style its text tower was trained to match); with
-`dataset=` ("ptbxl", "cpsc2018", "code_test", "physionet2021", "csn") the dataset's own spellings are mapped
-first (CSN's "AF" is atrial flutter). Short code-like spellings listed in the prompt set's aliases ("1dAVb",
-"I-AVB") are mapped too. Anything else is used as written; a label that looks like a code (no spaces, capitals or
-digits) but is unknown is used as text with a warning listing close known codes. `hypothesis_template`
-(default "{}") wraps each text. The returned "label" is always the candidate label as given.
+Labels and scores come from `prompting_dbeta` (the one module that owns them, shared with `eval.zero_shot`):
+`candidate_labels` are class codes or free text; a code of the prompt set shipped with the model
+(`prompts_dbeta.json`) becomes its full name and clinical description, or the full name alone with
+`prompt_style="name"` (default: the checkpoint's `config.zero_shot_prompt_style`); `dataset=` applies a dataset's
+own spellings first (CSN's "AF" is atrial flutter); anything else is used as written (`hypothesis_template`,
+default "{}", wraps each text). The logits are the model's own (`DBetaModel.similarity`, what `forward` returns as
+`logits_per_ecg`); the scores are a softmax over the labels, or with `multi_label=True` an independent sigmoid per
+label. A single candidate label is always scored with the sigmoid: a softmax over one label would be 1 whatever
+the ECG. The returned "label" is always the candidate label as given.
 
-Scores. The model's ECG-text logits (`DBetaModel.similarity`, what `forward` returns as `logits_per_ecg`)
-between the ECG feature and each label's text feature: softmax over the candidate labels (default; the scores
-sum to 1) or, with `multi_label=True`, an independent sigmoid of each logit. The text features of the candidate
-labels are computed once per call, not once per ECG.
+The candidate labels travel with each record from `preprocess` through `_forward` to `postprocess`. The label
+texts' features are cached between calls, keyed on the model and processor objects, every parameter (object,
+storage and in-place version counter) and the texts, so a weight update, a new model (`pipe.model = other`) or
+new labels recompute them. In-place writes through `.data`, which PyTorch does not version, are not seen.
 
 Features outside the pipeline: `extract_features(model, processor, ecgs=..., texts=...)` returns the 768-d
 (hidden-size) ECG and text features as numpy arrays.
@@ -36,190 +37,55 @@ This file is remote code: at module level it imports only torch, transformers, n
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
-import re
-import warnings
+import weakref
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from transformers import Pipeline
 
 try:
-    from .configuration_dbeta import PROMPT_STYLES
     from .processing_dbeta import read_ecg_file
+    from .prompting_dbeta import (
+        PROMPT_STYLES,
+        PromptSet,
+        label_scores,
+        load_prompt_set,
+        looks_like_code,
+        prompt_style_for,
+        prompt_text,
+        zero_shot_logits,
+    )
 except ImportError:  # imported as a top-level module (tests, scripts)
-    from configuration_dbeta import PROMPT_STYLES
     from processing_dbeta import read_ecg_file
+    from prompting_dbeta import (
+        PROMPT_STYLES,
+        PromptSet,
+        label_scores,
+        load_prompt_set,
+        looks_like_code,
+        prompt_style_for,
+        prompt_text,
+        zero_shot_logits,
+    )
 
-PROMPTS_FILENAME = "prompts_dbeta.json"
 TASK = "zero-shot-ecg-classification"
-_CODE_RE = re.compile(r"[A-Za-z0-9_/()+\-]{1,20}")
+CALL_KEYWORDS = ("candidate_labels", "sampling_rate", "lead_names", "hypothesis_template", "multi_label", "dataset",
+                 "prompts", "prompt_style", "top_k", "batch_size", "num_workers")
 
 __all__ = [
     "ZeroShotECGClassificationPipeline",
     "PromptSet",
     "load_prompt_set",
+    "looks_like_code",
+    "prompt_text",
     "as_record",
     "extract_features",
     "ecg_features",
     "text_features",
 ]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Prompt set
-# --------------------------------------------------------------------------------------------------------------
-
-
-def looks_like_code(label: str) -> bool:
-    """No whitespace, only code characters, and at least one capital letter or digit ("AFIB", "1dAVb", "NST_")."""
-    label = str(label).strip()
-    return bool(_CODE_RE.fullmatch(label)) and any(ch.isupper() or ch.isdigit() for ch in label)
-
-
-def prompt_text(entry: str, style: str = "description") -> str:
-    """What a prompt-set entry ("<full name>. <what the ECG shows>.") is encoded as: all of it ("description")
-    or its first sentence, the full class name ("name")."""
-    if style == "description":
-        return entry
-    if style == "name":
-        return entry.split(". ", 1)[0].strip().rstrip(".")
-    raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {style!r}")
-
-
-class PromptSet:
-    """Class code -> clinical description, from a prompt-set dict {"prompts", "aliases", "dataset_aliases"}.
-
-    `resolve(label, dataset=None)` returns (text, key) where key is the prompt key used, or None when the label
-    is taken as free text."""
-
-    def __init__(self, data: Optional[dict] = None, source: Optional[str] = None):
-        data = data or {}
-        if "prompts" not in data and data and all(isinstance(v, str) for v in data.values()):
-            data = {"prompts": data}  # a plain {code: text} mapping
-        self.prompts: Dict[str, str] = dict(data.get("prompts", {}))
-        self.aliases: Dict[str, str] = {str(k): str(v) for k, v in data.get("aliases", {}).items()}
-        self.dataset_aliases: Dict[str, Dict[str, str]] = dict(data.get("dataset_aliases", {}))
-        self.source = source
-        self._by_fold = {k.casefold(): k for k in self.prompts}
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def __contains__(self, code: str) -> bool:
-        return self.key_for(code) is not None
-
-    def _alias_target(self, table: Dict[str, str], name: str) -> Optional[str]:
-        if name in table:
-            target = table[name]
-        else:
-            folded = name.casefold()
-            target = next((v for k, v in table.items() if k.casefold() == folded), None)
-        if target is None:
-            return None
-        return self._by_fold.get(str(target).casefold())
-
-    def key_for(self, label: str, dataset: Optional[str] = None) -> Optional[str]:
-        """The prompt key of `label`: dataset aliases, exact key, then (for code-like labels) a case-insensitive
-        key or a code-like alias. None for free text or an unknown code."""
-        name = str(label).strip()
-        if dataset is not None:
-            tables = {k.casefold(): v for k, v in self.dataset_aliases.items()}
-            group = str(dataset).casefold().replace("-", "_")
-            group = {"ptb_xl": "ptbxl", "ptbxl_super": "ptbxl", "ptbxl_sub": "ptbxl", "ptbxl_form": "ptbxl",
-                     "ptbxl_rhythm": "ptbxl", "codetest": "code_test", "icbeb": "cpsc2018",
-                     "chapman": "csn", "cinc2021": "physionet2021"}.get(group, group)
-            if group in tables:
-                key = self._alias_target(tables[group], name)
-                if key is not None:
-                    return key
-        if name in self.prompts:
-            return name
-        if not looks_like_code(name):
-            return None
-        if name.casefold() in self._by_fold:
-            return self._by_fold[name.casefold()]
-        code_aliases = {k: v for k, v in self.aliases.items() if not any(ch.isspace() for ch in k)}
-        return self._alias_target(code_aliases, name)
-
-    def close_codes(self, label: str, n: int = 5) -> List[str]:
-        """Known codes spelled like `label` (difflib, case-insensitive), for the unknown-code warning."""
-        folded = str(label).casefold()
-        found = difflib.get_close_matches(folded, list(self._by_fold), n=n, cutoff=0.5)
-        out = [self._by_fold[f] for f in found]
-        for key in self.prompts:  # codes containing the label or contained in it ("AFIBX" -> AFIB)
-            if len(out) >= n:
-                break
-            k = key.casefold()
-            if key not in out and len(folded) >= 2 and (folded in k or (len(k) >= 2 and k in folded)):
-                out.append(key)
-        return out[:n]
-
-    def resolve(self, label: str, dataset: Optional[str] = None, warn: bool = True, style: str = "description"):
-        """(text for the text encoder, prompt key or None); `style` picks the whole entry or the class name."""
-        key = self.key_for(label, dataset)
-        if key is not None:
-            return prompt_text(self.prompts[key], style), key
-        name = str(label).strip()
-        if warn and looks_like_code(name):
-            if self.prompts:
-                close = self.close_codes(name)
-                hint = f"; close known codes: {', '.join(close)}" if close else ""
-                warnings.warn(
-                    f"candidate label {name!r} looks like a class code but is not in the prompt set "
-                    f"({self.source or 'prompts'}, {len(self.prompts)} codes); using it as free text{hint}",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            else:
-                warnings.warn(
-                    f"no prompt set ({PROMPTS_FILENAME}) was found for this model, so the code {name!r} is used "
-                    "as free text; pass prompts=... or describe the class in words",
-                    UserWarning,
-                    stacklevel=4,
-                )
-        return name, None
-
-
-def _read_json(path: Union[str, os.PathLike]) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def load_prompt_set(name_or_path: Optional[str] = None, revision: Optional[str] = None,
-                    prompts: Union[None, str, os.PathLike, dict, PromptSet] = None) -> PromptSet:
-    """The prompt set of a model: `prompts` if given (a PromptSet, a dict or a JSON path); else
-    `prompts_dbeta.json` in the model folder `name_or_path`; else, for a Hub repo id, that file downloaded with
-    huggingface_hub (cache/offline rules apply); else the copy beside this module; else an empty set."""
-    if isinstance(prompts, PromptSet):
-        return prompts
-    if isinstance(prompts, dict):
-        return PromptSet(prompts, source="prompts argument")
-    if prompts is not None:
-        return PromptSet(_read_json(prompts), source=str(prompts))
-    if name_or_path:
-        local = Path(str(name_or_path))
-        if local.is_dir():
-            if (local / PROMPTS_FILENAME).is_file():
-                return PromptSet(_read_json(local / PROMPTS_FILENAME), source=str(local / PROMPTS_FILENAME))
-        else:
-            try:
-                from huggingface_hub import hf_hub_download
-
-                path = hf_hub_download(str(name_or_path), PROMPTS_FILENAME, revision=revision)
-                return PromptSet(_read_json(path), source=f"{name_or_path}/{PROMPTS_FILENAME}")
-            except ImportError:
-                pass
-            except Exception:  # not on the Hub, offline and uncached, no such file: fall through
-                pass
-    beside = Path(__file__).resolve().parent / PROMPTS_FILENAME
-    if beside.is_file():
-        return PromptSet(_read_json(beside), source=str(beside))
-    return PromptSet({}, source=None)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -279,18 +145,40 @@ def _split_batch(inputs):
     return inputs
 
 
-def _processor_inputs(processor, record: dict) -> dict:
-    if record["sampling_rate"] is None:
-        raise ValueError(
-            f"{record['source']}: sampling_rate is required for an array input: pass sampling_rate=<Hz>"
-        )
+class _Item:
+    """One input of a list, with its position, so an error can name it."""
+
+    __slots__ = ("index", "value")
+
+    def __init__(self, index: int, value):
+        self.index, self.value = index, value
+
+
+def _where(index: Optional[int], source: str) -> str:
+    """How an error names an input: its position in the list and its file or record id."""
+    named = source not in ("array", "dict")
+    if index is None:
+        return source if named else "ecg"
+    return f"input {index} ({source})" if named else f"input {index}"
+
+
+def _read_input(item, index: Optional[int], sampling_rate=None, lead_names=None) -> dict:
     try:
-        return processor(ecg=record["signal"], sampling_rate=float(record["sampling_rate"]),
-                         lead_names=record["lead_names"], return_tensors="pt")
-    except ValueError as err:
-        if record["source"] not in ("array", "dict"):
-            raise ValueError(f"{record['source']}: {err}") from err
-        raise
+        return as_record(item, sampling_rate, lead_names)
+    except (OSError, ValueError) as err:
+        if index is None:
+            raise
+        raise type(err)(f"input {index}: {err}") from err
+
+
+def conditioned_ecg(processor, record: dict, index: Optional[int] = None) -> torch.Tensor:
+    """The model input [1, leads, samples] of one record, conditioned by the processor's feature extractor."""
+    where = _where(index, record["source"])
+    if record["sampling_rate"] is None:
+        raise ValueError(f"{where}: sampling_rate is required for an array input: pass sampling_rate=<Hz>")
+    values = processor.feature_extractor.condition(record["signal"], record["sampling_rate"], record["lead_names"],
+                                                   where=where)
+    return torch.from_numpy(values)[None]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -323,8 +211,8 @@ def ecg_features(model, processor, ecgs, sampling_rate=None, lead_names=None, ba
     chunks = []
     for start in range(0, len(ecgs), batch_size):
         values = [
-            _processor_inputs(processor, as_record(e, sampling_rate, lead_names))["ecg_values"]
-            for e in ecgs[start:start + batch_size]
+            conditioned_ecg(processor, _read_input(e, i, sampling_rate, lead_names), i)
+            for i, e in enumerate(ecgs[start:start + batch_size], start=start)
         ]
         chunks.append(model.get_ecg_features(torch.cat(values).to(device)))
     return torch.cat(chunks) if chunks else torch.zeros(0, model.config.hidden_size)
@@ -361,13 +249,33 @@ def extract_features(model, processor, ecgs=None, texts: Optional[Sequence[str]]
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _check_bool(name: str, value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+def _labels_list(candidate_labels) -> List[str]:
+    if candidate_labels is None:
+        raise ValueError("candidate_labels is required, e.g. candidate_labels=['NORM', 'AFIB', 'MI']")
+    if isinstance(candidate_labels, str):
+        candidate_labels = [c.strip() for c in candidate_labels.split(",")]
+    labels = [str(c).strip() for c in candidate_labels]
+    if not labels or any(not c for c in labels):
+        raise ValueError(f"candidate_labels must be non-empty strings, got {candidate_labels!r}")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"candidate_labels has duplicates: {labels}")
+    return labels
+
+
 class ZeroShotECGClassificationPipeline(Pipeline):
     """Zero-shot ECG classification: scores an ECG against candidate labels (class codes or free text).
 
     Call keywords: candidate_labels (list or comma-separated string; required), sampling_rate, lead_names,
-    hypothesis_template ("{}"), multi_label (False), dataset (None; applies that dataset's code spellings),
-    prompts (a prompt-set dict or JSON path overriding the model's), prompt_style ("description" | "name";
-    default the model config's zero_shot_prompt_style), top_k (None = all), batch_size."""
+    hypothesis_template ("{}"), multi_label (False; True or False only), dataset (None; applies that dataset's code
+    spellings), prompts (a prompt-set dict or JSON path overriding the model's), prompt_style ("description" |
+    "name"; default the model config's zero_shot_prompt_style), top_k (None = all), batch_size, num_workers.
+    Any other keyword is refused."""
 
     _load_processor = True
     _load_tokenizer = False
@@ -375,75 +283,89 @@ class ZeroShotECGClassificationPipeline(Pipeline):
     _load_image_processor = False
 
     def __init__(self, *args, **kwargs):
+        self._prompt_cache = None  # ((model name, revision), PromptSet)
+        self._label_cache = None  # (model, processor and parameter identities and versions, texts, features)
         super().__init__(*args, **kwargs)
-        self._prompt_sets: Dict[str, PromptSet] = {}
-        self._label_cache: Optional[tuple] = None  # (key, features) of the last label texts
-        self.text_feature_calls = 0  # how many times candidate-label features were computed (tests read it)
 
     # -- parameters -------------------------------------------------------------------------------------------
 
     def _sanitize_parameters(self, sampling_rate=None, lead_names=None, candidate_labels=None,
                              hypothesis_template=None, multi_label=None, dataset=None, prompts=None, top_k=None,
-                             prompt_style=None, _text_embeds=None, _labels=None, **kwargs):
+                             prompt_style=None, **kwargs):
         if kwargs:
-            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-        preprocess, forward, post = {}, {}, {}
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the pipeline takes "
+                            f"{', '.join(CALL_KEYWORDS)}")
+        preprocess, post = {}, {}
         if sampling_rate is not None:
             preprocess["sampling_rate"] = sampling_rate
         if lead_names is not None:
             preprocess["lead_names"] = lead_names
-        if _text_embeds is not None:
-            forward["text_embeds"] = _text_embeds
-        if _labels is not None:
-            post["labels"] = _labels
+        if candidate_labels is not None:
+            preprocess["candidate_labels"] = _labels_list(candidate_labels)
+        if hypothesis_template is not None:
+            if not isinstance(hypothesis_template, str) or "{}" not in hypothesis_template:
+                raise ValueError(f"hypothesis_template must contain '{{}}' for the label, got {hypothesis_template!r}")
+            preprocess["hypothesis_template"] = hypothesis_template
+        if dataset is not None:
+            preprocess["dataset"] = dataset
+        if prompts is not None:
+            preprocess["prompts"] = load_prompt_set(prompts=prompts)  # read once per call; errors name the file
+        if prompt_style is not None:
+            if prompt_style not in PROMPT_STYLES:
+                raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+            preprocess["prompt_style"] = prompt_style
         if multi_label is not None:
-            post["multi_label"] = bool(multi_label)
+            post["multi_label"] = _check_bool("multi_label", multi_label)
         if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
             post["top_k"] = int(top_k)
-        # candidate_labels / template / dataset / prompts / style are consumed by __call__; kept for pipeline(...)
-        for name, value in (("candidate_labels", candidate_labels), ("hypothesis_template", hypothesis_template),
-                            ("dataset", dataset), ("prompts", prompts), ("prompt_style", prompt_style)):
-            if value is not None:
-                post["_" + name] = value
-        return preprocess, forward, post
+        return preprocess, {}, post
 
     # -- labels -----------------------------------------------------------------------------------------------
 
     def prompt_set(self, prompts=None) -> PromptSet:
-        """The prompt set for this model (cached), or one built from `prompts`."""
+        """The model's prompt set (kept while the model's name and revision stay the same), or `prompts`'."""
         if prompts is not None:
             return load_prompt_set(prompts=prompts)
-        key = "model"
-        if key not in self._prompt_sets:
-            config = self.model.config
-            name = getattr(self.model, "name_or_path", None) or getattr(config, "_name_or_path", None)
-            self._prompt_sets[key] = load_prompt_set(name, revision=getattr(config, "_commit_hash", None))
-        return self._prompt_sets[key]
+        config = self.model.config
+        name = getattr(self.model, "name_or_path", None) or getattr(config, "_name_or_path", None)
+        key = (name, getattr(config, "_commit_hash", None))
+        if self._prompt_cache is None or self._prompt_cache[0] != key:
+            self._prompt_cache = (key, load_prompt_set(name, revision=key[1]))
+        return self._prompt_cache[1]
 
     def label_texts(self, candidate_labels, hypothesis_template: str = "{}", dataset=None, prompts=None,
-                    prompt_style: Optional[str] = None) -> list:
-        """The text each candidate label is encoded as (its prompt-set entry in `prompt_style`, default the
-        model config's `zero_shot_prompt_style`, or the free text as given; in the template)."""
-        labels = self._labels_list(candidate_labels)
-        if "{}" not in hypothesis_template:
-            raise ValueError(f"hypothesis_template must contain '{{}}' for the label, got {hypothesis_template!r}")
-        style = prompt_style or getattr(self.model.config, "zero_shot_prompt_style", "description")
-        prompt_text("", style)  # validates the style before any work
-        prompt_set = self.prompt_set(prompts)
-        return [hypothesis_template.format(prompt_set.resolve(label, dataset, style=style)[0]) for label in labels]
+                    prompt_style: Optional[str] = None) -> List[str]:
+        """The text each candidate label is encoded as (prompting_dbeta.PromptSet.texts with this model's prompt
+        set and prompt style)."""
+        style = prompt_style_for(self.model.config, prompt_style)
+        return self.prompt_set(prompts).texts(_labels_list(candidate_labels), dataset, style, hypothesis_template)
 
-    @staticmethod
-    def _labels_list(candidate_labels) -> list:
-        if candidate_labels is None:
-            raise ValueError("candidate_labels is required, e.g. candidate_labels=['NORM', 'AFIB', 'MI']")
-        if isinstance(candidate_labels, str):
-            candidate_labels = [c.strip() for c in candidate_labels.split(",")]
-        labels = [str(c).strip() for c in candidate_labels]
-        if not labels or any(not c for c in labels):
-            raise ValueError(f"candidate_labels must be non-empty strings, got {candidate_labels!r}")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"candidate_labels has duplicates: {labels}")
-        return labels
+    def _label_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Text features of the label texts, reused while the model, the processor, the weights and the texts stay
+        the same (a full-size text encoder takes about a second; one record per call would pay it every time)."""
+        model, processor = self.model, self.processor
+        params = list(model.parameters())
+        state = tuple((p._version, p.data_ptr()) for p in params)
+        texts = tuple(texts)
+        cached = self._label_cache
+        if cached is not None:
+            model_ref, processor_ref, param_refs, cached_state, cached_texts, features = cached
+            if (model_ref() is model and processor_ref() is processor and cached_texts == texts
+                    and cached_state == state and len(param_refs) == len(params)
+                    and all(ref() is p for ref, p in zip(param_refs, params))):
+                return features
+        was_training = model.training
+        model.eval()
+        try:
+            features = text_features(model, processor, list(texts))
+        finally:
+            model.train(was_training)
+        # weak references: a freed model or parameter can never match a new one that reuses its id or memory
+        self._label_cache = (weakref.ref(model), weakref.ref(processor), [weakref.ref(p) for p in params], state,
+                             texts, features)
+        return features
 
     # -- call -------------------------------------------------------------------------------------------------
 
@@ -451,54 +373,45 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         """Score `inputs` (one ECG or a list; see the module docstring) against `candidate_labels`.
 
         Returns [{"label", "score"}] sorted by score (highest first), or a list of those for a list input."""
-        init_post = self._postprocess_params
-        candidate_labels = candidate_labels if candidate_labels is not None else init_post.get("_candidate_labels")
-        template = kwargs.pop("hypothesis_template", None) or init_post.get("_hypothesis_template", "{}")
-        dataset = kwargs.pop("dataset", None) or init_post.get("_dataset")
-        prompts = kwargs.pop("prompts", None) or init_post.get("_prompts")
-        style = kwargs.pop("prompt_style", None) or init_post.get("_prompt_style")
-        labels = self._labels_list(candidate_labels)
-        texts = self.label_texts(labels, template, dataset, prompts, style)
-        text_embeds = self._label_features(texts)
-        self._last_texts = texts
+        if candidate_labels is not None:
+            kwargs["candidate_labels"] = candidate_labels
         inputs = _split_batch(inputs)
-        if isinstance(inputs, list) and not inputs:
-            return []
-        return super().__call__(inputs, _text_embeds=text_embeds, _labels=labels, **kwargs)
+        if isinstance(inputs, list):
+            if not inputs:
+                return []
+            inputs = [_Item(i, x) for i, x in enumerate(inputs)]
+        return super().__call__(inputs, **kwargs)
 
-    def _label_features(self, texts: list) -> torch.Tensor:
-        """Text features of the label texts, reused while the texts and the weights stay the same (a full-size
-        text encoder takes about a second per call; classifying one record per call would pay it every time).
-        Parameter versions change with any in-place update, so training between calls is noticed."""
-        key = (tuple(texts), tuple(p._version for p in self.model.parameters()))
-        if self._label_cache is not None and self._label_cache[0] == key:
-            return self._label_cache[1]
-        with torch.no_grad():
-            was_training = self.model.training
-            self.model.eval()
-            features = text_features(self.model, self.processor, texts)
-            self.model.train(was_training)
-        self.text_feature_calls += 1
-        self._label_cache = (key, features)
-        return features
+    def preprocess(self, inputs, sampling_rate=None, lead_names=None, candidate_labels=None,
+                   hypothesis_template="{}", dataset=None, prompts=None, prompt_style=None):
+        index = inputs.index if isinstance(inputs, _Item) else None
+        item = inputs.value if isinstance(inputs, _Item) else inputs
+        model_inputs = {}
+        if candidate_labels is not None:  # the labels travel with the record to _forward and postprocess
+            model_inputs["candidate_labels"] = list(candidate_labels)
+            model_inputs["label_texts"] = self.label_texts(candidate_labels, hypothesis_template, dataset, prompts,
+                                                           prompt_style)
+        record = _read_input(item, index, sampling_rate, lead_names)
+        model_inputs["ecg_values"] = conditioned_ecg(self.processor, record, index)
+        return model_inputs
 
-    def preprocess(self, inputs, sampling_rate=None, lead_names=None):
-        record = as_record(inputs, sampling_rate, lead_names)
-        return {"ecg_values": _processor_inputs(self.processor, record)["ecg_values"]}
-
-    def _forward(self, model_inputs, text_embeds=None):
-        if text_embeds is None:
-            raise ValueError("call the pipeline with candidate_labels")
+    def _forward(self, model_inputs):
+        if "candidate_labels" not in model_inputs:
+            raise ValueError("candidate_labels is required, e.g. candidate_labels=['NORM', 'AFIB', 'MI']")
+        labels = model_inputs.pop("candidate_labels")
+        texts = model_inputs.pop("label_texts")
         ecg_embeds = self.model.get_ecg_features(model_inputs["ecg_values"])
-        text_embeds = text_embeds.to(device=ecg_embeds.device, dtype=ecg_embeds.dtype)
-        return {"logits": self.model.similarity(ecg_embeds, text_embeds)}
+        rows = texts if isinstance(texts[0], list) else [texts]  # batched: one label list per record
+        logits = torch.cat([zero_shot_logits(self.model, ecg_embeds[i:i + 1], self._label_features(row))
+                            for i, row in enumerate(rows)])
+        return {"logits": logits, "candidate_labels": labels}
 
-    def postprocess(self, model_outputs, labels=None, multi_label=False, top_k=None, **_unused):
-        logits = model_outputs["logits"].float()
+    def postprocess(self, model_outputs, multi_label=False, top_k=None):
+        labels = model_outputs["candidate_labels"]
+        logits = model_outputs["logits"]
         if logits.ndim == 2:
             logits = logits[0]
-        scores = torch.sigmoid(logits) if multi_label else logits.softmax(dim=-1)
-        scores = scores.tolist()
+        scores = label_scores(logits, multi_label).tolist()
         order = sorted(range(len(labels)), key=lambda i: -scores[i])
         if top_k is not None:
             order = order[:top_k]

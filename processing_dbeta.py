@@ -10,7 +10,9 @@ This file is remote code: at module level it imports only numpy, torch, transfor
 from __future__ import annotations
 
 import functools
+import numbers
 import re
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +29,14 @@ MIMIC_LEADS = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V
 NORMALIZATIONS = ("none", "minmax")
 CROP_POLICIES = ("start", "center", "random")
 NAN_POLICIES = ("interpolate", "zero", "raise")
+IMPLAUSIBLE_POLICIES = ("raise", "warn")
+# Per-call options of DBetaFeatureExtractor.__call__ (besides the data arguments); anything else is refused.
+CALL_OPTIONS = ("normalization", "nan_policy", "crop", "implausible", "generator", "return_tensors")
+
+# Leads recorded beside the standard 12 that the processor drops: Frank (X, Y, Z; PTB spells them vx, vy, vz),
+# right-sided (V1R-V6R) and posterior (V7-V9).
+EXTRA_LEADS = ("X", "Y", "Z", "V1R", "V2R", "V3R", "V4R", "V5R", "V6R", "V7", "V8", "V9")
+_EXTRA_SPELLINGS = {**{lead.upper(): lead for lead in EXTRA_LEADS}, "VX": "X", "VY": "Y", "VZ": "Z"}
 
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3, "v": 1e3, "nv": 1e-6}
 
@@ -44,6 +54,13 @@ def canonical_lead_name(name: str) -> str:
         if key == lead.upper():
             return lead
     raise ValueError(f"unknown lead name {raw!r}; expected one of {', '.join(STANDARD_LEADS)}")
+
+
+def extra_lead_name(name: str) -> Optional[str]:
+    """The canonical name of a known non-standard lead ("vx" -> "X", "V4R", "V7"), or None."""
+    key = re.sub(r"\(.*?\)", "", str(name).strip())
+    key = re.sub(r"^lead\s*", "", key.strip(), flags=re.IGNORECASE).strip().upper().replace(" ", "")
+    return _EXTRA_SPELLINGS.get(key)
 
 
 def unit_scale_to_mv(unit: str) -> float:
@@ -114,24 +131,55 @@ def read_dicom(path: Union[str, Path], group: str = "RHYTHM") -> ECGRecord:
         groups = list(ds.WaveformSequence)
     except Exception as err:
         raise ECGReadError(f"{path}: not a DICOM waveform file ({type(err).__name__}: {err})") from err
+    if not groups:
+        raise ECGReadError(f"{path}: the DICOM file holds no waveform")
     labels = [str(getattr(g, "MultiplexGroupLabel", "")).upper() for g in groups]
     index = labels.index(group.upper()) if group.upper() in labels else 0
     wave = groups[index]
-    data = ds.waveform_array(index).astype(np.float64)  # [samples, channels], sensitivity already applied
     names, scales = [], []
-    for channel in wave.ChannelDefinitionSequence:
-        names.append(str(channel.ChannelSourceSequence[0].CodeMeaning))
+    for i, channel in enumerate(getattr(wave, "ChannelDefinitionSequence", None) or []):
+        source = getattr(channel, "ChannelSourceSequence", None)
+        meaning = getattr(source[0], "CodeMeaning", None) if source else None
+        if meaning is None:
+            raise ECGReadError(f"{path}: waveform channel {i} has no ChannelSourceSequence code meaning, so its "
+                               "lead is unknown")
+        names.append(str(meaning))
         unit_seq = getattr(channel, "ChannelSensitivityUnitsSequence", None)
-        unit = str(unit_seq[0].CodeValue) if unit_seq else "uV"
-        scales.append(unit_scale_to_mv(unit))
+        unit = str(getattr(unit_seq[0], "CodeValue", "uV")) if unit_seq else "uV"
+        try:
+            scales.append(unit_scale_to_mv(unit))
+        except ValueError as err:
+            raise ECGReadError(f"{path}: waveform channel {i} ({meaning}) is in {unit!r}, not a voltage: "
+                               "not an ECG channel") from err
+        sensitivity = getattr(channel, "ChannelSensitivity", None)
+        if sensitivity is not None and float(sensitivity) == 0:
+            raise ECGReadError(f"{path}: waveform channel {i} ({meaning}) has ChannelSensitivity 0, so every sample "
+                               "reads as 0")
+    if not names:
+        raise ECGReadError(f"{path}: the DICOM waveform has no channel definitions")
+    try:
+        data = ds.waveform_array(index).astype(np.float64)  # [samples, channels], sensitivity already applied
+        rate = float(wave.SamplingFrequency)
+    except Exception as err:
+        raise ECGReadError(f"{path}: unreadable DICOM waveform data ({type(err).__name__}: {err})") from err
     mv = (data * np.asarray(scales)[None, :]).T.astype(np.float32)
-    return ECGRecord(mv, float(wave.SamplingFrequency), names, str(path))
+    return ECGRecord(mv, rate, names, str(path))
+
+
+def _is_dicom(path: Path) -> bool:
+    """A DICOM Part 10 file: the 'DICM' marker after the 128-byte preamble, whatever the file is called."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
 
 
 def read_ecg_file(path: Union[str, Path]) -> ECGRecord:
-    """Read a DICOM (.dcm) or WFDB (.hea/.dat or the record name) file."""
+    """Read a DICOM file (recognised by its content, or a .dcm suffix) or a WFDB record (.hea/.dat or its name)."""
     p = Path(path)
-    if p.suffix.lower() == ".dcm":
+    if p.suffix.lower() == ".dcm" or (p.is_file() and _is_dicom(p)):
         return read_dicom(p)
     return read_wfdb(p)
 
@@ -175,21 +223,48 @@ def _resample(x: np.ndarray, source_rate: float, target_rate: float) -> np.ndarr
     return resample_poly(x, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
 
 
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _as_rate(value, where: str) -> float:
+    """One sampling rate as a positive float; a string, a bool or an array is a clear error."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        shown = f"{value!r}" if isinstance(value, (str, bytes)) else f"a {type(value).__name__}"
+        raise ValueError(f"{where}: sampling_rate must be a number of Hz (e.g. 500), got {shown}")
+    rate = float(value)
+    if not np.isfinite(rate) or rate <= 0:
+        raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {value}")
+    return rate
+
+
 class DBetaFeatureExtractor(FeatureExtractionMixin):
     r"""Turns raw 12-lead ECGs into the model's `ecg_values` [batch, 12, 5000].
 
     Steps, in order, for each record:
       1. shape check: [leads, samples] (a [samples, 12] array is rejected with a hint to transpose);
-      2. lead order: with `lead_names` the leads are reordered to I, II, III, aVR, aVL, aVF, V1-V6 (extra leads
-         are dropped, a missing one is an error); without it the array must already be in that order;
+      2. lead order: with `lead_names` the leads are reordered to I, II, III, aVR, aVL, aVF, V1-V6; known extra
+         leads (Frank X/Y/Z or vx/vy/vz, right-sided V1R-V6R, posterior V7-V9) are dropped; an unknown name, a
+         duplicated or a missing standard lead is an error; without `lead_names` the array must already be in
+         that order;
       3. non-finite repair (`nan_policy`): "interpolate" (default) bridges NaN/inf gaps linearly per lead and
          rejects a lead with no finite sample; "zero" zeroes them; "raise" refuses any;
       4. resampling to `sampling_rate` (polyphase, scipy.signal.resample_poly);
-      5. length: shorter than `min_duration` seconds is an error; shorter than `num_samples` is zero-padded at
-         the end; longer is cropped to `num_samples` by `crop` ("start": the first 10 s as in the benchmark
-         protocol; "center"; "random": for training augmentation);
-      6. amplitude: `normalization="none"` keeps millivolts (what the authors' checkpoint expects); "minmax"
+      5. length: shorter than `min_duration` seconds is an error;
+      6. plausibility (`implausible`: "raise", default, or "warn"): a flat record (every lead constant within
+         1 uV: an all-zero export, a DICOM channel sensitivity of 0) is not an ECG; with `normalization="none"`
+         the amplitudes must be millivolts: more than 1% of a lead's samples beyond `max_amplitude_mv` (50 mV,
+         ten times the largest QRS), or any sample beyond 20 times it, means another unit (int16 ADC counts,
+         microvolts) or a corrupt record. `max_amplitude_mv=None` turns the amplitude bound off;
+      7. length fit: shorter than `num_samples` is zero-padded at the end; longer is cropped to `num_samples` by
+         `crop` ("start": the first 10 s as in the benchmark protocol; "center"; "random": for training);
+      8. amplitude: `normalization="none"` keeps millivolts (what the authors' checkpoint expects); "minmax"
          scales each whole record to [0, 1] over all leads together (the MERL protocol).
+
+    `normalization`, `nan_policy`, `crop` and `implausible` can be given per call; any other keyword is refused.
     """
 
     model_input_names = ["ecg_values"]
@@ -203,14 +278,16 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         crop: str = "start",
         nan_policy: str = "interpolate",
         min_duration: float = 2.0,
+        max_amplitude_mv: Optional[float] = 50.0,
+        implausible: str = "raise",
         **kwargs,
     ):
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-        if crop not in CROP_POLICIES:
-            raise ValueError(f"crop must be one of {CROP_POLICIES}, got {crop!r}")
-        if nan_policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+        _check_choice("normalization", normalization, NORMALIZATIONS)
+        _check_choice("crop", crop, CROP_POLICIES)
+        _check_choice("nan_policy", nan_policy, NAN_POLICIES)
+        _check_choice("implausible", implausible, IMPLAUSIBLE_POLICIES)
+        if max_amplitude_mv is not None and not (np.isfinite(max_amplitude_mv) and max_amplitude_mv > 0):
+            raise ValueError(f"max_amplitude_mv must be a positive number of mV or None, got {max_amplitude_mv!r}")
         self.sampling_rate = int(sampling_rate)
         self.num_samples = int(num_samples)
         self.lead_names = list(lead_names)
@@ -218,6 +295,8 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         self.crop = crop
         self.nan_policy = nan_policy
         self.min_duration = float(min_duration)
+        self.max_amplitude_mv = None if max_amplitude_mv is None else float(max_amplitude_mv)
+        self.implausible = implausible
         super().__init__(**kwargs)
 
     @property
@@ -232,24 +311,35 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         return_tensors: Optional[str] = "pt",
         crop: Optional[str] = None,
         generator: Optional[np.random.Generator] = None,
+        normalization: Optional[str] = None,
+        nan_policy: Optional[str] = None,
+        implausible: Optional[str] = None,
         **kwargs,
     ) -> BatchFeature:
-        records = self._as_record_list(ecg)
-        if sampling_rate is None:
-            raise ValueError(
-                "sampling_rate is required: pass the rate (Hz) the ECG was recorded at, e.g. sampling_rate=500"
+        if kwargs:
+            raise TypeError(
+                f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the feature extractor takes ecg, "
+                f"sampling_rate, lead_names and {', '.join(CALL_OPTIONS)}"
             )
-        rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * len(records)
-        if len(rates) != len(records):
-            raise ValueError(f"got {len(rates)} sampling rates for {len(records)} ECGs")
+        options = dict(crop=crop, normalization=normalization, nan_policy=nan_policy, implausible=implausible)
+        self._check_options(options)
+        records = self._as_record_list(ecg)
+        rates = self._rates_per_record(sampling_rate, len(records))
         names_per_record = self._lead_names_per_record(lead_names, len(records))
         out = np.stack(
             [
-                self.condition(x, float(r), names, crop=crop, generator=generator, where=f"ecg[{i}]")
+                self.condition(x, r, names, generator=generator, where=f"ecg[{i}]", **options)
                 for i, (x, r, names) in enumerate(zip(records, rates, names_per_record))
             ]
         )
         return BatchFeature({"ecg_values": out}, tensor_type=return_tensors)
+
+    @staticmethod
+    def _check_options(options: dict) -> None:
+        for name, choices in (("crop", CROP_POLICIES), ("normalization", NORMALIZATIONS),
+                              ("nan_policy", NAN_POLICIES), ("implausible", IMPLAUSIBLE_POLICIES)):
+            if options.get(name) is not None:
+                _check_choice(name, options[name], choices)
 
     def condition(
         self,
@@ -259,17 +349,23 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         crop: Optional[str] = None,
         generator: Optional[np.random.Generator] = None,
         where: str = "ecg",
+        normalization: Optional[str] = None,
+        nan_policy: Optional[str] = None,
+        implausible: Optional[str] = None,
     ) -> np.ndarray:
-        """Condition one record [leads, samples]; see the class docstring for the steps."""
+        """Condition one record [leads, samples]; see the class docstring for the steps. The options default to
+        the extractor's settings."""
+        options = dict(crop=crop, normalization=normalization, nan_policy=nan_policy, implausible=implausible)
+        self._check_options(options)
+        normalization = normalization or self.normalization
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2:
             raise ValueError(f"{where}: expected [leads, samples], got shape {tuple(x.shape)}")
-        if not np.isfinite(sampling_rate) or sampling_rate <= 0:
-            raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {sampling_rate}")
+        sampling_rate = _as_rate(sampling_rate, where)
         x = self._reorder_leads(x, lead_names, where)
         if x.shape[1] == 0:
             raise ValueError(f"{where}: the signal is empty")
-        x = _repair_non_finite(x, self.nan_policy, where)
+        x = _repair_non_finite(x, nan_policy or self.nan_policy, where)
         x = _resample(x, sampling_rate, self.sampling_rate)
         min_len = int(round(self.min_duration * self.sampling_rate))
         if x.shape[1] < min_len:
@@ -277,11 +373,40 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 f"{where}: {x.shape[1] / self.sampling_rate:.2f} s of signal is shorter than the minimum "
                 f"{self.min_duration:g} s (min_duration)"
             )
+        self._check_plausible(x, normalization, implausible or self.implausible, where)
         x = self._fit_length(x, crop or self.crop, generator)
-        if self.normalization == "minmax":
+        if normalization == "minmax":
             lo, hi = float(x.min()), float(x.max())
             x = (x - lo) / (hi - lo + 1e-8)
         return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _check_plausible(self, x: np.ndarray, normalization: str, policy: str, where: str) -> None:
+        problem = None
+        span = x.max(axis=1) - x.min(axis=1)
+        if (span <= 1e-3).all():
+            problem = (f"flat signal: every lead is constant (value {float(x.flat[0]):.4g}), so this is no ECG "
+                       "(an all-zero export, or a zero channel sensitivity?)")
+        elif normalization == "none" and self.max_amplitude_mv:
+            bound = self.max_amplitude_mv
+            magnitude = np.abs(x)
+            beyond = (magnitude > bound).mean(axis=1)
+            lead = int(np.argmax(beyond))
+            if beyond[lead] > 0.01 or magnitude.max() > 20 * bound:
+                if beyond[lead] <= 0.01:
+                    lead = int(np.argmax(magnitude.max(axis=1)))
+                name = self.lead_names[lead] if lead < len(self.lead_names) else str(lead)
+                problem = (
+                    f"implausible amplitude for millivolts: lead {name} has {100 * beyond[lead]:.1f}% of its samples "
+                    f"beyond {bound:g} mV and a peak of {float(magnitude[lead].max()):.4g} mV (an ECG stays within "
+                    f"a few mV; ADC counts or microvolts passed as mV?). Convert the signal to mV, or set "
+                    "max_amplitude_mv / implausible='warn'"
+                )
+        if problem is None:
+            return
+        if policy == "warn":
+            warnings.warn(f"{where}: {problem}", UserWarning, stacklevel=4)
+        else:
+            raise ValueError(f"{where}: {problem}")
 
     def _as_record_list(self, ecg) -> list:
         if ecg is None:
@@ -306,10 +431,32 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             return [e.detach().cpu().float().numpy() if isinstance(e, torch.Tensor) else np.asarray(e) for e in ecg]
         raise TypeError(f"unsupported ECG input of type {type(ecg).__name__}")
 
+    @staticmethod
+    def _rates_per_record(sampling_rate, n: int) -> list:
+        if sampling_rate is None:
+            raise ValueError(
+                "sampling_rate is required: pass the rate (Hz) the ECG was recorded at, e.g. sampling_rate=500"
+            )
+        if isinstance(sampling_rate, torch.Tensor):
+            sampling_rate = sampling_rate.detach().cpu().numpy()
+        if isinstance(sampling_rate, np.ndarray):
+            if sampling_rate.ndim > 1:
+                raise ValueError(f"sampling_rate must be one number (Hz) or one per ECG, got an array of shape "
+                                 f"{sampling_rate.shape}")
+            sampling_rate = sampling_rate.tolist()
+        if isinstance(sampling_rate, (list, tuple)):
+            if len(sampling_rate) != n:
+                raise ValueError(f"sampling_rate must be one number (Hz) or one per ECG: got {len(sampling_rate)} "
+                                 f"values for {n} ECG(s)")
+            return [_as_rate(r, f"ecg[{i}]") for i, r in enumerate(sampling_rate)]
+        return [_as_rate(sampling_rate, "ecg")] * n
+
     def _lead_names_per_record(self, lead_names, n: int) -> list:
         if lead_names is None:
             return [None] * n
-        if len(lead_names) and isinstance(lead_names[0], (list, tuple)):
+        if isinstance(lead_names, str):
+            raise ValueError(f"lead_names must be a list with one name per lead (row), got the string {lead_names!r}")
+        if len(lead_names) and isinstance(lead_names[0], (list, tuple, np.ndarray)):
             if len(lead_names) != n:
                 raise ValueError(f"got {len(lead_names)} lead-name lists for {n} ECGs")
             return list(lead_names)
@@ -324,12 +471,30 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                     f"got {x.shape[0]} rows{hint}"
                 )
             return x
+        if isinstance(lead_names, str):
+            raise ValueError(f"{where}: lead_names must be a list with one name per lead, got the string "
+                             f"{lead_names!r}")
         if len(lead_names) != x.shape[0]:
             raise ValueError(f"{where}: {len(lead_names)} lead names for {x.shape[0]} leads")
-        canon = [canonical_lead_name(n) for n in lead_names]
+        canon = []
+        for name in lead_names:
+            try:
+                canon.append(canonical_lead_name(name))
+            except ValueError:
+                if extra_lead_name(name) is None:
+                    raise ValueError(
+                        f"{where}: unknown lead name {str(name)!r}; expected the standard leads "
+                        f"{', '.join(STANDARD_LEADS)}, or a known extra lead that is dropped "
+                        f"({', '.join(EXTRA_LEADS)}; vx, vy, vz)"
+                    ) from None
+                canon.append(None)  # a known extra lead: dropped
+        doubled = sorted({c for c in canon if c is not None and canon.count(c) > 1})
+        if doubled:
+            raise ValueError(f"{where}: lead(s) {', '.join(doubled)} appear more than once in lead_names")
         missing = [lead for lead in self.lead_names if lead not in canon]
         if missing:
-            raise ValueError(f"{where}: missing lead(s) {', '.join(missing)} (have {', '.join(canon)})")
+            shown = ", ".join(str(n) for n in lead_names)
+            raise ValueError(f"{where}: missing lead(s) {', '.join(missing)} (have {shown})")
         return x[[canon.index(lead) for lead in self.lead_names]]
 
     def _fit_length(self, x: np.ndarray, crop: str, generator) -> np.ndarray:
@@ -412,6 +577,13 @@ class DBetaProcessor(ProcessorMixin):
     ) -> BatchFeature:
         if ecg is None and text is None:
             raise ValueError("give an ECG (ecg=...), a text (text=...) or both")
+        unknown = sorted(set(kwargs) - set(CALL_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument(s) {', '.join(unknown)}; the processor takes ecg, text, sampling_rate, "
+                f"lead_names, return_tensors, normalize_text, max_length, padding and the ECG options "
+                f"{', '.join(o for o in CALL_OPTIONS if o != 'return_tensors')}"
+            )
         data = {}
         if ecg is not None:
             data.update(

@@ -21,17 +21,17 @@ Where each list comes from (details next to each constant):
   :func:`csn_label_set_from_counts` re-derives a list from the user's data instead.
 
 Prompt texts for all of these classes live in ``prompts_dbeta.json`` at the repository
-root; :func:`resolve_class_key` maps a dataset's class name to a key of that file.
+root; ``prompting_dbeta`` (the remote-code module the pipeline and ``eval.zero_shot`` share)
+loads it and maps a dataset's class name to its prompt (``PromptSet.key_for(name, dataset)``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,7 +61,6 @@ __all__ = [
     "CSN_MIN_COUNT",
     "CSN_UNKNOWN",
     "FIXED_LABEL_SETS",
-    "DATASET_ALIAS_GROUPS",
     "ptbxl_label_sets",
     "ptbxl_statement_codes",
     "load_scp_statements",
@@ -69,9 +68,6 @@ __all__ = [
     "physionet2021_evaluated_classes",
     "csn_label_set_from_counts",
     "csn_multi_hot",
-    "default_prompt_path",
-    "load_prompt_set",
-    "resolve_class_key",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -485,12 +481,12 @@ def csn_multi_hot(
 
 
 # ---------------------------------------------------------------------------------------------
-# All fixed sets, and how a dataset's class name finds its prompt
+# All fixed sets
 # ---------------------------------------------------------------------------------------------
 
 #: Fixed (data-independent) label sets by name.  The PTB-XL sets are derived from
 #: scp_statements.csv at load time; ``ptbxl_super`` is listed because it is fixed.
-#: Each name is a key of :data:`DATASET_ALIAS_GROUPS`.
+#: Each name is a key of ``prompting_dbeta.DATASET_ALIAS_GROUPS`` (the dataset spellings that apply).
 FIXED_LABEL_SETS: dict[str, list[str]] = {
     "ptbxl_super": list(PTBXL_SUPER),
     "cpsc2018": list(CPSC2018_CLASSES),
@@ -498,67 +494,3 @@ FIXED_LABEL_SETS: dict[str, list[str]] = {
     "physionet2021": list(PHYSIONET2021_SCORED_ABBREVIATIONS),
     "csn": list(CSN_MERL_CLASSES),
 }
-
-#: Label-set name -> the ``dataset_aliases`` table of prompts_dbeta.json that applies to it.
-DATASET_ALIAS_GROUPS: dict[str, str] = {
-    "ptbxl_super": "ptbxl",
-    "ptbxl_sub": "ptbxl",
-    "ptbxl_form": "ptbxl",
-    "ptbxl_rhythm": "ptbxl",
-    "ptbxl": "ptbxl",
-    "cpsc2018": "cpsc2018",
-    "code_test": "code_test",
-    "physionet2021": "physionet2021",
-    "csn": "csn",
-}
-
-
-def default_prompt_path() -> Path:
-    """``prompts_dbeta.json`` at the repository root (next to the ``eval`` package)."""
-    return Path(__file__).resolve().parents[1] / "prompts_dbeta.json"
-
-
-def load_prompt_set(path: str | os.PathLike | None = None) -> dict:
-    """Load the zero-shot prompt set (``version``, ``note``, ``prompts``, ``aliases``, ``dataset_aliases``)."""
-    with open(path or default_prompt_path(), encoding="utf-8") as handle:
-        data = json.load(handle)
-    for field in ("prompts", "aliases"):
-        if not isinstance(data.get(field), dict):
-            raise ValueError(f"prompt set lacks a '{field}' object")
-    data.setdefault("dataset_aliases", {})
-    return data
-
-
-def _casefold_lookup(table: Mapping[str, str], name: str) -> str | None:
-    if name in table:
-        return table[name]
-    folded = name.casefold()
-    for key, value in table.items():
-        if key.casefold() == folded:
-            return value
-    return None
-
-
-def resolve_class_key(name: str, prompt_set: Mapping, dataset: str | None = None) -> str | None:
-    """The key of ``prompt_set["prompts"]`` that describes class ``name`` of ``dataset``.
-
-    Order: the dataset's own alias table (so CSN's "AF" becomes atrial flutter), then a
-    prompt key matching case-insensitively, then the global alias table (case-insensitive).
-    ``dataset`` may be a label-set name of :data:`DATASET_ALIAS_GROUPS` or an alias-table
-    name.  Returns None when nothing matches.
-    """
-    prompts: Mapping[str, str] = prompt_set["prompts"]
-    keys_by_fold = {key.casefold(): key for key in prompts}
-    name = str(name).strip()
-    if dataset is not None:
-        group = DATASET_ALIAS_GROUPS.get(dataset, dataset)
-        table = prompt_set.get("dataset_aliases", {}).get(group, {})
-        target = _casefold_lookup(table, name)
-        if target is not None:
-            return keys_by_fold.get(target.casefold())
-    if name.casefold() in keys_by_fold:
-        return keys_by_fold[name.casefold()]
-    target = _casefold_lookup(prompt_set.get("aliases", {}), name)
-    if target is not None:
-        return keys_by_fold.get(target.casefold())
-    return None

@@ -1,22 +1,27 @@
 """Zero-shot classification of a downstream ECG dataset with D-BETA (the MERL benchmark protocol).
 
     python -m eval.zero_shot --model DIR_OR_REPO --dataset {ptbxl,cpsc2018,csn,physionet2021,code-test} \
-        --data-root DIR [--task super|sub|form|rhythm] [--split test] [--scoring cosine|dot] \
+        --data-root DIR [--task super|sub|form|rhythm] [--split test] [--scoring model|cosine|dot] \
         [--batch-size 32] [--num-workers 2] [--bootstrap 1000] [--seed 0] --output FILE.json
+
+    from eval.zero_shot import run_zero_shot          # the same as a function; the CLI is a thin wrapper
+    result = run_zero_shot("DIR_OR_REPO", "ptbxl", "DATA_ROOT", task="super", output="zs.json")
 
 What it does:
 1. ECG features: every record of the split goes through the model's processor (in DataLoader workers) and
    `get_ecg_features`. CPSC2018's protocol length (first 2500 samples, zero-padded) is applied when the dataset
    declares it (`--protocol-num-samples auto`).
-2. One prompt per class: the class name is mapped to a key of the prompt set (`prompts_dbeta.json` in the model
-   folder, else the repository's; `--prompts FILE` overrides) by eval.label_sets.resolve_class_key (dataset
-   spellings first), and that key's entry is encoded with `get_text_features`: the full name and clinical
-   description, or the full name alone (`--prompt-style name`; the default is the model config's
-   `zero_shot_prompt_style`). A class with no prompt is encoded by its name, and listed under
-   `classes_without_prompt`.
-3. Scores: cosine similarity of the ECG and text features (default; the protocol's), or the raw dot product
-   (`--scoring dot`, what D-BETA's own notebook uses and what `DBetaModel.similarity` returns for the released
-   "fixed" similarity mode).
+2. One prompt per class, from `prompting_dbeta` (the module the pipeline uses too): the class name is resolved
+   in the prompt set (`prompts_dbeta.json` in the model folder or its Hub repo, else the repository's;
+   `--prompts FILE` overrides) with the dataset's spellings first, and that entry is encoded with
+   `get_text_features`: the full name and clinical description, or the full name alone (`--prompt-style name`;
+   the default is the model config's `zero_shot_prompt_style`). A class with no prompt is encoded by its name,
+   and listed under `classes_without_prompt`.
+3. Scores: the model's own logits (`--scoring model`, default): `DBetaModel.similarity`, what `forward` returns and
+   what the pipeline scores with, so both rank records and labels alike. Explicit alternatives: `cosine` (the
+   MERL protocol's cosine similarity) and `dot` (the raw dot product, D-BETA's notebook; equal to `model` for the
+   released "fixed" similarity mode; in "learnable" mode `model` is a scaled cosine plus a bias, so its AUCs equal
+   cosine's).
 4. Metrics (eval.metrics): per-class ROC AUC, macro AUC over the classes with both positives and negatives in
    the split, percentile-bootstrap 95% CIs over records (seeded; `--bootstrap` resamples). Classes with one label
    value only are reported in `excluded_classes` and left out of the macro, with a note.
@@ -47,6 +52,7 @@ if str(ROOT) not in sys.path:  # `python eval/zero_shot.py` as well as `python -
     sys.path.insert(0, str(ROOT))
 
 from configuration_dbeta import PROMPT_STYLES  # noqa: E402
+from prompting_dbeta import SCORINGS, PromptSet, load_prompt_set, prompt_style_for, zero_shot_logits  # noqa: E402
 from eval.features import (  # noqa: E402
     RecordError,
     dataset_ecg_features,
@@ -62,12 +68,10 @@ logger = logging.getLogger("dbeta.zero_shot")
 SCHEMA = "dbeta-zero-shot/1"
 DATASETS = ("ptbxl", "cpsc2018", "csn", "physionet2021", "code-test")
 PTBXL_TASKS = ("super", "sub", "form", "rhythm")
-SCORINGS = ("cosine", "dot")
-PROMPTS_FILENAME = "prompts_dbeta.json"
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Prompts
+# Prompts and scores (both from prompting_dbeta, the module the pipeline uses)
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -77,59 +81,23 @@ def label_set_name(dataset: str, task: Optional[str]) -> str:
     return f"ptbxl_{task}" if key == "ptbxl" else key
 
 
-def find_prompt_file(model: str, prompts: Optional[str] = None) -> Path:
-    """`prompts` if given; else prompts_dbeta.json in the model folder (or downloaded from its Hub repo);
-    else the repository's copy."""
-    if prompts:
-        path = Path(prompts)
-        if not path.is_file():
-            raise FileNotFoundError(f"--prompts {prompts}: no such file")
-        return path
-    local = Path(model)
-    if local.is_dir():
-        if (local / PROMPTS_FILENAME).is_file():
-            return local / PROMPTS_FILENAME
-    else:
-        try:
-            from huggingface_hub import hf_hub_download
-
-            return Path(hf_hub_download(model, PROMPTS_FILENAME))
-        except Exception as err:  # offline / not there: fall back to the repository's copy
-            logger.info("no %s in %s (%s); using the repository's", PROMPTS_FILENAME, model, err)
-    return ROOT / PROMPTS_FILENAME
-
-
-def class_prompts(class_names: Sequence[str], label_set: str, prompt_set: dict,
+def class_prompts(class_names: Sequence[str], label_set: str, prompt_set: PromptSet,
                   style: str = "description") -> List[dict]:
     """One prompt per class: [{"class", "key", "text"}]; key None (text = class name) when nothing matches.
     `style` "description" encodes the whole prompt-set entry, "name" its first sentence (the full class name)."""
-    from eval.label_sets import resolve_class_key
-    from pipeline_dbeta import prompt_text
-
-    prompt_text("", style)  # validates the style
     out = []
     for name in class_names:
-        key = resolve_class_key(name, prompt_set, dataset=label_set)
-        text = prompt_text(prompt_set["prompts"][key], style) if key is not None else str(name)
+        text, key = prompt_set.resolve(name, dataset=label_set, warn=False, style=style)
         out.append({"class": str(name), "key": key, "text": text})
     return out
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Scoring
-# ------------------------------------------------------------------------------------------------------------
-
-
-def zero_shot_scores(ecg_features: np.ndarray, text_feats: np.ndarray, scoring: str = "cosine") -> np.ndarray:
-    """[n, classes] scores: cosine similarity (L2-normalised features) or the raw dot product."""
-    if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
-    e = np.asarray(ecg_features, dtype=np.float64)
-    t = np.asarray(text_feats, dtype=np.float64)
-    if scoring == "cosine":
-        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
-    return e @ t.T
+def zero_shot_scores(model, ecg_features: np.ndarray, text_feats: np.ndarray, scoring: str = "model") -> np.ndarray:
+    """[n, classes] scores: the model's own logits (`model.similarity`, the pipeline's; default), or the explicit
+    alternatives "cosine" (L2-normalised features) and "dot" (raw dot product)."""
+    with torch.no_grad():
+        logits = zero_shot_logits(model, torch.as_tensor(ecg_features), torch.as_tensor(text_feats), scoring)
+    return logits.float().cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -173,7 +141,7 @@ def render_markdown(result: dict) -> str:
 
 
 def plot_record_scores(dataset, index: int, scores: np.ndarray, class_names: Sequence[str], path: Path,
-                       scoring: str = "cosine", layout: str = "3x4") -> Path:
+                       scoring: str = "model", layout: str = "3x4") -> Path:
     """Draw record `index` of `dataset` (as stored, in mV) with its per-class zero-shot scores and true labels."""
     from eval.plots import plot_ecg
 
@@ -191,40 +159,62 @@ def plot_record_scores(dataset, index: int, scores: np.ndarray, class_names: Seq
 # ------------------------------------------------------------------------------------------------------------
 
 
-def run_zero_shot(args: argparse.Namespace) -> dict:
-    from eval.datasets import load_downstream
-    from eval.label_sets import load_prompt_set
+def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None, split: str = "test",
+                  scoring: str = "model", prompts=None, prompt_style: Optional[str] = None, batch_size: int = 32,
+                  num_workers: int = 2, bootstrap: int = 1000, seed: int = 0, protocol_num_samples="auto",
+                  on_error: str = "raise", remote_code: bool = False, progress: bool = False,
+                  output=None, plot: bool = True, plot_examples: int = 1, save_scores: bool = False,
+                  return_scores: bool = False) -> dict:
+    """Zero-shot evaluation of `model` (an exported folder or Hub repo id) on a downstream dataset.
 
-    if args.dataset == "ptbxl" and args.task is None:
+    Returns the result (what FILE.json holds); with `output` it also writes FILE.json, FILE.md and the plots
+    (paths under "outputs"). `return_scores=True` adds "scores" (float32 [records, classes], the model's logits
+    with the default scoring), "labels" and "record_ids". Bad arguments and unreadable data raise ValueError,
+    FileNotFoundError or eval.features.RecordError naming what is wrong."""
+    from eval.datasets import load_downstream
+
+    dataset = str(dataset).lower()
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if dataset == "ptbxl" and task is None:
         raise ValueError(f"--dataset ptbxl needs --task: one of {', '.join(PTBXL_TASKS)}")
-    if args.dataset != "ptbxl" and args.task is not None:
-        raise ValueError(f"--task applies to ptbxl only (tasks: {', '.join(PTBXL_TASKS)}); {args.dataset} has none")
+    if dataset != "ptbxl" and task is not None:
+        raise ValueError(f"--task applies to ptbxl only (tasks: {', '.join(PTBXL_TASKS)}); {dataset} has none")
+    if task is not None and task not in PTBXL_TASKS:
+        raise ValueError(f"unknown PTB-XL task {task!r}; expected one of {', '.join(PTBXL_TASKS)}")
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                             ("bootstrap", bootstrap, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     t0 = time.perf_counter()
-    dataset = load_downstream(args.dataset, args.data_root, split=args.split, task=args.task)
-    if len(dataset) == 0:
-        raise ValueError(f"{args.dataset}: the {args.split} split has no records")
-    model, processor = load_model_and_processor(args.model, remote_code=args.remote_code)
-    prompt_file = find_prompt_file(args.model, args.prompts)
-    prompt_set = load_prompt_set(prompt_file)
-    label_set = label_set_name(args.dataset, args.task)
-    style = args.prompt_style or getattr(model.config, "zero_shot_prompt_style", "description")
-    prompts = class_prompts(dataset.class_names, label_set, prompt_set, style)
+    data = load_downstream(dataset, data_root, split=split, task=task)
+    if len(data) == 0:
+        raise ValueError(f"{dataset}: the {split} split has no records")
+    net, processor = load_model_and_processor(str(model), remote_code=remote_code)
+    prompt_set = load_prompt_set(str(model), prompts=prompts)
+    label_set = label_set_name(dataset, task)
+    style = prompt_style_for(net.config, prompt_style)
+    class_texts = class_prompts(data.class_names, label_set, prompt_set, style)
     t_load = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    pns = resolve_protocol_num_samples(dataset, args.protocol_num_samples)
+    pns = resolve_protocol_num_samples(data, protocol_num_samples)
     ecg, kept, failures = dataset_ecg_features(
-        model, processor, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-        protocol_num_samples=pns, on_error=args.on_error, progress=not args.quiet,
-        desc=f"{args.dataset}{'/' + args.task if args.task else ''} {args.split}", return_failures=True,
+        net, processor, data, batch_size=batch_size, num_workers=num_workers,
+        protocol_num_samples=pns, on_error=on_error, progress=progress,
+        desc=f"{dataset}{'/' + task if task else ''} {split}", return_failures=True,
     )
     t_ecg = time.perf_counter() - t1
-    text = text_features(model, processor, [p["text"] for p in prompts])
-    scores = zero_shot_scores(ecg, text, args.scoring)
-    labels = dataset.labels_matrix()[kept]
-    class_names = list(dataset.class_names)
+    text = text_features(net, processor, [p["text"] for p in class_texts])
+    scores = zero_shot_scores(net, ecg, text, scoring)
+    labels = data.labels_matrix()[kept]
+    class_names = list(data.class_names)
     t2 = time.perf_counter()
-    report = auc_report(labels, scores, class_names, n_resamples=args.bootstrap, seed=args.seed)
+    report = auc_report(labels, scores, class_names, n_resamples=bootstrap, seed=seed)
     t_metrics = time.perf_counter() - t2
 
     import sklearn
@@ -232,22 +222,22 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
 
     result = {
         "schema": SCHEMA,
-        "model": str(args.model),
-        "dataset": args.dataset,
-        "task": args.task,
-        "split": args.split,
-        "data_root": str(args.data_root),
-        "scoring": args.scoring,
+        "model": str(model),
+        "dataset": dataset,
+        "task": task,
+        "split": split,
+        "data_root": str(data_root),
+        "scoring": scoring,
         **report,
         "class_names": class_names,
-        "prompts": {p["class"]: {"key": p["key"], "text": p["text"]} for p in prompts},
-        "prompt_file": str(prompt_file),
+        "prompts": {p["class"]: {"key": p["key"], "text": p["text"]} for p in class_texts},
+        "prompt_file": prompt_set.source,
         "prompt_style": style,
-        "classes_without_prompt": [p["class"] for p in prompts if p["key"] is None],
+        "classes_without_prompt": [p["class"] for p in class_texts if p["key"] is None],
         "protocol_num_samples": pns,
         "processor": processor_settings(processor.feature_extractor),
-        "failures": [{"record_id": dataset.record_ids[f["index"]], **f} for f in failures],
-        "bootstrap": {"n_resamples": args.bootstrap, "seed": args.seed, "confidence": 0.95,
+        "failures": [{"record_id": data.record_ids[f["index"]], **f} for f in failures],
+        "bootstrap": {"n_resamples": bootstrap, "seed": seed, "confidence": 0.95,
                       "method": "percentile bootstrap over records"},
         "timing_s": {"load": round(t_load, 3), "ecg_features": round(t_ecg, 3), "metrics": round(t_metrics, 3),
                      "records_per_s": round(len(kept) / t_ecg, 2) if t_ecg > 0 else None},
@@ -255,14 +245,18 @@ def run_zero_shot(args: argparse.Namespace) -> dict:
                         "transformers": transformers.__version__, "sklearn": sklearn.__version__,
                         "threads": torch.get_num_threads()},
     }
-    result["_arrays"] = {"scores": scores, "labels": labels, "kept": kept, "dataset": dataset}
+    arrays = {"scores": scores, "labels": labels, "kept": kept, "dataset": data}
+    if output is not None:
+        write_outputs(result, arrays, output, plot=plot, plot_examples=plot_examples, save_scores=save_scores)
+    if return_scores:
+        result.update(scores=scores, labels=labels, record_ids=[data.record_ids[i] for i in kept])
     return result
 
 
-def write_outputs(result: dict, output: Path, plot: bool = True, plot_examples: int = 1,
+def write_outputs(result: dict, arrays: Optional[dict], output: Path, plot: bool = True, plot_examples: int = 1,
                   save_scores: bool = False) -> Dict[str, str]:
-    """FILE.json, FILE.md and (with plot) FILE.roc.png and FILE.ecg-<record>.png; returns the paths."""
-    arrays = result.pop("_arrays", None)
+    """FILE.json, FILE.md and (with plot) FILE.roc.png and FILE.ecg-<record>.png; returns the paths (also set as
+    result["outputs"]). `arrays`: {"scores", "labels", "kept", "dataset"} for the plots and the scores file."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = output.with_suffix("")
@@ -318,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, type=Path, help="the dataset folder (see eval/datasets.py)")
     p.add_argument("--task", choices=PTBXL_TASKS, default=None, help="PTB-XL task (required for ptbxl)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    p.add_argument("--scoring", default="cosine", choices=SCORINGS)
+    p.add_argument("--scoring", default="model", choices=SCORINGS,
+                   help="model (default): the model's own logits, model.similarity, as the pipeline scores; "
+                        "cosine or dot: explicit alternatives")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers reading/conditioning records")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
@@ -342,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """The command line: a thin wrapper around run_zero_shot."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -352,19 +349,25 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("--bootstrap must be >= 0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = run_zero_shot(args)
+        result = run_zero_shot(
+            args.model, args.dataset, args.data_root, task=args.task, split=args.split, scoring=args.scoring,
+            prompts=args.prompts, prompt_style=args.prompt_style, batch_size=args.batch_size,
+            num_workers=args.num_workers, bootstrap=args.bootstrap, seed=args.seed,
+            protocol_num_samples=args.protocol_num_samples, on_error=args.on_error, remote_code=args.remote_code,
+            progress=not args.quiet, output=args.output, plot=not args.no_plots, plot_examples=args.plot_examples,
+            save_scores=args.save_scores,
+        )
     except (FileNotFoundError, ValueError, RecordError, OSError) as err:
         # the loaders' and readers' messages name the dataset, folder or file: print them without a traceback
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2)
-    paths = write_outputs(result, args.output, plot=not args.no_plots, plot_examples=args.plot_examples,
-                          save_scores=args.save_scores)
     ci = result.get("macro_auc_ci") or {}
     print(f"{args.dataset}{'/' + args.task if args.task else ''} {args.split}: {result['n_records']} records, "
           f"macro AUC {_fmt(result['macro_auc'])} (95% CI {_fmt(ci.get('low'))}-{_fmt(ci.get('high'))}), "
           f"{result['n_classes_scored']}/{result['n_classes']} classes scored ({args.scoring})")
     if result.get("note"):
         print(f"note: {result['note']}")
+    paths = result["outputs"]
     print("wrote " + ", ".join(v if isinstance(v, str) else f"{len(v)} ECG plot(s)" for v in paths.values()))
     return result
 

@@ -129,7 +129,7 @@ def test_random_crop_only_changes_the_window():
             return {"signal": np.tile(np.arange(3000, dtype=np.float32), (12, 1)), "sampling_rate": 100.0,
                     "lead_names": list(STANDARD_LEADS), "labels": np.ones(2, np.float32), "record_id": "x"}
 
-    fe = DBetaFeatureExtractor(sampling_rate=100, num_samples=1000)
+    fe = DBetaFeatureExtractor(sampling_rate=100, num_samples=1000, max_amplitude_mv=None)  # values count samples, not mV
     fixed = ft.ECGClassificationDataset(Long(), fe)
     assert fixed[0]["ecg_values"][0, 0] == 0  # the protocol's first 10 s
     starts = {int(ft.ECGClassificationDataset(Long(), fe, random_crop=True)[0]["ecg_values"][0, 0]) for _ in range(8)}
@@ -219,7 +219,7 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
             out = model(ecg_values=io["ecg"])
         assert (out.logits - io["logits"]).abs().max() < 1e-5
         assert model.config.problem_type == "multi_label_classification"
-        batch = proc(ecg=np.zeros((12, 500), np.float32), sampling_rate=50)
+        batch = proc(ecg=np.random.default_rng(0).standard_normal((12, 500)).astype(np.float32), sampling_rate=50)
         print(type(model).__name__, model.config.id2label[7], tuple(batch["ecg_values"].shape))
         """,
         cwd=tmp_path,

@@ -9,11 +9,15 @@ import pandas as pd
 import pytest
 
 from eval import label_sets as ls
+from prompting_dbeta import PromptSet, load_prompt_set, prompt_text
+from train.export import ROOT
+
+PROMPT_FILE = ROOT / "prompts_dbeta.json"
 
 
 @pytest.fixture(scope="module")
-def prompt_set() -> dict:
-    return ls.load_prompt_set()
+def prompt_set() -> PromptSet:
+    return load_prompt_set(prompts=PROMPT_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def scp_statements() -> pd.DataFrame:
 
 
 def test_prompt_json_loads_and_has_the_documented_fields():
-    with open(ls.default_prompt_path(), encoding="utf-8") as handle:
+    with open(PROMPT_FILE, encoding="utf-8") as handle:
         data = json.load(handle)
     assert data["version"] == 1
     assert isinstance(data["note"], str) and data["note"].strip()
@@ -37,7 +41,7 @@ def test_prompt_json_loads_and_has_the_documented_fields():
 
 
 def test_prompts_are_non_empty_lower_case_and_not_duplicated(prompt_set):
-    prompts = prompt_set["prompts"]
+    prompts = prompt_set.prompts
     for key, text in prompts.items():
         assert isinstance(text, str) and text.strip(), key
         assert text == text.lower(), key
@@ -49,21 +53,21 @@ def test_prompts_are_non_empty_lower_case_and_not_duplicated(prompt_set):
 
 
 def test_keys_are_unique_ignoring_case(prompt_set):
-    keys = list(prompt_set["prompts"])
+    keys = list(prompt_set.prompts)
     folded = [k.casefold() for k in keys]
     assert len(set(folded)) == len(folded)
 
 
 def test_aliases_resolve_to_existing_keys(prompt_set):
-    prompts = prompt_set["prompts"]
+    prompts = prompt_set.prompts
     folded_keys = {k.casefold() for k in prompts}
-    for alias, target in prompt_set["aliases"].items():
+    for alias, target in prompt_set.aliases.items():
         assert target in prompts, (alias, target)
         # A global alias that equals a key would never be reached by the lookup order.
         assert alias.casefold() not in folded_keys, alias
         if " " in alias:
             assert alias == alias.lower(), alias
-    for dataset, table in prompt_set["dataset_aliases"].items():
+    for dataset, table in prompt_set.dataset_aliases.items():
         for alias, target in table.items():
             assert target in prompts, (dataset, alias, target)
 
@@ -73,16 +77,14 @@ def test_aliases_resolve_to_existing_keys(prompt_set):
 
 @pytest.mark.parametrize("set_name", sorted(ls.FIXED_LABEL_SETS))
 def test_every_fixed_class_has_a_prompt(prompt_set, set_name):
-    missing = [c for c in ls.FIXED_LABEL_SETS[set_name] if ls.resolve_class_key(c, prompt_set, set_name) is None]
+    missing = [c for c in ls.FIXED_LABEL_SETS[set_name] if prompt_set.key_for(c, set_name) is None]
     assert not missing, f"{set_name}: no prompt for {missing}"
 
 
 @pytest.mark.parametrize("set_name", sorted(ls.FIXED_LABEL_SETS))
 def test_class_names_alone_still_tell_the_classes_of_a_set_apart(prompt_set, set_name):
     # prompt_style="name" encodes only the first sentence of each entry
-    from pipeline_dbeta import prompt_text
-
-    names = [prompt_text(prompt_set["prompts"][ls.resolve_class_key(c, prompt_set, set_name)], "name")
+    names = [prompt_text(prompt_set.prompts[prompt_set.key_for(c, set_name)], "name")
              for c in ls.FIXED_LABEL_SETS[set_name]]
     assert all(0 < len(n.split()) <= 9 for n in names), names
     assert len(set(names)) == len(names), f"{set_name}: classes share a name: {names}"
@@ -96,14 +98,14 @@ def test_other_class_lists_have_prompts(prompt_set):
         "cpsc2018": list(ls.CPSC2018_ORIGINAL_NAMES),
     }
     for dataset, classes in groups.items():
-        missing = [c for c in classes if ls.resolve_class_key(c, prompt_set, dataset) is None]
+        missing = [c for c in classes if prompt_set.key_for(c, dataset) is None]
         assert not missing, f"{dataset}: {missing}"
     merl_ptbxl = [c for cols in ls.MERL_PTBXL_SPLIT_COLUMNS.values() for c in cols]
-    assert all(ls.resolve_class_key(c, prompt_set, "ptbxl") for c in merl_ptbxl)
+    assert all(prompt_set.key_for(c, "ptbxl") for c in merl_ptbxl)
 
 
 def test_every_scp_statement_and_ptbxl_class_has_a_prompt(prompt_set, scp_statements):
-    prompts = prompt_set["prompts"]
+    prompts = prompt_set.prompts
     codes = ls.ptbxl_statement_codes(scp_statements)
     assert len(codes) == 71
     assert not [c for c in codes if c not in prompts]
@@ -113,23 +115,28 @@ def test_every_scp_statement_and_ptbxl_class_has_a_prompt(prompt_set, scp_statem
 
 
 def test_ambiguous_acronyms_resolve_per_dataset(prompt_set):
-    resolve = ls.resolve_class_key
+    def resolve(name, prompts, dataset=None):
+        return prompts.key_for(name, dataset)
+
     assert resolve("AF", prompt_set, "csn") == "AFL"
-    assert prompt_set["prompts"]["AFL"].startswith("atrial flutter.")
+    assert prompt_set.prompts["AFL"].startswith("atrial flutter.")
     assert resolve("AF", prompt_set, "physionet2021") == "AF"
-    assert prompt_set["prompts"]["AF"].startswith("atrial fibrillation.")
+    assert prompt_set.prompts["AF"].startswith("atrial fibrillation.")
     assert resolve("AF", prompt_set, "code_test") == "AFIB"
     assert resolve("AFIB", prompt_set, "csn") == "AFIB"
-    assert prompt_set["prompts"]["AFLT"].startswith("atrial flutter.")
+    assert prompt_set.prompts["AFLT"].startswith("atrial flutter.")
     assert resolve("STE", prompt_set, "csn") == "STIAb"
     assert resolve("STE", prompt_set, "cpsc2018") == "STE"
     assert resolve("STE", prompt_set, "ptbxl") == "STE_"
     assert resolve("VEB", prompt_set, "csn") == "VEsB"
     assert resolve("ST", prompt_set, "code_test") == "STACH"
     assert resolve("STach", prompt_set, "physionet2021") == "STACH"
-    assert resolve("atrial fibrillation", prompt_set) == "AFIB"
-    assert resolve("Atrial Fibrillation", prompt_set) == "AFIB"
-    assert resolve("afib", prompt_set) == "AFIB"
+    # one rule for the pipeline and eval (prompting_dbeta): phrases and lower-case words are free text, encoded
+    # as written; only code-like labels are looked up ignoring case or through aliases
+    assert resolve("atrial fibrillation", prompt_set) is None
+    assert resolve("Atrial Fibrillation", prompt_set) is None
+    assert resolve("afib", prompt_set) is None
+    assert resolve("AFib", prompt_set) == "AFIB" and resolve("A-Fib", prompt_set) == "AFIB"
     assert resolve("no such class", prompt_set) is None
 
 
@@ -211,3 +218,35 @@ def test_csn_multi_hot_exact_and_merl_substring():
     assert merl.tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1], [0, 0, 1, 0, 0, 0]]
     assert exact.dtype == np.uint8
     assert ls.csn_multi_hot([], classes).shape == (0, len(classes))
+
+
+# ----- the prompt-set file and the dataset names -------------------------------------------------------------
+
+
+def test_every_alias_is_reachable_by_the_lookup_rule(prompt_set):
+    # aliases are consulted for code-like labels only, so an alias with a space could never be used
+    assert not [a for a in prompt_set.aliases if any(ch.isspace() for ch in a)]
+
+
+def test_a_broken_prompt_file_is_an_error_naming_it(tmp_path):
+    truncated = tmp_path / "prompts_dbeta.json"
+    truncated.write_text(PROMPT_FILE.read_text()[:500])
+    with pytest.raises(ValueError, match=f"{truncated}: not a valid prompt-set JSON"):
+        load_prompt_set(prompts=truncated)
+    with pytest.raises(ValueError, match=str(truncated)):
+        load_prompt_set(str(tmp_path))  # a model folder whose prompts_dbeta.json is damaged
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"prompts": {"AFIB": 3}}))
+    with pytest.raises(ValueError, match=f"{wrong}: 'prompts' must map"):
+        load_prompt_set(prompts=wrong)
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        load_prompt_set(prompts=tmp_path / "absent.json")
+
+
+def test_dataset_names_and_their_aliases(prompt_set):
+    for name in ("csn", "chapman", "CSN", "Chapman"):
+        assert prompt_set.key_for("AF", name) == "AFL", name
+    assert prompt_set.key_for("AF", "icbeb") == "AFIB" and prompt_set.key_for("AF", "cinc2021") == "AF"
+    assert prompt_set.key_for("1dAVb", "code-test") == "1AVB"
+    with pytest.raises(ValueError, match="unknown dataset 'cspc2018'.*cpsc2018"):
+        prompt_set.key_for("AF", "cspc2018")  # a misspelt dataset would silently drop its spellings

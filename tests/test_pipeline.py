@@ -67,7 +67,7 @@ def test_pipeline_in_a_fresh_process(exported, tmp_path):
     e = exported
     stdout = fresh_python(
         f"""
-        import json, warnings
+        import json, sys, warnings
         import numpy as np, torch
         from transformers import pipeline
 
@@ -76,6 +76,15 @@ def test_pipeline_in_a_fresh_process(exported, tmp_path):
         signal = np.load({str(e['tmp'] / 'signal.npy')!r})
         pipe = pipeline("zero-shot-ecg-classification", model={str(e['dir'])!r}, trust_remote_code=True)
         assert "transformers_modules" in type(pipe).__module__, type(pipe).__module__
+        # a spy on the text-feature computation of the remote-code module (no counters in the pipeline itself)
+        module = sys.modules[type(pipe).__module__]
+        real_text_features, computed = module.text_features, []
+
+        def spy(model, processor, texts, *args, **kwargs):
+            computed.append(list(texts))
+            return real_text_features(model, processor, texts, *args, **kwargs)
+
+        module.text_features = spy
 
         def as_dict(result):
             return {{d["label"]: d["score"] for d in result}}
@@ -101,21 +110,21 @@ def test_pipeline_in_a_fresh_process(exported, tmp_path):
         check_softmax(pipe({e['dicom']!r}, candidate_labels=labels), 1)
         # 4. a list, batched; label features computed at most once per call, and reused across calls while
         #    the label texts and the weights stay the same
-        calls = pipe.text_feature_calls
+        calls = len(computed)
         batch = pipe([signal, {{"signal": signal, "sampling_rate": 500}}, {e['dicom']!r}, {str(e['record'])!r}],
                      sampling_rate=500, candidate_labels=labels, batch_size=3)
-        assert pipe.text_feature_calls == calls  # the labels of steps 1-3: reused
+        assert len(computed) == calls  # the labels of steps 1-3: reused
         assert len(batch) == 4
         for result, row in zip(batch, [0, 0, 1, 0]):
             check_softmax(result, row)
         before = as_dict(pipe(signal, sampling_rate=500, candidate_labels=labels[:2]))
-        assert pipe.text_feature_calls == calls + 1  # new label texts
+        assert len(computed) == calls + 1  # new label texts
         bias = pipe.model.text_pooler.dense.bias
         saved = bias.detach().clone()
         with torch.no_grad():
             bias.add_(0.5)  # an in-place weight update between calls (as training would make)
         after = as_dict(pipe(signal, sampling_rate=500, candidate_labels=labels[:2]))
-        assert pipe.text_feature_calls == calls + 2 and after != before
+        assert len(computed) == calls + 2 and after != before
         with torch.no_grad():
             bias.copy_(saved)
         # a [batch, leads, samples] array is a batch too
@@ -138,7 +147,7 @@ def test_pipeline_in_a_fresh_process(exported, tmp_path):
         assert prompts["AFIB"].startswith("atrial fibrillation. ")
         assert pipe.label_texts(["AFIB", "sinus rhythm"], prompt_style="name") == ["atrial fibrillation", "sinus rhythm"]
         pipe(signal, sampling_rate=500, candidate_labels=["AFIB", "NORM"], prompt_style="name")
-        assert pipe._last_texts == ["atrial fibrillation", "normal ecg"]
+        assert computed[-1] == ["atrial fibrillation", "normal ecg"]
         pipe.model.config.zero_shot_prompt_style = "name"
         assert pipe.label_texts(["AFIB"]) == ["atrial fibrillation"]
         assert pipe.label_texts(["AFIB"], prompt_style="description") == [prompts["AFIB"]]
@@ -252,3 +261,109 @@ print("HUB-OK", json.dumps({{"texts": texts, "source": pipe.prompt_set().source,
     prompts = json.loads((exported["dir"] / "prompts_dbeta.json").read_text())["prompts"]
     assert data["texts"] == [prompts["AFIB"], "free text"] and data["n"] == 2
     assert data["source"].startswith(repo)
+
+
+# ----- issue 12/13: in-process checks of the pipeline's contract ------------------------------------------------
+
+
+def _local_pipeline(model, processor):
+    from pipeline_dbeta import ZeroShotECGClassificationPipeline
+
+    return ZeroShotECGClassificationPipeline(model=model, processor=processor)
+
+
+def test_a_single_label_is_scored_by_its_sigmoid(exported):
+    e = exported
+    pipe = _local_pipeline(e["model"], e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    out = pipe(signal, sampling_rate=500, candidate_labels=["AFIB"])  # LABELS[1]
+    want = torch.sigmoid(e["logits"][0, 1]).item()
+    assert out[0]["label"] == "AFIB" and out[0]["score"] == pytest.approx(want, abs=1e-6) and out[0]["score"] < 0.999
+    assert pipe(signal, sampling_rate=500, candidate_labels=["AFIB"], multi_label=True)[0]["score"] == out[0]["score"]
+
+
+def test_call_keywords_are_validated(exported):
+    e = exported
+    pipe = _local_pipeline(e["model"], e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    for value in ("false", 0, "True"):
+        with pytest.raises(TypeError, match="multi_label must be True or False"):
+            pipe(signal, sampling_rate=500, candidate_labels=LABELS, multi_label=value)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        pipe(signal, sampling_rate=500, candidate_labels=LABELS, top_k=0)
+    with pytest.raises(TypeError, match="candidate_label.*candidate_labels"):
+        pipe(signal, sampling_rate=500, candidate_label=LABELS)
+    with pytest.raises(TypeError, match="_text_embeds"):  # no private side channel any more
+        pipe(signal, sampling_rate=500, candidate_labels=LABELS, _text_embeds=torch.zeros(4, 32))
+    with pytest.raises(ValueError, match="unknown dataset 'cspc2018'"):
+        pipe(signal, sampling_rate=500, candidate_labels=["AF"], dataset="cspc2018")
+
+
+def test_labels_travel_through_the_model_inputs_and_outputs(exported):
+    e = exported
+    pipe = _local_pipeline(e["model"], e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    inputs = pipe.preprocess(signal, sampling_rate=500, candidate_labels=LABELS)
+    assert inputs["candidate_labels"] == LABELS and inputs["label_texts"] == e["texts"]
+    with torch.no_grad():
+        outputs = pipe._forward(dict(inputs))
+    assert outputs["candidate_labels"] == LABELS
+    assert torch.allclose(outputs["logits"], e["logits"][:1], atol=1e-5)
+    scores = {d["label"]: d["score"] for d in pipe.postprocess(outputs)}
+    assert torch.allclose(torch.tensor([scores[label] for label in LABELS]), e["logits"][0].softmax(-1), atol=1e-6)
+
+
+def test_label_features_follow_the_model_object(exported, tmp_path, monkeypatch):
+    """Two freshly loaded models have the same parameter versions: the cache must still tell them apart."""
+    import pipeline_dbeta
+
+    e = exported
+    torch.manual_seed(1)
+    other = DBetaModel(e["model"].config).eval()
+    other_dir = export_model(other, tmp_path / "other", processor=e["processor"])
+    first = DBetaModel.from_pretrained(e["dir"]).eval()
+    second = DBetaModel.from_pretrained(other_dir).eval()
+    computed = []
+    real = pipeline_dbeta.text_features
+
+    def spy(model, processor, texts, *args, **kwargs):
+        computed.append(model)
+        return real(model, processor, texts, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_dbeta, "text_features", spy)
+    pipe = _local_pipeline(first, e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    before = pipe(signal, sampling_rate=500, candidate_labels=LABELS, multi_label=True)
+    pipe(signal, sampling_rate=500, candidate_labels=LABELS)
+    assert computed == [first]  # same model, weights and labels: reused
+    pipe.model = second
+    after = {d["label"]: d["score"] for d in pipe(signal, sampling_rate=500, candidate_labels=LABELS, multi_label=True)}
+    assert computed == [first, second]
+    with torch.no_grad():
+        x = e["processor"](ecg=signal, sampling_rate=500)["ecg_values"]
+        enc = e["processor"](text=e["texts"])
+        want = torch.sigmoid(second.similarity(second.get_ecg_features(x),
+                                               second.get_text_features(enc["input_ids"], enc["attention_mask"])))[0]
+    assert torch.allclose(torch.tensor([after[label] for label in LABELS]), want, atol=1e-6)
+    assert after != {d["label"]: d["score"] for d in before}
+
+
+def test_a_bad_input_in_a_list_is_named_by_its_position(exported, tmp_path):
+    e = exported
+    pipe = _local_pipeline(e["model"], e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    with pytest.raises(ValueError, match=r"^input 1: expected 12 leads"):
+        pipe([signal, signal[:8]], sampling_rate=500, candidate_labels=LABELS)
+    with pytest.raises(ValueError, match=r"^input 2: .*broken"):
+        pipe([signal, str(e["record"]), str(e["tmp"] / "broken")], sampling_rate=500, candidate_labels=LABELS)
+    with pytest.raises(FileNotFoundError, match=r"^input 1: .*missing\.hea"):
+        pipe([signal, str(tmp_path / "missing.hea")], sampling_rate=500, candidate_labels=LABELS)
+    with pytest.raises(ValueError, match=r"^input 1: flat signal"):
+        extract_features(e["model"], e["processor"], ecgs=[signal, np.zeros_like(signal)], sampling_rate=500)
+
+
+def test_the_prompting_module_is_remote_code_by_the_import_rule():
+    import tests.test_remote_code as remote_code
+
+    assert "prompting_dbeta.py" in __import__("train.export", fromlist=["EXTRA_FILES"]).EXTRA_FILES
+    remote_code.test_remote_code_imports_only_allowed_modules_at_module_level("prompting_dbeta.py")

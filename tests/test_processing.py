@@ -26,12 +26,13 @@ def fe():
 
 
 def test_single_and_batch_shapes(fe):
-    one = fe(np.zeros((12, 5000)), sampling_rate=500)["ecg_values"]
-    many = fe(np.zeros((3, 12, 5000)), sampling_rate=500)["ecg_values"]
-    ragged = fe([np.zeros((12, 6000)), torch.zeros(12, 4000)], sampling_rate=[500, 500])["ecg_values"]
+    signals = ecg_batch(3, 6000).numpy()  # flat (all-zero) records are refused, so real-looking ones
+    one = fe(signals[0, :, :5000], sampling_rate=500)["ecg_values"]
+    many = fe(signals[:, :, :5000], sampling_rate=500)["ecg_values"]
+    ragged = fe([signals[0], torch.from_numpy(signals[1, :, :4000])], sampling_rate=[500, 500])["ecg_values"]
     assert one.shape == (1, 12, 5000) and many.shape == (3, 12, 5000) and ragged.shape == (2, 12, 5000)
     assert one.dtype == torch.float32
-    assert isinstance(fe(np.zeros((12, 5000)), sampling_rate=500, return_tensors="np")["ecg_values"], np.ndarray)
+    assert isinstance(fe(signals[0], sampling_rate=500, return_tensors="np")["ecg_values"], np.ndarray)
 
 
 def test_sampling_rate_is_required(fe):
@@ -49,15 +50,17 @@ def test_resampling_preserves_a_sine(fe):
 
 def test_length_policy_pad_and_crop():
     x = np.arange(12 * 6000, dtype=np.float32).reshape(12, 6000)
-    start = DBetaFeatureExtractor(crop="start")(x, sampling_rate=500)["ecg_values"][0]
-    center = DBetaFeatureExtractor(crop="center")(x, sampling_rate=500)["ecg_values"][0]
+    # sample numbers as values: far beyond millivolts, so the amplitude bound is turned off here
+    start = DBetaFeatureExtractor(crop="start", max_amplitude_mv=None)(x, sampling_rate=500)["ecg_values"][0]
+    center = DBetaFeatureExtractor(crop="center", max_amplitude_mv=None)(x, sampling_rate=500)["ecg_values"][0]
     assert start[0, 0] == 0 and center[0, 0] == 500
     rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
-    fr = DBetaFeatureExtractor(crop="random")
+    fr = DBetaFeatureExtractor(crop="random", max_amplitude_mv=None)
     assert torch.equal(fr(x, sampling_rate=500, generator=rng1)["ecg_values"],
                        fr(x, sampling_rate=500, generator=rng2)["ecg_values"])
-    short = DBetaFeatureExtractor()(np.ones((12, 2500)), sampling_rate=500)["ecg_values"][0]
-    assert short[:, :2500].eq(1).all() and short[:, 2500:].eq(0).all()  # zero-padded at the end
+    ramp = np.tile(np.linspace(1, 2, 2500, dtype=np.float32), (12, 1))
+    short = DBetaFeatureExtractor()(ramp, sampling_rate=500)["ecg_values"][0]
+    assert short[:, :2500].eq(torch.from_numpy(ramp)).all() and short[:, 2500:].eq(0).all()  # zero-padded at the end
 
 
 def test_too_short_and_empty_are_errors(fe):
@@ -71,13 +74,14 @@ def test_too_short_and_empty_are_errors(fe):
 
 def test_wrong_lead_count_names_the_record_and_hints_transpose(fe):
     with pytest.raises(ValueError, match=r"ecg\[1\]: expected 12 leads"):
-        fe([np.zeros((12, 5000)), np.zeros((8, 5000))], sampling_rate=500)
+        fe([ecg_batch(1)[0].numpy(), np.zeros((8, 5000))], sampling_rate=500)
     with pytest.raises(ValueError, match="pass ecg.T"):
         fe(np.zeros((5000, 12)), sampling_rate=500)
 
 
 def test_mimic_lead_order_is_fixed_by_lead_names(fe):
-    x = np.stack([np.full(5000, i, dtype=np.float32) for i in range(12)])  # lead i holds value i
+    wave = 0.1 * np.sin(np.arange(5000) / 50.0)  # 0 at sample 0; a constant record would be refused as flat
+    x = np.stack([(i + wave).astype(np.float32) for i in range(12)])  # lead i starts at value i
     out = fe(x, sampling_rate=500, lead_names=list(MIMIC_LEADS))["ecg_values"][0]
     assert out[4, 0] == 5 and out[5, 0] == 4  # aVL and aVF swapped into standard order
     with pytest.raises(ValueError, match="missing lead"):
@@ -163,7 +167,7 @@ def test_report_text_cleaning():
 
 def test_processor_text_and_ecg_together():
     proc = DBetaProcessor(DBetaFeatureExtractor(), train_t5_tokenizer())
-    batch = proc(ecg=np.zeros((2, 12, 5000)), sampling_rate=500, text=["Sinus rhythm.", "AFIB"])
+    batch = proc(ecg=ecg_batch(2).numpy(), sampling_rate=500, text=["Sinus rhythm.", "AFIB"])
     assert set(batch) == {"ecg_values", "input_ids", "attention_mask"}
     assert batch["input_ids"].shape[0] == 2 and batch["ecg_values"].shape == (2, 12, 5000)
     with pytest.raises(ValueError, match=r"text\[1\] is empty"):
@@ -172,3 +176,112 @@ def test_processor_text_and_ecg_together():
         proc(text=["***"])
     with pytest.raises(ValueError, match="give an ECG"):
         proc()
+
+
+# ----- issue 12: options per call, implausible input, clear errors --------------------------------------------
+
+
+def test_per_call_options_apply_and_unknown_keywords_are_refused():
+    fe = DBetaFeatureExtractor()
+    x = ecg_batch(1)[0].numpy()
+    x[7] = np.nan  # the default nan_policy ("interpolate") refuses a lead without a finite sample
+    zeroed = fe(x, sampling_rate=500, nan_policy="zero")["ecg_values"][0]
+    assert zeroed[7].eq(0).all() and zeroed[0].abs().max() > 0
+    scaled = fe(x, sampling_rate=500, nan_policy="zero", normalization="minmax")["ecg_values"][0]
+    assert scaled.min() == 0 and scaled.max() > 0.99
+    assert fe.nan_policy == "interpolate" and fe.normalization == "none"  # a call does not change the settings
+    with pytest.raises(TypeError, match=r"nan_polciy.*nan_policy"):
+        fe(x, sampling_rate=500, nan_polciy="zero")
+    with pytest.raises(ValueError, match="nan_policy must be one of"):
+        fe(x, sampling_rate=500, nan_policy="drop")
+    proc = DBetaProcessor(fe, train_t5_tokenizer())
+    assert proc(ecg=x, sampling_rate=500, nan_policy="zero")["ecg_values"][0, 7].eq(0).all()
+    with pytest.raises(TypeError, match=r"normalisation.*normalization"):
+        proc(ecg=x, sampling_rate=500, normalisation="minmax")
+
+
+def test_implausible_amplitudes_and_flat_records_are_refused_naming_the_record():
+    fe = DBetaFeatureExtractor()
+    x = ecg_batch(1)[0].numpy()
+    counts = np.round(x * 200).astype(np.int16)  # int16 ADC counts at 200 counts/mV, passed as if mV
+    for bad in (counts, x * 1e30, x * 1000.0):
+        with pytest.raises(ValueError, match=r"ecg\[0\]: implausible amplitude for millivolts: lead"):
+            fe(bad, sampling_rate=500)
+    spikes = x.copy()
+    spikes[3, 100:103] = 1e30  # a few corrupt samples
+    with pytest.raises(ValueError, match="implausible amplitude"):
+        fe(spikes, sampling_rate=500)
+    with pytest.raises(ValueError, match=r"ecg\[1\]: flat signal"):
+        fe([x, np.zeros((12, 5000))], sampling_rate=500)  # the second record is named, not the first
+    with pytest.raises(ValueError, match="flat signal"):
+        fe(np.full((12, 5000), 3.0), sampling_rate=500)
+    with pytest.warns(UserWarning, match="implausible amplitude"):
+        out = fe(counts, sampling_rate=500, implausible="warn")["ecg_values"]
+    assert out.abs().max() > 50
+    # minmax scaling removes the unit, and the bound can be turned off; an ECG in mV passes untouched
+    assert fe(counts, sampling_rate=500, normalization="minmax")["ecg_values"].max() == pytest.approx(1.0)
+    assert DBetaFeatureExtractor(max_amplitude_mv=None)(counts, sampling_rate=500)["ecg_values"].shape == (1, 12, 5000)
+    assert torch.allclose(fe(x, sampling_rate=500)["ecg_values"][0], torch.from_numpy(x))
+
+
+def test_sampling_rate_and_lead_names_of_the_wrong_type_are_clear_errors():
+    fe = DBetaFeatureExtractor()
+    x = ecg_batch(1)[0].numpy()
+    with pytest.raises(ValueError, match="sampling_rate must be a number of Hz.*'abc'"):
+        fe(x, sampling_rate="abc")
+    with pytest.raises(ValueError, match="sampling_rate must be one number .* got 5000 values for 1 ECG"):
+        fe(x, sampling_rate=np.arange(5000))
+    assert fe(x, sampling_rate=np.array([500]))["ecg_values"].shape == (1, 12, 5000)
+    with pytest.raises(ValueError, match="lead_names must be a list with one name per lead"):
+        fe(x, sampling_rate=500, lead_names="I II III aVR aVL aVF V1 V2 V3 V4 V5 V6")
+    with pytest.raises(ValueError, match="sampling_rate must be a number"):
+        fe.condition(x, "500 Hz")
+
+
+def test_known_extra_leads_are_dropped_and_unknown_names_refused():
+    fe = DBetaFeatureExtractor()
+    x = ecg_batch(1)[0].numpy()
+    reference = fe(x, sampling_rate=500)["ecg_values"]
+    for extra in (["vx", "vy", "vz"], ["X", "Y", "Z"], ["V3R", "V4R", "V7"]):
+        signal = np.concatenate([x, x[:3] * 0.5])
+        out = fe(signal, sampling_rate=500, lead_names=list(STANDARD_LEADS) + extra)["ecg_values"]
+        assert torch.equal(out, reference), extra
+    with pytest.raises(ValueError, match=r"ecg\[0\]: unknown lead name 'foo'.*dropped"):
+        fe(np.concatenate([x, x[:1]]), sampling_rate=500, lead_names=list(STANDARD_LEADS) + ["foo"])
+    with pytest.raises(ValueError, match="II appear more than once"):
+        fe(np.concatenate([x, x[:1]]), sampling_rate=500, lead_names=list(STANDARD_LEADS) + ["DII"])
+
+
+def _dicom_copy(tmp_path, name, edit=None):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("waveform_ecg.dcm"))
+    if edit is not None:
+        edit(ds.WaveformSequence[0].ChannelDefinitionSequence[1])
+    ds.save_as(tmp_path / name)
+    return tmp_path / name
+
+
+def test_dicom_is_recognised_by_content_and_bad_channels_name_the_file(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    plain = _dicom_copy(tmp_path, "ecg_export")  # no .dcm suffix
+    rec = read_ecg_file(plain)
+    assert np.array_equal(rec.signal, read_ecg_file(get_testdata_file("waveform_ecg.dcm")).signal)
+
+    def no_source(channel):
+        del channel.ChannelSourceSequence
+
+    def mmhg(channel):
+        channel.ChannelSensitivityUnitsSequence[0].CodeValue = "mm[Hg]"
+
+    def zero_sensitivity(channel):
+        channel.ChannelSensitivity = "0"
+
+    for edit, needle in ((no_source, "channel 1 has no ChannelSourceSequence"), (mmhg, "not a voltage"),
+                         (zero_sensitivity, "ChannelSensitivity 0")):
+        path = _dicom_copy(tmp_path, f"{edit.__name__}.dcm", edit)
+        with pytest.raises(ECGReadError, match=needle) as err:
+            read_ecg_file(path)
+        assert str(path) in str(err.value)

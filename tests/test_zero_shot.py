@@ -164,7 +164,7 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
                              "--data-root", str(ptbxl_root), "--num-workers", "0", "--bootstrap", "100",
                              "--batch-size", "16", "--save-scores", "--quiet", "--output", str(out)])
     data = json.loads(out.read_text())
-    assert data["schema"] == "dbeta-zero-shot/1" and data["scoring"] == "cosine"
+    assert data["schema"] == "dbeta-zero-shot/1" and data["scoring"] == "model"  # the pipeline's rule by default
     assert 0.0 <= data["macro_auc"] <= 1.0
     assert list(data["per_class_auc"]) == ["NORM", "MI", "STTC", "CD", "HYP"]
     assert data["n_records"] == result["n_records"] > 10
@@ -178,7 +178,8 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
     assert (tmp_path / "res" / "zs.roc.png").read_bytes()[:8] == PNG
     assert len(data["outputs"]["ecg_examples"]) == 1
 
-    # the scores are the cosine of the model's own features, computed through the processor
+    # the scores are the model's own logits (model.similarity) of its features, computed through the processor;
+    # --scoring cosine is the cosine of the same features
     from eval.datasets import load_downstream
 
     saved = np.load(tmp_path / "res" / "zs.scores.npz")
@@ -186,11 +187,17 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
     item = ds[0]
     with torch.no_grad():
         x = processor(ecg=item["signal"], sampling_rate=item["sampling_rate"], lead_names=item["lead_names"])
-        ecg = torch.nn.functional.normalize(model.get_ecg_features(x["ecg_values"]), dim=-1)
+        ecg = model.get_ecg_features(x["ecg_values"])
         enc = processor(text=[prompts[c] for c in ds.class_names])
-        text = torch.nn.functional.normalize(model.get_text_features(enc["input_ids"], enc["attention_mask"]), dim=-1)
-    assert np.allclose(saved["scores"][0], (ecg @ text.T)[0].numpy(), atol=1e-5)
+        text = model.get_text_features(enc["input_ids"], enc["attention_mask"])
+        cosine = torch.nn.functional.normalize(ecg, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    assert np.allclose(saved["scores"][0], model.similarity(ecg, text)[0].numpy(), atol=1e-5)
     assert saved["record_ids"][0] == item["record_id"]
+    cos = zero_shot.main(["--model", str(model_dir), "--dataset", "ptbxl", "--task", "super", "--split", "all",
+                          "--data-root", str(ptbxl_root), "--num-workers", "0", "--bootstrap", "0", "--quiet",
+                          "--scoring", "cosine", "--no-plots", "--save-scores", "--output", str(tmp_path / "cos.json")])
+    assert cos["scoring"] == "cosine"
+    assert np.allclose(np.load(tmp_path / "cos.scores.npz")["scores"][0], cosine[0].numpy(), atol=1e-5)
 
     # --prompt-style name encodes the full class names alone (the first sentence of each entry)
     named = zero_shot.main(["--model", str(model_dir), "--dataset", "ptbxl", "--task", "super", "--split", "all",
@@ -248,3 +255,48 @@ def test_retrieval_cli(tiny_model, ptbxl_root, tmp_path):
         assert data[direction]["R@1"] >= data["strict"][direction]["R@1"]
     assert data["duplicates"]["distinct_reports"] <= data["n_records"]
     assert "ECG -> report" in out.with_suffix(".md").read_text()
+
+
+def test_pipeline_and_eval_score_the_same_records_alike(tiny_model, ptbxl_root):
+    """One scoring rule (prompting_dbeta): eval.zero_shot's default scores are the logits the pipeline turns into
+    its softmax / sigmoid scores, for the same records and the same class labels."""
+    from eval import zero_shot
+    from eval.datasets import load_downstream
+    from eval.features import load_model_and_processor
+    from pipeline_dbeta import ZeroShotECGClassificationPipeline
+
+    model_dir = tiny_model[0]
+    result = zero_shot.run_zero_shot(str(model_dir), "ptbxl", ptbxl_root, task="super", split="all", num_workers=0,
+                                     bootstrap=0, return_scores=True)
+    ds = load_downstream("ptbxl", ptbxl_root, "all", task="super")
+    n = 6
+    assert result["record_ids"][:n] == list(ds.record_ids[:n])
+    model, processor = load_model_and_processor(str(model_dir))
+    pipe = ZeroShotECGClassificationPipeline(model=model, processor=processor)
+    items = [ds[i] for i in range(n)]
+    inputs = [{"signal": it["signal"], "sampling_rate": it["sampling_rate"], "lead_names": it["lead_names"]}
+              for it in items]
+    labels = list(ds.class_names)
+    soft = pipe(inputs, candidate_labels=labels, dataset="ptbxl_super", batch_size=4)
+    multi = pipe(inputs, candidate_labels=labels, dataset="ptbxl_super", multi_label=True)
+    logits = torch.from_numpy(result["scores"][:n])
+    for row, s, m in zip(logits, soft, multi):
+        by_label_s, by_label_m = {d["label"]: d["score"] for d in s}, {d["label"]: d["score"] for d in m}
+        assert torch.allclose(torch.tensor([by_label_s[c] for c in labels]), row.softmax(-1), atol=1e-6)
+        assert torch.allclose(torch.tensor([by_label_m[c] for c in labels]), torch.sigmoid(row), atol=1e-6)
+        ranking = [labels[j] for j in torch.argsort(row, descending=True).tolist()]
+        assert [d["label"] for d in s] == ranking and [d["label"] for d in m] == ranking
+
+
+def test_run_zero_shot_is_a_function_with_keyword_arguments(tiny_model, ptbxl_root, tmp_path):
+    from eval import zero_shot
+
+    out = tmp_path / "fn" / "zs.json"
+    result = zero_shot.run_zero_shot(str(tiny_model[0]), "ptbxl", ptbxl_root, task="rhythm", split="all",
+                                     num_workers=0, bootstrap=0, plot=False, output=out)
+    assert json.loads(out.read_text())["macro_auc"] == result["macro_auc"]
+    assert result["outputs"]["json"] == str(out) and "scores" not in result
+    with pytest.raises(ValueError, match="unknown dataset 'mitbih'.*cpsc2018"):
+        zero_shot.run_zero_shot(str(tiny_model[0]), "mitbih", ptbxl_root)
+    with pytest.raises(ValueError, match="scoring must be one of model, cosine, dot"):
+        zero_shot.run_zero_shot(str(tiny_model[0]), "ptbxl", ptbxl_root, task="super", scoring="euclid")

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import torch
 
 from configuration_dbeta import DBetaConfig
-from modeling_dbeta import DBetaForECGClassification, DBetaForPreTraining, DBetaModel
+from modeling_dbeta import COMPANION_FILES, DBetaForECGClassification, DBetaForPreTraining, DBetaModel
 from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +39,9 @@ CUSTOM_PIPELINES = {
         "type": "multimodal",
     }
 }
-# Shipped beside the weights: the pipeline and its prompt set (this checkout's versions).
-EXTRA_FILES = ("pipeline_dbeta.py", "prompts_dbeta.json")
+# Shipped beside the weights: the pipeline, its prompt and scoring module and its prompt set (the same files a
+# re-save copies).
+EXTRA_FILES = COMPANION_FILES
 
 
 def register_auto_classes() -> None:
