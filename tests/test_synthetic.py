@@ -438,3 +438,90 @@ def test_cli(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "SYNTHETIC" in captured.out and "SYNTHETIC" in captured.err
     assert (tmp_path / "cli" / "records500" / "00000" / "00009_hr.dat").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The independent evaluation generator (train/synthetic/independent.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+from train.synthetic import independent as ind  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def measured_independent():
+    return {c: [measure(ind.independent_ecg(c, np.random.default_rng([11, i]))) for i in range(N_PER_CLASS)]
+            for c in ind.INDEPENDENT_CLASSES}
+
+
+def test_independent_rates_and_rhythm(measured_independent):
+    m = measured_independent
+    assert (values(m, "SBRAD", "hr") < 60).all()
+    assert (values(m, "STACH", "hr") > 100).all()
+    assert ((values(m, "NORM", "hr") > 57) & (values(m, "NORM", "hr") < 103)).all()
+    for sinus in ("NORM", "SBRAD", "STACH"):
+        assert (values(m, sinus, "rr_cv") < 0.08).all(), sinus
+        assert mostly(values(m, sinus, "p_coherence") > 0.6), sinus
+        assert (values(m, sinus, "qrs_ms") < 110).all(), sinus
+    assert mostly(values(m, "AFIB", "rr_cv") > 0.12)
+    assert mostly(values(m, "AFIB", "rr_irregularity") > 0.1)
+    assert mostly(values(m, "AFIB", "p_coherence") < 0.5)
+
+
+def test_independent_shape_limb_leads_and_seed():
+    a = ind.independent_ecg("AFLT", np.random.default_rng(4))
+    assert a.shape == (12, 5000) and a.dtype == np.float32 and np.isfinite(a).all()
+    np.testing.assert_array_equal(a[L["III"]], a[L["II"]] - a[L["I"]])
+    np.testing.assert_array_equal(a[L["aVF"]], a[L["II"]] - a[L["I"]] / np.float32(2))
+    assert 0.3 < np.abs(a).max() < 8.0
+    np.testing.assert_array_equal(a, ind.independent_ecg("AFLT", np.random.default_rng(4)))
+    assert not np.array_equal(a, ind.independent_ecg("AFLT", np.random.default_rng(5)))
+    with pytest.raises(ValueError, match="unknown class"):
+        ind.independent_ecg("CLBBB", np.random.default_rng(0))
+
+
+def test_independent_generator_shares_no_signal_code():
+    import ast as ast_
+
+    tree = ast_.parse(Path(ind.__file__).read_text())
+    imported = {(node.module or "") for node in ast_.walk(tree) if isinstance(node, ast_.ImportFrom)}
+    imported |= {a.name for node in ast_.walk(tree) if isinstance(node, ast_.Import) for a in node.names}
+    assert "cardiac" not in imported and "train.synthetic.cardiac" not in imported
+    assert imported <= {"__future__", "argparse", "sys", "time", "pathlib", "typing", "numpy", "scipy.signal",
+                        "classes", "layouts", "reports"}
+
+
+def test_independent_ptbxl_rhythm_task_loads_and_labels_match_the_signals(tmp_path):
+    datasets = pytest.importorskip("eval.datasets")
+    out = ind.write_independent_ptbxl(tmp_path / "ind", 40, seed=3, write_lr=False)
+    ds = datasets.load_downstream("ptbxl", out, split="all", task="rhythm")
+    assert len(ds) == 40
+    y = ds.labels_matrix()
+    names = ds.class_names
+    counts = {c: int(y[:, names.index(c)].sum()) for c in ("SR", "SBRAD", "STACH", "AFIB", "AFLT")}
+    assert counts == {c: 8 for c in counts}  # balanced, one rhythm per record
+    assert (y.sum(1) == 1).all()
+    for k in range(len(ds)):
+        item = ds[k]
+        rhythm = names[int(np.argmax(item["labels"]))]
+        assert item["sampling_rate"] == 500 and item["signal"].shape == (12, 5000)
+        order = [list(item["lead_names"]).index(n) for n in syn.PTBXL_HEADER_LEADS]
+        m = measure(item["signal"][order])
+        if rhythm == "SBRAD":
+            assert m["hr"] < 60, item["record_id"]
+        elif rhythm == "STACH":
+            assert m["hr"] > 100, item["record_id"]
+        elif rhythm == "SR":
+            assert 57 < m["hr"] < 103 and m["rr_cv"] < 0.08, item["record_id"]
+        elif rhythm == "AFIB":
+            assert m["rr_irregularity"] > 0.05, item["record_id"]
+    readme = (out / "README.txt").read_text()
+    assert "SYNTHETIC" in readme and "independent" in readme
+
+
+def test_independent_cli(tmp_path, capsys):
+    assert ind.main(["--output", str(tmp_path / "cli"), "--n", "5", "--seed", "1", "--no-lr"]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "records500" / "00000" / "00005_hr.dat").is_file()
+    assert not (tmp_path / "cli" / "records100").exists()
+    with pytest.raises(SystemExit):
+        ind.main(["--output", str(tmp_path / "bad"), "--n", "5", "--classes", "NORM", "LVH"])
