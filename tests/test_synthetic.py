@@ -525,3 +525,12 @@ def test_independent_cli(tmp_path, capsys):
     assert not (tmp_path / "cli" / "records100").exists()
     with pytest.raises(SystemExit):
         ind.main(["--output", str(tmp_path / "bad"), "--n", "5", "--classes", "NORM", "LVH"])
+
+
+def test_ptbxl_folder_refuses_a_wrong_shape(tmp_path):
+    def make_record(i, label):
+        return np.zeros((12, 2500), np.float32), "sinus rhythm.", {"SR": 0.0}
+
+    with pytest.raises(ValueError, match=r"record 1 \(NORM\).*\[12, 5000\].*\(12, 2500\)"):
+        syn.write_ptbxl_folder(tmp_path / "p", ["NORM"], make_record, np.random.default_rng(0))
+    assert not (tmp_path / "p" / "records500").exists()
