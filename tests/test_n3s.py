@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.machine_reports import synthetic_reports
 from tests.tiny import REPORTS, tiny_bert_text_config, tiny_t5_text_config, train_t5_tokenizer, \
     train_wordpiece_tokenizer
 from train import build_n3s as cli
@@ -21,7 +22,6 @@ from train.n3s import (
     canonical_report,
     find_negatives,
     finding_key,
-    synthetic_reports,
 )
 
 CORPUS = synthetic_reports(300, seed=3)

