@@ -1035,3 +1035,12 @@ def test_two_process_run_killed_at_any_point_resumes_to_the_same_weights(assets,
     assert final.returncode == 0, final.stderr[-3000:]
     assert not list((out / "checkpoints").glob("*.partial"))
     assert_same_weights(weights(out / "model"), weights(tmp_path / "straight" / "model"))
+
+
+def test_a_flat_record_warns_instead_of_stopping_pretraining(rows, t5_tokenizer):
+    data = [dict(rows[i]) for i in range(4)]
+    data[1]["signal"] = np.zeros_like(np.asarray(data[1]["signal"]))  # a lead-off record: every lead flat
+    collator = PretrainingCollator(build_processor(t5_tokenizer), ShiftSampler(), p_neg=0.5, mlm_probability=0.0)
+    with pytest.warns(UserWarning, match="flat signal"):
+        batch = collator(data, batch_id=0)
+    assert batch["ecg_values"].shape[0] == 4

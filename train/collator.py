@@ -212,6 +212,9 @@ class PretrainingCollator:
             lead_names=names,
             crop="random" if self.train else "start",
             generator=rng,
+            # A flat or out-of-range record warns instead of ending a run of days at its batch (the ingest
+            # already drops what it can recognise; a dataset built elsewhere may still hold some).
+            implausible="warn",
             return_tensors=None,
         )["ecg_values"]
         return np.asarray(out, dtype=np.float32)
