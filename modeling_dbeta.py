@@ -28,10 +28,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
-try:
-    from .configuration_dbeta import DBetaConfig, DBetaECGConfig
-except ImportError:  # imported as a top-level module (tests, scripts)
-    from configuration_dbeta import DBetaConfig, DBetaECGConfig
+from .configuration_dbeta import DBetaConfig, DBetaECGConfig
 
 
 # ----------------------------------------------------------------------------------------------------------------

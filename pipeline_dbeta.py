@@ -46,30 +46,17 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-try:
-    from .processing_dbeta import read_ecg_file
-    from .prompting_dbeta import (
-        PROMPT_STYLES,
-        PromptSet,
-        label_scores,
-        load_prompt_set,
-        looks_like_code,
-        prompt_style_for,
-        prompt_text,
-        zero_shot_logits,
-    )
-except ImportError:  # imported as a top-level module (tests, scripts)
-    from processing_dbeta import read_ecg_file
-    from prompting_dbeta import (
-        PROMPT_STYLES,
-        PromptSet,
-        label_scores,
-        load_prompt_set,
-        looks_like_code,
-        prompt_style_for,
-        prompt_text,
-        zero_shot_logits,
-    )
+from .processing_dbeta import read_ecg_file
+from .prompting_dbeta import (
+    PROMPT_STYLES,
+    PromptSet,
+    label_scores,
+    load_prompt_set,
+    looks_like_code,
+    prompt_style_for,
+    prompt_text,
+    zero_shot_logits,
+)
 
 TASK = "zero-shot-ecg-classification"
 CALL_KEYWORDS = ("candidate_labels", "sampling_rate", "lead_names", "hypothesis_template", "multi_label", "dataset",

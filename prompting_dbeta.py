@@ -33,10 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-try:
-    from .configuration_dbeta import PROMPT_STYLES
-except ImportError:  # imported as a top-level module (tests, scripts)
-    from configuration_dbeta import PROMPT_STYLES
+from .configuration_dbeta import PROMPT_STYLES
 
 PROMPTS_FILENAME = "prompts_dbeta.json"
 SCORINGS = ("model", "cosine", "dot")

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from configuration_dbeta import DBetaConfig  # noqa: E402
-from modeling_dbeta import DBetaModel  # noqa: E402
+from dbeta.configuration_dbeta import DBetaConfig
+from dbeta.modeling_dbeta import DBetaModel
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:

@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train.n3s import (  # noqa: E402
+from train.n3s import (
     DEFAULT_MAX_SIMILARITY,
     IDENTICAL_COSINE,
     TextEmbedder,
@@ -39,7 +36,7 @@ from train.n3s import (  # noqa: E402
     canonical_report,
     find_negatives,
 )
-from tests.machine_reports import synthetic_reports  # noqa: E402
+from tests.machine_reports import synthetic_reports
 
 
 def make_embedder(kind: str, reports):

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -35,10 +34,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from configuration_dbeta import DBetaConfig  # noqa: E402
-from modeling_dbeta import DBetaForPreTraining  # noqa: E402
+from dbeta.configuration_dbeta import DBetaConfig
+from dbeta.modeling_dbeta import DBetaForPreTraining
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:

@@ -25,13 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 LABELS = ["NORM", "AFIB", "CLBBB", "CRBBB", "1AVB", "STACH", "SBRAD", "STD_", "STE_", "LVH"]
 
@@ -61,8 +59,8 @@ def write_records(folder: Path, n: int, seed: int = 0) -> list:
 
 
 def build_model(size: str, vocab_size: int):
-    from configuration_dbeta import DBetaConfig
-    from modeling_dbeta import DBetaModel
+    from dbeta.configuration_dbeta import DBetaConfig
+    from dbeta.modeling_dbeta import DBetaModel
     from tests.tiny import tiny_t5_text_config
 
     torch.manual_seed(0)

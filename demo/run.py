@@ -92,8 +92,8 @@ def make_random_baseline(model_dir: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoProcessor
 
-    from configuration_dbeta import DBetaConfig
-    from modeling_dbeta import DBetaModel
+    from dbeta.configuration_dbeta import DBetaConfig
+    from dbeta.modeling_dbeta import DBetaModel
     from train.export import export_model
 
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def classify_dicom(model_dir: Path, out: Path) -> dict:
         raise SystemExit("the fresh-process pipeline failed:\n" + proc.stderr[-3000:])
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     from eval.plots import plot_ecg
-    from processing_dbeta import read_ecg_file
+    from dbeta.processing_dbeta import read_ecg_file
 
     record = read_ecg_file(result["file"])
     result["plot"] = str(plot_ecg(record.signal, record.sampling_rate, out / "dicom_ecg_scores.png",

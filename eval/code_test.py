@@ -19,7 +19,7 @@ from eval.downstream_base import (
     require_file,
 )
 from eval.label_sets import CODE_TEST_CANONICAL, CODE_TEST_COLUMNS
-from processing_dbeta import canonical_lead_name
+from dbeta.processing_dbeta import canonical_lead_name
 
 # The lead order of the `tracings` array. The dataset's own README (Zenodo record 3765780, "ecg_tracings.hdf5")
 # gives {DI, DII, DIII, AVL, AVF, AVR, V1-V6}: aVL, aVF, aVR, not the usual aVR, aVL, aVF (which is the order

@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from processing_dbeta import ECGReadError, canonical_lead_name
+from dbeta.processing_dbeta import ECGReadError, canonical_lead_name
 
 SPLITS = ("train", "val", "test")
 PathLike = Union[str, Path]

@@ -20,18 +20,14 @@ evaluate: every record failed, or a class that had both positive and negative re
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from pipeline_dbeta import text_features as _text_features  # noqa: E402
+from dbeta.pipeline_dbeta import text_features as _text_features
+
 
 __all__ = [
     "RecordError",
@@ -53,7 +49,7 @@ def _register_local_config() -> None:
     """Let Auto* classes read a D-BETA config.json with this repository's classes (no remote-code prompt)."""
     from transformers import AutoConfig
 
-    from configuration_dbeta import DBetaConfig
+    from dbeta.configuration_dbeta import DBetaConfig
 
     try:
         AutoConfig.register("dbeta", DBetaConfig)
@@ -80,8 +76,8 @@ def load_model_and_processor(name_or_path: str, remote_code: bool = False, dtype
         else:
             from transformers import AutoTokenizer
 
-            from modeling_dbeta import DBetaModel
-            from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
+            from dbeta.modeling_dbeta import DBetaModel
+            from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 
             _register_local_config()
             model = DBetaModel.from_pretrained(name_or_path, dtype=dtype)

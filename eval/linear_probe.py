@@ -57,20 +57,18 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python eval/linear_probe.py` as well as `python -m eval.linear_probe`
-    sys.path.insert(0, str(ROOT))
 
-from configuration_dbeta import DBetaConfig  # noqa: E402
-from eval.features import (  # noqa: E402
+from dbeta.configuration_dbeta import DBetaConfig
+from eval.features import (
     RecordError,
     dataset_ecg_features,
     processor_settings,
     resolve_protocol_num_samples,
 )
-from eval.metrics import auc_report, evaluable_classes, per_class_auc  # noqa: E402
-from modeling_dbeta import DBetaForECGClassification  # noqa: E402
-from processing_dbeta import DBetaFeatureExtractor  # noqa: E402
+from eval.metrics import auc_report, evaluable_classes, per_class_auc
+from dbeta.modeling_dbeta import DBetaForECGClassification
+from dbeta.processing_dbeta import DBetaFeatureExtractor
+
 
 logger = logging.getLogger("dbeta.linear_probe")
 

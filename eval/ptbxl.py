@@ -20,7 +20,7 @@ from eval.downstream_base import (
     require_file,
 )
 from eval.label_sets import PTBXL_SUPER, PTBXL_TASKS, ptbxl_label_sets
-from processing_dbeta import read_wfdb
+from dbeta.processing_dbeta import read_wfdb
 
 _TASK_ALIASES = {"super_class": "super", "superclass": "super", "sub_class": "sub", "subclass": "sub"}
 # strat_fold -> split: folds 1-8 train, 9 val, 10 test (the PTB-XL authors' recommendation).

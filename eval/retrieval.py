@@ -49,19 +49,17 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from eval.features import (  # noqa: E402
+from eval.features import (
     RecordError,
     dataset_ecg_features,
     load_model_and_processor,
     processor_settings,
     text_features,
 )
-from eval.metrics import TIE_RULE, group_ids, retrieval_recall  # noqa: E402
-from processing_dbeta import normalize_report, read_wfdb  # noqa: E402
+from eval.metrics import TIE_RULE, group_ids, retrieval_recall
+from dbeta.processing_dbeta import normalize_report, read_wfdb
+
 
 logger = logging.getLogger("dbeta.retrieval")
 

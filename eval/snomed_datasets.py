@@ -38,7 +38,7 @@ from eval.label_sets import (
     csn_multi_hot,
     physionet2021_evaluated_classes,
 )
-from processing_dbeta import STANDARD_LEADS, read_wfdb
+from dbeta.processing_dbeta import STANDARD_LEADS, read_wfdb
 
 # ------------------------------------------------------------------------------------------------------------
 # Label sets

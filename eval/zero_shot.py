@@ -47,13 +47,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python eval/zero_shot.py` as well as `python -m eval.zero_shot`
-    sys.path.insert(0, str(ROOT))
 
-from configuration_dbeta import PROMPT_STYLES  # noqa: E402
-from prompting_dbeta import SCORINGS, PromptSet, load_prompt_set, prompt_style_for, zero_shot_logits  # noqa: E402
-from eval.features import (  # noqa: E402
+from dbeta.configuration_dbeta import PROMPT_STYLES
+from dbeta.prompting_dbeta import SCORINGS, PromptSet, load_prompt_set, prompt_style_for, zero_shot_logits
+from eval.features import (
     RecordError,
     dataset_ecg_features,
     load_model_and_processor,
@@ -61,7 +58,8 @@ from eval.features import (  # noqa: E402
     resolve_protocol_num_samples,
     text_features,
 )
-from eval.metrics import auc_report  # noqa: E402
+from eval.metrics import auc_report
+
 
 logger = logging.getLogger("dbeta.zero_shot")
 

@@ -1,7 +1,6 @@
 """Shared test set-up: offline Hub, a private HF_HOME, and the path to ../shared when it exists."""
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -14,8 +13,6 @@ SHARED = ROOT.parent / "shared"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="dbeta-hf-home-")
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")

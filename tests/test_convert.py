@@ -5,16 +5,13 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from configuration_dbeta import DBetaConfig
-from modeling_dbeta import DBetaForPreTraining, sinusoidal_positions
+from dbeta.configuration_dbeta import DBetaConfig
+from dbeta.modeling_dbeta import DBetaForPreTraining, sinusoidal_positions
 from train.convert_original_checkpoint import ConversionError, convert, main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fixture(shared_dir):

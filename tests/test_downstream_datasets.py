@@ -15,13 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-wfdb = pytest.importorskip("wfdb")
-h5py = pytest.importorskip("h5py")
-from scipy.io import savemat  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+from scipy.io import savemat
+from sklearn.model_selection import train_test_split
 
-from eval import label_sets  # noqa: E402
-from eval.datasets import (  # noqa: E402
+from eval import label_sets
+from eval.datasets import (
     CODE_TEST_LEADS,
     DOWNSTREAM_DATASETS,
     CODETestDataset,
@@ -35,7 +33,10 @@ from eval.datasets import (  # noqa: E402
     load_downstream,
     random_split,
 )
-from processing_dbeta import STANDARD_LEADS, DBetaFeatureExtractor  # noqa: E402
+from dbeta.processing_dbeta import STANDARD_LEADS, DBetaFeatureExtractor
+
+wfdb = pytest.importorskip("wfdb")
+h5py = pytest.importorskip("h5py")
 
 PTBXL_FILE_LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 

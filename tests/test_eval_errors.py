@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from eval.features import RecordError, check_skipped_records, dataset_ecg_features
-from modeling_dbeta import DBetaModel
+from dbeta.modeling_dbeta import DBetaModel
 from tests.test_linear_probe import write_wfdb
 from tests.tiny import tiny_config, tiny_t5_text_config, train_t5_tokenizer
 from train.export import build_processor, export_model

@@ -17,12 +17,10 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-from configuration_dbeta import DBetaConfig
-from modeling_dbeta import DBetaForECGClassification, DBetaForPreTraining, DBetaModel
+from dbeta.configuration_dbeta import DBetaConfig
+from dbeta.modeling_dbeta import DBetaForECGClassification, DBetaForPreTraining, DBetaModel
 from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
 from train.export import build_processor, export_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

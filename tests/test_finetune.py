@@ -119,7 +119,7 @@ def test_dataset_conditions_records_in_dataloader_workers(setup):
 
 
 def test_random_crop_only_changes_the_window():
-    from processing_dbeta import DBetaFeatureExtractor, STANDARD_LEADS
+    from dbeta.processing_dbeta import DBetaFeatureExtractor, STANDARD_LEADS
 
     class Long:  # one 30 s record whose samples count up
         def __len__(self):
@@ -202,7 +202,7 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert "test macro AUPRC" in (export / "README.md").read_text()
 
     # the export reloads in a fresh interpreter (remote code only) and gives the same logits
-    from modeling_dbeta import DBetaForECGClassification
+    from dbeta.modeling_dbeta import DBetaForECGClassification
 
     ecg = torch.randn(2, 12, 1000) * 0.3
     with torch.no_grad():

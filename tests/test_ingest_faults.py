@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processing_dbeta import MIMIC_LEADS
+from dbeta.processing_dbeta import MIMIC_LEADS
 from train import synthetic as syn
 from train.mimic import RecordDropped, iter_record_list, load_prepared_mimic, mimic_iterable_dataset, read_record
 from train.prepare_mimic import main as prepare_main
@@ -293,7 +293,6 @@ def test_packed_formats_of_the_right_size_are_read(tmp_path, fmt):
 # one function to SIGKILL itself at its Nth matching call, before or after the real call.
 _KILLER = r'''
 import importlib, json, os, re, signal, sys, traceback
-sys.path.insert(0, sys.argv[1])
 from train.prepare_mimic import main
 
 def arm(target, match, nth, when):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from eval import label_sets as ls
-from prompting_dbeta import PromptSet, load_prompt_set, prompt_text
+from dbeta.prompting_dbeta import PromptSet, load_prompt_set, prompt_text
 from train.export import ROOT
 
 PROMPT_FILE = ROOT / "prompts_dbeta.json"

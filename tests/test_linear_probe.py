@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from eval import linear_probe as lp
-from modeling_dbeta import DBetaForPreTraining
-from processing_dbeta import STANDARD_LEADS
+from dbeta.modeling_dbeta import DBetaForPreTraining
+from dbeta.processing_dbeta import STANDARD_LEADS
 from tests.tiny import tiny_config, tiny_t5_text_config, train_t5_tokenizer
 from train.export import build_processor, export_model
 

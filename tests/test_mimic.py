@@ -2,12 +2,11 @@
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from processing_dbeta import MIMIC_LEADS, STANDARD_LEADS
+from dbeta.processing_dbeta import MIMIC_LEADS, STANDARD_LEADS
 from train import synthetic as syn
 from train.mimic import (
     ADC_NAN,

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from configuration_dbeta import DBetaConfig
-from modeling_dbeta import (
+from dbeta.configuration_dbeta import DBetaConfig
+from dbeta.modeling_dbeta import (
     DBetaForECGClassification,
     DBetaForPreTraining,
     DBetaModel,

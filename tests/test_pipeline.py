@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_dbeta import DBetaModel
-from pipeline_dbeta import PromptSet, extract_features, load_prompt_set, looks_like_code
-from processing_dbeta import read_ecg_file
+from dbeta.modeling_dbeta import DBetaModel
+from dbeta.pipeline_dbeta import PromptSet, extract_features, load_prompt_set, looks_like_code
+from dbeta.processing_dbeta import read_ecg_file
 from tests.test_remote_code import fresh_python
 from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
 from train.export import ROOT, build_processor, export_model
@@ -267,7 +267,7 @@ print("HUB-OK", json.dumps({{"texts": texts, "source": pipe.prompt_set().source,
 
 
 def _local_pipeline(model, processor):
-    from pipeline_dbeta import ZeroShotECGClassificationPipeline
+    from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline
 
     return ZeroShotECGClassificationPipeline(model=model, processor=processor)
 
@@ -315,7 +315,7 @@ def test_labels_travel_through_the_model_inputs_and_outputs(exported):
 
 def test_label_features_follow_the_model_object(exported, tmp_path, monkeypatch):
     """Two freshly loaded models have the same parameter versions: the cache must still tell them apart."""
-    import pipeline_dbeta
+    import dbeta.pipeline_dbeta as pipeline_dbeta
 
     e = exported
     torch.manual_seed(1)

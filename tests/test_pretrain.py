@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from processing_dbeta import MIMIC_LEADS, STANDARD_LEADS, normalize_report
+from dbeta.processing_dbeta import MIMIC_LEADS, STANDARD_LEADS, normalize_report
 from tests.tiny import REPORTS, ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer, \
     train_wordpiece_tokenizer
 from train.collator import (PretrainingCollator, RandomReportSampler, ShardedBatchSampler, decode_row_signal,
@@ -634,8 +634,8 @@ torch.save({"cls": type(model).__name__, "ecg": e, "text": t}, sys.argv[3])
 
 
 def test_export_loads_with_automodel_in_a_fresh_process(straight_run, tmp_path):
-    from modeling_dbeta import DBetaForPreTraining
-    from processing_dbeta import DBetaProcessor
+    from dbeta.modeling_dbeta import DBetaForPreTraining
+    from dbeta.processing_dbeta import DBetaProcessor
 
     export = straight_run / "model"
     ecg = ecg_batch(2, seed=3)
@@ -879,7 +879,7 @@ def test_a_nan_weight_in_a_checkpoint_is_never_resumed_from(assets, straight_run
 @contextlib.contextmanager
 def nan_loss_at_micro_batches(*calls: int):
     """Make the pretraining forward return a NaN loss at the given (1-based) calls in training mode."""
-    from modeling_dbeta import DBetaForPreTraining
+    from dbeta.modeling_dbeta import DBetaForPreTraining
 
     original, seen = DBetaForPreTraining.forward, []
 
@@ -967,7 +967,6 @@ def test_a_dataset_without_validation_split_trains_without_validation(assets, tm
 
 KILLER = """
 import os, signal, sys
-sys.path.insert(0, {root!r})
 mode, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 calls = []
 def kill_all():  # a crash of the whole job: launcher and every worker, no chance to clean up

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from processing_dbeta import (
+from dbeta.processing_dbeta import (
     MIMIC_LEADS,
     STANDARD_LEADS,
     DBetaFeatureExtractor,

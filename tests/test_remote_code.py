@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_dbeta import DBetaForPreTraining
+from dbeta.modeling_dbeta import DBetaForPreTraining
 from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
 from train.export import build_processor, export_model
 

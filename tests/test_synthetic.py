@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, detrend, filtfilt, find_peaks
 
-from processing_dbeta import MIMIC_LEADS, STANDARD_LEADS, DBetaFeatureExtractor, assemble_report, normalize_report, read_wfdb
+from dbeta.processing_dbeta import MIMIC_LEADS, STANDARD_LEADS, DBetaFeatureExtractor, assemble_report, normalize_report, read_wfdb
 from train import synthetic as syn
 
 FS = 500
@@ -444,7 +444,7 @@ def test_cli(tmp_path, capsys):
 # The independent evaluation generator (train/synthetic/independent.py)
 # ---------------------------------------------------------------------------------------------------------------
 
-from train.synthetic import independent as ind  # noqa: E402
+from train.synthetic import independent as ind
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from eval.metrics import (
     retrieval_recall,
 )
 from eval.plots import plot_ecg, plot_roc_curves
-from modeling_dbeta import DBetaModel
+from dbeta.modeling_dbeta import DBetaModel
 from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
 from train.export import build_processor, export_model
 
@@ -263,7 +263,7 @@ def test_pipeline_and_eval_score_the_same_records_alike(tiny_model, ptbxl_root):
     from eval import zero_shot
     from eval.datasets import load_downstream
     from eval.features import load_model_and_processor
-    from pipeline_dbeta import ZeroShotECGClassificationPipeline
+    from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline
 
     model_dir = tiny_model[0]
     result = zero_shot.run_zero_shot(str(model_dir), "ptbxl", ptbxl_root, task="super", split="all", num_workers=0,

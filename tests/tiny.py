@@ -8,7 +8,7 @@ import io
 import numpy as np
 import torch
 
-from configuration_dbeta import DBetaConfig, DBetaECGConfig
+from dbeta.configuration_dbeta import DBetaConfig, DBetaECGConfig
 
 REPORTS = [
     "sinus rhythm. normal ecg.",

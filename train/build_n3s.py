@@ -31,11 +31,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from train.n3s import (  # noqa: E402
+from train.n3s import (
     DEFAULT_HNSW_THRESHOLD,
     DEFAULT_K,
     DEFAULT_MAX_SIMILARITY,
@@ -46,6 +43,7 @@ from train.n3s import (  # noqa: E402
     TextEmbedder,
     build_n3s_table,
 )
+
 
 logger = logging.getLogger("train.build_n3s")
 

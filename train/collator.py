@@ -38,18 +38,14 @@ DataLoader, so workers need no shared state.
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from processing_dbeta import MIMIC_LEADS, normalize_report  # noqa: E402
+from dbeta.processing_dbeta import MIMIC_LEADS, normalize_report
+
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from configuration_dbeta import FLAN_T5_BASE, DBetaConfig, DBetaECGConfig
-from modeling_dbeta import DBetaForPreTraining, sinusoidal_positions
+from dbeta.configuration_dbeta import FLAN_T5_BASE, DBetaConfig, DBetaECGConfig
+from dbeta.modeling_dbeta import DBetaForPreTraining, sinusoidal_positions
 
 # Source keys that carry no information for inference or training here.
 DROPPED_KEYS = {

@@ -20,9 +20,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from configuration_dbeta import DBetaConfig
-from modeling_dbeta import COMPANION_FILES, DBetaForECGClassification, DBetaForPreTraining, DBetaModel
-from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
+from dbeta.configuration_dbeta import DBetaConfig
+from dbeta.modeling_dbeta import COMPANION_FILES, DBetaForECGClassification, DBetaForPreTraining, DBetaModel
+from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_TASK = "zero-shot-ecg-classification"

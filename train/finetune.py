@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -44,17 +43,15 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python train/finetune.py` as well as `python -m train.finetune`
-    sys.path.insert(0, str(ROOT))
 
-from configuration_dbeta import DBetaConfig  # noqa: E402
-from eval.features import condition_item, resolve_protocol_num_samples  # noqa: E402
-from eval.metrics import auc_report, make_compute_metrics  # noqa: E402
-from modeling_dbeta import DBetaForECGClassification  # noqa: E402
-from processing_dbeta import DBetaFeatureExtractor, DBetaProcessor  # noqa: E402
-from train.export import export_model  # noqa: E402
-from train.hub import push_export  # noqa: E402
+from dbeta.configuration_dbeta import DBetaConfig
+from eval.features import condition_item, resolve_protocol_num_samples
+from eval.metrics import auc_report, make_compute_metrics
+from dbeta.modeling_dbeta import DBetaForECGClassification
+from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
+from train.export import export_model
+from train.hub import push_export
+
 
 logger = logging.getLogger("dbeta.finetune")
 

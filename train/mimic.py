@@ -41,7 +41,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-import sys
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,11 +48,8 @@ from typing import Dict, Iterator, List as TList, Optional, Sequence, Tuple
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from processing_dbeta import (  # noqa: E402
+from dbeta.processing_dbeta import (
     MIMIC_LEADS,
     STANDARD_LEADS,
     assemble_report,
@@ -61,6 +57,7 @@ from processing_dbeta import (  # noqa: E402
     normalize_report,
     unit_scale_to_mv,
 )
+
 
 NUM_LEADS = 12
 SAMPLING_RATE = 500
@@ -681,7 +678,7 @@ class MimicECGCollator:
         if feature_extractor is None and processor is not None:
             feature_extractor = processor.feature_extractor
         if feature_extractor is None:
-            from processing_dbeta import DBetaFeatureExtractor
+            from dbeta.processing_dbeta import DBetaFeatureExtractor
 
             feature_extractor = DBetaFeatureExtractor(**extractor_kwargs)
         self.feature_extractor = feature_extractor

@@ -49,8 +49,8 @@ def build_model_and_tokenizer(m: ModelSettings):
     """(DBetaForPreTraining, tokenizer, where the text encoder came from: one line, no local path)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from configuration_dbeta import DBetaConfig
-    from modeling_dbeta import DBetaForPreTraining
+    from dbeta.configuration_dbeta import DBetaConfig
+    from dbeta.modeling_dbeta import DBetaForPreTraining
 
     try:
         if m.init_from:

@@ -44,18 +44,15 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from processing_dbeta import normalize_report  # noqa: E402
+from dbeta.processing_dbeta import normalize_report
+
 
 logger = logging.getLogger(__name__)
 

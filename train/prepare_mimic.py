@@ -44,11 +44,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from train.mimic import (  # noqa: E402
+from train.mimic import (
     DROP_REASONS,
     MimicInputError,
     features,
@@ -58,6 +55,7 @@ from train.mimic import (  # noqa: E402
     iter_record_list,
     subject_split,
 )
+
 
 FORMAT_VERSION = 2  # bumped when work/ changes layout: an older unfinished ingest is refused, not misread
 SPLITS = ("train", "validation")

@@ -405,8 +405,8 @@ def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:
     if (path / "config.json").is_file() and (path / "tokenizer").is_dir():  # written by save_checkpoint
         from transformers import AutoTokenizer
 
-        from configuration_dbeta import DBetaConfig
-        from modeling_dbeta import DBetaForPreTraining
+        from dbeta.configuration_dbeta import DBetaConfig
+        from dbeta.modeling_dbeta import DBetaForPreTraining
 
         model = DBetaForPreTraining(DBetaConfig.from_json_file(str(path / "config.json")))
         tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))

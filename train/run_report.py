@@ -7,7 +7,6 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
 from train.checkpoints import TrainState
 from train.model_setup import public_name

@@ -276,7 +276,7 @@ def _validate_overrides(overrides: dict) -> None:
     """Model overrides must be DBetaConfig fields: a typo is an error, not a silently saved attribute."""
     if not overrides:
         return
-    from configuration_dbeta import DBetaConfig
+    from dbeta.configuration_dbeta import DBetaConfig
 
     known = set(DBetaConfig().to_dict()) - {"text_config", "transformers_version", "model_type"}
     unknown = sorted(set(overrides) - known)

@@ -21,7 +21,7 @@ def evaluate(accelerator, model, val_rows, collator, batch_size: int, seed: int)
     from torch.utils.data import DataLoader
 
     from eval.metrics import recall_at_k
-    from processing_dbeta import normalize_report
+    from dbeta.processing_dbeta import normalize_report
     from train.collator import MODEL_INPUTS, BatchCollate, EvalBatches, RowsWithBatchId
 
     unwrapped = accelerator.unwrap_model(model)

