@@ -7,7 +7,7 @@ Defaults reproduce the authors' full-size model (arXiv 2410.02131): a wav2vec2-s
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 # google/flan-t5-base's encoder settings, written here because the config cannot be downloaded offline.
@@ -147,7 +147,8 @@ class DBetaConfig(PretrainedConfig):
     """
 
     model_type = "dbeta"
-    sub_configs = {"ecg_config": DBetaECGConfig}
+    # Both sub-configs are declared so that attention implementation and dtype settings reach both encoders.
+    sub_configs = {"ecg_config": DBetaECGConfig, "text_config": AutoConfig}
 
     def __init__(
         self,
