@@ -106,6 +106,11 @@ class DBetaECGConfig(PretrainedConfig):
             size *= stride
         return size
 
+    def to_dict(self):
+        out = super().to_dict()
+        out.pop("_name_or_path", None)  # where a sub-config was loaded from is not part of it
+        return out
+
     def num_tokens(self, num_samples: int) -> int:
         n = num_samples
         for _, kernel, stride in self.conv_layers:
@@ -247,8 +252,10 @@ class DBetaConfig(PretrainedConfig):
         out = super().to_dict()
         out["ecg_config"] = self.ecg_config.to_dict()
         out["text_config"] = self.text_config.to_dict()
-        for sub in ("ecg_config", "text_config"):  # where a sub-config was loaded from: a local path, not config
-            out[sub].pop("_name_or_path", None)
+        # Where the text config was loaded from may be a local path: not part of the model (kept empty, as the
+        # text config class itself writes it when loaded on its own).
+        if "_name_or_path" in out["text_config"]:
+            out["text_config"]["_name_or_path"] = ""
         return out
 
     @classmethod

@@ -273,6 +273,9 @@ class DBetaECGEncoder(nn.Module):
         for layer in self.layers:
             x, weights = layer(x)
             states, attentions = states + (x,), attentions + (weights,)
+        if isinstance(output_hidden_states, (list, tuple)):  # only these indices (negative from the end)
+            kept = {i % len(states) for i in output_hidden_states}
+            states = tuple(h if i in kept else None for i, h in enumerate(states))
         return BaseModelOutput(last_hidden_state=x, hidden_states=states if output_hidden_states else None,
                                attentions=attentions if output_attentions else None)
 
@@ -550,8 +553,9 @@ class DBetaPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_bias, module.config.ets_bias_init)
 
 
-def _flag(value, config, name: str) -> bool:
-    return bool(value if value is not None else getattr(config, name, False))
+def _flag(value, config, name: str):
+    """An output flag, else the config's. `output_hidden_states` may also be a list of indices to keep (5.x)."""
+    return value if value is not None else bool(getattr(config, name, False))
 
 
 def _return(output: ModelOutput, return_dict: Optional[bool], config):

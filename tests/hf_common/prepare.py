@@ -4,10 +4,10 @@
 
 Downloads the sdist of the installed (pinned) transformers version with pip, unpacks its `tests/*.py` into
 CACHE_DIR/transformers_tests/ (a package, so their relative imports resolve) and prints that folder's parent.
-The sdist omits two helper modules that test_modeling_common.py imports: `exporters/test_export.py` (the
-export mixin, whose tests then do not run; tests/hf_common/test_dbeta_common.py has its own torch.export and
-ONNX tests) and `generation/test_utils.py` (the generate mixin; no D-BETA class generates). Both are supplied
-as empty mixins. Nothing is copied into the project.
+The sdist omits three helper modules the common tests import: `exporters/test_export.py` (the export mixin,
+whose tests then do not run; tests/hf_common/test_dbeta_common.py has its own torch.export and ONNX tests),
+`generation/test_utils.py` (the generate mixin; no D-BETA class generates) and `utils/test_configuration_utils.py`
+(common config kwargs, unused for a config with sub-configs). They are supplied as empty stand-ins. Nothing is copied into the project.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import transformers
 STUBS = {
     "exporters/test_export.py": "class ExportTesterMixin:\n    pass\n",
     "generation/test_utils.py": "class GenerationTesterMixin:\n    pass\n",
+    # Read only by ConfigTester.check_config_arguments_init, which returns early for configs with sub-configs.
+    "utils/test_configuration_utils.py": "config_common_kwargs = {}\n",
 }
 
 
