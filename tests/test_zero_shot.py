@@ -186,9 +186,9 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
     item = ds[0]
     with torch.no_grad():
         x = processor(ecg=item["signal"], sampling_rate=item["sampling_rate"], lead_names=item["lead_names"])
-        ecg = torch.nn.functional.normalize(model.get_ecg_features(x["ecg_values"]), dim=-1)
+        ecg = torch.nn.functional.normalize(model.get_ecg_features(x["ecg_values"]).pooler_output, dim=-1)
         enc = processor(text=[prompts[c] for c in ds.class_names])
-        text = torch.nn.functional.normalize(model.get_text_features(enc["input_ids"], enc["attention_mask"]), dim=-1)
+        text = torch.nn.functional.normalize(model.get_text_features(enc["input_ids"], enc["attention_mask"]).pooler_output, dim=-1)
     assert np.allclose(saved["scores"][0], (ecg @ text.T)[0].numpy(), atol=1e-5)
     assert saved["record_ids"][0] == item["record_id"]
 
