@@ -7,7 +7,7 @@ Defaults reproduce the authors' full-size model (arXiv 2410.02131): a wav2vec2-s
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 # google/flan-t5-base's encoder settings, written here because the config cannot be downloaded offline.
@@ -106,6 +106,11 @@ class DBetaECGConfig(PretrainedConfig):
             size *= stride
         return size
 
+    def to_dict(self):
+        out = super().to_dict()
+        out.pop("_name_or_path", None)  # where a sub-config was loaded from is not part of it
+        return out
+
     def num_tokens(self, num_samples: int) -> int:
         n = num_samples
         for _, kernel, stride in self.conv_layers:
@@ -147,7 +152,8 @@ class DBetaConfig(PretrainedConfig):
     """
 
     model_type = "dbeta"
-    sub_configs = {"ecg_config": DBetaECGConfig}
+    # Both sub-configs are declared so that attention implementation and dtype settings reach both encoders.
+    sub_configs = {"ecg_config": DBetaECGConfig, "text_config": AutoConfig}
 
     def __init__(
         self,
@@ -246,8 +252,10 @@ class DBetaConfig(PretrainedConfig):
         out = super().to_dict()
         out["ecg_config"] = self.ecg_config.to_dict()
         out["text_config"] = self.text_config.to_dict()
-        for sub in ("ecg_config", "text_config"):  # where a sub-config was loaded from: a local path, not config
-            out[sub].pop("_name_or_path", None)
+        # Where the text config was loaded from may be a local path: not part of the model (kept empty, as the
+        # text config class itself writes it when loaded on its own).
+        if "_name_or_path" in out["text_config"]:
+            out["text_config"]["_name_or_path"] = ""
         return out
 
     @classmethod

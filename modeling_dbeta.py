@@ -22,11 +22,32 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import AutoModel, PreTrainedModel, T5EncoderModel
-from transformers import initialization as init
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
+
+# transformers 4.57 (the last 4.x) and 5.x are supported; older 4.x lack the attention interface and the
+# gradient-checkpointing layer this file uses, and would load the weights differently.
+_TRANSFORMERS_MAJOR_MINOR = tuple(int(x) for x in transformers.__version__.split(".")[:2])
+if _TRANSFORMERS_MAJOR_MINOR < (4, 57):
+    raise ImportError(f"D-BETA needs transformers>=4.57 (5.x recommended); found {transformers.__version__}. "
+                      f"Run: pip install -U 'transformers>=4.57'")
+
+try:
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x: missing weights are initialised in place, so torch's own init functions do
+    from types import SimpleNamespace
+
+    def _copy_(tensor, other):
+        with torch.no_grad():
+            return tensor.copy_(other)
+
+    init = SimpleNamespace(normal_=nn.init.normal_, zeros_=nn.init.zeros_, uniform_=nn.init.uniform_,
+                           constant_=nn.init.constant_, kaiming_normal_=nn.init.kaiming_normal_, copy_=_copy_)
 
 from .configuration_dbeta import DBetaConfig, DBetaECGConfig
 
@@ -38,20 +59,26 @@ from .configuration_dbeta import DBetaConfig, DBetaECGConfig
 
 @dataclass
 class DBetaOutput(ModelOutput):
-    """ECG and text embeddings (the unimodal 768-d features) and their similarity logits."""
+    """ECG and text embeddings (the unimodal 768-d features), their similarity logits and, with `return_loss`, the
+    ECG-text sigmoid loss over the batch (every pair on the diagonal matched). As CLIP's output, the encoders' own
+    outputs (hidden states and attentions when asked for) are in `ecg_model_output` and `text_model_output`."""
 
     loss: Optional[torch.FloatTensor] = None
     logits_per_ecg: Optional[torch.FloatTensor] = None
     logits_per_text: Optional[torch.FloatTensor] = None
     ecg_embeds: Optional[torch.FloatTensor] = None
     text_embeds: Optional[torch.FloatTensor] = None
-    ecg_last_hidden_state: Optional[torch.FloatTensor] = None
-    text_last_hidden_state: Optional[torch.FloatTensor] = None
+    ecg_model_output: Optional[BaseModelOutputWithPooling] = None
+    text_model_output: Optional[BaseModelOutputWithPooling] = None
+
+    def to_tuple(self):
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in super().to_tuple())
 
 
 @dataclass
 class DBetaPreTrainingOutput(ModelOutput):
-    """The weighted total loss, each objective's loss, and the logits behind them."""
+    """The weighted total loss, each objective's loss, the logits behind them, and the encoders' and fusion
+    layers' hidden states and attentions when asked for (ECG ones over the visible tokens only)."""
 
     loss: Optional[torch.FloatTensor] = None
     mem_loss: Optional[torch.FloatTensor] = None
@@ -65,6 +92,13 @@ class DBetaPreTrainingOutput(ModelOutput):
     mem_mask: Optional[torch.FloatTensor] = None
     ecg_embeds: Optional[torch.FloatTensor] = None
     text_embeds: Optional[torch.FloatTensor] = None
+    ecg_model_output: Optional[BaseModelOutput] = None
+    text_model_output: Optional[BaseModelOutput] = None
+    fusion_hidden_states: Optional[tuple] = None
+    fusion_attentions: Optional[tuple] = None
+
+    def to_tuple(self):
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in super().to_tuple())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -72,14 +106,28 @@ class DBetaPreTrainingOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class DBetaAttention(nn.Module):
-    """Multi-head attention (self or cross) through `scaled_dot_product_attention`."""
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain attention: [B, H, N, d] inputs, an additive mask; returns ([B, N, H, d], weights [B, H, N, M])."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float):
+
+class DBetaAttention(nn.Module):
+    """Multi-head attention (self or cross) through transformers' attention interface: `config._attn_implementation`
+    picks eager (which can return the weights) or sdpa (the default)."""
+
+    def __init__(self, config, embed_dim: int, num_heads: int, dropout: float):
         super().__init__()
+        self.config = config
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
+        self.scaling = self.head_dim ** -0.5
         self.dropout = dropout
+        self.is_causal = False
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -89,16 +137,20 @@ class DBetaAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(
-        self, x: torch.Tensor, context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        context = x if context is None else context
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+    def forward(self, hidden_states: torch.Tensor, context: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        context = hidden_states if context is None else context
+        q = self._heads(self.q_proj(hidden_states))
+        k, v = self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
+        implementation = self.config._attn_implementation or "eager"
+        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        else:  # transformers 4.57
+            attention = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        out, weights = attention(self, q, k, v, attention_mask, scaling=self.scaling,
+                                 dropout=self.dropout if self.training else 0.0)
+        b, n = out.shape[:2]
+        return self.out_proj(out.reshape(b, n, -1)), weights
 
 
 class DBetaFp32GroupNorm(nn.GroupNorm):
@@ -130,39 +182,35 @@ class DBetaConvLayer(nn.Module):
         return F.gelu(x)
 
 
-class DBetaPositionalConv(nn.Module):
+class DBetaPositionalConv(nn.Conv1d):
     """Convolutional relative position encoding with weight normalisation over the kernel axis.
 
     weight = g * v / ||v||, the norm taken over output and input channels for each kernel tap, as in wav2vec 2.0.
+    Stored as torch's weight-norm parametrization (`parametrizations.weight.original0` = g [1, 1, K], `original1`
+    = v), the form transformers 4.57 and 5.x both load as is; both loaders rename the older `weight_g` /
+    `weight_v` keys (earlier exports, the authors' checkpoint) to it.
     """
 
     def __init__(self, dim: int, kernel: int, groups: int):
-        super().__init__()
+        super().__init__(dim, dim, kernel, padding=kernel // 2, groups=groups)
         self.kernel = kernel
-        self.groups = groups
-        self.weight_g = nn.Parameter(torch.empty(1, 1, kernel))
-        self.weight_v = nn.Parameter(torch.empty(dim, dim // groups, kernel))
-        self.bias = nn.Parameter(torch.empty(dim))
-
-    def weight(self) -> torch.Tensor:
-        norm = self.weight_v.norm(dim=(0, 1), keepdim=True)
-        return self.weight_v * (self.weight_g / norm)
+        nn.utils.parametrizations.weight_norm(self, name="weight", dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, D]
-        y = F.conv1d(x.transpose(1, 2), self.weight().to(x.dtype), self.bias.to(x.dtype),
+        y = F.conv1d(x.transpose(1, 2), self.weight.to(x.dtype), self.bias.to(x.dtype),
                      padding=self.kernel // 2, groups=self.groups)
         if self.kernel % 2 == 0:  # "same" padding for an even kernel: the last step is one too many
             y = y[..., :-1]
         return F.gelu(y).transpose(1, 2)
 
 
-class DBetaECGLayer(nn.Module):
+class DBetaECGLayer(GradientCheckpointingLayer):
     """Post-LN transformer layer (wav2vec 2.0 with layer_norm_first=False)."""
 
     def __init__(self, config: DBetaECGConfig):
         super().__init__()
         d = config.hidden_size
-        self.self_attn = DBetaAttention(d, config.num_attention_heads, config.attention_dropout)
+        self.self_attn = DBetaAttention(config, d, config.num_attention_heads, config.attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.fc1 = nn.Linear(d, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, d)
@@ -170,10 +218,11 @@ class DBetaECGLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.activation_dropout = nn.Dropout(config.activation_dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x)))
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        attn, weights = self.self_attn(hidden_states)
+        x = self.self_attn_layer_norm(hidden_states + self.dropout(attn))
         h = self.activation_dropout(F.gelu(self.fc1(x).float()).type_as(x))
-        return self.final_layer_norm(x + self.dropout(self.fc2(h)))
+        return self.final_layer_norm(x + self.dropout(self.fc2(h))), weights
 
 
 class DBetaECGEncoder(nn.Module):
@@ -209,18 +258,27 @@ class DBetaECGEncoder(nn.Module):
         x = self.input_dropout(self.feature_projection(x))
         return x + self.pos_conv(x)
 
-    def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Prepend CLS to `tokens` (only the `keep` indices [B, K] when given) and run the transformer."""
+    def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None, output_attentions: bool = False,
+               output_hidden_states: bool = False) -> BaseModelOutput:
+        """Prepend CLS to `tokens` (only the `keep` indices [B, K] when given) and run the transformer.
+        `hidden_states` holds the transformer's input and every layer's output."""
         if keep is not None:
             tokens = tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         cls = self.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
         x = self.dropout(self.layer_norm(torch.cat([cls, tokens], dim=1)))
+        states, attentions = (x,), ()
         for layer in self.layers:
-            x = layer(x)
-        return x
+            x, weights = layer(x)
+            states, attentions = states + (x,), attentions + (weights,)
+        if isinstance(output_hidden_states, (list, tuple)):  # only these indices (negative from the end)
+            kept = {i % len(states) for i in output_hidden_states}
+            states = tuple(h if i in kept else None for i, h in enumerate(states))
+        return BaseModelOutput(last_hidden_state=x, hidden_states=states if output_hidden_states else None,
+                               attentions=attentions if output_attentions else None)
 
-    def forward(self, ecg_values: torch.Tensor) -> torch.Tensor:
-        return self.encode(self.embed(ecg_values))
+    def forward(self, ecg_values: torch.Tensor, output_attentions: bool = False,
+                output_hidden_states: bool = False) -> BaseModelOutput:
+        return self.encode(self.embed(ecg_values), None, output_attentions, output_hidden_states)
 
 
 class DBetaPooler(nn.Module):
@@ -239,15 +297,15 @@ class DBetaPooler(nn.Module):
         return torch.tanh(self.dense(pooled))
 
 
-class DBetaFusionLayer(nn.Module):
+class DBetaFusionLayer(GradientCheckpointingLayer):
     """BERT-style cross layer: self-attention, cross-attention to the other stream, FFN; post-LN."""
 
     def __init__(self, config: DBetaConfig):
         super().__init__()
         d, eps, p = config.hidden_size, config.fusion_layer_norm_eps, config.fusion_dropout
-        self.self_attn = DBetaAttention(d, config.fusion_num_heads, p)
+        self.self_attn = DBetaAttention(config, d, config.fusion_num_heads, p)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=eps)
-        self.cross_attn = DBetaAttention(d, config.fusion_num_heads, p)
+        self.cross_attn = DBetaAttention(config, d, config.fusion_num_heads, p)
         self.cross_attn_layer_norm = nn.LayerNorm(d, eps=eps)
         self.fc1 = nn.Linear(d, config.fusion_intermediate_size)
         self.fc2 = nn.Linear(config.fusion_intermediate_size, d)
@@ -255,9 +313,21 @@ class DBetaFusionLayer(nn.Module):
         self.dropout = nn.Dropout(p)
 
     def forward(self, x, context, self_mask=None, context_mask=None):
-        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x, mask=self_mask)))
-        x = self.cross_attn_layer_norm(x + self.dropout(self.cross_attn(x, context, mask=context_mask)))
-        return self.final_layer_norm(x + self.dropout(self.fc2(F.gelu(self.fc1(x)))))
+        """Returns (x, self-attention weights, cross-attention weights); weights are None unless eager."""
+        attn, self_weights = self.self_attn(x, attention_mask=self_mask)
+        x = self.self_attn_layer_norm(x + self.dropout(attn))
+        attn, cross_weights = self.cross_attn(x, context, attention_mask=context_mask)
+        x = self.cross_attn_layer_norm(x + self.dropout(attn))
+        return self.final_layer_norm(x + self.dropout(self.fc2(F.gelu(self.fc1(x))))), self_weights, cross_weights
+
+
+@dataclass
+class DBetaFusionOutput(ModelOutput):
+    text: Optional[torch.FloatTensor] = None
+    ecg: Optional[torch.FloatTensor] = None
+    captured_ecg: Optional[torch.FloatTensor] = None
+    hidden_states: Optional[tuple] = None  # ((text, ecg) input, then after each layer)
+    attentions: Optional[tuple] = None  # per layer: (text self, text->ecg cross, ecg self, ecg->text cross)
 
 
 class DBetaFusion(nn.Module):
@@ -268,14 +338,20 @@ class DBetaFusion(nn.Module):
         self.text_layers = nn.ModuleList(DBetaFusionLayer(config) for _ in range(config.num_fusion_layers))
         self.ecg_layers = nn.ModuleList(DBetaFusionLayer(config) for _ in range(config.num_fusion_layers))
 
-    def forward(self, text, ecg, text_mask=None, capture_ecg_after: Optional[int] = None):
-        """Returns (text, ecg, ecg stream after `capture_ecg_after` layers or None). `text_mask` is additive."""
-        captured = None
+    def forward(self, text, ecg, text_mask=None, capture_ecg_after: Optional[int] = None,
+                output_attentions: bool = False, output_hidden_states: bool = False) -> DBetaFusionOutput:
+        """`text_mask` is additive; `captured_ecg` is the ECG stream after `capture_ecg_after` layers."""
+        captured, states, attentions = None, ((text, ecg),), ()
         for i, (text_layer, ecg_layer) in enumerate(zip(self.text_layers, self.ecg_layers)):
-            text, ecg = text_layer(text, ecg, text_mask, None), ecg_layer(ecg, text, None, text_mask)
+            new_text, *text_weights = text_layer(text, ecg, text_mask, None)
+            new_ecg, *ecg_weights = ecg_layer(ecg, text, None, text_mask)
+            text, ecg = new_text, new_ecg
+            states, attentions = states + ((text, ecg),), attentions + (tuple(text_weights + ecg_weights),)
             if capture_ecg_after == i + 1:
                 captured = ecg
-        return text, ecg, captured
+        return DBetaFusionOutput(text=text, ecg=ecg, captured_ecg=captured,
+                                 hidden_states=states if output_hidden_states else None,
+                                 attentions=attentions if output_attentions else None)
 
 
 def _additive_mask(attention_mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -363,9 +439,20 @@ class DBetaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "dbeta"
     main_input_name = "ecg_values"
     input_modalities = ("ecg", "text")
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # the ECG, fusion and MEM-decoder layers, and the text encoder's
+    _no_split_modules = ["DBetaECGLayer", "DBetaFusionLayer", "DBetaDecoderBlock", "T5Block", "BertLayer"]
     _supports_sdpa = True
+    # Not flash attention: the ECG stream cross-attends to padded text (queries and keys of different lengths,
+    # the mask on the keys), which transformers' flash wrapper unpads as if the mask were the queries'.
+    _supports_flash_attn = False
     _new_heads: tuple = ()  # top-level modules a checkpoint may lack as a whole (then initialised)
+
+    def __init__(self, config: DBetaConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # The ECG encoder is a plain module, so transformers sets only the top-level attention implementation at
+        # init (`set_attn_implementation` later reaches the ECG sub-config too); the ECG layers read their own.
+        if getattr(config.ecg_config, "_attn_implementation", None) is None:
+            config.ecg_config._attn_implementation_internal = self.config._attn_implementation
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -438,21 +525,22 @@ class DBetaPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = self.config.initializer_range
+        if isinstance(module, DBetaPositionalConv):
+            g, v = module.parametrizations.weight.original0, module.parametrizations.weight.original1
+            init.normal_(v, mean=0.0, std=math.sqrt(4.0 / (module.kernel * v.shape[0])))
+            init.copy_(g, v.norm(dim=(0, 1), keepdim=True))
+            init.zeros_(module.bias)
+            return
         if isinstance(module, nn.Conv1d):
-            # The ECG feature extractor (its only Conv1d). Handled here and not on DBetaConvLayer: transformers
-            # visits a parent before its children, so the generic normal(std) init would overwrite a parent's
-            # Kaiming init and shrink the activations ~5x per layer.
+            # The ECG feature extractor. Handled here and not on DBetaConvLayer: transformers visits a parent
+            # before its children, so the generic normal(std) init would overwrite a parent's Kaiming init and
+            # shrink the activations ~5x per layer.
             init.kaiming_normal_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
             return
         super()._init_weights(module)
-        if isinstance(module, DBetaPositionalConv):
-            fan = module.kernel * module.weight_v.shape[0]
-            init.normal_(module.weight_v, mean=0.0, std=math.sqrt(4.0 / fan))
-            init.copy_(module.weight_g, module.weight_v.norm(dim=(0, 1), keepdim=True))
-            init.zeros_(module.bias)
-        elif isinstance(module, DBetaECGEncoder):
+        if isinstance(module, DBetaECGEncoder):
             init.uniform_(module.class_embedding)
         elif isinstance(module, DBetaMEMDecoder):
             init.normal_(module.mask_token, mean=0.0, std=std)
@@ -461,6 +549,18 @@ class DBetaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, DBetaModel) and module.config.ets_mode == "learnable":
             init.constant_(module.logit_scale, math.log(module.config.ets_scale_init))
             init.constant_(module.logit_bias, module.config.ets_bias_init)
+
+
+def _flag(value, config, name: str):
+    """An output flag, else the config's. `output_hidden_states` may also be a list of indices to keep (5.x)."""
+    return value if value is not None else bool(getattr(config, name, False))
+
+
+def _return(output: ModelOutput, return_dict: Optional[bool], config):
+    """`output`, or its tuple (None fields dropped) when `return_dict` (else `config.return_dict`) is False."""
+    if return_dict if return_dict is not None else getattr(config, "return_dict", True):
+        return output
+    return output.to_tuple()
 
 
 class _ECGPathMixin:
@@ -474,10 +574,17 @@ class _ECGPathMixin:
     def _ecg_input(self, ecg_values: torch.Tensor) -> torch.Tensor:
         return ecg_values.to(self.ecg_projection.weight.dtype)
 
-    def get_ecg_features(self, ecg_values: torch.Tensor) -> torch.Tensor:
-        """The 768-d ECG feature [B, hidden]: CLS token -> projection -> tanh pooler."""
-        cls = self.ecg_model(self._ecg_input(ecg_values))[:, :1]
-        return self.ecg_pooler(self.ecg_projection(cls))
+    def get_ecg_features(self, ecg_values: torch.Tensor, output_attentions: Optional[bool] = None,
+                         output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None):
+        """The ECG encoder's output as transformers' CLIP/SigLIP `get_image_features`: a
+        `BaseModelOutputWithPooling` whose `pooler_output` is the 768-d ECG feature [B, hidden] (CLS token ->
+        projection -> tanh pooler) and `last_hidden_state` the encoder's tokens [B, 1 + T, ecg hidden]."""
+        out = self.ecg_model(self._ecg_input(ecg_values), _flag(output_attentions, self.config, "output_attentions"),
+                             _flag(output_hidden_states, self.config, "output_hidden_states"))
+        pooled = self.ecg_pooler(self.ecg_projection(out.last_hidden_state[:, :1]))
+        return _return(BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=pooled,
+                                                  hidden_states=out.hidden_states, attentions=out.attentions),
+                       return_dict, self.config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -505,6 +612,12 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
             self.logit_bias = nn.Parameter(torch.empty(()))
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
     def freeze_text_encoder(self) -> None:
         """LiT-style locked text tower: its weights stay fixed and it runs in eval mode (no dropout) even while the
         rest of the model trains; the text projection and pooler still train."""
@@ -523,32 +636,46 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
     def encode_ecg(self, ecg_values: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Projected ECG tokens [B, 1 + T, hidden] (CLS first); only the `keep` token indices when given."""
         tokens = self.ecg_model.embed(self._ecg_input(ecg_values))
-        return self.ecg_projection(self.ecg_model.encode(tokens, keep))
+        return self.ecg_projection(self.ecg_model.encode(tokens, keep).last_hidden_state)
+
+    def _run_text(self, input_ids, attention_mask, output_attentions=False, output_hidden_states=False):
+        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states, return_dict=True)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Projected text tokens [B, L, hidden]. The attention mask is always passed to the text encoder."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.text_projection(hidden)
+        return self.text_projection(self._run_text(input_ids, attention_mask).last_hidden_state)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None):
-        """The 768-d text feature [B, hidden]: text encoder (with its mask) -> projection -> tanh pooler
-        (token 0, or the mean over real tokens when `config.text_pooling == "mean"`)."""
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                          output_attentions: Optional[bool] = None, output_hidden_states: Optional[bool] = None,
+                          return_dict: Optional[bool] = None):
+        """The text encoder's output as transformers' CLIP/SigLIP `get_text_features`: a
+        `BaseModelOutputWithPooling` whose `pooler_output` is the 768-d text feature [B, hidden] (text encoder
+        with its mask -> projection -> tanh pooler on token 0, or on the mean over real tokens when
+        `config.text_pooling == "mean"`) and `last_hidden_state` the text encoder's tokens."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return self.pool_text(self.encode_text(input_ids, attention_mask), attention_mask)
+        out = self._run_text(input_ids, attention_mask, _flag(output_attentions, self.config, "output_attentions"),
+                             _flag(output_hidden_states, self.config, "output_hidden_states"))
+        pooled = self.pool_text(self.text_projection(out.last_hidden_state), attention_mask)
+        return _return(BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=pooled,
+                                                  hidden_states=out.hidden_states, attentions=out.attentions),
+                       return_dict, self.config)
 
     def pool_text(self, text_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text_pooler(text_states, attention_mask if self.config.text_pooling == "mean" else None)
 
     # -- fused path -----------------------------------------------------------------------------------------
 
-    def fuse(self, ecg_states, text_states, attention_mask=None, capture_ecg_after=None):
+    def fuse(self, ecg_states, text_states, attention_mask=None, capture_ecg_after=None, output_attentions=False,
+             output_hidden_states=False) -> DBetaFusionOutput:
         text_type = self.modality_type_embeddings.weight[0].to(text_states.dtype)
         ecg_type = self.modality_type_embeddings.weight[1].to(ecg_states.dtype)
         mask = _additive_mask(attention_mask, text_states.dtype)
-        return self.fusion(text_states + text_type, ecg_states + ecg_type, mask, capture_ecg_after)
+        return self.fusion(text_states + text_type, ecg_states + ecg_type, mask, capture_ecg_after,
+                           output_attentions, output_hidden_states)
 
     def fused_features(self, fused_text: torch.Tensor, fused_ecg: torch.Tensor) -> torch.Tensor:
         """[text pooled, ECG pooled] -> [B, 2 * hidden], the ECG-text matching head's input."""
@@ -557,9 +684,8 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
     def get_fused_features(self, ecg_values, input_ids, attention_mask=None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        text, ecg, _ = self.fuse(self.encode_ecg(ecg_values), self.encode_text(input_ids, attention_mask),
-                                 attention_mask)
-        return self.fused_features(text, ecg)
+        fused = self.fuse(self.encode_ecg(ecg_values), self.encode_text(input_ids, attention_mask), attention_mask)
+        return self.fused_features(fused.text, fused.ecg)
 
     # -- similarity -----------------------------------------------------------------------------------------
 
@@ -571,28 +697,56 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
             return ecg_embeds @ text_embeds.t() * self.logit_scale.exp() + self.logit_bias
         return ecg_embeds @ text_embeds.t()
 
+    def ets_loss(self, ecg_embeds, text_embeds, is_aligned=None) -> torch.Tensor:
+        """The ECG-text sigmoid loss over the batch: pair i is matched when `is_aligned[i]` (default: all)."""
+        if is_aligned is None:
+            is_aligned = torch.ones(ecg_embeds.shape[0], dtype=torch.long, device=ecg_embeds.device)
+        # Gathering widens the training signal to every process's texts; evaluation scores each batch on its own
+        # (processes may hold different numbers of validation batches, so a collective there could hang).
+        gather = self.config.ets_gather and self.training
+        texts, offset = (_all_gather_with_grad(text_embeds) if gather else (text_embeds, 0))
+        logits = self.similarity(ecg_embeds, texts).float()
+        labels = -torch.ones_like(logits)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        labels[rows, rows + offset] = is_aligned.float() * 2 - 1
+        return -F.logsigmoid(labels * logits).mean()
+
     def forward(
         self,
         ecg_values: Optional[torch.Tensor] = None,
         input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        return_loss: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
-        **kwargs,
     ) -> DBetaOutput:
-        ecg_embeds = text_embeds = logits_per_ecg = logits_per_text = None
+        """Either input or both. With both, `logits_per_ecg` [B_ecg, B_text]; `return_loss=True` (as in CLIP)
+        adds the ECG-text sigmoid loss, row i of the ECGs matched with text i."""
+        if ecg_values is None and input_ids is None:
+            raise ValueError("DBetaModel needs ecg_values, input_ids (with attention_mask), or both")
+        ecg_out = text_out = logits_per_ecg = logits_per_text = loss = None
+        flags = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                     return_dict=True)
         if ecg_values is not None:
-            ecg_embeds = self.get_ecg_features(ecg_values)
+            ecg_out = self.get_ecg_features(ecg_values, **flags)
         if input_ids is not None:
-            text_embeds = self.get_text_features(input_ids, attention_mask)
+            text_out = self.get_text_features(input_ids, attention_mask, **flags)
+        ecg_embeds = ecg_out.pooler_output if ecg_out is not None else None
+        text_embeds = text_out.pooler_output if text_out is not None else None
         if ecg_embeds is not None and text_embeds is not None:
             logits_per_ecg = self.similarity(ecg_embeds, text_embeds)
             logits_per_text = logits_per_ecg.t()
-        return DBetaOutput(
-            logits_per_ecg=logits_per_ecg,
-            logits_per_text=logits_per_text,
-            ecg_embeds=ecg_embeds,
-            text_embeds=text_embeds,
-        )
+            if return_loss:
+                if ecg_embeds.shape[0] != text_embeds.shape[0]:
+                    raise ValueError(f"return_loss needs one text per ECG; got {ecg_embeds.shape[0]} ECGs and "
+                                     f"{text_embeds.shape[0]} texts")
+                loss = self.ets_loss(ecg_embeds, text_embeds)
+        elif return_loss:
+            raise ValueError("return_loss needs both ecg_values and input_ids")
+        return _return(DBetaOutput(loss=loss, logits_per_ecg=logits_per_ecg, logits_per_text=logits_per_text,
+                                   ecg_embeds=ecg_embeds, text_embeds=text_embeds, ecg_model_output=ecg_out,
+                                   text_model_output=text_out), return_dict, self.config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -623,19 +777,19 @@ class DBetaMLMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(x)))) + self.bias
 
 
-class DBetaDecoderBlock(nn.Module):
+class DBetaDecoderBlock(GradientCheckpointingLayer):
     """Pre-LN transformer block with QuickGELU (the MEM decoder's)."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, config: DBetaConfig, dim: int, heads: int):
         super().__init__()
         self.ln_1 = DBetaFp32LayerNorm(dim)
-        self.attn = DBetaAttention(dim, heads, dropout=0.0)
+        self.attn = DBetaAttention(config, dim, heads, dropout=0.0)
         self.ln_2 = DBetaFp32LayerNorm(dim)
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.fc2 = nn.Linear(4 * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+        x = x + self.attn(self.ln_1(x))[0]
         h = self.fc1(self.ln_2(x))
         return x + self.fc2(h * torch.sigmoid(1.702 * h))
 
@@ -659,7 +813,7 @@ class DBetaMEMDecoder(nn.Module):
         self.embed = nn.Linear(config.hidden_size, dim)
         self.mask_token = nn.Parameter(torch.empty(1, 1, dim))
         self.blocks = nn.ModuleList(
-            DBetaDecoderBlock(dim, config.mem_decoder_heads) for _ in range(config.mem_decoder_layers)
+            DBetaDecoderBlock(config, dim, config.mem_decoder_heads) for _ in range(config.mem_decoder_layers)
         )
         self.norm = DBetaFp32LayerNorm(dim)
         self.pred = nn.Linear(dim, config.ecg_config.num_leads * config.ecg_config.token_size)
@@ -680,10 +834,14 @@ class DBetaMEMDecoder(nn.Module):
         return self.pred(self.norm(x))[:, 1:]
 
 
-def random_token_mask(batch: int, length: int, mask_ratio: float, device, generator=None):
-    """Per-sample random subset of tokens to keep (MAE). Returns keep [B, K], ids_restore [B, T], mask [B, T]."""
+def random_token_mask(batch: int, length: int, mask_ratio: float, device, generator=None, noise=None):
+    """Per-sample random subset of tokens to keep (MAE): the tokens with the lowest `noise` [B, T] (drawn uniform
+    from `generator` when not given). Returns keep [B, K], ids_restore [B, T], mask [B, T] (1 = hidden)."""
     num_keep = max(1, int(length * (1.0 - mask_ratio)))
-    noise = torch.rand(batch, length, device=device, generator=generator)
+    if noise is None:
+        noise = torch.rand(batch, length, device=device, generator=generator)
+    elif tuple(noise.shape) != (batch, length):
+        raise ValueError(f"noise must be [batch, ECG tokens] = [{batch}, {length}], got {tuple(noise.shape)}")
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     mask = torch.ones(batch, length, device=device)
@@ -744,16 +902,23 @@ class DBetaForPreTraining(DBetaModel):
         """ECG-text matching logits [B, 2] (index 1 = matched) for the fused, unmasked pair."""
         return self.etm_head(self.get_fused_features(ecg_values, input_ids, attention_mask))
 
-    def ets_loss(self, ecg_embeds, text_embeds, is_aligned) -> torch.Tensor:
-        # Gathering widens the training signal to every process's texts; evaluation scores each batch on its own
-        # (processes may hold different numbers of validation batches, so a collective there could hang).
-        gather = self.config.ets_gather and self.training
-        texts, offset = (_all_gather_with_grad(text_embeds) if gather else (text_embeds, 0))
-        logits = self.similarity(ecg_embeds, texts).float()
-        labels = -torch.ones_like(logits)
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        labels[rows, rows + offset] = is_aligned.float() * 2 - 1
-        return -F.logsigmoid(labels * logits).mean()
+    def get_output_embeddings(self) -> nn.Module:
+        return self.mlm_head.decoder
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.mlm_head.decoder = value
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resizes the text encoder's embeddings and the MLM decoder, and the MLM head's separate bias with it
+        (new entries 0, the head's init)."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size, old = embeddings.weight.shape[0], self.mlm_head.bias
+        if old.shape[0] != size:
+            bias = torch.zeros(size, dtype=old.dtype, device=old.device)
+            keep = min(size, old.shape[0])
+            bias[:keep] = old.data[:keep]
+            self.mlm_head.bias = nn.Parameter(bias)
+        return embeddings
 
     def forward(
         self,
@@ -762,29 +927,38 @@ class DBetaForPreTraining(DBetaModel):
         attention_mask: Optional[torch.Tensor] = None,
         mlm_labels: Optional[torch.Tensor] = None,
         is_aligned: Optional[torch.Tensor] = None,
+        noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
-        **kwargs,
     ) -> DBetaPreTrainingOutput:
+        """`noise` [B, T] (as ViTMAE's) picks the ECG tokens the encoder sees: the lowest (1 - mem_mask_ratio)
+        share of each row; without it the noise is drawn uniform from `generator` (or torch's global RNG)."""
         cfg = self.config
+        attentions = _flag(output_attentions, cfg, "output_attentions")
+        hidden = _flag(output_hidden_states, cfg, "output_hidden_states")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if is_aligned is None:
             is_aligned = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
         tokens = self.ecg_model.embed(self._ecg_input(ecg_values))
         b, t, _ = tokens.shape
-        keep, ids_restore, mem_mask = random_token_mask(b, t, cfg.mem_mask_ratio, tokens.device, generator)
-        ecg_states = self.ecg_projection(self.ecg_model.encode(tokens, keep))
-        text_states = self.encode_text(input_ids, attention_mask)
+        keep, ids_restore, mem_mask = random_token_mask(b, t, cfg.mem_mask_ratio, tokens.device, generator, noise)
+        ecg_out = self.ecg_model.encode(tokens, keep, attentions, hidden)
+        ecg_states = self.ecg_projection(ecg_out.last_hidden_state)
+        text_out = self._run_text(input_ids, attention_mask, attentions, hidden)
+        text_states = self.text_projection(text_out.last_hidden_state)
         text_embeds = self.pool_text(text_states, attention_mask)
         if cfg.ets_ecg_view == "full":
-            ecg_embeds = self.ecg_pooler(self.ecg_projection(self.ecg_model.encode(tokens))[:, :1])
+            full = self.ecg_model.encode(tokens).last_hidden_state[:, :1]
+            ecg_embeds = self.ecg_pooler(self.ecg_projection(full))
         else:
             ecg_embeds = self.ecg_pooler(ecg_states)
 
-        fused_text, fused_ecg, mem_stream = self.fuse(ecg_states, text_states, attention_mask, cfg.mem_layer)
+        fused = self.fuse(ecg_states, text_states, attention_mask, cfg.mem_layer, attentions, hidden)
 
-        etm_logits = self.etm_head(self.fused_features(fused_text, fused_ecg))
+        etm_logits = self.etm_head(self.fused_features(fused.text, fused.ecg))
         etm_loss = F.cross_entropy(etm_logits.float(), is_aligned)
         etm_accuracy = (etm_logits.argmax(-1) == is_aligned).float().mean()
 
@@ -792,10 +966,10 @@ class DBetaForPreTraining(DBetaModel):
         if mlm_labels is not None:
             selected = mlm_labels != -100
             if selected.any():
-                mlm_logits = self.mlm_head(fused_text[selected])
+                mlm_logits = self.mlm_head(fused.text[selected])
                 mlm_loss = F.cross_entropy(mlm_logits.float(), mlm_labels[selected])
 
-        mem_pred = self.mem_head(mem_stream, ids_restore)
+        mem_pred = self.mem_head(fused.captured_ecg, ids_restore)
         target = mem_targets(ecg_values, t, cfg.ecg_config.token_size, cfg.mem_target_norm)
         per_token = (mem_pred.float() - target).pow(2).mean(-1)
         mem_loss = (per_token * mem_mask).sum() / mem_mask.sum().clamp(min=1.0)
@@ -803,7 +977,7 @@ class DBetaForPreTraining(DBetaModel):
         ets_loss = self.ets_loss(ecg_embeds, text_embeds, is_aligned)
         loss = (cfg.mem_weight * mem_loss + cfg.mlm_weight * mlm_loss + cfg.etm_weight * etm_loss
                 + cfg.ets_weight * ets_loss)
-        return DBetaPreTrainingOutput(
+        return _return(DBetaPreTrainingOutput(
             loss=loss,
             mem_loss=mem_loss.detach(),
             mlm_loss=mlm_loss.detach(),
@@ -816,7 +990,11 @@ class DBetaForPreTraining(DBetaModel):
             mem_mask=mem_mask,
             ecg_embeds=ecg_embeds,
             text_embeds=text_embeds,
-        )
+            ecg_model_output=ecg_out if (attentions or hidden) else None,
+            text_model_output=text_out if (attentions or hidden) else None,
+            fusion_hidden_states=fused.hidden_states,
+            fusion_attentions=fused.attentions,
+        ), return_dict, cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -848,9 +1026,11 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
         self.post_init()
 
     def forward(self, ecg_values: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                return_dict: Optional[bool] = None, **kwargs) -> SequenceClassifierOutput:
-        features = self.get_ecg_features(ecg_values)
-        logits = self.classifier(self.dropout(features))
+                output_attentions: Optional[bool] = None, output_hidden_states: Optional[bool] = None,
+                return_dict: Optional[bool] = None) -> SequenceClassifierOutput:
+        """`hidden_states` / `attentions` are the ECG encoder's (input + one per layer / one per layer)."""
+        out = self.get_ecg_features(ecg_values, output_attentions, output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(out.pooler_output))
         loss = None
         if labels is not None:
             problem = self.config.problem_type
@@ -862,9 +1042,14 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=pos_weight)
             elif problem == "single_label_classification":
                 loss = F.cross_entropy(logits.float(), labels.long().view(-1))
+            elif problem == "regression":  # mean squared error on one or `num_labels` real targets
+                target = labels.float()
+                loss = F.mse_loss(logits.float().squeeze(-1) if self.num_labels == 1 else logits.float(),
+                                  target.squeeze(-1) if self.num_labels == 1 else target)
             else:
                 raise ValueError(f"unsupported problem_type {problem!r} for ECG classification")
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return _return(SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                                attentions=out.attentions), return_dict, self.config)
 
 
 __all__ = [

@@ -184,7 +184,8 @@ def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) 
     chunks = []
     for start in range(0, len(texts), batch_size):
         enc = processor(text=list(texts[start:start + batch_size]), return_tensors="pt")
-        chunks.append(model.get_text_features(enc["input_ids"].to(device), enc["attention_mask"].to(device)))
+        features = model.get_text_features(enc["input_ids"].to(device), enc["attention_mask"].to(device))
+        chunks.append(features.pooler_output)
     return torch.cat(chunks) if chunks else torch.zeros(0, model.config.hidden_size)
 
 
@@ -201,7 +202,7 @@ def ecg_features(model, processor, ecgs, sampling_rate=None, lead_names=None, ba
             conditioned_ecg(processor, _read_input(e, i, sampling_rate, lead_names), i)
             for i, e in enumerate(ecgs[start:start + batch_size], start=start)
         ]
-        chunks.append(model.get_ecg_features(torch.cat(values).to(device)))
+        chunks.append(model.get_ecg_features(torch.cat(values).to(device)).pooler_output)
     return torch.cat(chunks) if chunks else torch.zeros(0, model.config.hidden_size)
 
 
@@ -387,7 +388,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             raise ValueError("candidate_labels is required, e.g. candidate_labels=['NORM', 'AFIB', 'MI']")
         labels = model_inputs.pop("candidate_labels")
         texts = model_inputs.pop("label_texts")
-        ecg_embeds = self.model.get_ecg_features(model_inputs["ecg_values"])
+        ecg_embeds = self.model.get_ecg_features(model_inputs["ecg_values"]).pooler_output
         rows = texts if isinstance(texts[0], list) else [texts]  # batched: one label list per record
         logits = torch.cat([zero_shot_logits(self.model, ecg_embeds[i:i + 1], self._label_features(row))
                             for i, row in enumerate(rows)])

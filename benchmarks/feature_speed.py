@@ -44,7 +44,7 @@ def authors_style_features(model: DBetaModel, ecg: torch.Tensor) -> torch.Tensor
     x = enc.feature_layer_norm(x.transpose(1, 2))
     x = enc.feature_projection(x)
     pc = enc.pos_conv
-    g, v = pc.weight_g, pc.weight_v
+    g, v = pc.parametrizations.weight.original0, pc.parametrizations.weight.original1
     weight = g * v / v.norm(dim=(0, 1), keepdim=True)
     y = F.conv1d(x.transpose(1, 2), weight, pc.bias, padding=pc.kernel // 2, groups=pc.groups)[..., :-1]
     x = x + F.gelu(y).transpose(1, 2)
@@ -106,7 +106,7 @@ def main() -> None:
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     results = {"threads": torch.get_num_threads(), "batch": args.batch, "load_full_model_s": round(load_s, 2),
                "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()}}
-    impls = {"dbeta": model.get_ecg_features, "authors_style": lambda x: authors_style_features(model, x)}
+    impls = {"dbeta": lambda x: model.get_ecg_features(x).pooler_output, "authors_style": lambda x: authors_style_features(model, x)}
     reference = None
     for name, fn in impls.items():
         flops = flops_per_record(fn, ecg)

@@ -111,7 +111,7 @@ def bench_size(size: str, paths: list, batch_sizes: list, labels: list, num_work
         with torch.no_grad():
             t = time.perf_counter()
             for s in range(0, len(x), b):
-                pipe.model.get_ecg_features(x[s:s + b])
+                pipe.model.get_ecg_features(x[s:s + b]).pooler_output
             t_model = (time.perf_counter() - t) / len(x)
         t = time.perf_counter()
         out = pipe(paths, candidate_labels=labels, batch_size=b, num_workers=num_workers)

@@ -235,7 +235,7 @@ def dataset_ecg_features(model, processor, dataset, batch_size: int = 32, num_wo
             if not ok:
                 continue
             x = batch["ecg_values"][ok].to(device)
-            feats.append(model.get_ecg_features(x).float().cpu().numpy())
+            feats.append(model.get_ecg_features(x).pooler_output.float().cpu().numpy())
             kept.extend(int(batch["index"][i]) for i in ok)
     finally:
         model.train(was_training)

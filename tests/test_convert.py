@@ -32,7 +32,7 @@ def test_cli_writes_a_loadable_folder(shared_dir, tmp_path):
         f"m = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True).eval()\n"
         f"p = AutoModelForPreTraining.from_pretrained({str(out)!r}, trust_remote_code=True).eval()\n"
         "with torch.no_grad():\n"
-        "    assert (m.get_ecg_features(io['ecg']) - io['ecg_features']).abs().max() < 1e-5\n"
+        "    assert (m.get_ecg_features(io['ecg']).pooler_output - io['ecg_features']).abs().max() < 1e-5\n"
         "    e = p.get_matching_logits(io['ecg'], io['match_input_ids'], io['match_attention_mask'])\n"
         "    assert (e - io['etm_logits']).abs().max() < 1e-5\n"
         "print('ok')\n"
@@ -82,6 +82,8 @@ _INVERSE = [
     (r"^ecg_model\.conv_layers\.(\d+)\.norm\.", r"ecg_encoder.feature_extractor.conv_layers.\1.2."),
     (r"^ecg_model\.feature_layer_norm\.", "ecg_encoder.layer_norm."),
     (r"^ecg_model\.feature_projection\.", "ecg_encoder.post_extract_proj."),
+    (r"^ecg_model\.pos_conv\.parametrizations\.weight\.original0$", "ecg_encoder.conv_pos.pos_conv.0.weight_g"),
+    (r"^ecg_model\.pos_conv\.parametrizations\.weight\.original1$", "ecg_encoder.conv_pos.pos_conv.0.weight_v"),
     (r"^ecg_model\.pos_conv\.", "ecg_encoder.conv_pos.pos_conv.0."),
     (r"^ecg_model\.layer_norm\.", "ecg_encoder.encoder.layer_norm."),
     (r"^ecg_model\.layers\.", "ecg_encoder.encoder.layers."),

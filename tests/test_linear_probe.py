@@ -95,7 +95,7 @@ def export_tiny_encoder(out: Path, tokenizer, fixture_root: Path = None, seed: i
         batch = {"ecg_values": torch.stack([records[i]["ecg_values"] for i in range(len(records))]),
                  "labels": torch.from_numpy(train.labels_matrix())}
         with torch.no_grad():
-            cls = model.ecg_model(batch["ecg_values"])[:, :1]
+            cls = model.ecg_model(batch["ecg_values"]).last_hidden_state[:, :1]
         head = torch.nn.Linear(model.config.hidden_size, batch["labels"].shape[1])
         params = [*model.ecg_projection.parameters(), *model.ecg_pooler.parameters(), *head.parameters()]
         optimizer = torch.optim.Adam(params, lr=1e-2)

@@ -61,7 +61,7 @@ def test_model_outputs_and_feature_shapes(config, tokenizer):
         assert out.logits_per_ecg.shape == (3, 2)
         torch.testing.assert_close(out.logits_per_ecg, out.ecg_embeds @ out.text_embeds.t())
         # the cheap CLS-only feature path equals pooling the full projected sequence
-        torch.testing.assert_close(model.get_ecg_features(ecg), model.ecg_pooler(model.encode_ecg(ecg)))
+        torch.testing.assert_close(model.get_ecg_features(ecg).pooler_output, model.ecg_pooler(model.encode_ecg(ecg)))
         assert model.encode_ecg(ecg).shape == (3, 313, 32)
 
 
@@ -69,8 +69,8 @@ def test_text_features_ignore_padding(config, tokenizer):
     model = DBetaModel(config).eval()
     ids, mask = _text(tokenizer, ["sinus rhythm.", "left bundle branch block. abnormal ecg."])
     with torch.no_grad():
-        batched = model.get_text_features(ids, mask)[0]
-        alone = model.get_text_features(*_text(tokenizer, ["sinus rhythm."]))[0]
+        batched = model.get_text_features(ids, mask).pooler_output[0]
+        alone = model.get_text_features(*_text(tokenizer, ["sinus rhythm."])).pooler_output[0]
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
 
 
@@ -81,9 +81,9 @@ def test_mean_text_pooling_averages_real_tokens_only(config, tokenizer):
         states = model.encode_text(ids, mask)
         n = int(mask[0].sum())
         expected = torch.tanh(model.text_pooler.dense(states[0, :n].mean(0)))
-        torch.testing.assert_close(model.get_text_features(ids, mask)[0], expected)
+        torch.testing.assert_close(model.get_text_features(ids, mask).pooler_output[0], expected)
         # the same text alone (no padding) gives the same feature
-        alone = model.get_text_features(*_text(tokenizer, ["sinus rhythm."]))[0]
+        alone = model.get_text_features(*_text(tokenizer, ["sinus rhythm."])).pooler_output[0]
         torch.testing.assert_close(alone, expected, atol=1e-5, rtol=1e-5)
         first = torch.tanh(model.text_pooler.dense(states[0, 0]))
         assert not torch.allclose(expected, first)
@@ -105,8 +105,8 @@ def test_full_ets_view_scores_the_unmasked_ecg(config, tokenizer):
         tokens = base.ecg_model.embed(ecg)
         keep, _, _ = random_token_mask(2, tokens.shape[1], config.mem_mask_ratio, tokens.device,
                                        torch.Generator().manual_seed(1))
-        masked = base.ecg_pooler(base.ecg_projection(base.ecg_model.encode(tokens, keep)))
-        full = base.get_ecg_features(ecg)
+        masked = base.ecg_pooler(base.ecg_projection(base.ecg_model.encode(tokens, keep).last_hidden_state))
+        full = base.get_ecg_features(ecg).pooler_output
     # "masked" (the authors'): the features of the MEM forward; "full": exactly the inference-time features
     torch.testing.assert_close(outputs["masked"].ecg_embeds, masked)
     torch.testing.assert_close(outputs["full"].ecg_embeds, full)
@@ -137,7 +137,7 @@ def test_frozen_text_encoder_stays_in_eval_mode_while_the_rest_trains(config, to
 def test_wrong_lead_count_is_a_clear_error(config):
     model = DBetaModel(config)
     with pytest.raises(ValueError, match="12"):
-        model.get_ecg_features(torch.zeros(1, 8, 5000))
+        model.get_ecg_features(torch.zeros(1, 8, 5000)).pooler_output
 
 
 def test_learnable_ets_initialisation(tokenizer):
@@ -246,7 +246,7 @@ def test_heads_initialise_when_loading_a_base_checkpoint(config, tmp_path):
     for model in (pre, clf):
         for name, p in model.named_parameters():
             assert torch.isfinite(p).all(), name
-    torch.testing.assert_close(clf.ecg_model.pos_conv.weight_v, base.ecg_model.pos_conv.weight_v)
+    torch.testing.assert_close(clf.ecg_model.pos_conv.weight, base.ecg_model.pos_conv.weight)
     torch.testing.assert_close(pre.text_projection.weight, base.text_projection.weight)
     ids = torch.tensor([[5, 6, 7, 1]])
     loss = pre(ecg_values=ecg_batch(1), input_ids=ids, mlm_labels=torch.tensor([[-100, 6, -100, -100]])).loss
@@ -265,7 +265,7 @@ def test_bert_family_text_encoder():
     assert type(model.text_model).__name__ == "BertModel" and model.text_model.pooler is None
     enc = tok(["sinus rhythm.", "atrial fibrillation with rapid response."], padding=True, return_tensors="pt")
     with torch.no_grad():
-        assert model.get_text_features(enc["input_ids"], enc["attention_mask"]).shape == (2, 32)
+        assert model.get_text_features(enc["input_ids"], enc["attention_mask"]).pooler_output.shape == (2, 32)
 
 
 def test_real_minilm_text_encoder_loads_offline():
@@ -279,7 +279,7 @@ def test_real_minilm_text_encoder_loads_offline():
     tok = AutoTokenizer.from_pretrained(path)
     enc = tok(["sinus rhythm. normal ecg."], return_tensors="pt")
     with torch.no_grad():
-        assert model.get_text_features(enc["input_ids"], enc["attention_mask"]).shape == (1, 32)
+        assert model.get_text_features(enc["input_ids"], enc["attention_mask"]).pooler_output.shape == (1, 32)
     assert model.text_projection.in_features == 384
 
 
@@ -287,8 +287,8 @@ def test_bf16_features_track_fp32(config):
     model = DBetaModel(config).eval()
     ecg = ecg_batch(2)
     with torch.no_grad():
-        ref = model.get_ecg_features(ecg)
-        half = model.to(torch.bfloat16).get_ecg_features(ecg).float()
+        ref = model.get_ecg_features(ecg).pooler_output
+        half = model.to(torch.bfloat16).get_ecg_features(ecg).pooler_output.float()
     assert torch.nn.functional.cosine_similarity(ref, half).min() > 0.99
 
 
@@ -304,9 +304,9 @@ def test_authors_checkpoint_parity(shared_dir):
                     json.loads((fx / "t5_config.json").read_text()))
     with torch.no_grad():
         got = {
-            "ecg_features": model.get_ecg_features(io["ecg"]),
+            "ecg_features": model.get_ecg_features(io["ecg"]).pooler_output,
             "ecg_last_hidden_state": model.encode_ecg(io["ecg"]),
-            "text_features": model.get_text_features(io["input_ids"], io["attention_mask"]),
+            "text_features": model.get_text_features(io["input_ids"], io["attention_mask"]).pooler_output,
             "multi_modal_cls_feats": model.get_fused_features(io["ecg"], io["match_input_ids"],
                                                               io["match_attention_mask"]),
             "etm_logits": model.get_matching_logits(io["ecg"], io["match_input_ids"], io["match_attention_mask"]),
@@ -314,3 +314,140 @@ def test_authors_checkpoint_parity(shared_dir):
     for name, value in got.items():
         assert value.shape == io[name].shape, name
         assert (value - io[name]).abs().max() < 1e-5, name
+
+
+# -- transformers' conventions (issue 14) -------------------------------------------------------------------------
+
+
+def test_unknown_keyword_arguments_are_refused(config, tokenizer):
+    """A typo (`ecg_value`) used to be swallowed by **kwargs and give an output full of None."""
+    ids, mask = _text(tokenizer, ["sinus rhythm."])
+    for model, kwargs in ((DBetaModel(config), dict(ecg_value=ecg_batch(1))),
+                          (DBetaForPreTraining(config), dict(ecg_values=ecg_batch(1), input_ids=ids, mlm_label=ids)),
+                          (DBetaForECGClassification(config), dict(ecg_values=ecg_batch(1), label=torch.tensor([0])))):
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            model(**kwargs)
+
+
+def test_return_loss_gives_the_ecg_text_sigmoid_loss(config, tokenizer):
+    model = DBetaModel(config).eval()
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    ecg = ecg_batch(2)
+    with torch.no_grad():
+        out = model(ecg_values=ecg, input_ids=ids, attention_mask=mask, return_loss=True)
+        assert model(ecg_values=ecg, input_ids=ids, attention_mask=mask).loss is None
+    labels = 2 * torch.eye(2) - 1
+    torch.testing.assert_close(out.loss, -torch.nn.functional.logsigmoid(labels * out.logits_per_ecg).mean())
+
+
+def test_features_follow_clip_get_features(config, tokenizer):
+    """As transformers 5's CLIP/SigLIP: a BaseModelOutputWithPooling whose pooler_output is the feature."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model = DBetaModel(config).eval()
+    ids, mask = _text(tokenizer, ["sinus rhythm.", "left bundle branch block."])
+    ecg = ecg_batch(2)
+    with torch.no_grad():
+        e = model.get_ecg_features(ecg, output_hidden_states=True, output_attentions=True)
+        t = model.get_text_features(ids, mask, output_hidden_states=True)
+        out = model(ecg_values=ecg, input_ids=ids, attention_mask=mask)
+        as_tuple = model(ecg_values=ecg, input_ids=ids, attention_mask=mask, return_dict=False)
+    assert isinstance(e, BaseModelOutputWithPooling) and isinstance(t, BaseModelOutputWithPooling)
+    torch.testing.assert_close(e.pooler_output, out.ecg_embeds)
+    torch.testing.assert_close(t.pooler_output, out.text_embeds)
+    assert e.last_hidden_state.shape == (2, 313, 32) and len(e.hidden_states) == 3 and len(e.attentions) == 2
+    assert e.attentions[0] is None  # sdpa computes no weights; eager does (below)
+    assert len(t.hidden_states) == config.text_config.num_layers + 1
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.logits_per_ecg)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        weights = model.get_ecg_features(ecg, output_attentions=True).attentions
+    assert weights[0].shape == (2, 4, 313, 313)
+    torch.testing.assert_close(weights[0].sum(-1), torch.ones(2, 4, 313))
+
+
+def test_pretraining_eager_matches_sdpa(config, tokenizer):
+    """Every attention (ECG, fusion, MEM decoder) goes through the attention interface; eager and sdpa agree."""
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    torch.manual_seed(0)
+    sdpa = DBetaForPreTraining(config).eval()
+    eager = DBetaForPreTraining(config).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    eager.set_attn_implementation("eager")
+    noise = torch.rand(2, config.ecg_config.num_tokens(5000), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = sdpa(ecg_values=ecg_batch(2), input_ids=ids, attention_mask=mask, noise=noise)
+        b = eager(ecg_values=ecg_batch(2), input_ids=ids, attention_mask=mask, noise=noise, output_attentions=True)
+    for name in ("mem_pred", "etm_logits", "ecg_embeds", "text_embeds", "loss"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-5, rtol=1e-4)
+    text_self, text_cross, ecg_self, ecg_cross = b.fusion_attentions[0]
+    assert ecg_cross.shape == (2, 4, 1 + 78, ids.shape[1])  # visible ECG tokens attend to the text
+    assert (mask[1] == 0).any() and float(ecg_cross[1][..., mask[1] == 0].abs().max()) == 0.0  # padding unread
+
+
+def test_noise_decides_the_mem_mask(config, tokenizer):
+    """The masking noise is an input (as ViTMAE's): the same noise, the same mask, whatever the RNG state."""
+    model = DBetaForPreTraining(config).eval()
+    ids, mask = _text(tokenizer, ["sinus rhythm."])
+    noise = torch.rand(1, config.ecg_config.num_tokens(5000))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model(ecg_values=ecg_batch(1), input_ids=ids, attention_mask=mask, noise=noise)
+        torch.manual_seed(2)
+        b = model(ecg_values=ecg_batch(1), input_ids=ids, attention_mask=mask, noise=noise)
+    assert torch.equal(a.mem_mask, b.mem_mask)
+    assert torch.equal(a.mem_mask[0] == 0, noise[0] <= noise[0].sort().values[77])
+    with pytest.raises(ValueError, match="noise must be"):
+        model(ecg_values=ecg_batch(1), input_ids=ids, attention_mask=mask, noise=noise[:, :10])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(config, tokenizer):
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    torch.manual_seed(0)
+    plain = DBetaForPreTraining(DBetaConfig.from_dict({**config.to_dict(), "fusion_dropout": 0.0}))
+    ecg_cfg = plain.config.ecg_config
+    ecg_cfg.hidden_dropout = ecg_cfg.input_dropout = ecg_cfg.attention_dropout = 0.0
+    for module in plain.modules():  # the layers were built with the config's dropouts
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "dropout") and isinstance(module.dropout, float):
+            module.dropout = 0.0
+    ckpt = DBetaForPreTraining(plain.config)
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    noise = torch.rand(2, config.ecg_config.num_tokens(5000), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model in (plain.train(), ckpt.train()):
+        model.text_model.eval()  # T5's dropout is not switched off by the D-BETA config
+        model(ecg_values=ecg_batch(2), input_ids=ids, attention_mask=mask, mlm_labels=ids, noise=noise).loss.backward()
+        grads.append(model.ecg_model.layers[0].fc1.weight.grad.clone())
+    assert any(getattr(m, "gradient_checkpointing", False) for m in ckpt.modules())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_resize_token_embeddings_resizes_the_mlm_decoder_and_bias(config):
+    model = DBetaForPreTraining(config)
+    vocab = config.text_config.vocab_size
+    model.resize_token_embeddings(vocab + 5)
+    assert model.get_input_embeddings().weight.shape[0] == vocab + 5
+    assert model.mlm_head.decoder.weight.shape[0] == vocab + 5 and model.mlm_head.bias.shape == (vocab + 5,)
+    assert model.config.text_config.vocab_size == vocab + 5
+    assert model.mlm_head.decoder.weight is not model.get_input_embeddings().weight  # untied, as the authors'
+
+
+def test_old_weight_norm_keys_load_into_the_parametrization(config, tmp_path):
+    """Exports written before the parametrization stored `pos_conv.weight_g` / `weight_v`; they still load."""
+    from safetensors.torch import load_file, save_file
+
+    model = DBetaModel(config).eval()
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    for new, old in ((".parametrizations.weight.original0", ".weight_g"),
+                     (".parametrizations.weight.original1", ".weight_v")):
+        state["ecg_model.pos_conv" + old] = state.pop("ecg_model.pos_conv" + new)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = DBetaModel.from_pretrained(tmp_path).eval()
+    ecg = ecg_batch(1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.get_ecg_features(ecg).pooler_output, model.get_ecg_features(ecg).pooler_output)

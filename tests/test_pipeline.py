@@ -56,8 +56,8 @@ def exported(tmp_path_factory):
         dcm_in = processor(ecg=dcm.signal, sampling_rate=dcm.sampling_rate, lead_names=dcm.lead_names,
                            return_tensors="pt")["ecg_values"]
         enc = processor(text=texts, return_tensors="pt")
-        text = model.get_text_features(enc["input_ids"], enc["attention_mask"])
-        logits = model.similarity(model.get_ecg_features(torch.cat([ecg_in, dcm_in])), text)
+        text = model.get_text_features(enc["input_ids"], enc["attention_mask"]).pooler_output
+        logits = model.similarity(model.get_ecg_features(torch.cat([ecg_in, dcm_in])).pooler_output, text)
     torch.save({"logits": logits, "texts": texts}, tmp / "expected.pt")
     return {"dir": out, "tmp": tmp, "record": record, "dicom": dicom, "model": model, "processor": processor,
             "texts": texts, "logits": logits}
@@ -342,8 +342,9 @@ def test_label_features_follow_the_model_object(exported, tmp_path, monkeypatch)
     with torch.no_grad():
         x = e["processor"](ecg=signal, sampling_rate=500)["ecg_values"]
         enc = e["processor"](text=e["texts"])
-        want = torch.sigmoid(second.similarity(second.get_ecg_features(x),
-                                               second.get_text_features(enc["input_ids"], enc["attention_mask"])))[0]
+        want = torch.sigmoid(second.similarity(
+            second.get_ecg_features(x).pooler_output,
+            second.get_text_features(enc["input_ids"], enc["attention_mask"]).pooler_output))[0]
     assert torch.allclose(torch.tensor([after[label] for label in LABELS]), want, atol=1e-6)
     assert after != {d["label"]: d["score"] for d in before}
 

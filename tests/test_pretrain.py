@@ -627,8 +627,8 @@ processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
 ecg = torch.load(sys.argv[2])
 batch = processor(ecg=ecg.numpy(), sampling_rate=500, text=["sinus rhythm. normal ecg."])
 with torch.no_grad():
-    e = model.get_ecg_features(batch["ecg_values"])
-    t = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+    e = model.get_ecg_features(batch["ecg_values"]).pooler_output
+    t = model.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output
 torch.save({"cls": type(model).__name__, "ecg": e, "text": t}, sys.argv[3])
 """
 
@@ -649,8 +649,8 @@ def test_export_loads_with_automodel_in_a_fresh_process(straight_run, tmp_path):
     processor = DBetaProcessor.from_pretrained(export, trust_remote_code=True)
     batch = processor(ecg=ecg.numpy(), sampling_rate=500, text=["sinus rhythm. normal ecg."])
     with torch.no_grad():
-        torch.testing.assert_close(got["ecg"], model.get_ecg_features(batch["ecg_values"]), rtol=0, atol=1e-6)
-        torch.testing.assert_close(got["text"], model.get_text_features(batch["input_ids"], batch["attention_mask"]),
+        torch.testing.assert_close(got["ecg"], model.get_ecg_features(batch["ecg_values"]).pooler_output, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got["text"], model.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output,
                                    rtol=0, atol=1e-6)
     assert_same_weights(weights(export), weights(straight_run / "checkpoints" / "checkpoint_1"))
 

@@ -41,8 +41,8 @@ def exported(tmp_path_factory):
     ids = tok(["sinus rhythm. normal ecg.", "atrial fibrillation."], padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = {
-            "ecg": model.get_ecg_features(ecg),
-            "text": model.get_text_features(ids["input_ids"], ids["attention_mask"]),
+            "ecg": model.get_ecg_features(ecg).pooler_output,
+            "text": model.get_text_features(ids["input_ids"], ids["attention_mask"]).pooler_output,
             "etm": model.get_matching_logits(ecg[:1].repeat(2, 1, 1), ids["input_ids"], ids["attention_mask"]),
         }
     torch.save({"ecg_values": ecg, **ids, **{f"expected_{k}": v for k, v in expected.items()}}, tmp / "io.pt")
@@ -75,8 +75,8 @@ def test_fresh_process_loads_every_auto_class(exported, tmp_path):
         clf = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True, num_labels=3)
         proc = AutoProcessor.from_pretrained(path, trust_remote_code=True)
         with torch.no_grad():
-            ecg = base.get_ecg_features(io["ecg_values"])
-            text = base.get_text_features(io["input_ids"], io["attention_mask"])
+            ecg = base.get_ecg_features(io["ecg_values"]).pooler_output
+            text = base.get_text_features(io["input_ids"], io["attention_mask"]).pooler_output
             etm = pre.get_matching_logits(io["ecg_values"][:1].repeat(2, 1, 1), io["input_ids"], io["attention_mask"])
         assert (ecg - io["expected_ecg"]).abs().max() < 1e-6
         assert (text - io["expected_text"]).abs().max() < 1e-6

@@ -187,9 +187,9 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
     item = ds[0]
     with torch.no_grad():
         x = processor(ecg=item["signal"], sampling_rate=item["sampling_rate"], lead_names=item["lead_names"])
-        ecg = model.get_ecg_features(x["ecg_values"])
+        ecg = model.get_ecg_features(x["ecg_values"]).pooler_output
         enc = processor(text=[prompts[c] for c in ds.class_names])
-        text = model.get_text_features(enc["input_ids"], enc["attention_mask"])
+        text = model.get_text_features(enc["input_ids"], enc["attention_mask"]).pooler_output
         cosine = torch.nn.functional.normalize(ecg, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
     assert np.allclose(saved["scores"][0], model.similarity(ecg, text)[0].numpy(), atol=1e-5)
     assert saved["record_ids"][0] == item["record_id"]

@@ -78,6 +78,9 @@ def map_key(key: str, value: torch.Tensor) -> dict:
     """One source key -> {target key: tensor}; {} if the key has no mapping."""
     exact = {
         "class_embedding": "ecg_model.class_embedding",
+        # weight norm as torch's parametrization, the form every supported transformers version loads as is
+        "ecg_encoder.conv_pos.pos_conv.0.weight_g": "ecg_model.pos_conv.parametrizations.weight.original0",
+        "ecg_encoder.conv_pos.pos_conv.0.weight_v": "ecg_model.pos_conv.parametrizations.weight.original1",
         "mlm_head.bias": "mlm_head.bias",
         "mim_head.mask_token": "mem_head.mask_token",
     }

@@ -41,9 +41,9 @@ def evaluate(accelerator, model, val_rows, collator, batch_size: int, seed: int)
             generator = torch.Generator(device=device).manual_seed(seed + int(batch["batch_id"]))
             with accelerator.autocast():
                 out = unwrapped(**inputs, generator=generator)
-                ecg = unwrapped.get_ecg_features(inputs["ecg_values"])
+                ecg = unwrapped.get_ecg_features(inputs["ecg_values"]).pooler_output
                 text = unwrapped.get_text_features(batch["report_input_ids"].to(device),
-                                                   batch["report_attention_mask"].to(device))
+                                                   batch["report_attention_mask"].to(device)).pooler_output
             for k in sums:
                 sums[k] += float(getattr(out, k)) * b
             rows += b
