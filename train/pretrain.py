@@ -188,13 +188,14 @@ def train(s: PretrainSettings, resume: bool) -> int:
     from train.model_setup import public_name
     from train.run_report import export_and_push, write_metrics
     from train.signals import (StopFlag, follow_parent_death, launched_by_a_launcher,
-                               processes_requested_from_launcher)
+                               processes_requested_from_launcher, tolerate_closed_output)
     from train.validation import LOSS_KEYS, evaluate
 
     t, o, d = s.train, s.optim, s.data
     out = Path(s.output_dir).resolve()
     if launched_by_a_launcher():
         follow_parent_death()
+        tolerate_closed_output()
     # 1. Accelerator. On a machine without a GPU, cpu=True is required: with cpu=False, accelerate 1.15 under
     # `accelerate launch --multi_gpu` reports one process on every rank while torch.distributed is initialised.
     accelerator = Accelerator(
@@ -353,9 +354,11 @@ def train(s: PretrainSettings, resume: bool) -> int:
                 outcome = "interrupted"
                 break
     finally:
-        bar.close()
+        # The DataLoader workers first: they ignore SIGTERM, so if this process left them running on an error,
+        # multiprocessing's exit handler (terminate, then join) would wait for them forever.
+        del data_iter
         stop.restore()
-        del data_iter  # shut the DataLoader workers down before anything else
+        bar.close()
 
     # 5. The end: export, or say why not.
     elapsed = time.perf_counter() - run_start

@@ -88,3 +88,40 @@ def processes_requested_from_launcher() -> int | None:
             if arg.startswith(flag + "=") and arg.split("=", 1)[1].isdigit():
                 return int(arg.split("=", 1)[1])
     return None
+
+
+class _TolerantStream:
+    """A text stream whose writes are dropped once its reader has gone (EPIPE), instead of raising."""
+
+    def __init__(self, stream):
+        self._stream, self._closed = stream, False
+
+    def write(self, text):
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except (BrokenPipeError, ValueError, OSError):
+                self._closed = True
+        return len(text)
+
+    def flush(self):
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self._closed = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def tolerate_closed_output() -> None:
+    """A worker's stdout and stderr are pipes to the launcher; when the launcher dies they have no reader, and the
+    next progress-bar or log line would raise BrokenPipeError in the middle of the step that should end with a
+    checkpoint. From here on such writes are dropped instead."""
+    import logging
+
+    sys.stdout, sys.stderr = _TolerantStream(sys.stdout), _TolerantStream(sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout._stream, sys.stderr._stream):
+            handler.setStream(sys.stdout if handler.stream is sys.stdout._stream else sys.stderr)
