@@ -563,6 +563,12 @@ class DBetaProcessor(ProcessorMixin):
 
     normalize_report = staticmethod(normalize_report)
 
+    @staticmethod
+    def read(path: Union[str, Path]) -> "ECGRecord":
+        """Read an ECG file (WFDB record or DICOM) into millivolts with its lead names and sampling rate: the
+        reader that travels with the model, for code that loaded it from the Hub (`processor.read(path)`)."""
+        return read_ecg_file(path)
+
     def __call__(
         self,
         ecg=None,

@@ -16,7 +16,7 @@ from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tok
 from train.export import build_processor, export_model
 
 ROOT = Path(__file__).resolve().parents[1]
-REMOTE_FILES = ["configuration_dbeta.py", "modeling_dbeta.py", "processing_dbeta.py", "pipeline_dbeta.py"]
+REMOTE_FILES = sorted(p.name for p in ROOT.glob("*_dbeta.py"))
 ALLOWED_TOP_LEVEL = {"torch", "transformers", "numpy"} | set(sys.stdlib_module_names)
 
 
