@@ -23,7 +23,7 @@ test: $(STAMP)
 # the three D-BETA classes through tests/hf_common/test_dbeta_common.py (~2 min on 2 cores; nothing is copied here).
 HF_COMMON := .cache/hf-common
 test-hf-common: $(STAMP)
-	$(BIN)/pip install -q parameterized
+	$(BIN)/pip install -q parameterized==0.9.0
 	root=$$($(BIN)/python tests/hf_common/prepare.py $(HF_COMMON)) && \
 	HF_HUB_OFFLINE=1 HF_COMMON_TESTS=$$root $(BIN)/python -m pytest -q -p no:cacheprovider -W ignore tests/hf_common
 
@@ -31,7 +31,7 @@ test-hf-common: $(STAMP)
 TF4_VENV ?= /tmp/dbeta-transformers-4.57
 test-transformers-4: $(STAMP)
 	test -x $(TF4_VENV)/bin/python || $(PY) -m venv $(TF4_VENV)
-	$(TF4_VENV)/bin/pip install -q torch==2.13.0 "transformers==4.57.*" sentencepiece
+	$(TF4_VENV)/bin/pip install -q torch==2.13.0 transformers==4.57.6 sentencepiece==0.2.3
 	rm -rf $(HF_COMMON)/tf4 && $(BIN)/python tests/hf_common/check_transformers4.py write $(HF_COMMON)/tf4
 	HF_HUB_OFFLINE=1 $(TF4_VENV)/bin/python tests/hf_common/check_transformers4.py check $(HF_COMMON)/tf4
 
