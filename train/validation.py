@@ -1,4 +1,5 @@
-"""Validation during pretraining: each loss, ETM accuracy and ECG->report retrieval R@1/5/10 (eval.metrics)."""
+"""Validation during pretraining: each loss, ETM accuracy, the MEM loss's two no-learning baselines
+(train.mem_baselines) and ECG->report retrieval R@1/5/10 (eval.metrics)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 
 LOSS_KEYS = ("loss", "mem_loss", "mlm_loss", "etm_loss", "ets_loss", "etm_accuracy")
+MEM_BASELINE_KEYS = ("mem_zero", "mem_interp")
 
 
 @torch.no_grad()
@@ -15,14 +17,17 @@ def evaluate(accelerator, model, val_rows, collator, batch_size: int, seed: int)
 
     Eval mode, MEM masks seeded (the same every time), the ECG-text loss per batch (the model gathers across
     processes only in training mode). Retrieval scores the unmasked ECG features against the features of the
-    distinct validation reports.
+    distinct validation reports. `mem_zero` and `mem_interp` score predicting zero and straight lines across
+    the gaps on the same hidden tokens as `mem_loss`: a mem_loss at or above them means MEM has learned nothing.
     """
     from accelerate.utils import gather_object
     from torch.utils.data import DataLoader
 
     from eval.metrics import recall_at_k
+    from dbeta.modeling_dbeta import mem_targets
     from dbeta.processing_dbeta import normalize_report
     from train.collator import MODEL_INPUTS, BatchCollate, EvalBatches, RowsWithBatchId
+    from train.mem_baselines import mem_baselines
 
     unwrapped = accelerator.unwrap_model(model)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
@@ -32,7 +37,8 @@ def evaluate(accelerator, model, val_rows, collator, batch_size: int, seed: int)
                         collate_fn=BatchCollate(collator), num_workers=0)
     was_training = model.training
     model.eval()
-    sums = dict.fromkeys(LOSS_KEYS, 0.0)
+    sums = dict.fromkeys(LOSS_KEYS + MEM_BASELINE_KEYS, 0.0)
+    ecg_config = unwrapped.config.ecg_config
     rows, ecg_feats, text_feats, indices = 0, [], [], []
     try:
         for batch in loader:
@@ -44,8 +50,13 @@ def evaluate(accelerator, model, val_rows, collator, batch_size: int, seed: int)
                 ecg = unwrapped.get_ecg_features(inputs["ecg_values"]).pooler_output
                 text = unwrapped.get_text_features(batch["report_input_ids"].to(device),
                                                    batch["report_attention_mask"].to(device)).pooler_output
-            for k in sums:
+            target = mem_targets(inputs["ecg_values"], out.mem_mask.shape[1], ecg_config.token_size,
+                                 unwrapped.config.mem_target_norm)
+            baselines = mem_baselines(target, out.mem_mask, ecg_config.num_leads)
+            for k in LOSS_KEYS:
                 sums[k] += float(getattr(out, k)) * b
+            for k in MEM_BASELINE_KEYS:
+                sums[k] += baselines[k] * b
             rows += b
             ecg_feats.append(ecg.float().cpu())
             text_feats.append(text.float().cpu())
