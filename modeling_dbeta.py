@@ -459,8 +459,16 @@ class DBetaPreTrainedModel(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         allow_resize = kwargs.pop("ignore_mismatched_sizes", False)
         # transformers' own refusal of misshapen keys only says "look at the report above"; refuse below instead.
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
-                                              ignore_mismatched_sizes=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                  output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+        except Exception as err:
+            from safetensors import SafetensorError  # a dependency of transformers itself
+
+            if not isinstance(err, SafetensorError):  # safetensors' own error names no file
+                raise
+            raise OSError(f"{_weights_file(pretrained_model_name_or_path, '')}: the weights file is damaged "
+                          f"(truncated or not safetensors: {err}); export or download it again") from err
         model._check_loaded(pretrained_model_name_or_path, info, allow_resize)
         return (model, info) if want_info else model
 

@@ -305,3 +305,14 @@ def test_card_front_matter_and_shapes_fit_the_export(pre_export, tok, tmp_path):
     local.mkdir()
     model.name_or_path = str(local)
     assert "base_model" not in ModelCard.load(export_model(model, tmp_path / "ft2") / "README.md").data.to_dict()
+
+
+def test_a_truncated_weights_file_is_named(tmp_path):
+    from dbeta.modeling_dbeta import DBetaModel
+    from tests.tiny import tiny_config, tiny_t5_text_config, train_t5_tokenizer
+
+    DBetaModel(tiny_config(tiny_t5_text_config(len(train_t5_tokenizer())))).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    with pytest.raises(OSError, match=f"{weights}: the weights file is damaged"):
+        DBetaModel.from_pretrained(tmp_path)
