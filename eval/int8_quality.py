@@ -1,6 +1,6 @@
 """What int8 costs: the ONNX int8 ECG graph against the torch fp32 model on a downstream set.
 
-    python benchmarks/int8_quality.py --model demo/out/model --data-root demo/out/data/ptbxl [--task sub]
+    python -m eval.int8_quality --model demo/out/model --data-root demo/out/data/ptbxl [--task sub]
         [--onnx DIR] [--fractions 0.1 1.0] [--output int8_quality.json]
 
 Exports `--model` with `train.export_onnx --int8` (or opens `--onnx`), computes every record's ECG feature
