@@ -62,7 +62,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = Path(args.onnx) if args.onnx else export_onnx(args.model, Path(tmp) / "onnx", int8=True)
         int8 = DBetaOnnxModel.from_pretrained(onnx_dir, int8=True)
-        splits = {s: load_downstream("ptbxl", args.data_root, split=s, task=args.task) for s in ("train", "val", "test")}
+        splits = {s: load_downstream("ptbxl", args.data_root, split=s, task=args.task)
+                  for s in ("train", "val", "test")}
         feats = {"fp32": {}, "int8": {}}
         for split, ds in splits.items():
             feats["fp32"][split] = features(model, processor, ds)

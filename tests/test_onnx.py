@@ -196,7 +196,8 @@ def test_missing_or_replaced_graph_is_refused_naming_the_file(folders, tmp_path)
 def test_a_graph_that_differs_from_torch_is_not_published(folders, tmp_path, monkeypatch):
     model_dir, _ = folders
     real = export_onnx_module._ECGFeatures.forward
-    monkeypatch.setattr(export_onnx_module._ECGFeatures, "forward", lambda self, ecg_values: real(self, ecg_values) * 1.01)
+    monkeypatch.setattr(export_onnx_module._ECGFeatures, "forward",
+                        lambda self, ecg_values: real(self, ecg_values) * 1.01)
     with pytest.raises(ParityError, match="ecg_encoder.onnx: ONNX Runtime output differs from torch"):
         export_onnx(model_dir, tmp_path / "bad")
     assert not (tmp_path / "bad" / MANIFEST).exists()

@@ -116,7 +116,8 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, input_names: list,
 
 def export_onnx(model_dir, output, int8: bool = False, tolerance: float = 1e-4, model: Optional[DBetaModel] = None,
                 processor: Optional[DBetaProcessor] = None) -> Path:
-    """Write the graphs and manifest for the model in `model_dir` to `output`; returns `output`.
+    """Write the graphs and manifest for the model in `model_dir` to `output`; returns `output`. A `model` given
+    (instead of loading it from `model_dir`) is put in eval mode and float32 in place.
 
     Raises ParityError when an fp32 graph differs from torch by more than `tolerance` on the sample inputs
     (the manifest is then not written, so the folder cannot be loaded)."""
