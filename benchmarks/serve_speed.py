@@ -1,0 +1,121 @@
+"""Serving speed of the full-size D-BETA ECG feature path on CPU: torch fp32 / bf16, ONNX Runtime fp32 / int8.
+
+    python benchmarks/serve_speed.py [--rounds 3] [--threads N] [--keep DIR]
+
+Builds the full-size model (DBetaConfig(), seeded random weights), exports it with `train.export_onnx --int8`
+(which checks the fp32 graphs against torch within 1e-4), then times, in interleaved rounds on the same
+synthetic 12-lead ECGs: ECG features/s at batch 16 and batch 1 and the latency of one record at batch 1 (best of
+the rounds), for the authors-style path of benchmarks/feature_speed.py (fp32), this package's torch path (fp32,
+bf16 autocast), and the ONNX graphs (fp32, int8). Prints each path's minimum cosine similarity to torch fp32
+features, the speed-ups over the authors-style fp32 path at batch 16, and the targets of issue 17
+(>= 5x at batch 16 with cosine >= 0.99; batch-1 latency < 150 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from configuration_dbeta import DBetaConfig  # noqa: E402
+from feature_speed import authors_style_features  # noqa: E402
+from modeling_dbeta import DBetaModel  # noqa: E402
+from onnx_dbeta import MANIFEST, DBetaOnnxModel  # noqa: E402
+from tests.tiny import train_t5_tokenizer  # noqa: E402  (token ids for the text graph's export only)
+from train.export import build_processor  # noqa: E402
+from train.export_onnx import export_onnx  # noqa: E402
+from train.synthetic import DEFAULT_CLASSES, generate_ecg  # noqa: E402
+
+
+def timed(fn, x: torch.Tensor, bf16: bool = False) -> tuple[float, torch.Tensor]:
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        t = time.perf_counter()
+        out = fn(x)
+        return time.perf_counter() - t, out.float()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--keep", default=None, help="write the ONNX folder here instead of a temporary one")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+
+    model = DBetaModel(DBetaConfig()).eval()
+    processor = build_processor(train_t5_tokenizer())
+    rng = np.random.default_rng(0)
+    ecg = torch.from_numpy(np.stack([generate_ecg(DEFAULT_CLASSES[i % len(DEFAULT_CLASSES)], rng)
+                                     for i in range(args.batch)]))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.keep or tmp) / "onnx"
+        model_dir = Path(tmp) / "model"
+        model.save_pretrained(model_dir)
+        processor.save_pretrained(model_dir)
+        t = time.perf_counter()
+        export_onnx(model_dir, out, int8=True, model=model, processor=processor)
+        export_s = time.perf_counter() - t
+        manifest = json.loads((out / MANIFEST).read_text())
+        onnx_fp32 = DBetaOnnxModel.from_pretrained(out, num_threads=threads)
+        onnx_int8 = DBetaOnnxModel.from_pretrained(out, int8=True, num_threads=threads)
+
+        paths = {
+            "authors_style_fp32": (lambda x: authors_style_features(model, x), False),
+            "torch_fp32": (model.get_ecg_features, False),
+            "torch_bf16": (model.get_ecg_features, True),
+            "onnx_fp32": (onnx_fp32.get_ecg_features, False),
+            "onnx_int8": (onnx_int8.get_ecg_features, False),
+        }
+        for fn, bf16 in paths.values():  # warm-up (ONNX Runtime plans its memory on the first runs)
+            timed(fn, ecg[:2], bf16)
+            timed(fn, ecg[:1], bf16)
+        best = {name: {"b16": float("inf"), "b1": float("inf")} for name in paths}
+        feats = {}
+        for _ in range(args.rounds):
+            for name, (fn, bf16) in paths.items():
+                dt, feats[name] = timed(fn, ecg, bf16)
+                best[name]["b16"] = min(best[name]["b16"], dt)
+                for i in range(3):
+                    best[name]["b1"] = min(best[name]["b1"], timed(fn, ecg[i:i + 1], bf16)[0])
+
+    reference = feats["torch_fp32"]
+    authors = args.batch / best["authors_style_fp32"]["b16"]
+    results = {"threads": threads, "batch": args.batch, "rounds": args.rounds, "export_s": round(export_s, 1),
+               "onnx_parity": manifest["parity"]}
+    for name in paths:
+        rate = args.batch / best[name]["b16"]
+        results[name] = {
+            f"features_per_s_batch{args.batch}": round(rate, 2),
+            "features_per_s_batch1": round(1 / best[name]["b1"], 2),
+            "latency_ms_batch1": round(1000 * best[name]["b1"], 1),
+            "cosine_to_torch_fp32_min": round(F.cosine_similarity(feats[name], reference).min().item(), 5),
+            "speedup_vs_authors_fp32": round(rate / authors, 2),
+        }
+        print(f"{name:20s} {results[name]}", flush=True)
+    targets = {
+        name: {"5x_at_batch16_with_cosine_0.99": r["speedup_vs_authors_fp32"] >= 5
+               and r["cosine_to_torch_fp32_min"] >= 0.99, "latency_under_150ms": r["latency_ms_batch1"] < 150}
+        for name, r in results.items() if name in paths and name != "authors_style_fp32"
+    }
+    results["targets_met"] = targets
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""ONNX export (train.export_onnx) and the ONNX Runtime model (onnx_dbeta.DBetaOnnxModel): parity with torch,
+dynamic batch, int8, the folder checks, and the zero-shot pipeline on the graphs."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+import pipeline_dbeta  # noqa: E402
+from modeling_dbeta import DBetaForPreTraining, DBetaModel  # noqa: E402
+from onnx_dbeta import MANIFEST, DBetaOnnxModel, OnnxFolderError  # noqa: E402
+from tests.test_remote_code import ALLOWED_TOP_LEVEL, fresh_python  # noqa: E402
+from tests.tiny import REPORTS, ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer  # noqa: E402
+from train import export_onnx as export_onnx_module  # noqa: E402
+from train.export import build_processor, export_model  # noqa: E402
+from train.export_onnx import ParityError, export_onnx, main  # noqa: E402
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A tiny exported model and its ONNX folder (with the int8 graph)."""
+    tmp = tmp_path_factory.mktemp("onnx")
+    tok = train_t5_tokenizer()
+    torch.manual_seed(0)
+    model = DBetaForPreTraining(tiny_config(tiny_t5_text_config(len(tok)))).eval()
+    model_dir = export_model(model, tmp / "model", processor=build_processor(tok))
+    assert main(["--model", str(model_dir), "--output", str(tmp / "onnx"), "--int8"]) == 0
+    return model_dir, tmp / "onnx"
+
+
+@pytest.fixture(scope="module")
+def torch_model(folders):
+    return DBetaModel.from_pretrained(str(folders[0])).eval()
+
+
+@pytest.fixture(scope="module")
+def processor(folders):
+    return load_processor(folders[1])
+
+
+def load_processor(folder):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+
+
+def copy_folder(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_graphs_have_the_named_io_and_a_dynamic_batch(folders, torch_model):
+    import onnxruntime as ort
+
+    _, out = folders
+    assert {"ecg_encoder.onnx", "text_encoder.onnx", "ecg_encoder.int8.onnx", MANIFEST, "onnx_dbeta.py",
+            "config.json", "processor_config.json"} <= {p.name for p in out.iterdir()}
+    assert not list(out.glob("*.safetensors"))
+    ecg = ort.InferenceSession(str(out / "ecg_encoder.onnx"), providers=["CPUExecutionProvider"])
+    (inp,), (outp,) = ecg.get_inputs(), ecg.get_outputs()
+    assert (inp.name, inp.type, inp.shape[1:], outp.name) == ("ecg_values", "tensor(float)", [12, 5000],
+                                                               "ecg_features")
+    assert isinstance(inp.shape[0], str), "the batch axis must be dynamic"
+    text = ort.InferenceSession(str(out / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in text.get_inputs()] == [("input_ids", "tensor(int64)"),
+                                                             ("attention_mask", "tensor(int64)")]
+    assert [o.name for o in text.get_outputs()] == ["text_features"]
+    # batch sizes and inputs the export never saw
+    for b in (1, 3, 7):
+        x = ecg_batch(b, seed=10 + b)
+        with torch.no_grad():
+            ref = torch_model.get_ecg_features(x).numpy()
+        assert np.abs(ecg.run(None, {"ecg_values": x.numpy()})[0] - ref).max() <= TOL
+    tok = load_processor(out).tokenizer
+    for texts in (REPORTS[:1], REPORTS[2:7]):
+        enc = tok(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            ref = torch_model.get_text_features(enc["input_ids"], enc["attention_mask"]).numpy()
+        got = text.run(None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()})
+        assert np.abs(got[0] - ref).max() <= TOL
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["parity"]["ecg_max_abs_diff"] <= TOL and manifest["parity"]["text_max_abs_diff"] <= TOL
+
+
+def test_onnx_model_equals_torch_model_on_processor_outputs(folders, torch_model, processor):
+    onnx_model = DBetaOnnxModel.from_pretrained(folders[1])
+    rng = np.random.default_rng(3)
+    batch = processor(ecg=[rng.standard_normal((12, 4000)).astype(np.float32) * 0.3 for _ in range(3)],
+                      sampling_rate=400, text=["atrial fibrillation", "sinus rhythm. normal ecg.", "lbbb"])
+    with torch.no_grad():
+        ref = torch_model(**batch)
+    got = onnx_model(**batch)
+    for key in ("ecg_embeds", "text_embeds", "logits_per_ecg"):
+        assert isinstance(got[key], torch.Tensor)
+        torch.testing.assert_close(got[key], ref[key], atol=TOL, rtol=0)
+    # numpy in, and no attention mask (all ones), as DBetaModel accepts
+    ids = batch["input_ids"][:1]
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_model.get_text_features(ids.numpy()), torch_model.get_text_features(ids),
+                                   atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match=r"ecg_values must be \[batch, 12, 5000\]"):
+        onnx_model.get_ecg_features(torch.zeros(1, 12, 2500))
+
+
+def test_similarity_follows_the_learnable_mode(folders, tmp_path):
+    """SigLIP mode (scaled cosine + bias) reads its constants from the manifest, as torch does from weights."""
+    torch.manual_seed(1)
+    tok = train_t5_tokenizer()
+    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok)), ets_mode="learnable", ets_scale_init=7.0,
+                                   ets_bias_init=-3.0)).eval()
+    base = DBetaOnnxModel.from_pretrained(folders[1])
+    manifest = dict(base.manifest, ets_mode="learnable", logit_scale=model.logit_scale.item(),
+                    logit_bias=model.logit_bias.item())
+    onnx_model = DBetaOnnxModel(model.config, manifest, base.sessions)
+    ecg, text = torch.randn(3, 32), torch.randn(4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_model.similarity(ecg, text), model.similarity(ecg, text))
+    assert not torch.allclose(onnx_model.similarity(ecg, text), base.similarity(ecg, text))
+
+
+def test_int8_graph_is_used_and_stays_close(folders, torch_model):
+    _, out = folders
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["parity"]["ecg_int8_min_cosine"] >= 0.99
+    fp32 = DBetaOnnxModel.from_pretrained(out)
+    int8 = DBetaOnnxModel.from_pretrained(out, int8=True)
+    assert int8.int8 and not fp32.int8
+    x = ecg_batch(4, seed=5)
+    a, b = fp32.get_ecg_features(x), int8.get_ecg_features(x)
+    assert not torch.equal(a, b)  # the quantized graph really runs
+    assert torch.nn.functional.cosine_similarity(a, b).min() >= 0.99
+
+
+def test_zero_shot_pipeline_runs_on_the_graphs(folders, monkeypatch):
+    """The pipeline's model calls are get_ecg_features / get_text_features / similarity: the ONNX model gives the
+    torch model's scores. The pipeline finds the device with next(model.parameters()); the ONNX model has no
+    parameters, so its `device` is patched in (the one-line change described in the README)."""
+    monkeypatch.setattr(pipeline_dbeta, "_model_device", lambda model: model.device)
+    model_dir, out = folders
+    proc = load_processor(out)
+    torch_pipe = pipeline_dbeta.ZeroShotECGClassificationPipeline(
+        model=DBetaModel.from_pretrained(str(model_dir)).eval(), processor=proc)
+    onnx_pipe = pipeline_dbeta.ZeroShotECGClassificationPipeline(model=DBetaOnnxModel.from_pretrained(out),
+                                                                 processor=proc)
+    signals = [x.numpy() for x in ecg_batch(3, seed=8)]
+    labels = ["NORM", "AFIB", "left bundle branch block"]
+    ref = torch_pipe(signals, sampling_rate=500, candidate_labels=labels)
+    got = onnx_pipe(signals, sampling_rate=500, candidate_labels=labels)
+    for r, g in zip(ref, got):
+        assert [x["label"] for x in r] == [x["label"] for x in g]
+        np.testing.assert_allclose([x["score"] for x in g], [x["score"] for x in r], atol=1e-5)
+
+
+def test_missing_or_replaced_graph_is_refused_naming_the_file(folders, tmp_path):
+    _, out = folders
+    missing = copy_folder(out, tmp_path / "missing")
+    (missing / "text_encoder.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="text_encoder.onnx not found"):
+        DBetaOnnxModel.from_pretrained(missing)
+
+    swapped = copy_folder(out, tmp_path / "swapped")
+    shutil.copy2(out / "ecg_encoder.int8.onnx", swapped / "ecg_encoder.onnx")
+    with pytest.raises(OnnxFolderError, match=r"ecg_encoder.onnx is not the graph .*SHA-256"):
+        DBetaOnnxModel.from_pretrained(swapped)
+
+    # the text graph in the ECG graph's place, manifest rehashed: still refused by its inputs
+    wrong_io = copy_folder(out, tmp_path / "wrong_io")
+    shutil.copy2(out / "text_encoder.onnx", wrong_io / "ecg_encoder.onnx")
+    with pytest.raises(OnnxFolderError, match=r"ecg_encoder.onnx: expected inputs \['ecg_values'\]"):
+        DBetaOnnxModel.from_pretrained(wrong_io, verify_hashes=False)
+
+    no_int8 = copy_folder(out, tmp_path / "no_int8")
+    manifest = json.loads((no_int8 / MANIFEST).read_text())
+    del manifest["graphs"]["ecg_int8"]
+    (no_int8 / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match=r"no ecg_int8 graph \(export with --int8\)"):
+        DBetaOnnxModel.from_pretrained(no_int8, int8=True)
+
+    outside = copy_folder(out, tmp_path / "outside")
+    manifest = json.loads((outside / MANIFEST).read_text())
+    manifest["graphs"]["ecg"]["file"] = "../model/ecg_encoder.onnx"
+    (outside / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(OnnxFolderError, match="must be a plain file name"):
+        DBetaOnnxModel.from_pretrained(outside)
+
+    with pytest.raises(FileNotFoundError, match=f"{MANIFEST} not found"):
+        DBetaOnnxModel.from_pretrained(folders[0])
+
+
+def test_a_graph_that_differs_from_torch_is_not_published(folders, tmp_path, monkeypatch):
+    model_dir, _ = folders
+    real = export_onnx_module._ECGFeatures.forward
+    monkeypatch.setattr(export_onnx_module._ECGFeatures, "forward",
+                        lambda self, ecg_values: real(self, ecg_values) * 1.01)
+    with pytest.raises(ParityError, match="ecg_encoder.onnx: ONNX Runtime output differs from torch"):
+        export_onnx(model_dir, tmp_path / "bad")
+    assert not (tmp_path / "bad" / MANIFEST).exists()
+    with pytest.raises(FileNotFoundError, match=MANIFEST):
+        DBetaOnnxModel.from_pretrained(tmp_path / "bad")
+
+
+def test_cli_refuses_a_folder_without_a_model(tmp_path, capsys):
+    assert main(["--model", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "config.json not found" in capsys.readouterr().err
+
+
+def test_onnx_folder_loads_in_a_fresh_process_and_obeys_the_remote_code_import_rule(folders, tmp_path):
+    import ast
+
+    _, out = folders
+    tree = ast.parse((out / "onnx_dbeta.py").read_text())
+    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    assert top - {"__future__", "configuration_dbeta"} <= ALLOWED_TOP_LEVEL
+    stdout = fresh_python(
+        f"""
+        import numpy as np
+        from transformers import AutoProcessor
+        from onnx_dbeta import DBetaOnnxModel
+        model = DBetaOnnxModel.from_pretrained(".", int8=True)
+        proc = AutoProcessor.from_pretrained(".", trust_remote_code=True)
+        b = proc(ecg=np.zeros((12, 5000), dtype=np.float32), sampling_rate=500, text=["sinus rhythm"])
+        print(tuple(model(**b)["logits_per_ecg"].shape))
+        """, cwd=out, hf_home=tmp_path / "hf")
+    assert stdout.strip().endswith("(1, 1)")

@@ -1,0 +1,223 @@
+"""Export a D-BETA model's ECG and text encoders to ONNX, checked against torch through ONNX Runtime.
+
+    python -m train.export_onnx --model DIR --output OUT [--int8] [--tolerance 1e-4]
+
+Writes to OUT:
+  * ecg_encoder.onnx       ecg_values [batch, leads, samples] float32 -> ecg_features [batch, hidden]
+  * text_encoder.onnx      input_ids, attention_mask [batch, length] int64 -> text_features [batch, hidden]
+  * ecg_encoder.int8.onnx  (--int8) the ECG graph with ONNX Runtime's dynamic int8 quantization of its MatMuls
+  * onnx_config.json       each graph's file name and SHA-256, the similarity mode and its constants, and the
+                           parity measured at export
+  * the model folder's config, processor, prompts and remote code (not its weights), and onnx_dbeta.py, so
+    `onnx_dbeta.DBetaOnnxModel.from_pretrained(OUT)` and `AutoProcessor.from_pretrained(OUT)` both load it.
+
+Graphs come from `torch.onnx.export` (the torch.export-based exporter) with a dynamic batch axis (and a dynamic
+length for text). Every fp32 graph is run through ONNX Runtime on synthetic ECGs and report texts at batch 1 and
+batch 4 and compared with the torch model; a difference above the tolerance stops the export (exit 2) and no
+onnx_config.json is written, so a wrong graph is never served. The int8 graph's minimum cosine similarity to the
+torch features on the same inputs is recorded (int8 changes the numbers by design; see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python train/export_onnx.py` as well as `python -m train.export_onnx`
+    sys.path.insert(0, str(ROOT))
+
+from modeling_dbeta import DBetaModel  # noqa: E402
+from onnx_dbeta import FORMAT, FORMAT_VERSION, MANIFEST, DBetaOnnxModel, file_sha256  # noqa: E402
+from processing_dbeta import DBetaProcessor  # noqa: E402
+from train.synthetic import DEFAULT_CLASSES, generate_ecg  # noqa: E402
+
+ECG_FILE, TEXT_FILE, ECG_INT8_FILE = "ecg_encoder.onnx", "text_encoder.onnx", "ecg_encoder.int8.onnx"
+# The weights stay behind: the graphs hold them.
+SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx.data")
+SAMPLE_TEXTS = [
+    "sinus rhythm. normal ecg.",
+    "atrial fibrillation with rapid ventricular response. abnormal ecg.",
+    "left bundle branch block",
+    "sinus bradycardia. first degree av block. nonspecific st-t changes. borderline ecg.",
+]
+
+
+class ParityError(RuntimeError):
+    """An exported graph whose outputs differ from torch's by more than the tolerance."""
+
+
+class _ECGFeatures(torch.nn.Module):
+    def __init__(self, model: DBetaModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ecg_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_ecg_features(ecg_values)
+
+
+class _TextFeatures(torch.nn.Module):
+    def __init__(self, model: DBetaModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.get_text_features(input_ids, attention_mask)
+
+
+def sample_inputs(processor: DBetaProcessor, n: int = 4, seed: int = 0) -> dict:
+    """Processor outputs for `n` synthetic ECGs (different classes) and report texts: what parity is checked on."""
+    rng = np.random.default_rng(seed)
+    fs = processor.feature_extractor.sampling_rate
+    ecgs = [generate_ecg(DEFAULT_CLASSES[i % len(DEFAULT_CLASSES)], rng, sampling_rate=fs) for i in range(n)]
+    return dict(processor(ecg=ecgs, sampling_rate=fs, text=[SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(n)]))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _max_diff(session, feeds: dict, expected: torch.Tensor) -> float:
+    got = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+    return float(np.abs(got - expected.numpy()).max())
+
+
+def _min_cosine(session, feeds: dict, expected: torch.Tensor) -> float:
+    got = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+    return float(torch.nn.functional.cosine_similarity(got, expected, dim=-1).min())
+
+
+def _check_parity(path: Path, feeds: dict, expected: torch.Tensor, tolerance: float) -> float:
+    """Max |ONNX Runtime - torch| over the whole sample batch and its first record alone (the batch axis is
+    dynamic); ParityError above `tolerance`."""
+    session = _session(path)
+    diff = max(_max_diff(session, feeds, expected), _max_diff(session, {k: v[:1] for k, v in feeds.items()},
+                                                              expected[:1]))
+    if not diff <= tolerance:
+        raise ParityError(f"{path}: ONNX Runtime output differs from torch by {diff:.3g} (tolerance "
+                          f"{tolerance:g}); the export is not usable")
+    return diff
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, input_names: list, output_name: str,
+            dynamic: dict) -> None:
+    torch.onnx.export(module.eval(), args, str(path), input_names=input_names, output_names=[output_name],
+                      dynamic_shapes=dynamic, dynamo=True, external_data=False, verbose=False)
+
+
+def export_onnx(model_dir, output, int8: bool = False, tolerance: float = 1e-4, model: Optional[DBetaModel] = None,
+                processor: Optional[DBetaProcessor] = None) -> Path:
+    """Write the graphs and manifest for the model in `model_dir` to `output`; returns `output`. A `model` given
+    (instead of loading it from `model_dir`) is put in eval mode and float32 in place.
+
+    Raises ParityError when an fp32 graph differs from torch by more than `tolerance` on the sample inputs
+    (the manifest is then not written, so the folder cannot be loaded)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model_dir, out = Path(model_dir), Path(output)
+    if model is None:
+        model = DBetaModel.from_pretrained(str(model_dir), dtype=torch.float32)
+    if processor is None:
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=True)
+    model = model.float().eval()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a stale manifest must not vouch for the new graphs
+
+    feeds = sample_inputs(processor)
+    ecg, ids, mask = feeds["ecg_values"].float(), feeds["input_ids"], feeds["attention_mask"]
+    with torch.no_grad():
+        ecg_ref = model.get_ecg_features(ecg)
+        text_ref = model.get_text_features(ids, mask)
+
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    parity = {}
+    _export(_ECGFeatures(model), (ecg,), out / ECG_FILE, ["ecg_values"], "ecg_features", {"ecg_values": {0: batch}})
+    parity["ecg_max_abs_diff"] = _check_parity(out / ECG_FILE, {"ecg_values": ecg}, ecg_ref, tolerance)
+    # transformers' SDPA attention does not trace with a symbolic text length; eager attention computes the
+    # same function and does (parity is checked against the SDPA model's features).
+    text_model = model.text_model
+    attn = text_model.config._attn_implementation
+    text_model.set_attn_implementation("eager")
+    try:
+        _export(_TextFeatures(model), (ids, mask), out / TEXT_FILE, ["input_ids", "attention_mask"], "text_features",
+                {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}})
+    finally:
+        text_model.set_attn_implementation(attn)
+    parity["text_max_abs_diff"] = _check_parity(out / TEXT_FILE, {"input_ids": ids, "attention_mask": mask},
+                                                text_ref, tolerance)
+
+    graphs = {"ecg": ECG_FILE, "text": TEXT_FILE}
+    if int8:
+        # MatMuls only: ConvInteger measured slower than the fp32 Conv it replaces on the conv feature extractor.
+        quantize_dynamic(str(out / ECG_FILE), str(out / ECG_INT8_FILE), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"])
+        parity["ecg_int8_min_cosine"] = _min_cosine(_session(out / ECG_INT8_FILE), {"ecg_values": ecg}, ecg_ref)
+        graphs["ecg_int8"] = ECG_INT8_FILE
+    else:
+        (out / ECG_INT8_FILE).unlink(missing_ok=True)
+
+    if model_dir.resolve() != out.resolve():
+        for src in model_dir.iterdir():
+            if src.is_file() and not src.name.endswith(SKIPPED_SUFFIXES) and src.name != MANIFEST:
+                shutil.copy2(src, out / src.name)
+    shutil.copy2(ROOT / "onnx_dbeta.py", out / "onnx_dbeta.py")
+
+    import onnxruntime
+
+    config = model.config
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "graphs": {kind: {"file": name, "sha256": file_sha256(out / name)} for kind, name in graphs.items()},
+        "num_leads": config.ecg_config.num_leads,
+        "num_samples": int(ecg.shape[-1]),
+        "hidden_size": config.hidden_size,
+        "ets_mode": config.ets_mode,
+        "logit_scale": model.logit_scale.item() if config.ets_mode == "learnable" else None,
+        "logit_bias": model.logit_bias.item() if config.ets_mode == "learnable" else None,
+        "parity": parity,
+        "tolerance": tolerance,
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    DBetaOnnxModel.from_pretrained(out, int8=int8)  # what a user will do next: fail here, not there
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="an exported D-BETA folder (config.json, model.safetensors, "
+                                                       "processor files)")
+    parser.add_argument("--output", required=True, help="folder to write the graphs and onnx_config.json to")
+    parser.add_argument("--int8", action="store_true", help="also write ecg_encoder.int8.onnx (dynamic int8)")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |ONNX - torch| accepted (fp32 graphs)")
+    args = parser.parse_args(argv)
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        print(f"error: {model_dir / 'config.json'} not found: --model must be an exported D-BETA folder",
+              file=sys.stderr)
+        return 2
+    try:
+        out = export_onnx(model_dir, args.output, int8=args.int8, tolerance=args.tolerance)
+    except ParityError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    manifest = json.loads((out / MANIFEST).read_text())
+    print(f"wrote {', '.join(g['file'] for g in manifest['graphs'].values())} to {out}; parity "
+          f"{json.dumps(manifest['parity'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
