@@ -39,7 +39,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m demo.run
 
 bench: $(STAMP)
-	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/*.py; do HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.$$(basename $$b .py) || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo/out

@@ -26,11 +26,9 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-try:
-    from .configuration_dbeta import DBetaConfig
-except ImportError:  # imported as a top-level module (tests, scripts)
-    from configuration_dbeta import DBetaConfig
+from .configuration_dbeta import DBetaConfig
 
 MANIFEST = "onnx_config.json"
 FORMAT = "dbeta-onnx"
@@ -199,23 +197,25 @@ class DBetaOnnxModel:
     def can_generate(self) -> bool:
         return False
 
-    def get_ecg_features(self, ecg_values) -> torch.Tensor:
-        """The ECG feature [B, hidden] for `ecg_values` [B, leads, samples] (the processor's output)."""
+    def get_ecg_features(self, ecg_values) -> BaseModelOutputWithPooling:
+        """`.pooler_output`: the ECG feature [B, hidden] for `ecg_values` [B, leads, samples] (the processor's
+        output), as DBetaModel returns it."""
         x = _as_numpy(ecg_values, np.float32)
         expected = (self.manifest["num_leads"], self.manifest["num_samples"])
         if x.ndim != 3 or x.shape[1:] != expected:
             raise ValueError(f"ecg_values must be [batch, {expected[0]}, {expected[1]}] (the processor's "
                              f"output), got {tuple(x.shape)}")
-        return torch.from_numpy(self._ecg.run(None, {"ecg_values": x})[0])
+        return BaseModelOutputWithPooling(pooler_output=torch.from_numpy(self._ecg.run(None, {"ecg_values": x})[0]))
 
-    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
-        """The text feature [B, hidden] for token ids and their mask (all ones when omitted)."""
+    def get_text_features(self, input_ids, attention_mask=None) -> BaseModelOutputWithPooling:
+        """`.pooler_output`: the text feature [B, hidden] for token ids and their mask (all ones when omitted)."""
         ids = _as_numpy(input_ids, np.int64)
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy(attention_mask, np.int64)
         if ids.ndim != 2 or mask.shape != ids.shape:
             raise ValueError(f"input_ids and attention_mask must both be [batch, length], got {ids.shape} and "
                              f"{mask.shape}")
-        return torch.from_numpy(self._text.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        features = self._text.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return BaseModelOutputWithPooling(pooler_output=torch.from_numpy(features))
 
     def similarity(self, ecg_embeds, text_embeds) -> torch.Tensor:
         """ECG x text logits as `DBetaModel.similarity`: dot product, or SigLIP's scaled cosine + bias."""
@@ -230,9 +230,9 @@ class DBetaOnnxModel:
     def __call__(self, ecg_values=None, input_ids=None, attention_mask=None, **_unused) -> dict:
         out = {}
         if ecg_values is not None:
-            out["ecg_embeds"] = self.get_ecg_features(ecg_values)
+            out["ecg_embeds"] = self.get_ecg_features(ecg_values).pooler_output
         if input_ids is not None:
-            out["text_embeds"] = self.get_text_features(input_ids, attention_mask)
+            out["text_embeds"] = self.get_text_features(input_ids, attention_mask).pooler_output
         if "ecg_embeds" in out and "text_embeds" in out:
             out["logits_per_ecg"] = self.similarity(out["ecg_embeds"], out["text_embeds"])
             out["logits_per_text"] = out["logits_per_ecg"].t()

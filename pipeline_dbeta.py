@@ -174,7 +174,7 @@ def conditioned_ecg(processor, record: dict, index: Optional[int] = None) -> tor
 
 
 def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
+    return model.device  # a PreTrainedModel's, or DBetaOnnxModel's (which has no torch parameters)
 
 
 @torch.no_grad()

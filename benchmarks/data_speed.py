@@ -1,6 +1,6 @@
 """Data-path speed: synthetic generation, MIMIC-IV-ECG ingest (records/s, peak RSS), prepared-dataset read speed.
 
-    python benchmarks/data_speed.py [--n 2000] [--num-proc 2] [--batch-size 32] [--workdir DIR]
+    python -m benchmarks.data_speed [--n 2000] [--num-proc 2] [--batch-size 32] [--workdir DIR]
 
 1. writes N SYNTHETIC records in the MIMIC-IV-ECG layout (train/synthetic.py) to a temp dir;
 2. runs `python -m train.prepare_mimic` in a child process at N/4 and at N records and reports ingest records/s and

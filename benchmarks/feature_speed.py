@@ -1,6 +1,6 @@
 """ECG feature throughput of the full-size D-BETA on CPU, fp32 and bf16, against the machine's matmul peak.
 
-    python benchmarks/feature_speed.py [--batch 16] [--repeats 3] [--threads N]
+    python -m benchmarks.feature_speed [--batch 16] [--repeats 3] [--threads N]
 
 Prints, for batch 16: features/s in fp32 and bf16, the bf16 features' cosine similarity to fp32, model FLOPs
 per record (torch.utils.flop_counter) and the fraction of the measured fp32/bf16 matmul peak reached; the same

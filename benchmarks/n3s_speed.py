@@ -1,8 +1,8 @@
 """N3S cost per training batch: our precomputed table lookups against the authors' per-sample exact search.
 
-    python benchmarks/n3s_speed.py [--n 50000] [--batch 128] [--k 64] [--encoder auto|minilm|tiny]
+    python -m benchmarks.n3s_speed [--n 50000] [--batch 128] [--k 64] [--encoder auto|minilm|tiny]
                                    [--table-batches 200] [--search-batches 3] [--embeddings-cache FILE] [--no-hnsw]
-    python benchmarks/n3s_speed.py --threshold-study     (the measurement behind the default --max-similarity 0.95)
+    python -m benchmarks.n3s_speed --threshold-study     (the measurement behind the default --max-similarity 0.95)
 
 1. Synthesises --n distinct MIMIC-style machine reports (tests/machine_reports.py: rhythm + statements + summary).
 2. Builds the N3S table with train.n3s.build_n3s_table (embedding every report once with the real MiniLM when

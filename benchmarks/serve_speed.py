@@ -1,6 +1,6 @@
 """Serving speed of the full-size D-BETA ECG feature path on CPU: torch fp32 / bf16, ONNX Runtime fp32 / int8.
 
-    python benchmarks/serve_speed.py [--rounds 3] [--threads N] [--keep DIR]
+    python -m benchmarks.serve_speed [--rounds 3] [--threads N] [--keep DIR]
 
 Builds the full-size model (DBetaConfig(), seeded random weights), exports it with `train.export_onnx --int8`
 (which checks the fp32 graphs against torch within 1e-4), then times, in interleaved rounds on the same
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,18 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from configuration_dbeta import DBetaConfig  # noqa: E402
-from feature_speed import authors_style_features  # noqa: E402
-from modeling_dbeta import DBetaModel  # noqa: E402
-from onnx_dbeta import MANIFEST, DBetaOnnxModel  # noqa: E402
-from tests.tiny import train_t5_tokenizer  # noqa: E402  (token ids for the text graph's export only)
-from train.export import build_processor  # noqa: E402
-from train.export_onnx import export_onnx  # noqa: E402
-from train.synthetic import DEFAULT_CLASSES, generate_ecg  # noqa: E402
+from benchmarks.feature_speed import authors_style_features
+from dbeta.configuration_dbeta import DBetaConfig
+from dbeta.modeling_dbeta import DBetaModel
+from dbeta.onnx_dbeta import MANIFEST, DBetaOnnxModel
+from tests.tiny import train_t5_tokenizer  # token ids for the text graph's export only
+from train.export import build_processor
+from train.export_onnx import export_onnx
+from train.synthetic import DEFAULT_CLASSES, generate_ecg
 
 
 def timed(fn, x: torch.Tensor, bf16: bool = False) -> tuple[float, torch.Tensor]:
@@ -77,10 +72,10 @@ def main() -> None:
 
         paths = {
             "authors_style_fp32": (lambda x: authors_style_features(model, x), False),
-            "torch_fp32": (model.get_ecg_features, False),
-            "torch_bf16": (model.get_ecg_features, True),
-            "onnx_fp32": (onnx_fp32.get_ecg_features, False),
-            "onnx_int8": (onnx_int8.get_ecg_features, False),
+            "torch_fp32": (lambda x: model.get_ecg_features(x).pooler_output, False),
+            "torch_bf16": (lambda x: model.get_ecg_features(x).pooler_output, True),
+            "onnx_fp32": (lambda x: onnx_fp32.get_ecg_features(x).pooler_output, False),
+            "onnx_int8": (lambda x: onnx_int8.get_ecg_features(x).pooler_output, False),
         }
         for fn, bf16 in paths.values():  # warm-up (ONNX Runtime plans its memory on the first runs)
             timed(fn, ecg[:2], bf16)

@@ -1,6 +1,6 @@
 """Pretraining speed of D-BETA on this machine: samples/s and model FLOP utilisation, fp32 and bf16.
 
-    python benchmarks/train_speed.py [--size full|small] [--batch 8] [--text-len 32] [--steps 3]
+    python -m benchmarks.train_speed [--size full|small] [--batch 8] [--text-len 32] [--steps 3]
                                      [--precision fp32 bf16] [--threads N] [--profile] [--json OUT]
 
 One training step = DBetaForPreTraining forward with all four losses (MEM masking 75%, MLM labels on half the rows,

@@ -1,6 +1,6 @@
 """End-to-end zero-shot throughput: WFDB files on disk -> pipeline("zero-shot-ecg-classification") -> scores.
 
-    python benchmarks/zeroshot_speed.py [--n 64] [--configs small full] [--batch-sizes 1 16] [--labels 5]
+    python -m benchmarks.zeroshot_speed [--n 64] [--configs small full] [--batch-sizes 1 16] [--labels 5]
                                         [--num-workers 0] [--threads N] [--json FILE]
 
 For each model size (random weights: "small" = DBetaConfig.small() with a tiny T5 text encoder, "full" = the

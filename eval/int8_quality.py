@@ -14,24 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from eval.datasets import load_downstream  # noqa: E402
-from eval.features import ProcessedRecords, load_model_and_processor, text_features  # noqa: E402
-from eval.label_sets import load_prompt_set  # noqa: E402
-from eval.linear_probe import probe_run  # noqa: E402
-from eval.metrics import auc_report  # noqa: E402
-from eval.zero_shot import class_prompts, find_prompt_file, label_set_name, zero_shot_scores  # noqa: E402
-from onnx_dbeta import DBetaOnnxModel  # noqa: E402
-from train.export_onnx import export_onnx  # noqa: E402
+from eval.datasets import load_downstream
+from eval.features import ProcessedRecords, load_model_and_processor, text_features
+from eval.label_sets import load_prompt_set
+from eval.linear_probe import probe_run
+from eval.metrics import auc_report
+from eval.zero_shot import class_prompts, find_prompt_file, label_set_name, zero_shot_scores
+from dbeta.onnx_dbeta import DBetaOnnxModel
+from train.export_onnx import export_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def features(model, processor, dataset, batch_size: int = 32) -> np.ndarray:
@@ -43,7 +42,7 @@ def features(model, processor, dataset, batch_size: int = 32) -> np.ndarray:
             errors = [e for e in batch["error"] if e]
             if errors:
                 raise ValueError(errors[0])
-            out.append(model.get_ecg_features(batch["ecg_values"]).float().numpy())
+            out.append(model.get_ecg_features(batch["ecg_values"]).pooler_output.float().numpy())
     return np.concatenate(out)
 
 

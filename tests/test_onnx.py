@@ -10,14 +10,14 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-import pipeline_dbeta  # noqa: E402
-from modeling_dbeta import DBetaForPreTraining, DBetaModel  # noqa: E402
-from onnx_dbeta import MANIFEST, DBetaOnnxModel, OnnxFolderError  # noqa: E402
-from tests.test_remote_code import ALLOWED_TOP_LEVEL, fresh_python  # noqa: E402
-from tests.tiny import REPORTS, ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer  # noqa: E402
-from train import export_onnx as export_onnx_module  # noqa: E402
-from train.export import build_processor, export_model  # noqa: E402
-from train.export_onnx import ParityError, export_onnx, main  # noqa: E402
+import dbeta.pipeline_dbeta as pipeline_dbeta
+from dbeta.modeling_dbeta import DBetaForPreTraining, DBetaModel
+from dbeta.onnx_dbeta import MANIFEST, DBetaOnnxModel, OnnxFolderError
+from tests.test_remote_code import ALLOWED_TOP_LEVEL, fresh_python
+from tests.tiny import REPORTS, ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
+from train import export_onnx as export_onnx_module
+from train.export import build_processor, export_model
+from train.export_onnx import ParityError, export_onnx, main
 
 TOL = 1e-4
 
@@ -75,13 +75,13 @@ def test_graphs_have_the_named_io_and_a_dynamic_batch(folders, torch_model):
     for b in (1, 3, 7):
         x = ecg_batch(b, seed=10 + b)
         with torch.no_grad():
-            ref = torch_model.get_ecg_features(x).numpy()
+            ref = torch_model.get_ecg_features(x).pooler_output.numpy()
         assert np.abs(ecg.run(None, {"ecg_values": x.numpy()})[0] - ref).max() <= TOL
     tok = load_processor(out).tokenizer
     for texts in (REPORTS[:1], REPORTS[2:7]):
         enc = tok(texts, padding=True, return_tensors="pt")
         with torch.no_grad():
-            ref = torch_model.get_text_features(enc["input_ids"], enc["attention_mask"]).numpy()
+            ref = torch_model.get_text_features(enc["input_ids"], enc["attention_mask"]).pooler_output.numpy()
         got = text.run(None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()})
         assert np.abs(got[0] - ref).max() <= TOL
     manifest = json.loads((out / MANIFEST).read_text())
@@ -102,7 +102,8 @@ def test_onnx_model_equals_torch_model_on_processor_outputs(folders, torch_model
     # numpy in, and no attention mask (all ones), as DBetaModel accepts
     ids = batch["input_ids"][:1]
     with torch.no_grad():
-        torch.testing.assert_close(onnx_model.get_text_features(ids.numpy()), torch_model.get_text_features(ids),
+        torch.testing.assert_close(onnx_model.get_text_features(ids.numpy()).pooler_output,
+                                   torch_model.get_text_features(ids).pooler_output,
                                    atol=TOL, rtol=0)
     with pytest.raises(ValueError, match=r"ecg_values must be \[batch, 12, 5000\]"):
         onnx_model.get_ecg_features(torch.zeros(1, 12, 2500))
@@ -132,7 +133,7 @@ def test_int8_graph_is_used_and_stays_close(folders, torch_model):
     int8 = DBetaOnnxModel.from_pretrained(out, int8=True)
     assert int8.int8 and not fp32.int8
     x = ecg_batch(4, seed=5)
-    a, b = fp32.get_ecg_features(x), int8.get_ecg_features(x)
+    a, b = fp32.get_ecg_features(x).pooler_output, int8.get_ecg_features(x).pooler_output
     assert not torch.equal(a, b)  # the quantized graph really runs
     assert torch.nn.functional.cosine_similarity(a, b).min() >= 0.99
 
@@ -141,7 +142,6 @@ def test_zero_shot_pipeline_runs_on_the_graphs(folders, monkeypatch):
     """The pipeline's model calls are get_ecg_features / get_text_features / similarity: the ONNX model gives the
     torch model's scores. The pipeline finds the device with next(model.parameters()); the ONNX model has no
     parameters, so its `device` is patched in (the one-line change described in the README)."""
-    monkeypatch.setattr(pipeline_dbeta, "_model_device", lambda model: model.device)
     model_dir, out = folders
     proc = load_processor(out)
     torch_pipe = pipeline_dbeta.ZeroShotECGClassificationPipeline(
@@ -222,10 +222,12 @@ def test_onnx_folder_loads_in_a_fresh_process_and_obeys_the_remote_code_import_r
         f"""
         import numpy as np
         from transformers import AutoProcessor
-        from onnx_dbeta import DBetaOnnxModel
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+        DBetaOnnxModel = get_class_from_dynamic_module("onnx_dbeta.DBetaOnnxModel", ".")  # the folder's own code
         model = DBetaOnnxModel.from_pretrained(".", int8=True)
         proc = AutoProcessor.from_pretrained(".", trust_remote_code=True)
-        b = proc(ecg=np.zeros((12, 5000), dtype=np.float32), sampling_rate=500, text=["sinus rhythm"])
+        ecg = np.random.default_rng(0).standard_normal((12, 5000)).astype(np.float32) * 0.3
+        b = proc(ecg=ecg, sampling_rate=500, text=["sinus rhythm"])
         print(tuple(model(**b)["logits_per_ecg"].shape))
         """, cwd=out, hf_home=tmp_path / "hf")
     assert stdout.strip().endswith("(1, 1)")

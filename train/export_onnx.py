@@ -30,14 +30,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python train/export_onnx.py` as well as `python -m train.export_onnx`
-    sys.path.insert(0, str(ROOT))
 
-from modeling_dbeta import DBetaModel  # noqa: E402
-from onnx_dbeta import FORMAT, FORMAT_VERSION, MANIFEST, DBetaOnnxModel, file_sha256  # noqa: E402
-from processing_dbeta import DBetaProcessor  # noqa: E402
-from train.synthetic import DEFAULT_CLASSES, generate_ecg  # noqa: E402
+from dbeta.modeling_dbeta import DBetaModel
+from dbeta.onnx_dbeta import FORMAT, FORMAT_VERSION, MANIFEST, DBetaOnnxModel, file_sha256
+from dbeta.processing_dbeta import DBetaProcessor
+from train.synthetic import DEFAULT_CLASSES, generate_ecg
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ECG_FILE, TEXT_FILE, ECG_INT8_FILE = "ecg_encoder.onnx", "text_encoder.onnx", "ecg_encoder.int8.onnx"
 # The weights stay behind: the graphs hold them.
@@ -60,7 +59,7 @@ class _ECGFeatures(torch.nn.Module):
         self.model = model
 
     def forward(self, ecg_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_ecg_features(ecg_values)
+        return self.model.get_ecg_features(ecg_values).pooler_output
 
 
 class _TextFeatures(torch.nn.Module):
@@ -69,7 +68,7 @@ class _TextFeatures(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.get_text_features(input_ids, attention_mask)
+        return self.model.get_text_features(input_ids, attention_mask).pooler_output
 
 
 def sample_inputs(processor: DBetaProcessor, n: int = 4, seed: int = 0) -> dict:
@@ -137,8 +136,8 @@ def export_onnx(model_dir, output, int8: bool = False, tolerance: float = 1e-4, 
     feeds = sample_inputs(processor)
     ecg, ids, mask = feeds["ecg_values"].float(), feeds["input_ids"], feeds["attention_mask"]
     with torch.no_grad():
-        ecg_ref = model.get_ecg_features(ecg)
-        text_ref = model.get_text_features(ids, mask)
+        ecg_ref = model.get_ecg_features(ecg).pooler_output
+        text_ref = model.get_text_features(ids, mask).pooler_output
 
     batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
     parity = {}
