@@ -1,0 +1,112 @@
+"""Zero-shot scores of a record of any length, window by window: the window table (CSV or JSON) and a plot.
+
+    python -m eval.windows --model M --record holter/rec001 --labels AFIB "sinus rhythm" SBRAD \
+        --window-seconds 10 --stride-seconds 10 --aggregate mean --output windows.csv --plot windows.png
+
+The record is a WFDB record (read a chunk at a time: memory stays flat however long it is), a DICOM file or a
+.npy array [leads, samples] (with --sampling-rate and --lead-names). The CSV has one row per window (start, end in
+seconds, one score column per label, error); the JSON is the pipeline's result. The aggregate is printed.
+From Python: `pipe(record, candidate_labels=[...], window_seconds=10, stride_seconds=10)`
+(`ZeroShotECGClassificationPipeline.windows`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+__all__ = ["load_pipeline", "write_window_table", "main"]
+
+
+def load_pipeline(model: str, remote_code: bool = False):
+    """The zero-shot pipeline of an exported model: this repository's classes, or with `remote_code=True` the
+    folder's own code through `transformers.pipeline(..., trust_remote_code=True)`."""
+    if remote_code:
+        from transformers import pipeline
+
+        return pipeline("zero-shot-ecg-classification", model=model, trust_remote_code=True)
+    from eval.features import load_model_and_processor
+    from pipeline_dbeta import ZeroShotECGClassificationPipeline
+
+    net, processor = load_model_and_processor(model)
+    return ZeroShotECGClassificationPipeline(model=net, processor=processor)
+
+
+def write_window_table(result: dict, path) -> Path:
+    """The windows of a windowed result as CSV (.csv: start, end, one column per label, error) or the whole
+    result as JSON (any other suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() != ".csv":
+        path.write_text(json.dumps(result, indent=1))
+        return path
+    labels = [d["label"] for d in result["aggregate"]]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["start_s", "end_s", *labels, "error"])
+        for w in result["windows"]:
+            scores = {d["label"]: d["score"] for d in (w["scores"] or [])}
+            writer.writerow([f"{w['start']:g}", f"{w['end']:g}",
+                             *(f"{scores[label]:.6f}" if label in scores else "" for label in labels),
+                             w.get("error", "")])
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--record", required=True, help="WFDB record, DICOM file or .npy [leads, samples]")
+    parser.add_argument("--labels", nargs="+", required=True)
+    parser.add_argument("--window-seconds", type=float, default=10.0)
+    parser.add_argument("--stride-seconds", type=float, default=None, help="default: the window")
+    parser.add_argument("--aggregate", default="mean", help="mean | max | fraction")
+    parser.add_argument("--multi-label", action="store_true")
+    parser.add_argument("--leads", nargs="+", default=None, help="a lead subset, e.g. I II (others zeroed)")
+    parser.add_argument("--sampling-rate", type=float, default=None, help="for a .npy array")
+    parser.add_argument("--lead-names", nargs="+", default=None, help="for a .npy array")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--output", type=Path, required=True, help=".csv (window table) or .json (everything)")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the scores over time")
+    parser.add_argument("--remote-code", action="store_true", help="run the model folder's own code")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    record = args.record
+    if str(record).endswith(".npy"):
+        record = {"signal": np.load(record, allow_pickle=False), "sampling_rate": args.sampling_rate,
+                  "lead_names": args.lead_names, "record_id": str(args.record)}
+    try:
+        pipe = load_pipeline(args.model, args.remote_code)
+        result = pipe(record, candidate_labels=args.labels, window_seconds=args.window_seconds,
+                      stride_seconds=args.stride_seconds, aggregate=args.aggregate, multi_label=args.multi_label,
+                      leads=args.leads, batch_size=args.batch_size, progress=not args.quiet)
+    except (ValueError, OSError, TypeError) as err:
+        parser.exit(2, f"error: {err}\n")
+    write_window_table(result, args.output)
+    if args.plot is not None:
+        from eval.plots import plot_window_scores
+
+        plot_window_scores(result, args.plot)
+    print(f"{len(result['windows'])} windows ({result['n_windows_scored']} scored) over "
+          f"{result['duration']:.1f} s, leads {', '.join(result['leads'])}; aggregate ({result['aggregate_rule']}):")
+    for d in result["aggregate"]:
+        print(f"  {d['score']:.3f}  {d['label']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
