@@ -417,11 +417,12 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         `explain=True` adds where the model looked (see `explain`)."""
         if candidate_labels is not None:
             kwargs["candidate_labels"] = candidate_labels
+        explain = _check_bool("explain", kwargs.pop("explain")) if "explain" in kwargs else False
         if any(k in kwargs for k in WINDOW_KEYWORDS):
-            if "explain" in kwargs:
-                raise TypeError("explain= and window_seconds= cannot be combined: explain one window's record")
+            if explain:
+                raise TypeError("explain=True and window_seconds= cannot be combined: explain one window's record")
             return self._each(inputs, self.windows, kwargs)
-        if kwargs.pop("explain", False) is not False:
+        if explain:
             return self._each(inputs, self.explain, kwargs)
         inputs = _split_batch(inputs)
         if isinstance(inputs, list):
