@@ -20,21 +20,22 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from eval.features import dataset_ecg_features, load_model_and_processor, text_features  # noqa: E402
+from eval.features import RecordError, condition_item, load_model_and_processor, text_features  # noqa: E402
 from eval.metrics import auc_report  # noqa: E402
 from processing_dbeta import LEAD_SUBSETS, resolve_leads  # noqa: E402
 
 DEFAULT_SUBSETS = ("12-lead", "limb", "I+II", "I", "II")
 
-__all__ = ["DEFAULT_SUBSETS", "evaluate_lead_subsets", "render_markdown", "main"]
+__all__ = ["DEFAULT_SUBSETS", "evaluate_lead_subsets", "subset_features", "render_markdown", "main"]
 
 
 def _subset_name(subset) -> str:
@@ -51,7 +52,8 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
     `model`: an exported folder / Hub id, or a loaded DBetaModel (then pass its `processor`). `subsets`: names of
     processing_dbeta.LEAD_SUBSETS ("12-lead", "limb", "I+II", "I", "II") or lists of lead names. `probe_task=None`
     skips the probe. Returns {"subsets": {name: {"leads", "zero_shot_auc", "zero_shot_auc_ci", "probe_auc",
-    "probe_auc_ci", "seconds"}}, "zero_shot_task", "probe_task", "fraction", "n_records", "seconds"}; with
+    "probe_auc_ci", "seconds_metrics"}}, "zero_shot_task", "probe_task", "fraction", "n_records",
+    "seconds_features", "seconds"}; with
     `output` also writes it as JSON and a Markdown table beside it (.md)."""
     from eval.datasets import load_downstream
     from eval.linear_probe import probe_run
@@ -83,34 +85,86 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
     n_records = {f"zero_shot_{zero_shot_task}_test": len(zs_test),
                  **{f"probe_{probe_task}_{k}": len(v) for k, v in probe_data.items()}}
 
-    def features(ds, leads, desc):
-        return dataset_ecg_features(net, processor, ds, batch_size=batch_size, num_workers=num_workers,
-                                    progress=progress, desc=desc, leads=leads)
+    def features(ds, desc):  # every subset in one pass: each record is read once
+        return subset_features(net, processor, ds, list(resolved.values()), batch_size=batch_size,
+                               num_workers=num_workers, progress=progress, desc=desc)
 
+    t0 = time.perf_counter()
+    zs_feats = features(zs_test, f"zero-shot {zero_shot_task} test")
+    probe_feats = {k: features(ds, f"probe {probe_task} {k}") for k, ds in probe_data.items()}
+    t_features = time.perf_counter() - t0
     rows = {}
-    for label, leads in resolved.items():
-        t0 = time.perf_counter()
-        ecg = features(zs_test, leads, f"{label} zero-shot")
-        zs = auc_report(zs_test.labels_matrix(), zero_shot_scores(net, ecg, text), zs_test.class_names,
+    for j, (label, leads) in enumerate(resolved.items()):
+        t1 = time.perf_counter()
+        zs = auc_report(zs_test.labels_matrix(), zero_shot_scores(net, zs_feats[j], text), zs_test.class_names,
                         n_resamples=bootstrap, seed=seed)
         row = {"leads": list(leads), "zero_shot_auc": zs["macro_auc"], "zero_shot_auc_ci": zs["macro_auc_ci"],
                "probe_auc": None, "probe_auc_ci": None}
         if probe_data:
-            feats = {k: features(ds, leads, f"{label} probe {k}") for k, ds in probe_data.items()}
+            feats = {k: v[j] for k, v in probe_feats.items()}
             labels = {k: ds.labels_matrix() for k, ds in probe_data.items()}
             record, _ = probe_run(feats, labels, probe_data["test"].class_names, fraction, seed, epochs, 16, 1e-3,
                                   1e-4, bootstrap)
             row["probe_auc"], row["probe_auc_ci"] = record["test_auc"], record["test_auc_ci"]
-        row["seconds"] = round(time.perf_counter() - t0, 1)
+        row["seconds_metrics"] = round(time.perf_counter() - t1, 1)
         rows[label] = row
     result = {"subsets": rows, "zero_shot_task": zero_shot_task, "probe_task": probe_task, "fraction": fraction,
-              "prompt_style": style, "n_records": n_records, "seconds": round(time.perf_counter() - t_start, 1)}
+              "prompt_style": style, "n_records": n_records, "seconds_features": round(t_features, 1),
+              "seconds": round(time.perf_counter() - t_start, 1)}
     if output is not None:
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=1))
         output.with_suffix(".md").write_text(render_markdown(result))
     return result
+
+
+class _SubsetRecords(torch.utils.data.Dataset):
+    """Each record read once and conditioned once per lead subset: {"ecg_values" [subsets, 12, samples],
+    "error"} (a failing record: zeros and its error, raised by the caller)."""
+
+    def __init__(self, dataset, feature_extractor, subsets):
+        self.dataset, self.fe, self.subsets = dataset, feature_extractor, subsets
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            item = self.dataset[int(index)]
+            x = np.stack([condition_item(self.fe, item, None, leads) for leads in self.subsets])
+            error = ""
+        except Exception as err:  # raised in the main process, naming the record
+            x = np.zeros((len(self.subsets), self.fe.num_leads, self.fe.num_samples), dtype=np.float32)
+            error = f"record {self.dataset.record_ids[int(index)]}: {type(err).__name__}: {err}"
+        return {"ecg_values": torch.from_numpy(x), "error": error}
+
+
+@torch.no_grad()
+def subset_features(model, processor, dataset, subsets: Sequence, batch_size: int = 32, num_workers: int = 0,
+                    progress: bool = False, desc: str = "ECG features") -> List[np.ndarray]:
+    """`get_ecg_features` of every record of `dataset` under each lead subset (leads outside it zeroed by the
+    processor): one float32 [n, hidden] array per subset, each record read once. An unreadable record raises
+    eval.features.RecordError naming it."""
+    from tqdm.auto import tqdm
+
+    fe = processor.feature_extractor
+    loader = torch.utils.data.DataLoader(_SubsetRecords(dataset, fe, [resolve_leads(s) for s in subsets]),
+                                         batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    device = next(model.parameters()).device
+    out: List[list] = [[] for _ in subsets]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+            for error in batch["error"]:
+                if error:
+                    raise RecordError(error)
+            for j in range(len(subsets)):
+                out[j].append(model.get_ecg_features(batch["ecg_values"][:, j].to(device)).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return [np.concatenate(chunks) for chunks in out]
 
 
 def render_markdown(result: Dict) -> str:

@@ -153,3 +153,23 @@ def test_cli_writes_the_window_table_json_and_plot(pipe, tmp_path):
         main(["--model", str(out_dir), "--record", str(record), "--labels", "AFIB", "--stride-seconds", "0",
               "--output", str(tmp_path / "x.csv"), "--quiet"])
     assert stop.value.code == 2
+
+
+def test_window_benchmark_on_a_few_minutes(tmp_path):
+    """benchmarks/window_speed.py end to end on 72 s (the 24 h run is opt-in by --hours)."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("window_speed", ROOT / "benchmarks" / "window_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = bench.write_long_record(tmp_path, "holter", 72)
+    import wfdb
+
+    assert wfdb.rdheader(str(record)).sig_len == 72 * 500
+    assert wfdb.rdrecord(str(record), sampfrom=1000, sampto=1010).p_signal.shape == (10, 12)
+    out = bench.run(0.02, ["small"], 4, 10.0, 10.0)
+    small = out["results"]["small"]
+    assert small["windows"] == 8 and small["windows_per_s"] > 0  # 7 full windows and the 2 s tail
+    assert small["peak_rss_mb_after"] >= small["peak_rss_mb_before"] > 0
