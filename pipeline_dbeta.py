@@ -29,6 +29,11 @@ texts' features are cached between calls, keyed on the model and processor objec
 storage and in-place version counter) and the texts, so a weight update, a new model (`pipe.model = other`) or
 new labels recompute them. In-place writes through `.data`, which PyTorch does not version, are not seen.
 
+Lead subsets: a record with fewer leads (named by its file or `lead_names=`), or `leads=[...]` / "limb", is scored
+with the other leads zeroed, as pretraining's lead masking shows an absent lead; `return_leads=True` returns
+{"scores", "leads"}. Records of any length: `window_seconds=` / `stride_seconds=` / `aggregate=` (see `windows`).
+Where the model looked: `explain=True` (see `explain`; captum's integrated gradients, imported when used).
+
 Features outside the pipeline: `extract_features(model, processor, ecgs=..., texts=...)` returns the 768-d
 (hidden-size) ECG and text features as numpy arrays.
 
@@ -617,8 +622,11 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         """Score one record and attribute one label's score to its leads and time (integrated gradients, captum).
 
         `explain_label`: the candidate label to explain (default: the top-scoring one). Attributions are against
-        an all-zero ECG, which is how the model saw absent leads in pretraining. Returns {"scores": [...] (as the
-        pipeline), "leads": [the leads used], "explanation": see `attribute_zero_shot`}."""
+        an all-zero ECG, which is how the model saw absent leads in pretraining. They rank leads and segments; they
+        are not additive shares of the score: the encoder's first GroupNorm normalises each channel over the whole
+        record, so the score jumps at the start of the path from zero (`convergence_delta` is the gap). Returns
+        {"scores": [...] (as the pipeline), "leads": [the leads used], "explanation": see
+        `attribute_zero_shot`}."""
         labels, texts, pre, post = self._labels_and_options(kwargs)
         multi_label = post.get("multi_label", False)
         record = _read_input(inputs, None, pre.get("sampling_rate"), pre.get("lead_names"))

@@ -103,6 +103,11 @@ def test_evaluation_loader_features_and_lead_subset_evaluation(setup, tmp_path):
     full = dataset_ecg_features(model, processor, ds, progress=False)
     lead_i = dataset_ecg_features(model, processor, ds, progress=False, leads=["I"])
     assert full.shape == lead_i.shape and not np.allclose(full, lead_i)
+    from eval.lead_subsets import subset_features
+
+    both = subset_features(model, processor, ds, ["12-lead", ["I"]])  # one pass: the same features
+    np.testing.assert_allclose(both[0], full, atol=1e-5)
+    np.testing.assert_allclose(both[1], lead_i, atol=1e-5)
     result = evaluate_lead_subsets(model, tmp_path / "ptbxl", ["12-lead", "I"], processor=processor, epochs=2,
                                    bootstrap=10, output=tmp_path / "leads.json")
     assert list(result["subsets"]) == ["12-lead", "I"]
