@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-__all__ = ["load_pipeline", "write_window_table", "main"]
+__all__ = ["load_pipeline", "write_window_table", "stitch_records", "main"]
 
 
 def load_pipeline(model: str, remote_code: bool = False):
@@ -60,6 +60,45 @@ def write_window_table(result: dict, path) -> Path:
                              *(f"{scores[label]:.6f}" if label in scores else "" for label in labels),
                              w.get("error", "")])
     return path
+
+
+def stitch_records(data_root, output_dir, classes: Sequence[str] = ("SR", "AFIB", "SR"), per_class: int = 3,
+                   task: str = "rhythm", split: str = "test", name: str = "stitched") -> dict:
+    """A longer WFDB record made of `per_class` consecutive records of each class in `classes` (in that order) from
+    a PTB-XL-layout folder, for showing windowed scores change over time. Every record must share one rate and
+    lead order. Returns {"path" (record path, no suffix), "segments": [{"start", "end", "class", "record_id"}]}."""
+    import wfdb
+
+    from eval.datasets import load_downstream
+
+    ds = load_downstream("ptbxl", data_root, split=split, task=task)
+    labels = ds.labels_matrix()
+    used, pieces, segments, rate, names, start = set(), [], [], None, None, 0.0
+    for cls in classes:
+        if cls not in ds.class_names:
+            raise ValueError(f"class {cls!r} is not a {task} class of {data_root} ({', '.join(ds.class_names)})")
+        j = ds.class_names.index(cls)
+        picked = [i for i in np.flatnonzero((labels[:, j] > 0.5) & (labels.sum(axis=1) == 1)) if i not in used]
+        if len(picked) < per_class:
+            raise ValueError(f"{data_root}: only {len(picked)} {split} record(s) with {cls} alone; need {per_class}")
+        for i in picked[:per_class]:
+            used.add(i)
+            item = ds[int(i)]
+            if rate is None:
+                rate, names = item["sampling_rate"], item["lead_names"]
+            if item["sampling_rate"] != rate or item["lead_names"] != names:
+                raise ValueError(f"record {item['record_id']}: rate or lead order differs from the first record's")
+            pieces.append(item["signal"])
+            end = start + item["signal"].shape[1] / rate
+            segments.append({"start": start, "end": end, "class": cls, "record_id": item["record_id"]})
+            start = end
+    signal = np.concatenate(pieces, axis=1)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(name, fs=rate, units=["mV"] * len(names), sig_name=list(names), p_signal=signal.T.astype(np.float64),
+                fmt=["16"] * len(names), adc_gain=[1000.0] * len(names), baseline=[0] * len(names),
+                write_dir=str(output_dir))
+    return {"path": str(output_dir / name), "segments": segments}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -173,3 +173,18 @@ def test_window_benchmark_on_a_few_minutes(tmp_path):
     small = out["results"]["small"]
     assert small["windows"] == 8 and small["windows_per_s"] > 0  # 7 full windows and the 2 s tail
     assert small["peak_rss_mb_after"] >= small["peak_rss_mb_before"] > 0
+
+
+def test_stitched_record_for_the_demo(tmp_path):
+    from eval.windows import stitch_records
+    from train.synthetic.layouts import write_ptbxl_layout
+
+    write_ptbxl_layout(tmp_path / "ptbxl", n=200, seed=1)
+    out = stitch_records(tmp_path / "ptbxl", tmp_path / "long", classes=("SR", "AFIB"), per_class=2)
+    import wfdb
+
+    header = wfdb.rdheader(out["path"])
+    assert header.sig_len == 4 * 5000 and [s["class"] for s in out["segments"]] == ["SR", "SR", "AFIB", "AFIB"]
+    assert out["segments"][2]["start"] == 20.0
+    with pytest.raises(ValueError, match="class 'XYZ' is not a rhythm class"):
+        stitch_records(tmp_path / "ptbxl", tmp_path / "long2", classes=("XYZ",))
