@@ -155,9 +155,9 @@ def test_pipeline_explain_true(pipe, tmp_path):
     assert e["score"] == pytest.approx(next(d["score"] for d in plain if d["label"] == "AFIB"), abs=1e-6)
     assert plot_attribution(e, tmp_path / "a.png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="explain_label='LBBB' is not one of the candidate labels"):
-        pipe(record, candidate_labels=LABELS, explain=True, explain_label="LBBB")
+        pipe(record, candidate_labels=LABELS, leads=["I", "II"], explain=True, explain_label="LBBB")
     with pytest.raises(TypeError, match="explain must be True or False"):
-        pipe(record, candidate_labels=LABELS, explain="yes")
+        pipe(record, candidate_labels=LABELS, leads=["I", "II"], explain="yes")
 
 
 def test_missing_captum_is_a_clear_error(pipe, monkeypatch):
