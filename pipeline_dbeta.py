@@ -29,6 +29,11 @@ texts' features are cached between calls, keyed on the model and processor objec
 storage and in-place version counter) and the texts, so a weight update, a new model (`pipe.model = other`) or
 new labels recompute them. In-place writes through `.data`, which PyTorch does not version, are not seen.
 
+Lead subsets: a record with fewer leads (named by its file or `lead_names=`), or `leads=[...]` / "limb", is scored
+with the other leads zeroed, as pretraining's lead masking shows an absent lead; `return_leads=True` returns
+{"scores", "leads"}. Records of any length: `window_seconds=` / `stride_seconds=` / `aggregate=` (see `windows`).
+Where the model looked: `explain=True` (see `explain`; captum's integrated gradients, imported when used).
+
 Features outside the pipeline: `extract_features(model, processor, ecgs=..., texts=...)` returns the 768-d
 (hidden-size) ECG and text features as numpy arrays.
 
@@ -46,7 +51,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .processing_dbeta import read_ecg_file
+from .processing_dbeta import read_ecg_file, read_wfdb, resolve_leads, wfdb_info
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
@@ -60,7 +65,15 @@ from .prompting_dbeta import (
 
 TASK = "zero-shot-ecg-classification"
 CALL_KEYWORDS = ("candidate_labels", "sampling_rate", "lead_names", "hypothesis_template", "multi_label", "dataset",
-                 "prompts", "prompt_style", "top_k", "batch_size", "num_workers")
+                 "prompts", "prompt_style", "top_k", "batch_size", "num_workers", "leads", "return_leads")
+WINDOW_KEYWORDS = ("window_seconds", "stride_seconds", "aggregate", "progress", "chunk_seconds")
+EXPLAIN_KEYWORDS = ("explain", "explain_label", "n_steps", "segment_seconds")
+#: How per-window scores combine into a record's score (`aggregate=`).
+AGGREGATES = {
+    "mean": "the mean of the label's window scores",
+    "max": "the label's highest window score",
+    "fraction": "the fraction of windows where the label is on top (softmax) or scores >= 0.5 (multi_label)",
+}
 
 __all__ = [
     "ZeroShotECGClassificationPipeline",
@@ -72,6 +85,12 @@ __all__ = [
     "extract_features",
     "ecg_features",
     "text_features",
+    "window_spans",
+    "aggregate_scores",
+    "integrated_gradients",
+    "attribute_zero_shot",
+    "attribute_classifier",
+    "summarize_attributions",
 ]
 
 
@@ -158,14 +177,35 @@ def _read_input(item, index: Optional[int], sampling_rate=None, lead_names=None)
         raise type(err)(f"input {index}: {err}") from err
 
 
-def conditioned_ecg(processor, record: dict, index: Optional[int] = None) -> torch.Tensor:
-    """The model input [1, leads, samples] of one record, conditioned by the processor's feature extractor."""
+def conditioned_ecg(processor, record: dict, index: Optional[int] = None, leads=None,
+                    return_lead_mask: bool = False):
+    """The model input [1, leads, samples] of one record, conditioned by the processor's feature extractor
+    (with `return_lead_mask=True`: (input, bool lead mask [1, 12]), the leads used; the others are zero)."""
     where = _where(index, record["source"])
     if record["sampling_rate"] is None:
         raise ValueError(f"{where}: sampling_rate is required for an array input: pass sampling_rate=<Hz>")
-    values = processor.feature_extractor.condition(record["signal"], record["sampling_rate"], record["lead_names"],
-                                                   where=where)
-    return torch.from_numpy(values)[None]
+    values, mask = processor.feature_extractor.condition(record["signal"], record["sampling_rate"],
+                                                         record["lead_names"], where=where, leads=leads,
+                                                         return_lead_mask=True)
+    values = torch.from_numpy(values)[None]
+    return (values, torch.from_numpy(mask)[None]) if return_lead_mask else values
+
+
+def used_lead_names(processor, mask) -> List[str]:
+    """The names of the leads a lead mask [12] (or [1, 12]) marks as used."""
+    mask = np.asarray(mask, dtype=bool).reshape(-1)
+    return [name for name, used in zip(processor.feature_extractor.lead_names, mask) if used]
+
+
+def _warn_missing_leads(processor, mask, where: str) -> None:
+    import warnings
+
+    missing = [name for name, used in zip(processor.feature_extractor.lead_names, np.asarray(mask).reshape(-1))
+               if not used]
+    if missing:
+        warnings.warn(f"{where}: lead(s) {', '.join(missing)} absent from the record: scored as zeros, as in "
+                      "pretraining's lead masking (pass leads=[...] to choose the subset explicitly, "
+                      "return_leads=True to get the leads used)", UserWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -279,15 +319,19 @@ class ZeroShotECGClassificationPipeline(Pipeline):
 
     def _sanitize_parameters(self, sampling_rate=None, lead_names=None, candidate_labels=None,
                              hypothesis_template=None, multi_label=None, dataset=None, prompts=None, top_k=None,
-                             prompt_style=None, **kwargs):
+                             prompt_style=None, leads=None, return_leads=None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the pipeline takes "
-                            f"{', '.join(CALL_KEYWORDS)}")
+                            f"{', '.join(CALL_KEYWORDS + WINDOW_KEYWORDS + EXPLAIN_KEYWORDS)}")
         preprocess, post = {}, {}
         if sampling_rate is not None:
             preprocess["sampling_rate"] = sampling_rate
         if lead_names is not None:
             preprocess["lead_names"] = lead_names
+        if leads is not None:
+            preprocess["leads"] = resolve_leads(leads)
+        if return_leads is not None:
+            post["return_leads"] = _check_bool("return_leads", return_leads)
         if candidate_labels is not None:
             preprocess["candidate_labels"] = _labels_list(candidate_labels)
         if hypothesis_template is not None:
@@ -360,9 +404,19 @@ class ZeroShotECGClassificationPipeline(Pipeline):
     def __call__(self, inputs, candidate_labels=None, **kwargs):
         """Score `inputs` (one ECG or a list; see the module docstring) against `candidate_labels`.
 
-        Returns [{"label", "score"}] sorted by score (highest first), or a list of those for a list input."""
+        Returns [{"label", "score"}] sorted by score (highest first), or a list of those for a list input; with
+        `return_leads=True`, {"scores": [...], "leads": [the leads used]}. `window_seconds=` (with
+        `stride_seconds=`, `aggregate=`) scores a record of any length window by window (see `windows`);
+        `explain=True` adds where the model looked (see `explain`)."""
         if candidate_labels is not None:
             kwargs["candidate_labels"] = candidate_labels
+        explain = _check_bool("explain", kwargs.pop("explain")) if "explain" in kwargs else False
+        if any(k in kwargs for k in WINDOW_KEYWORDS):
+            if explain:
+                raise TypeError("explain=True and window_seconds= cannot be combined: explain one window's record")
+            return self._each(inputs, self.windows, kwargs)
+        if explain:
+            return self._each(inputs, self.explain, kwargs)
         inputs = _split_batch(inputs)
         if isinstance(inputs, list):
             if not inputs:
@@ -370,8 +424,21 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             inputs = [_Item(i, x) for i, x in enumerate(inputs)]
         return super().__call__(inputs, **kwargs)
 
+    def _each(self, inputs, method, kwargs):
+        """`method` on one input, or on each of a list (errors name the position)."""
+        inputs = _split_batch(inputs)
+        if not isinstance(inputs, list):
+            return method(inputs, **kwargs)
+        out = []
+        for i, item in enumerate(inputs):
+            try:
+                out.append(method(item, **kwargs))
+            except (OSError, ValueError) as err:
+                raise type(err)(f"input {i}: {err}") from err
+        return out
+
     def preprocess(self, inputs, sampling_rate=None, lead_names=None, candidate_labels=None,
-                   hypothesis_template="{}", dataset=None, prompts=None, prompt_style=None):
+                   hypothesis_template="{}", dataset=None, prompts=None, prompt_style=None, leads=None):
         index = inputs.index if isinstance(inputs, _Item) else None
         item = inputs.value if isinstance(inputs, _Item) else inputs
         model_inputs = {}
@@ -380,7 +447,10 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             model_inputs["label_texts"] = self.label_texts(candidate_labels, hypothesis_template, dataset, prompts,
                                                            prompt_style)
         record = _read_input(item, index, sampling_rate, lead_names)
-        model_inputs["ecg_values"] = conditioned_ecg(self.processor, record, index)
+        values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True)
+        if leads is None:
+            _warn_missing_leads(self.processor, mask, _where(index, record["source"]))
+        model_inputs["ecg_values"], model_inputs["lead_mask"] = values, mask
         return model_inputs
 
     def _forward(self, model_inputs):
@@ -392,9 +462,9 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         rows = texts if isinstance(texts[0], list) else [texts]  # batched: one label list per record
         logits = torch.cat([zero_shot_logits(self.model, ecg_embeds[i:i + 1], self._label_features(row))
                             for i, row in enumerate(rows)])
-        return {"logits": logits, "candidate_labels": labels}
+        return {"logits": logits, "candidate_labels": labels, "lead_mask": model_inputs["lead_mask"]}
 
-    def postprocess(self, model_outputs, multi_label=False, top_k=None):
+    def postprocess(self, model_outputs, multi_label=False, top_k=None, return_leads=False):
         labels = model_outputs["candidate_labels"]
         logits = model_outputs["logits"]
         if logits.ndim == 2:
@@ -403,4 +473,340 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         order = sorted(range(len(labels)), key=lambda i: -scores[i])
         if top_k is not None:
             order = order[:top_k]
-        return [{"label": labels[i], "score": float(scores[i])} for i in order]
+        result = [{"label": labels[i], "score": float(scores[i])} for i in order]
+        if return_leads:
+            return {"scores": result, "leads": used_lead_names(self.processor, model_outputs["lead_mask"])}
+        return result
+
+    # -- records of any length ------------------------------------------------------------------------------------
+
+    def _labels_and_options(self, kwargs: dict) -> tuple:
+        """(candidate labels, their texts, preprocess options, postprocess options) of a call's keywords."""
+        pre, _, post = self._sanitize_parameters(**kwargs)
+        labels = pre.get("candidate_labels")
+        if labels is None:
+            raise ValueError("candidate_labels is required, e.g. candidate_labels=['NORM', 'AFIB', 'MI']")
+        texts = self.label_texts(labels, pre.get("hypothesis_template", "{}"), pre.get("dataset"),
+                                 pre.get("prompts"), pre.get("prompt_style"))
+        return labels, texts, pre, post
+
+    def windows(self, inputs, window_seconds=None, stride_seconds=None, aggregate: str = "mean", progress=None,
+                chunk_seconds: float = 300.0, batch_size: int = 32, num_workers=None, **kwargs) -> dict:
+        """Score one record of any length window by window, and combine the windows' scores.
+
+        `window_seconds` (default: the model's input, 10 s; at most that) and `stride_seconds` (default: the
+        window; smaller overlaps the windows) are in seconds of the record. Windows start at 0, stride, 2 x stride,
+        ...; a last window shorter than `window_seconds` is scored when it reaches samples no earlier window
+        covers and is at least the processor's `min_duration` long (the processor zero-pads it, as any short
+        record); a record shorter than one window is one window. A WFDB record is read a chunk
+        (`chunk_seconds`) at a time, so memory does not grow with its length; a DICOM file or an array is
+        sliced. A window the processor refuses (a flat stretch where the electrodes came off, say) keeps its
+        place with an "error" and no scores, and is left out of the aggregate. `aggregate`: "mean", "max" or
+        "fraction" (see AGGREGATES). Other keywords are the pipeline's (candidate_labels, sampling_rate,
+        lead_names, leads, multi_label, dataset, prompts, prompt_style, hypothesis_template, top_k: applies to
+        the aggregate).
+
+        Returns {"windows": [{"start", "end", "scores": [{"label", "score"}, ...]}, ...] (seconds, scores in the
+        order of candidate_labels), "aggregate": [{"label", "score"}, ...] (highest first), "aggregate_rule",
+        "leads" (the leads used), "duration" (s), "window_seconds", "stride_seconds", "n_windows_scored",
+        "unscored_seconds" (the tail no window covers)}."""
+        fe = self.processor.feature_extractor
+        model_seconds = fe.num_samples / fe.sampling_rate
+        window_seconds = model_seconds if window_seconds is None else _seconds("window_seconds", window_seconds)
+        if window_seconds > model_seconds + 1e-9:
+            raise ValueError(f"window_seconds={window_seconds:g} is longer than the model's input "
+                             f"({model_seconds:g} s); the processor would crop each window to {model_seconds:g} s "
+                             "and drop the rest. Use window_seconds <= that and a stride to cover the record")
+        stride_seconds = window_seconds if stride_seconds is None else _seconds("stride_seconds", stride_seconds)
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        labels, texts, pre, post = self._labels_and_options(kwargs)
+        multi_label, top_k = post.get("multi_label", False), post.get("top_k")
+        source = _RecordSource(inputs, pre.get("sampling_rate"), pre.get("lead_names"))
+        rate = source.sampling_rate
+        win, step = max(1, int(round(window_seconds * rate))), max(1, int(round(stride_seconds * rate)))
+        spans = window_spans(source.num_samples, win, step, int(np.ceil(fe.min_duration * rate)))
+        if not spans:
+            raise ValueError(f"{source.name}: {source.num_samples / rate:.2f} s of signal is shorter than the "
+                             f"processor's minimum {fe.min_duration:g} s (min_duration): nothing to score")
+        label_feats = self._label_features(texts)
+        device = _model_device(self.model)
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm comes with huggingface_hub
+            tqdm = None
+        bar = tqdm(total=len(spans), unit="window", desc="windows",
+                   disable=None if progress is None else not progress) if tqdm else None
+        rows, batch, lead_mask = [], [], None
+        per_chunk = max(1, int(chunk_seconds // stride_seconds))
+
+        def flush():
+            with torch.no_grad():
+                values = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
+                logits = zero_shot_logits(self.model, self.model.get_ecg_features(values), label_feats)
+                scores = label_scores(logits, multi_label).cpu().numpy()
+            for (row, _), row_scores in zip(batch, scores):
+                row["scores"] = [{"label": label, "score": float(v)} for label, v in zip(labels, row_scores)]
+            if bar is not None:
+                bar.update(len(batch))
+            batch.clear()
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for first in range(0, len(spans), per_chunk):
+                group = spans[first:first + per_chunk]
+                chunk = source.read(group[0][0], group[-1][1])
+                for start, end in group:
+                    row = {"start": start / rate, "end": end / rate}
+                    rows.append(row)
+                    where = f"{source.name} window {start / rate:g}-{end / rate:g} s"
+                    try:
+                        values, mask = fe.condition(chunk[:, start - group[0][0]:end - group[0][0]], rate,
+                                                    source.lead_names, where=where, leads=pre.get("leads"),
+                                                    return_lead_mask=True)
+                    except ValueError as err:
+                        row["scores"], row["error"] = None, str(err)
+                        if bar is not None:
+                            bar.update(1)
+                        continue
+                    lead_mask = mask if lead_mask is None else lead_mask | mask
+                    batch.append((row, values))
+                    if len(batch) >= batch_size:
+                        flush()
+            if batch:
+                flush()
+        finally:
+            self.model.train(was_training)
+            if bar is not None:
+                bar.close()
+        scored = [r for r in rows if r["scores"] is not None]
+        if not scored:
+            raise ValueError(f"{source.name}: no window could be scored; the first window's error: "
+                             f"{rows[0]['error']}")
+        if pre.get("leads") is None:
+            _warn_missing_leads(self.processor, lead_mask, source.name)
+        combined = aggregate_scores(np.array([[d["score"] for d in r["scores"]] for r in scored]), aggregate,
+                                    multi_label)
+        order = sorted(range(len(labels)), key=lambda i: -combined[i])[:top_k]
+        return {
+            "windows": rows,
+            "aggregate": [{"label": labels[i], "score": float(combined[i])} for i in order],
+            "aggregate_rule": aggregate,
+            "leads": used_lead_names(self.processor, lead_mask),
+            "duration": source.num_samples / rate,
+            "window_seconds": window_seconds,
+            "stride_seconds": stride_seconds,
+            "n_windows_scored": len(scored),
+            "unscored_seconds": (source.num_samples - spans[-1][1]) / rate,
+        }
+
+    # -- where the model looked ----------------------------------------------------------------------------------
+
+    def explain(self, inputs, explain_label=None, n_steps: int = 32, segment_seconds: float = 0.5,
+                **kwargs) -> dict:
+        """Score one record and attribute one label's score to its leads and time (integrated gradients, captum).
+
+        `explain_label`: the candidate label to explain (default: the top-scoring one). Attributions are against
+        an all-zero ECG, which is how the model saw absent leads in pretraining. They rank leads and segments; they
+        are not additive shares of the score: the encoder's first GroupNorm normalises each channel over the whole
+        record, so the score jumps at the start of the path from zero (`convergence_delta` is the gap). Returns
+        {"scores": [...] (as the pipeline), "leads": [the leads used], "explanation": see
+        `attribute_zero_shot`}."""
+        labels, texts, pre, post = self._labels_and_options(kwargs)
+        multi_label = post.get("multi_label", False)
+        record = _read_input(inputs, None, pre.get("sampling_rate"), pre.get("lead_names"))
+        values, mask = conditioned_ecg(self.processor, record, None, leads=pre.get("leads"), return_lead_mask=True)
+        if pre.get("leads") is None:
+            _warn_missing_leads(self.processor, mask, _where(None, record["source"]))
+        device = _model_device(self.model)
+        values = values.to(device)
+        label_feats = self._label_features(texts)
+        with torch.no_grad():
+            logits = zero_shot_logits(self.model, self.model.get_ecg_features(values), label_feats)[0]
+        scores = label_scores(logits, multi_label).cpu().numpy()
+        if explain_label is None:
+            target = int(np.argmax(scores))
+        elif str(explain_label) in labels:
+            target = labels.index(str(explain_label))
+        else:
+            raise ValueError(f"explain_label={explain_label!r} is not one of the candidate labels {labels}")
+        explanation = attribute_zero_shot(self.model, values, label_feats, target, multi_label=multi_label,
+                                          n_steps=n_steps, segment_seconds=segment_seconds,
+                                          sampling_rate=self.processor.feature_extractor.sampling_rate,
+                                          lead_names=self.processor.feature_extractor.lead_names,
+                                          lead_mask=mask[0].numpy())
+        explanation["label"] = labels[target]
+        order = sorted(range(len(labels)), key=lambda i: -scores[i])[:post.get("top_k")]
+        result = [{"label": labels[i], "score": float(scores[i])} for i in order]
+        return {"scores": result, "leads": used_lead_names(self.processor, mask), "explanation": explanation}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Windows
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _seconds(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def window_spans(num_samples: int, window: int, stride: int, min_length: int) -> List[tuple]:
+    """[(start, end)] sample spans: full windows at 0, stride, 2 x stride, ...; then the tail, when it reaches
+    samples no earlier window covers and is at least `min_length` long (a record shorter than one window is one
+    span, if it is at least `min_length`)."""
+    spans, start, covered = [], 0, 0
+    while start < num_samples:
+        end = min(start + window, num_samples)
+        if end - start < window:  # the tail
+            if end > covered and end - start >= min_length:
+                spans.append((start, end))
+            break
+        spans.append((start, end))
+        covered, start = end, start + stride
+    return spans
+
+
+def aggregate_scores(scores: np.ndarray, rule: str, multi_label: bool = False) -> np.ndarray:
+    """Per-label record scores from per-window scores [windows, labels] by `rule` (AGGREGATES)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if rule == "mean":
+        return scores.mean(axis=0)
+    if rule == "max":
+        return scores.max(axis=0)
+    if rule == "fraction":
+        if multi_label or scores.shape[1] == 1:
+            return (scores >= 0.5).mean(axis=0)
+        return np.bincount(scores.argmax(axis=1), minlength=scores.shape[1]) / len(scores)
+    raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {rule!r}")
+
+
+class _RecordSource:
+    """One record to read in pieces: a WFDB record through its header and sample ranges, anything else
+    (an array, a dict, a DICOM file) read once and sliced."""
+
+    def __init__(self, item, sampling_rate=None, lead_names=None):
+        self.path = None
+        base = str(item)[:-4] if isinstance(item, (str, os.PathLike)) and str(item).endswith(
+            (".hea", ".dat", ".mat")) else str(item)
+        if isinstance(item, (str, os.PathLike)) and Path(base + ".hea").is_file():
+            info = wfdb_info(base)
+            if info["num_samples"]:
+                self.path, self.name = info["path"], str(item)
+                self.sampling_rate, self.num_samples = info["sampling_rate"], int(info["num_samples"])
+                self.lead_names = info["lead_names"]
+                return
+        record = as_record(item, sampling_rate, lead_names)
+        self.name = _where(None, record["source"])
+        if record["sampling_rate"] is None:
+            raise ValueError(f"{self.name}: sampling_rate is required for an array input: pass sampling_rate=<Hz>")
+        self.signal = record["signal"]
+        rate = record["sampling_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(rate) or rate <= 0:
+            raise ValueError(f"{self.name}: sampling_rate must be a positive number of Hz, got {rate!r}")
+        self.sampling_rate = float(rate)
+        self.num_samples = int(self.signal.shape[1])
+        self.lead_names = record["lead_names"]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self.path is None:
+            return self.signal[:, start:stop]
+        return read_wfdb(self.path, sampfrom=start, sampto=stop).signal
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Where the model looked
+# --------------------------------------------------------------------------------------------------------------
+
+
+def integrated_gradients(score_fn, ecg_values: torch.Tensor, target: int, n_steps: int = 32,
+                         internal_batch_size: int = 8) -> tuple:
+    """Integrated gradients (captum) of `score_fn(x)[:, target]` at `ecg_values` [1, leads, samples] against an
+    all-zero ECG. Returns (attributions [leads, samples] float32, convergence delta: the completeness gap
+    score(x) - score(0) - sum(attributions), small when n_steps suffices)."""
+    try:
+        from captum.attr import IntegratedGradients
+    except ImportError as err:
+        raise ImportError("attributions need captum: pip install captum (requirements.txt pins the version the "
+                          "project tests)") from err
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 2:
+        raise ValueError(f"n_steps must be an integer >= 2, got {n_steps!r}")
+    x = ecg_values.detach().float().clone()
+    with torch.enable_grad():
+        attributions, delta = IntegratedGradients(score_fn).attribute(
+            x, baselines=torch.zeros_like(x), target=int(target), n_steps=int(n_steps),
+            internal_batch_size=internal_batch_size, return_convergence_delta=True)
+    return attributions[0].detach().cpu().numpy().astype(np.float32), float(delta.abs().max())
+
+
+def summarize_attributions(attributions: np.ndarray, sampling_rate: float, segment_seconds: float = 0.5,
+                           lead_names: Sequence[str] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3",
+                                                        "V4", "V5", "V6"),
+                           lead_mask=None) -> dict:
+    """Attributions [leads, samples] summed over time segments of `segment_seconds`: {"segments" [leads, n]
+    (float32), "segment_seconds", "lead_totals" {lead: sum}, "lead_names", "lead_mask"}. A lead the record
+    lacks has zero input and so zero attribution."""
+    segment = max(1, int(round(_seconds("segment_seconds", segment_seconds) * sampling_rate)))
+    leads, samples = attributions.shape
+    n = int(np.ceil(samples / segment))
+    padded = np.zeros((leads, n * segment), dtype=np.float64)
+    padded[:, :samples] = attributions
+    segments = padded.reshape(leads, n, segment).sum(axis=2).astype(np.float32)
+    mask = np.ones(leads, dtype=bool) if lead_mask is None else np.asarray(lead_mask, dtype=bool).reshape(-1)
+    return {"segments": segments, "segment_seconds": segment / sampling_rate, "lead_names": list(lead_names),
+            "lead_totals": {name: float(segments[i].sum()) for i, name in enumerate(lead_names)},
+            "lead_mask": mask.tolist()}
+
+
+def attribute_zero_shot(model, ecg_values: torch.Tensor, text_feats: torch.Tensor, target: int,
+                        multi_label: bool = False, n_steps: int = 32, segment_seconds: float = 0.5,
+                        sampling_rate: float = 500.0, lead_names: Sequence[str] = None, lead_mask=None) -> dict:
+    """Where the model looked for the zero-shot score of label `target` (the score the pipeline reports:
+    softmax over the labels, or the sigmoid with `multi_label`): integrated gradients over leads and time.
+
+    Returns summarize_attributions' dict plus "target", "score", "attributions" [leads, samples],
+    "convergence_delta", "ecg_values" [leads, samples] (the conditioned input) and "sampling_rate"."""
+    text_feats = text_feats.detach()
+
+    def score_fn(x):
+        return label_scores(zero_shot_logits(model, model.get_ecg_features(x), text_feats), multi_label)
+
+    return _explanation(model, score_fn, ecg_values, target, n_steps, segment_seconds, sampling_rate, lead_names,
+                        lead_mask)
+
+
+def attribute_classifier(model, ecg_values: torch.Tensor, target: int, n_steps: int = 32,
+                         segment_seconds: float = 0.5, sampling_rate: float = 500.0, lead_names=None,
+                         lead_mask=None, multi_label: bool = True) -> dict:
+    """As `attribute_zero_shot`, for a fine-tuned `DBetaForECGClassification`: class `target`'s sigmoid (or
+    softmax with `multi_label=False`) probability."""
+
+    def score_fn(x):
+        logits = model(ecg_values=x).logits
+        return torch.sigmoid(logits) if multi_label else logits.softmax(-1)
+
+    return _explanation(model, score_fn, ecg_values, target, n_steps, segment_seconds, sampling_rate, lead_names,
+                        lead_mask)
+
+
+def _explanation(model, score_fn, ecg_values, target, n_steps, segment_seconds, sampling_rate, lead_names,
+                 lead_mask) -> dict:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            score = float(score_fn(ecg_values)[0, int(target)])
+        attributions, delta = integrated_gradients(score_fn, ecg_values, target, n_steps)
+    finally:
+        model.train(was_training)
+    names = list(lead_names) if lead_names is not None else [str(i) for i in range(attributions.shape[0])]
+    out = summarize_attributions(attributions, sampling_rate, segment_seconds, names, lead_mask)
+    out.update({"target": int(target), "score": score, "attributions": attributions, "convergence_delta": delta,
+                "ecg_values": ecg_values[0].detach().cpu().numpy(), "sampling_rate": float(sampling_rate)})
+    return out

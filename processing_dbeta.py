@@ -30,8 +30,18 @@ NORMALIZATIONS = ("none", "minmax")
 CROP_POLICIES = ("start", "center", "random")
 NAN_POLICIES = ("interpolate", "zero", "raise")
 IMPLAUSIBLE_POLICIES = ("raise", "warn")
+MISSING_LEAD_POLICIES = ("zero", "raise")
 # Per-call options of DBetaFeatureExtractor.__call__ (besides the data arguments); anything else is refused.
-CALL_OPTIONS = ("normalization", "nan_policy", "crop", "implausible", "generator", "return_tensors")
+CALL_OPTIONS = ("normalization", "nan_policy", "crop", "implausible", "generator", "return_tensors", "leads",
+                "missing_leads", "return_lead_mask")
+#: Named lead subsets for `leads=` (any list of standard lead names works too).
+LEAD_SUBSETS = {
+    "12-lead": STANDARD_LEADS,
+    "limb": ("I", "II", "III", "aVR", "aVL", "aVF"),
+    "I+II": ("I", "II"),
+    "I": ("I",),
+    "II": ("II",),
+}
 
 # Leads recorded beside the standard 12 that the processor drops: Frank (X, Y, Z; PTB spells them vx, vy, vz),
 # right-sided (V1R-V6R) and posterior (V7-V9).
@@ -63,6 +73,21 @@ def extra_lead_name(name: str) -> Optional[str]:
     return _EXTRA_SPELLINGS.get(key)
 
 
+def resolve_leads(leads) -> tuple:
+    """A lead subset (a name of LEAD_SUBSETS such as "limb", or a list of lead names in any spelling) -> the
+    canonical standard names, in the standard order; None -> all 12."""
+    if leads is None:
+        return STANDARD_LEADS
+    if isinstance(leads, str):
+        if leads in LEAD_SUBSETS:
+            return tuple(LEAD_SUBSETS[leads])
+        raise ValueError(f"leads={leads!r}: give a list of lead names or one of {', '.join(LEAD_SUBSETS)}")
+    names = {canonical_lead_name(n) for n in leads}
+    if not names:
+        raise ValueError("leads= is empty: give at least one of the standard leads")
+    return tuple(lead for lead in STANDARD_LEADS if lead in names)
+
+
 def unit_scale_to_mv(unit: str) -> float:
     """Factor that converts a signal in `unit` to millivolts."""
     key = str(unit).strip().lower().replace(" ", "")
@@ -88,28 +113,57 @@ class ECGRecord:
     path: str = ""
 
 
-def read_wfdb(path: Union[str, Path]) -> ECGRecord:
-    """Read a WFDB record (`path` with or without the .hea suffix) and convert every channel to millivolts."""
-    try:
-        import wfdb
-    except ImportError as err:  # pragma: no cover - wfdb is in requirements.txt
-        raise ImportError("reading WFDB records needs the `wfdb` package: pip install wfdb") from err
+def _wfdb_base(path: Union[str, Path]) -> str:
     base = str(path)
     if base.endswith((".hea", ".dat", ".mat")):
         base = base[:-4]
     if not Path(base + ".hea").is_file():
         raise ECGReadError(f"{base}.hea: WFDB header not found")
+    return base
+
+
+def _import_wfdb():
+    try:
+        import wfdb
+    except ImportError as err:  # pragma: no cover - wfdb is in requirements.txt
+        raise ImportError("reading WFDB records needs the `wfdb` package: pip install wfdb") from err
+    return wfdb
+
+
+def wfdb_info(path: Union[str, Path]) -> dict:
+    """A WFDB record's header facts without reading its samples: {"path", "sampling_rate", "num_samples",
+    "lead_names"} (`num_samples` is None when the header does not say)."""
+    wfdb = _import_wfdb()
+    base = _wfdb_base(path)
     try:
         header = wfdb.rdheader(base)
-        record = wfdb.rdrecord(base)
+    except Exception as err:
+        raise ECGReadError(f"{base}: unreadable WFDB header ({type(err).__name__}: {err})") from err
+    return {"path": base, "sampling_rate": float(header.fs), "num_samples": header.sig_len or None,
+            "lead_names": list(header.sig_name or [])}
+
+
+def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] = None) -> ECGRecord:
+    """Read a WFDB record (`path` with or without the .hea suffix) and convert every channel to millivolts.
+
+    `sampfrom`/`sampto` read only samples [sampfrom, sampto) (wfdb seeks in the data file), so a long record can
+    be read a piece at a time."""
+    wfdb = _import_wfdb()
+    base = _wfdb_base(path)
+    try:
+        header = wfdb.rdheader(base)
+        partial = sampfrom > 0 or sampto is not None
+        record = wfdb.rdrecord(base, sampfrom=sampfrom, sampto=sampto) if partial else wfdb.rdrecord(base)
     except Exception as err:  # wfdb raises assorted ValueError/IndexError/OSError on damaged files
         raise ECGReadError(f"{base}: unreadable WFDB record ({type(err).__name__}: {err})") from err
     signal = record.p_signal
     if signal is None or signal.ndim != 2:
         raise ECGReadError(f"{base}: WFDB record has no physical signal")
-    if header.sig_len and signal.shape[0] != header.sig_len:
+    expected = (sampto if sampto is not None else header.sig_len or 0) - sampfrom
+    if header.sig_len and signal.shape[0] != expected:
         raise ECGReadError(
-            f"{base}: header says {header.sig_len} samples but the data file holds {signal.shape[0]} (truncated?)"
+            f"{base}: header says {header.sig_len} samples but samples {sampfrom}-{sampfrom + expected} read "
+            f"{signal.shape[0]} (truncated?)"
         )
     units = record.units or ["mV"] * signal.shape[1]
     try:
@@ -247,9 +301,13 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
     Steps, in order, for each record:
       1. shape check: [leads, samples] (a [samples, 12] array is rejected with a hint to transpose);
       2. lead order: with `lead_names` the leads are reordered to I, II, III, aVR, aVL, aVF, V1-V6; known extra
-         leads (Frank X/Y/Z or vx/vy/vz, right-sided V1R-V6R, posterior V7-V9) are dropped; an unknown name, a
-         duplicated or a missing standard lead is an error; without `lead_names` the array must already be in
-         that order;
+         leads (Frank X/Y/Z or vx/vy/vz, right-sided V1R-V6R, posterior V7-V9) are dropped; an unknown or a
+         duplicated name is an error; without `lead_names` the array must already be in that order.
+         Lead subsets: a standard lead the record lacks (`missing_leads="zero"`, default) or that `leads=` leaves
+         out (e.g. `leads=["I", "II"]` or "limb") is a row of zeros, which is how pretraining masks leads
+         (train.collator's `lead_mask_prob` zeroes whole leads after conditioning); `missing_leads="raise"`
+         refuses a record that lacks one. A record with none of the requested standard leads is an error.
+         `return_lead_mask=True` adds `lead_mask` [batch, 12] (bool: the leads actually used);
       3. non-finite repair (`nan_policy`): "interpolate" (default) bridges NaN/inf gaps linearly per lead and
          rejects a lead with no finite sample; "zero" zeroes them; "raise" refuses any;
       4. resampling to `sampling_rate` (polyphase, scipy.signal.resample_poly);
@@ -262,9 +320,11 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
       7. length fit: shorter than `num_samples` is zero-padded at the end; longer is cropped to `num_samples` by
          `crop` ("start": the first 10 s as in the benchmark protocol; "center"; "random": for training);
       8. amplitude: `normalization="none"` keeps millivolts (what the authors' checkpoint expects); "minmax"
-         scales each whole record to [0, 1] over all leads together (the MERL protocol).
+         scales each whole record to [0, 1] over all the leads it uses together (the MERL protocol); unused
+         leads stay zero.
 
-    `normalization`, `nan_policy`, `crop` and `implausible` can be given per call; any other keyword is refused.
+    `normalization`, `nan_policy`, `crop`, `implausible`, `leads`, `missing_leads` and `return_lead_mask` can be
+    given per call; any other keyword is refused.
     """
 
     model_input_names = ["ecg_values"]
@@ -280,8 +340,10 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         min_duration: float = 2.0,
         max_amplitude_mv: Optional[float] = 50.0,
         implausible: str = "raise",
+        missing_leads: str = "zero",
         **kwargs,
     ):
+        _check_choice("missing_leads", missing_leads, MISSING_LEAD_POLICIES)
         _check_choice("normalization", normalization, NORMALIZATIONS)
         _check_choice("crop", crop, CROP_POLICIES)
         _check_choice("nan_policy", nan_policy, NAN_POLICIES)
@@ -297,6 +359,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         self.min_duration = float(min_duration)
         self.max_amplitude_mv = None if max_amplitude_mv is None else float(max_amplitude_mv)
         self.implausible = implausible
+        self.missing_leads = missing_leads
         super().__init__(**kwargs)
 
     @property
@@ -314,6 +377,9 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         normalization: Optional[str] = None,
         nan_policy: Optional[str] = None,
         implausible: Optional[str] = None,
+        leads=None,
+        missing_leads: Optional[str] = None,
+        return_lead_mask: bool = False,
         **kwargs,
     ) -> BatchFeature:
         if kwargs:
@@ -321,23 +387,26 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the feature extractor takes ecg, "
                 f"sampling_rate, lead_names and {', '.join(CALL_OPTIONS)}"
             )
-        options = dict(crop=crop, normalization=normalization, nan_policy=nan_policy, implausible=implausible)
+        options = dict(crop=crop, normalization=normalization, nan_policy=nan_policy, implausible=implausible,
+                       leads=leads, missing_leads=missing_leads)
         self._check_options(options)
         records = self._as_record_list(ecg)
         rates = self._rates_per_record(sampling_rate, len(records))
         names_per_record = self._lead_names_per_record(lead_names, len(records))
-        out = np.stack(
-            [
-                self.condition(x, r, names, generator=generator, where=f"ecg[{i}]", **options)
-                for i, (x, r, names) in enumerate(zip(records, rates, names_per_record))
-            ]
-        )
-        return BatchFeature({"ecg_values": out}, tensor_type=return_tensors)
+        conditioned = [
+            self.condition(x, r, names, generator=generator, where=f"ecg[{i}]", return_lead_mask=True, **options)
+            for i, (x, r, names) in enumerate(zip(records, rates, names_per_record))
+        ]
+        data = {"ecg_values": np.stack([x for x, _ in conditioned])}
+        if return_lead_mask:
+            data["lead_mask"] = np.stack([m for _, m in conditioned])
+        return BatchFeature(data, tensor_type=return_tensors)
 
     @staticmethod
     def _check_options(options: dict) -> None:
         for name, choices in (("crop", CROP_POLICIES), ("normalization", NORMALIZATIONS),
-                              ("nan_policy", NAN_POLICIES), ("implausible", IMPLAUSIBLE_POLICIES)):
+                              ("nan_policy", NAN_POLICIES), ("implausible", IMPLAUSIBLE_POLICIES),
+                              ("missing_leads", MISSING_LEAD_POLICIES)):
             if options.get(name) is not None:
                 _check_choice(name, options[name], choices)
 
@@ -352,19 +421,31 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         normalization: Optional[str] = None,
         nan_policy: Optional[str] = None,
         implausible: Optional[str] = None,
-    ) -> np.ndarray:
-        """Condition one record [leads, samples]; see the class docstring for the steps. The options default to
-        the extractor's settings."""
-        options = dict(crop=crop, normalization=normalization, nan_policy=nan_policy, implausible=implausible)
+        leads=None,
+        missing_leads: Optional[str] = None,
+        return_lead_mask: bool = False,
+    ):
+        """Condition one record [leads, samples] -> [12, num_samples]; see the class docstring for the steps. The
+        options default to the extractor's settings. With `return_lead_mask=True`, returns (values, lead_mask)
+        where lead_mask [12] (bool) marks the leads used (the others are zero)."""
+        options = dict(crop=crop, normalization=normalization, nan_policy=nan_policy, implausible=implausible,
+                       missing_leads=missing_leads)
         self._check_options(options)
         normalization = normalization or self.normalization
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2:
             raise ValueError(f"{where}: expected [leads, samples], got shape {tuple(x.shape)}")
         sampling_rate = _as_rate(sampling_rate, where)
-        x = self._reorder_leads(x, lead_names, where)
+        x, used = self._reorder_leads(x, lead_names, where, missing_leads or self.missing_leads)
+        if leads is not None:
+            wanted = resolve_leads(leads)
+            used &= np.array([lead in wanted for lead in self.lead_names])
+            if not used.any():
+                raise ValueError(f"{where}: the record has none of the requested leads {', '.join(wanted)}")
         if x.shape[1] == 0:
             raise ValueError(f"{where}: the signal is empty")
+        if not used.all():  # conditioning sees only the leads in use; the others are zero rows at the end
+            x = x[used]
         x = _repair_non_finite(x, nan_policy or self.nan_policy, where)
         x = _resample(x, sampling_rate, self.sampling_rate)
         min_len = int(round(self.min_duration * self.sampling_rate))
@@ -373,14 +454,21 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 f"{where}: {x.shape[1] / self.sampling_rate:.2f} s of signal is shorter than the minimum "
                 f"{self.min_duration:g} s (min_duration)"
             )
-        self._check_plausible(x, normalization, implausible or self.implausible, where)
+        names = [lead for lead, u in zip(self.lead_names, used) if u]
+        self._check_plausible(x, normalization, implausible or self.implausible, where, names)
         x = self._fit_length(x, crop or self.crop, generator)
         if normalization == "minmax":
             lo, hi = float(x.min()), float(x.max())
             x = (x - lo) / (hi - lo + 1e-8)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        if used.all():
+            out = np.ascontiguousarray(x, dtype=np.float32)
+        else:
+            out = np.zeros((self.num_leads, x.shape[1]), dtype=np.float32)
+            out[used] = x
+        return (out, used) if return_lead_mask else out
 
-    def _check_plausible(self, x: np.ndarray, normalization: str, policy: str, where: str) -> None:
+    def _check_plausible(self, x: np.ndarray, normalization: str, policy: str, where: str,
+                         names: Sequence[str]) -> None:
         problem = None
         span = x.max(axis=1) - x.min(axis=1)
         if (span <= 1e-3).all():
@@ -394,7 +482,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             if beyond[lead] > 0.01 or magnitude.max() > 20 * bound:
                 if beyond[lead] <= 0.01:
                     lead = int(np.argmax(magnitude.max(axis=1)))
-                name = self.lead_names[lead] if lead < len(self.lead_names) else str(lead)
+                name = names[lead] if lead < len(names) else str(lead)
                 problem = (
                     f"implausible amplitude for millivolts: lead {name} has {100 * beyond[lead]:.1f}% of its samples "
                     f"beyond {bound:g} mV and a peak of {float(magnitude[lead].max()):.4g} mV (an ECG stays within "
@@ -462,15 +550,16 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             return list(lead_names)
         return [lead_names] * n
 
-    def _reorder_leads(self, x: np.ndarray, lead_names, where: str) -> np.ndarray:
+    def _reorder_leads(self, x: np.ndarray, lead_names, where: str, missing_leads: str) -> tuple:
+        """(x in the standard order [12, samples] with zero rows for absent leads, bool mask of present leads)."""
         if lead_names is None:
             if x.shape[0] != self.num_leads:
                 hint = " (it looks like [samples, leads]: pass ecg.T)" if x.shape[1] == self.num_leads else ""
                 raise ValueError(
                     f"{where}: expected {self.num_leads} leads ({', '.join(self.lead_names)}), "
-                    f"got {x.shape[0]} rows{hint}"
+                    f"got {x.shape[0]} rows{hint}; for fewer leads pass lead_names= to say which they are"
                 )
-            return x
+            return x, np.ones(self.num_leads, dtype=bool)
         if isinstance(lead_names, str):
             raise ValueError(f"{where}: lead_names must be a list with one name per lead, got the string "
                              f"{lead_names!r}")
@@ -492,10 +581,17 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         if doubled:
             raise ValueError(f"{where}: lead(s) {', '.join(doubled)} appear more than once in lead_names")
         missing = [lead for lead in self.lead_names if lead not in canon]
-        if missing:
-            shown = ", ".join(str(n) for n in lead_names)
-            raise ValueError(f"{where}: missing lead(s) {', '.join(missing)} (have {shown})")
-        return x[[canon.index(lead) for lead in self.lead_names]]
+        shown = ", ".join(str(n) for n in lead_names)
+        if len(missing) == self.num_leads:
+            raise ValueError(f"{where}: no standard lead ({', '.join(self.lead_names)}) in the record (have "
+                             f"{shown or 'none'})")
+        if missing and missing_leads == "raise":
+            raise ValueError(f"{where}: missing lead(s) {', '.join(missing)} (have {shown}; "
+                             "missing_leads='zero' zeroes them as pretraining's lead masking does)")
+        present = np.array([lead in canon for lead in self.lead_names])
+        out = np.zeros((self.num_leads, x.shape[1]), dtype=np.float32)
+        out[present] = x[[canon.index(lead) for lead in self.lead_names if lead in canon]]
+        return out, present
 
     def _fit_length(self, x: np.ndarray, crop: str, generator) -> np.ndarray:
         n, target = x.shape[1], self.num_samples

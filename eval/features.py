@@ -106,14 +106,18 @@ def processor_settings(feature_extractor) -> dict:
             "min_duration": fe.min_duration}
 
 
-def condition_item(feature_extractor, item: dict, protocol_num_samples: Optional[int] = None) -> np.ndarray:
-    """A dataset item {signal, sampling_rate, lead_names, record_id} -> model input [leads, num_samples]."""
+def condition_item(feature_extractor, item: dict, protocol_num_samples: Optional[int] = None,
+                   leads=None) -> np.ndarray:
+    """A dataset item {signal, sampling_rate, lead_names, record_id} -> model input [leads, num_samples].
+
+    `leads` (a list of lead names or a processing_dbeta.LEAD_SUBSETS name) keeps only those leads; the others,
+    and any the record lacks, are zero (the processor's lead-subset handling)."""
     signal = item["signal"]
     rate = float(item["sampling_rate"])
     if protocol_num_samples:
         keep = int(round(protocol_num_samples * rate / feature_extractor.sampling_rate))
         signal = signal[:, :keep]
-    return feature_extractor.condition(signal, rate, item.get("lead_names"),
+    return feature_extractor.condition(signal, rate, item.get("lead_names"), leads=leads,
                                        where=f"record {item.get('record_id', '?')}")
 
 
@@ -123,10 +127,11 @@ class ProcessedRecords(torch.utils.data.Dataset):
     Items: {"ecg_values": float32 [leads, samples], "index": int, "error": str}. A failing record yields zeros
     and a non-empty `error` (naming the record and file), so the caller decides to raise or skip."""
 
-    def __init__(self, dataset, feature_extractor, protocol_num_samples: Optional[int] = None):
+    def __init__(self, dataset, feature_extractor, protocol_num_samples: Optional[int] = None, leads=None):
         self.dataset = dataset
         self.feature_extractor = feature_extractor
         self.protocol_num_samples = protocol_num_samples
+        self.leads = leads
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -144,7 +149,7 @@ class ProcessedRecords(torch.utils.data.Dataset):
         fe = self.feature_extractor
         error = ""
         try:
-            x = condition_item(fe, self.dataset[int(index)], self.protocol_num_samples)
+            x = condition_item(fe, self.dataset[int(index)], self.protocol_num_samples, self.leads)
         except Exception as err:  # reported (raised or skipped) by the caller, in the main process
             x = np.zeros((len(fe.lead_names), fe.num_samples), dtype=np.float32)
             rid, source = self._where(int(index))
@@ -201,8 +206,9 @@ def check_skipped_records(dataset, kept: Sequence[int], failures: Sequence[dict]
 @torch.no_grad()
 def dataset_ecg_features(model, processor, dataset, batch_size: int = 32, num_workers: int = 0,
                          protocol_num_samples="auto", on_error: str = "raise", progress: bool = True,
-                         desc: str = "ECG features", return_failures: bool = False):
-    """`get_ecg_features` of every record of `dataset` (items as in eval.datasets), in order.
+                         desc: str = "ECG features", return_failures: bool = False, leads=None):
+    """`get_ecg_features` of every record of `dataset` (items as in eval.datasets), in order; `leads` restricts
+    every record to a lead subset (condition_item).
 
     Returns float32 [n, hidden]; with `return_failures=True`, (features, kept_indices, failures) where failures
     is a list of {"index", "error"} (only non-empty with on_error="skip"). With on_error="skip", skips that
@@ -214,7 +220,7 @@ def dataset_ecg_features(model, processor, dataset, batch_size: int = 32, num_wo
     fe = processor.feature_extractor if hasattr(processor, "feature_extractor") else processor
     pns = resolve_protocol_num_samples(dataset, protocol_num_samples)
     loader = torch.utils.data.DataLoader(
-        ProcessedRecords(dataset, fe, pns), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        ProcessedRecords(dataset, fe, pns, leads), batch_size=batch_size, shuffle=False, num_workers=num_workers,
         persistent_workers=False,
     )
     device = next(model.parameters()).device

@@ -4,6 +4,8 @@ Every function writes one PNG with matplotlib's Agg backend (no display needed) 
 
     plot_roc_curves(y_true, scores, class_names, path, title=None, max_classes=None) -> Path
     plot_ecg(signal, sampling_rate, path, lead_names=None, layout="3x4", scores=None, title=None) -> Path
+    plot_window_scores(result, path, labels=None, title=None) -> Path      (the pipeline's windowed output)
+    plot_attribution(explanation, path, title=None) -> Path                (the pipeline's explanation)
 
 `plot_ecg` draws on ECG paper: minor grid 0.04 s x 0.1 mV, major grid 0.2 s x 0.5 mV, the same physical
 aspect as 25 mm/s and 10 mm/mV paper. Layouts: "3x4" (the standard printout: four 2.5 s columns I-II-III,
@@ -18,7 +20,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["plot_roc_curves", "plot_ecg", "STANDARD_LEADS"]
+__all__ = ["plot_roc_curves", "plot_ecg", "plot_window_scores", "plot_attribution", "STANDARD_LEADS"]
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 _GRID_MINOR = "#f6c9c9"
@@ -201,4 +203,76 @@ def plot_ecg(
     if text:
         ax.text(1.01, 1.0, text, transform=ax.transAxes, fontsize=8, va="top", family="monospace",
                 bbox=dict(boxstyle="round", facecolor="white", edgecolor="grey"))
+    return _save(fig, path, dpi)
+
+
+def plot_window_scores(result: Mapping, path: Union[str, Path], labels: Optional[Sequence[str]] = None,
+                       title: Optional[str] = None, dpi: int = 100) -> Path:
+    """Scores over time of a windowed pipeline result ({"windows": [{"start", "end", "scores"}], "aggregate"}):
+    one line per label (default: every label, in the aggregate's order) at each window's middle; windows that
+    could not be scored are shaded grey."""
+    plt = _pyplot()
+    windows = list(result["windows"])
+    if not windows:
+        raise ValueError("the result has no windows")
+    labels = list(labels) if labels is not None else [d["label"] for d in result["aggregate"]]
+    scored = [w for w in windows if w.get("scores")]
+    mids = np.array([(w["start"] + w["end"]) / 2 for w in scored])
+    scale = 3600.0 if windows[-1]["end"] > 3 * 3600 else 60.0 if windows[-1]["end"] > 180 else 1.0
+    unit = {3600.0: "h", 60.0: "min", 1.0: "s"}[scale]
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for label in labels:
+        values = [next(d["score"] for d in w["scores"] if d["label"] == label) for w in scored]
+        ax.plot(mids / scale, values, lw=0.9, marker="." if len(scored) < 200 else None, label=str(label)[:40])
+    for w in windows:
+        if not w.get("scores"):
+            ax.axvspan(w["start"] / scale, w["end"] / scale, color="grey", alpha=0.3, lw=0)
+    ax.set(xlabel=f"time ({unit})", ylabel="score", ylim=(0, 1))
+    rule = result.get("aggregate_rule", "")
+    ax.set_title(title or f"zero-shot scores per {result.get('window_seconds', '')} s window "
+                 f"(aggregate: {rule}; leads: {', '.join(result.get('leads', []))})", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path, dpi)
+
+
+def plot_attribution(explanation: Mapping, path: Union[str, Path], title: Optional[str] = None,
+                     dpi: int = 100) -> Path:
+    """The conditioned 12-lead ECG of an explanation (pipeline `explain=True`) on ECG paper, one row per lead,
+    each segment tinted by its attribution: red raised the explained score, blue lowered it (one colour scale for
+    all leads). Leads the record lacks are marked absent."""
+    plt = _pyplot()
+    from matplotlib.colors import TwoSlopeNorm
+
+    x = np.asarray(explanation["ecg_values"], dtype=np.float64)
+    segments = np.asarray(explanation["segments"], dtype=np.float64)
+    names = list(explanation["lead_names"])
+    mask = list(explanation.get("lead_mask", [True] * len(names)))
+    fs = float(explanation["sampling_rate"])
+    seg_s = float(explanation["segment_seconds"])
+    n = x.shape[1]
+    duration = n / fs
+    spacing = 3.0
+    height = spacing * len(names)
+    limit = float(np.abs(segments).max()) or 1.0
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
+    fig, ax = plt.subplots(figsize=(duration * 1.0 + 1.5, height * 0.4 + 1.0))
+    _ecg_grid(ax, 0, duration, -height + spacing / 2, spacing / 2)
+    t = np.arange(n) / fs
+    for r, name in enumerate(names):
+        base = -r * spacing
+        ax.imshow(segments[r:r + 1], aspect="auto", cmap="RdBu_r", norm=norm, alpha=0.55, zorder=1,
+                  extent=(0, segments.shape[1] * seg_s, base - spacing / 2, base + spacing / 2))
+        ax.plot(t, np.clip(x[r], -spacing / 2, spacing / 2) + base, color="black", lw=0.6, zorder=2)
+        ax.text(0.02, base + 0.8, name + ("" if mask[r] else " (absent)"), fontsize=8, fontweight="bold", zorder=3)
+    ax.set(xlim=(0, duration), ylim=(-height + spacing / 2, spacing / 2))
+    ax.set_aspect(0.2 / 0.5)
+    ax.set_yticks([])
+    ax.set_xlabel(f"time (s); tint: integrated-gradients attribution per {seg_s:g} s (red raises the score)",
+                  fontsize=8)
+    label = explanation.get("label", explanation.get("target"))
+    ax.set_title(title or f"where the model looked for {label!s} (score {float(explanation['score']):.3f})",
+                 fontsize=10)
+    sm = plt.cm.ScalarMappable(norm=norm, cmap="RdBu_r")
+    fig.colorbar(sm, ax=ax, fraction=0.02, pad=0.01).set_label("attribution", fontsize=8)
     return _save(fig, path, dpi)

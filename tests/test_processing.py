@@ -84,8 +84,8 @@ def test_mimic_lead_order_is_fixed_by_lead_names(fe):
     x = np.stack([(i + wave).astype(np.float32) for i in range(12)])  # lead i starts at value i
     out = fe(x, sampling_rate=500, lead_names=list(MIMIC_LEADS))["ecg_values"][0]
     assert out[4, 0] == 5 and out[5, 0] == 4  # aVL and aVF swapped into standard order
-    with pytest.raises(ValueError, match="missing lead"):
-        fe(x[:11], sampling_rate=500, lead_names=list(MIMIC_LEADS)[:11])
+    with pytest.raises(ValueError, match="missing lead"):  # strict mode; the default zeroes it (test_leads.py)
+        fe(x[:11], sampling_rate=500, lead_names=list(MIMIC_LEADS)[:11], missing_leads="raise")
 
 
 def test_lead_name_spellings():

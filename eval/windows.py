@@ -1,0 +1,148 @@
+"""Zero-shot scores of a record of any length, window by window: the window table (CSV or JSON) and a plot.
+
+    python -m eval.windows --model M --record holter/rec001 --labels AFIB "sinus rhythm" SBRAD \
+        --window-seconds 10 --stride-seconds 10 --aggregate mean --output windows.csv --plot windows.png
+
+The record is a WFDB record (read a chunk at a time: memory stays flat however long it is), a DICOM file or a
+.npy array [leads, samples] (with --sampling-rate and --lead-names). The CSV has one row per window (start, end in
+seconds, one score column per label, error); the JSON is the pipeline's result. The aggregate is printed.
+From Python: `pipe(record, candidate_labels=[...], window_seconds=10, stride_seconds=10)`
+(`ZeroShotECGClassificationPipeline.windows`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = ["load_pipeline", "write_window_table", "stitch_records", "main"]
+
+
+def load_pipeline(model: str, remote_code: bool = False):
+    """The zero-shot pipeline of an exported model: this repository's classes, or with `remote_code=True` the
+    folder's own code through `transformers.pipeline(..., trust_remote_code=True)`."""
+    if remote_code:
+        from transformers import pipeline
+
+        return pipeline("zero-shot-ecg-classification", model=model, trust_remote_code=True)
+    from eval.features import load_model_and_processor
+    from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline
+
+    net, processor = load_model_and_processor(model)
+    return ZeroShotECGClassificationPipeline(model=net, processor=processor)
+
+
+def write_window_table(result: dict, path) -> Path:
+    """The windows of a windowed result as CSV (.csv: start, end, one column per label, error) or the whole
+    result as JSON (any other suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() != ".csv":
+        path.write_text(json.dumps(result, indent=1))
+        return path
+    labels = [d["label"] for d in result["aggregate"]]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["start_s", "end_s", *labels, "error"])
+        for w in result["windows"]:
+            scores = {d["label"]: d["score"] for d in (w["scores"] or [])}
+            writer.writerow([f"{w['start']:g}", f"{w['end']:g}",
+                             *(f"{scores[label]:.6f}" if label in scores else "" for label in labels),
+                             w.get("error", "")])
+    return path
+
+
+def stitch_records(data_root, output_dir, classes: Sequence[str] = ("SR", "AFIB", "SR"), per_class: int = 3,
+                   task: str = "rhythm", split: str = "test", name: str = "stitched") -> dict:
+    """A longer WFDB record made of `per_class` consecutive records of each class in `classes` (in that order) from
+    a PTB-XL-layout folder, for showing windowed scores change over time. Every record must share one rate and
+    lead order. Returns {"path" (record path, no suffix), "segments": [{"start", "end", "class", "record_id"}]}."""
+    import wfdb
+
+    from eval.datasets import load_downstream
+
+    ds = load_downstream("ptbxl", data_root, split=split, task=task)
+    labels = ds.labels_matrix()
+    used, pieces, segments, rate, names, start = set(), [], [], None, None, 0.0
+    for cls in classes:
+        if cls not in ds.class_names:
+            raise ValueError(f"class {cls!r} is not a {task} class of {data_root} ({', '.join(ds.class_names)})")
+        j = ds.class_names.index(cls)
+        picked = [i for i in np.flatnonzero((labels[:, j] > 0.5) & (labels.sum(axis=1) == 1)) if i not in used]
+        if len(picked) < per_class:
+            raise ValueError(f"{data_root}: only {len(picked)} {split} record(s) with {cls} alone; need {per_class}")
+        for i in picked[:per_class]:
+            used.add(i)
+            item = ds[int(i)]
+            if rate is None:
+                rate, names = item["sampling_rate"], item["lead_names"]
+            if item["sampling_rate"] != rate or item["lead_names"] != names:
+                raise ValueError(f"record {item['record_id']}: rate or lead order differs from the first record's")
+            pieces.append(item["signal"])
+            end = start + item["signal"].shape[1] / rate
+            segments.append({"start": start, "end": end, "class": cls, "record_id": item["record_id"]})
+            start = end
+    signal = np.concatenate(pieces, axis=1)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(name, fs=rate, units=["mV"] * len(names), sig_name=list(names), p_signal=signal.T.astype(np.float64),
+                fmt=["16"] * len(names), adc_gain=[1000.0] * len(names), baseline=[0] * len(names),
+                write_dir=str(output_dir))
+    return {"path": str(output_dir / name), "segments": segments}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--record", required=True, help="WFDB record, DICOM file or .npy [leads, samples]")
+    parser.add_argument("--labels", nargs="+", required=True)
+    parser.add_argument("--window-seconds", type=float, default=10.0)
+    parser.add_argument("--stride-seconds", type=float, default=None, help="default: the window")
+    parser.add_argument("--aggregate", default="mean", help="mean | max | fraction")
+    parser.add_argument("--multi-label", action="store_true")
+    parser.add_argument("--leads", nargs="+", default=None, help="a lead subset, e.g. I II (others zeroed)")
+    parser.add_argument("--sampling-rate", type=float, default=None, help="for a .npy array")
+    parser.add_argument("--lead-names", nargs="+", default=None, help="for a .npy array")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--output", type=Path, required=True, help=".csv (window table) or .json (everything)")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the scores over time")
+    parser.add_argument("--remote-code", action="store_true", help="run the model folder's own code")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    record = args.record
+    if str(record).endswith(".npy"):
+        record = {"signal": np.load(record, allow_pickle=False), "sampling_rate": args.sampling_rate,
+                  "lead_names": args.lead_names, "record_id": str(args.record)}
+    try:
+        pipe = load_pipeline(args.model, args.remote_code)
+        result = pipe(record, candidate_labels=args.labels, window_seconds=args.window_seconds,
+                      stride_seconds=args.stride_seconds, aggregate=args.aggregate, multi_label=args.multi_label,
+                      leads=args.leads, batch_size=args.batch_size, progress=not args.quiet)
+    except (ValueError, OSError, TypeError) as err:
+        parser.exit(2, f"error: {err}\n")
+    write_window_table(result, args.output)
+    if args.plot is not None:
+        from eval.plots import plot_window_scores
+
+        plot_window_scores(result, args.plot)
+    print(f"{len(result['windows'])} windows ({result['n_windows_scored']} scored) over "
+          f"{result['duration']:.1f} s, leads {', '.join(result['leads'])}; aggregate ({result['aggregate_rule']}):")
+    for d in result["aggregate"]:
+        print(f"  {d['score']:.3f}  {d['label']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Lead subsets: the processor, the pipeline and the evaluation loaders take any subset of the 12 standard leads;
+absent (or excluded) leads are zero rows, as pretraining's lead masking shows them, and the output says which
+leads were used."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from dbeta.modeling_dbeta import DBetaModel
+from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline
+from dbeta.processing_dbeta import DBetaFeatureExtractor, resolve_leads
+from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
+from train.export import build_processor
+
+LABELS = ["NORM", "AFIB", "sinus bradycardia"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    tok = train_t5_tokenizer()
+    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))).eval()
+    with torch.no_grad():
+        model.ecg_pooler.dense.weight.mul_(20.0)
+    processor = build_processor(tok)
+    return model, processor, ZeroShotECGClassificationPipeline(model=model, processor=processor)
+
+
+def test_a_record_with_leads_i_and_ii_only_is_conditioned_with_the_others_zeroed():
+    fe = DBetaFeatureExtractor()
+    full = ecg_batch(1, seed=1)[0].numpy()
+    two = full[[1, 0]]  # II, I: any order, named
+    out = fe(two, sampling_rate=500, lead_names=["II", "I"], return_lead_mask=True)
+    x, mask = out["ecg_values"][0].numpy(), out["lead_mask"][0].numpy()
+    reference = fe(full, sampling_rate=500)["ecg_values"][0].numpy()
+    np.testing.assert_array_equal(x[:2], reference[:2])  # the present leads are conditioned as in the full record
+    assert not x[2:].any()
+    assert mask.tolist() == [True, True] + [False] * 10
+    # the default output stays what the model takes (model(**batch) needs no extra key)
+    assert set(fe(two, sampling_rate=500, lead_names=["II", "I"]).keys()) == {"ecg_values"}
+
+
+def test_leads_option_zeroes_leads_outside_the_subset_and_minmax_ignores_them():
+    fe = DBetaFeatureExtractor()
+    full = ecg_batch(1, seed=2)[0].numpy()
+    full[6:] *= 4.0  # precordial leads larger: a min-max over all 12 would differ from one over the limb leads
+    out, mask = fe.condition(full, 500, leads="limb", normalization="minmax", return_lead_mask=True)
+    assert mask.tolist() == [True] * 6 + [False] * 6 and not out[6:].any()
+    assert out[:6].min() == pytest.approx(0.0, abs=1e-6) and out[:6].max() == pytest.approx(1.0, abs=1e-6)
+    single = fe.condition(full, 500, leads=["lead I"])
+    np.testing.assert_array_equal(single[0], fe.condition(full, 500)[0])
+    assert not single[1:].any()
+    assert resolve_leads(["V2", "i"]) == ("I", "V2")
+    with pytest.raises(ValueError, match="give a list of lead names or one of"):
+        resolve_leads("precordial")
+
+
+def test_no_standard_lead_and_strict_mode_are_clear_errors():
+    fe = DBetaFeatureExtractor()
+    x = ecg_batch(1, seed=3)[0].numpy()
+    with pytest.raises(ValueError, match=r"ecg\[0\]: no standard lead .* \(have X, Y, Z\)"):
+        fe(x[:3], sampling_rate=500, lead_names=["X", "Y", "Z"])
+    with pytest.raises(ValueError, match=r"ecg\[0\]: the record has none of the requested leads V1"):
+        fe(x[:2], sampling_rate=500, lead_names=["I", "II"], leads=["V1"])
+    with pytest.raises(ValueError, match=r"missing lead\(s\) III, aVR"):
+        fe(x[:2], sampling_rate=500, lead_names=["I", "II"], missing_leads="raise")
+    with pytest.raises(ValueError, match="for fewer leads pass lead_names"):
+        fe(x[:2], sampling_rate=500)
+
+
+def test_pipeline_scores_a_lead_subset_as_the_model_sees_it_and_says_which_leads(setup):
+    model, processor, pipe = setup
+    full = ecg_batch(1, seed=4)[0].numpy()
+    with pytest.warns(UserWarning, match=r"lead\(s\) III, aVR, aVL, aVF, V1, .* absent"):
+        out = pipe({"signal": full[:2], "sampling_rate": 500, "lead_names": ["I", "II"]}, candidate_labels=LABELS,
+                   return_leads=True)
+    assert out["leads"] == ["I", "II"]
+    zeroed = full.copy()
+    zeroed[2:] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit subset is not warned about
+        same = pipe(full, sampling_rate=500, candidate_labels=LABELS, leads=["I", "II"], return_leads=True)
+        plain = pipe(full, sampling_rate=500, candidate_labels=LABELS)
+    assert same == out
+    want = pipe(zeroed, sampling_rate=500, candidate_labels=LABELS)  # what "zeroed" means: the model's own view
+    assert {d["label"]: d["score"] for d in out["scores"]} == pytest.approx({d["label"]: d["score"] for d in want})
+    # and a subset is not the full record: the scores differ
+    assert {d["label"]: d["score"] for d in plain} != pytest.approx({d["label"]: d["score"] for d in want})
+
+
+def test_evaluation_loader_features_and_lead_subset_evaluation(setup, tmp_path):
+    """A PTB-XL-layout folder through eval.lead_subsets: features per subset differ, every figure is a number."""
+    from eval.datasets import load_downstream
+    from eval.features import dataset_ecg_features
+    from eval.lead_subsets import evaluate_lead_subsets, render_markdown
+    from train.synthetic.layouts import write_ptbxl_layout
+
+    model, processor, _ = setup
+    write_ptbxl_layout(tmp_path / "ptbxl", n=160, seed=0)
+    ds = load_downstream("ptbxl", tmp_path / "ptbxl", split="test", task="rhythm")
+    full = dataset_ecg_features(model, processor, ds, progress=False)
+    lead_i = dataset_ecg_features(model, processor, ds, progress=False, leads=["I"])
+    assert full.shape == lead_i.shape and not np.allclose(full, lead_i)
+    from eval.lead_subsets import subset_features
+
+    both = subset_features(model, processor, ds, ["12-lead", ["I"]])  # one pass: the same features
+    np.testing.assert_allclose(both[0], full, atol=1e-5)
+    np.testing.assert_allclose(both[1], lead_i, atol=1e-5)
+    result = evaluate_lead_subsets(model, tmp_path / "ptbxl", ["12-lead", "I"], processor=processor, epochs=2,
+                                   bootstrap=10, output=tmp_path / "leads.json")
+    assert list(result["subsets"]) == ["12-lead", "I"]
+    assert result["subsets"]["I"]["leads"] == ["I"] and len(result["subsets"]["12-lead"]["leads"]) == 12
+    for row in result["subsets"].values():
+        assert 0.0 <= row["zero_shot_auc"] <= 1.0 and 0.0 <= row["probe_auc"] <= 1.0
+    assert "| I |" in render_markdown(result) and (tmp_path / "leads.md").is_file()

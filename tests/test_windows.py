@@ -1,0 +1,190 @@
+"""Records of any length: the pipeline's windows (spans, scores equal to scoring each window alone, aggregates),
+chunked WFDB reading, the errors, and the CLI's table and plot."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import dbeta.pipeline_dbeta as pipeline_dbeta
+from dbeta.modeling_dbeta import DBetaModel
+from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline, aggregate_scores, window_spans
+from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
+from train.export import build_processor, export_model
+
+LABELS = ["NORM", "AFIB", "sinus bradycardia"]
+NAMES = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+
+
+def long_signal(seconds: float, seed: int = 0) -> np.ndarray:
+    """An ECG-like [12, seconds * 500] signal whose rate changes every 10 s, so windows differ."""
+    pieces = [ecg_batch(1, samples=5000, seed=seed + k)[0].numpy() for k in range(int(np.ceil(seconds / 10)))]
+    return np.concatenate(pieces, axis=1)[:, :int(round(seconds * 500))]
+
+
+def write_wfdb(folder, name, signal, fs=500):
+    import wfdb
+
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * 12, sig_name=NAMES, p_signal=signal.T.astype(np.float64),
+                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+    return folder / name
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    tok = train_t5_tokenizer()
+    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))).eval()
+    with torch.no_grad():
+        model.ecg_pooler.dense.weight.mul_(20.0)
+    return ZeroShotECGClassificationPipeline(model=model, processor=build_processor(tok))
+
+
+def test_window_spans():
+    assert window_spans(100, 10, 10, 2) == [(s, s + 10) for s in range(0, 100, 10)]
+    assert window_spans(100, 10, 5, 2) == [(s, s + 10) for s in range(0, 91, 5)]  # no window only re-covers the end
+    assert window_spans(95, 10, 10, 2)[-1] == (90, 95)  # a tail of 5 is scored
+    assert window_spans(91, 10, 10, 2)[-1] == (80, 90)  # a tail of 1 < min_length is not
+    assert window_spans(7, 10, 10, 2) == [(0, 7)]  # shorter than one window: one window
+    assert window_spans(1, 10, 10, 2) == []
+    assert window_spans(100, 10, 30, 2) == [(0, 10), (30, 40), (60, 70), (90, 100)]  # gaps when stride > window
+
+
+def test_aggregate_rules():
+    scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.6], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])
+    np.testing.assert_allclose(aggregate_scores(scores, "mean"), scores.mean(axis=0))
+    np.testing.assert_allclose(aggregate_scores(scores, "max"), [0.7, 0.8, 0.6])
+    np.testing.assert_allclose(aggregate_scores(scores, "fraction"), [0.75, 0.25, 0.0])
+    np.testing.assert_allclose(aggregate_scores(scores, "fraction", multi_label=True), [0.75, 0.25, 0.25])
+
+
+def test_windows_of_an_array_equal_scoring_each_window_alone(pipe):
+    signal = long_signal(35)
+    out = pipe(signal, sampling_rate=500, candidate_labels=LABELS, window_seconds=10, stride_seconds=10)
+    assert [(w["start"], w["end"]) for w in out["windows"]] == [(0, 10), (10, 20), (20, 30), (30, 35)]
+    for w in out["windows"]:
+        alone = pipe(signal[:, int(w["start"] * 500):int(w["end"] * 500)], sampling_rate=500,
+                     candidate_labels=LABELS)
+        got = {d["label"]: d["score"] for d in w["scores"]}
+        assert [d["label"] for d in w["scores"]] == LABELS
+        assert got == pytest.approx({d["label"]: d["score"] for d in alone}, abs=1e-5)
+    matrix = np.array([[d["score"] for d in w["scores"]] for w in out["windows"]])
+    agg = {d["label"]: d["score"] for d in out["aggregate"]}
+    assert agg == pytest.approx(dict(zip(LABELS, matrix.mean(axis=0))))
+    assert out["leads"] == NAMES and out["duration"] == 35 and out["unscored_seconds"] == 0
+    assert len({tuple(np.round(r, 6)) for r in matrix}) > 1  # the windows really differ
+    top = pipe(signal, sampling_rate=500, candidate_labels=LABELS, window_seconds=5, stride_seconds=2.5,
+               aggregate="fraction")
+    assert len(top["windows"]) == 13 and top["aggregate_rule"] == "fraction"
+    assert sum(d["score"] for d in top["aggregate"]) == pytest.approx(1.0)
+
+
+def test_a_wfdb_file_is_read_in_chunks_and_scores_like_the_array(pipe, tmp_path, monkeypatch):
+    signal = long_signal(120, seed=5)
+    record = write_wfdb(tmp_path, "long", signal)
+    from dbeta.processing_dbeta import read_ecg_file
+
+    as_read = read_ecg_file(record).signal  # int16 quantised, as the windows will see it
+    reads = []
+    real = pipeline_dbeta.read_wfdb
+
+    def spy(path, sampfrom=0, sampto=None):
+        reads.append((sampfrom, sampto))
+        return real(path, sampfrom=sampfrom, sampto=sampto)
+
+    monkeypatch.setattr(pipeline_dbeta, "read_wfdb", spy)
+    from_file = pipe(str(record), candidate_labels=LABELS, window_seconds=10, stride_seconds=5, chunk_seconds=30)
+    from_array = pipe(as_read, sampling_rate=500, candidate_labels=LABELS, window_seconds=10, stride_seconds=5)
+    assert len(reads) > 1 and all(b - a <= (30 + 10) * 500 for a, b in reads)  # never the whole record at once
+    assert [(w["start"], w["end"]) for w in from_file["windows"]] == [
+        (w["start"], w["end"]) for w in from_array["windows"]]
+    for a, b in zip(from_file["windows"], from_array["windows"]):
+        assert [d["score"] for d in a["scores"]] == pytest.approx([d["score"] for d in b["scores"]], abs=1e-5)
+
+
+def test_a_window_the_processor_refuses_is_kept_with_its_error_and_left_out_of_the_aggregate(pipe):
+    signal = long_signal(30)
+    signal[:, 5000:10000] = 0.0  # 10-20 s: every lead flat (electrodes off)
+    out = pipe(signal, sampling_rate=500, candidate_labels=LABELS, window_seconds=10, aggregate="max")
+    assert out["windows"][1]["scores"] is None and "flat signal" in out["windows"][1]["error"]
+    assert out["n_windows_scored"] == 2
+    matrix = np.array([[d["score"] for d in out["windows"][i]["scores"]] for i in (0, 2)])
+    assert {d["label"]: d["score"] for d in out["aggregate"]} == pytest.approx(dict(zip(LABELS, matrix.max(0))))
+
+
+def test_window_errors(pipe):
+    signal = long_signal(20)
+    call = dict(sampling_rate=500, candidate_labels=LABELS)
+    with pytest.raises(ValueError, match="stride_seconds must be a positive number of seconds, got 0"):
+        pipe(signal, window_seconds=10, stride_seconds=0, **call)
+    with pytest.raises(ValueError, match="stride_seconds must be a positive number"):
+        pipe(signal, window_seconds=10, stride_seconds=-5, **call)
+    with pytest.raises(ValueError, match=r"window_seconds=30 is longer than the model's input \(10 s\)"):
+        pipe(signal, window_seconds=30, **call)
+    with pytest.raises(ValueError, match="aggregate must be one of mean, max, fraction"):
+        pipe(signal, window_seconds=10, aggregate="median", **call)
+    with pytest.raises(ValueError, match="shorter than the processor's minimum 2 s"):
+        pipe(signal[:, :500], window_seconds=10, **call)
+    with pytest.raises(TypeError, match="window_second"):
+        pipe(signal, window_second=10, **call)
+    short = pipe(signal[:, :3500], window_seconds=10, **call)  # a window longer than the record: one window
+    assert [(w["start"], w["end"]) for w in short["windows"]] == [(0, 7)]
+
+
+def test_cli_writes_the_window_table_json_and_plot(pipe, tmp_path):
+    from eval.windows import main
+
+    out_dir = export_model(pipe.model, tmp_path / "model", processor=pipe.processor)
+    record = write_wfdb(tmp_path, "rec", long_signal(40, seed=9))
+    result = main(["--model", str(out_dir), "--record", str(record), "--labels", *LABELS, "--window-seconds", "10",
+                   "--stride-seconds", "10", "--output", str(tmp_path / "w.csv"), "--plot", str(tmp_path / "w.png"),
+                   "--quiet"])
+    rows = list(csv.DictReader(open(tmp_path / "w.csv")))
+    assert [r["start_s"] for r in rows] == ["0", "10", "20", "30"]
+    assert float(rows[2][LABELS[1]]) == pytest.approx(
+        next(d["score"] for d in result["windows"][2]["scores"] if d["label"] == LABELS[1]), abs=1e-6)
+    assert (tmp_path / "w.png").stat().st_size > 10_000
+    main(["--model", str(out_dir), "--record", str(record), "--labels", *LABELS, "--aggregate", "max",
+          "--output", str(tmp_path / "w.json"), "--quiet"])
+    assert json.loads((tmp_path / "w.json").read_text())["aggregate_rule"] == "max"
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", str(out_dir), "--record", str(record), "--labels", "AFIB", "--stride-seconds", "0",
+              "--output", str(tmp_path / "x.csv"), "--quiet"])
+    assert stop.value.code == 2
+
+
+def test_window_benchmark_on_a_few_minutes(tmp_path):
+    """benchmarks/window_speed.py end to end on 72 s (the 24 h run is opt-in by --hours)."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("window_speed", ROOT / "benchmarks" / "window_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = bench.write_long_record(tmp_path, "holter", 72)
+    import wfdb
+
+    assert wfdb.rdheader(str(record)).sig_len == 72 * 500
+    assert wfdb.rdrecord(str(record), sampfrom=1000, sampto=1010).p_signal.shape == (10, 12)
+    out = bench.run(0.02, ["small"], 4, 10.0, 10.0)
+    small = out["results"]["small"]
+    assert small["windows"] == 8 and small["windows_per_s"] > 0  # 7 full windows and the 2 s tail
+    assert small["peak_rss_mb_after"] >= small["peak_rss_mb_before"] > 0
+
+
+def test_stitched_record_for_the_demo(tmp_path):
+    from eval.windows import stitch_records
+    from train.synthetic.layouts import write_ptbxl_layout
+
+    write_ptbxl_layout(tmp_path / "ptbxl", n=200, seed=1)
+    out = stitch_records(tmp_path / "ptbxl", tmp_path / "long", classes=("SR", "AFIB"), per_class=2)
+    import wfdb
+
+    header = wfdb.rdheader(out["path"])
+    assert header.sig_len == 4 * 5000 and [s["class"] for s in out["segments"]] == ["SR", "SR", "AFIB", "AFIB"]
+    assert out["segments"][2]["start"] == 20.0
+    with pytest.raises(ValueError, match="class 'XYZ' is not a rhythm class"):
+        stitch_records(tmp_path / "ptbxl", tmp_path / "long2", classes=("XYZ",))
