@@ -4,8 +4,8 @@
     model = DBetaOnnxModel.from_pretrained("dbeta-onnx")              # int8=True: the int8 ECG graph
     processor = AutoProcessor.from_pretrained("dbeta-onnx", trust_remote_code=True)
     batch = processor(ecg=signal, sampling_rate=500, text=["atrial fibrillation"])
-    logits = model.similarity(model.get_ecg_features(batch["ecg_values"]),
-                              model.get_text_features(batch["input_ids"], batch["attention_mask"]))
+    logits = model.similarity(model.get_ecg_features(batch["ecg_values"]).pooler_output,
+                              model.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output)
 
 `get_ecg_features`, `get_text_features` and `similarity` take and return what `DBetaModel`'s do (torch tensors;
 numpy arrays are accepted), so code written against the torch model (the zero-shot pipeline included) runs on the

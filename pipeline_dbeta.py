@@ -545,7 +545,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         def flush():
             with torch.no_grad():
                 values = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
-                logits = zero_shot_logits(self.model, self.model.get_ecg_features(values), label_feats)
+                logits = zero_shot_logits(self.model, self.model.get_ecg_features(values).pooler_output, label_feats)
                 scores = label_scores(logits, multi_label).cpu().numpy()
             for (row, _), row_scores in zip(batch, scores):
                 row["scores"] = [{"label": label, "score": float(v)} for label, v in zip(labels, row_scores)]
@@ -625,7 +625,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         values = values.to(device)
         label_feats = self._label_features(texts)
         with torch.no_grad():
-            logits = zero_shot_logits(self.model, self.model.get_ecg_features(values), label_feats)[0]
+            logits = zero_shot_logits(self.model, self.model.get_ecg_features(values).pooler_output, label_feats)[0]
         scores = label_scores(logits, multi_label).cpu().numpy()
         if explain_label is None:
             target = int(np.argmax(scores))
@@ -725,11 +725,26 @@ class _RecordSource:
 # --------------------------------------------------------------------------------------------------------------
 
 
+# The encoder's first GroupNorm makes it blind to the input's scale, so on the straight path from an all-zero ECG
+# (or any flat one) to the record the score is constant except at the very start, and the gradients integrate to
+# ~0. A low-amplitude noise record, which the path turns into the record, has no such degeneracy.
+BASELINE_NOISE_MV = 0.05
+
+
+def attribution_baseline(ecg_values: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The integrated-gradients baseline: seeded Gaussian noise of BASELINE_NOISE_MV on the leads the record has
+    (absent, all-zero leads stay zero)."""
+    generator = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn(ecg_values.shape, generator=generator) * BASELINE_NOISE_MV
+    present = (ecg_values.abs().amax(dim=-1, keepdim=True) > 0).to(noise.dtype)
+    return noise * present
+
+
 def integrated_gradients(score_fn, ecg_values: torch.Tensor, target: int, n_steps: int = 32,
                          internal_batch_size: int = 8) -> tuple:
-    """Integrated gradients (captum) of `score_fn(x)[:, target]` at `ecg_values` [1, leads, samples] against an
-    all-zero ECG. Returns (attributions [leads, samples] float32, convergence delta: the completeness gap
-    score(x) - score(0) - sum(attributions), small when n_steps suffices)."""
+    """Integrated gradients (captum) of `score_fn(x)[:, target]` at `ecg_values` [1, leads, samples] against
+    `attribution_baseline` (low-amplitude noise). Returns (attributions [leads, samples] float32, convergence
+    delta: the completeness gap score(x) - score(baseline) - sum(attributions), small when n_steps suffices)."""
     try:
         from captum.attr import IntegratedGradients
     except ImportError as err:
@@ -740,7 +755,7 @@ def integrated_gradients(score_fn, ecg_values: torch.Tensor, target: int, n_step
     x = ecg_values.detach().float().clone()
     with torch.enable_grad():
         attributions, delta = IntegratedGradients(score_fn).attribute(
-            x, baselines=torch.zeros_like(x), target=int(target), n_steps=int(n_steps),
+            x, baselines=attribution_baseline(x).to(x.device), target=int(target), n_steps=int(n_steps),
             internal_batch_size=internal_batch_size, return_convergence_delta=True)
     return attributions[0].detach().cpu().numpy().astype(np.float32), float(delta.abs().max())
 
@@ -775,7 +790,7 @@ def attribute_zero_shot(model, ecg_values: torch.Tensor, text_feats: torch.Tenso
     text_feats = text_feats.detach()
 
     def score_fn(x):
-        return label_scores(zero_shot_logits(model, model.get_ecg_features(x), text_feats), multi_label)
+        return label_scores(zero_shot_logits(model, model.get_ecg_features(x).pooler_output, text_feats), multi_label)
 
     return _explanation(model, score_fn, ecg_values, target, n_steps, segment_seconds, sampling_rate, lead_names,
                         lead_mask)

@@ -159,7 +159,8 @@ def subset_features(model, processor, dataset, subsets: Sequence, batch_size: in
                 if error:
                     raise RecordError(error)
             for j in range(len(subsets)):
-                out[j].append(model.get_ecg_features(batch["ecg_values"][:, j].to(device)).float().cpu().numpy())
+                features = model.get_ecg_features(batch["ecg_values"][:, j].to(device)).pooler_output
+                out[j].append(features.float().cpu().numpy())
     finally:
         model.train(was_training)
     return [np.concatenate(chunks) for chunks in out]
