@@ -12,7 +12,10 @@ a step whose output exists is reused on the next run):
      the unseen class, and zero-shot per class on the independent generator's rhythm set, for the trained model
      and for the same architecture with random weights (AUROC and AUPRC);
   6. in a fresh process, load the export with pipeline(..., trust_remote_code=True) and classify the real
-     12-lead DICOM ECG that pydicom ships; plot it with its scores.
+     12-lead DICOM ECG that pydicom ships; plot it with its scores;
+  7. fewer leads: zero-shot and probe AUC for 12 leads, the limb leads, I+II, I and II (trained model);
+  8. a 90 s record (sinus, AF, sinus) scored in windows, with a plot of the scores over time;
+  9. where the model looked: integrated gradients of the AFIB score on the AF stretch, drawn on the 12-lead grid.
 
 Every figure printed is written to demo/out/results.json. The ECG signals are SYNTHETIC: the numbers show that
 the code paths work end to end, not how D-BETA performs on real ECGs.
@@ -37,8 +40,8 @@ PY = sys.executable
 LABEL = "trained"
 BASELINE = "random weights"
 UNSEEN = "LVH"  # drawn by the generator but never put in the pretraining corpus
-INDEPENDENT_CLASSES = ("NORM", "SBRAD", "STACH", "AFIB")
-DEMO_LAYOUT = 2  # bumped when the steps or their data change: outputs of an older demo are not mixed in  # the rhythm classes the pretraining corpus also has
+INDEPENDENT_CLASSES = ("NORM", "SBRAD", "STACH", "AFIB")  # the rhythm classes the pretraining corpus also has
+DEMO_LAYOUT = 3  # bumped when the steps or their data change: outputs of an older demo are not mixed in
 
 
 def banner(text: str) -> None:
@@ -168,6 +171,20 @@ def collect(out: Path) -> dict:
         row["retrieval_ecg_to_report"] = rt["ecg_to_report"]
         row["retrieval_report_to_ecg"] = rt["report_to_ecg"]
         results["models"][tag] = row
+    trained = out / "eval" / "trained"
+    if (trained / "lead_subsets.json").exists():
+        results["lead_subsets"] = {name: {k: r[k] for k in ("leads", "zero_shot_auc", "probe_auc")}
+                                   for name, r in read_json(trained / "lead_subsets.json")["subsets"].items()}
+    if (trained / "windows.json").exists():
+        w = read_json(trained / "windows.json")
+        truth = read_json(out / "data" / "stitched" / "segments.json")["segments"]
+        results["windows"] = {"segments": truth, "aggregate": w["aggregate"], "plot": str(out / "windows.png"),
+                              "top_label_per_window": [(x["start"], x["end"], x["scores"][0]["label"])
+                                                       for x in w["windows"] if x.get("scores")]}
+    if (trained / "where_afib.json").exists():
+        e = read_json(trained / "where_afib.json")
+        explanation = e.get("explanation", e)
+        results["explain_afib"] = {"lead_totals": explanation.get("lead_totals"), "plot": str(out / "where_afib.png")}
     metrics = out / "run" / "metrics.json"
     if metrics.exists():
         results["pretraining"] = read_json(metrics)
@@ -207,6 +224,19 @@ def print_table(results: dict) -> None:
     _table(models, [("zero-shot", lambda r: r["unseen_class"]["zero_shot_auc"])]
            + [(f"probe {name}", lambda r, f=f: r["unseen_class"]["linear_probe_auc"].get(f))
               for name, f in (("1%", "0.01"), ("10%", "0.1"), ("100%", "1"))])
+    if "lead_subsets" in results:
+        print("\nFewer leads (trained model; absent leads zeroed): zero-shot rhythm and probe sub (100%) macro "
+              "AUROC ×100 on the test fold.")
+        print("| leads | zero-shot rhythm | probe sub 100% |\n| --- | --- | --- |")
+        for name, r in results["lead_subsets"].items():
+            print(f"| {name} | " + " | ".join("—" if r[k] is None else f"{100 * r[k]:.1f}"
+                                             for k in ("zero_shot_auc", "probe_auc")) + " |")
+    if "windows" in results:
+        w = results["windows"]
+        print("\nA 90 s record (" + ", ".join(f"{s['class']} {s['start']:g}-{s['end']:g} s" for s in w["segments"])
+              + ") in 10 s windows, stride 5 s: top label per window "
+              + " ".join(f"{a:g}-{b:g}:{label}" for a, b, label in w["top_label_per_window"])
+              + f"; plot {w['plot']}")
     n = models[LABEL]["independent_rhythm"]["n_records"]
     print(f"\nZero-shot rhythm on ECGs from an independent generator (another beat, rhythm and noise model; never "
           f"seen in pretraining): AUROC ×100 on its test fold ({n} records).")
@@ -249,7 +279,7 @@ def main(argv=None) -> int:
         """A package CLI's main() in this process; a non-zero status stops the demo."""
         print("$ python -m " + entry.__name__ + " " + " ".join(str(a) for a in argv), flush=True)
         code = entry.main([str(a) for a in argv])
-        if code:
+        if isinstance(code, int) and code:  # the eval CLIs return their result dict
             raise SystemExit(f"step failed (exit {code}): {entry.__name__}")
 
     mimic, ptbxl, prepared = out / "data" / "mimic", out / "data" / "ptbxl", out / "prepared"
@@ -310,6 +340,41 @@ def main(argv=None) -> int:
         (out / "dicom.json").write_text(json.dumps(classify_dicom(model_dir, out), indent=1))
 
     step(done / "dicom", "6. fresh process: pipeline(..., trust_remote_code=True) on the real DICOM ECG", dicom)
+
+    from eval import explain, windows
+    from eval.lead_subsets import evaluate_lead_subsets
+
+    step(done / "lead_subsets", "7. fewer leads: zero-shot rhythm and probe sub (100%) AUC per lead subset (trained)",
+         lambda: evaluate_lead_subsets(str(model_dir), ptbxl, num_workers=2,
+                                       output=out / "eval" / "trained" / "lead_subsets.json"))
+
+    def longer_record():
+        stitched = windows.stitch_records(ptbxl, out / "data" / "stitched", classes=("SR", "AFIB", "SR"), per_class=3)
+        (out / "data" / "stitched" / "segments.json").write_text(json.dumps(stitched, indent=1))
+        call(windows, ["--model", model_dir, "--record", stitched["path"], "--labels", "NORM", "AFIB", "SBRAD",
+                       "STACH", "--window-seconds", 10, "--stride-seconds", 5,
+                       "--output", out / "eval" / "trained" / "windows.json", "--plot", out / "windows.png"])
+
+    step(done / "windows", "8. a 90 s record (sinus, then AF, then sinus) scored in 10 s windows", longer_record)
+
+    def where_afib():
+        """The first 10 s of the AF stretch of the longer record, explained for AFIB."""
+        import numpy as np
+
+        from dbeta.processing_dbeta import read_ecg_file
+
+        stitched = read_json(out / "data" / "stitched" / "segments.json")
+        af = next(seg for seg in stitched["segments"] if seg["class"] == "AFIB")
+        record = read_ecg_file(stitched["path"])
+        first = int(af["start"] * record.sampling_rate)
+        np.save(out / "data" / "stitched" / "af.npy", record.signal[:, first:first + int(10 * record.sampling_rate)])
+        call(explain, ["--model", model_dir, "--record", out / "data" / "stitched" / "af.npy", "--sampling-rate",
+                       record.sampling_rate, "--lead-names", *record.lead_names, "--labels", "NORM", "AFIB", "SBRAD",
+                       "STACH", "--label", "AFIB", "--output", out / "where_afib.png",
+                       "--json", out / "eval" / "trained" / "where_afib.json"])
+
+    step(done / "explain", "9. where the model looked: integrated gradients for AFIB on the AF stretch", where_afib)
+
     result = json.loads((out / "dicom.json").read_text())
     print("\nReal DICOM 12-lead ECG (pydicom test file), top labels:")
     for s in result["scores"][:3]:

@@ -60,23 +60,15 @@ FORMAT_VERSION = 1
 MODES = ("near", "far")
 INDEX_TYPES = ("auto", "flat", "hnsw")
 DEFAULT_K = 64
-# Near-duplicate cut-off (cosine). Measured with MiniLM (masked mean pooling) on synthetic MIMIC-style machine reports
-# (python benchmarks/n3s_speed.py --threshold-study), share of pairs ABOVE 0.95: the same finding reworded (", " for
-# ". " 100%, statements reordered 100%, periods dropped 93%, "1st degree a-v block" -> "first degree av block" 98%);
-# one finding different (another rhythm 7%, a statement replaced 11%, dropped 25%, added 55%). On PTB-XL's English
-# free text, pairs above 0.95 are mostly the same finding with a different lead list, pairs below mostly differ
-# clinically. 0.95 removes >= 93% of every rewording measured and keeps most one-finding differences as hard
-# negatives; 0.97 would keep 70% of the added-statement pairs but let a third of two rewordings through as false
-# negatives (the same finding labelled unmatched), which cost more than a lost hard negative. No cut separates the two
-# fully: MiniLM barely sees laterality ("left" vs "right bundle branch block" 0.983, left vs right axis deviation
-# 0.993), so such pairs are dropped as well.
+# Near-duplicate cut-off (cosine): above it a candidate is the same finding reworded, not a hard negative. 0.95
+# drops nearly every rewording of a machine report and keeps most one-finding differences (`python -m
+# benchmarks.n3s_speed --threshold-study` measures both shares). No cut separates them fully; a rewording labelled
+# unmatched costs more than a lost hard negative.
 DEFAULT_MAX_SIMILARITY = 0.95
 # Cosine at or above which two embeddings count as identical (the same text to the encoder), whatever max_similarity.
 IDENTICAL_COSINE = 1.0 - 1e-5
-# Above this many candidates, index="auto" uses HNSW. Measured on 2 cores (faiss-cpu 1.15.1, generic build), 50k
-# MiniLM vectors (dim 384), near mode, k=64: flat (exact all-pairs, grows as U^2) 14 s (86 s when the box was busy);
-# HNSW (M=32, efConstruction=100, efSearch=256) 5 s build + 7 s search, recall@64 0.9998. Exact costs ~1 min at 100k
-# and ~1 h at MIMIC-IV-ECG's ~800k records; HNSW grows ~U log U.
+# Above this many candidates, index="auto" uses HNSW: exact all-pairs search grows as U^2 (about an hour at
+# MIMIC-IV-ECG's ~800k reports on 2 cores), HNSW as U log U with recall@64 near 1 (benchmarks/n3s_speed.py).
 DEFAULT_HNSW_THRESHOLD = 100_000
 REPORTS_FILE, NEGATIVES_FILE, SIMILARITIES_FILE, META_FILE, EMBEDDINGS_FILE = (
     "reports.json", "negatives.npy", "similarities.npy", "meta.json", "embeddings.npy")
