@@ -243,7 +243,7 @@ def print_table(results: dict) -> None:
     _table(models, [("macro", lambda r: r["independent_rhythm"]["macro_auc"]),
                     ("(AUPRC)", lambda r: r["independent_rhythm"]["macro_auprc"])]
            + [(c, lambda r, c=c: r["independent_rhythm"]["per_class_auc"].get(c))
-              for c in models[LABEL]["independent_rhythm"]["per_class_auc"]])
+              for c, v in models[LABEL]["independent_rhythm"]["per_class_auc"].items() if v is not None])
 
 
 def main(argv=None) -> int:
