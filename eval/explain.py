@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -58,12 +57,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--remote-code", action="store_true", help="run the model folder's own code")
     args = parser.parse_args(argv)
     from eval.plots import plot_attribution
-    from eval.windows import load_pipeline
+    from eval.windows import load_pipeline, record_argument
 
-    record = args.record
-    if str(record).endswith(".npy"):
-        record = {"signal": np.load(record, allow_pickle=False), "sampling_rate": args.sampling_rate,
-                  "lead_names": args.lead_names, "record_id": str(args.record)}
+    record = record_argument(args.record, args.sampling_rate, args.lead_names)
     try:
         pipe = load_pipeline(args.model, args.remote_code)
         result = pipe(record, candidate_labels=args.labels, explain=True, explain_label=args.label,

@@ -118,13 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def record_argument(path, sampling_rate=None, lead_names=None):
+    """What a CLI's --record names, as the pipeline takes it: a file path as is, a .npy array [leads, samples] as a
+    record dict with its --sampling-rate and --lead-names."""
+    if str(path).endswith(".npy"):
+        return {"signal": np.load(path, allow_pickle=False), "sampling_rate": sampling_rate,
+                "lead_names": lead_names, "record_id": str(path)}
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    record = args.record
-    if str(record).endswith(".npy"):
-        record = {"signal": np.load(record, allow_pickle=False), "sampling_rate": args.sampling_rate,
-                  "lead_names": args.lead_names, "record_id": str(args.record)}
+    record = record_argument(args.record, args.sampling_rate, args.lead_names)
     try:
         pipe = load_pipeline(args.model, args.remote_code)
         result = pipe(record, candidate_labels=args.labels, window_seconds=args.window_seconds,
