@@ -179,7 +179,8 @@ def collect(out: Path) -> dict:
         w = read_json(trained / "windows.json")
         truth = read_json(out / "data" / "stitched" / "segments.json")["segments"]
         results["windows"] = {"segments": truth, "aggregate": w["aggregate"], "plot": str(out / "windows.png"),
-                              "top_label_per_window": [(x["start"], x["end"], x["scores"][0]["label"])
+                              "top_label_per_window": [(x["start"], x["end"],
+                                                        max(x["scores"], key=lambda d: d["score"])["label"])
                                                        for x in w["windows"] if x.get("scores")]}
     if (trained / "where_afib.json").exists():
         e = read_json(trained / "where_afib.json")
