@@ -248,11 +248,12 @@ def print_table(results: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.replace("%", "%%"),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "demo" / "out"))
     parser.add_argument("--n-pairs", type=int, default=4000, help="synthetic MIMIC-layout ECG-report pairs")
     parser.add_argument("--n-downstream", type=int, default=3000,
-                        help="synthetic PTB-XL-layout records (~10% each in the validation and test folds)")
+                        help="synthetic PTB-XL-layout records (~10%% each in the validation and test folds)")
     parser.add_argument("--steps", type=int, default=2000, help="pretraining steps")
     parser.add_argument("--fresh", action="store_true", help="delete demo/out first")
     args = parser.parse_args(argv)

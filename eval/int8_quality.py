@@ -23,10 +23,10 @@ import torch
 
 from eval.datasets import load_downstream
 from eval.features import ProcessedRecords, load_model_and_processor, text_features
-from eval.label_sets import load_prompt_set
 from eval.linear_probe import probe_run
 from eval.metrics import auc_report
-from eval.zero_shot import class_prompts, find_prompt_file, label_set_name, zero_shot_scores
+from eval.zero_shot import class_prompts, label_set_name, zero_shot_scores
+from dbeta.prompting_dbeta import load_prompt_set
 from dbeta.onnx_dbeta import DBetaOnnxModel
 from train.export_onnx import export_onnx
 
@@ -68,7 +68,7 @@ def main() -> None:
             feats["fp32"][split] = features(model, processor, ds)
             feats["int8"][split] = features(int8, processor, ds)
         prompts = class_prompts(splits["test"].class_names, label_set_name("ptbxl", args.task),
-                                load_prompt_set(find_prompt_file(args.model)),
+                                load_prompt_set(args.model),
                                 getattr(model.config, "zero_shot_prompt_style", "description"))
         text = text_features(model, processor, [p["text"] for p in prompts])
 
