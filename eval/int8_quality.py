@@ -46,7 +46,7 @@ def features(model, processor, dataset, batch_size: int = 32) -> np.ndarray:
     return np.concatenate(out)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data-root", required=True, help="a PTB-XL-layout folder")
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--output", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model, processor = load_model_and_processor(args.model)
     with tempfile.TemporaryDirectory() as tmp:
