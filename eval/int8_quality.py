@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     result = {"model": args.model, "task": args.task, "n_records": {s: len(d) for s, d in splits.items()},
               "cosine_int8_vs_fp32": {"min": round(cos.min().item(), 5), "mean": round(cos.mean().item(), 5)}}
     for kind in ("fp32", "int8"):
-        zs = auc_report(labels["test"], zero_shot_scores(feats[kind]["test"], text), names, n_resamples=0)
+        zs = auc_report(labels["test"], zero_shot_scores(model, feats[kind]["test"], text), names, n_resamples=0)
         result[f"zero_shot_auc_{kind}"] = zs["macro_auc"]
         for f in args.fractions:
             run, _ = probe_run(feats[kind], labels, names, f, 42, args.epochs, 16, 1e-3, 1e-4, bootstrap=0)
