@@ -10,12 +10,17 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from dbeta.configuration_dbeta import DBetaECGConfig
-from dbeta.modeling_dbeta import DBetaForECGClassification, DBetaModel
-from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline, attribute_classifier, attribution_baseline
-from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
-from train.export import build_processor, export_model
+from dbeta.modeling_dbeta import DBetaForECGClassification
+from dbeta.pipeline_dbeta import attribute_classifier, attribution_baseline
+
+from tests.tiny import (
+    ecg_batch,
+    tiny_config,
+    tiny_t5_text_config,
+    tiny_zero_shot_pipeline,
+)
+from train.export import export_model
 
 LEAD, START, STOP = 7, 3.0, 5.0  # V2, 3-5 s
 SEG = 0.5
@@ -129,12 +134,7 @@ def test_model_randomisation_changes_the_attributions(trained):
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    tok = train_t5_tokenizer()
-    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))).eval()
-    with torch.no_grad():
-        model.ecg_pooler.dense.weight.mul_(20.0)
-    return ZeroShotECGClassificationPipeline(model=model, processor=build_processor(tok))
+    return tiny_zero_shot_pipeline()[2]
 
 
 def test_pipeline_explain_true(pipe, tmp_path):

@@ -6,26 +6,16 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
-
-from dbeta.modeling_dbeta import DBetaModel
-from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline
 from dbeta.processing_dbeta import DBetaFeatureExtractor, resolve_leads
-from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
-from train.export import build_processor
+
+from tests.tiny import ecg_batch, tiny_zero_shot_pipeline
 
 LABELS = ["NORM", "AFIB", "sinus bradycardia"]
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    tok = train_t5_tokenizer()
-    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))).eval()
-    with torch.no_grad():
-        model.ecg_pooler.dense.weight.mul_(20.0)
-    processor = build_processor(tok)
-    return model, processor, ZeroShotECGClassificationPipeline(model=model, processor=processor)
+    return tiny_zero_shot_pipeline()
 
 
 def test_a_record_with_leads_i_and_ii_only_is_conditioned_with_the_others_zeroed():

@@ -4,15 +4,13 @@ chunked WFDB reading, the errors, and the CLI's table and plot."""
 import csv
 import json
 
+import dbeta.pipeline_dbeta as pipeline_dbeta
 import numpy as np
 import pytest
-import torch
+from dbeta.pipeline_dbeta import aggregate_scores, window_spans
 
-import dbeta.pipeline_dbeta as pipeline_dbeta
-from dbeta.modeling_dbeta import DBetaModel
-from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline, aggregate_scores, window_spans
-from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
-from train.export import build_processor, export_model
+from tests.tiny import ecg_batch, tiny_zero_shot_pipeline
+from train.export import export_model
 
 LABELS = ["NORM", "AFIB", "sinus bradycardia"]
 NAMES = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -34,12 +32,7 @@ def write_wfdb(folder, name, signal, fs=500):
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    tok = train_t5_tokenizer()
-    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))).eval()
-    with torch.no_grad():
-        model.ecg_pooler.dense.weight.mul_(20.0)
-    return ZeroShotECGClassificationPipeline(model=model, processor=build_processor(tok))
+    return tiny_zero_shot_pipeline()[2]
 
 
 def test_window_spans():

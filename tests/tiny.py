@@ -90,3 +90,19 @@ def ecg_batch(batch: int = 2, samples: int = 5000, seed: int = 0) -> torch.Tenso
         gains = rng.uniform(-1.5, 1.5, size=(12, 1))
         out[b] = gains * beat + 0.02 * rng.standard_normal((12, samples))
     return torch.from_numpy(out)
+
+
+def tiny_zero_shot_pipeline():
+    """A seeded tiny DBetaModel (its ECG pooler scaled up so label scores differ) and its processor, as the
+    zero-shot pipeline: (model, processor, pipeline)."""
+    from dbeta.modeling_dbeta import DBetaModel
+    from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline
+    from train.export import build_processor
+
+    torch.manual_seed(0)
+    tok = train_t5_tokenizer()
+    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))).eval()
+    with torch.no_grad():
+        model.ecg_pooler.dense.weight.mul_(20.0)
+    processor = build_processor(tok)
+    return model, processor, ZeroShotECGClassificationPipeline(model=model, processor=processor)
