@@ -150,7 +150,6 @@ def write_mimic_layout(
     sizes[-1] -= sum(sizes) - n
     subject_ids = np.sort(lay.choice(np.arange(10_000_000, 20_000_000), len(sizes), replace=False))
     study_ids = lay.choice(np.arange(40_000_000, 50_000_000), n, replace=False)
-    subjects = np.repeat(subject_ids, sizes)
 
     records, measurements, truth = [], [], []
     bar = _progress(n, "synthetic MIMIC-IV-ECG", progress)
