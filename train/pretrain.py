@@ -1,6 +1,7 @@
 """D-BETA pretraining (MEM + MLM + ETM + ETS) with Hugging Face Accelerate: one process or many (DDP), CPU or GPU.
 
     python -m train.pretrain --config train/configs/small_cpu.yaml --dataset DATA --n3s N3S --output-dir runs/small
+    python -m train.pretrain --config ... --mimic-root MIMIC_IV_ECG --output-dir runs/small  # no prepared copy
     accelerate launch --multi_gpu --num_processes 2 -m train.pretrain --config ... --output-dir runs/small
     python -m train.pretrain --config ... --output-dir runs/small --resume        # continue exactly
     python -m train.pretrain --output-dir runs/small --export-only runs/small/checkpoints/checkpoint_7 \
@@ -60,7 +61,7 @@ RUN_NAME = "dbeta-pretrain"
 
 FLAGS = {  # argparse dest -> setting
     "output_dir": "output_dir", "export_dir": "export_dir", "seed": "seed",
-    "dataset": "data.dataset", "n3s": "data.n3s", "num_workers": "data.num_workers",
+    "dataset": "data.dataset", "mimic_root": "data.mimic_root", "n3s": "data.n3s", "num_workers": "data.num_workers",
     "size": "model.size", "text_encoder": "model.text_encoder", "tokenizer": "model.tokenizer",
     "init_from": "model.init_from",
     "max_steps": "train.max_steps", "batch_size": "train.per_device_batch_size",
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-dir", help="folder for the exported model (default: OUTPUT/model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--dataset", help="prepared dataset folder (save_to_disk DatasetDict with train/validation)")
+    p.add_argument("--mimic-root", help="instead of --dataset: train straight from an unmodified MIMIC-IV-ECG v1.0 "
+                                        "folder (records read on demand; see README)")
     p.add_argument("--n3s", help="N3S table folder")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--size", choices=("full", "small"))
@@ -152,8 +155,11 @@ def main(argv=None) -> int:
         if args.print_config:
             print(settings.to_yaml(), end="")
             return EXIT_OK
-        if not args.export_only and not settings.data.dataset:
-            raise ConfigError("data.dataset (--dataset) is required")
+        if not args.export_only and not settings.data.dataset and not settings.data.mimic_root:
+            raise ConfigError("data.dataset (--dataset) or data.mimic_root (--mimic-root) is required")
+        if not args.export_only and settings.data.dataset and settings.data.mimic_root:
+            raise ConfigError(f"give data.dataset ({settings.data.dataset}) or data.mimic_root "
+                              f"({settings.data.mimic_root}), not both")
         # One output folder, one run: the first process of a launch holds the lock for all of them.
         is_first = os.environ.get("RANK", "0") == "0"
         with RunLock(settings.output_dir) if is_first else contextlib.nullcontext():
@@ -259,7 +265,7 @@ def train(s: PretrainSettings, resume: bool) -> int:
     info = {"text_init": text_init,
             "negatives": "N3S table" if d.n3s else negatives, "world_size": world, "global_batch": global_batch,
             "distributed_type": str(accelerator.distributed_type.value),
-            "data": f"{public_name(d.dataset)} ({len(train_rows)} train / "
+            "data": f"{public_name(d.dataset or d.mimic_root)} ({len(train_rows)} train / "
                     f"{len(val_rows) if val_rows is not None else 0} validation rows)"}
     accelerator.init_trackers(RUN_NAME, config=_flatten(s.to_dict()))
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
@@ -424,7 +430,7 @@ def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:
     world = saved.get("world_size", 1)
     info = {"text_init": public_name(s.model.text_encoder), "world_size": world,
             "global_batch": s.train.per_device_batch_size * world * s.train.gradient_accumulation_steps,
-            "data": public_name(s.data.dataset)}
+            "data": public_name(s.data.dataset or s.data.mimic_root)}
     metrics = export_and_push(model.eval(), tokenizer, s, state, info, status="exported")
     return EXIT_PUSH_FAILED if metrics["push"] and not metrics["push"]["ok"] else EXIT_OK
 

@@ -1,4 +1,15 @@
-"""From a prepared dataset folder to the pretraining and validation batch streams."""
+"""From a prepared dataset folder, or straight from a MIMIC-IV-ECG folder, to the pretraining and validation batch
+streams.
+
+Straight from the files (data.mimic_root): the record list and the reports (two CSVs, no signal) are read once into an
+in-memory table; each training record's signal is read from its .hea/.dat when a batch asks for it, so the corpus
+never needs a second copy. The rows are indexed like a prepared split, which keeps every guarantee of that path: the
+same seeded global shuffle and sharding (ShardedBatchSampler), DataLoader workers, and an exact resume. The split is
+prepare_mimic's (`train.mimic.subject_split` on (split_seed, subject_id)); the validation rows (max_val_samples of
+them) are read once at the start. A record that fails to read at training time (a missing, truncated or corrupt
+file: the checks prepare_mimic makes) is replaced in its batch by another training record chosen from (seed, batch,
+slot), with a warning naming it: the batches stay a pure function of (seed, position) while the folder is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +51,8 @@ def as_rows(dataset):
 
 def select_splits(d: DataSettings):
     """(train rows, validation rows or None). A missing or empty validation split means no validation."""
+    if d.mimic_root:
+        return mimic_splits(d)
     splits = load_splits(d.dataset)
     if d.train_split not in splits:
         raise ConfigError(f"{d.dataset} has no {d.train_split!r} split (has {list(splits)})")
@@ -61,19 +74,27 @@ def negative_samplers(n3s: Optional[str], train_rows, val_rows):
     """(training sampler, validation sampler or None, description)."""
     from train.collator import FallbackNegativeSampler, RandomReportSampler
 
+    train_reports = _reports(train_rows)
     if n3s:
         from train.n3s import N3STable
 
         train_sampler, described = N3STable.load(n3s), f"N3S table {n3s}"
+        distinct = set(train_reports)
+        unknown = [r for r in distinct if r not in train_sampler]
+        if unknown:  # the collator would stop at the first batch that draws a negative for one of them
+            raise ConfigError(
+                f"the N3S table {n3s} has no row for {len(unknown)} of the {len(distinct)} distinct training reports "
+                f"(e.g. {unknown[0][:100]!r}): it was built from other data. Build it from this training split "
+                "(python -m train.build_n3s --dataset ...; for data.mimic_root, on the reports written by "
+                "python -m train.pretrain_data --mimic-root ROOT --reports DIR)")
     else:
         logger.warning("no N3S table (data.n3s): negatives are uniformly drawn other reports of the training split")
-        train_sampler = RandomReportSampler(train_rows.with_format(None)["report"])
+        train_sampler = RandomReportSampler(train_reports)
         described = "random other reports (no N3S table)"
     val_sampler = None
     if val_rows is not None:
         try:  # a validation report the N3S table does not know gets another validation report as its negative
-            val_sampler = FallbackNegativeSampler(train_sampler,
-                                                  RandomReportSampler(val_rows.with_format(None)["report"]))
+            val_sampler = FallbackNegativeSampler(train_sampler, RandomReportSampler(_reports(val_rows)))
         except ValueError:  # fewer than two distinct validation reports
             val_sampler = train_sampler
     return train_sampler, val_sampler, described
@@ -107,7 +128,207 @@ def train_loader(rows, collator, batch_size: int, seed: int, rank: int, world: i
     from train.collator import BatchCollate, RowsWithBatchId, ShardedBatchSampler
 
     sampler = ShardedBatchSampler(len(rows), batch_size, seed=seed, rank=rank, world=world, start=start)
-    loader = DataLoader(RowsWithBatchId(rows), batch_sampler=sampler, collate_fn=BatchCollate(collator),
+    dataset = rows if isinstance(rows, MimicRecords) else RowsWithBatchId(rows)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=BatchCollate(collator),
                         num_workers=workers, worker_init_fn=_worker_init if workers else None,
                         prefetch_factor=4 if workers else None, persistent_workers=False)
     return loader, sampler
+
+
+def _reports(rows) -> list:
+    return rows.reports() if isinstance(rows, MimicRecords) else rows.with_format(None)["report"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Straight from a MIMIC-IV-ECG folder
+# ----------------------------------------------------------------------------------------------------------------
+
+ENTRY_COLUMNS = ("study_id", "subject_id", "ecg_time", "path", "report")
+
+
+def mimic_entries(root, split_seed: int, val_fraction: float) -> tuple:
+    """({"train": Dataset, "validation": Dataset} of ENTRY_COLUMNS, skipped counts by reason) from record_list.csv and
+    machine_measurements.csv, in record_list order; no signal is read. The entries prepare_mimic drops before reading
+    a record (malformed or unsafe record_list row, duplicate study, missing or empty report) are left out here too."""
+    from collections import Counter
+
+    from datasets import Dataset
+
+    from train.mimic import MimicInputError, iter_machine_measurements, iter_record_list, subject_split
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"data.mimic_root {root} is not a folder (expected a MIMIC-IV-ECG v1.0 download: "
+                          "record_list.csv, machine_measurements.csv, files/)")
+    for name in ("record_list.csv", "machine_measurements.csv"):
+        if not (root / name).is_file():
+            raise ConfigError(f"data.mimic_root {root} has no {name}: expected an unmodified MIMIC-IV-ECG v1.0 folder "
+                              "(record_list.csv, machine_measurements.csv, files/p*/p*/s*/)")
+    columns = {split: {c: [] for c in ENTRY_COLUMNS} for split in ("train", "validation")}
+    skipped = Counter()
+    try:
+        reports = {}
+        for study, report in iter_machine_measurements(root):
+            reports.setdefault(study, report)
+        for entry in iter_record_list(root):
+            report = reports.get(entry["study_id"])
+            reason = entry["status"] or ("missing_report" if report is None else "" if report.strip()
+                                         else "empty_report")
+            if reason:
+                skipped[reason] += 1
+                continue
+            split = subject_split(entry["subject_id"], split_seed, val_fraction)
+            for c in ENTRY_COLUMNS:
+                columns[split][c].append(report if c == "report" else entry[c])
+    except MimicInputError as err:
+        raise ConfigError(str(err)) from None
+    del reports
+    splits = {name: Dataset.from_dict(cols) for name, cols in columns.items()}
+    return splits, dict(skipped)
+
+
+class MimicRecords(torch.utils.data.Dataset):
+    """Training rows of a MIMIC-IV-ECG folder, read on demand: `entries` (a Dataset of ENTRY_COLUMNS) in memory, the
+    signal of each row read from its files when asked. For `train_loader`, like RowsWithBatchId: fetching a list of
+    (batch_id, index) pairs returns {"batch_id", "indices", "rows"}. A record that fails to read is replaced by
+    another one drawn from (seed, batch_id, slot) (up to `tries` draws), with a warning naming it; "indices" holds
+    the rows actually used."""
+
+    def __init__(self, root, entries, seed: int, tries: int = 32):
+        self.root, self.entries, self.seed, self.tries = str(Path(root).resolve()), entries, int(seed), int(tries)
+        self._warned: set = set()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def reports(self) -> list:
+        return self.entries["report"]
+
+    def read(self, index: int) -> dict:
+        """The row of entry `index` (the prepared row layout); raises train.mimic.RecordDropped."""
+        from train.mimic import build_row
+
+        entry = dict(self.entries[int(index)], status=None)
+        return build_row(self.root, entry, entry["report"])
+
+    def _read_or_replace(self, batch_id: int, slot: int, index: int) -> tuple:
+        import numpy as np
+
+        from train.mimic import RecordDropped
+
+        rng = np.random.default_rng([self.seed, 13, int(batch_id), int(slot)])
+        for _ in range(self.tries):
+            try:
+                return index, self.read(index)
+            except RecordDropped as drop:
+                if index not in self._warned:
+                    self._warned.add(index)
+                    logger.warning("record %s (study %s) cannot be read (%s); another training record takes its "
+                                   "place in the batch", self.entries[index]["path"], self.entries[index]["study_id"],
+                                   drop)
+                index = int(rng.integers(len(self.entries)))
+        raise RuntimeError(f"{self.tries} records of {self.root} in a row could not be read (see the warnings): is "
+                           "the folder complete and readable?")
+
+    def __getitems__(self, items) -> dict:
+        ids = [int(g) for g, _ in items]
+        indices, rows = [], []
+        for slot, (_, i) in enumerate(items):
+            used, row = self._read_or_replace(ids[0], slot, int(i))
+            indices.append(used)
+            rows.append(row)
+        return {"batch_id": ids[0], "indices": indices, "rows": rows}
+
+
+def _read_rows(records: MimicRecords, limit: Optional[int]) -> tuple:
+    """(rows, dropped) of the first `limit` entries of `records` that read, in order."""
+    from train.mimic import RecordDropped
+
+    rows, dropped = [], 0
+    for i in range(len(records)):
+        if limit is not None and len(rows) >= limit:
+            break
+        try:
+            rows.append(records.read(i))
+        except RecordDropped:
+            dropped += 1
+    return rows, dropped
+
+
+def mimic_splits(d: DataSettings):
+    """(MimicRecords of the train side, validation rows or None) for data.mimic_root; bad input raises ConfigError."""
+    from datasets import Dataset
+
+    from train.mimic import features
+
+    splits, skipped = mimic_entries(d.mimic_root, d.split_seed, d.val_fraction)
+    train_entries = splits["train"]
+    if d.max_train_samples:
+        train_entries = train_entries.select(range(min(len(train_entries), d.max_train_samples)))
+    if len(train_entries) == 0:
+        raise ConfigError(f"data.mimic_root {d.mimic_root}: no training record (skipped before reading: "
+                          f"{skipped or 'none'}; data.val_fraction={d.val_fraction})")
+    from train.mimic import RecordDropped
+
+    records = MimicRecords(d.mimic_root, train_entries, d.split_seed)
+    failures = []
+    for i in range(min(8, len(records))):  # the wrong folder, or one without its files/ tree: say so now
+        try:
+            records.read(i)
+            break
+        except RecordDropped as drop:
+            failures.append(f"{train_entries[i]['path']}: {drop}")
+    else:
+        raise ConfigError(f"data.mimic_root {d.mimic_root}: none of the first {len(failures)} training records can "
+                          f"be read ({'; '.join(failures[:3])})")
+    logger.info("%s: %d training records (read on demand), %d validation records; skipped before reading: %s",
+                d.mimic_root, len(train_entries), len(splits["validation"]), skipped or "none")
+    val_rows = None
+    if len(splits["validation"]):
+        rows, dropped = _read_rows(MimicRecords(d.mimic_root, splits["validation"], d.split_seed),
+                                   d.max_val_samples)
+        if dropped:
+            logger.warning("%d validation record(s) could not be read and were left out", dropped)
+        if rows:
+            val_rows = as_rows(Dataset.from_list(rows, features=features()))
+    if val_rows is None:
+        logger.warning("no validation record in %s (data.val_fraction=%s): validation is skipped", d.mimic_root,
+                       d.val_fraction)
+    return records, val_rows
+
+
+def write_reports(mimic_root, out, split_seed: int = 0, val_fraction: float = 0.02):
+    """The reports of a MIMIC-IV-ECG folder as a save_to_disk DatasetDict (train / validation, the split of
+    data.mimic_root) for python -m train.build_n3s: an N3S table for training straight from the folder."""
+    from datasets import DatasetDict
+
+    splits, _ = mimic_entries(mimic_root, split_seed, val_fraction)
+    DatasetDict({k: v.select_columns(["study_id", "subject_id", "report"]) for k, v in splits.items()}).save_to_disk(
+        str(out))
+    return Path(out)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="python -m train.pretrain_data",
+        description="Write the reports of a MIMIC-IV-ECG folder, split as `train.pretrain --mimic-root` splits it, for "
+                    "python -m train.build_n3s --dataset DIR (an N3S table without a prepared copy).")
+    p.add_argument("--mimic-root", required=True)
+    p.add_argument("--reports", required=True, metavar="DIR", help="output folder (save_to_disk DatasetDict)")
+    p.add_argument("--split-seed", type=int, default=0, help="data.split_seed of the training run")
+    p.add_argument("--val-fraction", type=float, default=0.02, help="data.val_fraction of the training run")
+    args = p.parse_args(argv)
+    try:
+        out = write_reports(args.mimic_root, args.reports, args.split_seed, args.val_fraction)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,8 +30,13 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class DataSettings:
-    dataset: Optional[str] = _f(None, "REQUIRED: prepared dataset (prepare_mimic's OUTPUT or a save_to_disk "
-                                      "DatasetDict folder)")
+    dataset: Optional[str] = _f(None, "REQUIRED (or mimic_root): prepared dataset (prepare_mimic's OUTPUT or a "
+                                      "save_to_disk DatasetDict folder)")
+    mimic_root: Optional[str] = _f(None, "instead of dataset: an unmodified MIMIC-IV-ECG v1.0 folder, each record "
+                                         "read from its files when a batch needs it (no prepared copy)")
+    val_fraction: float = _f(0.02, "with mimic_root: fraction of subjects held out for validation (as "
+                                   "prepare_mimic --val-fraction)", min=0, max=1)
+    split_seed: int = _f(0, "with mimic_root: seed of the subject-level split (as prepare_mimic --seed)")
     n3s: Optional[str] = _f(None, "N3S table folder; null = random other reports as negatives (warned)")
     train_split: str = _f("train", "split to train on")
     validation_split: str = _f("validation", "split to validate on; absent or empty = no validation (warned)")
