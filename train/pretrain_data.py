@@ -202,7 +202,7 @@ class MimicRecords(torch.utils.data.Dataset):
         return len(self.entries)
 
     def reports(self) -> list:
-        return self.entries["report"]
+        return list(self.entries["report"])
 
     def read(self, index: int) -> dict:
         """The row of entry `index` (the prepared row layout); raises train.mimic.RecordDropped."""
