@@ -8,7 +8,7 @@ same seeded global shuffle and sharding (ShardedBatchSampler), DataLoader worker
 prepare_mimic's (`train.mimic.subject_split` on (split_seed, subject_id)); the validation rows (max_val_samples of
 them) are read once at the start. A record that fails to read at training time (a missing, truncated or corrupt
 file: the checks prepare_mimic makes) is replaced in its batch by another training record chosen from (seed, batch,
-slot), with a warning naming it: the batches stay a pure function of (seed, position) while the folder is unchanged.
+slot), with a warning naming it: the batches stay a pure function of (seeds, position) while the folder is unchanged.
 """
 
 from __future__ import annotations
@@ -191,8 +191,8 @@ class MimicRecords(torch.utils.data.Dataset):
     """Training rows of a MIMIC-IV-ECG folder, read on demand: `entries` (a Dataset of ENTRY_COLUMNS) in memory, the
     signal of each row read from its files when asked. For `train_loader`, like RowsWithBatchId: fetching a list of
     (batch_id, index) pairs returns {"batch_id", "indices", "rows"}. A record that fails to read is replaced by
-    another one drawn from (seed, batch_id, slot) (up to `tries` draws), with a warning naming it; "indices" holds
-    the rows actually used."""
+    another one drawn from (seed, batch_id, slot) (up to `tries` draws; the seed is data.split_seed), with a warning
+    naming it; "indices" holds the rows actually used."""
 
     def __init__(self, root, entries, seed: int, tries: int = 32):
         self.root, self.entries, self.seed, self.tries = str(Path(root).resolve()), entries, int(seed), int(tries)
