@@ -118,8 +118,11 @@ def _per_class(y_true, scores, metric: str) -> np.ndarray:
     fn = {"auroc": roc_auc_score, "auprc": average_precision_score}[metric]
     y, s = _as_2d(y_true, scores)
     out = np.full(y.shape[1], np.nan)
-    for j in np.flatnonzero(evaluable_classes(y)):
-        out[j] = fn(y[:, j], s[:, j])
+    cols = np.flatnonzero(evaluable_classes(y))
+    if len(cols) == 1:
+        out[cols[0]] = fn(y[:, cols[0]], s[:, cols[0]])
+    elif len(cols) > 1:  # one multilabel call: sklearn validates once, not once per class (the probe's hot path)
+        out[cols] = fn(y[:, cols], s[:, cols], average=None)
     return out
 
 
