@@ -1,11 +1,16 @@
-"""Zero-shot ECG classification with D-BETA: `pipeline("zero-shot-ecg-classification", model=...)`.
+"""D-BETA's pipelines: zero-shot ECG classification of a pretrained model
+(`pipeline("zero-shot-ecg-classification", model=...)`), and a fine-tuned classifier's own classes
+(`pipeline("ecg-classification", model=finetuned)`, `ECGClassificationPipeline`). An export's config.json names
+the one that fits it; each refuses the other kind of model.
 
     from transformers import pipeline
     pipe = pipeline("zero-shot-ecg-classification", model="path/or/repo", trust_remote_code=True)
     pipe(ecg, sampling_rate=500, candidate_labels=["NORM", "AFIB", "left bundle branch block"])
     # -> [{"label": "AFIB", "score": 0.71}, {"label": "NORM", "score": 0.2}, ...]   (sorted, highest first)
+    clf = pipeline("ecg-classification", model="path/to/finetuned", trust_remote_code=True)
+    clf("record.dcm")  # -> [{"label": "AFIB", "score": 0.93}, ...]   (every class of config.id2label)
 
-Inputs (one, or a list of them for a batch; `batch_size=` batches the model calls):
+Inputs, the same for both (one, or a list of them for a batch; `batch_size=` batches the model calls):
   * an array [leads, samples] (numpy or torch) in millivolts, with `sampling_rate=` (Hz) and optionally
     `lead_names=` (otherwise the leads must be in the order I, II, III, aVR, aVL, aVF, V1-V6);
     a [batch, leads, samples] array is a batch;
@@ -14,8 +19,8 @@ Inputs (one, or a list of them for a batch; `batch_size=` batches the model call
 Every record goes through the model's processor (lead order, resampling, crop/pad, plausibility, amplitude
 policy); an error names the input's position in the list and its file.
 
-Labels and scores come from `prompting_dbeta` (the one module that owns them, shared with `eval.zero_shot`):
-`candidate_labels` are class codes or free text; a code of the prompt set shipped with the model
+Zero-shot labels and scores come from `prompting_dbeta` (the one module that owns them, shared with
+`eval.zero_shot`): `candidate_labels` are class codes or free text; a code of the prompt set shipped with the model
 (`prompts_dbeta.json`) becomes its full name and clinical description, or the full name alone with
 `prompt_style="name"` (default: the checkpoint's `config.zero_shot_prompt_style`); `dataset=` applies a dataset's
 own spellings first (CSN's "AF" is atrial flutter); anything else is used as written (`hypothesis_template`,
@@ -64,10 +69,15 @@ from .prompting_dbeta import (
 )
 
 TASK = "zero-shot-ecg-classification"
+CLASSIFICATION_TASK = "ecg-classification"
 CALL_KEYWORDS = ("candidate_labels", "sampling_rate", "lead_names", "hypothesis_template", "multi_label", "dataset",
                  "prompts", "prompt_style", "top_k", "batch_size", "num_workers", "leads", "return_leads")
 WINDOW_KEYWORDS = ("window_seconds", "stride_seconds", "aggregate", "progress", "chunk_seconds")
 EXPLAIN_KEYWORDS = ("explain", "explain_label", "n_steps", "segment_seconds")
+CLASSIFY_KEYWORDS = ("sampling_rate", "lead_names", "leads", "return_leads", "top_k", "function_to_apply",
+                     "multi_label", "batch_size", "num_workers")
+#: `function_to_apply=` of the classification pipeline (transformers' text-classification names).
+SCORE_FUNCTIONS = ("sigmoid", "softmax", "none")
 #: How per-window scores combine into a record's score (`aggregate=`).
 AGGREGATES = {
     "mean": "the mean of the label's window scores",
@@ -77,6 +87,8 @@ AGGREGATES = {
 
 __all__ = [
     "ZeroShotECGClassificationPipeline",
+    "ECGClassificationPipeline",
+    "default_score_function",
     "PromptSet",
     "load_prompt_set",
     "looks_like_code",
@@ -296,33 +308,19 @@ def _labels_list(candidate_labels) -> List[str]:
     return labels
 
 
-class ZeroShotECGClassificationPipeline(Pipeline):
-    """Zero-shot ECG classification: scores an ECG against candidate labels (class codes or free text).
-
-    Call keywords: candidate_labels (list or comma-separated string; required), sampling_rate, lead_names,
-    hypothesis_template ("{}"), multi_label (False; True or False only), dataset (None; applies that dataset's code
-    spellings), prompts (a prompt-set dict or JSON path overriding the model's), prompt_style ("description" |
-    "name"; default the model config's zero_shot_prompt_style), top_k (None = all), batch_size, num_workers.
-    Any other keyword is refused."""
+class _ECGPipeline(Pipeline):
+    """What the two D-BETA pipelines share: the inputs (one ECG or a list; each read and conditioned by the
+    model's processor, errors naming the input's position and file), the lead keywords (sampling_rate,
+    lead_names, leads, return_leads), `top_k`, and the ranked [{"label", "score"}] output."""
 
     _load_processor = True
     _load_tokenizer = False
     _load_feature_extractor = False
     _load_image_processor = False
 
-    def __init__(self, *args, **kwargs):
-        self._prompt_cache = None  # ((model name, revision), PromptSet)
-        self._label_cache = None  # (model, processor and parameter identities and versions, texts, features)
-        super().__init__(*args, **kwargs)
-
-    # -- parameters -------------------------------------------------------------------------------------------
-
-    def _sanitize_parameters(self, sampling_rate=None, lead_names=None, candidate_labels=None,
-                             hypothesis_template=None, multi_label=None, dataset=None, prompts=None, top_k=None,
-                             prompt_style=None, leads=None, return_leads=None, **kwargs):
-        if kwargs:
-            raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the pipeline takes "
-                            f"{', '.join(CALL_KEYWORDS + WINDOW_KEYWORDS + EXPLAIN_KEYWORDS)}")
+    @staticmethod
+    def _input_parameters(sampling_rate=None, lead_names=None, leads=None, return_leads=None, top_k=None):
+        """(preprocess, postprocess) options of the keywords both pipelines take, checked."""
         preprocess, post = {}, {}
         if sampling_rate is not None:
             preprocess["sampling_rate"] = sampling_rate
@@ -332,6 +330,75 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             preprocess["leads"] = resolve_leads(leads)
         if return_leads is not None:
             post["return_leads"] = _check_bool("return_leads", return_leads)
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+            post["top_k"] = int(top_k)
+        return preprocess, post
+
+    def __call__(self, inputs, **kwargs):
+        inputs = _split_batch(inputs)
+        if isinstance(inputs, list):
+            if not inputs:
+                return []
+            inputs = [_Item(i, x) for i, x in enumerate(inputs)]
+        return super().__call__(inputs, **kwargs)
+
+    def _ecg_inputs(self, inputs, sampling_rate=None, lead_names=None, leads=None) -> dict:
+        """{"ecg_values" [1, leads, samples], "lead_mask" [1, 12]} of one input (an `_Item` of a list, or bare)."""
+        index = inputs.index if isinstance(inputs, _Item) else None
+        item = inputs.value if isinstance(inputs, _Item) else inputs
+        record = _read_input(item, index, sampling_rate, lead_names)
+        values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True)
+        if leads is None:
+            _warn_missing_leads(self.processor, mask, _where(index, record["source"]))
+        return {"ecg_values": values, "lead_mask": mask}
+
+    def _ranked(self, labels: Sequence[str], scores: Sequence[float], top_k=None, return_leads=False,
+                lead_mask=None):
+        """[{"label", "score"}] highest first (the first `top_k`), or with `return_leads` {"scores", "leads"}."""
+        order = sorted(range(len(labels)), key=lambda i: -scores[i])[:top_k]
+        result = [{"label": labels[i], "score": float(scores[i])} for i in order]
+        if return_leads:
+            return {"scores": result, "leads": used_lead_names(self.processor, lead_mask)}
+        return result
+
+
+def _model_name(model) -> str:
+    return str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "this model")
+
+
+class ZeroShotECGClassificationPipeline(_ECGPipeline):
+    """Zero-shot ECG classification: scores an ECG against candidate labels (class codes or free text).
+
+    Call keywords: candidate_labels (list or comma-separated string; required), sampling_rate, lead_names,
+    hypothesis_template ("{}"), multi_label (False; True or False only), dataset (None; applies that dataset's code
+    spellings), prompts (a prompt-set dict or JSON path overriding the model's), prompt_style ("description" |
+    "name"; default the model config's zero_shot_prompt_style), top_k (None = all), batch_size, num_workers.
+    Any other keyword is refused. A fine-tuned classifier (no text tower) is refused: it has
+    `ECGClassificationPipeline`."""
+
+    def __init__(self, *args, **kwargs):
+        self._prompt_cache = None  # ((model name, revision), PromptSet)
+        self._label_cache = None  # (model, processor and parameter identities and versions, texts, features)
+        super().__init__(*args, **kwargs)
+        if not callable(getattr(self.model, "get_text_features", None)):
+            name = _model_name(self.model)
+            kind = ", ".join(getattr(self.model.config, "architectures", None) or [type(self.model).__name__])
+            raise ValueError(
+                f"{name} is a fine-tuned ECG classifier ({kind}) with no text tower: zero-shot scores would come "
+                f"from a random text encoder. Use its own classes: pipeline(\"{CLASSIFICATION_TASK}\", "
+                f"model={name!r}, trust_remote_code=True)")
+
+    # -- parameters -------------------------------------------------------------------------------------------
+
+    def _sanitize_parameters(self, sampling_rate=None, lead_names=None, candidate_labels=None,
+                             hypothesis_template=None, multi_label=None, dataset=None, prompts=None, top_k=None,
+                             prompt_style=None, leads=None, return_leads=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the pipeline takes "
+                            f"{', '.join(CALL_KEYWORDS + WINDOW_KEYWORDS + EXPLAIN_KEYWORDS)}")
+        preprocess, post = self._input_parameters(sampling_rate, lead_names, leads, return_leads, top_k)
         if candidate_labels is not None:
             preprocess["candidate_labels"] = _labels_list(candidate_labels)
         if hypothesis_template is not None:
@@ -348,10 +415,6 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             preprocess["prompt_style"] = prompt_style
         if multi_label is not None:
             post["multi_label"] = _check_bool("multi_label", multi_label)
-        if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-                raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-            post["top_k"] = int(top_k)
         return preprocess, {}, post
 
     # -- labels -----------------------------------------------------------------------------------------------
@@ -417,11 +480,6 @@ class ZeroShotECGClassificationPipeline(Pipeline):
             return self._each(inputs, self.windows, kwargs)
         if explain:
             return self._each(inputs, self.explain, kwargs)
-        inputs = _split_batch(inputs)
-        if isinstance(inputs, list):
-            if not inputs:
-                return []
-            inputs = [_Item(i, x) for i, x in enumerate(inputs)]
         return super().__call__(inputs, **kwargs)
 
     def _each(self, inputs, method, kwargs):
@@ -439,18 +497,12 @@ class ZeroShotECGClassificationPipeline(Pipeline):
 
     def preprocess(self, inputs, sampling_rate=None, lead_names=None, candidate_labels=None,
                    hypothesis_template="{}", dataset=None, prompts=None, prompt_style=None, leads=None):
-        index = inputs.index if isinstance(inputs, _Item) else None
-        item = inputs.value if isinstance(inputs, _Item) else inputs
         model_inputs = {}
         if candidate_labels is not None:  # the labels travel with the record to _forward and postprocess
             model_inputs["candidate_labels"] = list(candidate_labels)
             model_inputs["label_texts"] = self.label_texts(candidate_labels, hypothesis_template, dataset, prompts,
                                                            prompt_style)
-        record = _read_input(item, index, sampling_rate, lead_names)
-        values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True)
-        if leads is None:
-            _warn_missing_leads(self.processor, mask, _where(index, record["source"]))
-        model_inputs["ecg_values"], model_inputs["lead_mask"] = values, mask
+        model_inputs.update(self._ecg_inputs(inputs, sampling_rate, lead_names, leads))
         return model_inputs
 
     def _forward(self, model_inputs):
@@ -470,13 +522,7 @@ class ZeroShotECGClassificationPipeline(Pipeline):
         if logits.ndim == 2:
             logits = logits[0]
         scores = label_scores(logits, multi_label).tolist()
-        order = sorted(range(len(labels)), key=lambda i: -scores[i])
-        if top_k is not None:
-            order = order[:top_k]
-        result = [{"label": labels[i], "score": float(scores[i])} for i in order]
-        if return_leads:
-            return {"scores": result, "leads": used_lead_names(self.processor, model_outputs["lead_mask"])}
-        return result
+        return self._ranked(labels, scores, top_k, return_leads, model_outputs["lead_mask"])
 
     # -- records of any length ------------------------------------------------------------------------------------
 
@@ -639,9 +685,97 @@ class ZeroShotECGClassificationPipeline(Pipeline):
                                           lead_names=self.processor.feature_extractor.lead_names,
                                           lead_mask=mask[0].numpy())
         explanation["label"] = labels[target]
-        order = sorted(range(len(labels)), key=lambda i: -scores[i])[:post.get("top_k")]
-        result = [{"label": labels[i], "score": float(scores[i])} for i in order]
+        result = self._ranked(labels, scores, post.get("top_k"))
         return {"scores": result, "leads": used_lead_names(self.processor, mask), "explanation": explanation}
+
+
+class ECGClassificationPipeline(_ECGPipeline):
+    """A fine-tuned classifier's own classes: `pipeline("ecg-classification", model=finetuned, ...)`.
+
+    Returns [{"label", "score"}] over the model's `id2label`, highest first (a list of those for a list input).
+    Scores follow `config.problem_type` as transformers' text-classification pipeline does: a sigmoid per class
+    for "multi_label_classification" (or a single class), a softmax over the classes for
+    "single_label_classification", the raw outputs for "regression". Call keywords: sampling_rate, lead_names,
+    leads, return_leads, top_k (None = every class), batch_size, num_workers, and one override:
+    function_to_apply ("sigmoid" | "softmax" | "none") or multi_label (True = sigmoid, False = softmax).
+    The inputs are the zero-shot pipeline's (see the module docstring). Any other keyword is refused; a model
+    without a classification head is refused (it has `ZeroShotECGClassificationPipeline`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(getattr(self.model, "classifier", None), torch.nn.Module):
+            name = _model_name(self.model)
+            raise ValueError(
+                f"{name} has no classification head (a pretrained D-BETA): fine-tune it (python -m train.finetune) "
+                f"for its own classes, or score labels zero-shot: pipeline(\"{TASK}\", model={name!r}, "
+                "trust_remote_code=True)")
+
+    def _sanitize_parameters(self, sampling_rate=None, lead_names=None, leads=None, return_leads=None, top_k=None,
+                             function_to_apply=None, multi_label=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the pipeline takes "
+                            f"{', '.join(CLASSIFY_KEYWORDS)}")
+        preprocess, post = self._input_parameters(sampling_rate, lead_names, leads, return_leads, top_k)
+        if function_to_apply is not None and multi_label is not None:
+            raise TypeError("give function_to_apply or multi_label, not both")
+        if function_to_apply is not None:
+            if not isinstance(function_to_apply, str) or function_to_apply not in SCORE_FUNCTIONS:
+                raise ValueError(f"function_to_apply must be one of {', '.join(SCORE_FUNCTIONS)}, "
+                                 f"got {function_to_apply!r}")
+            post["function_to_apply"] = function_to_apply
+        if multi_label is not None:
+            post["function_to_apply"] = "sigmoid" if _check_bool("multi_label", multi_label) else "softmax"
+        return preprocess, {}, post
+
+    def class_labels(self) -> List[str]:
+        """The model's class names, in the order of its logits (`config.id2label`)."""
+        config = self.model.config
+        id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+        missing = [i for i in range(config.num_labels) if i not in id2label]
+        if missing:
+            raise ValueError(f"{_model_name(self.model)}: config.id2label has no name for class(es) {missing} of "
+                             f"{config.num_labels}")
+        return [id2label[i] for i in range(config.num_labels)]
+
+    def preprocess(self, inputs, sampling_rate=None, lead_names=None, leads=None):
+        model_inputs = self._ecg_inputs(inputs, sampling_rate, lead_names, leads)
+        model_inputs["class_labels"] = self.class_labels()  # travels with the record to postprocess
+        return model_inputs
+
+    def _forward(self, model_inputs):
+        logits = self.model(ecg_values=model_inputs["ecg_values"]).logits
+        return {"logits": logits, "class_labels": model_inputs["class_labels"],
+                "lead_mask": model_inputs["lead_mask"]}
+
+    def postprocess(self, model_outputs, function_to_apply=None, top_k=None, return_leads=False):
+        labels = model_outputs["class_labels"]
+        logits = model_outputs["logits"].float()
+        if logits.ndim == 2:
+            logits = logits[0]
+        if logits.shape[-1] != len(labels):
+            raise ValueError(f"{_model_name(self.model)}: the model gives {logits.shape[-1]} scores but "
+                             f"config.id2label names {len(labels)} classes")
+        function = function_to_apply or default_score_function(self.model.config)
+        if function == "softmax" and len(labels) == 1:
+            raise ValueError("function_to_apply='softmax' over a single class is 1 whatever the ECG: use 'sigmoid'")
+        if function == "sigmoid":
+            scores = torch.sigmoid(logits)
+        elif function == "softmax":
+            scores = logits.softmax(-1)
+        else:
+            scores = logits
+        return self._ranked(labels, scores.tolist(), top_k, return_leads, model_outputs["lead_mask"])
+
+
+def default_score_function(config) -> str:
+    """How `ECGClassificationPipeline` turns logits into scores by default (transformers' text-classification
+    rule): "none" for regression, "sigmoid" for multi-label or a single class, otherwise "softmax"."""
+    problem = getattr(config, "problem_type", None)
+    if problem == "regression":
+        return "none"
+    if problem == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
 
 
 # --------------------------------------------------------------------------------------------------------------

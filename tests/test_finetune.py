@@ -198,6 +198,10 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert config["problem_type"] == "multi_label_classification" and config.get("class_weights") is None
     assert config["id2label"]["0"] == "AFIB" and config["label2id"]["CLBBB"] == 7
     assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_dbeta.DBetaForECGClassification"
+    # its own pipeline only: a classifier has no text tower to score zero-shot labels with
+    assert list(config["custom_pipelines"]) == ["ecg-classification"]
+    card = (export / "README.md").read_text()
+    assert 'pipeline("ecg-classification"' in card and "zero-shot-ecg-classification" not in card
     assert "test macro AUC" in (export / "README.md").read_text()
     assert "test macro AUPRC" in (export / "README.md").read_text()
 
@@ -211,7 +215,7 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     stdout = fresh_python(
         f"""
         import numpy as np, torch
-        from transformers import AutoModelForSequenceClassification, AutoProcessor
+        from transformers import AutoModelForSequenceClassification, AutoProcessor, pipeline
         path, io = {str(export)!r}, torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
         proc = AutoProcessor.from_pretrained(path, trust_remote_code=True)
@@ -220,6 +224,12 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
         assert (out.logits - io["logits"]).abs().max() < 1e-5
         assert model.config.problem_type == "multi_label_classification"
         batch = proc(ecg=np.random.default_rng(0).standard_normal((12, 500)).astype(np.float32), sampling_rate=50)
+        pipe = pipeline("ecg-classification", model=path, trust_remote_code=True)
+        rate = proc.feature_extractor.sampling_rate
+        scores = [{{d["label"]: d["score"] for d in r}} for r in pipe(list(io["ecg"].numpy()), sampling_rate=rate)]
+        for row, got in enumerate(scores):
+            want = torch.sigmoid(io["logits"][row])
+            assert all(abs(got[model.config.id2label[i]] - float(want[i])) < 1e-5 for i in range(9)), (got, want)
         print(type(model).__name__, model.config.id2label[7], tuple(batch["ecg_values"].shape))
         """,
         cwd=tmp_path,

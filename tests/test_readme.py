@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dbeta.modeling_dbeta import DBetaModel
+from dbeta.modeling_dbeta import DBetaForECGClassification, DBetaModel
 from tests.tiny import tiny_config, tiny_t5_text_config, train_t5_tokenizer
 from train.export import build_processor, export_model
 from train.synthetic import generate_ecg
@@ -39,13 +39,19 @@ def readme_snippet(heading: str) -> str:
 
 @pytest.fixture(scope="module")
 def hub_download(tmp_path_factory):
-    """A working folder laid out as the snippets expect: path/or/repo (an export), WFDB records and DICOM files."""
+    """A working folder laid out as the snippets expect: path/or/repo (an export), runs/ft/export (a fine-tuned
+    classifier's export), WFDB records and DICOM files."""
     from pydicom.data import get_testdata_file
 
     work = tmp_path_factory.mktemp("readme")
     tok = train_t5_tokenizer()
     export_model(DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))).eval(), work / "path" / "or" / "repo",
                  processor=build_processor(tok))
+    classes = ["AFIB", "NORM", "STACH"]
+    classifier = DBetaForECGClassification(tiny_config(
+        tiny_t5_text_config(len(tok)), num_labels=3, problem_type="multi_label_classification",
+        id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)})).eval()
+    export_model(classifier, work / "runs" / "ft" / "export", processor=build_processor(tok))
     import wfdb
 
     signal = generate_ecg("AFIB", np.random.default_rng(1)).astype(np.float64).T  # [samples, 12] mV
@@ -60,7 +66,7 @@ def hub_download(tmp_path_factory):
     return work
 
 
-@pytest.mark.parametrize("heading", ["Use in a notebook", "Zero-shot pipeline"])
+@pytest.mark.parametrize("heading", ["Use in a notebook", "Zero-shot pipeline", "Fine-tuning with `Trainer`"])
 def test_readme_snippet_runs_as_written(hub_download, tmp_path, heading):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TOKENIZERS_PARALLELISM="false")

@@ -1,11 +1,13 @@
 """Export a D-BETA model as a self-contained Hub folder.
 
-The folder holds model.safetensors, config.json (with `auto_map` for every class and the zero-shot pipeline in
-`custom_pipelines`), the remote-code files, the processor (processor_config.json and the tokenizer files), the
-prompt set, and README.md: the Hub card, made from the template model_card.md with huggingface_hub's
-`ModelCard` (front matter for this export, its shapes, a table of the run's facts). `AutoModel`,
-`AutoModelForPreTraining`, `AutoModelForSequenceClassification`, `AutoProcessor` and
-`pipeline("zero-shot-ecg-classification")` load it with `trust_remote_code=True`.
+The folder holds model.safetensors, config.json (with `auto_map` for every class and, in `custom_pipelines`, the
+one pipeline that fits the model: "zero-shot-ecg-classification" for a pretrained model, "ecg-classification" for
+a fine-tuned `DBetaForECGClassification`, which has no text tower to score labels zero-shot), the remote-code
+files, the processor (processor_config.json and the tokenizer files), the prompt set, and README.md: the Hub card,
+made with huggingface_hub's `ModelCard` (front matter for this export, its shapes, a table of the run's facts) from
+the template model_card.md, or for a classifier from the template's input contract and citation with its own
+usage. `AutoModel`, `AutoModelForPreTraining`, `AutoModelForSequenceClassification`, `AutoProcessor` and that
+pipeline load it with `trust_remote_code=True`.
 
 Nothing local leaks into the folder: sub-configs drop where they were loaded from, and absolute paths in the
 card's facts are cut to their last component. Weights with a NaN or infinite value are refused.
@@ -26,6 +28,7 @@ from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_TASK = "zero-shot-ecg-classification"
+CLASSIFICATION_TASK = "ecg-classification"
 AUTO_MAP = {
     "AutoConfig": "configuration_dbeta.DBetaConfig",
     "AutoModel": "modeling_dbeta.DBetaModel",
@@ -39,9 +42,22 @@ CUSTOM_PIPELINES = {
         "type": "multimodal",
     }
 }
+# A fine-tuned classifier's: its own classes, loaded as what it is (AutoModel would want the text tower it lacks).
+CLASSIFICATION_PIPELINES = {
+    CLASSIFICATION_TASK: {
+        "impl": "pipeline_dbeta.ECGClassificationPipeline",
+        "pt": ["AutoModelForSequenceClassification"],
+        "type": "multimodal",
+    }
+}
 # Shipped beside the weights: the pipeline, its prompt and scoring module and its prompt set (the same files a
 # re-save copies).
 EXTRA_FILES = COMPANION_FILES
+
+
+def custom_pipelines_for(model) -> dict:
+    """config.json's `custom_pipelines` for `model`: only the pipeline it can serve."""
+    return dict(CLASSIFICATION_PIPELINES if isinstance(model, DBetaForECGClassification) else CUSTOM_PIPELINES)
 
 
 def register_auto_classes() -> None:
@@ -94,15 +110,72 @@ def architecture_facts(model) -> dict:
     cfg = model.config
     ecg, text = cfg.ecg_config, cfg.text_config
     text_layers = getattr(text, "num_layers", None) or getattr(text, "num_hidden_layers", "?")
+    ecg_row = (f"{len(ecg.conv_layers)} convs (token {ecg.token_size} samples), {ecg.num_hidden_layers} "
+               f"transformer layers x {ecg.hidden_size}")
+    parameters = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
+    if isinstance(model, DBetaForECGClassification):  # the ECG path and a head: no text tower, no fusion
+        return {"class": type(model).__name__, "ECG encoder": ecg_row,
+                "classifier": f"linear, {cfg.hidden_size} -> {cfg.num_labels} ({cfg.problem_type or 'unset'})",
+                "parameters": parameters}
     return {
         "class": type(model).__name__,
         "feature size": f"{cfg.hidden_size} (`get_ecg_features` / `get_text_features`: [batch, {cfg.hidden_size}])",
-        "ECG encoder": f"{len(ecg.conv_layers)} convs (token {ecg.token_size} samples), {ecg.num_hidden_layers} "
-                       f"transformer layers x {ecg.hidden_size}",
+        "ECG encoder": ecg_row,
         "text encoder": f"{text.model_type}, {text_layers} layers x {cfg.text_hidden_size}",
         "fusion layers": f"{cfg.num_fusion_layers} + {cfg.num_fusion_layers}",
-        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M",
+        "parameters": parameters,
     }
+
+
+# A fine-tuned classifier's card text; the warning, the input contract and the citation come from the template.
+CLASSIFIER_CARD = '''# D-BETA ECG classifier
+
+The ECG encoder of {origin} (D-BETA: Pham, Saeed, Ma; ICML 2025,
+[arXiv 2410.02131](https://arxiv.org/abs/2410.02131)) fine-tuned with a linear head on {n} classes: {classes}.
+Scores are {scoring}.
+
+{warning}## How to use
+
+```python
+from transformers import pipeline
+
+clf = pipeline("ecg-classification", model=REPO, trust_remote_code=True)
+clf("record.dcm")                                 # [{{"label": ..., "score": ...}}, ...], highest first
+clf(signal, sampling_rate=500, lead_names=leads)  # an array [leads, samples] in mV
+clf(["rec1", "rec2.dcm"], batch_size=16)          # WFDB records and DICOM files, batched
+```
+
+`function_to_apply="sigmoid" | "softmax" | "none"` (or `multi_label=True` / `False`) overrides the scoring, `top_k=`
+keeps the best classes. `AutoModelForSequenceClassification` and `AutoProcessor` load the model and its processor
+with `trust_remote_code=True`. It has no text tower: it scores its own classes, not free-text labels.
+
+{input_contract}{citation}'''
+_SCORING = {
+    "multi_label_classification": "multi-label: an independent sigmoid per class",
+    "single_label_classification": "single-label: a softmax over the classes",
+    "regression": "regression outputs, as they are",
+    None: "a softmax over the classes (a sigmoid for a single class)",
+}
+
+
+def _template_section(text: str, heading: str) -> str:
+    """The "## heading" section of a card's Markdown (heading included), or "" if it has none."""
+    match = re.search(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", text, flags=re.M | re.S)
+    return match.group(0).rstrip() + "\n\n" if match else ""
+
+
+def classifier_card_text(model, template_text: str, base_model: Optional[str] = None) -> str:
+    """The body of a fine-tuned classifier's card: what it predicts, its own pipeline, and the template's
+    not-a-medical-device warning, input contract and citation; nothing about zero-shot, which it cannot do."""
+    cfg = model.config
+    classes = [str(cfg.id2label.get(i, i)) for i in range(cfg.num_labels)]
+    warning = re.search(r"^\*\*Not a medical device\.\*\*.*?(?=\n\n|\Z)", template_text, flags=re.M | re.S)
+    return CLASSIFIER_CARD.format(
+        origin=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a pretrained D-BETA",
+        n=len(classes), classes=", ".join(classes), scoring=_SCORING.get(cfg.problem_type, _SCORING[None]),
+        warning=warning.group(0) + "\n\n" if warning else "",
+        input_contract=_template_section(template_text, "Input contract"),
+        citation=_template_section(template_text, "Citation"))
 
 
 def build_model_card(model, facts: Optional[dict] = None, *, base_model: Optional[str] = None,
@@ -111,10 +184,11 @@ def build_model_card(model, facts: Optional[dict] = None, *, base_model: Optiona
     """The Hub card (`huggingface_hub.ModelCard`) of this export: the template with metadata made for it.
 
     Front matter: the template's licence, tags and language, `library_name: transformers`, no `pipeline_tag`
-    (the Hub has no tag for zero-shot ECG classification, and its `zero-shot-classification` is text NLI), and
-    `base_model` / `datasets` only when given (`base_model` defaults to the Hub repo the model was loaded from).
-    The feature shapes in the text follow the export's hidden size; the facts table gets the architecture and
-    `facts`, with local paths cut to their last component.
+    (the Hub has no tag for ECG classification, zero-shot or not, and its `zero-shot-classification` is text NLI),
+    and `base_model` / `datasets` only when given (`base_model` defaults to the Hub repo the model was loaded
+    from). A fine-tuned `DBetaForECGClassification` gets its own text (`classifier_card_text`) and the tag
+    "ecg-classification". The feature shapes in the text follow the export's hidden size; the facts table gets
+    the architecture and `facts`, with local paths cut to their last component.
     """
     from huggingface_hub import ModelCard
 
@@ -126,8 +200,12 @@ def build_model_card(model, facts: Optional[dict] = None, *, base_model: Optiona
     data.base_model = base_model or _hub_base_model(model)
     if license:
         data.license = license
+    text = card.text
+    if isinstance(model, DBetaForECGClassification):
+        text = classifier_card_text(model, text, data.base_model)
+        data.tags = [t for t in data.tags or [] if t != "multimodal"] + [CLASSIFICATION_TASK]
     hidden = model.config.hidden_size
-    text = _FEATURE_SHAPE.sub(lambda m: f"[{m.group(1)}, {hidden}]", card.text)
+    text = _FEATURE_SHAPE.sub(lambda m: f"[{m.group(1)}, {hidden}]", text)
     rows = {**architecture_facts(model), **(facts or {})}
     table = "\n".join(f"| {scrub_local_paths(k)} | {scrub_local_paths(v)} |" for k, v in rows.items())
     card.text = text.rstrip() + "\n\n## This export\n\n| fact | value |\n| --- | --- |\n" + table + "\n"
@@ -149,7 +227,7 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
     out = Path(output_dir)
     register_auto_classes()
     model.config.auto_map = dict(AUTO_MAP)
-    model.config.custom_pipelines = dict(CUSTOM_PIPELINES)
+    model.config.custom_pipelines = custom_pipelines_for(model)
     kwargs = {"is_main_process": is_main_process}
     if save_function is not None:
         kwargs["save_function"] = save_function
