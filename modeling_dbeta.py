@@ -47,7 +47,8 @@ except ImportError:  # transformers 4.x: missing weights are initialised in plac
             return tensor.copy_(other)
 
     init = SimpleNamespace(normal_=nn.init.normal_, zeros_=nn.init.zeros_, uniform_=nn.init.uniform_,
-                           constant_=nn.init.constant_, kaiming_normal_=nn.init.kaiming_normal_, copy_=_copy_)
+                           constant_=nn.init.constant_, kaiming_normal_=nn.init.kaiming_normal_,
+                           xavier_uniform_=nn.init.xavier_uniform_, copy_=_copy_)
 
 from .configuration_dbeta import DBetaConfig, DBetaECGConfig
 
@@ -551,6 +552,14 @@ class DBetaPreTrainedModel(PreTrainedModel):
         if isinstance(module, DBetaECGEncoder):
             init.uniform_(module.class_embedding)
         elif isinstance(module, DBetaMEMDecoder):
+            # Xavier, as MAE's decoder and the PyTorch layers of the authors' CLIP blocks. N(0, 0.02) suits width
+            # 768; at the decoder's width (64 in `small()`) it leaves the visible tokens' content far below the
+            # sinusoidal positions, and MEM sat at its predict-zero level for thousands of steps.
+            # Children are initialised before their parent, so this overrides the generic Linear init.
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    init.xavier_uniform_(layer.weight)
+                    init.zeros_(layer.bias)
             init.normal_(module.mask_token, mean=0.0, std=std)
         elif isinstance(module, DBetaMLMHead):
             init.zeros_(module.bias)
