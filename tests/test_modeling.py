@@ -134,6 +134,27 @@ def test_frozen_text_encoder_stays_in_eval_mode_while_the_rest_trains(config, to
     assert not model.training and not model.text_model.training
 
 
+def test_frozen_text_tower_in_bf16_keeps_fp32_weights_and_fp32_outputs(config, tokenizer, tmp_path):
+    model = DBetaModel(config)
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    model.eval()
+    reference = model.encode_text(ids, mask)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        model.freeze_text_encoder(compute_dtype=torch.float16)
+    model.freeze_text_encoder(compute_dtype=torch.bfloat16)
+    states = model.encode_text(ids, mask)
+    assert states.dtype == torch.float32
+    assert not torch.equal(states, reference)  # the tower really ran in bf16
+    torch.testing.assert_close(states, reference, atol=0.05, rtol=0.05)
+    assert all(p.dtype == torch.float32 for p in model.text_model.parameters())
+    states.sum().backward()  # the trainable projection still gets its gradient
+    assert model.text_projection.weight.grad is not None
+    model.save_pretrained(tmp_path)
+    reloaded = DBetaModel.from_pretrained(tmp_path).eval()
+    assert not reloaded._text_encoder_frozen and reloaded._text_compute_dtype is None
+    torch.testing.assert_close(reloaded.encode_text(ids, mask), reference)
+
+
 def test_wrong_lead_count_is_a_clear_error(config):
     model = DBetaModel(config)
     with pytest.raises(ValueError, match="12"):

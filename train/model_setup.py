@@ -32,6 +32,25 @@ def resolve_text_encoder(source: Optional[str]) -> Optional[str]:
     return source
 
 
+def native_bf16() -> bool:
+    """Whether this machine multiplies bf16 matrices natively: a CUDA GPU that supports it, or a CPU that lists
+    AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo; elsewhere assumed not, so `auto` stays fp32)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def frozen_text_dtype(precision: str) -> Optional[torch.dtype]:
+    """The autocast dtype for a frozen text encoder (`model.frozen_text_precision`); None = fp32."""
+    if precision == "bf16" or (precision == "auto" and native_bf16()):
+        return torch.bfloat16
+    return None
+
+
 def load_text_encoder_weights(model, source: str) -> None:
     """Copy a pretrained encoder's weights (a T5 checkpoint's encoder, or any AutoModel) into model.text_model."""
     from transformers import AutoModel, T5EncoderModel

@@ -188,7 +188,7 @@ def train(s: PretrainSettings, resume: bool) -> int:
 
     from train.collator import MODEL_INPUTS
     from train.export import build_processor
-    from train.model_setup import build_model_and_tokenizer
+    from train.model_setup import build_model_and_tokenizer, frozen_text_dtype
     from train.optim import build_optimizer, build_scheduler
     from train.pretrain_data import build_collators, negative_samplers, select_splits, train_loader
     from train.model_setup import public_name
@@ -233,8 +233,11 @@ def train(s: PretrainSettings, resume: bool) -> int:
 
     # 2. Model, data, optimizer.
     model, tokenizer, text_init = build_model_and_tokenizer(s.model)
+    text_dtype = None
     if s.model.freeze_text_encoder:
-        model.freeze_text_encoder()
+        text_dtype = frozen_text_dtype(s.model.frozen_text_precision)
+        model.freeze_text_encoder(compute_dtype=text_dtype)
+        logger.info("text encoder frozen; it computes in %s", "bf16 (autocast)" if text_dtype else "fp32")
     train_rows, val_rows = select_splits(d)
     train_sampler, val_sampler, negatives = negative_samplers(d.n3s, train_rows, val_rows)
     train_collator, val_collator = build_collators(build_processor(tokenizer), s.collator, d.max_length, s.seed,
@@ -262,7 +265,7 @@ def train(s: PretrainSettings, resume: bool) -> int:
     global_batch = bs * world * ga
     loader, sampler = train_loader(train_rows, train_collator, bs, s.seed, rank, world, state.micro_batches,
                                    d.num_workers)
-    info = {"text_init": text_init,
+    info = {"text_init": text_init, "text_compute": "bf16 autocast" if text_dtype is not None else "fp32",
             "negatives": "N3S table" if d.n3s else negatives, "world_size": world, "global_batch": global_batch,
             "distributed_type": str(accelerator.distributed_type.value),
             "data": f"{public_name(d.dataset or d.mimic_root)} ({len(train_rows)} train / "

@@ -25,7 +25,8 @@ def card_facts(s: PretrainSettings, state: TrainState, info: dict) -> dict:
         "pretraining data": info.get("data", public_name(s.data.dataset)),
         "negatives": info.get("negatives", ""),
         "text encoder init": info.get("text_init", ""),
-        "text encoder": "frozen (LiT-style)" if s.model.freeze_text_encoder else "trained",
+        "text encoder": (f"frozen (LiT-style), computed in {info.get('text_compute', 'fp32')}"
+                         if s.model.freeze_text_encoder else "trained"),
         "config overrides": ", ".join(f"{k}={v}" for k, v in sorted(s.model.overrides.items())) or "none",
         "optimizer steps": state.step,
         "samples seen": state.samples,
