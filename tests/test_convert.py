@@ -119,6 +119,8 @@ def to_authors_layout(state: dict) -> dict:
     """Our state dict written back in the authors' key layout (what their released file looks like)."""
     out, qkv = {}, {}
     for key, value in state.items():
+        if key.rsplit(".", 1)[-1] == "geometry":  # ours only: the authors' file records no geometry
+            continue
         m = re.fullmatch(r"fusion\.(text|ecg)_layers\.(\d+)\.(.+)\.(weight|bias)", key)
         if m:
             stream = "language" if m.group(1) == "text" else "ecg"
