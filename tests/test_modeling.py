@@ -517,3 +517,20 @@ def test_an_export_without_geometry_loads_as_before(config, tmp_path):
                                        model.get_ecg_features(ecg).pooler_output)
     loaded.save_pretrained(tmp_path / "resaved")
     assert "ecg_model.geometry" in load_file(tmp_path / "resaved" / "model.safetensors")
+
+
+def test_a_misspelt_config_setting_is_refused(tmp_path):
+    """PretrainedConfig keeps extra keys, so `fusion_num_head=4` (or a typo in config.json) left 12 heads at
+    width 128 without a word; an extra key close to a setting is refused, other extras are still kept."""
+    with pytest.raises(TypeError, match=r"'fusion_num_head' \(did you mean 'fusion_num_heads'\?\)"):
+        DBetaConfig.small(fusion_num_head=4)
+    with pytest.raises(TypeError, match=r"DBetaECGConfig.*'conv_pos_group' \(did you mean 'conv_pos_groups'\?\)"):
+        DBetaConfig(ecg_config={"conv_pos_group": 8})
+    config = DBetaConfig(custom_pipelines={"x": {}}, class_weights=[1.0, 2.0], num_labels=2)
+    config.save_pretrained(tmp_path)
+    assert DBetaConfig.from_pretrained(tmp_path).class_weights == [1.0, 2.0]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["ets_mod"] = "learnable"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(TypeError, match="ets_mod"):
+        DBetaConfig.from_pretrained(tmp_path)
