@@ -24,6 +24,12 @@ def test_cli_writes_a_loadable_folder(shared_dir, tmp_path):
     code = main(["--checkpoint", str(fx / "checkpoint.pt"), "--config", str(fx / "config.json"),
                  "--text-config", str(fx / "t5_config.json"), "--output", str(out)])
     assert code == 0 and (out / "model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    authors = json.loads((fx / "config.json").read_text())["model"]
+    weights = load_file(out / "model.safetensors")  # the geometry no weight shape shows, from the authors' config
+    assert weights["ecg_model.geometry"].tolist() == [authors["encoder_attention_heads"], 2, 2, 2, 2]
+    assert weights["fusion.geometry"].tolist() == [authors["num_heads"]]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     script = (
         "import torch; from safetensors.torch import load_file\n"
