@@ -7,6 +7,10 @@ Defaults reproduce the authors' full-size model (arXiv 2410.02131): a wav2vec2-s
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -37,6 +41,25 @@ MEM_TARGET_NORMS = ("lead", "patch", "none")
 TEXT_POOLINGS = ("first", "mean")
 ETS_ECG_VIEWS = ("masked", "full")
 PROMPT_STYLES = ("description", "name")
+
+
+@functools.lru_cache(maxsize=1)
+def _common_config_keys() -> frozenset:
+    return frozenset(PretrainedConfig().to_dict())
+
+
+def _refuse_misspelt(cls, kwargs: dict) -> None:
+    """PretrainedConfig keeps any extra key (config.json carries extras such as `custom_pipelines`), so a misspelt
+    setting (`fusion_num_head=4`) would be kept aside and the default used. An extra key that transformers does not
+    know and that is close to one of `cls`'s own settings is taken for a misspelling and refused."""
+    own = [n for n, p in inspect.signature(cls.__init__).parameters.items()
+           if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    common = _common_config_keys()
+    for key in kwargs:
+        close = [] if key in common else difflib.get_close_matches(key, own, n=1, cutoff=0.85)
+        if close:
+            raise TypeError(f"{cls.__name__}: unknown setting {key!r} (did you mean {close[0]!r}?); "
+                            f"its settings: {', '.join(own)}")
 
 
 def _text_config_from(value) -> PretrainedConfig:
@@ -80,6 +103,7 @@ class DBetaECGConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        _refuse_misspelt(DBetaECGConfig, kwargs)
         self.num_leads = num_leads
         self.conv_layers = [list(layer) for layer in conv_layers]
         self.conv_bias = conv_bias
@@ -188,6 +212,7 @@ class DBetaConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        _refuse_misspelt(DBetaConfig, kwargs)
         if isinstance(ecg_config, dict):
             ecg_config = DBetaECGConfig(**ecg_config)
         self.ecg_config = ecg_config if ecg_config is not None else DBetaECGConfig()

@@ -226,12 +226,25 @@ class DBetaECGLayer(GradientCheckpointingLayer):
         return self.final_layer_norm(x + self.dropout(self.fc2(h))), weights
 
 
+def _register_geometry(module: nn.Module, fields: dict) -> None:
+    """Keep config values that change what `module` computes but no weight's shape (conv strides, head counts) in
+    the weights too, as the persistent int64 buffer `geometry` (saved in model.safetensors): loading compares them
+    with config.json (`DBetaPreTrainedModel._check_loaded`), which a weight shape check cannot."""
+    module._geometry_fields = dict(fields)
+    module.register_buffer("geometry", torch.tensor(list(fields.values()), dtype=torch.int64))
+
+
 class DBetaECGEncoder(nn.Module):
     """Strided convs -> LayerNorm -> projection -> conv positions -> [CLS] + tokens -> post-LN transformer."""
 
     def __init__(self, config: DBetaECGConfig):
         super().__init__()
         self.config = config
+        _register_geometry(self, {
+            "ecg_config.num_attention_heads": config.num_attention_heads,
+            **{f"ecg_config.conv_layers[{i}][2] (stride)": stride
+               for i, (_, _, stride) in enumerate(config.conv_layers)},
+        })
         layers, in_ch = [], config.num_leads
         for i, (out_ch, kernel, stride) in enumerate(config.conv_layers):
             layers.append(DBetaConvLayer(in_ch, out_ch, kernel, stride, config.conv_bias, norm=(i == 0)))
@@ -336,6 +349,7 @@ class DBetaFusion(nn.Module):
 
     def __init__(self, config: DBetaConfig):
         super().__init__()
+        _register_geometry(self, {"fusion_num_heads": config.fusion_num_heads})
         self.text_layers = nn.ModuleList(DBetaFusionLayer(config) for _ in range(config.num_fusion_layers))
         self.ecg_layers = nn.ModuleList(DBetaFusionLayer(config) for _ in range(config.num_fusion_layers))
 
@@ -430,7 +444,9 @@ class DBetaPreTrainedModel(PreTrainedModel):
       - a head of the class (`_new_heads`: the classifier, the pretraining heads) absent from the checkpoint as a
         whole is new and initialised; one only partly present is an error; a head tensor of another shape (e.g.
         another number of labels) is re-initialised only with `ignore_mismatched_sizes=True`;
-      - a NaN or infinite weight is an error naming the file and the tensors.
+      - a NaN or infinite weight is an error naming the file and the tensors;
+      - the conv strides and head counts, which no weight's shape shows, must equal the values the weights were
+        trained with, which they record in `geometry` buffers (exports older than those take config.json's).
     Saving (`save_pretrained`) writes the weights with ordinary permissions (the umask's, as for any file) and
     copies the pipeline, its prompt set and the model card of the export the model came from, so a re-saved
     or pushed copy works like the export.
@@ -447,6 +463,9 @@ class DBetaPreTrainedModel(PreTrainedModel):
     # the mask on the keys), which transformers' flash wrapper unpads as if the mask were the queries'.
     _supports_flash_attn = False
     _new_heads: tuple = ()  # top-level modules a checkpoint may lack as a whole (then initialised)
+    # Exports written before the weights carried their geometry lack these buffers: filled from config.json
+    # (`_init_weights`), as those versions read it.
+    _keys_to_ignore_on_load_missing = [r"(^|\.)geometry$"]
 
     def __init__(self, config: DBetaConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -483,6 +502,10 @@ class DBetaPreTrainedModel(PreTrainedModel):
         mismatched = {k[0]: k[1:] for k in info.get("mismatched_keys") or ()}
         own = set(self.state_dict())
         problems = []
+        wrong = self._geometry_mismatches()
+        if wrong:
+            problems.append("settings that change no weight's shape, so the weights record the values they were "
+                            "trained with (the config's would give wrong features):\n  " + "\n  ".join(wrong))
         absent_heads = {h for h in self._new_heads if {k for k in own if self._head_of(k) == h} <= missing}
         body_missing = sorted(k for k in missing if self._head_of(k) not in absent_heads)
         if body_missing:
@@ -506,6 +529,18 @@ class DBetaPreTrainedModel(PreTrainedModel):
             files = sorted({_weights_file(source, k) for k in bad})
             raise ValueError(f"{', '.join(files)}: non-finite (NaN or infinite) values in {len(bad)} weight(s): "
                              f"{', '.join(bad[:20])}{' ...' if len(bad) > 20 else ''}; refusing to load them")
+
+    def _geometry_mismatches(self) -> list:
+        """Config values (conv strides, head counts) that differ from those the loaded weights were trained with."""
+        wrong = []
+        for module in self.modules():
+            fields = getattr(module, "_geometry_fields", None)
+            if fields is None or module.geometry.device.type == "meta":
+                continue
+            for (field, configured), trained in zip(fields.items(), module.geometry.tolist()):
+                if configured != trained:
+                    wrong.append(f"{field}: config.json has {configured}, the weights were trained with {trained}")
+        return wrong
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
@@ -534,6 +569,9 @@ class DBetaPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         std = self.config.initializer_range
+        fields = getattr(module, "_geometry_fields", None)
+        if fields is not None:
+            init.copy_(module.geometry, torch.tensor(list(fields.values()), dtype=torch.int64))
         if isinstance(module, DBetaPositionalConv):
             g, v = module.parametrizations.weight.original0, module.parametrizations.weight.original1
             init.normal_(v, mean=0.0, std=math.sqrt(4.0 / (module.kernel * v.shape[0])))

@@ -178,9 +178,19 @@ class DBetaOnnxModel:
     def dtype(self) -> torch.dtype:
         return torch.float32
 
-    def to(self, device=None, *args, **kwargs) -> "DBetaOnnxModel":
+    def to(self, *args, device=None, dtype=None, non_blocking: bool = False) -> "DBetaOnnxModel":
+        """As torch's `Module.to` (device and/or dtype, positional or by name), for code written for the torch
+        model; anything but the CPU and float32 is refused rather than ignored."""
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            else:
+                device = arg
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"DBetaOnnxModel runs on the CPU through ONNX Runtime; cannot move it to {device}")
+        if dtype is not None and dtype != torch.float32:
+            raise ValueError(f"DBetaOnnxModel computes in float32 (int8 ECG graph: from_pretrained(..., int8=True)); "
+                             f"cannot cast it to {dtype}")
         return self
 
     def eval(self) -> "DBetaOnnxModel":
@@ -227,7 +237,15 @@ class DBetaOnnxModel:
             return ecg @ text.t() * self._scale + self._bias
         return ecg @ text.t()
 
-    def __call__(self, ecg_values=None, input_ids=None, attention_mask=None, **_unused) -> dict:
+    def __call__(self, ecg_values=None, input_ids=None, attention_mask=None, return_loss=None,
+                 output_attentions=None, output_hidden_states=None, return_dict=None) -> dict:
+        """DBetaModel's forward on the graphs: a processor's batch in, the embeddings and logits out. The graphs
+        give no loss, attentions or hidden states: asking for them is an error, as is any other keyword."""
+        asked = [name for name, value in (("return_loss", return_loss), ("output_attentions", output_attentions),
+                                          ("output_hidden_states", output_hidden_states)) if value]
+        if asked or return_dict is False:
+            raise ValueError(f"DBetaOnnxModel returns the embeddings and logits as a dict only; the graphs cannot "
+                             f"give {', '.join(asked) or 'return_dict=False'}: use the torch model")
         out = {}
         if ecg_values is not None:
             out["ecg_embeds"] = self.get_ecg_features(ecg_values).pooler_output

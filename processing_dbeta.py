@@ -9,7 +9,9 @@ This file is remote code: at module level it imports only numpy, torch, transfor
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import numbers
 import re
 import warnings
@@ -277,6 +279,16 @@ def _resample(x: np.ndarray, source_rate: float, target_rate: float) -> np.ndarr
     return resample_poly(x, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
 
 
+def unknown_keywords_error(where: str, unknown, known) -> TypeError:
+    """A TypeError naming each unknown keyword with the closest known one (a likely misspelling) and the known."""
+    known = sorted(k for k in set(known) if not k.startswith("_"))  # transformers' internal markers aside
+    named = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, known, n=1)
+        named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return TypeError(f"{where}: unexpected keyword argument(s) {', '.join(named)}; known: {', '.join(known)}")
+
+
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -293,6 +305,44 @@ def _as_rate(value, where: str) -> float:
     if not np.isfinite(rate) or rate <= 0:
         raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {value}")
     return rate
+
+
+# `from_pretrained` keywords about where and how to load (transformers' hub options and its internal markers).
+LOADING_KEYWORDS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies", "subfolder",
+                    "trust_remote_code", "code_revision", "user_agent", "repo_type", "return_unused_kwargs",
+                    "_from_auto", "_from_pipeline", "_commit_hash")
+# Settings every transformers tokenizer takes besides its class's own constructor arguments.
+_TOKENIZER_BASE_SETTINGS = ("model_max_length", "padding_side", "truncation_side", "model_input_names",
+                            "clean_up_tokenization_spaces", "split_special_tokens", "use_fast",
+                            "additional_special_tokens", "extra_special_tokens")
+
+
+def feature_extractor_settings() -> tuple:
+    """The settings `DBetaFeatureExtractor` is built from (its constructor's named arguments)."""
+    return tuple(name for name, p in inspect.signature(DBetaFeatureExtractor.__init__).parameters.items()
+                 if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD)
+
+
+def _saved_bookkeeping() -> tuple:
+    """Keys transformers itself writes beside the settings in a saved feature-extractor config."""
+    return ("processor_class", "auto_map", "feature_extractor_type",
+            *FeatureExtractionMixin().to_dict())  # plus any a later transformers adds to every saved config
+
+
+def tokenizer_settings(tokenizer) -> set:
+    """Keywords `tokenizer`'s class takes: its constructors' named arguments, the special tokens and the base
+    settings of every transformers tokenizer."""
+    names = set(_TOKENIZER_BASE_SETTINGS) | set(getattr(tokenizer, "SPECIAL_TOKENS_ATTRIBUTES", ()))
+    for klass in type(tokenizer).__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None and callable(init):
+            try:
+                parameters = inspect.signature(init).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            names |= {p.name for p in parameters if p.name != "self" and p.kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return names
 
 
 class DBetaFeatureExtractor(FeatureExtractionMixin):
@@ -343,6 +393,9 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         missing_leads: str = "zero",
         **kwargs,
     ):
+        unknown = set(kwargs) - set(_saved_bookkeeping())
+        if unknown:
+            raise unknown_keywords_error("DBetaFeatureExtractor", unknown, feature_extractor_settings())
         _check_choice("missing_leads", missing_leads, MISSING_LEAD_POLICIES)
         _check_choice("normalization", normalization, NORMALIZATIONS)
         _check_choice("crop", crop, CROP_POLICIES)
@@ -361,6 +414,21 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         self.implausible = implausible
         self.missing_leads = missing_leads
         super().__init__(**kwargs)
+
+    @classmethod
+    def get_feature_extractor_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """The saved settings, refused (naming the folder) when they hold one this version does not know: a setting
+        written by a newer version may change how signals are conditioned, and ignoring it would give the model
+        other inputs than it was exported with."""
+        settings, rest = super().get_feature_extractor_dict(pretrained_model_name_or_path, **kwargs)
+        unknown = set(settings) - set(feature_extractor_settings()) - set(_saved_bookkeeping())
+        if unknown:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: the processor config holds feature-extractor setting(s) this "
+                f"version of processing_dbeta.py does not know: {', '.join(sorted(unknown))} (known: "
+                f"{', '.join(feature_extractor_settings())}). Written by a newer version of D-BETA (load it with the "
+                f"processing_dbeta.py saved beside it, trust_remote_code=True, or update this one) or edited.")
+        return settings, rest
 
     @property
     def num_leads(self) -> int:
@@ -383,10 +451,8 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         **kwargs,
     ) -> BatchFeature:
         if kwargs:
-            raise TypeError(
-                f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the feature extractor takes ecg, "
-                f"sampling_rate, lead_names and {', '.join(CALL_OPTIONS)}"
-            )
+            raise unknown_keywords_error("DBetaFeatureExtractor.__call__", kwargs,
+                                         ("ecg", "sampling_rate", "lead_names") + CALL_OPTIONS)
         options = dict(crop=crop, normalization=normalization, nan_policy=nan_policy, implausible=implausible,
                        leads=leads, missing_leads=missing_leads)
         self._check_options(options)
@@ -659,6 +725,23 @@ class DBetaProcessor(ProcessorMixin):
 
     normalize_report = staticmethod(normalize_report)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loading, refusing (TypeError) a keyword that is neither a loading option, nor a
+        feature-extractor setting, nor a setting of the tokenizer found in the folder: transformers would drop it
+        without a word. Under `pipeline(...)`, which hands the model's keyword arguments to every loader, the model
+        judges those."""
+        suspects = [] if kwargs.get("_from_pipeline") else [
+            k for k in kwargs if k not in LOADING_KEYWORDS and k not in feature_extractor_settings()]
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        processor = loaded[0] if isinstance(loaded, tuple) else loaded  # (processor, unused) when asked for
+        unknown = set(suspects) - tokenizer_settings(processor.tokenizer)
+        if unknown:
+            raise unknown_keywords_error(
+                f"DBetaProcessor.from_pretrained({str(pretrained_model_name_or_path)!r})", unknown,
+                set(LOADING_KEYWORDS) | set(feature_extractor_settings()) | tokenizer_settings(processor.tokenizer))
+        return loaded
+
     @staticmethod
     def read(path: Union[str, Path]) -> "ECGRecord":
         """Read an ECG file (WFDB record or DICOM) into millivolts with its lead names and sampling rate: the
@@ -679,13 +762,11 @@ class DBetaProcessor(ProcessorMixin):
     ) -> BatchFeature:
         if ecg is None and text is None:
             raise ValueError("give an ECG (ecg=...), a text (text=...) or both")
-        unknown = sorted(set(kwargs) - set(CALL_OPTIONS))
+        unknown = set(kwargs) - set(CALL_OPTIONS)
         if unknown:
-            raise TypeError(
-                f"unexpected keyword argument(s) {', '.join(unknown)}; the processor takes ecg, text, sampling_rate, "
-                f"lead_names, return_tensors, normalize_text, max_length, padding and the ECG options "
-                f"{', '.join(o for o in CALL_OPTIONS if o != 'return_tensors')}"
-            )
+            raise unknown_keywords_error(
+                "DBetaProcessor.__call__", unknown, ("ecg", "text", "sampling_rate", "lead_names", "normalize_text",
+                                                     "max_length", "padding") + CALL_OPTIONS)
         data = {}
         if ecg is not None:
             data.update(

@@ -24,6 +24,12 @@ def test_cli_writes_a_loadable_folder(shared_dir, tmp_path):
     code = main(["--checkpoint", str(fx / "checkpoint.pt"), "--config", str(fx / "config.json"),
                  "--text-config", str(fx / "t5_config.json"), "--output", str(out)])
     assert code == 0 and (out / "model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    authors = json.loads((fx / "config.json").read_text())["model"]
+    weights = load_file(out / "model.safetensors")  # the geometry no weight shape shows, from the authors' config
+    assert weights["ecg_model.geometry"].tolist() == [authors["encoder_attention_heads"], 2, 2, 2, 2]
+    assert weights["fusion.geometry"].tolist() == [authors["num_heads"]]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     script = (
         "import torch; from safetensors.torch import load_file\n"
@@ -119,6 +125,8 @@ def to_authors_layout(state: dict) -> dict:
     """Our state dict written back in the authors' key layout (what their released file looks like)."""
     out, qkv = {}, {}
     for key, value in state.items():
+        if key.rsplit(".", 1)[-1] == "geometry":  # ours only: the authors' file records no geometry
+            continue
         m = re.fullmatch(r"fusion\.(text|ecg)_layers\.(\d+)\.(.+)\.(weight|bias)", key)
         if m:
             stream = "language" if m.group(1) == "text" else "ecg"

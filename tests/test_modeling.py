@@ -472,3 +472,86 @@ def test_old_weight_norm_keys_load_into_the_parametrization(config, tmp_path):
     ecg = ecg_batch(1)
     with torch.no_grad():
         torch.testing.assert_close(loaded.get_ecg_features(ecg).pooler_output, model.get_ecg_features(ecg).pooler_output)
+
+
+def _edited_copy(src, dst, edit):
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    edit(config)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize("cls", [DBetaModel, DBetaForPreTraining, DBetaForECGClassification])
+@pytest.mark.parametrize("field, edit", [
+    ("ecg_config.conv_layers[1][2] (stride)", lambda c: c["ecg_config"]["conv_layers"][1].__setitem__(2, 3)),
+    ("ecg_config.num_attention_heads", lambda c: c["ecg_config"].__setitem__("num_attention_heads", 2)),
+    ("fusion_num_heads", lambda c: c.__setitem__("fusion_num_heads", 2)),
+])
+def test_a_config_changing_no_weight_shape_is_refused(config, tmp_path, cls, field, edit):
+    """A stride or head count edited in config.json changes no weight's shape; the weights record the values
+    they were trained with, so loading refuses the edit, naming the folder, the field and both values."""
+    torch.manual_seed(0)
+    DBetaForPreTraining(config).save_pretrained(tmp_path / "export")
+    bad = _edited_copy(tmp_path / "export", tmp_path / "edited", edit)
+    if cls is DBetaForECGClassification and field == "fusion_num_heads":  # no fusion: the edit does not matter
+        cls.from_pretrained(bad)
+        return
+    with pytest.raises(ValueError) as err:
+        cls.from_pretrained(bad)
+    message = str(err.value)
+    assert str(bad) in message and field in message, message
+    assert "config.json has 3, the weights were trained with 2" in message or "has 2, the weights were trained with 4" in message
+
+
+def test_geometry_travels_in_the_weights_and_survives_dtype_changes(config, tmp_path):
+    from safetensors.torch import load_file
+
+    model = DBetaModel(config)
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    assert state["ecg_model.geometry"].tolist() == [4, 2, 2, 2, 2]  # heads, then each conv's stride
+    assert state["fusion.geometry"].tolist() == [4]
+    loaded = DBetaModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.ecg_model.geometry.dtype == torch.int64 and loaded.ecg_model.geometry.tolist() == [4, 2, 2, 2, 2]
+
+
+def test_an_export_without_geometry_loads_as_before(config, tmp_path):
+    """Exports written before the weights carried their geometry load, reading it from config.json, with the
+    same features; and a re-save then records it."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = DBetaForPreTraining(config).eval()
+    model.save_pretrained(tmp_path / "legacy")
+    state = load_file(tmp_path / "legacy" / "model.safetensors")
+    state = {k: v for k, v in state.items() if not k.endswith("geometry")}
+    save_file(state, tmp_path / "legacy" / "model.safetensors", metadata={"format": "pt"})
+    ecg = ecg_batch(1)
+    for cls in (DBetaModel, DBetaForPreTraining, DBetaForECGClassification):
+        loaded = cls.from_pretrained(tmp_path / "legacy").eval()
+        assert loaded.ecg_model.geometry.tolist() == [4, 2, 2, 2, 2]
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.get_ecg_features(ecg).pooler_output,
+                                       model.get_ecg_features(ecg).pooler_output)
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert "ecg_model.geometry" in load_file(tmp_path / "resaved" / "model.safetensors")
+
+
+def test_a_misspelt_config_setting_is_refused(tmp_path):
+    """PretrainedConfig keeps extra keys, so `fusion_num_head=4` (or a typo in config.json) left 12 heads at
+    width 128 without a word; an extra key close to a setting is refused, other extras are still kept."""
+    with pytest.raises(TypeError, match=r"'fusion_num_head' \(did you mean 'fusion_num_heads'\?\)"):
+        DBetaConfig.small(fusion_num_head=4)
+    with pytest.raises(TypeError, match=r"DBetaECGConfig.*'conv_pos_group' \(did you mean 'conv_pos_groups'\?\)"):
+        DBetaConfig(ecg_config={"conv_pos_group": 8})
+    config = DBetaConfig(custom_pipelines={"x": {}}, class_weights=[1.0, 2.0], num_labels=2)
+    config.save_pretrained(tmp_path)
+    assert DBetaConfig.from_pretrained(tmp_path).class_weights == [1.0, 2.0]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["ets_mod"] = "learnable"
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(TypeError, match="ets_mod"):
+        DBetaConfig.from_pretrained(tmp_path)

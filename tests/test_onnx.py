@@ -231,3 +231,22 @@ def test_onnx_folder_loads_in_a_fresh_process_and_obeys_the_remote_code_import_r
         print(tuple(model(**b)["logits_per_ecg"].shape))
         """, cwd=out, hf_home=tmp_path / "hf")
     assert stdout.strip().endswith("(1, 1)")
+
+
+def test_misspelt_or_unsupported_keywords_are_refused(folders):
+    """The ONNX twin swallowed any keyword (`model(ecg_value=x)` gave an empty dict, `.to(torch.float16)` or
+    `return_loss=True` were ignored); like DBetaModel it now refuses them."""
+    onnx_model = DBetaOnnxModel.from_pretrained(folders[1])
+    ecg = torch.zeros(1, 12, 5000)
+    with pytest.raises(TypeError, match="ecg_value"):
+        onnx_model(ecg_value=ecg)
+    for asked in ("return_loss", "output_attentions", "output_hidden_states"):
+        with pytest.raises(ValueError, match=asked):
+            onnx_model(ecg_values=ecg, **{asked: True})
+    with pytest.raises(ValueError, match="float32"):
+        onnx_model.to(torch.float16)
+    with pytest.raises(ValueError, match="float32"):
+        onnx_model.to("cpu", dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="memory_format"):
+        onnx_model.to("cpu", memory_format=torch.channels_last)
+    assert onnx_model.to("cpu", torch.float32) is onnx_model

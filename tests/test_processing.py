@@ -285,3 +285,57 @@ def test_dicom_is_recognised_by_content_and_bad_channels_name_the_file(tmp_path)
         with pytest.raises(ECGReadError, match=needle) as err:
             read_ecg_file(path)
         assert str(path) in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A tiny model export with its processor (processor_config.json and the remote-code files)."""
+    from dbeta.modeling_dbeta import DBetaModel
+    from tests.tiny import tiny_config, tiny_t5_text_config
+    from train.export import build_processor, export_model
+
+    tok = train_t5_tokenizer()
+    model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok))))
+    return export_model(model, tmp_path_factory.mktemp("proc") / "export", processor=build_processor(tok))
+
+
+def test_constructor_and_from_pretrained_refuse_unknown_keywords(tiny_export):
+    """A misspelt setting given to the constructor or to from_pretrained (direct or through AutoProcessor) is a
+    TypeError naming it with the likely intended one; real settings, the tokenizer's own and transformers'
+    loading keywords still work."""
+    from transformers import AutoProcessor
+
+    with pytest.raises(TypeError, match=r"'nan_polcy' \(did you mean 'nan_policy'\?\).*known: crop"):
+        DBetaFeatureExtractor(nan_polcy="zero")
+    with pytest.raises(TypeError, match="nan_polcy"):
+        DBetaProcessor(DBetaFeatureExtractor(), train_t5_tokenizer(), nan_polcy="zero")
+    for load in (DBetaProcessor.from_pretrained, AutoProcessor.from_pretrained):
+        with pytest.raises(TypeError, match=r"from_pretrained.*'nan_polcy' \(did you mean 'nan_policy'\?\)"):
+            load(tiny_export, trust_remote_code=True, nan_polcy="zero")
+        with pytest.raises(TypeError, match=r"'padding_sid' \(did you mean 'padding_side'\?\)"):
+            load(tiny_export, trust_remote_code=True, padding_sid="left")
+        processor = load(tiny_export, trust_remote_code=True, nan_policy="zero", model_max_length=64,
+                         padding_side="left", local_files_only=True, revision="main")
+        assert processor.feature_extractor.nan_policy == "zero" and processor.tokenizer.model_max_length == 64
+        assert processor.tokenizer.padding_side == "left"
+        plain = load(tiny_export, trust_remote_code=True)
+        settings = {k: v for k, v in plain.feature_extractor.to_dict().items() if k != "auto_map"}
+        assert settings == DBetaFeatureExtractor().to_dict()
+
+
+def test_a_processor_config_with_an_unknown_setting_is_refused_naming_the_folder(tiny_export, tmp_path):
+    """A feature-extractor setting this version does not know (written by a newer version, or a typo in an edited
+    file) may change how signals are conditioned: an error naming the folder and the key, not a silent skip."""
+    import json
+    import shutil
+
+    from transformers import AutoFeatureExtractor, AutoProcessor
+
+    folder = shutil.copytree(tiny_export, tmp_path / "newer")
+    config = json.loads((folder / "processor_config.json").read_text())
+    config["feature_extractor"]["highpass_hz"] = 0.5
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    for load in (DBetaProcessor.from_pretrained, AutoProcessor.from_pretrained, AutoFeatureExtractor.from_pretrained,
+                 DBetaFeatureExtractor.from_pretrained):
+        with pytest.raises(ValueError, match=rf"{folder}.*does not know: highpass_hz"):
+            load(folder, trust_remote_code=True)

@@ -218,6 +218,9 @@ def convert_state_dict(state: dict, model: torch.nn.Module) -> dict:
             unmapped.append(key)
         mapped.update(out)
     target = model.state_dict()
+    # The strides and head counts no tensor's shape shows: the model built from the authors' config holds them, and
+    # the converted weights record them so that a later edit of config.json is caught at loading.
+    mapped.update({k: v.clone() for k, v in target.items() if k.rsplit(".", 1)[-1] == "geometry"})
     # T5's encoder embedding is tied to `shared`; fill it from the shared table if the file stores only one.
     tied = "text_model.encoder.embed_tokens.weight"
     if tied in target and tied not in mapped and "text_model.shared.weight" in mapped:
