@@ -725,10 +725,11 @@ def test_freeze_text_encoder_trains_everything_but_the_text_encoder(assets, tmp_
     out = tmp_path / "frozen"
     args = train_args(assets, out, "--save-every", "0", "--eval-every", "0", "--set", "model.freeze_text_encoder=true",
                       "--set", "model.overrides.zero_shot_prompt_style=name",
-                      steps=3)
+                      "--set", "model.frozen_text_precision=bf16", steps=3)
     assert run_main(args) == 0
     card = (out / "model" / "README.md").read_text()
-    assert "| text encoder | frozen (LiT-style) |" in card and "| config overrides | zero_shot_prompt_style=name |" in card
+    assert "| text encoder | frozen (LiT-style), computed in bf16 autocast |" in card
+    assert "| config overrides | zero_shot_prompt_style=name |" in card
     assert json.loads((out / "model" / "config.json").read_text())["zero_shot_prompt_style"] == "name"
     exported = load_file(str(out / "model" / "model.safetensors"))
     start = T5EncoderModel.from_pretrained(str(assets.t5)).state_dict()
