@@ -320,10 +320,10 @@ def _validate(node, where: str) -> None:
             if not optional:
                 raise ConfigError(f"{path} may not be null")
             continue
-        also = tuple(meta.get("also", ()))
-        word = value.lower() if isinstance(value, str) else value
-        if also and not isinstance(value, bool) and word in also:
-            setattr(node, f.name, also[also.index(word)])
+        also = meta.get("also", ())  # a flag's value is text: "-1" stands for -1, "AUTO" for "auto"
+        match = [a for a in also if not isinstance(value, bool) and (a == value or str(a) == str(value).lower())]
+        if match:
+            setattr(node, f.name, match[0])
             continue
         try:
             value = _check(value, kind, meta, path)
