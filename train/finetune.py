@@ -5,7 +5,7 @@ with `transformers.Trainer`.
         --output-dir runs/ft-cpsc [--task ...] [--epochs 10] [--lr 1e-4] [--batch-size 16] \
         [--gradient-accumulation-steps 1] [--bf16] [--class-weights auto|none] [--early-stopping-patience 3] \
         [--resume] [--push-to-hub USER/REPO]
-    python -m train.finetune --config train/configs/finetune_cpsc2018.yaml --model M --data-root D --output-dir O \
+    python -m train.finetune --config train/configs/finetune_ptbxl.yaml --model M --data-root D --output-dir O \
         [--set optim.lr=3e-4]
     python -m train.finetune --print-config [--config ...]           # every setting, its default and what it does
 
@@ -13,7 +13,6 @@ with `transformers.Trainer`.
   uses): defaults < `--config` file < `--set key=value` < flags; every value is checked, and transformers'
   TrainingArguments built, before any data or model is read (a bad setting: a message and exit code 2).
   `run(settings)` is the entry point as a function; `main(argv)` is the command line.
-
 - Data: eval.datasets.load_downstream(dataset, root, split, task) for train / val / test. Every record goes
   through the model's own feature extractor inside the Dataset's __getitem__ (`ECGClassificationDataset`), so
   the Trainer's DataLoader workers (`--num-workers`) run it in parallel. Where the dataset names a protocol
@@ -58,7 +57,7 @@ from eval.metrics import auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 from train.export import export_model
-from train.finetune_settings import FINETUNE_DATASETS, FinetuneSettings
+from train.finetune_settings import FinetuneSettings
 from train.hub import push_export
 from train.settings import ConfigError, add_settings_arguments, read_config_file
 

@@ -4,7 +4,7 @@ is checked before any data or model is read. Names follow pretraining's where th
 train.per_device_batch_size, train.mixed_precision, train.log_every, ...). What transformers.TrainingArguments
 checks itself (e.g. warmup_steps >= 0) it checks when train.finetune builds it, still before anything is loaded.
 
-    python -m train.finetune --print-config [--config train/configs/finetune_cpsc2018.yaml]
+    python -m train.finetune --print-config [--config train/configs/finetune_ptbxl.yaml]
 """
 
 from __future__ import annotations

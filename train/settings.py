@@ -96,9 +96,9 @@ class Settings:
         """Coerce and check every field (types, ranges, choices); raise ConfigError."""
         _validate(self, "")
 
-    def require(self, flags: Mapping[str, str] = {}) -> None:
+    def require(self, flags: Optional[Mapping[str, str]] = None) -> None:
         """Fields marked required must be set (not null); the error names the flag that sets one, if any."""
-        flag_of = {key: "--" + dest.replace("_", "-") for dest, key in flags.items()}
+        flag_of = {key: "--" + dest.replace("_", "-") for dest, key in (flags or {}).items()}
 
         def walk(node, where):
             for f in dataclasses.fields(node):
