@@ -5,7 +5,7 @@ come from, in order, the defaults, a YAML/JSON config file, `--set section.key=v
 YAML), then a command's dedicated flags. Every value is checked against its field's type and range before anything
 is built; an unknown key fails with the known ones listed (and the closest one suggested). `--print-config` shows
 the resolved settings with each field's help. Field metadata (`_f`): help, min, max, min_exclusive, max_exclusive,
-choices, length and item (lists), also (values allowed besides the type and range, e.g. "auto"), required, flag.
+choices, length and item (lists), also (values allowed besides the type and range, e.g. "auto"), required.
 
 The schemas: `PretrainSettings` below (the paper's full-size recipe where the paper gives one) and
 train/finetune_settings.py's `FinetuneSettings`.
