@@ -139,17 +139,17 @@ def test_random_crop_only_changes_the_window():
 def test_gradient_accumulation_does_not_scale_the_loss(setup, tmp_path):
     """Same data, lr 0: the logged loss of each optimizer step is the mean over its 4 records whether they come
     as one batch of 4 or as 2 accumulated batches of 2; with the loss treated as pre-scaled it would be x2."""
-    args = ft.build_parser().parse_args(ft_args(setup, tmp_path / "ga", "--lr", "0", "--max-steps", "2",
-                                                "--logging-steps", "1", "--early-stopping-patience", "0"))
-    parts = ft.prepare(args)
+    s, _ = ft.resolve_settings(ft_args(setup, tmp_path / "ga", "--lr", "0", "--max-steps", "2",
+                                       "--logging-steps", "1", "--early-stopping-patience", "0"))
+    parts = ft.prepare(s)
     initial = {k: v.clone() for k, v in parts["model"].state_dict().items()}
 
     def logged_losses(batch, accumulation, loss_is_scaled=False):
         model = no_dropout(ft.load_classifier(str(setup["model"]), parts["class_names"]))
         model.load_state_dict(initial)  # the same head in every run
-        args.batch_size, args.gradient_accumulation_steps = batch, accumulation
-        args.output_dir = str(tmp_path / f"ga-{batch}-{accumulation}-{loss_is_scaled}")
-        trainer = ft.build_trainer(args, model, parts["processor"], parts["datasets"]["train"],
+        s.train.per_device_batch_size, s.train.gradient_accumulation_steps = batch, accumulation
+        s.output_dir = str(tmp_path / f"ga-{batch}-{accumulation}-{loss_is_scaled}")
+        trainer = ft.build_trainer(s, model, parts["processor"], parts["datasets"]["train"],
                                    parts["datasets"]["val"], parts["class_names"])
         assert trainer.model_accepts_loss_kwargs is False  # DBetaForECGClassification.accepts_loss_kwargs
         trainer.loss_is_scaled_for_ga = loss_is_scaled or False
@@ -245,3 +245,137 @@ def test_early_stopping_with_bf16(setup, tmp_path):
     assert result["epochs_run"] == 2 and result["global_step"] == 4
     assert result["hyperparameters"]["bf16"] is True and result["class_weights"] is None
     assert result["best_checkpoint"].endswith("checkpoint-2")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Settings: the same system as pretraining (train/settings.py), checked before anything is read
+# ------------------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def nothing_is_read(monkeypatch):
+    """Fail the test if a run gets as far as reading data or loading a model."""
+    from eval import datasets
+
+    def built(*args, **kwargs):
+        raise AssertionError("data or a model was read before the settings were checked")
+
+    for name in ("prepare", "load_processor", "load_classifier"):
+        monkeypatch.setattr(ft, name, built)
+    monkeypatch.setattr(datasets, "load_downstream", built)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "train.epochs must be > 0"),
+    (["--epochs", "-2"], "train.epochs must be > 0"),
+    (["--lr=-1e-4"], "optim.lr must be >= 0"),
+    (["--weight-decay", "-0.1"], "optim.weight_decay must be >= 0"),
+    (["--batch-size", "0"], "train.per_device_batch_size must be >= 1"),
+    (["--eval-batch-size", "0"], "train.eval_batch_size must be >= 1"),
+    (["--gradient-accumulation-steps", "0"], "train.gradient_accumulation_steps must be >= 1"),
+    (["--max-steps", "0"], "train.max_steps must be >= 1, got 0 (or one of: -1)"),
+    (["--protocol-num-samples", "junk"], "data.protocol_num_samples must be an integer, got 'junk' (or one of: auto"),
+    (["--protocol-num-samples", "0"], "data.protocol_num_samples must be >= 1"),
+    (["--early-stopping-patience", "-1"], "train.early_stopping_patience must be >= 0"),
+    (["--bootstrap", "-5"], "eval.bootstrap must be >= 0"),
+    (["--max-class-weight", "0"], "model.max_class_weight must be >= 1"),
+    (["--max-class-weight", "0.5"], "model.max_class_weight must be >= 1"),  # [1/0.5, 0.5] is empty
+    (["--classifier-dropout", "1"], "model.classifier_dropout must be < 1"),
+    (["--classifier-dropout", "-0.1"], "model.classifier_dropout must be >= 0"),
+    (["--class-weights", "sometimes"], "model.class_weights must be one of auto, none"),
+    (["--save-total-limit", "0"], "train.checkpoint_total_limit must be >= 1"),
+    (["--logging-steps", "0"], "train.log_every must be >= 1"),
+    (["--num-workers", "-1"], "data.num_workers must be >= 0"),
+    (["--epochs", "ten"], "train.epochs must be a number"),
+    (["--task", "super"], "data.task applies to ptbxl only"),
+    (["--dataset", "ptbxl"], "data.task (--task) is required for ptbxl"),
+    (["--dataset", "ptb"], "data.dataset must be one of ptbxl, cpsc2018"),
+    (["--warmup-steps", "-1"], "warmup_steps >= 0"),  # TrainingArguments' own check
+    (["--report-to", "tensorbard"], "tensorbard is not supported"),  # transformers' integration check
+    (["--set", "train.epoch=3"], "unknown setting 'train.epoch' ('epoch' is not one of: epochs, max_steps"),
+    (["--set", "train.epoch=3"], "did you mean 'epochs'?"),
+    (["--set", "optim.lr=fast"], "optim.lr must be a number"),
+])
+def test_bad_settings_exit_2_before_anything_is_read(tmp_path, capsys, nothing_is_read, extra, message):
+    out = tmp_path / "never"
+    argv = ["--model", str(tmp_path / "model"), "--dataset", "cpsc2018", "--data-root", str(tmp_path / "data"),
+            "--output-dir", str(out), *extra]
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err, err
+    assert not out.exists()
+
+
+def test_required_settings_are_named_with_their_flags(tmp_path, capsys, nothing_is_read):
+    from train.finetune_settings import FinetuneSettings
+    from train.settings import ConfigError
+
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(["--dataset", "cpsc2018", "--data-root", str(tmp_path), "--output-dir", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and "model.name_or_path (--model) is required" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"output_dir \(--output-dir\) is required"):  # run() as a function
+        ft.run(FinetuneSettings.from_dict({"model": {"name_or_path": "m"},
+                                           "data": {"dataset": "csn", "root": str(tmp_path)}}))
+
+
+def test_every_flag_keeps_its_meaning(tmp_path):
+    """The command line of before the settings system, flag by flag, lands on the fields the run reads."""
+    s, args = ft.resolve_settings([
+        "--model", "M", "--dataset", "ptbxl", "--data-root", "D", "--task", "rhythm", "--output-dir", "O",
+        "--export-dir", "E", "--epochs", "2.5", "--max-steps", "7", "--lr", "3e-4", "--weight-decay", "0.01",
+        "--warmup-steps", "5", "--batch-size", "8", "--eval-batch-size", "32", "--gradient-accumulation-steps", "4",
+        "--bf16", "--class-weights", "auto", "--max-class-weight", "20", "--classifier-dropout", "0.2",
+        "--early-stopping-patience", "0", "--save-total-limit", "3", "--resume", "--random-crop",
+        "--protocol-num-samples", "2500", "--num-workers", "0", "--logging-steps", "5", "--bootstrap", "0",
+        "--seed", "7", "--report-to", "tensorboard", "--no-progress", "--push-to-hub", "me/ft", "--private"])
+    assert args.resume is True
+    assert s.to_dict() == {
+        "output_dir": "O", "export_dir": "E", "seed": 7,
+        "data": {"dataset": "ptbxl", "root": "D", "task": "rhythm", "protocol_num_samples": 2500,
+                 "random_crop": True, "num_workers": 0},
+        "model": {"name_or_path": "M", "classifier_dropout": 0.2, "class_weights": "auto", "max_class_weight": 20.0},
+        "optim": {"lr": 3e-4, "weight_decay": 0.01, "warmup_steps": 5},
+        "train": {"epochs": 2.5, "max_steps": 7, "per_device_batch_size": 8, "eval_batch_size": 32,
+                  "gradient_accumulation_steps": 4, "mixed_precision": "bf16", "early_stopping_patience": 0,
+                  "checkpoint_total_limit": 3, "log_every": 5, "log_with": ["tensorboard"], "progress": False},
+        "eval": {"bootstrap": 0},
+        "hub": {"push_to_hub": "me/ft", "private": True},
+    }
+    targs = ft.build_training_args(s)
+    assert (targs.num_train_epochs, targs.max_steps, targs.learning_rate, targs.per_device_train_batch_size,
+            targs.per_device_eval_batch_size, targs.gradient_accumulation_steps, targs.bf16, targs.logging_steps,
+            targs.save_total_limit, targs.seed, targs.disable_tqdm, targs.report_to) == (
+        2.5, 7, 3e-4, 8, 32, 4, True, 5, 3, 7, True, ["tensorboard"])
+    none, _ = ft.resolve_settings(["--protocol-num-samples", "none", "--report-to", "none", "--max-steps", "-1"])
+    assert none.data.protocol_num_samples is None and none.train.log_with == [] and none.train.max_steps == -1
+
+
+def test_config_file_then_set_then_flags_and_print_config_round_trips(tmp_path, capsys):
+    import yaml
+
+    from train.finetune_settings import FinetuneSettings
+
+    shipped = sorted((ROOT / "train" / "configs").glob("finetune_*.yaml"))
+    assert shipped
+    for path in shipped:  # every shipped fine-tuning config resolves and runs its checks
+        s, _ = ft.resolve_settings(["--config", str(path), "--model", "M", "--data-root", "D", "--output-dir", "O"])
+        s.require(ft.FLAGS)
+        ft.build_training_args(s)
+    config = ROOT / "train" / "configs" / "finetune_ptbxl.yaml"
+    s, _ = ft.resolve_settings(["--config", str(config), "--set", "data.task=rhythm", "--set", "optim.lr=1e-3",
+                                "--lr", "2e-4"])
+    assert (s.data.dataset, s.data.task, s.model.class_weights) == ("ptbxl", "rhythm", "auto")  # file, then --set
+    assert s.optim.lr == 2e-4  # the flag wins over --set
+    (tmp_path / "bad.yaml").write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ft.ConfigError, match="'train.epoch'.*did you mean 'epochs'"):
+        ft.resolve_settings(["--config", str(tmp_path / "bad.yaml")])
+
+    assert ft.main(["--print-config", "--config", str(config), "--bf16"]) is None
+    printed = capsys.readouterr().out
+    assert "# peak learning rate" in printed
+    resolved, _ = ft.resolve_settings(["--config", str(config), "--bf16"])
+    assert FinetuneSettings.from_dict(yaml.safe_load(printed)).to_dict() == resolved.to_dict()
+    assert yaml.safe_load(FinetuneSettings().to_yaml()) == FinetuneSettings().to_dict()

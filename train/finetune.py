@@ -5,7 +5,14 @@ with `transformers.Trainer`.
         --output-dir runs/ft-cpsc [--task ...] [--epochs 10] [--lr 1e-4] [--batch-size 16] \
         [--gradient-accumulation-steps 1] [--bf16] [--class-weights auto|none] [--early-stopping-patience 3] \
         [--resume] [--push-to-hub USER/REPO]
+    python -m train.finetune --config train/configs/finetune_ptbxl.yaml --model M --data-root D --output-dir O \
+        [--set optim.lr=3e-4]
+    python -m train.finetune --print-config [--config ...]           # every setting, its default and what it does
 
+- Settings: train/finetune_settings.py (`FinetuneSettings`, the machinery of train/settings.py that pretraining
+  uses): defaults < `--config` file < `--set key=value` < flags; every value is checked, and transformers'
+  TrainingArguments built, before any data or model is read (a bad setting: a message and exit code 2).
+  `run(settings)` is the entry point as a function; `main(argv)` is the command line.
 - Data: eval.datasets.load_downstream(dataset, root, split, task) for train / val / test. Every record goes
   through the model's own feature extractor inside the Dataset's __getitem__ (`ECGClassificationDataset`), so
   the Trainer's DataLoader workers (`--num-workers`) run it in parallel. Where the dataset names a protocol
@@ -35,7 +42,7 @@ import copy
 import json
 import logging
 import math
-import os
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -50,15 +57,33 @@ from eval.metrics import auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 from train.export import export_model
+from train.finetune_settings import FinetuneSettings
 from train.hub import push_export
+from train.settings import ConfigError, add_settings_arguments, read_config_file
 
 
 logger = logging.getLogger("dbeta.finetune")
 
-FINETUNE_DATASETS = ("ptbxl", "cpsc2018", "csn", "physionet2021")
 HEAD_PREFIXES = ("classifier.",)
 RESULTS_FILE = "results.json"
 EXPORT_DIR = "export"
+EXIT_CONFIG = 2
+
+FLAGS = {  # argparse dest -> setting; every flag of the command line before the settings system, same meaning
+    "model": "model.name_or_path", "dataset": "data.dataset", "data_root": "data.root", "task": "data.task",
+    "output_dir": "output_dir", "export_dir": "export_dir", "seed": "seed",
+    "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.per_device_batch_size",
+    "eval_batch_size": "train.eval_batch_size", "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+    "mixed_precision": "train.mixed_precision", "early_stopping_patience": "train.early_stopping_patience",
+    "save_total_limit": "train.checkpoint_total_limit", "logging_steps": "train.log_every",
+    "report_to": "train.log_with", "progress": "train.progress",
+    "lr": "optim.lr", "weight_decay": "optim.weight_decay", "warmup_steps": "optim.warmup_steps",
+    "class_weights": "model.class_weights", "max_class_weight": "model.max_class_weight",
+    "classifier_dropout": "model.classifier_dropout",
+    "random_crop": "data.random_crop", "protocol_num_samples": "data.protocol_num_samples",
+    "num_workers": "data.num_workers", "bootstrap": "eval.bootstrap",
+    "push_to_hub": "hub.push_to_hub", "private": "hub.private",
+}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -165,48 +190,57 @@ def find_checkpoint(output_dir: Path) -> Optional[str]:
     return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
-def build_training_args(args: argparse.Namespace):
+def build_training_args(s: FinetuneSettings):
+    """The Trainer's arguments from the settings; what TrainingArguments (and the report_to integrations) refuse
+    is a ConfigError, raised before any data or model is read."""
     from transformers import TrainingArguments
+    from transformers.integrations import get_reporting_integration_callbacks
 
-    return TrainingArguments(
-        output_dir=str(args.output_dir),
-        num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size or args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        bf16=args.bf16,
-        use_cpu=not torch.cuda.is_available(),  # bf16 on a CPU-only machine needs use_cpu
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        logging_strategy="steps",
-        logging_steps=args.logging_steps,
-        load_best_model_at_end=True,
-        metric_for_best_model="macro_auc",
-        greater_is_better=True,
-        save_total_limit=args.save_total_limit,
-        dataloader_num_workers=args.num_workers,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        remove_unused_columns=False,  # items are dicts of tensors, every key is a forward argument
-        label_names=["labels"],
-        report_to=args.report_to,
-        seed=args.seed,
-        disable_tqdm=args.no_progress,
-    )
+    t = s.train
+    try:
+        get_reporting_integration_callbacks(t.log_with)
+        return TrainingArguments(
+            output_dir=str(s.output_dir),
+            num_train_epochs=t.epochs,
+            max_steps=t.max_steps,
+            learning_rate=s.optim.lr,
+            weight_decay=s.optim.weight_decay,
+            warmup_steps=s.optim.warmup_steps,
+            per_device_train_batch_size=t.per_device_batch_size,
+            per_device_eval_batch_size=t.eval_batch_size or t.per_device_batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            bf16=t.mixed_precision == "bf16",
+            use_cpu=not torch.cuda.is_available(),  # bf16 on a CPU-only machine needs use_cpu
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            logging_strategy="steps",
+            logging_steps=t.log_every,
+            load_best_model_at_end=True,
+            metric_for_best_model="macro_auc",
+            greater_is_better=True,
+            save_total_limit=t.checkpoint_total_limit,
+            dataloader_num_workers=s.data.num_workers,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            remove_unused_columns=False,  # items are dicts of tensors, every key is a forward argument
+            label_names=["labels"],
+            report_to=list(t.log_with),
+            seed=s.seed,
+            disable_tqdm=not t.progress,
+        )
+    except ValueError as err:
+        raise ConfigError(f"transformers.TrainingArguments refuses these settings: {err}") from None
 
 
-def build_trainer(args: argparse.Namespace, model, processor, train_dataset, eval_dataset, class_names):
+def build_trainer(s: FinetuneSettings, model, processor, train_dataset, eval_dataset, class_names,
+                  training_args=None):
     from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
     callbacks = []
-    if args.early_stopping_patience and args.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+    if s.train.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=s.train.early_stopping_patience))
     trainer = Trainer(
         model=model,
-        args=build_training_args(args),
+        args=training_args if training_args is not None else build_training_args(s),
         data_collator=default_data_collator,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -225,31 +259,33 @@ def build_trainer(args: argparse.Namespace, model, processor, train_dataset, eva
 # ------------------------------------------------------------------------------------------------------------
 
 
-def prepare(args: argparse.Namespace) -> dict:
+def prepare(s: FinetuneSettings) -> dict:
     """Datasets, processor, class weights and the model (seeded) for a run."""
     from transformers import set_seed
 
     from eval.datasets import load_downstream
 
-    splits = {s: load_downstream(args.dataset, args.data_root, split=s, task=args.task) for s in ("train", "val", "test")}
+    data = s.data
+    splits = {split: load_downstream(data.dataset, data.root, split=split, task=data.task)
+              for split in ("train", "val", "test")}
     class_names = list(splits["train"].class_names)
     y_train, y_val = splits["train"].labels_matrix(), splits["val"].labels_matrix()
     if len(splits["train"]) == 0 or len(splits["val"]) == 0:
-        raise ValueError(f"{args.dataset}: empty train or val split")
+        raise ValueError(f"{data.dataset}: empty train or val split")
     val_pos = y_val.sum(axis=0)
     if not ((val_pos > 0) & (val_pos < len(y_val))).any():
-        raise ValueError(f"{args.dataset}: no class has both positives and negatives in val; the val macro AUC "
+        raise ValueError(f"{data.dataset}: no class has both positives and negatives in val; the val macro AUC "
                          f"that selects the checkpoint is undefined")
     weights = None
-    if args.class_weights == "auto":
-        weights = auto_class_weights(y_train, args.max_class_weight)
-    processor = load_processor(args.model)
+    if s.model.class_weights == "auto":
+        weights = auto_class_weights(y_train, s.model.max_class_weight)
+    processor = load_processor(s.model.name_or_path)
     fe = processor.feature_extractor
-    protocol_n = resolve_protocol_num_samples(splits["train"], args.protocol_num_samples)
-    set_seed(args.seed)  # the new head's initialisation
-    model = load_classifier(args.model, class_names, weights, args.classifier_dropout)
+    protocol_n = resolve_protocol_num_samples(splits["train"], data.protocol_num_samples)
+    set_seed(s.seed)  # the new head's initialisation
+    model = load_classifier(s.model.name_or_path, class_names, weights, s.model.classifier_dropout)
     datasets = {
-        "train": ECGClassificationDataset(splits["train"], fe, protocol_n, random_crop=args.random_crop),
+        "train": ECGClassificationDataset(splits["train"], fe, protocol_n, random_crop=data.random_crop),
         "val": ECGClassificationDataset(splits["val"], fe, protocol_n),
         "test": ECGClassificationDataset(splits["test"], fe, protocol_n) if len(splits["test"]) else None,
     }
@@ -257,25 +293,33 @@ def prepare(args: argparse.Namespace) -> dict:
             "processor": processor, "model": model, "protocol_num_samples": protocol_n}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(s: FinetuneSettings, resume: bool = False) -> dict:
+    """Fine-tune, evaluate, export (and push) as `s` says; `resume` continues from the newest checkpoint in the
+    output folder. The settings are checked first (ConfigError) before any data or model is read. Returns the
+    results, also written to OUTPUT_DIR/results.json."""
+    s.validate()
+    s.require(FLAGS)
+    training_args = build_training_args(s)
+    if s.optim.lr == 0:
+        logger.warning("optim.lr is 0: the weights stay as they are (a baseline run)")
     t0 = time.perf_counter()
-    output_dir = Path(args.output_dir)
+    output_dir = Path(s.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    parts = prepare(args)
+    parts = prepare(s)
     class_names, datasets = parts["class_names"], parts["datasets"]
-    trainer = build_trainer(args, parts["model"], parts["processor"], datasets["train"], datasets["val"],
-                            class_names)
+    trainer = build_trainer(s, parts["model"], parts["processor"], datasets["train"], datasets["val"],
+                            class_names, training_args)
 
-    resume = None
-    if args.resume:
-        resume = find_checkpoint(output_dir)
-        if resume is None:
+    resume_from = None
+    if resume:
+        resume_from = find_checkpoint(output_dir)
+        if resume_from is None:
             logger.warning("--resume: no checkpoint-* folder in %s; starting from the model", output_dir)
         else:
-            logger.info("resuming from %s", resume)
+            logger.info("resuming from %s", resume_from)
     elif find_checkpoint(output_dir):
         logger.warning("%s already holds checkpoints; training from scratch (pass --resume to continue)", output_dir)
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
     from transformers import EarlyStoppingCallback
 
     trainer.remove_callback(EarlyStoppingCallback)  # the final val/test passes are not early-stopping evaluations
@@ -286,16 +330,16 @@ def run(args: argparse.Namespace) -> dict:
         prediction = trainer.predict(datasets["test"], metric_key_prefix="test")
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         test = {"metrics": prediction.metrics,
-                "report": auc_report(prediction.label_ids, logits, class_names, n_resamples=args.bootstrap,
-                                     seed=args.seed)}
+                "report": auc_report(prediction.label_ids, logits, class_names, n_resamples=s.eval.bootstrap,
+                                     seed=s.seed)}
 
     model = trainer.model
     model.config.class_weights = None  # a training-time loss setting: not imposed on whoever loads the export
-    export_dir = Path(args.export_dir) if args.export_dir else output_dir / EXPORT_DIR
+    export_dir = Path(s.export_dir) if s.export_dir else output_dir / EXPORT_DIR
     best = trainer.state.best_model_checkpoint
     facts = {
-        "fine-tuned from": args.model,
-        "dataset": args.dataset + (f" / {args.task}" if args.task else ""),
+        "fine-tuned from": s.model.name_or_path,
+        "dataset": s.data.dataset + (f" / {s.data.task}" if s.data.task else ""),
         "classes": ", ".join(class_names),
         "epochs run": f"{trainer.state.epoch:g} (best checkpoint: {Path(best).name if best else 'last'})",
         "val macro AUC": f"{val_metrics.get('val_macro_auc', float('nan')):.4f}",
@@ -306,28 +350,30 @@ def run(args: argparse.Namespace) -> dict:
     if trainer.is_world_process_zero():
         export_model(model, export_dir, processor=parts["processor"], card_facts=facts)
     pushed = None
-    if args.push_to_hub and trainer.is_world_process_zero():
-        pushed = push_export(export_dir, args.push_to_hub, private=args.private,
+    if s.hub.push_to_hub and trainer.is_world_process_zero():
+        pushed = push_export(export_dir, s.hub.push_to_hub, private=s.hub.private,
                              commit_message=f"Fine-tuned D-BETA on {facts['dataset']}")
 
     log_history = trainer.state.log_history
     results = {
         "schema": "dbeta-finetune/1",
-        "model": str(args.model),
-        "dataset": args.dataset,
-        "task": args.task,
-        "data_root": str(args.data_root),
+        "model": str(s.model.name_or_path),
+        "dataset": s.data.dataset,
+        "task": s.data.task,
+        "data_root": str(s.data.root),
         "class_names": class_names,
         "class_weights": parts["class_weights"],
         "protocol_num_samples": parts["protocol_num_samples"],
         "splits": {s: len(ds) for s, ds in parts["splits"].items()},
         "hyperparameters": {
-            "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr, "weight_decay": args.weight_decay,
-            "batch_size": args.batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "bf16": args.bf16, "early_stopping_patience": args.early_stopping_patience, "seed": args.seed,
-            "random_crop": args.random_crop,
+            "epochs": s.train.epochs, "max_steps": s.train.max_steps, "lr": s.optim.lr,
+            "weight_decay": s.optim.weight_decay, "batch_size": s.train.per_device_batch_size,
+            "gradient_accumulation_steps": s.train.gradient_accumulation_steps,
+            "bf16": s.train.mixed_precision == "bf16", "early_stopping_patience": s.train.early_stopping_patience,
+            "seed": s.seed, "random_crop": s.data.random_crop,
         },
-        "resumed_from": resume,
+        "settings": s.to_dict(),
+        "resumed_from": resume_from,
         "global_step": trainer.state.global_step,
         "epochs_run": trainer.state.epoch,
         "best_checkpoint": best,
@@ -360,50 +406,78 @@ def _json_safe(value):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.finetune", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="exported D-BETA folder or Hub repo id (with its processor)")
-    p.add_argument("--dataset", required=True, choices=FINETUNE_DATASETS)
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--task", default=None, help="PTB-XL task: super, sub, form or rhythm")
-    p.add_argument("--output-dir", required=True, help="checkpoints, results.json and export/")
-    p.add_argument("--export-dir", default=None, help="where the final model goes (default OUTPUT_DIR/export)")
-    p.add_argument("--epochs", type=float, default=10)
-    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--eval-batch-size", type=int, default=None)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or GPU)")
-    p.add_argument("--class-weights", choices=("auto", "none"), default="none",
-                   help="auto: positive weight neg/pos per class from the train labels (clipped)")
-    p.add_argument("--max-class-weight", type=float, default=50.0)
-    p.add_argument("--classifier-dropout", type=float, default=None)
-    p.add_argument("--early-stopping-patience", type=int, default=3, help="epochs without val AUC gain; 0: off")
-    p.add_argument("--save-total-limit", type=int, default=2)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Exit codes: 0 finished, 2 bad settings or arguments (nothing read or built).")
+    add_settings_arguments(p)
+
+    def flag(name, dest=None, **kw):
+        dest = dest or name[2:].replace("-", "_")
+        key = FLAGS[dest]
+        help = kw.pop("help", None) or FinetuneSettings.help_for(key)
+        p.add_argument(name, dest=dest, help=f"{help} [{key}]", **kw)
+
+    flag("--model")
+    flag("--dataset")
+    flag("--data-root")
+    flag("--task")
+    flag("--output-dir")
+    flag("--export-dir")
+    flag("--epochs")
+    flag("--max-steps")
+    flag("--lr")
+    flag("--weight-decay")
+    flag("--warmup-steps")
+    flag("--batch-size")
+    flag("--eval-batch-size")
+    flag("--gradient-accumulation-steps")
+    flag("--bf16", dest="mixed_precision", action="store_const", const="bf16", help="bfloat16 autocast (CPU or GPU)")
+    flag("--class-weights")
+    flag("--max-class-weight")
+    flag("--classifier-dropout")
+    flag("--early-stopping-patience")
+    flag("--save-total-limit")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    p.add_argument("--random-crop", action="store_true",
-                   help="train on a random window of records longer than the processor's length (augmentation)")
-    p.add_argument("--protocol-num-samples", default="auto",
-                   help="'auto' (the dataset's protocol length, CPSC2018: 2500), 'none', or a number of samples")
-    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--logging-steps", type=int, default=10)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the test AUC CI")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--report-to", default="none", help="Trainer report_to (none, tensorboard, ...)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the export to this Hub repo")
-    p.add_argument("--private", action="store_true", help="create the Hub repo private")
+    flag("--random-crop", action="store_const", const=True)
+    flag("--protocol-num-samples")
+    flag("--num-workers")
+    flag("--logging-steps")
+    flag("--bootstrap")
+    flag("--seed")
+    flag("--report-to", type=_integrations, help="Trainer report_to: none, all, or names separated by commas")
+    flag("--no-progress", dest="progress", action="store_const", const=False, help="no tqdm bars")
+    flag("--push-to-hub", metavar="REPO")
+    flag("--private", action="store_const", const=True)
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def _integrations(value: str) -> list:
+    return [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def resolve_settings(argv: Optional[Sequence[str]] = None) -> tuple:
+    """(FinetuneSettings, argparse namespace): defaults < config file < --set < flags, validated."""
     args = build_parser().parse_args(argv)
-    if args.gradient_accumulation_steps < 1 or args.batch_size < 1:
-        raise SystemExit("--batch-size and --gradient-accumulation-steps must be positive")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    results = run(args)
+    settings = FinetuneSettings()
+    if args.config is not None:
+        settings.update(read_config_file(args.config))
+    settings.apply_sets(args.sets)
+    settings.apply_flags(args, FLAGS)
+    settings.validate()
+    return settings, args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
+    """The command line: the results of `run` (None after --print-config); a bad setting exits with code 2."""
+    try:
+        settings, args = resolve_settings(argv)
+        if args.print_config:
+            print(settings.to_yaml(), end="")
+            return None
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        results = run(settings, resume=args.resume)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     test = results["test"]["report"] if results["test"] else {}
     print(f"best val macro AUC {results['best_val_macro_auc']}; test macro AUC {test.get('macro_auc')}, "
           f"macro AUPRC {test.get('macro_auprc')}; "

@@ -121,8 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_settings(argv=None) -> tuple:
     """(PretrainSettings, argparse namespace): defaults < config file < --set < flags, validated."""
-    import yaml
-
     args = build_parser().parse_args(argv)
     settings = PretrainSettings()
     config_path = args.config
@@ -132,19 +130,8 @@ def resolve_settings(argv=None) -> tuple:
         settings.update(read_config_file(config_path))
         if config_path != args.config:  # a checkpoint's own run config: its export folder was that run's
             settings.export_dir = None
-    for item in args.sets:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from None
-        settings.set(key.strip(), value)
-    for dest, key in FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            settings.set(key, value)
+    settings.apply_sets(args.sets)
+    settings.apply_flags(args, FLAGS)
     settings.validate()
     return settings, args
 

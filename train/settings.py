@@ -1,21 +1,26 @@
-"""Pretraining settings: one typed schema, its defaults (the paper's full-size recipe where the paper gives one) and
-its validation.
+"""The settings system of pretraining and fine-tuning: typed dataclass schemas, their defaults and their validation.
 
-Settings come from, in order: the defaults below, a YAML/JSON config file, `--set section.key=value` (the value is
-parsed as YAML), then the dedicated CLI flags. Every value is checked against its field's type and range before
-anything is built; an unknown key fails with the known ones listed. `python -m train.pretrain --print-config` shows
-the resolved settings with each field's help.
+`Settings` is the machinery, for any root dataclass of scalar fields and sections (nested dataclasses): settings
+come from, in order, the defaults, a YAML/JSON config file, `--set section.key=value` (the value is parsed as
+YAML), then a command's dedicated flags. Every value is checked against its field's type and range before anything
+is built; an unknown key fails with the known ones listed (and the closest one suggested). `--print-config` shows
+the resolved settings with each field's help. Field metadata (`_f`): help, min, max, min_exclusive, max_exclusive,
+choices, length and item (lists), also (values allowed besides the type and range, e.g. "auto"), required.
+
+The schemas: `PretrainSettings` below (the paper's full-size recipe where the paper gives one) and
+train/finetune_settings.py's `FinetuneSettings`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 
 class ConfigError(ValueError):
@@ -26,6 +31,123 @@ def _f(default, help: str, **kw):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: json.loads(json.dumps(default)), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+class Settings:
+    """The machinery of a settings root (a dataclass of fields and sections): merge a config file, set one dotted
+    key, validate every field, print as YAML with help. Subclasses add cross-field checks to `validate`."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        settings = cls()
+        settings.update(values)
+        settings.validate()
+        return settings
+
+    def update(self, values: dict, where: str = "") -> None:
+        """Merge a nested mapping (a config file's content) into these settings; unknown keys are errors."""
+        _merge(self, values, where)
+
+    def set(self, dotted: str, value: Any) -> None:
+        """Set one setting by its dotted name, e.g. 'optim.lr'; inside a mapping field the rest of the name is one
+        key ('model.overrides.ets_mode')."""
+        parts = dotted.split(".")
+        node = self
+        for i, part in enumerate(parts[:-1]):
+            child = getattr(node, part, None) if part in _names(node) else None
+            if isinstance(child, dict):
+                child[".".join(parts[i + 1:])] = value
+                return
+            if not dataclasses.is_dataclass(child):
+                raise ConfigError(_unknown(dotted, node, part))
+            node = child
+        last = parts[-1]
+        if last not in _names(node):
+            raise ConfigError(_unknown(dotted, node, last))
+        if dataclasses.is_dataclass(getattr(node, last)):
+            raise ConfigError(f"{dotted} is a section; set one of its keys ({', '.join(_names(getattr(node, last)))})")
+        setattr(node, last, value)
+
+    def apply_sets(self, items: Sequence[str]) -> None:
+        """`--set KEY=VALUE` items, each value parsed as YAML ('1e-3', '[0.9, 0.98]', 'null')."""
+        import yaml
+
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            key, raw = item.split("=", 1)
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from None
+            self.set(key.strip(), value)
+
+    def apply_flags(self, namespace, flags: Mapping[str, str]) -> None:
+        """The dedicated CLI flags given (not None) in an argparse namespace; `flags` maps each dest to its key."""
+        for dest, key in flags.items():
+            value = getattr(namespace, dest, None)
+            if value is not None:
+                self.set(key, value)
+
+    def validate(self) -> None:
+        """Coerce and check every field (types, ranges, choices); raise ConfigError."""
+        _validate(self, "")
+
+    def require(self, flags: Optional[Mapping[str, str]] = None) -> None:
+        """Fields marked required must be set (not null); the error names the flag that sets one, if any."""
+        flag_of = {key: "--" + dest.replace("_", "-") for dest, key in (flags or {}).items()}
+
+        def walk(node, where):
+            for f in dataclasses.fields(node):
+                path, value = f"{where}{f.name}", getattr(node, f.name)
+                if dataclasses.is_dataclass(value):
+                    walk(value, path + ".")
+                elif f.metadata.get("required") and value is None:
+                    flag = f" ({flag_of[path]})" if path in flag_of else ""
+                    raise ConfigError(f"{path}{flag} is required")
+
+        walk(self, "")
+
+    @classmethod
+    def help_for(cls, dotted: str) -> str:
+        """The help text of one field, e.g. for a flag that sets it."""
+        node = cls
+        for part in dotted.split("."):
+            f = {f.name: f for f in dataclasses.fields(node)}[part]
+            node = typing.get_type_hints(node)[part]
+        return f.metadata.get("help", "")
+
+    def to_yaml(self) -> str:
+        """The settings as YAML, each field followed by its help as a comment."""
+        import yaml
+
+        lines = []
+
+        def emit(obj, indent):
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                pad = "  " * indent
+                if dataclasses.is_dataclass(value):
+                    lines.append(f"{pad}{f.name}:")
+                    emit(value, indent + 1)
+                    continue
+                text = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
+                text = text[1:-1] if text.startswith("{") else text
+                lines.append(f"{pad}{text:<40} # {f.metadata.get('help', '')}")
+
+        emit(self, 0)
+        return "\n".join(lines) + "\n"
+
+
+def add_settings_arguments(parser) -> None:
+    """The options every settings-driven command shares: --config, --set, --print-config."""
+    parser.add_argument("--config", help="YAML or JSON settings file (see --print-config for every setting)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any setting by its dotted name, e.g. --set optim.lr=1e-4")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings with help, then exit")
 
 
 @dataclass
@@ -112,7 +234,7 @@ class HubSettings:
 
 
 @dataclass
-class PretrainSettings:
+class PretrainSettings(Settings):
     output_dir: str = _f("runs/dbeta-full", "checkpoints, logs, metrics.json and (by default) the export")
     export_dir: Optional[str] = _f(None, "the exported model folder; null = OUTPUT/model")
     seed: int = _f(42, "seed of the data order, masks, dropout and initialisation")
@@ -123,66 +245,12 @@ class PretrainSettings:
     train: TrainSettings = field(default_factory=TrainSettings)
     hub: HubSettings = field(default_factory=HubSettings)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PretrainSettings":
-        settings = cls()
-        settings.update(values)
-        settings.validate()
-        return settings
-
-    def update(self, values: dict, where: str = "") -> None:
-        """Merge a nested mapping (a config file's content) into these settings; unknown keys are errors."""
-        _merge(self, values, where)
-
-    def set(self, dotted: str, value: Any) -> None:
-        """Set one setting by its dotted name, e.g. 'optim.lr' or 'model.overrides.ets_mode'."""
-        parts = dotted.split(".")
-        node = self
-        for i, part in enumerate(parts[:-1]):
-            if part == "overrides" and isinstance(node, ModelSettings):
-                node.overrides[".".join(parts[i + 1:])] = value
-                return
-            child = getattr(node, part, None) if part in _names(node) else None
-            if not dataclasses.is_dataclass(child):
-                raise ConfigError(_unknown(dotted, node, part))
-            node = child
-        last = parts[-1]
-        if last not in _names(node):
-            raise ConfigError(_unknown(dotted, node, last))
-        if dataclasses.is_dataclass(getattr(node, last)):
-            raise ConfigError(f"{dotted} is a section; set one of its keys ({', '.join(_names(getattr(node, last)))})")
-        setattr(node, last, value)
-
     def validate(self) -> None:
         """Coerce and check every field (types, ranges, choices) and the model overrides; raise ConfigError."""
-        _validate(self, "")
+        super().validate()
         _validate_overrides(self.model.overrides)
         if self.optim.max_grad_norm == 0:
             self.optim.max_grad_norm = None
-
-    def to_yaml(self) -> str:
-        """The settings as YAML, each field followed by its help as a comment."""
-        import yaml
-
-        lines = []
-
-        def emit(obj, indent):
-            for f in dataclasses.fields(obj):
-                value = getattr(obj, f.name)
-                pad = "  " * indent
-                if dataclasses.is_dataclass(value):
-                    lines.append(f"{pad}{f.name}:")
-                    emit(value, indent + 1)
-                    continue
-                text = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
-                text = text[1:-1] if text.startswith("{") else text
-                lines.append(f"{pad}{text:<40} # {f.metadata.get('help', '')}")
-
-        emit(self, 0)
-        return "\n".join(lines) + "\n"
 
 
 def _names(obj) -> list:
@@ -190,7 +258,9 @@ def _names(obj) -> list:
 
 
 def _unknown(dotted: str, node, part: str) -> str:
-    return f"unknown setting {dotted!r} ({part!r} is not one of: {', '.join(_names(node))})"
+    close = difflib.get_close_matches(part, _names(node), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {dotted!r} ({part!r} is not one of: {', '.join(_names(node))}){hint}"
 
 
 def _merge(node, values: dict, where: str) -> None:
@@ -203,9 +273,9 @@ def _merge(node, values: dict, where: str) -> None:
         current = getattr(node, key)
         if dataclasses.is_dataclass(current):
             _merge(current, value, path + ".")
-        elif key == "overrides" and isinstance(node, ModelSettings):
+        elif isinstance(current, dict):  # a mapping field (model overrides) merges key by key
             if not isinstance(value, dict):
-                raise ConfigError(f"{path} must be a mapping of DBetaConfig fields, got {value!r}")
+                raise ConfigError(f"{path} must be a mapping, got {value!r}")
             current.update(value)
         else:
             setattr(node, key, value)
@@ -259,26 +329,44 @@ def _validate(node, where: str) -> None:
             if not optional:
                 raise ConfigError(f"{path} may not be null")
             continue
-        if kind is list:
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{path} must be a list, got {value!r}")
-            if "length" in meta and len(value) != meta["length"]:
-                raise ConfigError(f"{path} must have {meta['length']} items, got {value!r}")
-            value = [_coerce(v, meta.get("item"), f"{path}[{i}]") for i, v in enumerate(value)]
-        elif kind is dict:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path} must be a mapping, got {value!r}")
-        else:
-            value = _coerce(value, kind, path)
-            if "choices" in meta and value not in meta["choices"]:
-                raise ConfigError(f"{path} must be one of {', '.join(meta['choices'])}; got {value!r}")
-            if "min" in meta and value < meta["min"]:
-                raise ConfigError(f"{path} must be >= {meta['min']}, got {value!r}")
-            if "max" in meta and value > meta["max"]:
-                raise ConfigError(f"{path} must be <= {meta['max']}, got {value!r}")
-            if "min_exclusive" in meta and value <= meta["min_exclusive"]:
-                raise ConfigError(f"{path} must be > {meta['min_exclusive']}, got {value!r}")
+        also = meta.get("also", ())  # a flag's value is text: "-1" stands for -1, "AUTO" for "auto"
+        match = [a for a in also if not isinstance(value, bool) and (a == value or str(a) == str(value).lower())]
+        if match:
+            setattr(node, f.name, match[0])
+            continue
+        try:
+            value = _check(value, kind, meta, path)
+        except ConfigError as err:
+            if also:
+                raise ConfigError(f"{err} (or one of: {', '.join(map(str, also))})") from None
+            raise
         setattr(node, f.name, value)
+
+
+def _check(value, kind, meta, path: str):
+    """One non-null value coerced to its field's type and checked against the field's range and choices."""
+    if kind is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        if "length" in meta and len(value) != meta["length"]:
+            raise ConfigError(f"{path} must have {meta['length']} items, got {value!r}")
+        value = [_coerce(v, meta.get("item"), f"{path}[{i}]") for i, v in enumerate(value)]
+    elif kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+    else:
+        value = _coerce(value, kind, path)
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(f"{path} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(f"{path} must be >= {meta['min']}, got {value!r}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(f"{path} must be <= {meta['max']}, got {value!r}")
+        if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+            raise ConfigError(f"{path} must be > {meta['min_exclusive']}, got {value!r}")
+        if "max_exclusive" in meta and value >= meta["max_exclusive"]:
+            raise ConfigError(f"{path} must be < {meta['max_exclusive']}, got {value!r}")
+    return value
 
 
 def _validate_overrides(overrides: dict) -> None:
