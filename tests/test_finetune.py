@@ -176,6 +176,9 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert first["splits"] == {"train": 34, "val": 4, "test": 10}
     assert first["global_step"] == 2 and (out / "checkpoint-2" / "model.safetensors").is_file()
     assert (out / "checkpoint-2" / "processor_config.json").is_file()  # processing_class is saved
+    # a Trainer checkpoint is a classifier folder too: it names only the classifier's pipeline
+    assert set(json.loads((out / "checkpoint-2" / "config.json").read_text())["custom_pipelines"]) == {
+        "ecg-classification"}
     assert first["class_weights"] and len(first["class_weights"]) == 9
     assert first["test"]["report"]["n_records"] == 10 and first["best_val_macro_auc"] is not None
     assert first["test"]["report"]["macro_auprc"] is not None and "eval_macro_auprc" in first["eval_log"][0]

@@ -163,6 +163,11 @@ def load_classifier(model: str, class_names: Sequence[str], class_weights: Optio
     config.id2label = {i: str(c) for i, c in enumerate(class_names)}
     config.label2id = {str(c): i for i, c in enumerate(class_names)}
     config.problem_type = "multi_label_classification"
+    # Trainer's checkpoint-N folders are saved straight from this config: they name the classifier's pipeline,
+    # not the zero-shot one of the pretrained model the config came from.
+    from train.export import CLASSIFICATION_PIPELINES
+
+    config.custom_pipelines = dict(CLASSIFICATION_PIPELINES)
     config.class_weights = list(class_weights) if class_weights is not None else None
     if classifier_dropout is not None:
         config.classifier_dropout = classifier_dropout
