@@ -53,7 +53,7 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
     "seconds_features", "seconds"}; with
     `output` also writes it as JSON and a Markdown table beside it (.md)."""
     from eval.datasets import load_downstream
-    from eval.linear_probe import probe_run
+    from eval.linear_probe import probe_run, train_subset_indices
     from eval.zero_shot import class_prompts, label_set_name, zero_shot_scores
     from dbeta.prompting_dbeta import load_prompt_set, prompt_style_for
 
@@ -87,9 +87,19 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
                                num_workers=num_workers, progress=progress, desc=desc)
 
     t0 = time.perf_counter()
-    zs_feats = features(zs_test, f"zero-shot {zero_shot_task} test")
+    probe_labels = {k: ds.labels_matrix() for k, ds in probe_data.items()}
+    if probe_data and fraction < 1.0:  # features only for the training records the probe will see
+        chosen = train_subset_indices(len(probe_data["train"]), fraction, seed)
+        probe_data["train"] = torch.utils.data.Subset(probe_data["train"], chosen.tolist())
+        probe_labels["train"] = probe_labels["train"][chosen]
     probe_feats = {k: features(ds, f"probe {probe_task} {k}") for k, ds in probe_data.items()}
+    if probe_data and list(zs_test.record_ids) == list(probe_data["test"].record_ids):
+        zs_feats = probe_feats["test"]  # the same records, conditioned the same way
+    else:
+        zs_feats = features(zs_test, f"zero-shot {zero_shot_task} test")
     t_features = time.perf_counter() - t0
+    if probe_data:
+        n_records[f"probe_{probe_task}_train"] = len(probe_data["train"])
     rows = {}
     for j, (label, leads) in enumerate(resolved.items()):
         t1 = time.perf_counter()
@@ -99,8 +109,8 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
                "probe_auc": None, "probe_auc_ci": None}
         if probe_data:
             feats = {k: v[j] for k, v in probe_feats.items()}
-            labels = {k: ds.labels_matrix() for k, ds in probe_data.items()}
-            record, _ = probe_run(feats, labels, probe_data["test"].class_names, fraction, seed, epochs, 16, 1e-3,
+            # the training subset is already drawn, in train_subset_indices' order: all of it, as drawn
+            record, _ = probe_run(feats, probe_labels, probe_data["test"].class_names, 1.0, seed, epochs, 16, 1e-3,
                                   1e-4, bootstrap)
             row["probe_auc"], row["probe_auc_ci"] = record["test_auc"], record["test_auc_ci"]
         row["seconds_metrics"] = round(time.perf_counter() - t1, 1)

@@ -105,3 +105,30 @@ def test_evaluation_loader_features_and_lead_subset_evaluation(setup, tmp_path):
     for row in result["subsets"].values():
         assert 0.0 <= row["zero_shot_auc"] <= 1.0 and 0.0 <= row["probe_auc"] <= 1.0
     assert "| I |" in render_markdown(result) and (tmp_path / "leads.md").is_file()
+
+
+def test_lead_subset_probe_reads_only_the_records_it_uses(setup, tmp_path, monkeypatch):
+    """At a fraction < 1 only the drawn training records are read, and the probe's AUC is the one the full
+    training features give."""
+    import eval.lead_subsets as ls
+    from eval.datasets import load_downstream
+    from eval.linear_probe import probe_run
+    from train.synthetic.layouts import write_ptbxl_layout
+
+    model, processor, _ = setup
+    write_ptbxl_layout(tmp_path / "ptbxl", n=200, seed=0)
+    sizes, real = [], ls.subset_features
+    monkeypatch.setattr(ls, "subset_features", lambda m, p, ds, *a, **k: sizes.append(len(ds)) or real(m, p, ds, *a,
+                                                                                                          **k))
+    result = ls.evaluate_lead_subsets(model, tmp_path / "ptbxl", ["12-lead"], processor=processor, fraction=0.25,
+                                      epochs=3, bootstrap=0)
+    splits = {k: load_downstream("ptbxl", tmp_path / "ptbxl", split=k, task="sub") for k in ("train", "val", "test")}
+    n_train = len(splits["train"])
+    zs_test = load_downstream("ptbxl", tmp_path / "ptbxl", split="test", task="rhythm")
+    same = zs_test.record_ids == splits["test"].record_ids  # then one read serves both uses
+    assert sizes == [n_train // 4, len(splits["val"]), len(splits["test"])] + ([] if same else [len(zs_test)])
+    assert result["n_records"]["probe_sub_train"] == n_train // 4
+    feats = {k: real(model, processor, ds, ["12-lead"])[0] for k, ds in splits.items()}
+    record, _ = probe_run(feats, {k: ds.labels_matrix() for k, ds in splits.items()}, splits["test"].class_names,
+                          0.25, 42, 3, 16, 1e-3, 1e-4, 0)
+    assert result["subsets"]["12-lead"]["probe_auc"] == pytest.approx(record["test_auc"], abs=1e-6)
