@@ -32,8 +32,8 @@ TF4_VENV ?= /tmp/dbeta-transformers-4.57
 test-transformers-4: $(STAMP)
 	test -x $(TF4_VENV)/bin/python || $(PY) -m venv $(TF4_VENV)
 	$(TF4_VENV)/bin/pip install -q torch==2.13.0 transformers==4.57.6 sentencepiece==0.2.3
-	rm -rf $(HF_COMMON)/tf4 && $(BIN)/python tests/hf_common/check_transformers4.py write $(HF_COMMON)/tf4
-	HF_HUB_OFFLINE=1 $(TF4_VENV)/bin/python tests/hf_common/check_transformers4.py check $(HF_COMMON)/tf4
+	rm -rf $(HF_COMMON)/tf4 && $(BIN)/python -m tests.hf_common.check_transformers4 write $(HF_COMMON)/tf4
+	HF_HUB_OFFLINE=1 HF_HOME=$$(mktemp -d) $(TF4_VENV)/bin/python -m tests.hf_common.check_transformers4 check $(HF_COMMON)/tf4
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m demo.run

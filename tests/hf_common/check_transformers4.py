@@ -1,8 +1,11 @@
 """Cross-version check (`make test-transformers-4`): an export written under transformers 5 loads under 4.57 with
 the same features; an older export (weight-norm keys `weight_g` / `weight_v`) too.
 
-    python tests/hf_common/check_transformers4.py write DIR   # under transformers 5 (the project's venv)
-    python tests/hf_common/check_transformers4.py check DIR   # under transformers 4.57 (a separate venv)
+    python -m tests.hf_common.check_transformers4 write DIR   # under transformers 5 (the project's venv)
+    python -m tests.hf_common.check_transformers4 check DIR   # under transformers 4.57 (a separate venv)
+
+The 4.57 side has nothing of this project installed: it loads each folder through its own remote code
+(`AutoModel.from_pretrained(..., trust_remote_code=True)`), as a user of an older transformers would.
 """
 
 from __future__ import annotations
@@ -12,11 +15,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
-from dbeta.modeling_dbeta import DBetaModel
-from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config
-
 
 def features(model, io):
     with torch.no_grad():
@@ -25,15 +23,23 @@ def features(model, io):
 
 
 def write(out: Path) -> None:
+    import shutil
+
     from safetensors.torch import load_file, save_file
 
+    from dbeta.configuration_dbeta import DBetaConfig
+    from dbeta.modeling_dbeta import DBetaModel
+    from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config
+
+    DBetaConfig.register_for_auto_class()  # config.json's auto_map + the code files in the folder
+    DBetaModel.register_for_auto_class("AutoModel")
     torch.manual_seed(0)
     model = DBetaModel(tiny_config(tiny_t5_text_config(64))).eval()
     ids = torch.randint(2, 64, (2, 9))
     io = {"ecg": ecg_batch(2), "input_ids": ids, "attention_mask": torch.ones_like(ids)}
     io["attention_mask"][1, -3:] = 0
     model.save_pretrained(out / "export")
-    model.save_pretrained(out / "old-keys")
+    shutil.copytree(out / "export", out / "old-keys")
     state = load_file(out / "old-keys" / "model.safetensors")
     for new, old in (("original0", "weight_g"), ("original1", "weight_v")):
         state[f"ecg_model.pos_conv.{old}"] = state.pop(f"ecg_model.pos_conv.parametrizations.weight.{new}")
@@ -44,11 +50,13 @@ def write(out: Path) -> None:
 def check(out: Path) -> None:
     import transformers
     from safetensors.torch import load_file
+    from transformers import AutoModel
 
     io = load_file(out / "io.safetensors")
     worst = 0.0
     for name in ("export", "old-keys"):
-        got = features(DBetaModel.from_pretrained(out / name, dtype=torch.float32).eval(), io)
+        model = AutoModel.from_pretrained(out / name, trust_remote_code=True, dtype=torch.float32)
+        got = features(model.eval(), io)
         for key, value in got.items():
             diff = float((value - io[key]).abs().max())
             worst = max(worst, diff)
