@@ -132,6 +132,32 @@ def _import_wfdb():
     return wfdb
 
 
+# A WFDB header's record line: name[/segments] signals [fs[/counter freq][(base counter)] [samples [time [date]]]]
+# (https://physionet.org/physiotools/wag/header-5.htm). train/mimic.py's header parser uses it too.
+WFDB_RECORD_LINE = re.compile(
+    r"^(?P<name>[^\s/]+)(?:/(?P<nseg>\d+))?\s+(?P<nsig>\d+)"
+    r"(?:\s+(?P<fs>[0-9.eE+-]+)(?:/(?P<cf>[0-9.eE+-]+))?(?:\((?P<bc>[0-9.eE+-]+)\))?"
+    r"(?:\s+(?P<len>\d+)(?:\s+(?P<time>\S+)(?:\s+(?P<date>\S+))?)?)?)?\s*$"
+)
+
+
+def _wfdb_header_length(wfdb, base: str) -> Optional[int]:
+    """The sample count a header states (None if none). Read from the record line when it is a plain
+    single-segment one: wfdb.rdheader's pandas parse costs ~14 ms, and rdrecord parses the header again."""
+    try:
+        with open(base + ".hea", encoding="latin-1") as fh:
+            for line in fh:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    m = WFDB_RECORD_LINE.match(line)
+                    if m is not None and not m.group("nseg"):
+                        return int(m.group("len")) if m.group("len") else None
+                    break
+    except OSError:
+        pass
+    return wfdb.rdheader(base).sig_len or None
+
+
 def wfdb_info(path: Union[str, Path]) -> dict:
     """A WFDB record's header facts without reading its samples: {"path", "sampling_rate", "num_samples",
     "lead_names"} (`num_samples` is None when the header does not say)."""
@@ -153,7 +179,7 @@ def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] =
     wfdb = _import_wfdb()
     base = _wfdb_base(path)
     try:
-        header = wfdb.rdheader(base)
+        header_length = _wfdb_header_length(wfdb, base)
         partial = sampfrom > 0 or sampto is not None
         record = wfdb.rdrecord(base, sampfrom=sampfrom, sampto=sampto) if partial else wfdb.rdrecord(base)
     except Exception as err:  # wfdb raises assorted ValueError/IndexError/OSError on damaged files
@@ -161,10 +187,10 @@ def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] =
     signal = record.p_signal
     if signal is None or signal.ndim != 2:
         raise ECGReadError(f"{base}: WFDB record has no physical signal")
-    expected = (sampto if sampto is not None else header.sig_len or 0) - sampfrom
-    if header.sig_len and signal.shape[0] != expected:
+    expected = (sampto if sampto is not None else header_length or 0) - sampfrom
+    if header_length and signal.shape[0] != expected:
         raise ECGReadError(
-            f"{base}: header says {header.sig_len} samples but samples {sampfrom}-{sampfrom + expected} read "
+            f"{base}: header says {header_length} samples but samples {sampfrom}-{sampfrom + expected} read "
             f"{signal.shape[0]} (truncated?)"
         )
     units = record.units or ["mV"] * signal.shape[1]

@@ -339,3 +339,18 @@ def test_a_processor_config_with_an_unknown_setting_is_refused_naming_the_folder
                  DBetaFeatureExtractor.from_pretrained):
         with pytest.raises(ValueError, match=rf"{folder}.*does not know: highpass_hz"):
             load(folder, trust_remote_code=True)
+
+
+def test_wfdb_header_length_agrees_with_wfdb(tmp_path):
+    """read_wfdb takes the sample count from the record line instead of a second wfdb.rdheader parse: it must
+    agree with wfdb on every record-line form, and defer to wfdb for the forms it does not read."""
+    import wfdb
+
+    from dbeta.processing_dbeta import _wfdb_header_length
+
+    signal_line = "r.dat 16 200/mV 16 0 0 0 0 I"
+    for i, record_line in enumerate(["r 1 500 5000", "r 1 500/500(0) 5000 10:00:00 01/01/2000", "r 1 500",
+                                     "r 1", "r 1 360 650000", "# comment\nr 1 250 1200"]):
+        base = tmp_path / f"h{i}"
+        (base.with_suffix(".hea")).write_text(record_line + "\n" + signal_line + "\n")
+        assert _wfdb_header_length(wfdb, str(base)) == (wfdb.rdheader(str(base)).sig_len or None), record_line

@@ -50,6 +50,7 @@ import numpy as np
 
 
 from dbeta.processing_dbeta import (
+    WFDB_RECORD_LINE,
     MIMIC_LEADS,
     STANDARD_LEADS,
     assemble_report,
@@ -306,11 +307,7 @@ def iter_machine_measurements(mimic_root, on_malformed=None) -> Iterator[Tuple[i
 # --------------------------------------------------------------------------------------------------------------
 
 
-_RECORD_LINE = re.compile(
-    r"^(?P<name>[^\s/]+)(?:/(?P<nseg>\d+))?\s+(?P<nsig>\d+)"
-    r"(?:\s+(?P<fs>[0-9.eE+-]+)(?:/(?P<cf>[0-9.eE+-]+))?(?:\((?P<bc>[0-9.eE+-]+)\))?"
-    r"(?:\s+(?P<len>\d+)(?:\s+(?P<time>\S+)(?:\s+(?P<date>\S+))?)?)?)?\s*$"
-)
+_RECORD_LINE = WFDB_RECORD_LINE
 _SIGNAL_LINE = re.compile(
     r"^(?P<file>\S+)\s+(?P<fmt>\d+)(?:x(?P<spf>\d+))?(?::(?P<skew>\d+))?(?:\+(?P<off>\d+))?"
     r"(?:\s+(?P<gain>[0-9.eE+-]+)(?:\((?P<base>-?\d+)\))?(?:/(?P<units>\S+))?"
