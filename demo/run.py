@@ -20,7 +20,7 @@ a step whose output exists is reused on the next run):
 Every figure printed is written to demo/out/results.json. The ECG signals are SYNTHETIC: the numbers show that
 the code paths work end to end, not how D-BETA performs on real ECGs.
 
-    python -m demo.run [--out demo/out] [--steps 2000] [--n-downstream 3000] [--fresh]
+    python -m demo.run [--out demo/out] [--steps 1200] [--n-downstream 3000] [--fresh]
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-pairs", type=int, default=4000, help="synthetic MIMIC-layout ECG-report pairs")
     parser.add_argument("--n-downstream", type=int, default=3000,
                         help="synthetic PTB-XL-layout records (~10%% each in the validation and test folds)")
-    parser.add_argument("--steps", type=int, default=2000, help="pretraining steps")
+    parser.add_argument("--steps", type=int, default=1200, help="pretraining steps")
     parser.add_argument("--fresh", action="store_true", help="delete demo/out first")
     args = parser.parse_args(argv)
 
