@@ -324,6 +324,23 @@ def test_required_settings_are_named_with_their_flags(tmp_path, capsys, nothing_
                                            "data": {"dataset": "csn", "root": str(tmp_path)}}))
 
 
+def test_an_output_folder_with_checkpoints_needs_resume(tmp_path, capsys, nothing_is_read):
+    """A new run into a folder holding another run's checkpoints is refused before anything is read: Trainer's
+    rotation would delete them and a later --resume would continue whichever has the highest step."""
+    out = tmp_path / "run"
+    (out / "checkpoint-500").mkdir(parents=True)
+    (out / "checkpoint-500" / "model.safetensors").write_bytes(b"earlier run")
+    argv = ["--model", str(tmp_path / "model"), "--dataset", "cpsc2018", "--data-root", str(tmp_path / "data"),
+            "--output-dir", str(out)]
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "already holds checkpoints of an earlier run (checkpoint-500)" in err, err
+    assert "--resume" in err and (out / "checkpoint-500" / "model.safetensors").read_bytes() == b"earlier run"
+    with pytest.raises(AssertionError, match="data or a model was read"):  # --resume goes on to read the data
+        ft.main(argv + ["--resume"])
+
+
 def test_every_flag_keeps_its_meaning(tmp_path):
     """The command line of before the settings system, flag by flag, lands on the fields the run reads."""
     s, args = ft.resolve_settings([
