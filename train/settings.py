@@ -249,6 +249,12 @@ class PretrainSettings(Settings):
         """Coerce and check every field (types, ranges, choices) and the model overrides; raise ConfigError."""
         super().validate()
         _validate_overrides(self.model.overrides)
+        if self.model.frozen_text_precision == "bf16" and not self.model.freeze_text_encoder:
+            # a trainable tower needs its gradients: the bf16 autocast is for the frozen one only ("auto" then
+            # simply means fp32)
+            raise ConfigError("model.frozen_text_precision=bf16 applies to a frozen text encoder: set "
+                              "model.freeze_text_encoder=true, or frozen_text_precision fp32 (train.mixed_precision "
+                              "bf16 puts the whole model in bf16 autocast)")
         if self.optim.max_grad_norm == 0:
             self.optim.max_grad_norm = None
 
