@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -703,7 +704,10 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
 
     def _run_text(self, input_ids, attention_mask, output_attentions=False, output_hidden_states=False):
         dtype = self._text_compute_dtype if self._text_encoder_frozen else None
-        with torch.autocast(input_ids.device.type, dtype=dtype, enabled=dtype is not None):
+        # No dtype of its own: the tower runs under whatever autocast the caller set (mixed-precision training);
+        # an autocast(enabled=False) here would force it to fp32.
+        context = torch.autocast(input_ids.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with context:
             out = self.text_model(input_ids=input_ids, attention_mask=attention_mask,
                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                                   return_dict=True)

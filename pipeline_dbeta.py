@@ -127,8 +127,9 @@ def as_record(item, sampling_rate=None, lead_names=None) -> dict:
         signal = item.get("signal", item.get("ecg"))
         if signal is None:
             raise ValueError(f"an ECG dict needs a 'signal' (or 'ecg') entry; got keys {sorted(item)}")
-        rate = item.get("sampling_rate", item.get("fs", sampling_rate))
-        names = item.get("lead_names", lead_names)
+        # an entry holding None carries nothing: the keyword fills it, as it fills an absent one
+        rate = next((item[k] for k in ("sampling_rate", "fs") if item.get(k) is not None), sampling_rate)
+        names = item["lead_names"] if item.get("lead_names") is not None else lead_names
         return {"signal": _as_array(signal), "sampling_rate": rate, "lead_names": names,
                 "source": str(item.get("record_id", item.get("path", "dict")))}
     if isinstance(item, (np.ndarray, torch.Tensor, list, tuple)):

@@ -221,6 +221,10 @@ def test_call_keywords_are_validated_strictly(exported):
         pipe(signal)
     with pytest.raises(FileNotFoundError, match="input 1: ECG file not found: nowhere.hea"):
         pipe([signal, "nowhere.hea"], sampling_rate=500)
+    # a dict whose sampling_rate is None takes the keyword's, as one without the entry does
+    want = pipe(signal, sampling_rate=500)
+    assert pipe({"signal": signal, "sampling_rate": None}, sampling_rate=500) == want
+    assert pipe({"signal": signal, "sampling_rate": None, "lead_names": None}, sampling_rate=500) == want
 
 
 def test_scores_follow_the_problem_type(exported):

@@ -324,6 +324,23 @@ def test_required_settings_are_named_with_their_flags(tmp_path, capsys, nothing_
                                            "data": {"dataset": "csn", "root": str(tmp_path)}}))
 
 
+def test_an_output_folder_with_checkpoints_needs_resume(tmp_path, capsys, nothing_is_read):
+    """A new run into a folder holding another run's checkpoints is refused before anything is read: Trainer's
+    rotation would delete them and a later --resume would continue whichever has the highest step."""
+    out = tmp_path / "run"
+    (out / "checkpoint-500").mkdir(parents=True)
+    (out / "checkpoint-500" / "model.safetensors").write_bytes(b"earlier run")
+    argv = ["--model", str(tmp_path / "model"), "--dataset", "cpsc2018", "--data-root", str(tmp_path / "data"),
+            "--output-dir", str(out)]
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "already holds checkpoints of an earlier run (checkpoint-500)" in err, err
+    assert "--resume" in err and (out / "checkpoint-500" / "model.safetensors").read_bytes() == b"earlier run"
+    with pytest.raises(AssertionError, match="data or a model was read"):  # --resume goes on to read the data
+        ft.main(argv + ["--resume"])
+
+
 def test_every_flag_keeps_its_meaning(tmp_path):
     """The command line of before the settings system, flag by flag, lands on the fields the run reads."""
     s, args = ft.resolve_settings([
@@ -382,3 +399,28 @@ def test_config_file_then_set_then_flags_and_print_config_round_trips(tmp_path, 
     resolved, _ = ft.resolve_settings(["--config", str(config), "--bf16"])
     assert FinetuneSettings.from_dict(yaml.safe_load(printed)).to_dict() == resolved.to_dict()
     assert yaml.safe_load(FinetuneSettings().to_yaml()) == FinetuneSettings().to_dict()
+
+
+def test_config_files_with_repeated_keys_or_odd_yaml_are_refused(tmp_path):
+    """YAML and JSON keep the last of two equal keys: a second `optim:` section would drop the first one's
+    settings without a word. Anchors and merge keys still work; a number as a key and YAML's unquoted `no` (a
+    boolean) are clear errors."""
+    def resolve(name, text):
+        (tmp_path / name).write_text(text)
+        return ft.resolve_settings(["--config", str(tmp_path / name)])[0]
+
+    with pytest.raises(ft.ConfigError, match=r"dup.yaml: key 'optim' appears twice in one mapping \(lines 1 and 5\)"):
+        resolve("dup.yaml", "optim:\n  lr: 1e-3\ntrain:\n  epochs: 2\noptim:\n  weight_decay: 0.1\n")
+    with pytest.raises(ft.ConfigError, match="key 'lr' appears twice"):
+        resolve("inner.yaml", "optim:\n  lr: 1e-3\n  lr: 2e-3\n")
+    with pytest.raises(ft.ConfigError, match="dup.json: key.s. 'optim' appear more than once"):
+        resolve("dup.json", '{"optim": {"lr": 1}, "optim": {"weight_decay": 0.1}}')
+    merged = resolve("anchor.yaml", "optim: &o\n  lr: 1e-3\n  weight_decay: 0.1\nhub:\n  private: true\n"
+                                    "train:\n  epochs: 3\n  <<: {log_every: 5, epochs: 4}\n")
+    assert (merged.optim.lr, merged.optim.weight_decay, merged.train.epochs, merged.train.log_every) == (
+        1e-3, 0.1, 3.0, 5)  # an explicit key wins over a merged one, as YAML says
+    with pytest.raises(ft.ConfigError, match="unknown setting '1'"):
+        resolve("number.yaml", "1: x\n")
+    with pytest.raises(ft.ConfigError, match=r"train.mixed_precision must be a non-empty string, got False "
+                                             r"\(YAML reads an unquoted no"):
+        resolve("no.yaml", "train:\n  mixed_precision: no\n")

@@ -155,6 +155,23 @@ def test_frozen_text_tower_in_bf16_keeps_fp32_weights_and_fp32_outputs(config, t
     torch.testing.assert_close(reloaded.encode_text(ids, mask), reference)
 
 
+def test_a_text_tower_without_its_own_precision_follows_the_callers_autocast(config, tokenizer):
+    """Mixed-precision training (train.mixed_precision: bf16) runs the whole model under autocast: a trainable
+    tower, or a frozen one left at fp32, must run under it too, not be forced back to fp32."""
+    model = DBetaModel(config).eval()
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    linear = next(m for m in model.text_model.modules() if isinstance(m, torch.nn.Linear))
+    seen = []
+    linear.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    for freeze in (False, True):
+        if freeze:
+            model.freeze_text_encoder()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.encode_text(ids, mask)
+        model.encode_text(ids, mask)
+    assert seen == [torch.bfloat16, torch.float32] * 2
+
+
 def test_wrong_lead_count_is_a_clear_error(config):
     model = DBetaModel(config)
     with pytest.raises(ValueError, match="12"):

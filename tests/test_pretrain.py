@@ -428,6 +428,9 @@ def test_config_errors_exit_2(tmp_path, capsys):
     assert "data.dataset" in capsys.readouterr().err
     assert main(["--set", "optim.lr=fast"]) == 2
     assert "optim.lr must be a number" in capsys.readouterr().err
+    # the frozen tower's precision asked for a tower that is not frozen: refused, not ignored ("auto" is fp32 there)
+    assert main(["--set", "model.frozen_text_precision=bf16"]) == 2
+    assert "frozen_text_precision=bf16 applies to a frozen text encoder" in capsys.readouterr().err
 
 
 def test_yaml_exponent_without_a_dot_is_a_number():

@@ -305,10 +305,17 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
     s.validate()
     s.require(FLAGS)
     training_args = build_training_args(s)
+    output_dir = Path(s.output_dir)
+    earlier = find_checkpoint(output_dir)
+    if earlier and not resume:
+        # Trainer would rotate the earlier run's checkpoints away (save_total_limit counts every checkpoint-N in
+        # the folder), overwrite its export and results, and a later --resume would pick the highest-numbered
+        # checkpoint, whichever run wrote it.
+        raise ConfigError(f"{output_dir} already holds checkpoints of an earlier run ({Path(earlier).name}): pass "
+                          "--resume to continue it, or use another output_dir (--output-dir)")
     if s.optim.lr == 0:
         logger.warning("optim.lr is 0: the weights stay as they are (a baseline run)")
     t0 = time.perf_counter()
-    output_dir = Path(s.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     parts = prepare(s)
     class_names, datasets = parts["class_names"], parts["datasets"]
@@ -322,8 +329,6 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
             logger.warning("--resume: no checkpoint-* folder in %s; starting from the model", output_dir)
         else:
             logger.info("resuming from %s", resume_from)
-    elif find_checkpoint(output_dir):
-        logger.warning("%s already holds checkpoints; training from scratch (pass --resume to continue)", output_dir)
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     from transformers import EarlyStoppingCallback
 

@@ -249,6 +249,12 @@ class PretrainSettings(Settings):
         """Coerce and check every field (types, ranges, choices) and the model overrides; raise ConfigError."""
         super().validate()
         _validate_overrides(self.model.overrides)
+        if self.model.frozen_text_precision == "bf16" and not self.model.freeze_text_encoder:
+            # a trainable tower needs its gradients: the bf16 autocast is for the frozen one only ("auto" then
+            # simply means fp32)
+            raise ConfigError("model.frozen_text_precision=bf16 applies to a frozen text encoder: set "
+                              "model.freeze_text_encoder=true, or frozen_text_precision fp32 (train.mixed_precision "
+                              "bf16 puts the whole model in bf16 autocast)")
         if self.optim.max_grad_norm == 0:
             self.optim.max_grad_norm = None
 
@@ -268,8 +274,8 @@ def _merge(node, values: dict, where: str) -> None:
         raise ConfigError(f"{where.rstrip('.') or 'the config file'} must be a mapping, got {values!r}")
     for key, value in values.items():
         path = f"{where}{key}"
-        if key not in _names(node):
-            raise ConfigError(_unknown(path, node, key))
+        if not isinstance(key, str) or key not in _names(node):  # YAML may give a number or a bool as a key
+            raise ConfigError(_unknown(path, node, str(key)))
         current = getattr(node, key)
         if dataclasses.is_dataclass(current):
             _merge(current, value, path + ".")
@@ -309,7 +315,9 @@ def _coerce(value, kind, path: str):
         return number
     if kind is str:
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"{path} must be a non-empty string, got {value!r}")
+            hint = " (YAML reads an unquoted no/yes/off/on as false/true: quote it, e.g. \"no\")" \
+                if isinstance(value, bool) else ""
+            raise ConfigError(f"{path} must be a non-empty string, got {value!r}{hint}")
         return value
     return value
 
@@ -393,7 +401,12 @@ def read_config_file(path) -> dict:
     import yaml
 
     try:
-        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        if path.suffix == ".json":
+            values = json.loads(path.read_text(), object_pairs_hook=_json_mapping_without_duplicates)
+        else:
+            values = yaml.load(path.read_text(), Loader=_loader_without_duplicate_keys())
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
     except (ValueError, yaml.YAMLError) as err:
         raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                           f"{err}") from None
@@ -401,3 +414,34 @@ def read_config_file(path) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(values).__name__}")
     return values
+
+
+# YAML and JSON parsers keep the last of two equal keys: a repeated section (a second `optim:`) would silently drop
+# every setting of the first.
+def _json_mapping_without_duplicates(pairs) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ConfigError(f"key(s) {', '.join(map(repr, repeated))} appear more than once in one mapping")
+    return dict(pairs)
+
+
+def _loader_without_duplicate_keys():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges; its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, typing.Hashable):  # PyYAML's own error names it
+                    continue
+                if key in seen:
+                    raise ConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                                      f"{key_node.start_mark.line + 1})")
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
