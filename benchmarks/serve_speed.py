@@ -93,6 +93,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ecg = torch.from_numpy(np.stack([generate_ecg(DEFAULT_CLASSES[i % len(DEFAULT_CLASSES)], rng)
                                      for i in range(args.batch)]))
+    flops = flops_per_record(lambda x: model.get_ecg_features(x).pooler_output, ecg)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep or tmp) / "onnx"
@@ -140,7 +141,6 @@ def main() -> None:
     load_after = os.getloadavg()
     reference = feats["torch_fp32"]
     authors = args.batch / best["authors_style_fp32"]["b16"]
-    flops = flops_per_record(lambda x: model.get_ecg_features(x).pooler_output, ecg)
     peaks = {"torch_fp32": matmul_peak(torch.float32), "torch_bf16": matmul_peak(torch.bfloat16),
              "onnx_int8_dynamic_matmul": ort_int8_matmul_peak(threads)}
     results = {"threads": threads, "batch": args.batch, "rounds": args.rounds, "export_s": round(export_s, 1),
