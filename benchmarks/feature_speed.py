@@ -80,7 +80,9 @@ def throughput(fn, ecg: torch.Tensor, repeats: int, dtype: torch.dtype) -> tuple
 
 def flops_per_record(fn, ecg: torch.Tensor) -> float:
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
+    # no_grad, not inference_mode: under inference_mode the counter breaks the positional conv's weight-norm
+    # parametrization (AttributeError: no attribute 'weight') on torch 2.13
+    with torch.no_grad(), counter:
         fn(ecg[:1])
     return counter.get_total_flops()
 

@@ -138,6 +138,24 @@ def test_int8_graph_is_used_and_stays_close(folders, torch_model):
     assert torch.nn.functional.cosine_similarity(a, b).min() >= 0.99
 
 
+def test_int8_graph_is_the_fused_one_with_a_static_int8_positional_conv(folders):
+    """The served int8 graph is built from ONNX Runtime's fused graph (attention quantized as QAttention) checked
+    against torch first, and its positional conv is quantized statically (QDQ), not left fp32."""
+    import onnx
+
+    _, out = folders
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["parity"]["ecg_fused_max_abs_diff"] <= TOL
+    assert manifest["parity"]["ecg_int8_fused_ops"]["Attention"] >= 1
+    graph = onnx.load(str(out / "ecg_encoder.int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert "QAttention" in ops and "DynamicQuantizeLinear" in ops
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    (pos_conv,) = [n for n in graph.node if n.op_type == "Conv" and "pos_conv" in n.name]
+    assert [produced_by.get(i) for i in pos_conv.input[:2]] == ["DequantizeLinear", "DequantizeLinear"]
+    assert not any(p.name.endswith((".raw.onnx", ".static.onnx", ".fused.onnx")) for p in out.iterdir())
+
+
 def test_zero_shot_pipeline_runs_on_the_graphs(folders, monkeypatch):
     """The pipeline's model calls are get_ecg_features / get_text_features / similarity: the ONNX model gives the
     torch model's scores. The pipeline finds the device with next(model.parameters()); the ONNX model has no
@@ -203,6 +221,27 @@ def test_a_graph_that_differs_from_torch_is_not_published(folders, tmp_path, mon
     assert not (tmp_path / "bad" / MANIFEST).exists()
     with pytest.raises(FileNotFoundError, match=MANIFEST):
         DBetaOnnxModel.from_pretrained(tmp_path / "bad")
+
+
+def test_a_fused_graph_that_differs_from_torch_is_not_quantized_or_published(folders, tmp_path, monkeypatch):
+    """The int8 graph is quantized from the optimizer's fused fp32 graph: that graph is held to the same 1e-4."""
+    model_dir, _ = folders
+    real = export_onnx_module._export_fused_ecg
+
+    def fused_from_other_weights(model, ecg, path):
+        with torch.no_grad():
+            model.ecg_pooler.dense.bias.add_(0.1)
+            try:
+                return real(model, ecg, path)
+            finally:
+                model.ecg_pooler.dense.bias.sub_(0.1)
+
+    monkeypatch.setattr(export_onnx_module, "_export_fused_ecg", fused_from_other_weights)
+    with pytest.raises(ParityError, match="ecg_encoder.fused.onnx: ONNX Runtime output differs from torch"):
+        export_onnx(model_dir, tmp_path / "bad", int8=True)
+    assert not (tmp_path / "bad" / MANIFEST).exists()
+    assert not (tmp_path / "bad" / "ecg_encoder.int8.onnx").exists()
+    assert not (tmp_path / "bad" / "ecg_encoder.fused.onnx").exists()
 
 
 def test_cli_refuses_a_folder_without_a_model(tmp_path, capsys):
