@@ -543,6 +543,21 @@ def test_resume_reproduces_an_uninterrupted_run(assets, straight_run, tmp_path):
     assert final["validation"] == pytest.approx(json.loads((straight_run / "metrics.json").read_text())["validation"])
 
 
+def test_resume_under_other_data_is_refused(assets, straight_run, tmp_path, capsys):
+    """Changing what is trained on between a run and its --resume would continue in another data order: exit 2."""
+    out = tmp_path / "other-data"
+    shutil.copytree(straight_run, out)
+    shutil.rmtree(out / "model")
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert run_main(train_args(assets, out, "--resume", "--set", "data.max_train_samples=40", steps=12)) == 2
+    err = capsys.readouterr().err
+    assert "data.max_train_samples: None -> 40" in err and "training rows" in err
+    assert run_main(train_args(assets, out, "--resume", "--seed", "7", steps=12)) == 2
+    assert "seed: 42 -> 7" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing written
+    assert not (out / "model").exists()
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(assets, straight_run, tmp_path, caplog):
     out = tmp_path / "corrupt"
     shutil.copytree(straight_run, out)

@@ -48,11 +48,12 @@ class TrainState:
         self.train_losses: dict = {}
         self.validation: dict = {}
         self.history: list = []  # {"step", "train" | "validation": {...}} at each log / evaluation
+        self.train_rows: Optional[int] = None  # the training split's size: a resume must see the same data
 
     def state_dict(self) -> dict:
         return {"step": self.step, "micro_batches": self.micro_batches, "samples": self.samples,
                 "bad_steps": self.bad_steps, "train_losses": dict(self.train_losses),
-                "validation": dict(self.validation), "history": list(self.history)}
+                "validation": dict(self.validation), "history": list(self.history), "train_rows": self.train_rows}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -62,6 +63,7 @@ class TrainState:
         self.train_losses = dict(state.get("train_losses", {}))
         self.validation = dict(state.get("validation", {}))
         self.history = list(state.get("history", []))
+        self.train_rows = state.get("train_rows")
 
 
 def checkpoint_dir(output_dir) -> Path:

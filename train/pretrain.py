@@ -246,7 +246,9 @@ def train(s: PretrainSettings, resume: bool) -> int:
             if saved_world != world:
                 logger.warning("resuming a %s-process run with %s processes: the data order is not an exact "
                                "continuation", saved_world, world)
+            check_same_data(path, s, state, len(train_rows))
             logger.info("resumed from %s at step %d", path, state.step)
+    state.train_rows = len(train_rows)
 
     bs, ga = t.per_device_batch_size, t.gradient_accumulation_steps
     global_batch = bs * world * ga
@@ -383,6 +385,32 @@ def train(s: PretrainSettings, resume: bool) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Export of a saved checkpoint
 # ----------------------------------------------------------------------------------------------------------------
+
+
+# The settings that decide which rows are trained on and in what order: a resume under other values would continue
+# from the saved position in a different stream, without a word.
+DATA_ORDER_SETTINGS = ("seed", "data.dataset", "data.mimic_root", "data.train_split", "data.max_train_samples",
+                       "data.val_fraction", "data.split_seed")
+
+
+def check_same_data(checkpoint: Path, s: PretrainSettings, state: TrainState, train_rows: int) -> None:
+    """Refuse a resume whose data settings or training split differ from the checkpointed run's."""
+    saved = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
+    now = s.to_dict()
+
+    def get(tree, dotted):
+        for part in dotted.split("."):
+            tree = tree.get(part) if isinstance(tree, dict) else None
+        return tree
+
+    changed = [f"{k}: {get(saved, k)!r} -> {get(now, k)!r}" for k in DATA_ORDER_SETTINGS
+               if get(saved, k) != get(now, k)]
+    if state.train_rows is not None and state.train_rows != train_rows:
+        changed.append(f"training rows: {state.train_rows} -> {train_rows} (the data changed)")
+    if changed:
+        raise ConfigError(f"--resume from {checkpoint}: the data differ from the checkpointed run's ("
+                          + "; ".join(changed) + "); resuming would continue in another data order. Restore them, "
+                          "or start a new run in another --output-dir")
 
 
 def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:
