@@ -56,7 +56,7 @@ from eval.features import condition_item, resolve_protocol_num_samples
 from eval.metrics import auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
-from train.export import export_model
+from train.export import CLASSIFICATION_PIPELINES, export_model
 from train.finetune_settings import FinetuneSettings
 from train.hub import push_export
 from train.settings import ConfigError, add_settings_arguments, read_config_file
@@ -165,8 +165,6 @@ def load_classifier(model: str, class_names: Sequence[str], class_weights: Optio
     config.problem_type = "multi_label_classification"
     # Trainer's checkpoint-N folders are saved straight from this config: they name the classifier's pipeline,
     # not the zero-shot one of the pretrained model the config came from.
-    from train.export import CLASSIFICATION_PIPELINES
-
     config.custom_pipelines = dict(CLASSIFICATION_PIPELINES)
     config.class_weights = list(class_weights) if class_weights is not None else None
     if classifier_dropout is not None:

@@ -175,10 +175,9 @@ def train(s: PretrainSettings, resume: bool) -> int:
 
     from train.collator import MODEL_INPUTS
     from train.export import build_processor
-    from train.model_setup import build_model_and_tokenizer, frozen_text_dtype
+    from train.model_setup import build_model_and_tokenizer, frozen_text_dtype, public_name
     from train.optim import build_optimizer, build_scheduler
     from train.pretrain_data import build_collators, negative_samplers, select_splits, train_loader
-    from train.model_setup import public_name
     from train.run_report import export_and_push, write_metrics
     from train.signals import (StopFlag, follow_parent_death, launched_by_a_launcher,
                                processes_requested_from_launcher, tolerate_closed_output)
@@ -417,8 +416,7 @@ def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:
     from safetensors.torch import load_model
 
     from train.checkpoints import verify_checkpoint
-    from train.model_setup import build_model_and_tokenizer
-    from train.model_setup import public_name
+    from train.model_setup import build_model_and_tokenizer, public_name
     from train.run_report import export_and_push
 
     path = Path(checkpoint)
