@@ -153,10 +153,22 @@ class DBetaConfig(PretrainedConfig):
         num_fusion_layers: cross-attention layers per stream (6 text + 6 ECG by default).
         mem_layer: the fused ECG stream after this many fusion layers feeds the MEM decoder.
         mem_mask_ratio: fraction of ECG tokens hidden from the encoder during pretraining (CLS is never hidden).
+        mem_decoder_conv_kernel: a depthwise convolution of this odd width over the decoder's unshuffled token
+            sequence (visible and mask tokens) before its transformer blocks, so each hidden token reads its
+            neighbours directly; 0 = none (the authors' decoder). With 200 ms tokens and 75% hidden, the authors'
+            decoder stays at its predict-zero level for thousands of steps; with a width-5 convolution MEM learns
+            within hundreds (`small()` uses 5).
+        mem_positions_see_hidden: whether the encoder's convolutional positions are computed before masking, over
+            every token (the authors' order). That convolution mixes each token with its neighbours' content, so
+            the visible tokens then carry part of the hidden tokens' signal and MEM partly reads the answer from
+            its input. False (default) computes them on the sequence with hidden tokens zeroed. Inference, which
+            masks nothing, is the same either way.
         mem_target_norm: "lead" z-scores each lead of each record over the whole signal (the authors' choice),
             "patch" z-scores each patch (MAE's), "none" regresses raw values.
         ets_mode: "fixed" is the authors' ECG-text sigmoid loss (raw dot product of tanh features, scale 1, no
-            bias); "learnable" is SigLIP's (L2-normalised features, learnable temperature and bias).
+            bias, averaged over all B x B pairs); "learnable" is SigLIP's (L2-normalised features, learnable
+            temperature and bias, summed over each ECG's texts and averaged over the ECGs). At the paper's equal
+            loss weights the authors' average is B times smaller and MLM's gradients swamp it.
         ets_scale_init, ets_bias_init: the learnable temperature and bias at initialisation (SigLIP: 10 and -10,
             tuned for batches of thousands; with a batch of B the no-information optimum of the bias is about
             -log(B - 1), which a bias of -10 reaches only after thousands of Adam steps).
@@ -196,6 +208,8 @@ class DBetaConfig(PretrainedConfig):
         mem_decoder_heads: int = 6,
         mem_decoder_max_positions: int = 512,
         mem_target_norm: str = "lead",
+        mem_decoder_conv_kernel: int = 0,
+        mem_positions_see_hidden: bool = False,
         mlm_probability: float = 0.25,
         ets_mode: str = "fixed",
         ets_gather: bool = True,
@@ -230,6 +244,8 @@ class DBetaConfig(PretrainedConfig):
         self.mem_decoder_heads = mem_decoder_heads
         self.mem_decoder_max_positions = mem_decoder_max_positions
         self.mem_target_norm = mem_target_norm
+        self.mem_decoder_conv_kernel = mem_decoder_conv_kernel
+        self.mem_positions_see_hidden = mem_positions_see_hidden
         self.mlm_probability = mlm_probability
         self.ets_mode = ets_mode
         self.ets_gather = ets_gather
@@ -265,6 +281,11 @@ class DBetaConfig(PretrainedConfig):
             raise ValueError(f"mem_layer must be in [1, {self.num_fusion_layers}], got {self.mem_layer}")
         if self.hidden_size % self.fusion_num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.fusion_num_heads} heads")
+        kernel = self.mem_decoder_conv_kernel
+        if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 0 or (kernel and kernel % 2 == 0):
+            raise ValueError(f"mem_decoder_conv_kernel must be 0 or an odd positive integer, got {kernel!r}")
+        if not isinstance(self.mem_positions_see_hidden, bool):
+            raise ValueError(f"mem_positions_see_hidden must be true or false, got {self.mem_positions_see_hidden!r}")
         if not 0.0 <= self.mem_mask_ratio < 1.0:
             raise ValueError(f"mem_mask_ratio must be in [0, 1), got {self.mem_mask_ratio}")
 
@@ -314,6 +335,7 @@ class DBetaConfig(PretrainedConfig):
             mem_decoder_hidden_size=64,
             mem_decoder_layers=2,
             mem_decoder_heads=2,
+            mem_decoder_conv_kernel=5,
         )
         values.update(overrides)
         return cls(**values)

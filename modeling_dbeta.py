@@ -260,8 +260,8 @@ class DBetaECGEncoder(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(DBetaECGLayer(config) for _ in range(config.num_hidden_layers))
 
-    def embed(self, ecg_values: torch.Tensor) -> torch.Tensor:
-        """[B, leads, samples] -> position-encoded tokens [B, T, D] (no CLS)."""
+    def features(self, ecg_values: torch.Tensor) -> torch.Tensor:
+        """[B, leads, samples] -> tokens [B, T, D] before positions (no CLS)."""
         if ecg_values.dim() != 3 or ecg_values.shape[1] != self.config.num_leads:
             raise ValueError(
                 f"ecg_values must be [batch, {self.config.num_leads}, samples], got {tuple(ecg_values.shape)}"
@@ -270,8 +270,18 @@ class DBetaECGEncoder(nn.Module):
         for layer in self.conv_layers:
             x = layer(x)
         x = self.feature_layer_norm(x.transpose(1, 2))
-        x = self.input_dropout(self.feature_projection(x))
-        return x + self.pos_conv(x)
+        return self.input_dropout(self.feature_projection(x))
+
+    def add_positions(self, tokens: torch.Tensor, hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tokens + their convolutional positions. With `hidden` [B, T] (1 = hidden from the encoder) the
+        convolution reads zeros in place of the hidden tokens, so no visible token carries their content."""
+        if hidden is None:
+            return tokens + self.pos_conv(tokens)
+        return tokens + self.pos_conv(tokens * (1.0 - hidden).unsqueeze(-1).to(tokens.dtype))
+
+    def embed(self, ecg_values: torch.Tensor) -> torch.Tensor:
+        """[B, leads, samples] -> position-encoded tokens [B, T, D] (no CLS)."""
+        return self.add_positions(self.features(ecg_values))
 
     def encode(self, tokens: torch.Tensor, keep: Optional[torch.Tensor] = None, output_attentions: bool = False,
                output_hidden_states: bool = False) -> BaseModelOutput:
@@ -782,7 +792,10 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
         labels = -torch.ones_like(logits)
         rows = torch.arange(logits.shape[0], device=logits.device)
         labels[rows, rows + offset] = is_aligned.float() * 2 - 1
-        return -F.logsigmoid(labels * logits).mean()
+        per_pair = -F.logsigmoid(labels * logits)
+        if self.config.ets_mode == "learnable":  # SigLIP's: summed over each ECG's texts, averaged over the ECGs
+            return per_pair.sum(-1).mean()
+        return per_pair.mean()  # the authors': averaged over all pairs, 1/B of SigLIP's at a batch of B
 
     def forward(
         self,
@@ -890,6 +903,8 @@ class DBetaMEMDecoder(nn.Module):
         )
         self.norm = DBetaFp32LayerNorm(dim)
         self.pred = nn.Linear(dim, config.ecg_config.num_leads * config.ecg_config.token_size)
+        kernel = config.mem_decoder_conv_kernel
+        self.local_conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim) if kernel else None
 
     def forward(self, visible: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """visible: [B, 1 + K, hidden] (CLS first); ids_restore: [B, T]. Returns [B, T, leads * token_size]."""
@@ -900,6 +915,8 @@ class DBetaMEMDecoder(nn.Module):
             raise ValueError(f"{t} ECG tokens exceed the MEM decoder's {self.max_positions - 1} positions")
         tokens = torch.cat([x[:, 1:], self.mask_token.to(x.dtype).expand(b, t + 1 - n, d)], dim=1)
         tokens = tokens.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+        if self.local_conv is not None:
+            tokens = tokens + self.local_conv(tokens.transpose(1, 2)).transpose(1, 2)
         x = torch.cat([x[:, :1], tokens], dim=1)
         x = x + sinusoidal_positions(t + 1, d, x.device).to(x.dtype)
         for block in self.blocks:
@@ -1015,16 +1032,18 @@ class DBetaForPreTraining(DBetaModel):
             attention_mask = torch.ones_like(input_ids)
         if is_aligned is None:
             is_aligned = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-        tokens = self.ecg_model.embed(self._ecg_input(ecg_values))
-        b, t, _ = tokens.shape
-        keep, ids_restore, mem_mask = random_token_mask(b, t, cfg.mem_mask_ratio, tokens.device, generator, noise)
-        ecg_out = self.ecg_model.encode(tokens, keep, attentions, hidden)
+        encoder = self.ecg_model
+        features = encoder.features(self._ecg_input(ecg_values))
+        b, t, _ = features.shape
+        keep, ids_restore, mem_mask = random_token_mask(b, t, cfg.mem_mask_ratio, features.device, generator, noise)
+        positions_from = None if cfg.mem_positions_see_hidden else mem_mask
+        ecg_out = encoder.encode(encoder.add_positions(features, positions_from), keep, attentions, hidden)
         ecg_states = self.ecg_projection(ecg_out.last_hidden_state)
         text_out = self._run_text(input_ids, attention_mask, attentions, hidden)
         text_states = self.text_projection(text_out.last_hidden_state)
         text_embeds = self.pool_text(text_states, attention_mask)
         if cfg.ets_ecg_view == "full":
-            full = self.ecg_model.encode(tokens).last_hidden_state[:, :1]
+            full = encoder.encode(encoder.add_positions(features)).last_hidden_state[:, :1]
             ecg_embeds = self.ecg_pooler(self.ecg_projection(full))
         else:
             ecg_embeds = self.ecg_pooler(ecg_states)

@@ -102,9 +102,10 @@ def test_full_ets_view_scores_the_unmasked_ecg(config, tokenizer):
             outputs[view] = model(ecg_values=ecg, input_ids=ids, attention_mask=mask,
                                   generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        tokens = base.ecg_model.embed(ecg)
-        keep, _, _ = random_token_mask(2, tokens.shape[1], config.mem_mask_ratio, tokens.device,
-                                       torch.Generator().manual_seed(1))
+        features = base.ecg_model.features(ecg)
+        keep, _, hidden = random_token_mask(2, features.shape[1], config.mem_mask_ratio, features.device,
+                                            torch.Generator().manual_seed(1))
+        tokens = base.ecg_model.add_positions(features, hidden)
         masked = base.ecg_pooler(base.ecg_projection(base.ecg_model.encode(tokens, keep).last_hidden_state))
         full = base.get_ecg_features(ecg).pooler_output
     # "masked" (the authors'): the features of the MEM forward; "full": exactly the inference-time features
@@ -251,6 +252,18 @@ def test_ets_loss_marks_negative_pairs(config):
     labels = 2 * torch.eye(3) - 1
     labels[1, 1] = -1
     torch.testing.assert_close(with_negative, -torch.nn.functional.logsigmoid(labels * logits).mean())
+
+
+def test_learnable_ets_loss_is_siglips_sum_over_texts(tokenizer):
+    # SigLIP: -1/|B| sum_i sum_j log sigmoid(z_ij (t e_i . t_j + b)); the authors' fixed mode averages over all
+    # B x B pairs instead, B times smaller, which at equal loss weights leaves the contrastive loss swamped.
+    model = DBetaForPreTraining(tiny_config(tiny_t5_text_config(len(tokenizer)), ets_mode="learnable"))
+    e, t = torch.randn(4, 32), torch.randn(4, 32)
+    labels = 2 * torch.eye(4) - 1
+    labels[2, 2] = -1
+    logits = model.similarity(e, t)
+    expected = -torch.nn.functional.logsigmoid(labels * logits).sum() / 4
+    torch.testing.assert_close(model.ets_loss(e, t, torch.tensor([1, 1, 0, 1])), expected)
 
 
 def test_classification_losses(config):

@@ -179,6 +179,7 @@ def config_from_checkpoint(state: dict, authors_config: dict | None, text_config
         mem_decoder_layers=_count(state, r"mim_head\.decoder\.resblocks\.(\d+)\."),
         mem_decoder_heads=int(a.get("mem_decoder_num_heads", 6)),
         mem_decoder_max_positions=state.get("mim_head.decoder_pos_embed.pe", torch.empty(1, 512)).shape[1],
+        mem_positions_see_hidden=True,  # the authors mask after the convolutional positions
         ets_mode="fixed",
     )
 
