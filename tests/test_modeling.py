@@ -45,7 +45,8 @@ def test_default_config_is_the_authors_full_size():
 
 @pytest.mark.parametrize("bad", [dict(ets_mode="cosine"), dict(mem_layer=7), dict(mem_target_norm="x"),
                                  dict(text_pooling="max"), dict(ets_ecg_view="both"),
-                                 dict(zero_shot_prompt_style="short")])
+                                 dict(zero_shot_prompt_style="short"), dict(mem_decoder_conv_kernel=4),
+                                 dict(mem_decoder_conv_kernel=-1), dict(mem_positions_see_hidden="yes")])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         DBetaConfig(**bad)
