@@ -685,19 +685,47 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_model.set_input_embeddings(value)
 
-    def freeze_text_encoder(self, compute_dtype: Optional[torch.dtype] = None) -> None:
+    def freeze_text_encoder(self, compute_dtype: Optional[torch.dtype] = None, trainable_layers: int = 0) -> None:
         """LiT-style locked text tower: its weights stay fixed and it runs in eval mode (no dropout) even while the
         rest of the model trains; the text projection and pooler still train.
 
         `compute_dtype=torch.bfloat16` runs the locked tower under bf16 autocast (its fp32 weights are kept, so
         saved copies are unchanged): no gradient flows through it, and on CPUs with native bf16 matmuls
-        (AVX512-BF16, AMX) its forward, the largest cost of a small model's step, takes about half the time."""
+        (AVX512-BF16, AMX) its forward, the largest cost of a small model's step, takes about half the time.
+
+        `trainable_layers=N` locks only the embeddings and the lower layers: the top N layers (and a final norm
+        after them) keep training, in train mode, as MERL and MELP train the upper half of their text encoders."""
         if compute_dtype not in (None, torch.float32, torch.bfloat16):
             raise ValueError(f"compute_dtype must be None, torch.float32 or torch.bfloat16, got {compute_dtype!r}")
+        if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int) or trainable_layers < 0:
+            raise ValueError(f"trainable_layers must be an integer >= 0, got {trainable_layers!r}")
         self.text_model.requires_grad_(False)
+        if trainable_layers:
+            if compute_dtype == torch.bfloat16:
+                raise ValueError("a text tower with trainable layers needs its gradients: no bf16 compute_dtype")
+            layers = self._text_layers()
+            if trainable_layers > len(layers):
+                raise ValueError(f"trainable_layers={trainable_layers}, but the text encoder has {len(layers)} layers")
+            for layer in layers[len(layers) - trainable_layers:]:
+                layer.requires_grad_(True)
+            for name, module in self.text_model.named_modules():
+                if name.endswith("final_layer_norm"):  # T5's norm after the last block
+                    module.requires_grad_(True)
+            return
         self._text_encoder_frozen = True
         self._text_compute_dtype = None if compute_dtype == torch.float32 else compute_dtype
         self.text_model.eval()
+
+    def _text_layers(self) -> nn.ModuleList:
+        """The text encoder's stack of layers (T5: encoder.block, BERT-like: encoder.layer)."""
+        for path in ("encoder.block", "encoder.layer", "encoder.layers", "layers"):
+            try:
+                stack = self.text_model.get_submodule(path)
+            except AttributeError:
+                continue
+            if isinstance(stack, nn.ModuleList):
+                return stack
+        raise ValueError(f"cannot find the layer stack of the text encoder ({type(self.text_model).__name__})")
 
     def train(self, mode: bool = True):
         super().train(mode)

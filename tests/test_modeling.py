@@ -136,6 +136,30 @@ def test_frozen_text_encoder_stays_in_eval_mode_while_the_rest_trains(config, to
     assert not model.training and not model.text_model.training
 
 
+def test_text_tower_with_trainable_top_layers(config, tokenizer):
+    # MERL / MELP style: embeddings and lower layers fixed, the top layers (and T5's final norm) train.
+    model = DBetaForPreTraining(config)
+    model.freeze_text_encoder(trainable_layers=1)
+    model.train()
+    assert model.text_model.training  # dropout stays on in a partly trainable tower
+    trainable = {n for n, p in model.text_model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("encoder.block.1.") or n.startswith("encoder.final_layer_norm.")
+                             for n in trainable), trainable
+    assert "encoder.final_layer_norm.weight" in trainable
+    before = {n: p.detach().clone() for n, p in model.text_model.named_parameters()}
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    out = model(ecg_batch(2), ids, mask, mlm_labels=ids)
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).zero_grad()
+    out.loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    changed = {n for n, p in model.text_model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+    with pytest.raises(ValueError, match="has 2 layers"):
+        DBetaForPreTraining(config).freeze_text_encoder(trainable_layers=3)
+    with pytest.raises(ValueError, match="bf16"):
+        DBetaForPreTraining(config).freeze_text_encoder(torch.bfloat16, trainable_layers=1)
+
+
 def test_frozen_text_tower_in_bf16_keeps_fp32_weights_and_fp32_outputs(config, tokenizer, tmp_path):
     model = DBetaModel(config)
     ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])

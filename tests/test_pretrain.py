@@ -431,6 +431,13 @@ def test_config_errors_exit_2(tmp_path, capsys):
     # the frozen tower's precision asked for a tower that is not frozen: refused, not ignored ("auto" is fp32 there)
     assert main(["--set", "model.frozen_text_precision=bf16"]) == 2
     assert "frozen_text_precision=bf16 applies to a frozen text encoder" in capsys.readouterr().err
+    # top text layers trainable: only on a frozen tower, and never under the frozen tower's bf16
+    assert main(["--set", "model.text_trainable_layers=3"]) == 2
+    assert "text_trainable_layers applies to a frozen text encoder" in capsys.readouterr().err
+    assert main(["--set", "model.text_trainable_layers=3", "--set", "model.freeze_text_encoder=true",
+                 "--set", "model.frozen_text_precision=bf16"]) == 2
+    assert "top 3 layers train" in capsys.readouterr().err
+    assert main(["--set", "model.text_trainable_layers=-1"]) == 2
 
 
 def test_yaml_exponent_without_a_dot_is_a_number():

@@ -221,9 +221,14 @@ def train(s: PretrainSettings, resume: bool) -> int:
     model, tokenizer, text_init = build_model_and_tokenizer(s.model)
     text_dtype = None
     if s.model.freeze_text_encoder:
-        text_dtype = frozen_text_dtype(s.model.frozen_text_precision)
-        model.freeze_text_encoder(compute_dtype=text_dtype)
-        logger.info("text encoder frozen; it computes in %s", "bf16 (autocast)" if text_dtype else "fp32")
+        top = s.model.text_trainable_layers
+        text_dtype = None if top else frozen_text_dtype(s.model.frozen_text_precision)
+        try:
+            model.freeze_text_encoder(compute_dtype=text_dtype, trainable_layers=top)
+        except ValueError as err:
+            raise ConfigError(f"model.text_trainable_layers: {err}") from err
+        logger.info("text encoder frozen%s; it computes in %s", f" but for its top {top} layers" if top else "",
+                    "bf16 (autocast)" if text_dtype else "fp32")
     train_rows, val_rows = select_splits(d)
     train_sampler, val_sampler, negatives = negative_samplers(d.n3s, train_rows, val_rows)
     train_collator, val_collator = build_collators(build_processor(tokenizer), s.collator, d.max_length, s.seed,

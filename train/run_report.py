@@ -25,8 +25,10 @@ def card_facts(s: PretrainSettings, state: TrainState, info: dict) -> dict:
         "pretraining data": info.get("data", public_name(s.data.dataset)),
         "negatives": info.get("negatives", ""),
         "text encoder init": info.get("text_init", ""),
-        "text encoder": (f"frozen (LiT-style), computed in {info.get('text_compute', 'fp32')}"
-                         if s.model.freeze_text_encoder else "trained"),
+        "text encoder": ("trained" if not s.model.freeze_text_encoder
+                         else f"frozen but for its top {s.model.text_trainable_layers} layers"
+                         if s.model.text_trainable_layers
+                         else f"frozen (LiT-style), computed in {info.get('text_compute', 'fp32')}"),
         "config overrides": ", ".join(f"{k}={v}" for k, v in sorted(s.model.overrides.items())) or "none",
         "optimizer steps": state.step,
         "samples seen": state.samples,

@@ -184,6 +184,9 @@ class ModelSettings:
                                             "fp32 weights kept; ~2x faster on CPUs with AVX512-BF16/AMX, slower "
                                             "without) | auto (bf16 where this machine has native bf16 matmuls)",
                                     choices=("fp32", "bf16", "auto"))
+    text_trainable_layers: int = _f(0, "with freeze_text_encoder: the top N text-encoder layers still train (MERL "
+                                       "and MELP train the upper half); the embeddings and lower layers stay fixed",
+                                    min=0)
     overrides: dict = _f({}, "DBetaConfig fields, e.g. {ets_mode: learnable}; the defaults are the authors'")
 
 
@@ -255,6 +258,13 @@ class PretrainSettings(Settings):
             raise ConfigError("model.frozen_text_precision=bf16 applies to a frozen text encoder: set "
                               "model.freeze_text_encoder=true, or frozen_text_precision fp32 (train.mixed_precision "
                               "bf16 puts the whole model in bf16 autocast)")
+        if self.model.text_trainable_layers and not self.model.freeze_text_encoder:
+            raise ConfigError("model.text_trainable_layers applies to a frozen text encoder (the rest of it stays "
+                              "fixed): set model.freeze_text_encoder=true, or drop text_trainable_layers to train "
+                              "the whole tower")
+        if self.model.text_trainable_layers and self.model.frozen_text_precision == "bf16":
+            raise ConfigError("model.frozen_text_precision=bf16 cannot apply to a text encoder whose top "
+                              f"{self.model.text_trainable_layers} layers train: use fp32 or auto")
         if self.optim.max_grad_norm == 0:
             self.optim.max_grad_norm = None
 
