@@ -6,7 +6,8 @@ training labels, ECG->report retrieval and MEM against its baselines on the held
 
 Needs the demo's data (run `make demo`, or `python -m demo.run`, first). Objectives are switched on at the
 paper's weight (1) and off at 0, everything else as train/configs/small_cpu.yaml. Runs land in
-OUT/ablation/<variant>-seed<S>/ and a finished run is reused. Writes OUT/ablation/results.json and ablation.md.
+OUT/ablation/<variant>-seed<S>/ (log: ablation.log); a finished run or evaluation is reused. Writes
+OUT/ablation/results.json and ablation.md.
 The signals are synthetic: the table says what the objectives do on this corpus at this budget, not on
 MIMIC-IV-ECG.
 """
@@ -83,18 +84,23 @@ def evaluate(out: Path, variant: str, seed: int) -> dict:
     return row
 
 
-def pretrain(out: Path, variant: str, seed: int, steps: int, threads: int) -> None:
+def pretrain_and_evaluate(out: Path, variant: str, seed: int, steps: int, threads: int) -> None:
+    """One run in two child processes (pretraining, then its evaluation), so parallel runs share no state."""
     run_dir = out / "ablation" / run_name(variant, seed)
-    if (run_dir / "model" / "config.json").exists():
-        return
     run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(threads))
-    print(f"[ablation] pretraining {variant}, seed {seed} -> {run_dir}", flush=True)
-    with open(run_dir / "pretrain.log", "a") as log:
-        code = subprocess.call(pretrain_command(out, variant, seed, steps), cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    if code:
-        raise SystemExit(f"pretraining {variant!r} seed {seed} failed (exit {code}); log: {run_dir / 'pretrain.log'}")
+    commands = []
+    if not (run_dir / "model" / "config.json").exists():
+        commands.append(("pretraining", pretrain_command(out, variant, seed, steps)))
+    if not (run_dir / "ablation_eval.json").exists():
+        commands.append(("evaluating", [PY, "-m", "demo.ablation", "--out", str(out), "--evaluate", variant,
+                                        str(seed)]))
+    for what, command in commands:
+        print(f"[ablation] {what} {variant}, seed {seed} -> {run_dir}", flush=True)
+        with open(run_dir / "ablation.log", "a") as log:
+            code = subprocess.call(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if code:
+            raise SystemExit(f"{what} {variant!r} seed {seed} failed (exit {code}); log: {run_dir / 'ablation.log'}")
 
 
 def table(rows: list) -> str:
@@ -127,8 +133,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores / jobs threads)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants only")
+    parser.add_argument("--evaluate", nargs=2, metavar=("VARIANT", "SEED"),
+                        help="only evaluate this one finished run (what each run's child process does)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
+    if args.evaluate:
+        variant, seed = args.evaluate
+        if variant not in VARIANTS:
+            parser.error(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        evaluate(out, variant, int(seed))
+        return 0
     for needed in (out / "prepared" / "dataset", out / "prepared" / "n3s", out / "data" / "ptbxl"):
         if not needed.exists():
             parser.error(f"{needed} is missing: run `make demo` (or python -m demo.run) first for the demo's data")
@@ -137,7 +151,7 @@ def main(argv=None) -> int:
     runs = [(v, s) for v in (args.only or VARIANTS) for s in args.seeds]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda r: pretrain(out, r[0], r[1], args.steps, threads), runs))
+        list(pool.map(lambda r: pretrain_and_evaluate(out, r[0], r[1], args.steps, threads), runs))
     rows = [evaluate(out, v, s) for v, s in runs]
     folder = out / "ablation"
     (folder / "results.json").write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "runs": rows},
