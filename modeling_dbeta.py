@@ -51,7 +51,7 @@ except ImportError:  # transformers 4.x: missing weights are initialised in plac
                            constant_=nn.init.constant_, kaiming_normal_=nn.init.kaiming_normal_,
                            xavier_uniform_=nn.init.xavier_uniform_, copy_=_copy_)
 
-from .configuration_dbeta import DBetaConfig, DBetaECGConfig
+from .configuration_dbeta import TEXT_POOLINGS, DBetaConfig, DBetaECGConfig
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -670,6 +670,10 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
         self.text_model = _build_text_encoder(config.text_config)
         self.text_projection = nn.Linear(config.text_hidden_size, d)
         self.text_pooler = DBetaPooler(d)
+        # which token(s) the pooler reads changes the text feature but no weight: recorded as an index
+        _register_geometry(self.text_pooler, {
+            f"text_pooling (as its index in {list(TEXT_POOLINGS)})": TEXT_POOLINGS.index(config.text_pooling),
+        })
         self.modality_type_embeddings = nn.Embedding(2, d)  # 0 = text, 1 = ECG
         self.fusion = DBetaFusion(config)
         self.fused_text_pooler = DBetaPooler(d)
