@@ -518,6 +518,11 @@ class DBetaPreTrainedModel(PreTrainedModel):
             problems.append("settings that change no weight's shape, so the weights record the values they were "
                             "trained with (the config's would give wrong features):\n  " + "\n  ".join(wrong))
         absent_heads = {h for h in self._new_heads if {k for k in own if self._head_of(k) == h} <= missing}
+        # Heads the checkpoint lacked start random: keep their first weight as initialised, so a consumer (the
+        # classification pipeline) can tell a head still untrained from one trained since loading.
+        self._heads_initialised_at_load = {
+            h: next(getattr(self, h).parameters()).detach().clone() for h in absent_heads if hasattr(self, h)
+        }
         body_missing = sorted(k for k in missing if self._head_of(k) not in absent_heads)
         if body_missing:
             problems.append("weights the model needs but the checkpoint lacks:\n  " + "\n  ".join(body_missing))

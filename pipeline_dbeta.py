@@ -704,11 +704,19 @@ class ECGClassificationPipeline(_ECGPipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not isinstance(getattr(self.model, "classifier", None), torch.nn.Module):
-            name = _model_name(self.model)
+        head = getattr(self.model, "classifier", None)
+        name = _model_name(self.model)
+        if not isinstance(head, torch.nn.Module):
             raise ValueError(
                 f"{name} has no classification head (a pretrained D-BETA): fine-tune it (python -m train.finetune) "
                 f"for its own classes, or score labels zero-shot: pipeline(\"{TASK}\", model={name!r}, "
+                "trust_remote_code=True)")
+        initial = getattr(self.model, "_heads_initialised_at_load", {}).get("classifier")
+        if initial is not None and torch.equal(head.weight.detach().cpu(), initial.cpu()):
+            raise ValueError(
+                f"{name}: its checkpoint has no classification head, so the head was initialised at random when it "
+                "was loaded and has not been trained since; its scores would mean nothing. Fine-tune it "
+                f"(python -m train.finetune), or score labels zero-shot: pipeline(\"{TASK}\", model={name!r}, "
                 "trust_remote_code=True)")
 
     def _sanitize_parameters(self, sampling_rate=None, lead_names=None, leads=None, return_leads=None, top_k=None,

@@ -199,6 +199,23 @@ def test_the_zero_shot_pipeline_refuses_a_classifier(exported):
         ECGClassificationPipeline(model=pretrained, processor=exported["processor"])
 
 
+def test_a_head_initialised_at_load_is_refused_until_trained(exported, tmp_path):
+    # A pretrained export loaded as a classifier gets a random head (transformers' load report says so); handed to
+    # the pipeline directly it would score with it. Refused until the head has been trained.
+    pretrained = DBetaModel(tiny_config(tiny_t5_text_config(len(exported["tok"]))))
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    model = DBetaForECGClassification.from_pretrained(tmp_path / "pretrained", num_labels=2)
+    with pytest.raises(ValueError, match=r"no classification head, so the head was initialised at random"):
+        ECGClassificationPipeline(model=model, processor=exported["processor"])
+    torch.optim.SGD(model.classifier.parameters(), lr=0.1).zero_grad()
+    model(ecg_values=ecg_batch(2), labels=torch.tensor([0, 1])).loss.backward()
+    torch.optim.SGD(model.classifier.parameters(), lr=0.1).step()
+    ECGClassificationPipeline(model=model, processor=exported["processor"])  # trained since loading: served
+    # an export that has its head is served as loaded
+    ECGClassificationPipeline(model=DBetaForECGClassification.from_pretrained(exported["dirs"]["multi"]),
+                              processor=exported["processor"])
+
+
 def _local(exported, kind="multi"):
     return ECGClassificationPipeline(model=exported["models"][kind], processor=exported["processor"])
 
