@@ -3,14 +3,14 @@
 Steps (each is the package's real entry point, called as a function; pretraining runs under `accelerate launch`;
 a step whose output exists is reused on the next run):
   1. synthetic data: a MIMIC-IV-ECG-layout corpus (ECG-report pairs), a PTB-XL-layout downstream set with the
-     corpus's classes, a smaller one that adds a class the corpus never shows (LVH), and a rhythm set drawn by
-     an independent generator (another beat, rhythm and noise model) that pretraining never sees;
+     corpus's classes, a smaller one that adds two classes the corpus never shows (LVH, AFLT), and a rhythm set
+     drawn by an independent generator (another beat, rhythm and noise model) that pretraining never sees;
   2. ingest with the real MIMIC-IV-ECG loader (train.prepare_mimic), build the N3S table (train.build_n3s);
   3. pretrain a small D-BETA through train.pretrain (Accelerate) with the real MiniLM text encoder;
   4. export (inside train.pretrain): safetensors, code, processor, pipeline, model card -> demo/out/model;
-  5. evaluate zero-shot, linear probe (1/10/100%) and retrieval on the held-out split, zero-shot and probe AUC of
-     the unseen class, and zero-shot per class on the independent generator's rhythm set, for the trained model
-     and for the same architecture with random weights (AUROC and AUPRC);
+  5. evaluate zero-shot, linear probe (1/10/100%) and retrieval on the held-out split, zero-shot AUC of the
+     unseen classes and LVH's probe AUC, and zero-shot per class on the independent generator's rhythm set, for
+     the trained model and for the same architecture with random weights (AUROC and AUPRC);
   6. in a fresh process, load the export with pipeline(..., trust_remote_code=True) and classify the real
      12-lead DICOM ECG that pydicom ships; plot it with its scores;
   7. fewer leads: zero-shot and probe AUC for 12 leads, the limb leads, I+II, I and II (trained model);
