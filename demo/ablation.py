@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -38,10 +39,7 @@ DEFAULT_SEEDS = (42, 43)
 
 
 def run_name(variant: str, seed: int) -> str:
-    slug = "".join(c if c.isalnum() else "-" for c in variant.lower()).strip("-")
-    while "--" in slug:
-        slug = slug.replace("--", "-")
-    return f"{slug}-seed{seed}"
+    return re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-") + f"-seed{seed}"
 
 
 def pretrain_command(out: Path, variant: str, seed: int, steps: int) -> list:
