@@ -43,7 +43,7 @@ UNSEEN = "LVH"  # drawn by the generator but never put in the pretraining corpus
 UNSEEN_RHYTHM = "AFLT"  # a second one, atrial flutter, scored in the rhythm task
 INDEPENDENT_CLASSES = ("NORM", "SBRAD", "STACH", "AFIB")  # the rhythm classes the pretraining corpus also has
 DEFAULT_STEPS = 1200  # pretraining steps of `make demo` (and of each demo.ablation run)
-DEMO_LAYOUT = 5  # bumped when the steps or their data change: outputs of an older demo are not mixed in
+DEMO_LAYOUT = 6  # bumped when the steps or their data change: outputs of an older demo are not mixed in
 
 
 def banner(text: str) -> None:

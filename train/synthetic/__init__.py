@@ -37,10 +37,12 @@ from .layouts import (
     write_ptbxl_folder,
     write_ptbxl_layout,
 )
+from .measurements import measure, measurement_statement
 from .reports import (
     ReportBank,
     clean_ptbxl_report,
     ectopy_statement,
+    join_sentences,
     is_english_report,
     ptbxl_metadata_dir,
     real_report_pool,

@@ -186,7 +186,7 @@ def synthesize(label: str, rng: np.random.Generator, sampling_rate: int = 500, d
     rot = _rotation(
         rng.normal(-15.0 if label == "CLBBB" else 0.0, 18.0), rng.normal(0.0, 10.0)
     )
-    scale = rng.uniform(0.75, 1.3)
+    scale = float(np.exp(rng.normal(np.log(1.4), 0.3)))  # healthy voltages vary ~2x; some meet LVH voltage criteria
     q_off, q_sig, q_vec = _qrs_components(label, rng)
     q_vec = _jitter(q_vec, rng, 6.0)
     qrs_on = float(np.min(q_off - 2.5 * q_sig))

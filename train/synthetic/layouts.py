@@ -20,7 +20,8 @@ from dbeta.processing_dbeta import MIMIC_LEADS, STANDARD_LEADS
 from . import reports
 from .cardiac import synthesize
 from .classes import CLASS_SPECS, check_classes
-from .reports import ReportBank, ectopy_statement
+from .measurements import measurement_statement
+from .reports import ReportBank, ectopy_statement, join_sentences
 from .wfdb_writer import to_adc, write_wfdb
 
 # Lead spellings as the real headers write them.
@@ -162,9 +163,7 @@ def write_mimic_layout(
             label, study = labels[i], int(study_ids[i])
             rng = _record_rng(seed, i)
             ecg = synthesize(label, rng, 500, 10.0)
-            report, codes, source = bank.draw(label, rng, ecg.info)
-            extra, extra_codes = ectopy_statement(ecg.info)
-            report, codes = report + extra, {**codes, **extra_codes}
+            report, codes, source = _report(bank, label, rng, ecg)
             rel = Path("files") / f"p{str(subject)[:4]}" / f"p{subject}" / f"s{study}"
             folder = out / rel
             folder.mkdir(parents=True, exist_ok=True)
@@ -191,6 +190,14 @@ def write_mimic_layout(
     _write_csv(out / "synthetic_labels.csv", ["study_id", "subject_id", "label", "scp_codes", "report_source"], truth)
     (out / "README.txt").write_text(readme_text("mimic", n, seed, classes, bank.uses_real))
     return out
+
+
+def _report(bank: ReportBank, label: str, rng: np.random.Generator, ecg) -> Tuple[str, dict, str]:
+    """(report, scp_codes, source) of one record: the finding, its premature beats, then the measurement line."""
+    finding, codes, source = bank.draw(label, rng, ecg.info)
+    ectopy, ectopy_codes = ectopy_statement(ecg.info)
+    report = join_sentences(finding, ectopy, measurement_statement(ecg.signal, ecg.info))
+    return report, {**codes, **ectopy_codes}, source
 
 
 def _mimic_numbers(info: dict, rng: np.random.Generator) -> list:
@@ -366,9 +373,8 @@ def write_ptbxl_layout(
     def make_record(i: int, label: str):
         rng = _record_rng(seed, 10_000_000 + i)
         ecg = synthesize(label, rng, 500, 10.0)
-        report, codes, _source = bank.draw(label, rng, ecg.info)
-        extra, extra_codes = ectopy_statement(ecg.info)
-        return ecg.signal, report + extra, {**codes, **extra_codes}
+        report, codes, _source = _report(bank, label, rng, ecg)
+        return ecg.signal, report, codes
 
     needed = set()
     for c in classes:  # the label space: every code any requested class can carry

@@ -184,4 +184,10 @@ def ectopy_statement(info: dict) -> Tuple[str, Dict[str, float]]:
         if k:
             parts.append(f"{'occasional ' if k > 1 else ''}{name} premature complex{'es' if k > 1 else ''}")
             codes[code] = 100.0
-    return ("" if not parts else " " + ". ".join(parts) + "."), codes
+    return ". ".join(parts), codes
+
+
+def join_sentences(*sentences: str) -> str:
+    """Sentences (each with or without its full stop; empty ones dropped) as one report text."""
+    kept = [s.strip().rstrip(".").strip() for s in sentences]
+    return ". ".join(s for s in kept if s) + "."
