@@ -139,6 +139,12 @@ def main(argv=None) -> int:
         variant, seed = args.evaluate
         if variant not in VARIANTS:
             parser.error(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        if not seed.isdigit():
+            parser.error(f"SEED must be a whole number, got {seed!r}")
+        exported = out / "ablation" / run_name(variant, int(seed)) / "model" / "config.json"
+        if not exported.exists():
+            parser.error(f"{exported.parent} is missing: that run has not finished; run `python -m demo.ablation "
+                         f"--out {out} --only {variant} --seeds {seed}`")
         evaluate(out, variant, int(seed))
         return 0
     for needed in (out / "prepared" / "dataset", out / "prepared" / "n3s", out / "data" / "ptbxl"):
