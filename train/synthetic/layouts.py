@@ -20,7 +20,7 @@ from dbeta.processing_dbeta import MIMIC_LEADS, STANDARD_LEADS
 from . import reports
 from .cardiac import synthesize
 from .classes import CLASS_SPECS, check_classes
-from .measurements import measurement_statement
+from .measurements import MEASUREMENT_DETAILS, measurement_statement
 from .reports import ReportBank, ectopy_statement, join_sentences
 from .wfdb_writer import to_adc, write_wfdb
 
@@ -131,13 +131,16 @@ def write_mimic_layout(
     progress: bool = False,
     use_wfdb: bool = False,
     use_real_reports: Optional[bool] = None,
+    measurements: str = "none",
 ) -> Path:
     """Write `n` synthetic studies in the MIMIC-IV-ECG v1.0 layout under `out_dir`; returns the folder.
 
     Several studies per subject (1-6, ~2.5 on average), so subject-level splits matter. Also writes README.txt
     (says the signals are synthetic; PTB-XL attribution) and synthetic_labels.csv (study_id, label, scp_codes).
+    `measurements` ("none", "abnormal", "all") appends the record's measurements in words to each report.
     """
     classes = check_classes(classes)
+    measurements = _check_measurements(measurements)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bank = ReportBank(use_real_reports)
@@ -152,7 +155,7 @@ def write_mimic_layout(
     subject_ids = np.sort(lay.choice(np.arange(10_000_000, 20_000_000), len(sizes), replace=False))
     study_ids = lay.choice(np.arange(40_000_000, 50_000_000), n, replace=False)
 
-    records, measurements, truth = [], [], []
+    records, measurement_rows, truth = [], [], []
     bar = _progress(n, "synthetic MIMIC-IV-ECG", progress)
     i = 0
     for s_idx, (subject, size) in enumerate(zip(subject_ids, sizes)):
@@ -163,7 +166,7 @@ def write_mimic_layout(
             label, study = labels[i], int(study_ids[i])
             rng = _record_rng(seed, i)
             ecg = synthesize(label, rng, 500, 10.0)
-            report, codes, source = _report(bank, label, rng, ecg)
+            report, codes, source = _report(bank, label, rng, ecg, measurements)
             rel = Path("files") / f"p{str(subject)[:4]}" / f"p{subject}" / f"s{study}"
             folder = out / rel
             folder.mkdir(parents=True, exist_ok=True)
@@ -174,7 +177,7 @@ def write_mimic_layout(
             )
             ecg_time = when.strftime("%Y-%m-%d %H:%M:%S")
             records.append([int(subject), study, study, ecg_time, (rel / str(study)).as_posix()])
-            measurements.append(
+            measurement_rows.append(
                 [int(subject), study, cart_id, ecg_time] + split_report_fields(report) + _mimic_numbers(ecg.info, rng)
             )
             truth.append([study, int(subject), label, repr(codes), source])
@@ -186,18 +189,25 @@ def write_mimic_layout(
         bar.close()
 
     _write_csv(out / "record_list.csv", ["subject_id", "study_id", "file_name", "ecg_time", "path"], records)
-    _write_csv(out / "machine_measurements.csv", list(MIMIC_MEASUREMENT_COLUMNS), measurements)
+    _write_csv(out / "machine_measurements.csv", list(MIMIC_MEASUREMENT_COLUMNS), measurement_rows)
     _write_csv(out / "synthetic_labels.csv", ["study_id", "subject_id", "label", "scp_codes", "report_source"], truth)
     (out / "README.txt").write_text(readme_text("mimic", n, seed, classes, bank.uses_real))
     return out
 
 
-def _report(bank: ReportBank, label: str, rng: np.random.Generator, ecg) -> Tuple[str, dict, str]:
-    """(report, scp_codes, source) of one record: the finding, its premature beats, then the measurement line."""
+def _report(bank: ReportBank, label: str, rng: np.random.Generator, ecg, measurements: str) -> Tuple[str, dict, str]:
+    """(report, scp_codes, source) of one record: the finding, its premature beats, then (unless `measurements` is
+    "none") its measurements in words."""
     finding, codes, source = bank.draw(label, rng, ecg.info)
     ectopy, ectopy_codes = ectopy_statement(ecg.info)
-    report = join_sentences(finding, ectopy, measurement_statement(ecg.signal, ecg.info))
-    return report, {**codes, **ectopy_codes}, source
+    measured = "" if measurements == "none" else measurement_statement(ecg.signal, ecg.info, detail=measurements)
+    return join_sentences(finding, ectopy, measured), {**codes, **ectopy_codes}, source
+
+
+def _check_measurements(measurements: str) -> str:
+    if measurements not in MEASUREMENT_DETAILS:
+        raise ValueError(f"measurements must be one of {MEASUREMENT_DETAILS}, got {measurements!r}")
+    return measurements
 
 
 def _mimic_numbers(info: dict, rng: np.random.Generator) -> list:
@@ -362,10 +372,12 @@ def write_ptbxl_layout(
     use_wfdb: bool = False,
     write_lr: bool = True,
     use_real_reports: Optional[bool] = None,
+    measurements: str = "none",
 ) -> Path:
     """Write `n` records of the main generator in the PTB-XL 1.0.x layout under `out_dir` (see
-    `write_ptbxl_folder`); returns the folder."""
+    `write_ptbxl_folder`; `measurements` as in `write_mimic_layout`); returns the folder."""
     classes = check_classes(classes)
+    measurements = _check_measurements(measurements)
     bank = ReportBank(use_real_reports)
     lay = np.random.default_rng([int(seed), 2])
     labels = _assign_labels(n, classes, lay)
@@ -373,7 +385,7 @@ def write_ptbxl_layout(
     def make_record(i: int, label: str):
         rng = _record_rng(seed, 10_000_000 + i)
         ecg = synthesize(label, rng, 500, 10.0)
-        report, codes, _source = _report(bank, label, rng, ecg)
+        report, codes, _source = _report(bank, label, rng, ecg, measurements)
         return ecg.signal, report, codes
 
     needed = set()

@@ -1,8 +1,9 @@
-"""A machine-read measurement line for a synthetic record, in words: what a cart's interpretation prints.
+"""Measurements of a synthetic record in words, as a cart's interpretation adds them to its statement (optional).
 
-Real reports (MIMIC-IV-ECG's machine statements, PTB-XL's) name the finding; a morphology line describes what the
-tracing shows (rate, regularity, P waves, PR, QRS width and voltage, axis) for every record, so findings share
-words with the conditions that have them. A class the corpus never names (LVH: increased voltage, left axis) can
+Real reports (MIMIC-IV-ECG's machine statements, PTB-XL's) name the finding; these sentences say what the tracing
+shows (rhythm regularity, P waves, PR, QRS width and voltage, axis), so findings share words with every condition
+that has them and a class the corpus never names could be described by words it did teach. Off by default: on the
+demo's budget it lifted LVH zero-shot but cost atrial fibrillation on the independent generator (README). A class the corpus never names (LVH: increased voltage, left axis) can
 then be described by a prompt made of words the corpus did teach. Rate, regularity and voltage are measured on
 the signal; PR, QRS and axis are the generator's own values (what a cart's fiducial points would give).
 """
@@ -16,7 +17,8 @@ import numpy as np
 SOKOLOW_LYON_MV = 3.5  # S(V1) + max(R(V5), R(V6)) at or above this: voltage criteria of left ventricular hypertrophy
 LOW_VOLTAGE_MV = 0.5  # the largest limb-lead QRS peak-to-peak below this: low voltage
 IRREGULAR_RR_CV = 0.12  # coefficient of variation of the RR intervals between conducted beats
-_V1, _V5, _V6 = 6, 10, 11  # rows in STANDARD_LEADS order
+_V1, _V5, _V6 = 6, 10, 11
+MEASUREMENT_DETAILS = ("none", "abnormal", "all")  # what the layouts' `measurements` option may ask for  # rows in STANDARD_LEADS order
 
 
 def measure(signal: np.ndarray, info: dict, sampling_rate: int = 500) -> Dict[str, float]:
@@ -42,25 +44,43 @@ def measure(signal: np.ndarray, info: dict, sampling_rate: int = 500) -> Dict[st
     }
 
 
-def measurement_statement(signal: np.ndarray, info: dict, sampling_rate: int = 500) -> str:
-    """The record's measurement line, e.g. "ventricular rate 72 bpm, regular. p waves before every qrs. pr interval
-    164 ms. qrs duration 92 ms. normal qrs voltage. normal axis." (lower case, sentences joined by ". ")."""
+def measurement_statement(signal: np.ndarray, info: dict, sampling_rate: int = 500, detail: str = "abnormal") -> str:
+    """The record's measurements in words, no numbers (numbers would make every report unique to a sentence
+    encoder). `detail="abnormal"`: only what is abnormal, as a cart adds it ("" for a normal tracing), e.g.
+    "prolonged pr interval. increased qrs voltage."; `"all"`: every measurement, normal ones included, e.g.
+    "regular ventricular rhythm at a normal rate. p waves before every qrs. normal pr interval. narrow qrs.
+    normal qrs voltage. normal axis."."""
+    if detail not in MEASUREMENT_DETAILS[1:]:
+        raise ValueError(f"detail must be one of {MEASUREMENT_DETAILS[1:]}, got {detail!r}")
+    every = detail == "all"
     m = measure(signal, info, sampling_rate)
-    parts = [f"ventricular rate {int(round(m['rate_bpm']))} bpm, "
-             + ("irregular" if m["rr_cv"] >= IRREGULAR_RR_CV else "regular")]
+    parts = []
+    irregular = m["rr_cv"] >= IRREGULAR_RR_CV
+    if every:
+        rate = "slow" if m["rate_bpm"] < 60 else "fast" if m["rate_bpm"] > 100 else "normal"
+        parts.append(f"{'irregular' if irregular else 'regular'} ventricular rhythm at a {rate} rate")
+    elif irregular:
+        parts.append("irregular ventricular rhythm")
     if info.get("pr_ms") is None:
         parts.append("no p waves")
-    else:
-        pr = int(round(info["pr_ms"]))
-        parts += ["p waves before every qrs", f"pr interval {pr} ms" + (", prolonged" if pr > 200 else "")]
-    qrs = int(round(info["qrs_ms"]))
-    parts.append(f"qrs duration {qrs} ms" + (", wide" if qrs >= 120 else ""))
+    elif info["pr_ms"] > 200:
+        parts += ["p waves before every qrs"] * every + ["prolonged pr interval"]
+    elif every:
+        parts += ["p waves before every qrs", "normal pr interval"]
+    if info["qrs_ms"] >= 120:
+        parts.append("wide qrs")
+    elif every:
+        parts.append("narrow qrs")
     if m["sokolow_lyon_mv"] >= SOKOLOW_LYON_MV:
         parts.append("increased qrs voltage")
     elif m["limb_qrs_mv"] < LOW_VOLTAGE_MV:
         parts.append("low qrs voltage in the limb leads")
-    else:
+    elif every:
         parts.append("normal qrs voltage")
-    axis = info["qrs_axis"]
-    parts.append("left axis deviation" if axis < -30 else "right axis deviation" if axis > 90 else "normal axis")
-    return ". ".join(parts) + "."
+    if info["qrs_axis"] < -30:
+        parts.append("left axis deviation")
+    elif info["qrs_axis"] > 90:
+        parts.append("right axis deviation")
+    elif every:
+        parts.append("normal axis")
+    return ". ".join(parts) + "." if parts else ""
