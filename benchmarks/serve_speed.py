@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +88,10 @@ def main() -> None:
     threads = torch.get_num_threads()
     torch.manual_seed(0)
     load_before = os.getloadavg()
+    if load_before[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} cores before the run: other jobs share "
+              "the cores, and they slow the int8 graph more than the fp32 paths, so the speed-ups below will read "
+              "low", file=sys.stderr)
 
     model = DBetaModel(DBetaConfig()).eval()
     processor = build_processor(train_t5_tokenizer())
