@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -139,19 +140,25 @@ def main(argv=None) -> int:
         variant, seed = args.evaluate
         if variant not in VARIANTS:
             parser.error(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-        if not seed.isdigit():
-            parser.error(f"SEED must be a whole number, got {seed!r}")
-        exported = out / "ablation" / run_name(variant, int(seed)) / "model" / "config.json"
+        try:
+            seed = int(seed)
+        except ValueError:
+            seed = -1
+        if seed < 0:
+            parser.error(f"SEED must be a whole number >= 0, got {args.evaluate[1]!r}")
+        exported = out / "ablation" / run_name(variant, seed) / "model" / "config.json"
         if not exported.exists():
             parser.error(f"{exported.parent} is missing: that run has not finished; run `python -m demo.ablation "
-                         f"--out {out} --only {variant} --seeds {seed}`")
-        evaluate(out, variant, int(seed))
+                         f"--out {shlex.quote(str(out))} --only {shlex.quote(variant)} --seeds {seed}`")
+        evaluate(out, variant, seed)
         return 0
     for needed in (out / "prepared" / "dataset", out / "prepared" / "n3s", out / "data" / "ptbxl"):
         if not needed.exists():
             parser.error(f"{needed} is missing: run `make demo` (or python -m demo.run) first for the demo's data")
     if args.steps < 1 or args.jobs < 1:
         parser.error("--steps and --jobs must be at least 1")
+    if min(args.seeds) < 0:
+        parser.error(f"--seeds must be whole numbers >= 0, got {args.seeds}")
     runs = [(v, s) for v in (args.only or VARIANTS) for s in args.seeds]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -20,7 +20,7 @@ a step whose output exists is reused on the next run):
 Every figure printed is written to demo/out/results.json. The ECG signals are SYNTHETIC: the numbers show that
 the code paths work end to end, not how D-BETA performs on real ECGs.
 
-    python -m demo.run [--out demo/out] [--steps 1200] [--n-downstream 3000] [--fresh]
+    python -m demo.run [--out demo/out] [--steps 1200] [--n-downstream 3000] [--measurements none] [--fresh]
 """
 
 from __future__ import annotations

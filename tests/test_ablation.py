@@ -52,9 +52,13 @@ def test_missing_demo_data_is_a_clear_error(tmp_path, capsys):
     assert "run `make demo`" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("seed, message", [("x42", "SEED must be a whole number"), ("42", "that run has not finished")])
+@pytest.mark.parametrize("seed, message", [("x42", "SEED must be a whole number"), ("\u00b2", "SEED must be a whole"),
+                                           ("-1", "SEED must be a whole"), ("42", "that run has not finished")])
 def test_evaluating_a_run_that_is_not_there_is_a_clear_error(tmp_path, capsys, seed, message):
     with pytest.raises(SystemExit) as exit_info:
         ablation.main(["--out", str(tmp_path), "--evaluate", "ETS alone", seed])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    if "not finished" in err:  # the command it suggests can be pasted into a shell as it is
+        assert "--only 'ETS alone' --seeds 42" in err

