@@ -39,6 +39,13 @@ VARIANTS = {
 DEFAULT_SEEDS = (42, 43)
 
 
+def seed_number(text: str) -> int:
+    """A seed from the command line: a whole number >= 0 (plain digits only)."""
+    if not re.fullmatch(r"[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def run_name(variant: str, seed: int) -> str:
     return re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-") + f"-seed{seed}"
 
@@ -129,7 +136,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "demo" / "out"), help="the demo's output folder")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="pretraining steps per run (the demo's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--seeds", type=seed_number, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores / jobs threads)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants only")
     parser.add_argument("--evaluate", nargs=2, metavar=("VARIANT", "SEED"),
@@ -141,11 +148,9 @@ def main(argv=None) -> int:
         if variant not in VARIANTS:
             parser.error(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
         try:
-            seed = int(seed)
-        except ValueError:
-            seed = -1
-        if seed < 0:
-            parser.error(f"SEED must be a whole number >= 0, got {args.evaluate[1]!r}")
+            seed = seed_number(seed)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"SEED {error}")
         exported = out / "ablation" / run_name(variant, seed) / "model" / "config.json"
         if not exported.exists():
             parser.error(f"{exported.parent} is missing: that run has not finished; run `python -m demo.ablation "
@@ -157,8 +162,6 @@ def main(argv=None) -> int:
             parser.error(f"{needed} is missing: run `make demo` (or python -m demo.run) first for the demo's data")
     if args.steps < 1 or args.jobs < 1:
         parser.error("--steps and --jobs must be at least 1")
-    if min(args.seeds) < 0:
-        parser.error(f"--seeds must be whole numbers >= 0, got {args.seeds}")
     runs = [(v, s) for v in (args.only or VARIANTS) for s in args.seeds]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:

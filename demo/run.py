@@ -43,6 +43,8 @@ UNSEEN = "LVH"  # drawn by the generator but never put in the pretraining corpus
 UNSEEN_RHYTHM = "AFLT"  # a second one, atrial flutter, scored in the rhythm task
 INDEPENDENT_CLASSES = ("NORM", "SBRAD", "STACH", "AFIB")  # the rhythm classes the pretraining corpus also has
 DEFAULT_STEPS = 1200  # pretraining steps of `make demo` (and of each demo.ablation run)
+# train.synthetic.measurements.MEASUREMENT_DETAILS, spelt out so `--help` imports no torch (a test keeps them equal)
+MEASUREMENT_CHOICES = ("none", "abnormal", "all")
 DEMO_LAYOUT = 6  # bumped when the steps or their data change: outputs of an older demo are not mixed in
 
 
@@ -259,7 +261,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-downstream", type=int, default=3000,
                         help="synthetic PTB-XL-layout records (~10%% each in the validation and test folds)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="pretraining steps")
-    parser.add_argument("--measurements", choices=("none", "abnormal", "all"), default="none",
+    parser.add_argument("--measurements", choices=MEASUREMENT_CHOICES, default="none",
                         help="the corpus reports also describe each record's measurements in words "
                              "(train.synthetic --measurements; README: 'Classes the corpus never names')")
     parser.add_argument("--fresh", action="store_true", help="delete demo/out first")

@@ -62,3 +62,10 @@ def test_evaluating_a_run_that_is_not_there_is_a_clear_error(tmp_path, capsys, s
     assert message in err
     if "not finished" in err:  # the command it suggests can be pasted into a shell as it is
         assert "--only 'ETS alone' --seeds 42" in err
+
+
+def test_negative_seeds_are_refused_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ablation.main(["--out", str(tmp_path), "--seeds", "42", "-1"])
+    assert exit_info.value.code == 2
+    assert "must be a whole number >= 0, got '-1'" in capsys.readouterr().err

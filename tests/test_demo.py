@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from demo.run import check_settings
+from demo.run import MEASUREMENT_CHOICES, check_settings
 
 
 def test_reuse_refuses_outputs_built_with_other_settings(tmp_path):
@@ -27,3 +27,9 @@ def test_reuse_refuses_outputs_without_recorded_settings(tmp_path):
     with pytest.raises(SystemExit, match="--fresh"):
         check_settings(done, {"steps": 2000})
     assert not (done / "settings.json").exists()
+
+
+def test_the_demo_offers_the_generators_measurement_choices():
+    from train.synthetic.measurements import MEASUREMENT_DETAILS
+
+    assert MEASUREMENT_CHOICES == MEASUREMENT_DETAILS

@@ -24,9 +24,9 @@ MEASUREMENT_DETAILS = ("none", "abnormal", "all")  # what the layouts' `measurem
 def measure(signal: np.ndarray, info: dict, sampling_rate: int = 500) -> Dict[str, float]:
     """Rate, RR variation, Sokolow-Lyon voltage and the largest limb-lead QRS amplitude of one record."""
     x = signal - np.median(signal, axis=1, keepdims=True)  # the isoelectric line is the commonest level
-    ectopic = set(np.round(np.concatenate([info["pvc_times"], info["pac_times"]]), 6))
     beats = np.asarray(info["beat_times"], dtype=np.float64)
-    conducted = np.array([round(t, 6) not in ectopic for t in beats], dtype=bool)
+    # the premature beats' times are entries of beat_times itself, so exact comparison finds them
+    conducted = ~np.isin(beats, np.concatenate([info["pvc_times"], info["pac_times"]]))
     half = int(0.06 * sampling_rate)
     centre = np.rint(beats * sampling_rate).astype(int)
     inside = conducted & (centre - half >= 0) & (centre + half < x.shape[1])
@@ -55,38 +55,33 @@ def measurement_statement(signal: np.ndarray, info: dict, sampling_rate: int = 5
     normal qrs voltage. normal axis."."""
     if detail not in MEASUREMENT_DETAILS[1:]:
         raise ValueError(f"detail must be one of {MEASUREMENT_DETAILS[1:]}, got {detail!r}")
-    every = detail == "all"
     m = measure(signal, info, sampling_rate)
-    parts = []
     irregular = m["rr_cv"] >= IRREGULAR_RR_CV
-    if every:
+    if detail == "all":
         rate = "slow" if m["rate_bpm"] < 60 else "fast" if m["rate_bpm"] > 100 else "normal"
-        parts.append(f"{'irregular' if irregular else 'regular'} ventricular rhythm at a {rate} rate")
-    elif irregular:
-        parts.append("irregular ventricular rhythm")
+        rhythm = f"{'irregular' if irregular else 'regular'} ventricular rhythm at a {rate} rate"
+    else:
+        rhythm = "irregular ventricular rhythm"
+    found = [(rhythm, irregular)]  # (words, abnormal) in report order; "abnormal" keeps the abnormal ones only
     if info.get("pr_ms") is None:
-        parts.append("no p waves")
+        found.append(("no p waves", True))
     else:
         # a premature ventricular beat has no P wave of its own
-        p_waves = "p waves before every conducted qrs" if len(info["pvc_times"]) else "p waves before every qrs"
-        if info["pr_ms"] > 200:
-            parts += [p_waves] * every + ["prolonged pr interval"]
-        elif every:
-            parts += [p_waves, "normal pr interval"]
-    if info["qrs_ms"] >= 120:
-        parts.append("wide qrs")
-    elif every:
-        parts.append("narrow qrs")
+        found.append(("p waves before every conducted qrs" if len(info["pvc_times"]) else "p waves before every qrs",
+                      False))
+        found.append(("prolonged pr interval", True) if info["pr_ms"] > 200 else ("normal pr interval", False))
+    found.append(("wide qrs", True) if info["qrs_ms"] >= 120 else ("narrow qrs", False))
     if m["sokolow_lyon_mv"] >= SOKOLOW_LYON_MV:
-        parts.append("increased qrs voltage")
+        found.append(("increased qrs voltage", True))
     elif m["limb_qrs_mv"] < LOW_VOLTAGE_MV:
-        parts.append("low qrs voltage in the limb leads")
-    elif every:
-        parts.append("normal qrs voltage")
+        found.append(("low qrs voltage in the limb leads", True))
+    else:
+        found.append(("normal qrs voltage", False))
     if info["qrs_axis"] < -30:
-        parts.append("left axis deviation")
+        found.append(("left axis deviation", True))
     elif info["qrs_axis"] > 90:
-        parts.append("right axis deviation")
-    elif every:
-        parts.append("normal axis")
+        found.append(("right axis deviation", True))
+    else:
+        found.append(("normal axis", False))
+    parts = [words for words, abnormal in found if abnormal or detail == "all"]
     return ". ".join(parts) + "." if parts else ""
