@@ -22,12 +22,14 @@ policy); an error names the input's position in the list and its file.
 Zero-shot labels and scores come from `prompting_dbeta` (the one module that owns them, shared with
 `eval.zero_shot`): `candidate_labels` are class codes or free text; a code of the prompt set shipped with the model
 (`prompts_dbeta.json`) becomes its full name and clinical description, or the full name alone with
-`prompt_style="name"` (default: the checkpoint's `config.zero_shot_prompt_style`); `dataset=` applies a dataset's
-own spellings first (CSN's "AF" is atrial flutter); anything else is used as written (`hypothesis_template`,
-default "{}", wraps each text). The logits are the model's own (`DBetaModel.similarity`, what `forward` returns as
-`logits_per_ecg`); the scores are a softmax over the labels, or with `multi_label=True` an independent sigmoid per
-label. A single candidate label is always scored with the sigmoid: a softmax over one label would be 1 whatever
-the ECG. The returned "label" is always the candidate label as given.
+`prompt_style="name"`, or both with "name+description" (default: the checkpoint's `config.zero_shot_prompt_style`);
+`dataset=` applies a dataset's own spellings first (CSN's "AF" is atrial flutter); anything else is used as written
+(`hypothesis_template`, default "{}", wraps each text). `prompt_members=True` with `dataset="ptbxl_sub"` or
+"ptbxl_super" also encodes each member of a PTB-XL class ("_AVB": 1AVB, 2AVB, 3AVB). A label with several texts
+is scored with the mean of their text features. The logits are the model's own (`DBetaModel.similarity`, what
+`forward` returns as `logits_per_ecg`); the scores are a softmax over the labels, or with `multi_label=True` an
+independent sigmoid per label. A single candidate label is always scored with the sigmoid: a softmax over one label
+would be 1 whatever the ECG. The returned "label" is always the candidate label as given.
 
 The candidate labels travel with each record from `preprocess` through `_forward` to `postprocess`. The label
 texts' features are cached between calls, keyed on the model and processor objects, every parameter (object,
@@ -63,15 +65,17 @@ from .prompting_dbeta import (
     label_scores,
     load_prompt_set,
     looks_like_code,
+    label_features,
     prompt_style_for,
-    prompt_text,
+    prompt_texts,
     zero_shot_logits,
 )
 
 TASK = "zero-shot-ecg-classification"
 CLASSIFICATION_TASK = "ecg-classification"
 CALL_KEYWORDS = ("candidate_labels", "sampling_rate", "lead_names", "hypothesis_template", "multi_label", "dataset",
-                 "prompts", "prompt_style", "top_k", "batch_size", "num_workers", "leads", "return_leads")
+                 "prompts", "prompt_style", "prompt_members", "top_k", "batch_size", "num_workers", "leads",
+                 "return_leads")
 WINDOW_KEYWORDS = ("window_seconds", "stride_seconds", "aggregate", "progress", "chunk_seconds")
 EXPLAIN_KEYWORDS = ("explain", "explain_label", "n_steps", "segment_seconds")
 CLASSIFY_KEYWORDS = ("sampling_rate", "lead_names", "leads", "return_leads", "top_k", "function_to_apply",
@@ -92,7 +96,7 @@ __all__ = [
     "PromptSet",
     "load_prompt_set",
     "looks_like_code",
-    "prompt_text",
+    "prompt_texts",
     "as_record",
     "extract_features",
     "ecg_features",
@@ -375,7 +379,9 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
     Call keywords: candidate_labels (list or comma-separated string; required), sampling_rate, lead_names,
     hypothesis_template ("{}"), multi_label (False; True or False only), dataset (None; applies that dataset's code
     spellings), prompts (a prompt-set dict or JSON path overriding the model's), prompt_style ("description" |
-    "name"; default the model config's zero_shot_prompt_style), top_k (None = all), batch_size, num_workers.
+    "name" | "name+description"; default the model config's zero_shot_prompt_style), prompt_members (False; True
+    adds each member's texts, with dataset="ptbxl_sub" or "ptbxl_super"), top_k (None = all), batch_size,
+    num_workers.
     Any other keyword is refused. A fine-tuned classifier (no text tower) is refused: it has
     `ECGClassificationPipeline`."""
 
@@ -395,7 +401,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
 
     def _sanitize_parameters(self, sampling_rate=None, lead_names=None, candidate_labels=None,
                              hypothesis_template=None, multi_label=None, dataset=None, prompts=None, top_k=None,
-                             prompt_style=None, leads=None, return_leads=None, **kwargs):
+                             prompt_style=None, prompt_members=None, leads=None, return_leads=None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the pipeline takes "
                             f"{', '.join(CALL_KEYWORDS + WINDOW_KEYWORDS + EXPLAIN_KEYWORDS)}")
@@ -414,6 +420,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
             if prompt_style not in PROMPT_STYLES:
                 raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
             preprocess["prompt_style"] = prompt_style
+        if prompt_members is not None:
+            preprocess["prompt_members"] = _check_bool("prompt_members", prompt_members)
         if multi_label is not None:
             post["multi_label"] = _check_bool("multi_label", multi_label)
         return preprocess, {}, post
@@ -432,13 +440,14 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         return self._prompt_cache[1]
 
     def label_texts(self, candidate_labels, hypothesis_template: str = "{}", dataset=None, prompts=None,
-                    prompt_style: Optional[str] = None) -> List[str]:
-        """The text each candidate label is encoded as (prompting_dbeta.PromptSet.texts with this model's prompt
-        set and prompt style)."""
+                    prompt_style: Optional[str] = None, prompt_members: bool = False) -> List[tuple]:
+        """The texts each candidate label is encoded as, one tuple per label (prompting_dbeta.PromptSet.texts with
+        this model's prompt set and prompt style)."""
         style = prompt_style_for(self.model.config, prompt_style)
-        return self.prompt_set(prompts).texts(_labels_list(candidate_labels), dataset, style, hypothesis_template)
+        return self.prompt_set(prompts).texts(_labels_list(candidate_labels), dataset, style, hypothesis_template,
+                                              members=prompt_members)
 
-    def _label_features(self, texts: Sequence[str]) -> torch.Tensor:
+    def _label_features(self, texts: Sequence[tuple]) -> torch.Tensor:
         """Text features of the label texts, reused while the model, the processor, the weights and the texts stay
         the same (a full-size text encoder takes about a second; one record per call would pay it every time)."""
         model, processor = self.model, self.processor
@@ -455,7 +464,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         was_training = model.training
         model.eval()
         try:
-            features = text_features(model, processor, list(texts))
+            features = label_features(lambda batch: text_features(model, processor, batch), texts)
         finally:
             model.train(was_training)
         # weak references: a freed model or parameter can never match a new one that reuses its id or memory
@@ -497,12 +506,13 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         return out
 
     def preprocess(self, inputs, sampling_rate=None, lead_names=None, candidate_labels=None,
-                   hypothesis_template="{}", dataset=None, prompts=None, prompt_style=None, leads=None):
+                   hypothesis_template="{}", dataset=None, prompts=None, prompt_style=None, prompt_members=False,
+                   leads=None):
         model_inputs = {}
         if candidate_labels is not None:  # the labels travel with the record to _forward and postprocess
             model_inputs["candidate_labels"] = list(candidate_labels)
             model_inputs["label_texts"] = self.label_texts(candidate_labels, hypothesis_template, dataset, prompts,
-                                                           prompt_style)
+                                                           prompt_style, prompt_members)
         model_inputs.update(self._ecg_inputs(inputs, sampling_rate, lead_names, leads))
         return model_inputs
 
@@ -512,7 +522,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         labels = model_inputs.pop("candidate_labels")
         texts = model_inputs.pop("label_texts")
         ecg_embeds = self.model.get_ecg_features(model_inputs["ecg_values"]).pooler_output
-        rows = texts if isinstance(texts[0], list) else [texts]  # batched: one label list per record
+        rows = texts if isinstance(texts[0], list) else [texts]  # batched: a list of label-text tuples per record
         logits = torch.cat([zero_shot_logits(self.model, ecg_embeds[i:i + 1], self._label_features(row))
                             for i, row in enumerate(rows)])
         return {"logits": logits, "candidate_labels": labels, "lead_mask": model_inputs["lead_mask"]}
@@ -534,7 +544,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         if labels is None:
             raise ValueError("candidate_labels is required, e.g. candidate_labels=['NORM', 'AFIB', 'MI']")
         texts = self.label_texts(labels, pre.get("hypothesis_template", "{}"), pre.get("dataset"),
-                                 pre.get("prompts"), pre.get("prompt_style"))
+                                 pre.get("prompts"), pre.get("prompt_style"), pre.get("prompt_members", False))
         return labels, texts, pre, post
 
     def windows(self, inputs, window_seconds=None, stride_seconds=None, aggregate: str = "mean", progress=None,
@@ -550,8 +560,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         sliced. A window the processor refuses (a flat stretch where the electrodes came off, say) keeps its
         place with an "error" and no scores, and is left out of the aggregate. `aggregate`: "mean", "max" or
         "fraction" (see AGGREGATES). Other keywords are the pipeline's (candidate_labels, sampling_rate,
-        lead_names, leads, multi_label, dataset, prompts, prompt_style, hypothesis_template, top_k: applies to
-        the aggregate).
+        lead_names, leads, multi_label, dataset, prompts, prompt_style, prompt_members, hypothesis_template,
+        top_k: applies to the aggregate).
 
         Returns {"windows": [{"start", "end", "scores": [{"label", "score"}, ...]}, ...] (seconds, scores in the
         order of candidate_labels), "aggregate": [{"label", "score"}, ...] (highest first), "aggregate_rule",

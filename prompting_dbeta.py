@@ -9,8 +9,15 @@ becomes text by `PromptSet.resolve(label, dataset=None, style=...)`, in this ord
   3. for a code-like label only (no whitespace, code characters, a capital or a digit: "Afib", "1dAVb"): a key
      ignoring case, then a code-like alias (`aliases` entries without spaces, ignoring case).
 Anything else is free text, encoded as written; a code-like label that matches nothing is used as text with a
-warning naming close known codes. `style="description"` encodes the whole entry, `"name"` its first sentence;
-the default is the checkpoint's `config.zero_shot_prompt_style` (`prompt_style_for`).
+warning naming close known codes. `style="description"` encodes the whole entry, `"name"` its first sentence,
+`"name+description"` both (two texts); the default is the checkpoint's `config.zero_shot_prompt_style`
+(`prompt_style_for`).
+
+Members. A class defined as a union of finer ones (PTB-XL's "_AVB" is 1AVB, 2AVB or 3AVB) can also be described
+by its members: with `members=True`, a label of a label set that has a `members` table (the PTB-XL sub- and
+superclasses, from scp_statements.csv; the table is chosen by `dataset=`, "ptbxl_sub" or "ptbxl_super") is encoded
+as its own text(s) and each member's. A label with several texts is scored with the mean of their text features
+(`label_features`), as CLIP averages a class's prompt ensemble; a label with one text is scored exactly as before.
 
 Scoring. The logits are the model's own (`zero_shot_logits`, scoring "model": `DBetaModel.similarity`, what
 `forward` returns as `logits_per_ecg`: a dot product in "fixed" mode, SigLIP's scaled cosine plus bias in
@@ -29,7 +36,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -51,12 +58,13 @@ DATASET_ALIAS_GROUPS: Dict[str, str] = {
 
 __all__ = [
     "PROMPTS_FILENAME",
+    "label_features",
     "SCORINGS",
     "DATASET_ALIAS_GROUPS",
     "PromptSet",
     "load_prompt_set",
     "looks_like_code",
-    "prompt_text",
+    "prompt_texts",
     "prompt_style_for",
     "zero_shot_logits",
     "label_scores",
@@ -69,13 +77,21 @@ def looks_like_code(label: str) -> bool:
     return bool(_CODE_RE.fullmatch(label)) and any(ch.isupper() or ch.isdigit() for ch in label)
 
 
-def prompt_text(entry: str, style: str = "description") -> str:
-    """What a prompt-set entry ("<full name>. <what the ECG shows>.") is encoded as: all of it ("description")
-    or its first sentence, the full class name ("name")."""
+def _label_set_key(name: str) -> str:
+    """A dataset or label-set name as the tables key it: case-insensitive, "-" read as "_"."""
+    return str(name).strip().casefold().replace("-", "_")
+
+
+def prompt_texts(entry: str, style: str = "description") -> Tuple[str, ...]:
+    """What a prompt-set entry ("<full name>. <what the ECG shows>.") is encoded as: all of it ("description"),
+    its first sentence, the full class name ("name"), or both ("name+description")."""
+    name = entry.split(". ", 1)[0].strip().rstrip(".")
     if style == "description":
-        return entry
+        return (entry,)
     if style == "name":
-        return entry.split(". ", 1)[0].strip().rstrip(".")
+        return (name,)
+    if style == "name+description":
+        return (name, entry)
     raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {style!r}")
 
 
@@ -88,8 +104,8 @@ def prompt_style_for(config, style: Optional[str] = None) -> str:
 
 
 class PromptSet:
-    """Class code -> clinical description, from a prompt-set dict {"prompts", "aliases", "dataset_aliases"}
-    (or a plain {code: text} mapping). See the module docstring for the lookup order."""
+    """Class code -> clinical description, from a prompt-set dict {"prompts", "aliases", "dataset_aliases",
+    "members"} (or a plain {code: text} mapping). See the module docstring for the lookup order."""
 
     def __init__(self, data: Optional[dict] = None, source: Optional[str] = None):
         data = data or {}
@@ -100,7 +116,7 @@ class PromptSet:
         if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
                                                     for k, v in prompts.items()):
             raise ValueError(f"{where}: 'prompts' must map class codes to non-empty texts")
-        for field in ("aliases", "dataset_aliases"):
+        for field in ("aliases", "dataset_aliases", "members"):
             if not isinstance(data.get(field, {}), dict):
                 raise ValueError(f"{where}: '{field}' must be an object")
         self.prompts: Dict[str, str] = dict(prompts)
@@ -110,6 +126,19 @@ class PromptSet:
         }
         self.source = source
         self._by_fold = {k.casefold(): k for k in self.prompts}
+        self.members: Dict[str, Dict[str, List[str]]] = {}
+        for label_set, table in data.get("members", {}).items():
+            name = _label_set_key(label_set)
+            if not isinstance(table, dict) or not all(
+                    isinstance(v, list) and all(isinstance(m, str) for m in v) for v in table.values()):
+                raise ValueError(f"{where}: members[{label_set!r}] must map class codes to lists of codes")
+            for code, found in table.items():
+                unknown = [m for m in [code, *found] if m.casefold() not in self._by_fold]
+                if unknown:
+                    raise ValueError(f"{where}: members[{label_set!r}][{code!r}] names code(s) without a prompt: "
+                                     f"{', '.join(unknown)}")
+            self.members[name] = {self._by_fold[k.casefold()]: [self._by_fold[m.casefold()] for m in v]
+                                  for k, v in table.items()}
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -121,7 +150,7 @@ class PromptSet:
         """The alias table of `dataset` ({} when the set has none for a known dataset); None for no dataset."""
         if dataset is None:
             return None
-        name = str(dataset).strip().casefold().replace("-", "_")
+        name = _label_set_key(dataset)
         group = DATASET_ALIAS_GROUPS.get(name, name)
         if group in self.dataset_aliases:
             return self.dataset_aliases[group]
@@ -169,12 +198,13 @@ class PromptSet:
         return out[:n]
 
     def resolve(self, label: str, dataset: Optional[str] = None, warn: bool = True,
-                style: str = "description") -> Tuple[str, Optional[str]]:
-        """(text for the text encoder, prompt key or None); `style` picks the whole entry or the class name."""
+                style: str = "description") -> Tuple[Tuple[str, ...], Optional[str]]:
+        """(the texts `label` is encoded as, prompt key or None); `style` picks the entry's parts (see
+        `prompt_texts`). Free text is one text, whatever the style."""
         key = self.key_for(label, dataset)
         if key is not None:
-            return prompt_text(self.prompts[key], style), key
-        prompt_text("", style)  # the style is validated for free text too
+            return prompt_texts(self.prompts[key], style), key
+        prompt_texts("", style)  # the style is validated for free text too
         name = str(label).strip()
         if warn and looks_like_code(name):
             if self.prompts:
@@ -186,14 +216,36 @@ class PromptSet:
                 message = (f"no prompt set ({PROMPTS_FILENAME}) was found for this model, so the code {name!r} is "
                            "used as free text; pass prompts=... or describe the class in words")
             warnings.warn(message, UserWarning, stacklevel=3)
-        return name, None
+        return (name,), None
+
+    def members_of(self, key: Optional[str], dataset: Optional[str]) -> List[str]:
+        """The member codes of prompt key `key` in `dataset`'s label set (not `key` itself; [] for a class with no
+        finer members or no key). A dataset without a members table is an error naming those that have one."""
+        name = None if dataset is None else _label_set_key(dataset)
+        if name not in self.members:
+            have = ", ".join(sorted(self.members)) or "none in this prompt set"
+            raise ValueError(f"members=True needs dataset= naming a label set with a members table ({have}); "
+                             f"got dataset={dataset!r}")
+        return [m for m in self.members[name].get(key, []) if m != key] if key is not None else []
+
+    def label_texts(self, label: str, dataset: Optional[str] = None, style: str = "description",
+                    members: bool = False, warn: bool = True) -> Tuple[Tuple[str, ...], Optional[str], List[str]]:
+        """(every text `label` is encoded as, its prompt key or None, its member keys): its own texts and, with
+        `members=True`, each member's, without repeats."""
+        texts, key = self.resolve(label, dataset, warn=warn, style=style)
+        found = self.members_of(key, dataset) if members else []
+        for member in found:
+            texts += prompt_texts(self.prompts[member], style)
+        return tuple(dict.fromkeys(texts)), key, found
 
     def texts(self, labels: Sequence[str], dataset: Optional[str] = None, style: str = "description",
-              template: str = "{}", warn: bool = True) -> List[str]:
-        """The text each label is encoded as: its resolved prompt in `template` (which must contain "{}")."""
+              template: str = "{}", warn: bool = True, members: bool = False) -> List[Tuple[str, ...]]:
+        """Each label's texts (one, unless the style or `members` adds more), each in `template` (which must
+        contain "{}"). Score them with `label_features`."""
         if "{}" not in template:
             raise ValueError(f"hypothesis_template must contain '{{}}' for the label, got {template!r}")
-        return [template.format(self.resolve(label, dataset, warn=warn, style=style)[0]) for label in labels]
+        return [tuple(template.format(t) for t in self.label_texts(label, dataset, style, members, warn)[0])
+                for label in labels]
 
 
 def _read_prompt_file(path: Union[str, os.PathLike], source: Optional[str] = None) -> PromptSet:
@@ -263,6 +315,18 @@ def zero_shot_logits(model, ecg_embeds: torch.Tensor, text_embeds: torch.Tensor,
         ecg_embeds = torch.nn.functional.normalize(ecg_embeds, dim=-1)
         text_embeds = torch.nn.functional.normalize(text_embeds, dim=-1)
     return ecg_embeds @ text_embeds.t()
+
+
+def label_features(encode: Callable[[List[str]], torch.Tensor],
+                   label_texts: Sequence[Sequence[str]]) -> torch.Tensor:
+    """[n_labels, hidden]: each label's text feature, the mean of the features of its texts (`PromptSet.texts`).
+    `encode` maps a list of strings to their features [n, hidden]; each distinct text is encoded once."""
+    unique = list(dict.fromkeys(t for texts in label_texts for t in texts))
+    if any(len(texts) == 0 for texts in label_texts):
+        raise ValueError("every label needs at least one text")
+    features = torch.as_tensor(encode(unique))
+    row = {t: i for i, t in enumerate(unique)}
+    return torch.stack([features[[row[t] for t in texts]].mean(dim=0) for texts in label_texts])
 
 
 def label_scores(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:

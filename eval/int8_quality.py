@@ -22,11 +22,11 @@ import torch
 
 
 from eval.datasets import load_downstream
-from eval.features import ProcessedRecords, load_model_and_processor, text_features
+from eval.features import ProcessedRecords, load_model_and_processor
 from eval.linear_probe import probe_run
 from eval.metrics import auc_report
-from eval.zero_shot import class_prompts, label_set_name, zero_shot_scores
-from dbeta.prompting_dbeta import load_prompt_set
+from eval.zero_shot import class_prompts, class_text_features, label_set_name, zero_shot_scores
+from dbeta.prompting_dbeta import load_prompt_set, prompt_style_for
 from dbeta.onnx_dbeta import DBetaOnnxModel
 from train.export_onnx import export_onnx
 
@@ -68,9 +68,8 @@ def main(argv=None) -> None:
             feats["fp32"][split] = features(model, processor, ds)
             feats["int8"][split] = features(int8, processor, ds)
         prompts = class_prompts(splits["test"].class_names, label_set_name("ptbxl", args.task),
-                                load_prompt_set(args.model),
-                                getattr(model.config, "zero_shot_prompt_style", "description"))
-        text = text_features(model, processor, [p["text"] for p in prompts])
+                                load_prompt_set(args.model), prompt_style_for(model.config))
+        text = class_text_features(model, processor, prompts)
 
     a = torch.from_numpy(np.concatenate([feats["fp32"][s] for s in splits]))
     b = torch.from_numpy(np.concatenate([feats["int8"][s] for s in splits]))

@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from eval.features import RecordError, condition_item, load_model_and_processor, text_features
+from eval.features import RecordError, condition_item, load_model_and_processor
 from eval.metrics import auc_report
 from dbeta.processing_dbeta import LEAD_SUBSETS, resolve_leads
 
@@ -54,7 +54,7 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
     `output` also writes it as JSON and a Markdown table beside it (.md)."""
     from eval.datasets import load_downstream
     from eval.linear_probe import probe_run, train_subset_indices
-    from eval.zero_shot import class_prompts, label_set_name, zero_shot_scores
+    from eval.zero_shot import class_prompts, class_text_features, label_set_name, zero_shot_scores
     from dbeta.prompting_dbeta import load_prompt_set, prompt_style_for
 
     t_start = time.perf_counter()
@@ -74,7 +74,7 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
     prompt_set = load_prompt_set(name)
     style = prompt_style_for(net.config, prompt_style)
     prompts = class_prompts(zs_test.class_names, label_set_name("ptbxl", zero_shot_task), prompt_set, style)
-    text = text_features(net, processor, [p["text"] for p in prompts])
+    text = class_text_features(net, processor, prompts)
     probe_data = {}
     if probe_task is not None:
         probe_data = {split: load_downstream("ptbxl", data_root, split=split, task=probe_task)

@@ -2,7 +2,8 @@
 
     python -m eval.zero_shot --model DIR_OR_REPO --dataset {ptbxl,cpsc2018,csn,physionet2021,code-test} \
         --data-root DIR [--task super|sub|form|rhythm] [--split test] [--scoring model|cosine|dot] \
-        [--batch-size 32] [--num-workers 2] [--bootstrap 1000] [--seed 0] --output FILE.json
+        [--prompt-style description|name|name+description] [--prompt-members] [--batch-size 32] \
+        [--num-workers 2] [--bootstrap 1000] [--seed 0] --output FILE.json
 
     from eval.zero_shot import run_zero_shot          # the same as a function; the CLI is a thin wrapper
     result = run_zero_shot("DIR_OR_REPO", "ptbxl", "DATA_ROOT", task="super", output="zs.json")
@@ -14,9 +15,12 @@ What it does:
 2. One prompt per class, from `prompting_dbeta` (the module the pipeline uses too): the class name is resolved
    in the prompt set (`prompts_dbeta.json` in the model folder or its Hub repo, else the repository's;
    `--prompts FILE` overrides) with the dataset's spellings first, and that entry is encoded with
-   `get_text_features`: the full name and clinical description, or the full name alone (`--prompt-style name`;
-   the default is the model config's `zero_shot_prompt_style`). A class with no prompt is encoded by its name,
-   and listed under `classes_without_prompt`.
+   `get_text_features`: the full name and clinical description, the full name alone (`--prompt-style name`), or
+   both (`name+description`; the default is the model config's `zero_shot_prompt_style`). `--prompt-members`
+   (PTB-XL sub and super) also encodes each member of a class in the PTB-XL hierarchy (the subclass "_AVB": 1AVB,
+   2AVB, 3AVB; the superclass "CD": its eight subclasses). A class with several texts is scored with the mean of
+   their text features (a prompt ensemble). A class with no prompt is encoded by its name, and listed under
+   `classes_without_prompt`.
 3. Scores: the model's own logits (`--scoring model`, default): `DBetaModel.similarity`, what `forward` returns and
    what the pipeline scores with, so both rank records and labels alike. Explicit alternatives: `cosine` (the
    MERL protocol's cosine similarity) and `dot` (the raw dot product, D-BETA's notebook; equal to `model` for the
@@ -26,7 +30,7 @@ What it does:
    the split, percentile-bootstrap 95% CIs over records (seeded; `--bootstrap` resamples). Classes with one label
    value only are reported in `excluded_classes` and left out of the macro, with a note.
 
-Outputs: FILE.json (schema dbeta-zero-shot/1), FILE.md (tables), FILE.roc.png (ROC curves) and, with
+Outputs: FILE.json (schema dbeta-zero-shot/2: each class's "prompts" entry lists its "texts" and "members"), FILE.md (tables), FILE.roc.png (ROC curves) and, with
 `--plot-examples N` (default 1), FILE.ecg-<record>.png: the first N records drawn on ECG paper with their
 per-class scores. `--save-scores` writes FILE.scores.npz (record_ids, labels, scores, class_names).
 `evaluate`'s metrics are not used: its Hub-hosted metric scripts do not load offline; scikit-learn-equivalent
@@ -49,7 +53,14 @@ import torch
 
 
 from dbeta.configuration_dbeta import PROMPT_STYLES
-from dbeta.prompting_dbeta import SCORINGS, PromptSet, load_prompt_set, prompt_style_for, zero_shot_logits
+from dbeta.prompting_dbeta import (
+    SCORINGS,
+    PromptSet,
+    label_features,
+    load_prompt_set,
+    prompt_style_for,
+    zero_shot_logits,
+)
 from eval.features import (
     RecordError,
     dataset_ecg_features,
@@ -63,7 +74,7 @@ from eval.metrics import auc_report
 
 logger = logging.getLogger("dbeta.zero_shot")
 
-SCHEMA = "dbeta-zero-shot/1"
+SCHEMA = "dbeta-zero-shot/2"
 DATASETS = ("ptbxl", "cpsc2018", "csn", "physionet2021", "code-test")
 PTBXL_TASKS = ("super", "sub", "form", "rhythm")
 
@@ -80,14 +91,22 @@ def label_set_name(dataset: str, task: Optional[str]) -> str:
 
 
 def class_prompts(class_names: Sequence[str], label_set: str, prompt_set: PromptSet,
-                  style: str = "description") -> List[dict]:
-    """One prompt per class: [{"class", "key", "text"}]; key None (text = class name) when nothing matches.
-    `style` "description" encodes the whole prompt-set entry, "name" its first sentence (the full class name)."""
+                  style: str = "description", members: bool = False) -> List[dict]:
+    """One entry per class: {"class", "key", "texts", "members"}; key None (texts = [the class name]) when nothing
+    matches. `style` "description" encodes the whole prompt-set entry, "name" its first sentence (the full class
+    name), "name+description" both; `members=True` adds the texts of the class's members in `label_set`."""
     out = []
     for name in class_names:
-        text, key = prompt_set.resolve(name, dataset=label_set, warn=False, style=style)
-        out.append({"class": str(name), "key": key, "text": text})
+        texts, key, found = prompt_set.label_texts(name, label_set, style, members, warn=False)
+        out.append({"class": str(name), "key": key, "texts": list(texts), "members": found})
     return out
+
+
+def class_text_features(model, processor, prompts: Sequence[dict]) -> np.ndarray:
+    """[classes, hidden] float32: each class's text feature, the mean of its texts' `get_text_features`
+    (prompting_dbeta.label_features, the pipeline's rule)."""
+    return label_features(lambda texts: torch.as_tensor(text_features(model, processor, texts)),
+                          [p["texts"] for p in prompts]).numpy()
 
 
 def zero_shot_scores(model, ecg_features: np.ndarray, text_feats: np.ndarray, scoring: str = "model") -> np.ndarray:
@@ -115,7 +134,8 @@ def render_markdown(result: dict) -> str:
         "",
         f"- model: `{result['model']}`",
         f"- records: {result['n_records']}, classes scored: {result['n_classes_scored']} of {result['n_classes']}",
-        f"- scoring: {result['scoring']}; prompts: `{result['prompt_file']}`, {result['prompt_style']} style",
+        f"- scoring: {result['scoring']}; prompts: `{result['prompt_file']}`, {result['prompt_style']} style"
+        + (", with each class's members" if result.get("prompt_members") else ""),
         f"- macro AUC: **{_fmt(result['macro_auc'])}** (95% CI {_fmt(ci.get('low'))}-{_fmt(ci.get('high'))}, "
         f"{ci.get('n_resamples', 0)} bootstrap resamples, seed {ci.get('seed')})",
         "",
@@ -134,7 +154,8 @@ def render_markdown(result: dict) -> str:
                   + ", ".join(result["classes_without_prompt"])]
     if result.get("failures"):
         lines += ["", f"{len(result['failures'])} record(s) skipped as unreadable (see the JSON)."]
-    lines += ["", "Prompts:", ""] + [f"- **{k}**: {v['text']}" for k, v in result["prompts"].items()]
+    lines += ["", "Prompts (a class with several texts is scored with the mean of their features):", ""]
+    lines += [f"- **{k}**: " + " | ".join(v["texts"]) for k, v in result["prompts"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +179,8 @@ def plot_record_scores(dataset, index: int, scores: np.ndarray, class_names: Seq
 
 
 def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None, split: str = "test",
-                  scoring: str = "model", prompts=None, prompt_style: Optional[str] = None, batch_size: int = 32,
+                  scoring: str = "model", prompts=None, prompt_style: Optional[str] = None,
+                  prompt_members: bool = False, batch_size: int = 32,
                   num_workers: int = 2, bootstrap: int = 1000, seed: int = 0, protocol_num_samples="auto",
                   on_error: str = "raise", remote_code: bool = False, progress: bool = False,
                   output=None, plot: bool = True, plot_examples: int = 1, save_scores: bool = False,
@@ -196,7 +218,7 @@ def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None,
     prompt_set = load_prompt_set(str(model), prompts=prompts)
     label_set = label_set_name(dataset, task)
     style = prompt_style_for(net.config, prompt_style)
-    class_texts = class_prompts(data.class_names, label_set, prompt_set, style)
+    class_texts = class_prompts(data.class_names, label_set, prompt_set, style, prompt_members)
     t_load = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -207,7 +229,7 @@ def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None,
         desc=f"{dataset}{'/' + task if task else ''} {split}", return_failures=True,
     )
     t_ecg = time.perf_counter() - t1
-    text = text_features(net, processor, [p["text"] for p in class_texts])
+    text = class_text_features(net, processor, class_texts)
     scores = zero_shot_scores(net, ecg, text, scoring)
     labels = data.labels_matrix()[kept]
     class_names = list(data.class_names)
@@ -228,9 +250,10 @@ def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None,
         "scoring": scoring,
         **report,
         "class_names": class_names,
-        "prompts": {p["class"]: {"key": p["key"], "text": p["text"]} for p in class_texts},
+        "prompts": {p["class"]: {"key": p["key"], "texts": p["texts"], "members": p["members"]} for p in class_texts},
         "prompt_file": prompt_set.source,
         "prompt_style": style,
+        "prompt_members": bool(prompt_members),
         "classes_without_prompt": [p["class"] for p in class_texts if p["key"] is None],
         "protocol_num_samples": pns,
         "processor": processor_settings(processor.feature_extractor),
@@ -321,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default=None,
                    help="encode each class's whole prompt-set entry (description) or its full name alone (name); "
                         "default: the model config's zero_shot_prompt_style")
+    p.add_argument("--prompt-members", action="store_true",
+                   help="PTB-XL sub/super: also encode each member of a class in the PTB-XL hierarchy and score the "
+                        "class with the mean of its texts' features")
     p.add_argument("--protocol-num-samples", default="auto",
                    help="'auto' (the dataset's protocol length, CPSC2018: 2500), 'none', or a number of samples")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
@@ -349,7 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     try:
         result = run_zero_shot(
             args.model, args.dataset, args.data_root, task=args.task, split=args.split, scoring=args.scoring,
-            prompts=args.prompts, prompt_style=args.prompt_style, batch_size=args.batch_size,
+            prompts=args.prompts, prompt_style=args.prompt_style, prompt_members=args.prompt_members,
+            batch_size=args.batch_size,
             num_workers=args.num_workers, bootstrap=args.bootstrap, seed=args.seed,
             protocol_num_samples=args.protocol_num_samples, on_error=args.on_error, remote_code=args.remote_code,
             progress=not args.quiet, output=args.output, plot=not args.no_plots, plot_examples=args.plot_examples,

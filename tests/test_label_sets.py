@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from eval import label_sets as ls
-from dbeta.prompting_dbeta import PromptSet, load_prompt_set, prompt_text
+from dbeta.prompting_dbeta import PromptSet, load_prompt_set, prompt_texts
 from train.export import ROOT
 
 PROMPT_FILE = ROOT / "prompts_dbeta.json"
@@ -36,7 +36,7 @@ def test_prompt_json_loads_and_has_the_documented_fields():
         data = json.load(handle)
     assert data["version"] == 1
     assert isinstance(data["note"], str) and data["note"].strip()
-    for field in ("prompts", "aliases", "dataset_aliases"):
+    for field in ("prompts", "aliases", "dataset_aliases", "members"):
         assert isinstance(data[field], dict) and data[field], field
 
 
@@ -84,7 +84,7 @@ def test_every_fixed_class_has_a_prompt(prompt_set, set_name):
 @pytest.mark.parametrize("set_name", sorted(ls.FIXED_LABEL_SETS))
 def test_class_names_alone_still_tell_the_classes_of_a_set_apart(prompt_set, set_name):
     # prompt_style="name" encodes only the first sentence of each entry
-    names = [prompt_text(prompt_set.prompts[prompt_set.key_for(c, set_name)], "name")
+    names = [prompt_texts(prompt_set.prompts[prompt_set.key_for(c, set_name)], "name")[0]
              for c in ls.FIXED_LABEL_SETS[set_name]]
     assert all(0 < len(n.split()) <= 9 for n in names), names
     assert len(set(names)) == len(names), f"{set_name}: classes share a name: {names}"
@@ -250,3 +250,41 @@ def test_dataset_names_and_their_aliases(prompt_set):
     assert prompt_set.key_for("1dAVb", "code-test") == "1AVB"
     with pytest.raises(ValueError, match="unknown dataset 'cspc2018'.*cpsc2018"):
         prompt_set.key_for("AF", "cspc2018")  # a misspelt dataset would silently drop its spellings
+
+
+def test_members_are_the_ptbxl_hierarchy_of_the_real_csv(prompt_set, scp_statements):
+    # the prompt set's members tables, against the hierarchy read here from PTB-XL's own file
+    rows = scp_statements[pd.to_numeric(scp_statements["diagnostic"], errors="coerce") == 1]
+    expected = {"ptbxl_sub": rows.groupby("diagnostic_subclass").apply(lambda g: sorted(g.index)).to_dict(),
+                "ptbxl_super": rows.groupby("diagnostic_class")["diagnostic_subclass"]
+                .apply(lambda s: sorted(set(s))).to_dict()}
+    for label_set, table in expected.items():
+        with_members = {k: v for k, v in table.items() if v != [k]}
+        assert prompt_set.members[label_set] == with_members, label_set
+    assert prompt_set.members_of("_AVB", "ptbxl-sub") == ["1AVB", "2AVB", "3AVB"]
+    # the sub- and the superclass STTC are different classes: the label set decides
+    assert prompt_set.members_of("STTC", "ptbxl_sub") == ["ANEUR", "DIG", "EL", "LNGQT", "NDT"]
+    assert prompt_set.members_of("STTC", "ptbxl_super") == ["ISCA", "ISCI", "ISC_", "NST_"]
+    assert prompt_set.members_of("NORM", "ptbxl_super") == []
+
+
+def test_members_need_a_label_set_that_has_them(prompt_set):
+    for dataset in (None, "ptbxl", "ptbxl_rhythm", "cpsc2018"):  # "ptbxl" alone: STTC would be ambiguous
+        with pytest.raises(ValueError, match="members=True needs dataset= naming a label set with a members "
+                                             r"table \(ptbxl_sub, ptbxl_super\)"):
+            prompt_set.label_texts("_AVB", dataset, members=True)
+    texts, key, members = prompt_set.label_texts("AVB", "ptbxl_sub", "name", members=True)  # MERL's spelling
+    assert key == "_AVB" and members == ["1AVB", "2AVB", "3AVB"]
+    assert texts == ("atrioventricular block", "first degree av block", "second degree av block",
+                     "third degree av block")
+    assert prompt_set.label_texts("_AVB", "ptbxl_sub", "name")[0] == ("atrioventricular block",)
+
+
+def test_a_members_table_naming_unknown_codes_is_refused(tmp_path):
+    prompts = {"_AVB": "av block. x.", "1AVB": "first degree av block. y."}
+    with pytest.raises(ValueError, match=r"members\['ptbxl_sub'\]\['_AVB'\] names code\(s\) without a prompt: 2AVB"):
+        PromptSet({"prompts": prompts, "members": {"ptbxl_sub": {"_AVB": ["1AVB", "2AVB"]}}}, source="p.json")
+    with pytest.raises(ValueError, match=r"members\['ptbxl_sub'\] must map class codes to lists"):
+        PromptSet({"prompts": prompts, "members": {"ptbxl_sub": {"_AVB": "1AVB"}}})
+    with pytest.raises(ValueError, match="'members' must be an object"):
+        PromptSet({"prompts": prompts, "members": ["_AVB"]})

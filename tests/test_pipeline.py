@@ -101,7 +101,7 @@ def test_pipeline_in_a_fresh_process(exported, tmp_path):
         # 1. an array [leads, samples] with its sampling rate; codes map to the shipped prompts
         arr = pipe(signal, sampling_rate=500, candidate_labels=labels)
         check_softmax(arr, 0)
-        assert pipe.label_texts(labels) == expected["texts"]
+        assert pipe.label_texts(labels) == [(t,) for t in expected["texts"]]
         # 2. the same ECG as a WFDB record path (with and without .hea), and a torch tensor
         check_softmax(pipe({str(e['record'])!r}, candidate_labels=labels), 0)
         check_softmax(pipe({str(e['record']) + '.hea'!r}, candidate_labels=labels), 0)
@@ -139,18 +139,19 @@ def test_pipeline_in_a_fresh_process(exported, tmp_path):
         assert len(pipe(signal, sampling_rate=500, candidate_labels=labels, top_k=2)) == 2
         two = pipe(signal, sampling_rate=500, candidate_labels="NORM, AFIB")
         assert {{d["label"] for d in two}} == {{"NORM", "AFIB"}}
-        assert pipe.label_texts(["sinus rhythm"], "an ecg of {{}}") == ["an ecg of sinus rhythm"]
+        assert pipe.label_texts(["sinus rhythm"], "an ecg of {{}}") == [("an ecg of sinus rhythm",)]
         prompts = json.load(open({str(e['dir'] / 'prompts_dbeta.json')!r}))["prompts"]
-        assert pipe.label_texts(["AF"], dataset="csn") == [prompts["AFL"]]
-        assert pipe.label_texts(["AF"], dataset="code_test") == [prompts["AFIB"]]
+        assert pipe.label_texts(["AF"], dataset="csn") == [(prompts["AFL"],)]
+        assert pipe.label_texts(["AF"], dataset="code_test") == [(prompts["AFIB"],)]
         # prompt_style "name": the entry's first sentence; free text stays as written; the default is the config's
         assert prompts["AFIB"].startswith("atrial fibrillation. ")
-        assert pipe.label_texts(["AFIB", "sinus rhythm"], prompt_style="name") == ["atrial fibrillation", "sinus rhythm"]
+        assert pipe.label_texts(["AFIB", "sinus rhythm"], prompt_style="name") == [("atrial fibrillation",),
+                                                                                  ("sinus rhythm",)]
         pipe(signal, sampling_rate=500, candidate_labels=["AFIB", "NORM"], prompt_style="name")
         assert computed[-1] == ["atrial fibrillation", "normal ecg"]
         pipe.model.config.zero_shot_prompt_style = "name"
-        assert pipe.label_texts(["AFIB"]) == ["atrial fibrillation"]
-        assert pipe.label_texts(["AFIB"], prompt_style="description") == [prompts["AFIB"]]
+        assert pipe.label_texts(["AFIB"]) == [("atrial fibrillation",)]
+        assert pipe.label_texts(["AFIB"], prompt_style="description") == [(prompts["AFIB"],)]
         pipe.model.config.zero_shot_prompt_style = "description"
         # 6. an unknown code-like label is used as text, with a warning naming close codes
         with warnings.catch_warnings(record=True) as caught:
@@ -259,7 +260,7 @@ print("HUB-OK", json.dumps({{"texts": texts, "source": pipe.prompt_set().source,
     line = next(x for x in proc.stdout.splitlines() if x.startswith("HUB-OK"))
     data = json.loads(line[len("HUB-OK "):])
     prompts = json.loads((exported["dir"] / "prompts_dbeta.json").read_text())["prompts"]
-    assert data["texts"] == [prompts["AFIB"], "free text"] and data["n"] == 2
+    assert data["texts"] == [[prompts["AFIB"]], ["free text"]] and data["n"] == 2
     assert data["source"].startswith(repo)
 
 
@@ -280,6 +281,35 @@ def test_a_single_label_is_scored_by_its_sigmoid(exported):
     want = torch.sigmoid(e["logits"][0, 1]).item()
     assert out[0]["label"] == "AFIB" and out[0]["score"] == pytest.approx(want, abs=1e-6) and out[0]["score"] < 0.999
     assert pipe(signal, sampling_rate=500, candidate_labels=["AFIB"], multi_label=True)[0]["score"] == out[0]["score"]
+
+
+def test_prompt_ensembles_are_scored_with_the_mean_text_feature(exported):
+    e = exported
+    model, processor = e["model"], e["processor"]
+    pipe = _local_pipeline(model, processor)
+    signal = np.load(e["tmp"] / "signal.npy")
+    avb = ("atrioventricular block", "first degree av block", "second degree av block", "third degree av block")
+    options = dict(dataset="ptbxl_sub", prompt_style="name", prompt_members=True)
+    assert pipe.label_texts(["_AVB", "NORM"], **options) == [avb, ("normal ecg",)]
+    out = pipe(signal, sampling_rate=500, candidate_labels=["_AVB", "NORM"], multi_label=True, **options)
+    with torch.no_grad():  # the same scores computed here, from the model's own methods
+        enc = processor(text=[*avb, "normal ecg"], return_tensors="pt")
+        feats = model.get_text_features(enc["input_ids"], enc["attention_mask"]).pooler_output
+        ecg = model.get_ecg_features(processor(ecg=signal, sampling_rate=500, return_tensors="pt")["ecg_values"])
+        want = torch.sigmoid(model.similarity(ecg.pooler_output, torch.stack([feats[:4].mean(0), feats[4]])))[0]
+    got = {d["label"]: d["score"] for d in out}
+    assert [got["_AVB"], got["NORM"]] == pytest.approx(want.tolist(), abs=1e-6)
+    plain = {d["label"]: d["score"] for d in pipe(signal, sampling_rate=500, candidate_labels=["_AVB", "NORM"],
+                                                   multi_label=True, dataset="ptbxl_sub", prompt_style="name")}
+    assert plain["NORM"] == pytest.approx(got["NORM"], abs=1e-6) and plain["_AVB"] != pytest.approx(got["_AVB"])
+    prompts = json.loads((ROOT / "prompts_dbeta.json").read_text())["prompts"]
+    assert pipe.label_texts(["AFIB", "sinus rhythm"], prompt_style="name+description") == [
+        ("atrial fibrillation", prompts["AFIB"]), ("sinus rhythm",)]  # free text stays one text
+    with pytest.raises(ValueError, match=r"members=True needs dataset= .*\(ptbxl_sub, ptbxl_super\); got "
+                                         "dataset='ptbxl'"):
+        pipe(signal, sampling_rate=500, candidate_labels=["_AVB"], dataset="ptbxl", prompt_members=True)
+    with pytest.raises(TypeError, match="prompt_members must be True or False"):
+        pipe(signal, sampling_rate=500, candidate_labels=["_AVB"], dataset="ptbxl_sub", prompt_members="yes")
 
 
 def test_call_keywords_are_validated(exported):
@@ -304,7 +334,7 @@ def test_labels_travel_through_the_model_inputs_and_outputs(exported):
     pipe = _local_pipeline(e["model"], e["processor"])
     signal = np.load(e["tmp"] / "signal.npy")
     inputs = pipe.preprocess(signal, sampling_rate=500, candidate_labels=LABELS)
-    assert inputs["candidate_labels"] == LABELS and inputs["label_texts"] == e["texts"]
+    assert inputs["candidate_labels"] == LABELS and inputs["label_texts"] == [(t,) for t in e["texts"]]
     with torch.no_grad():
         outputs = pipe._forward(dict(inputs))
     assert outputs["candidate_labels"] == LABELS

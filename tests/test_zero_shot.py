@@ -164,7 +164,7 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
                              "--data-root", str(ptbxl_root), "--num-workers", "0", "--bootstrap", "100",
                              "--batch-size", "16", "--save-scores", "--quiet", "--output", str(out)])
     data = json.loads(out.read_text())
-    assert data["schema"] == "dbeta-zero-shot/1" and data["scoring"] == "model"  # the pipeline's rule by default
+    assert data["schema"] == "dbeta-zero-shot/2" and data["scoring"] == "model"  # the pipeline's rule by default
     assert 0.0 <= data["macro_auc"] <= 1.0
     assert list(data["per_class_auc"]) == ["NORM", "MI", "STTC", "CD", "HYP"]
     assert data["n_records"] == result["n_records"] > 10
@@ -172,7 +172,8 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
     for e in data["excluded_classes"]:  # classes absent from this small split are listed, not averaged
         assert data["per_class_auc"][e["class"]] is None and e["class"] in data["note"]
     prompts = json.loads((model_dir / "prompts_dbeta.json").read_text())["prompts"]
-    assert data["prompts"]["NORM"] == {"key": "NORM", "text": prompts["NORM"]}
+    assert data["prompts"]["NORM"] == {"key": "NORM", "texts": [prompts["NORM"]], "members": []}
+    assert data["prompt_members"] is False
     md = (tmp_path / "res" / "zs.md").read_text()
     assert "| NORM | NORM |" in md and "macro AUC" in md and "description style" in md
     assert (tmp_path / "res" / "zs.roc.png").read_bytes()[:8] == PNG
@@ -204,7 +205,28 @@ def test_zero_shot_cli_writes_valid_outputs(tiny_model, ptbxl_root, tmp_path):
                             "--data-root", str(ptbxl_root), "--num-workers", "0", "--bootstrap", "0", "--quiet",
                             "--prompt-style", "name", "--no-plots", "--output", str(tmp_path / "named.json")])
     assert data["prompt_style"] == "description" and named["prompt_style"] == "name"
-    assert named["prompts"]["NORM"]["text"] == "normal ecg" and named["prompts"]["MI"]["text"] == "myocardial infarction"
+    assert named["prompts"]["NORM"]["texts"] == ["normal ecg"]
+    assert named["prompts"]["MI"]["texts"] == ["myocardial infarction"]
+
+    # --prompt-members: a superclass is also encoded as each of its subclasses, and scored with the mean feature
+    ens = zero_shot.main(["--model", str(model_dir), "--dataset", "ptbxl", "--task", "super", "--split", "all",
+                          "--data-root", str(ptbxl_root), "--num-workers", "0", "--bootstrap", "0", "--quiet",
+                          "--prompt-style", "name", "--prompt-members", "--no-plots", "--save-scores",
+                          "--output", str(tmp_path / "ens.json")])
+    assert ens["prompt_members"] is True and ens["prompts"]["NORM"]["texts"] == ["normal ecg"]
+    assert ens["prompts"]["MI"]["members"] == ["AMI", "IMI", "LMI", "PMI"]
+    assert ens["prompts"]["MI"]["texts"] == ["myocardial infarction", "anterior myocardial infarction",
+                                             "inferior myocardial infarction", "lateral myocardial infarction",
+                                             "posterior myocardial infarction"]
+    with torch.no_grad():
+        flat = [t for c in ds.class_names for t in ens["prompts"][c]["texts"]]
+        enc = processor(text=flat)
+        feats = model.get_text_features(enc["input_ids"], enc["attention_mask"]).pooler_output
+        sizes = [len(ens["prompts"][c]["texts"]) for c in ds.class_names]
+        text = torch.stack([chunk.mean(0) for chunk in torch.split(feats, sizes)])
+    assert np.allclose(np.load(tmp_path / "ens.scores.npz")["scores"][0], model.similarity(ecg, text)[0].numpy(),
+                       atol=1e-5)
+    assert "with each class's members" in (tmp_path / "ens.md").read_text()
 
 
 def test_zero_shot_cli_bad_input(tiny_model, ptbxl_root, tmp_path, capsys):
@@ -225,6 +247,10 @@ def test_zero_shot_cli_bad_input(tiny_model, ptbxl_root, tmp_path, capsys):
     with pytest.raises(SystemExit):  # a folder without the dataset's files: the loader's message
         zero_shot.main(base + ["--dataset", "ptbxl", "--task", "super", "--data-root", str(tmp_path)])
     assert "ptbxl_database.csv" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # PTB-XL's rhythm statements have no hierarchy
+        zero_shot.main(base + ["--dataset", "ptbxl", "--task", "rhythm", "--prompt-members",
+                               "--data-root", str(ptbxl_root)])
+    assert "members=True needs dataset= naming a label set with a members table" in capsys.readouterr().err
 
     # an unreadable record: the error names the file; --on-error skip leaves it out and lists it
     broken = tmp_path / "broken"
@@ -286,6 +312,18 @@ def test_pipeline_and_eval_score_the_same_records_alike(tiny_model, ptbxl_root):
         assert torch.allclose(torch.tensor([by_label_m[c] for c in labels]), torch.sigmoid(row), atol=1e-6)
         ranking = [labels[j] for j in torch.argsort(row, descending=True).tolist()]
         assert [d["label"] for d in s] == ranking and [d["label"] for d in m] == ranking
+
+    # prompt ensembles (both styles, and each subclass's statements) are scored alike too
+    options = dict(prompt_style="name+description", prompt_members=True)
+    result = zero_shot.run_zero_shot(str(model_dir), "ptbxl", ptbxl_root, task="sub", split="all", num_workers=0,
+                                     bootstrap=0, return_scores=True, **options)
+    ds = load_downstream("ptbxl", ptbxl_root, "all", task="sub")
+    labels = list(ds.class_names)
+    assert len(result["prompts"]["_AVB"]["texts"]) == 8  # the subclass and its 3 statements, each in 2 styles
+    multi = pipe(inputs, candidate_labels=labels, dataset="ptbxl_sub", multi_label=True, **options)
+    for row, m in zip(torch.from_numpy(result["scores"][:n]), multi):
+        by_label = {d["label"]: d["score"] for d in m}
+        assert torch.allclose(torch.tensor([by_label[c] for c in labels]), torch.sigmoid(row), atol=1e-6)
 
 
 def test_run_zero_shot_is_a_function_with_keyword_arguments(tiny_model, ptbxl_root, tmp_path):
