@@ -40,7 +40,7 @@ ETS_MODES = ("fixed", "learnable")
 MEM_TARGET_NORMS = ("lead", "patch", "none")
 TEXT_POOLINGS = ("first", "mean")
 ETS_ECG_VIEWS = ("masked", "full")
-PROMPT_STYLES = ("description", "name", "name+description")
+PROMPT_STYLES = ("description", "name")
 
 
 @functools.lru_cache(maxsize=1)
@@ -184,8 +184,7 @@ class DBetaConfig(PretrainedConfig):
         zero_shot_prompt_style: how a class code becomes text for zero-shot use (the pipeline, eval.zero_shot):
             "description" encodes the prompt set's whole entry, "<full name>. <what the ECG shows>." (the
             authors' style: LLM-written descriptions); "name" encodes the full name alone, which suits a text
-            tower that only ever saw short reports (it stays a property of the checkpoint, set at pretraining);
-            "name+description" encodes both and scores the class with the mean of the two text features.
+            tower that only ever saw short reports (it stays a property of the checkpoint, set at pretraining).
     """
 
     model_type = "dbeta"

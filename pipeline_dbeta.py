@@ -22,11 +22,11 @@ policy); an error names the input's position in the list and its file.
 Zero-shot labels and scores come from `prompting_dbeta` (the one module that owns them, shared with
 `eval.zero_shot`): `candidate_labels` are class codes or free text; a code of the prompt set shipped with the model
 (`prompts_dbeta.json`) becomes its full name and clinical description, or the full name alone with
-`prompt_style="name"`, or both with "name+description" (default: the checkpoint's `config.zero_shot_prompt_style`);
-`dataset=` applies a dataset's own spellings first (CSN's "AF" is atrial flutter); anything else is used as written
-(`hypothesis_template`, default "{}", wraps each text). `prompt_members=True` with `dataset="ptbxl_sub"` or
-"ptbxl_super" also encodes each member of a PTB-XL class ("_AVB": 1AVB, 2AVB, 3AVB). A label with several texts
-is scored with the mean of their text features. The logits are the model's own (`DBetaModel.similarity`, what
+`prompt_style="name"` (default: the checkpoint's `config.zero_shot_prompt_style`); `dataset=` applies a dataset's
+own spellings first (CSN's "AF" is atrial flutter); anything else is used as written (`hypothesis_template`,
+default "{}", wraps each text). `prompt_members=True` with `dataset="ptbxl_sub"` or "ptbxl_super" also encodes
+each member of a PTB-XL class ("_AVB": 1AVB, 2AVB, 3AVB); a label with several texts is scored with the mean of
+their text features. The logits are the model's own (`DBetaModel.similarity`, what
 `forward` returns as `logits_per_ecg`); the scores are a softmax over the labels, or with `multi_label=True` an
 independent sigmoid per label. A single candidate label is always scored with the sigmoid: a softmax over one label
 would be 1 whatever the ECG. The returned "label" is always the candidate label as given.
@@ -67,7 +67,7 @@ from .prompting_dbeta import (
     looks_like_code,
     label_features,
     prompt_style_for,
-    prompt_texts,
+    prompt_text,
     zero_shot_logits,
 )
 
@@ -96,7 +96,7 @@ __all__ = [
     "PromptSet",
     "load_prompt_set",
     "looks_like_code",
-    "prompt_texts",
+    "prompt_text",
     "as_record",
     "extract_features",
     "ecg_features",
@@ -379,7 +379,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
     Call keywords: candidate_labels (list or comma-separated string; required), sampling_rate, lead_names,
     hypothesis_template ("{}"), multi_label (False; True or False only), dataset (None; applies that dataset's code
     spellings), prompts (a prompt-set dict or JSON path overriding the model's), prompt_style ("description" |
-    "name" | "name+description"; default the model config's zero_shot_prompt_style), prompt_members (False; True
+    "name"; default the model config's zero_shot_prompt_style), prompt_members (False; True
     adds each member's texts, with dataset="ptbxl_sub" or "ptbxl_super"), top_k (None = all), batch_size,
     num_workers.
     Any other keyword is refused. A fine-tuned classifier (no text tower) is refused: it has

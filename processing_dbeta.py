@@ -812,8 +812,10 @@ class DBetaProcessor(ProcessorMixin):
             raise ValueError("the list of texts is empty")
         cleaned = []
         for i, t in enumerate(texts):
-            if t is None or not str(t).strip():
+            if t is None or (isinstance(t, str) and not t.strip()):
                 raise ValueError(f"text[{i}] is empty")
+            if not isinstance(t, str):  # str() would turn a missing report (NaN) into the text "nan"
+                raise TypeError(f"text[{i}] must be a string, got {type(t).__name__} ({t!r})")
             c = normalize_report(t) if normalize_text else str(t)
             if not c:
                 raise ValueError(f"text[{i}] is empty after normalization (was {t!r})")

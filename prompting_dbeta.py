@@ -9,9 +9,8 @@ becomes text by `PromptSet.resolve(label, dataset=None, style=...)`, in this ord
   3. for a code-like label only (no whitespace, code characters, a capital or a digit: "Afib", "1dAVb"): a key
      ignoring case, then a code-like alias (`aliases` entries without spaces, ignoring case).
 Anything else is free text, encoded as written; a code-like label that matches nothing is used as text with a
-warning naming close known codes. `style="description"` encodes the whole entry, `"name"` its first sentence,
-`"name+description"` both (two texts); the default is the checkpoint's `config.zero_shot_prompt_style`
-(`prompt_style_for`).
+warning naming close known codes. `style="description"` encodes the whole entry, `"name"` its first sentence;
+the default is the checkpoint's `config.zero_shot_prompt_style` (`prompt_style_for`).
 
 Members. A class defined as a union of finer ones (PTB-XL's "_AVB" is 1AVB, 2AVB or 3AVB) can also be described
 by its members: with `members=True`, a label of a label set that has a `members` table (the PTB-XL sub- and
@@ -64,7 +63,7 @@ __all__ = [
     "PromptSet",
     "load_prompt_set",
     "looks_like_code",
-    "prompt_texts",
+    "prompt_text",
     "prompt_style_for",
     "zero_shot_logits",
     "label_scores",
@@ -82,16 +81,13 @@ def _label_set_key(name: str) -> str:
     return str(name).strip().casefold().replace("-", "_")
 
 
-def prompt_texts(entry: str, style: str = "description") -> Tuple[str, ...]:
-    """What a prompt-set entry ("<full name>. <what the ECG shows>.") is encoded as: all of it ("description"),
-    its first sentence, the full class name ("name"), or both ("name+description")."""
-    name = entry.split(". ", 1)[0].strip().rstrip(".")
+def prompt_text(entry: str, style: str = "description") -> str:
+    """What a prompt-set entry ("<full name>. <what the ECG shows>.") is encoded as: all of it ("description")
+    or its first sentence, the full class name ("name")."""
     if style == "description":
-        return (entry,)
+        return entry
     if style == "name":
-        return (name,)
-    if style == "name+description":
-        return (name, entry)
+        return entry.split(". ", 1)[0].strip().rstrip(".")
     raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {style!r}")
 
 
@@ -198,13 +194,12 @@ class PromptSet:
         return out[:n]
 
     def resolve(self, label: str, dataset: Optional[str] = None, warn: bool = True,
-                style: str = "description") -> Tuple[Tuple[str, ...], Optional[str]]:
-        """(the texts `label` is encoded as, prompt key or None); `style` picks the entry's parts (see
-        `prompt_texts`). Free text is one text, whatever the style."""
+                style: str = "description") -> Tuple[str, Optional[str]]:
+        """(text for the text encoder, prompt key or None); `style` picks the whole entry or the class name."""
         key = self.key_for(label, dataset)
         if key is not None:
-            return prompt_texts(self.prompts[key], style), key
-        prompt_texts("", style)  # the style is validated for free text too
+            return prompt_text(self.prompts[key], style), key
+        prompt_text("", style)  # the style is validated for free text too
         name = str(label).strip()
         if warn and looks_like_code(name):
             if self.prompts:
@@ -216,32 +211,33 @@ class PromptSet:
                 message = (f"no prompt set ({PROMPTS_FILENAME}) was found for this model, so the code {name!r} is "
                            "used as free text; pass prompts=... or describe the class in words")
             warnings.warn(message, UserWarning, stacklevel=3)
-        return (name,), None
+        return name, None
 
     def members_of(self, key: Optional[str], dataset: Optional[str]) -> List[str]:
         """The member codes of prompt key `key` in `dataset`'s label set (not `key` itself; [] for a class with no
         finer members or no key). A dataset without a members table is an error naming those that have one."""
         name = None if dataset is None else _label_set_key(dataset)
+        if not self.members:
+            raise ValueError(f"members=True: the prompt set ({self.source or 'prompts'}) has no members tables (a "
+                             f"model exported before they existed?); pass prompts= a {PROMPTS_FILENAME} that has them")
         if name not in self.members:
-            have = ", ".join(sorted(self.members)) or "none in this prompt set"
-            raise ValueError(f"members=True needs dataset= naming a label set with a members table ({have}); "
-                             f"got dataset={dataset!r}")
+            raise ValueError(f"members=True needs dataset= naming a label set with a members table "
+                             f"({', '.join(sorted(self.members))}); got dataset={dataset!r}")
         return [m for m in self.members[name].get(key, []) if m != key] if key is not None else []
 
     def label_texts(self, label: str, dataset: Optional[str] = None, style: str = "description",
                     members: bool = False, warn: bool = True) -> Tuple[Tuple[str, ...], Optional[str], List[str]]:
         """(every text `label` is encoded as, its prompt key or None, its member keys): its own texts and, with
         `members=True`, each member's, without repeats."""
-        texts, key = self.resolve(label, dataset, warn=warn, style=style)
+        text, key = self.resolve(label, dataset, warn=warn, style=style)
         found = self.members_of(key, dataset) if members else []
-        for member in found:
-            texts += prompt_texts(self.prompts[member], style)
+        texts = [text] + [prompt_text(self.prompts[m], style) for m in found]
         return tuple(dict.fromkeys(texts)), key, found
 
     def texts(self, labels: Sequence[str], dataset: Optional[str] = None, style: str = "description",
               template: str = "{}", warn: bool = True, members: bool = False) -> List[Tuple[str, ...]]:
-        """Each label's texts (one, unless the style or `members` adds more), each in `template` (which must
-        contain "{}"). Score them with `label_features`."""
+        """Each label's texts (one, unless `members` adds more), each in `template` (which must contain "{}").
+        Score them with `label_features`."""
         if "{}" not in template:
             raise ValueError(f"hypothesis_template must contain '{{}}' for the label, got {template!r}")
         return [tuple(template.format(t) for t in self.label_texts(label, dataset, style, members, warn)[0])

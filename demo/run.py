@@ -9,8 +9,9 @@ a step whose output exists is reused on the next run):
   3. pretrain a small D-BETA through train.pretrain (Accelerate) with the real MiniLM text encoder;
   4. export (inside train.pretrain): safetensors, code, processor, pipeline, model card -> demo/out/model;
   5. evaluate zero-shot, linear probe (1/10/100%) and retrieval on the held-out split, zero-shot AUC of the
-     unseen classes and LVH's probe AUC, and zero-shot per class on the independent generator's rhythm set, for
-     the trained model and for the same architecture with random weights (AUROC and AUPRC);
+     unseen classes and LVH's probe AUC, zero-shot per class on the independent generator's rhythm set, and
+     prompt ensembles (PTB-XL sub- and superclasses also encoded as their members), for the trained model and
+     for the same architecture with random weights (AUROC and AUPRC);
   6. in a fresh process, load the export with pipeline(..., trust_remote_code=True) and classify the real
      12-lead DICOM ECG that pydicom ships; plot it with its scores;
   7. fewer leads: zero-shot and probe AUC for 12 leads, the limb leads, I+II, I and II (trained model);
@@ -172,6 +173,10 @@ def collect(out: Path) -> dict:
         other = read_json(folder / "zero_shot_independent_rhythm.json")
         row["independent_rhythm"] = {"macro_auc": other["macro_auc"], "macro_auprc": other["macro_auprc"],
                                      "per_class_auc": other["per_class_auc"], "n_records": other["n_records"]}
+        row["prompt_ensembles"] = {
+            task: {"one prompt": read_json(folder / f"zero_shot_{task}.json")["macro_auc"],
+                   "with members": read_json(folder / f"zero_shot_{task}_members.json")["macro_auc"]}
+            for task in ("sub", "super")}
         rt = read_json(folder / "retrieval_mimic.json")
         row["retrieval_ecg_to_report"] = rt["ecg_to_report"]
         row["retrieval_report_to_ecg"] = rt["report_to_ecg"]
@@ -231,6 +236,11 @@ def print_table(results: dict) -> None:
                     (f"{UNSEEN} zero-shot", lambda r: r["unseen_class"]["zero_shot_auc"])]
            + [(f"probe {name}", lambda r, f=f: r["unseen_class"]["linear_probe_auc"].get(f))
               for name, f in (("1%", "0.01"), ("10%", "0.1"), ("100%", "1"))])
+    print("\nPrompt ensembles on the PTB-XL test fold: each sub- or superclass also encoded as its members in PTB-XL's "
+          "hierarchy (scp_statements.csv; _AVB = 1AVB, 2AVB, 3AVB), scored with the mean text feature. Macro AUROC "
+          "×100.")
+    _table(models, [(f"{task} {kind}", lambda r, task=task, kind=kind: r["prompt_ensembles"][task][kind])
+                    for task in ("sub", "super") for kind in ("one prompt", "with members")])
     if "lead_subsets" in results:
         print("\nFewer leads (trained model; absent leads zeroed): zero-shot rhythm and probe sub (10% of labels) macro "
               "AUROC ×100 on the test fold.")
@@ -324,8 +334,8 @@ def main(argv=None) -> int:
     step(done / "random", "5a. the same architecture with random weights (baseline)",
          lambda: make_random_baseline(model_dir, random_dir))
 
-    def zero_shot(folder, root, task, output):
-        return lambda: run_zero_shot(str(folder), "ptbxl", root, task=task, output=output)
+    def zero_shot(folder, root, task, output, **options):
+        return lambda: run_zero_shot(str(folder), "ptbxl", root, task=task, output=output, **options)
 
     def probe(tag, root, output):  # the random baseline: the trained export's architecture, random_init
         return lambda: run_linear_probe(model=str(model_dir), dataset="ptbxl", data_root=root, task="sub",
@@ -349,6 +359,11 @@ def main(argv=None) -> int:
              lp=probe(tag, unseen, ev / "linear_probe_unseen_sub.json"): (zs(), zr(), lp()))
         step(done / f"independent_{tag}", f"5f. zero-shot rhythm on the independent generator's set ({tag})",
              zero_shot(folder, other, "rhythm", ev / "zero_shot_independent_rhythm.json"))
+        ensembles = [zero_shot(folder, ptbxl, "super", ev / "zero_shot_super.json")]
+        ensembles += [zero_shot(folder, ptbxl, task, ev / f"zero_shot_{task}_members.json", prompt_members=True)
+                      for task in ("sub", "super")]
+        step(done / f"members_{tag}", f"5g. zero-shot PTB-XL super; sub and super with each class's members ({tag})",
+             lambda runs=ensembles: [r() for r in runs])
 
     def dicom():
         (out / "dicom.json").write_text(json.dumps(classify_dicom(model_dir, out), indent=1))

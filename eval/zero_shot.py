@@ -2,7 +2,7 @@
 
     python -m eval.zero_shot --model DIR_OR_REPO --dataset {ptbxl,cpsc2018,csn,physionet2021,code-test} \
         --data-root DIR [--task super|sub|form|rhythm] [--split test] [--scoring model|cosine|dot] \
-        [--prompt-style description|name|name+description] [--prompt-members] [--batch-size 32] \
+        [--prompt-style description|name] [--prompt-members] [--batch-size 32] \
         [--num-workers 2] [--bootstrap 1000] [--seed 0] --output FILE.json
 
     from eval.zero_shot import run_zero_shot          # the same as a function; the CLI is a thin wrapper
@@ -15,8 +15,8 @@ What it does:
 2. One prompt per class, from `prompting_dbeta` (the module the pipeline uses too): the class name is resolved
    in the prompt set (`prompts_dbeta.json` in the model folder or its Hub repo, else the repository's;
    `--prompts FILE` overrides) with the dataset's spellings first, and that entry is encoded with
-   `get_text_features`: the full name and clinical description, the full name alone (`--prompt-style name`), or
-   both (`name+description`; the default is the model config's `zero_shot_prompt_style`). `--prompt-members`
+   `get_text_features`: the full name and clinical description, or the full name alone (`--prompt-style name`;
+   the default is the model config's `zero_shot_prompt_style`). `--prompt-members`
    (PTB-XL sub and super) also encodes each member of a class in the PTB-XL hierarchy (the subclass "_AVB": 1AVB,
    2AVB, 3AVB; the superclass "CD": its eight subclasses). A class with several texts is scored with the mean of
    their text features (a prompt ensemble). A class with no prompt is encoded by its name, and listed under
@@ -30,9 +30,9 @@ What it does:
    the split, percentile-bootstrap 95% CIs over records (seeded; `--bootstrap` resamples). Classes with one label
    value only are reported in `excluded_classes` and left out of the macro, with a note.
 
-Outputs: FILE.json (schema dbeta-zero-shot/2: each class's "prompts" entry lists its "texts" and "members"), FILE.md (tables), FILE.roc.png (ROC curves) and, with
-`--plot-examples N` (default 1), FILE.ecg-<record>.png: the first N records drawn on ECG paper with their
-per-class scores. `--save-scores` writes FILE.scores.npz (record_ids, labels, scores, class_names).
+Outputs: FILE.json (schema dbeta-zero-shot/2: each class's "prompts" entry lists its "texts" and "members"),
+FILE.md (tables), FILE.roc.png (ROC curves) and, with `--plot-examples N` (default 1), FILE.ecg-<record>.png: the
+first N records drawn on ECG paper with their per-class scores. `--save-scores` writes FILE.scores.npz (record_ids, labels, scores, class_names).
 `evaluate`'s metrics are not used: its Hub-hosted metric scripts do not load offline; scikit-learn-equivalent
 AUCs come from eval.metrics (tested against sklearn.metrics.roc_auc_score).
 """
@@ -94,7 +94,7 @@ def class_prompts(class_names: Sequence[str], label_set: str, prompt_set: Prompt
                   style: str = "description", members: bool = False) -> List[dict]:
     """One entry per class: {"class", "key", "texts", "members"}; key None (texts = [the class name]) when nothing
     matches. `style` "description" encodes the whole prompt-set entry, "name" its first sentence (the full class
-    name), "name+description" both; `members=True` adds the texts of the class's members in `label_set`."""
+    name); `members=True` adds the texts of the class's members in `label_set`."""
     out = []
     for name in class_names:
         texts, key, found = prompt_set.label_texts(name, label_set, style, members, warn=False)

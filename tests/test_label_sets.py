@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from eval import label_sets as ls
-from dbeta.prompting_dbeta import PromptSet, load_prompt_set, prompt_texts
+from dbeta.prompting_dbeta import PromptSet, load_prompt_set, prompt_text
 from train.export import ROOT
 
 PROMPT_FILE = ROOT / "prompts_dbeta.json"
@@ -84,7 +84,7 @@ def test_every_fixed_class_has_a_prompt(prompt_set, set_name):
 @pytest.mark.parametrize("set_name", sorted(ls.FIXED_LABEL_SETS))
 def test_class_names_alone_still_tell_the_classes_of_a_set_apart(prompt_set, set_name):
     # prompt_style="name" encodes only the first sentence of each entry
-    names = [prompt_texts(prompt_set.prompts[prompt_set.key_for(c, set_name)], "name")[0]
+    names = [prompt_text(prompt_set.prompts[prompt_set.key_for(c, set_name)], "name")
              for c in ls.FIXED_LABEL_SETS[set_name]]
     assert all(0 < len(n.split()) <= 9 for n in names), names
     assert len(set(names)) == len(names), f"{set_name}: classes share a name: {names}"
@@ -288,3 +288,5 @@ def test_a_members_table_naming_unknown_codes_is_refused(tmp_path):
         PromptSet({"prompts": prompts, "members": {"ptbxl_sub": {"_AVB": "1AVB"}}})
     with pytest.raises(ValueError, match="'members' must be an object"):
         PromptSet({"prompts": prompts, "members": ["_AVB"]})
+    with pytest.raises(ValueError, match=r"the prompt set \(old.json\) has no members tables .*pass prompts="):
+        PromptSet({"prompts": prompts}, source="old.json").label_texts("_AVB", "ptbxl_sub", members=True)

@@ -174,6 +174,10 @@ def test_processor_text_and_ecg_together():
         proc(text=["sinus rhythm", "   "])
     with pytest.raises(ValueError, match="empty after normalization"):
         proc(text=["***"])
+    for bad, kind in ((float("nan"), "float"), (("sinus rhythm",), "tuple"), (3, "int")):  # never str()-ed
+        with pytest.raises(TypeError, match=rf"text\[1\] must be a string, got {kind}"):
+            proc(text=["sinus rhythm", bad])
+    assert proc(text=[np.str_("sinus rhythm")])["input_ids"].tolist() == proc(text=["sinus rhythm"])["input_ids"].tolist()
     with pytest.raises(ValueError, match="give an ECG"):
         proc()
 
