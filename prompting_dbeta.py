@@ -15,8 +15,9 @@ the default is the checkpoint's `config.zero_shot_prompt_style` (`prompt_style_f
 Members. A class defined as a union of finer ones (PTB-XL's "_AVB" is 1AVB, 2AVB or 3AVB) can also be described
 by its members: with `members=True`, a label of a label set that has a `members` table (the PTB-XL sub- and
 superclasses, from scp_statements.csv; the table is chosen by `dataset=`, "ptbxl_sub" or "ptbxl_super") is encoded
-as its own text(s) and each member's. A label with several texts is scored with the mean of their text features
-(`label_features`), as CLIP averages a class's prompt ensemble; a label with one text is scored exactly as before.
+as its own text and each member's. A label with several texts is scored with the mean of their text features
+(`label_features`; with a dot-product similarity, the mean of their logits); a label with one text is scored as
+before. A class of the other label set ("MI" under "ptbxl_sub") is refused.
 
 Scoring. The logits are the model's own (`zero_shot_logits`, scoring "model": `DBetaModel.similarity`, what
 `forward` returns as `logits_per_ecg`: a dot product in "fixed" mode, SigLIP's scaled cosine plus bias in
@@ -218,12 +219,18 @@ class PromptSet:
         finer members or no key). A dataset without a members table is an error naming those that have one."""
         name = None if dataset is None else _label_set_key(dataset)
         if not self.members:
-            raise ValueError(f"members=True: the prompt set ({self.source or 'prompts'}) has no members tables (a "
-                             f"model exported before they existed?); pass prompts= a {PROMPTS_FILENAME} that has them")
+            raise ValueError(f"prompt members: the prompt set ({self.source or 'prompts'}) has no members tables (a "
+                             f"model exported before they existed?); use a {PROMPTS_FILENAME} that has them")
         if name not in self.members:
-            raise ValueError(f"members=True needs dataset= naming a label set with a members table "
+            raise ValueError(f"prompt members need dataset= naming a label set with a members table "
                              f"({', '.join(sorted(self.members))}); got dataset={dataset!r}")
-        return [m for m in self.members[name].get(key, []) if m != key] if key is not None else []
+        if key is None:
+            return []
+        elsewhere = [other for other, table in self.members.items() if other != name and key in table]
+        if key not in self.members[name] and elsewhere:  # "MI" under ptbxl_sub would silently be one prompt
+            raise ValueError(f"prompt members: {key!r} is a class of {', '.join(elsewhere)}, not of {name}; "
+                             f"pass dataset={elsewhere[0]!r}")
+        return [m for m in self.members[name].get(key, []) if m != key]
 
     def label_texts(self, label: str, dataset: Optional[str] = None, style: str = "description",
                     members: bool = False, warn: bool = True) -> Tuple[Tuple[str, ...], Optional[str], List[str]]:

@@ -146,7 +146,7 @@ class ArrowReports:
             raise ValueError(f"{folder}: rows have no 'signal' or 'ecg' column")
         self.data = data.with_format("numpy")
         self.split = split
-        self.reports = [str(r).strip() for r in data["report"]]
+        self.reports = ["" if r is None else str(r).strip() for r in data["report"]]  # None: skipped as empty
         id_column = next((c for c in ("study_id", "record_id", "id") if c in columns), None)
         self.record_ids = [str(v) for v in data[id_column]] if id_column else [str(i) for i in range(len(data))]
         self.indices = np.asarray([i for i, r in enumerate(self.reports) if normalize_report(r)], dtype=np.int64)

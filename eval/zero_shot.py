@@ -210,6 +210,8 @@ def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None,
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if not isinstance(prompt_members, bool):
+        raise ValueError(f"prompt_members must be True or False, got {prompt_members!r}")
     t0 = time.perf_counter()
     data = load_downstream(dataset, data_root, split=split, task=task)
     if len(data) == 0:

@@ -108,3 +108,14 @@ def test_retrieval_is_a_function_with_keyword_arguments(tiny_model, ptbxl_root, 
     assert "Ties count against the query" in (tmp_path / "rt.md").read_text()
     with pytest.raises(ValueError, match="scoring"):
         run_retrieval(model=str(tiny_model), dataset="ptbxl", data_root=ptbxl_root, scoring="l2")
+
+
+def test_a_missing_report_is_skipped_by_retrieval_not_read_as_none(tmp_path):
+    from datasets import Dataset
+
+    from eval.retrieval import ArrowReports
+
+    Dataset.from_dict({"report": ["sinus rhythm", None, "atrial fibrillation"], "study_id": [1, 2, 3],
+                       "ecg": np.zeros((3, 12, 10), dtype=np.float32)}).save_to_disk(str(tmp_path / "ds"))
+    data = ArrowReports(tmp_path / "ds")
+    assert data.reports == ["sinus rhythm", "atrial fibrillation"] and data.record_ids == ["1", "3"]

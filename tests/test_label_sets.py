@@ -270,7 +270,7 @@ def test_members_are_the_ptbxl_hierarchy_of_the_real_csv(prompt_set, scp_stateme
 
 def test_members_need_a_label_set_that_has_them(prompt_set):
     for dataset in (None, "ptbxl", "ptbxl_rhythm", "cpsc2018"):  # "ptbxl" alone: STTC would be ambiguous
-        with pytest.raises(ValueError, match="members=True needs dataset= naming a label set with a members "
+        with pytest.raises(ValueError, match="prompt members need dataset= naming a label set with a members "
                                              r"table \(ptbxl_sub, ptbxl_super\)"):
             prompt_set.label_texts("_AVB", dataset, members=True)
     texts, key, members = prompt_set.label_texts("AVB", "ptbxl_sub", "name", members=True)  # MERL's spelling
@@ -278,6 +278,13 @@ def test_members_need_a_label_set_that_has_them(prompt_set):
     assert texts == ("atrioventricular block", "first degree av block", "second degree av block",
                      "third degree av block")
     assert prompt_set.label_texts("_AVB", "ptbxl_sub", "name")[0] == ("atrioventricular block",)
+    # a class of the other label set is refused, not silently scored with one prompt
+    with pytest.raises(ValueError, match="'MI' is a class of ptbxl_super, not of ptbxl_sub; pass dataset='ptbxl_super'"):
+        prompt_set.label_texts("MI", "ptbxl_sub", members=True)
+    with pytest.raises(ValueError, match="'_AVB' is a class of ptbxl_sub, not of ptbxl_super"):
+        prompt_set.label_texts("AVB", "ptbxl_super", members=True)
+    assert prompt_set.label_texts("NORM", "ptbxl_sub", members=True)[2] == []  # in both sets, members in neither
+    assert prompt_set.label_texts("sinus rhythm", "ptbxl_sub", members=True)[2] == []  # free text
 
 
 def test_a_members_table_naming_unknown_codes_is_refused(tmp_path):
@@ -288,5 +295,5 @@ def test_a_members_table_naming_unknown_codes_is_refused(tmp_path):
         PromptSet({"prompts": prompts, "members": {"ptbxl_sub": {"_AVB": "1AVB"}}})
     with pytest.raises(ValueError, match="'members' must be an object"):
         PromptSet({"prompts": prompts, "members": ["_AVB"]})
-    with pytest.raises(ValueError, match=r"the prompt set \(old.json\) has no members tables .*pass prompts="):
+    with pytest.raises(ValueError, match=r"the prompt set \(old.json\) has no members tables .*use a prompts_dbeta"):
         PromptSet({"prompts": prompts}, source="old.json").label_texts("_AVB", "ptbxl_sub", members=True)

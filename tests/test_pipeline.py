@@ -305,7 +305,7 @@ def test_prompt_ensembles_are_scored_with_the_mean_text_feature(exported):
     prompts = json.loads((ROOT / "prompts_dbeta.json").read_text())["prompts"]
     assert pipe.label_texts(["AFIB", "sinus rhythm"], prompt_style="description", dataset="ptbxl_sub",
                             prompt_members=True) == [(prompts["AFIB"],), ("sinus rhythm",)]  # no members, free text
-    with pytest.raises(ValueError, match=r"members=True needs dataset= .*\(ptbxl_sub, ptbxl_super\); got "
+    with pytest.raises(ValueError, match=r"prompt members need dataset= .*\(ptbxl_sub, ptbxl_super\); got "
                                          "dataset='ptbxl'"):
         pipe(signal, sampling_rate=500, candidate_labels=["_AVB"], dataset="ptbxl", prompt_members=True)
     with pytest.raises(TypeError, match="prompt_members must be True or False"):

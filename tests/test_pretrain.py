@@ -440,6 +440,21 @@ def test_config_errors_exit_2(tmp_path, capsys):
     assert main(["--set", "model.text_trainable_layers=-1"]) == 2
 
 
+def test_a_missing_report_is_refused_before_training():
+    from datasets import Dataset
+
+    from train.pretrain_data import as_rows, negative_samplers
+    from train.settings import ConfigError
+
+    rows = as_rows(Dataset.from_dict({"report": ["sinus rhythm", None, "atrial fibrillation"],
+                                      "ecg": np.zeros((3, 12, 10), dtype=np.float32)}))
+    with pytest.raises(ConfigError, match=r"1 row\(s\) with a missing or empty 'report' \(first: row 1, None\)"):
+        negative_samplers(None, rows, None)  # the collator would have trained on the text "None"
+    blank = as_rows(Dataset.from_dict({"report": ["sinus rhythm", "  "], "ecg": np.zeros((2, 12, 10), np.float32)}))
+    with pytest.raises(ConfigError, match="first: row 1, '  '"):
+        negative_samplers(None, blank, None)
+
+
 def test_yaml_exponent_without_a_dot_is_a_number():
     from train.pretrain import resolve_settings
 

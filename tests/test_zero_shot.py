@@ -250,7 +250,7 @@ def test_zero_shot_cli_bad_input(tiny_model, ptbxl_root, tmp_path, capsys):
     with pytest.raises(SystemExit):  # PTB-XL's rhythm statements have no hierarchy
         zero_shot.main(base + ["--dataset", "ptbxl", "--task", "rhythm", "--prompt-members",
                                "--data-root", str(ptbxl_root)])
-    assert "members=True needs dataset= naming a label set with a members table" in capsys.readouterr().err
+    assert "prompt members need dataset= naming a label set with a members table" in capsys.readouterr().err
 
     # an unreadable record: the error names the file; --on-error skip leaves it out and lists it
     broken = tmp_path / "broken"
@@ -338,3 +338,5 @@ def test_run_zero_shot_is_a_function_with_keyword_arguments(tiny_model, ptbxl_ro
         zero_shot.run_zero_shot(str(tiny_model[0]), "mitbih", ptbxl_root)
     with pytest.raises(ValueError, match="scoring must be one of model, cosine, dot"):
         zero_shot.run_zero_shot(str(tiny_model[0]), "ptbxl", ptbxl_root, task="super", scoring="euclid")
+    with pytest.raises(ValueError, match="prompt_members must be True or False, got 'no'"):  # "no" is truthy
+        zero_shot.run_zero_shot(str(tiny_model[0]), "ptbxl", ptbxl_root, task="sub", prompt_members="no")

@@ -136,7 +136,15 @@ def train_loader(rows, collator, batch_size: int, seed: int, rank: int, world: i
 
 
 def _reports(rows) -> list:
-    return rows.reports() if isinstance(rows, MimicRecords) else rows.with_format(None)["report"]
+    """The split's reports; a missing or empty one is refused here, before training, not as the text "None"."""
+    if isinstance(rows, MimicRecords):
+        return rows.reports()  # the MIMIC reader already leaves out studies without a report
+    reports = rows.with_format(None)["report"]
+    bad = [i for i, r in enumerate(reports) if not isinstance(r, str) or not r.strip()]
+    if bad:
+        raise ConfigError(f"the dataset has {len(bad)} row(s) with a missing or empty 'report' (first: row {bad[0]}, "
+                          f"{reports[bad[0]]!r}); drop or fill them (train.prepare_mimic drops such studies)")
+    return reports
 
 
 # ----------------------------------------------------------------------------------------------------------------
