@@ -26,10 +26,10 @@ Zero-shot labels and scores come from `prompting_dbeta` (the one module that own
 own spellings first (CSN's "AF" is atrial flutter); anything else is used as written (`hypothesis_template`,
 default "{}", wraps each text). `prompt_members=True` with `dataset="ptbxl_sub"` or "ptbxl_super" also encodes
 each member of a PTB-XL class ("_AVB": 1AVB, 2AVB, 3AVB); a label with several texts is scored with the mean of
-their text features. The logits are the model's own (`DBetaModel.similarity`, what
-`forward` returns as `logits_per_ecg`); the scores are a softmax over the labels, or with `multi_label=True` an
-independent sigmoid per label. A single candidate label is always scored with the sigmoid: a softmax over one label
-would be 1 whatever the ECG. The returned "label" is always the candidate label as given.
+their text features. The logits are the model's own (`DBetaModel.similarity`, what `forward` returns as
+`logits_per_ecg`); the scores are a softmax over the labels, or with `multi_label=True` an independent sigmoid per
+label. A single candidate label is always scored with the sigmoid: a softmax over one label would be 1 whatever
+the ECG. The returned "label" is always the candidate label as given.
 
 The candidate labels travel with each record from `preprocess` through `_forward` to `postprocess`. The label
 texts' features are cached between calls, keyed on the model and processor objects, every parameter (object,
@@ -379,9 +379,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
     Call keywords: candidate_labels (list or comma-separated string; required), sampling_rate, lead_names,
     hypothesis_template ("{}"), multi_label (False; True or False only), dataset (None; applies that dataset's code
     spellings), prompts (a prompt-set dict or JSON path overriding the model's), prompt_style ("description" |
-    "name"; default the model config's zero_shot_prompt_style), prompt_members (False; True
-    adds each member's texts, with dataset="ptbxl_sub" or "ptbxl_super"), top_k (None = all), batch_size,
-    num_workers.
+    "name"; default the model config's zero_shot_prompt_style), prompt_members (False; True adds each member's
+    texts, with dataset="ptbxl_sub" or "ptbxl_super"), top_k (None = all), batch_size, num_workers.
     Any other keyword is refused. A fine-tuned classifier (no text tower) is refused: it has
     `ECGClassificationPipeline`."""
 

@@ -58,7 +58,6 @@ DATASET_ALIAS_GROUPS: Dict[str, str] = {
 
 __all__ = [
     "PROMPTS_FILENAME",
-    "label_features",
     "SCORINGS",
     "DATASET_ALIAS_GROUPS",
     "PromptSet",
@@ -67,6 +66,7 @@ __all__ = [
     "prompt_text",
     "prompt_style_for",
     "zero_shot_logits",
+    "label_features",
     "label_scores",
 ]
 
@@ -216,7 +216,8 @@ class PromptSet:
 
     def members_of(self, key: Optional[str], dataset: Optional[str]) -> List[str]:
         """The member codes of prompt key `key` in `dataset`'s label set (not `key` itself; [] for a class with no
-        finer members or no key). A dataset without a members table is an error naming those that have one."""
+        finer members, or free text). Errors: no members tables at all, a dataset without one (naming those that
+        have one), a class that has members only in another label set."""
         name = None if dataset is None else _label_set_key(dataset)
         if not self.members:
             raise ValueError(f"prompt members: the prompt set ({self.source or 'prompts'}) has no members tables (a "

@@ -16,11 +16,10 @@ What it does:
    in the prompt set (`prompts_dbeta.json` in the model folder or its Hub repo, else the repository's;
    `--prompts FILE` overrides) with the dataset's spellings first, and that entry is encoded with
    `get_text_features`: the full name and clinical description, or the full name alone (`--prompt-style name`;
-   the default is the model config's `zero_shot_prompt_style`). `--prompt-members`
-   (PTB-XL sub and super) also encodes each member of a class in the PTB-XL hierarchy (the subclass "_AVB": 1AVB,
-   2AVB, 3AVB; the superclass "CD": its eight subclasses). A class with several texts is scored with the mean of
-   their text features (a prompt ensemble). A class with no prompt is encoded by its name, and listed under
-   `classes_without_prompt`.
+   the default is the model config's `zero_shot_prompt_style`). `--prompt-members` (PTB-XL sub and super) also
+   encodes each member of a class in the PTB-XL hierarchy (the subclass "_AVB": 1AVB, 2AVB, 3AVB; the superclass
+   "CD": its eight subclasses). A class with several texts is scored with the mean of their text features (a
+   prompt ensemble). A class with no prompt is encoded by its name, and listed under `classes_without_prompt`.
 3. Scores: the model's own logits (`--scoring model`, default): `DBetaModel.similarity`, what `forward` returns and
    what the pipeline scores with, so both rank records and labels alike. Explicit alternatives: `cosine` (the
    MERL protocol's cosine similarity) and `dot` (the raw dot product, D-BETA's notebook; equal to `model` for the
@@ -32,7 +31,8 @@ What it does:
 
 Outputs: FILE.json (schema dbeta-zero-shot/2: each class's "prompts" entry lists its "texts" and "members"),
 FILE.md (tables), FILE.roc.png (ROC curves) and, with `--plot-examples N` (default 1), FILE.ecg-<record>.png: the
-first N records drawn on ECG paper with their per-class scores. `--save-scores` writes FILE.scores.npz (record_ids, labels, scores, class_names).
+first N records drawn on ECG paper with their per-class scores. `--save-scores` writes FILE.scores.npz
+(record_ids, labels, scores, class_names).
 `evaluate`'s metrics are not used: its Hub-hosted metric scripts do not load offline; scikit-learn-equivalent
 AUCs come from eval.metrics (tested against sklearn.metrics.roc_auc_score).
 """
@@ -252,7 +252,7 @@ def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None,
         "scoring": scoring,
         **report,
         "class_names": class_names,
-        "prompts": {p["class"]: {"key": p["key"], "texts": p["texts"], "members": p["members"]} for p in class_texts},
+        "prompts": {p["class"]: {k: p[k] for k in ("key", "texts", "members")} for p in class_texts},
         "prompt_file": prompt_set.source,
         "prompt_style": style,
         "prompt_members": bool(prompt_members),
