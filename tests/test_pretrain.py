@@ -276,6 +276,9 @@ def test_sampler_returning_the_same_report_leaves_the_row_aligned(rows, t5_token
 
     collator = PretrainingCollator(build_processor(t5_tokenizer), Same(), p_neg=1.0, mlm_probability=0.0)
     assert collator([rows[i] for i in range(4)], batch_id=0)["is_aligned"].all()
+    missing = dict(rows[1], report=None)  # str() would have trained on the text "None"
+    with pytest.raises(ValueError, match=r"a row of the batch has no report \(None\)"):
+        collator([rows[0], missing], batch_id=0)
 
 
 @pytest.mark.parametrize("kind", ["t5", "bert"])

@@ -266,7 +266,10 @@ class PretrainingCollator:
         if self.train and self.lead_mask_prob > 0:
             keep = lead_rng.random(ecg.shape[:2]) >= self.lead_mask_prob
             ecg = ecg * keep[:, :, None].astype(np.float32)
-        reports = [str(r["report"]) for r in rows]
+        reports = [r["report"] for r in rows]
+        for r in reports:  # train.pretrain refuses such rows up front; this guards a collator used on its own
+            if not isinstance(r, str) or not r.strip():
+                raise ValueError(f"a row of the batch has no report ({r!r}); drop rows without one")
         texts, aligned = self._choose_negatives(reports, neg_rng)
         input_ids, attention_mask = self._tokenize(texts)
         masked_ids, labels = self.mask_tokens(input_ids, attention_mask, aligned, mlm_rng)
