@@ -32,6 +32,7 @@ from dbeta.pipeline_dbeta import text_features as _text_features
 __all__ = [
     "RecordError",
     "load_model_and_processor",
+    "load_processor",
     "ProcessedRecords",
     "check_skipped_records",
     "condition_item",
@@ -57,6 +58,29 @@ def _register_local_config() -> None:
         pass
 
 
+def load_processor(name_or_path: str):
+    """The model's DBetaProcessor (feature extractor + tokenizer) from its folder or Hub repo, built with this
+    repository's classes: no code from the model folder is run."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # AutoTokenizer peeks at the (remote-code) model config; no code is run
+    try:
+        feature_extractor = DBetaFeatureExtractor.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"{name_or_path}: no D-BETA processor (processor_config.json + tokenizer files) found "
+            f"({type(err).__name__}: {err}); export the model with train.export.export_model(..., processor=...)"
+        ) from err
+    finally:
+        hf_logging.set_verbosity(level)
+    return DBetaProcessor(feature_extractor, tokenizer)
+
+
 def load_model_and_processor(name_or_path: str, remote_code: bool = False, dtype: torch.dtype = torch.float32,
                              device: str = "cpu") -> Tuple[torch.nn.Module, object]:
     """(DBetaModel in eval mode, DBetaProcessor) from a model folder or Hub repo id.
@@ -74,23 +98,11 @@ def load_model_and_processor(name_or_path: str, remote_code: bool = False, dtype
             model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
             processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
         else:
-            from transformers import AutoTokenizer
-
             from dbeta.modeling_dbeta import DBetaModel
-            from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 
             _register_local_config()
             model = DBetaModel.from_pretrained(name_or_path, dtype=dtype)
-            try:
-                feature_extractor = DBetaFeatureExtractor.from_pretrained(name_or_path)
-                tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            except (OSError, ValueError) as err:
-                raise FileNotFoundError(
-                    f"{name_or_path}: no D-BETA processor (processor_config.json + tokenizer files) found "
-                    f"({type(err).__name__}: {err}); export the model with train.export.export_model(..., "
-                    "processor=...)"
-                ) from err
-            processor = DBetaProcessor(feature_extractor, tokenizer)
+            processor = load_processor(name_or_path)
     finally:
         hf_logging.set_verbosity(level)
     model.to(device).eval()

@@ -244,6 +244,21 @@ def test_a_fused_graph_that_differs_from_torch_is_not_quantized_or_published(fol
     assert not (tmp_path / "bad" / "ecg_encoder.fused.onnx").exists()
 
 
+def test_export_never_runs_the_model_folders_code(folders, tmp_path):
+    """The processor is built with this repository's classes: a processing_dbeta.py planted in the model folder
+    (a downloaded repo is data) is copied for the ONNX folder's users, never imported by the export."""
+    model_dir = copy_folder(folders[0], tmp_path / "model")
+    marker = tmp_path / "ran"
+    code = (model_dir / "processing_dbeta.py").read_text()
+    future = "from __future__ import annotations\n"
+    assert future in code
+    (model_dir / "processing_dbeta.py").write_text(
+        code.replace(future, future + f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n", 1))
+    export_onnx(model_dir, tmp_path / "onnx")
+    assert not marker.exists()
+    assert (tmp_path / "onnx" / MANIFEST).exists()
+
+
 def test_cli_refuses_a_folder_without_a_model(tmp_path, capsys):
     assert main(["--model", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "config.json not found" in capsys.readouterr().err

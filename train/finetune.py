@@ -52,10 +52,10 @@ import torch
 
 
 from dbeta.configuration_dbeta import DBetaConfig
-from eval.features import condition_item, resolve_protocol_num_samples
+from eval.features import condition_item, load_processor, resolve_protocol_num_samples
 from eval.metrics import auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
-from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
+from dbeta.processing_dbeta import DBetaFeatureExtractor
 from train.export import CLASSIFICATION_PIPELINES, export_model
 from train.finetune_settings import FinetuneSettings
 from train.hub import push_export
@@ -116,29 +116,6 @@ class ECGClassificationDataset(torch.utils.data.Dataset):
         x = condition_item(self.feature_extractor, item, self.protocol_num_samples)
         return {"ecg_values": torch.from_numpy(np.ascontiguousarray(x)),
                 "labels": torch.as_tensor(item["labels"], dtype=torch.float32)}
-
-
-def load_processor(model: str) -> DBetaProcessor:
-    """The model's processor (feature extractor + tokenizer) from its folder or Hub repo, with the package's
-    classes (no remote code is run)."""
-    from transformers import AutoTokenizer
-
-    try:
-        fe = DBetaFeatureExtractor.from_pretrained(model)
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(
-            f"{model}: no D-BETA processor config ({type(err).__name__}: {err}); fine-tuning conditions signals "
-            f"with the model's own processor, so export the model with its processor first"
-        ) from err
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # AutoTokenizer peeks at the (remote-code) model config; no code is run
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
-    finally:
-        hf_logging.set_verbosity(level)
-    return DBetaProcessor(fe, tokenizer)
 
 
 def auto_class_weights(labels: np.ndarray, max_weight: float = 50.0) -> List[float]:
