@@ -316,3 +316,68 @@ def test_a_truncated_weights_file_is_named(tmp_path):
     weights.write_bytes(weights.read_bytes()[:2000])
     with pytest.raises(OSError, match=f"{weights}: the weights file is damaged"):
         DBetaModel.from_pretrained(tmp_path)
+
+
+# -- replacing an export ------------------------------------------------------------------------------------------
+
+
+def test_an_export_never_replaces_a_folder_that_is_not_an_export(pre_export, tmp_path):
+    from train.export import ExportTargetError
+
+    model = DBetaForPreTraining.from_pretrained(pre_export)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    with pytest.raises(ExportTargetError, match=f"{work} is not empty and holds no D-BETA export"):
+        export_model(model, work)
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportTargetError, match="is a file"):
+        export_model(model, tmp_path / "file")
+
+
+def test_a_new_export_replaces_the_old_one_whole_and_a_failed_one_leaves_it(pre_export, tok, tmp_path, monkeypatch):
+    import train.export as export_module
+
+    out = copy_export(pre_export, tmp_path / "export")
+    (out / "spiece.model").write_bytes(b"an older export's tokenizer")  # a file the new export does not write
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    torch.manual_seed(1)
+    model = DBetaForPreTraining(tiny_config(tiny_t5_text_config(len(tok)))).eval()
+
+    def card_fails(*args, **kwargs):
+        raise KeyboardInterrupt  # a run stopped while exporting
+    monkeypatch.setattr(export_module, "build_model_card", card_fails)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(model, out, processor=build_processor(tok))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export, untouched
+    monkeypatch.undo()
+
+    export_model(model, out, processor=build_processor(tok))
+    assert not (out / "spiece.model").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no .partial or .old folder left
+    loaded = DBetaForPreTraining.from_pretrained(out)
+    assert torch.equal(loaded.state_dict()["ecg_pooler.dense.weight"], model.state_dict()["ecg_pooler.dense.weight"])
+
+
+def test_runs_refuse_an_export_folder_that_would_replace_what_they_read(pre_export, tmp_path, capsys):
+    """Checked before the first step: fine-tuning into the base model's folder, pretraining into its checkpoint
+    folder, converting into a folder of other files."""
+    from train import convert_original_checkpoint, finetune, pretrain
+
+    weights = (pre_export / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        finetune.main(["--model", str(pre_export), "--dataset", "cpsc2018", "--data-root", str(tmp_path),
+                       "--output-dir", str(tmp_path / "ft"), "--export-dir", str(pre_export)])
+    assert exit_.value.code == 2 and f"would replace {pre_export}" in capsys.readouterr().err
+    assert (pre_export / "model.safetensors").read_bytes() == weights
+    run = tmp_path / "run"
+    assert pretrain.main(["--dataset", str(tmp_path / "data"), "--output-dir", str(run), "--export-dir",
+                          str(run)]) == 2
+    assert f"would replace {run}" in capsys.readouterr().err
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "authors.pt").write_bytes(b"x")
+    assert convert_original_checkpoint.main(["--checkpoint", str(folder / "authors.pt"), "--output",
+                                             str(folder)]) == 1
+    assert f"would replace {folder / 'authors.pt'}" in capsys.readouterr().err

@@ -277,13 +277,14 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", help="tokenizer folder (e.g. google/flan-t5-base) to save as the processor")
     args = parser.parse_args(argv)
 
-    from train.export import export_model
+    from train.export import ExportTargetError, check_export_target, export_model
 
     try:
+        check_export_target(args.output, protect=(args.checkpoint, args.config, args.text_config, args.tokenizer))
         authors = _read_json(args.config, "authors' config")
         authors = authors.get("model", authors) if authors else None
         model = convert(args.checkpoint, authors, _read_json(args.text_config, "text config"))
-    except ConversionError as err:
+    except (ConversionError, ExportTargetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     processor = None

@@ -11,10 +11,17 @@ pipeline load it with `trust_remote_code=True`.
 
 Nothing local leaks into the folder: sub-configs drop where they were loaded from, and absolute paths in the
 card's facts are cut to their last component. Weights with a NaN or infinite value are refused.
+
+An export replaces its folder as a whole: it is written beside it (`.NAME.partial`) and renamed into place, so a
+run stopped midway leaves the previous export intact and no file of an older export (another tokenizer's, say)
+stays beside the new weights. Only a new or empty folder or an earlier D-BETA export is replaced
+(`check_export_target`); the runs that export call it before their first step too.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -53,6 +60,48 @@ CLASSIFICATION_PIPELINES = {
 # Shipped beside the weights: the pipeline, its prompt and scoring module and its prompt set (the same files a
 # re-save copies).
 EXTRA_FILES = COMPANION_FILES
+
+
+class ExportTargetError(ValueError):
+    """The export folder cannot be replaced: it holds something that is not a D-BETA export, or what the run reads."""
+
+
+def _is_dbeta_export(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type") == "dbeta"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_export_target(output_dir, protect: Sequence = ()) -> Path:
+    """Raise ExportTargetError unless `output_dir` is absent, an empty folder or a D-BETA export, and neither is
+    nor holds a folder in `protect` (the model a run starts from, its checkpoint folder). Returns it as a Path."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportTargetError(f"export folder {out} is a file")
+    resolved = out.resolve()
+    for path in protect:
+        if path is None:
+            continue
+        other = Path(path).resolve()
+        if other == resolved or resolved in other.parents:
+            raise ExportTargetError(f"export folder {out} would replace {path}, which this run reads or writes; "
+                                    "choose another export folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_dbeta_export(out):
+        raise ExportTargetError(f"export folder {out} is not empty and holds no D-BETA export (config.json with "
+                                "model_type 'dbeta'); an export replaces its folder as a whole, so choose a new or "
+                                "empty folder")
+    return out
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    """Move `staging` to `out`; an existing `out` is kept until the new folder is in place."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def custom_pipelines_for(model) -> dict:
@@ -224,21 +273,22 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
     if bad:
         raise ValueError(f"refusing to export {type(model).__name__} to {output_dir}: non-finite (NaN or infinite) "
                          f"values in {len(bad)} weight(s): {', '.join(bad[:20])}{' ...' if len(bad) > 20 else ''}")
-    out = Path(output_dir)
+    out = check_export_target(output_dir)
     register_auto_classes()
     model.config.auto_map = dict(AUTO_MAP)
     model.config.custom_pipelines = custom_pipelines_for(model)
-    kwargs = {"is_main_process": is_main_process}
-    if save_function is not None:
-        kwargs["save_function"] = save_function
-    model.save_pretrained(out, **kwargs)
-    if not is_main_process:
+    if not is_main_process:  # data-parallel ranks hold the same weights: the main process writes them
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a run stopped while exporting
+    model.save_pretrained(staging, **({"save_function": save_function} if save_function is not None else {}))
     if processor is not None:
-        processor.save_pretrained(out)
+        processor.save_pretrained(staging)
     for name in EXTRA_FILES:
         if (ROOT / name).is_file():
-            shutil.copyfile(ROOT / name, out / name)
+            shutil.copyfile(ROOT / name, staging / name)
     card = build_model_card(model, card_facts, base_model=base_model, datasets=datasets, license=license)
-    card.save(out / "README.md")
+    card.save(staging / "README.md")
+    _replace_folder(staging, out)
     return out

@@ -56,7 +56,7 @@ from eval.features import condition_item, load_processor, resolve_protocol_num_s
 from eval.metrics import auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
-from train.export import CLASSIFICATION_PIPELINES, export_model
+from train.export import CLASSIFICATION_PIPELINES, ExportTargetError, check_export_target, export_model
 from train.finetune_settings import FinetuneSettings
 from train.hub import push_export
 from train.settings import ConfigError, add_settings_arguments, read_config_file
@@ -288,6 +288,10 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
         # checkpoint, whichever run wrote it.
         raise ConfigError(f"{output_dir} already holds checkpoints of an earlier run ({Path(earlier).name}): pass "
                           "--resume to continue it, or use another output_dir (--output-dir)")
+    try:  # before any data is read, not after training
+        check_export_target(s.export_dir or output_dir / EXPORT_DIR, protect=(s.model.name_or_path, output_dir))
+    except ExportTargetError as err:
+        raise ConfigError(str(err)) from None
     if s.optim.lr == 0:
         logger.warning("optim.lr is 0: the weights stay as they are (a baseline run)")
     t0 = time.perf_counter()
