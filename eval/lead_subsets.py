@@ -56,7 +56,9 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
     from eval.linear_probe import probe_run, train_subset_indices
     from eval.zero_shot import class_prompts, class_text_features, label_set_name, zero_shot_scores
     from dbeta.prompting_dbeta import load_prompt_set, prompt_style_for
+    from eval.outputs import check_json_output
 
+    output = check_json_output(output)
     t_start = time.perf_counter()
     if isinstance(model, (str, Path)):
         name = str(model)

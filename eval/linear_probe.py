@@ -581,6 +581,10 @@ def run_probe(model: str, dataset: str, data_root, task: Optional[str] = None,
     seeds = [int(v) for v in seeds]
     if not fractions or not seeds:
         raise ValueError("give at least one fraction and one seed")
+    for name, values in (("fraction", fractions), ("seed", seeds)):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:  # one run counted twice would halve its std and weigh its mean
+            raise ValueError(f"each {name} once: {', '.join(f'{v:g}' for v in repeated)} repeated")
     if epochs < 1 or batch_size < 1 or feature_batch_size < 1:
         raise ValueError("epochs, batch_size and feature_batch_size must be positive")
     if bootstrap < 0 or num_workers < 0:
@@ -730,6 +734,9 @@ def run_linear_probe(*, model: str, dataset: str, data_root, output=None, task: 
     random_init, init_seed, protocol_num_samples, feature_batch_size, num_workers, threads, dtype, device,
     bootstrap), with the CLI's defaults. Bad arguments and data raise ValueError / FileNotFoundError naming
     what is wrong."""
+    from eval.outputs import check_json_output
+
+    output = check_json_output(output)
     result, extras = run_probe(model, dataset, data_root, task=task, fractions=fractions, seeds=seeds, **options)
     if output is not None:
         paths = write_outputs(result, Path(output), plot=plot, extras=extras)

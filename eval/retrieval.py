@@ -273,6 +273,9 @@ def run_retrieval(*, model: str, dataset: str, data_root, output=None, split: Op
     """Retrieval as a function (keywords as the CLI's flags). Returns the result dict (the JSON); with `output`
     it also writes FILE.json and FILE.md (listed in `result["outputs"]`). Bad arguments and data raise
     ValueError / FileNotFoundError / RecordError naming what is wrong."""
+    from eval.outputs import check_json_output
+
+    output = check_json_output(output)
     if scoring not in ("cosine", "dot"):
         raise ValueError(f"scoring must be cosine or dot, got {scoring!r}")
     if max_records is not None and max_records < 2:

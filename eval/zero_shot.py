@@ -193,6 +193,9 @@ def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None,
     FileNotFoundError or eval.features.RecordError naming what is wrong."""
     from eval.datasets import load_downstream
 
+    from eval.outputs import check_json_output
+
+    output = check_json_output(output)
     dataset = str(dataset).lower()
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -283,7 +286,7 @@ def write_outputs(result: dict, arrays: Optional[dict], output: Path, plot: bool
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = output.with_suffix("")
-    paths = {"json": str(output), "markdown": str(stem.with_suffix(".md"))}
+    paths = {"json": str(output), "markdown": str(output.with_suffix(".md"))}
     if arrays is not None and plot:
         from eval.plots import plot_roc_curves
 

@@ -365,3 +365,12 @@ def test_cli_refuses_bad_fractions_and_wrong_folders(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "ptbxl_database.csv" in err and "Traceback" not in err
     assert not (tmp_path / "x.json").exists()
+    # a seed given twice would count one run twice (std 0 from one run); an output the .md would overwrite
+    for extra, message in ((["--seeds", "42", "42"], "each seed once: 42 repeated"),
+                           (["--fractions", "0.1", "0.1"], "each fraction once: 0.1 repeated")):
+        with pytest.raises(SystemExit) as exit_info:
+            lp.main(probe_args(setup, tmp_path / "x.json") + extra)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        lp.main(probe_args(setup, tmp_path / "x.md"))
+    assert exit_info.value.code == 2 and "must be a .json file" in capsys.readouterr().err

@@ -266,6 +266,23 @@ def test_zero_shot_cli_bad_input(tiny_model, ptbxl_root, tmp_path, capsys):
     assert len(result["failures"]) == 1 and dat.stem in result["failures"][0]["error"]
 
 
+def test_outputs_of_two_tasks_in_one_folder_keep_their_names(tiny_model, ptbxl_root, tmp_path, capsys):
+    """FILE.json's Markdown table is FILE.md: "zs.super.json" and "zs.rhythm.json" do not share "zs.md", and an
+    --output that is not .json (which the table would overwrite) is refused before anything runs."""
+    from eval import zero_shot
+
+    base = ["--model", str(tiny_model[0]), "--dataset", "ptbxl", "--data-root", str(ptbxl_root), "--num-workers",
+            "0", "--quiet", "--bootstrap", "0", "--no-plots"]
+    for task in ("super", "rhythm"):
+        zero_shot.main(base + ["--task", task, "--output", str(tmp_path / f"zs.{task}.json")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["zs.rhythm.json", "zs.rhythm.md", "zs.super.json",
+                                                          "zs.super.md"]
+    assert "super" in (tmp_path / "zs.super.md").read_text() and "rhythm" in (tmp_path / "zs.rhythm.md").read_text()
+    with pytest.raises(SystemExit):
+        zero_shot.main(base + ["--task", "super", "--output", str(tmp_path / "md" / "zs.md")])
+    assert "must be a .json file" in capsys.readouterr().err and not (tmp_path / "md").exists()
+
+
 def test_retrieval_cli(tiny_model, ptbxl_root, tmp_path):
     from eval import retrieval
 
