@@ -305,7 +305,10 @@ def _labels_list(candidate_labels) -> List[str]:
         raise ValueError("candidate_labels is required, e.g. candidate_labels=['NORM', 'AFIB', 'MI']")
     if isinstance(candidate_labels, str):
         candidate_labels = [c.strip() for c in candidate_labels.split(",")]
-    labels = [str(c).strip() for c in candidate_labels]
+    for i, c in enumerate(candidate_labels):
+        if not isinstance(c, str):  # str(None) or str(nan) would be scored as the text "None" / "nan"
+            raise TypeError(f"candidate_labels[{i}] must be a string, got {type(c).__name__} {c!r}")
+    labels = [c.strip() for c in candidate_labels]
     if not labels or any(not c for c in labels):
         raise ValueError(f"candidate_labels must be non-empty strings, got {candidate_labels!r}")
     if len(set(labels)) != len(labels):
@@ -443,8 +446,15 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         """The texts each candidate label is encoded as, one tuple per label (prompting_dbeta.PromptSet.texts with
         this model's prompt set and prompt style)."""
         style = prompt_style_for(self.model.config, prompt_style)
-        return self.prompt_set(prompts).texts(_labels_list(candidate_labels), dataset, style, hypothesis_template,
-                                              members=prompt_members)
+        labels = _labels_list(candidate_labels)
+        texts = self.prompt_set(prompts).texts(labels, dataset, style, hypothesis_template, members=prompt_members)
+        first = {}
+        for label, text in zip(labels, texts):
+            if text in first:  # one class twice would split its share of the softmax between two labels
+                raise ValueError(f"candidate_labels {first[text]!r} and {label!r} are the same class (both are "
+                                 f"encoded as {text[0]!r}); give each class once")
+            first[text] = label
+        return texts
 
     def _label_features(self, texts: Sequence[tuple]) -> torch.Tensor:
         """Text features of the label texts, reused while the model, the processor, the weights and the texts stay

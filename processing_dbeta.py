@@ -33,6 +33,11 @@ CROP_POLICIES = ("start", "center", "random")
 NAN_POLICIES = ("interpolate", "zero", "raise")
 IMPLAUSIBLE_POLICIES = ("raise", "warn")
 MISSING_LEAD_POLICIES = ("zero", "raise")
+# Sampling rates an ECG can have: below 50 Hz the QRS is lost (and a sampling interval passed as a rate, 0.002,
+# would ask the resampler for gigabytes); above 20 kHz no recorder samples.
+SAMPLING_RATE_RANGE = (50.0, 20000.0)
+# A lead more than half of whose samples are NaN/inf is mostly invented once repaired (a plausibility problem).
+MAX_REPAIRED_SHARE = 0.5
 # Per-call options of DBetaFeatureExtractor.__call__ (besides the data arguments); anything else is refused.
 CALL_OPTIONS = ("normalization", "nan_policy", "crop", "implausible", "generator", "return_tensors", "leads",
                 "missing_leads", "return_lead_mask")
@@ -294,6 +299,20 @@ def _repair_non_finite(x: np.ndarray, policy: str, where: str) -> np.ndarray:
     return x
 
 
+def _as_float32(x, where: str) -> np.ndarray:
+    """The signal as float32; a finite value float32 cannot hold (|x| > 3.4e38) is an error, not an inf to repair."""
+    raw = np.asarray(x)
+    if raw.dtype.kind != "f" or raw.dtype.itemsize <= 4:
+        return np.asarray(raw, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        out = raw.astype(np.float32)
+    overflow = np.isinf(out) & np.isfinite(raw)
+    if overflow.any():
+        raise ValueError(f"{where}: {int(overflow.sum())} sample(s) beyond float32's range (largest "
+                         f"{float(np.abs(raw[overflow]).max()):.3g}): not an ECG in any unit")
+    return out
+
+
 def _resample(x: np.ndarray, source_rate: float, target_rate: float) -> np.ndarray:
     if abs(source_rate - target_rate) < 1e-6:
         return x
@@ -330,6 +349,10 @@ def _as_rate(value, where: str) -> float:
     rate = float(value)
     if not np.isfinite(rate) or rate <= 0:
         raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {value}")
+    low, high = SAMPLING_RATE_RANGE
+    if not low <= rate <= high:
+        raise ValueError(f"{where}: sampling_rate {value:g} Hz is outside the {low:g}-{high:g} Hz an ECG is "
+                         "recorded at (a sampling interval in seconds given as the rate?)")
     return rate
 
 
@@ -385,10 +408,14 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
          refuses a record that lacks one. A record with none of the requested standard leads is an error.
          `return_lead_mask=True` adds `lead_mask` [batch, 12] (bool: the leads actually used);
       3. non-finite repair (`nan_policy`): "interpolate" (default) bridges NaN/inf gaps linearly per lead and
-         rejects a lead with no finite sample; "zero" zeroes them; "raise" refuses any;
-      4. resampling to `sampling_rate` (polyphase, scipy.signal.resample_poly);
+         rejects a lead with no finite sample; "zero" zeroes them; "raise" refuses any. A value too large for
+         float32 (|x| > 3.4e38) is an error, never an inf to repair;
+      4. resampling to `sampling_rate` (polyphase, scipy.signal.resample_poly); a record's rate must lie in
+         SAMPLING_RATE_RANGE (50 Hz to 20 kHz);
       5. length: shorter than `min_duration` seconds is an error;
-      6. plausibility (`implausible`: "raise", default, or "warn"): a flat record (every lead constant within
+      6. plausibility (`implausible`: "raise", default, or "warn"): a lead of which more than half the samples
+         were NaN/inf (MAX_REPAIRED_SHARE; a lead with none finite that nan_policy="zero" zeroed is a missing
+         lead, not this) is mostly invented by the repair; a flat record (every lead constant within
          1 uV: an all-zero export, a DICOM channel sensitivity of 0) is not an ECG; with `normalization="none"`
          the amplitudes must be millivolts: more than 1% of a lead's samples beyond `max_amplitude_mv` (50 mV,
          ten times the largest QRS), or any sample beyond 20 times it, means another unit (int16 ADC counts,
@@ -524,7 +551,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                        missing_leads=missing_leads)
         self._check_options(options)
         normalization = normalization or self.normalization
-        x = np.asarray(x, dtype=np.float32)
+        x = _as_float32(x, where)
         if x.ndim != 2:
             raise ValueError(f"{where}: expected [leads, samples], got shape {tuple(x.shape)}")
         sampling_rate = _as_rate(sampling_rate, where)
@@ -538,6 +565,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"{where}: the signal is empty")
         if not used.all():  # conditioning sees only the leads in use; the others are zero rows at the end
             x = x[used]
+        repaired = (~np.isfinite(x)).mean(axis=1)
         x = _repair_non_finite(x, nan_policy or self.nan_policy, where)
         x = _resample(x, sampling_rate, self.sampling_rate)
         min_len = int(round(self.min_duration * self.sampling_rate))
@@ -547,7 +575,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 f"{self.min_duration:g} s (min_duration)"
             )
         names = [lead for lead, u in zip(self.lead_names, used) if u]
-        self._check_plausible(x, normalization, implausible or self.implausible, where, names)
+        self._check_plausible(x, normalization, implausible or self.implausible, where, names, repaired)
         x = self._fit_length(x, crop or self.crop, generator)
         if normalization == "minmax":
             lo, hi = float(x.min()), float(x.max())
@@ -560,10 +588,18 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         return (out, used) if return_lead_mask else out
 
     def _check_plausible(self, x: np.ndarray, normalization: str, policy: str, where: str,
-                         names: Sequence[str]) -> None:
+                         names: Sequence[str], repaired: np.ndarray) -> None:
         problem = None
         span = x.max(axis=1) - x.min(axis=1)
-        if (span <= 1e-3).all():
+        # a lead with no finite sample at all is zeroed on request (nan_policy="zero"): a missing lead, not this
+        mostly = np.nonzero((repaired > MAX_REPAIRED_SHARE) & (repaired < 1))[0]
+        if len(mostly):
+            lead = int(mostly[np.argmax(repaired[mostly])])
+            name = names[lead] if lead < len(names) else str(lead)
+            problem = (f"lead {name} has {100 * repaired[lead]:.1f}% NaN/inf samples (more than "
+                       f"{100 * MAX_REPAIRED_SHARE:g}%): repaired, most of it would be invented. Leave the lead out "
+                       "(leads=...) or set implausible='warn'")
+        elif (span <= 1e-3).all():
             problem = (f"flat signal: every lead is constant (value {float(x.flat[0]):.4g}), so this is no ECG "
                        "(an all-zero export, or a zero channel sensitivity?)")
         elif normalization == "none" and self.max_amplitude_mv:

@@ -327,6 +327,12 @@ def test_call_keywords_are_validated(exported):
         pipe(signal, sampling_rate=500, candidate_labels=LABELS, _text_embeds=torch.zeros(4, 32))
     with pytest.raises(ValueError, match="unknown dataset 'cspc2018'"):
         pipe(signal, sampling_rate=500, candidate_labels=["AF"], dataset="cspc2018")
+    # one class under two spellings would split its softmax share; a missing label is not the text "nan"
+    with pytest.raises(ValueError, match="'AFIB' and 'Afib' are the same class"):
+        pipe(signal, sampling_rate=500, candidate_labels=["AFIB", "Afib", "NORM"])
+    for bad in (None, float("nan"), 3):
+        with pytest.raises(TypeError, match=r"candidate_labels\[1\] must be a string"):
+            pipe(signal, sampling_rate=500, candidate_labels=["NORM", bad])
 
 
 def test_labels_travel_through_the_model_inputs_and_outputs(exported):

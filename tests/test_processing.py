@@ -1,5 +1,6 @@
 """The processor: signal conditioning policies, clear errors, file readers (WFDB, the real DICOM ECG), text."""
 
+import re
 import numpy as np
 import pytest
 import torch
@@ -112,6 +113,24 @@ def test_nan_policies():
     assert zeroed[7].eq(0).all()
 
 
+def test_a_mostly_missing_lead_is_implausible_not_silently_invented():
+    """Repair bridges gaps; a lead whose samples are mostly NaN (99%: 0.1 s of signal stretched over 10 s) would
+    be scored as an ECG. Refused by default, a warning where a long run must go on (implausible="warn")."""
+    fe = DBetaFeatureExtractor()
+    x = ecg_batch(1)[0].numpy()
+    gappy = x.copy()
+    gappy[4, 2400:] = np.nan  # 52% of lead aVL
+    with pytest.raises(ValueError, match=r"ecg\[0\]: lead aVL has 52.0% NaN/inf samples"):
+        fe(gappy, sampling_rate=500)
+    for policy in ("interpolate", "zero"):
+        with pytest.warns(UserWarning, match="lead aVL has 52.0% NaN/inf"):
+            fe(gappy, sampling_rate=500, nan_policy=policy, implausible="warn")
+    gappy[4, 2600:] = x[4, 2600:]  # 4% missing: an ordinary gap, bridged
+    assert np.isfinite(fe(gappy, sampling_rate=500)["ecg_values"].numpy()).all()
+    gappy[4] = np.nan  # no finite sample: with nan_policy="zero" a missing lead, not a mostly invented one
+    assert fe(gappy, sampling_rate=500, nan_policy="zero")["ecg_values"][0, 4].eq(0).all()
+
+
 def test_minmax_normalisation():
     x = ecg_batch(1)[0].numpy()
     out = DBetaFeatureExtractor(normalization="minmax")(x, sampling_rate=500)["ecg_values"][0]
@@ -215,6 +234,10 @@ def test_implausible_amplitudes_and_flat_records_are_refused_naming_the_record()
     spikes[3, 100:103] = 1e30  # a few corrupt samples
     with pytest.raises(ValueError, match="implausible amplitude"):
         fe(spikes, sampling_rate=500)
+    spikes = x.astype(np.float64)
+    spikes[3, 100:103] = 1e39  # beyond float32: an inf after the cast, which the NaN repair would have bridged
+    with pytest.raises(ValueError, match=r"ecg\[0\]: 3 sample\(s\) beyond float32's range \(largest 1e\+39\)"):
+        fe(spikes, sampling_rate=500)
     with pytest.raises(ValueError, match=r"ecg\[1\]: flat signal"):
         fe([x, np.zeros((12, 5000))], sampling_rate=500)  # the second record is named, not the first
     with pytest.raises(ValueError, match="flat signal"):
@@ -240,6 +263,11 @@ def test_sampling_rate_and_lead_names_of_the_wrong_type_are_clear_errors():
         fe(x, sampling_rate=500, lead_names="I II III aVR aVL aVF V1 V2 V3 V4 V5 V6")
     with pytest.raises(ValueError, match="sampling_rate must be a number"):
         fe.condition(x, "500 Hz")
+    # a sampling interval given as the rate would ask the resampler for tens of GB; 5 Hz cannot carry an ECG
+    for rate in (0.002, 5, 1e6):
+        with pytest.raises(ValueError, match=re.escape(f"sampling_rate {rate:g} Hz is outside the 50-20000 Hz")):
+            fe(x, sampling_rate=rate)
+    assert fe(x[:, :1000], sampling_rate=100)["ecg_values"].shape == (1, 12, 5000)  # PTB-XL's 100 Hz records
 
 
 def test_known_extra_leads_are_dropped_and_unknown_names_refused():
