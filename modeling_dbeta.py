@@ -479,6 +479,8 @@ class DBetaPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_missing = [r"(^|\.)geometry$"]
 
     def __init__(self, config: DBetaConfig, *args, **kwargs):
+        # from_pretrained(..., ets_mode=...) sets such keywords on the config after it was built and checked
+        config._validate()
         super().__init__(config, *args, **kwargs)
         # The ECG encoder is a plain module, so transformers sets only the top-level attention implementation at
         # init (`set_attn_implementation` later reaches the ECG sub-config too); the ECG layers read their own.

@@ -68,6 +68,12 @@ def test_damaged_checkpoints_are_refused_with_the_keys_named(shared_dir, tmp_pat
     with pytest.raises(ConversionError, match="shape mismatches"):
         convert(fx / "checkpoint.pt", authors, dict(text, num_heads=8, d_kv=8))  # wrong text config
 
+    for key in ("mim_head.decoder_embed.weight", "multi_modal_ecg_layers.0.intermediate.dense.weight",
+                "ecg_encoder.conv_pos.pos_conv.0.weight_v"):  # read for the config: named, not a KeyError
+        torch.save({"model": {k: v for k, v in state.items() if k != key}}, tmp_path / "part.pt")
+        with pytest.raises(ConversionError, match=f"part.pt: not a D-BETA pretraining checkpoint \\(missing {key}"):
+            convert(tmp_path / "part.pt", authors, text)
+
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConversionError, match="garbage.pt"):
         convert(tmp_path / "garbage.pt", authors, text)

@@ -183,6 +183,7 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert first["test"]["report"]["n_records"] == 10 and first["best_val_macro_auc"] is not None
     assert first["test"]["report"]["macro_auprc"] is not None and "eval_macro_auprc" in first["eval_log"][0]
     assert json.loads((out / "results.json").read_text())["schema"] == "dbeta-finetune/1"
+    assert json.loads((out / ft.SETTINGS_FILE).read_text())["data"]["dataset"] == "cpsc2018"
 
     pushed = []
     monkeypatch.setattr(ft, "push_export", lambda folder, repo, **kw: pushed.append((folder, repo, kw)) or "url")
@@ -339,6 +340,31 @@ def test_an_output_folder_with_checkpoints_needs_resume(tmp_path, capsys, nothin
     assert "--resume" in err and (out / "checkpoint-500" / "model.safetensors").read_bytes() == b"earlier run"
     with pytest.raises(AssertionError, match="data or a model was read"):  # --resume goes on to read the data
         ft.main(argv + ["--resume"])
+
+
+def test_a_resume_under_another_task_model_or_data_is_refused(tmp_path, capsys, nothing_is_read):
+    """The run's settings are kept beside its checkpoints; --resume with another task (a classifier of another
+    shape), base model or data folder stops before anything is read instead of failing deep in Trainer or
+    continuing silently on other data."""
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    argv = ["--model", str(tmp_path / "model"), "--dataset", "ptbxl", "--task", "super", "--data-root",
+            str(tmp_path / "data"), "--output-dir", str(out), "--resume"]
+    settings = ft.FinetuneSettings.from_dict({"model": {"name_or_path": str(tmp_path / "model")}, "output_dir": str(out),
+                                             "data": {"dataset": "ptbxl", "task": "super",
+                                                      "root": str(tmp_path / "data")}})
+    (out / ft.SETTINGS_FILE).write_text(json.dumps(settings.to_dict()))
+    for flag, value, named in (("--task", "rhythm", "data.task: 'super' -> 'rhythm'"),
+                               ("--model", str(tmp_path / "other"), "model.name_or_path"),
+                               ("--data-root", str(tmp_path / "elsewhere"), "data.root")):
+        changed = list(argv)
+        changed[changed.index(flag) + 1] = value
+        with pytest.raises(SystemExit) as exit_:
+            ft.main(changed)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "the run differs from the checkpointed one" in err and named in err, err
+    with pytest.raises(AssertionError, match="data or a model was read"):  # the same run resumes
+        ft.main(argv)
 
 
 def test_every_flag_keeps_its_meaning(tmp_path):

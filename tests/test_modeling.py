@@ -622,3 +622,16 @@ def test_a_misspelt_config_setting_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(TypeError, match="ets_mod"):
         DBetaConfig.from_pretrained(tmp_path)
+
+
+def test_settings_given_to_from_pretrained_are_checked_like_the_config_s_own(config, tmp_path):
+    """from_pretrained(d, ets_mode=...) sets the keyword on the loaded config after its checks ran: a bad value
+    loaded silently (or failed later as tuple.index's "x not in tuple"); the model checks its config when built."""
+    DBetaModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="ets_mode must be one of .* got 'nonsense'"):
+        DBetaModel.from_pretrained(tmp_path, ets_mode="nonsense")
+    with pytest.raises(ValueError, match="text_pooling must be one of .* got 'max'"):
+        DBetaModel.from_pretrained(tmp_path, text_pooling="max")
+    assert DBetaModel.from_pretrained(tmp_path, zero_shot_prompt_style="name").config.zero_shot_prompt_style == "name"
+    with pytest.raises(ValueError, match="zero_shot_prompt_style must be one of"):
+        DBetaModel.from_pretrained(tmp_path, zero_shot_prompt_style="names")

@@ -74,6 +74,19 @@ class ConversionError(RuntimeError):
     pass
 
 
+# The tensors whose shapes give the config (config_from_checkpoint): a checkpoint without one of them (an
+# ECG-only fine-tune has no MEM head or fusion layers) is not a pretrained D-BETA.
+CONFIG_KEYS = (
+    "ecg_encoder.post_extract_proj.weight",
+    "ecg_encoder.feature_extractor.conv_layers.0.0.weight",
+    "ecg_encoder.conv_pos.pos_conv.0.weight_v",
+    "ecg_encoder.encoder.layers.0.fc1.weight",
+    "modality_type_embeddings.weight",
+    "mim_head.decoder_embed.weight",
+    "multi_modal_ecg_layers.0.intermediate.dense.weight",
+)
+
+
 def map_key(key: str, value: torch.Tensor) -> dict:
     """One source key -> {target key: tensor}; {} if the key has no mapping."""
     exact = {
@@ -196,10 +209,10 @@ def load_authors_state(path: str | Path) -> dict:
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{path}: expected {{'model': state_dict}} or a state_dict of tensors")
-    required = ["ecg_encoder.post_extract_proj.weight", "modality_type_embeddings.weight"]
-    missing = [k for k in required if k not in state]
+    missing = [k for k in CONFIG_KEYS if k not in state]
     if missing:
-        raise ConversionError(f"{path}: not a D-BETA checkpoint (missing {', '.join(missing)})")
+        raise ConversionError(f"{path}: not a D-BETA pretraining checkpoint (missing {', '.join(missing)}; an "
+                              "ECG-only fine-tune has no MEM head or fusion layers to convert)")
     return state
 
 

@@ -66,6 +66,9 @@ logger = logging.getLogger("dbeta.finetune")
 
 HEAD_PREFIXES = ("classifier.",)
 RESULTS_FILE = "results.json"
+SETTINGS_FILE = "finetune_settings.json"  # the run's settings, written at its start: a --resume is checked against it
+# What a run is: a --resume under other values would load weights of another shape, or train on other data.
+RUN_IDENTITY = ("model.name_or_path", "data.dataset", "data.task", "data.root")
 EXPORT_DIR = "export"
 EXIT_CONFIG = 2
 
@@ -292,10 +295,20 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
         check_export_target(s.export_dir or output_dir / EXPORT_DIR, protect=(s.model.name_or_path, output_dir))
     except ExportTargetError as err:
         raise ConfigError(str(err)) from None
+    settings_file = output_dir / SETTINGS_FILE
+    if earlier and settings_file.is_file():
+        changed = s.changed_since(json.loads(settings_file.read_text()), RUN_IDENTITY)
+        if changed:
+            raise ConfigError(f"--resume in {output_dir}: the run differs from the checkpointed one ("
+                              + "; ".join(changed) + "). Restore them, or start a new run in another --output-dir")
     if s.optim.lr == 0:
         logger.warning("optim.lr is 0: the weights stay as they are (a baseline run)")
     t0 = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
+    if not earlier:
+        tmp = settings_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(s.to_dict(), indent=1))
+        tmp.replace(settings_file)
     parts = prepare(s)
     class_names, datasets = parts["class_names"], parts["datasets"]
     trainer = build_trainer(s, parts["model"], parts["processor"], datasets["train"], datasets["val"],

@@ -406,16 +406,7 @@ DATA_ORDER_SETTINGS = ("seed", "data.dataset", "data.mimic_root", "data.train_sp
 
 def check_same_data(checkpoint: Path, s: PretrainSettings, state: TrainState, train_rows: int) -> None:
     """Refuse a resume whose data settings or training split differ from the checkpointed run's."""
-    saved = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
-    now = s.to_dict()
-
-    def get(tree, dotted):
-        for part in dotted.split("."):
-            tree = tree.get(part) if isinstance(tree, dict) else None
-        return tree
-
-    changed = [f"{k}: {get(saved, k)!r} -> {get(now, k)!r}" for k in DATA_ORDER_SETTINGS
-               if get(saved, k) != get(now, k)]
+    changed = s.changed_since(json.loads((checkpoint / RUN_CONFIG_FILE).read_text()), DATA_ORDER_SETTINGS)
     if state.train_rows is not None and state.train_rows != train_rows:
         changed.append(f"training rows: {state.train_rows} -> {train_rows} (the data changed)")
     if changed:

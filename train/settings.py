@@ -40,6 +40,16 @@ class Settings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def changed_since(self, saved: dict, keys) -> list:
+        """"key: old -> new" for each dotted key whose value differs from the `saved` to_dict() of an earlier run."""
+        def get(tree, dotted):
+            for part in dotted.split("."):
+                tree = tree.get(part) if isinstance(tree, dict) else None
+            return tree
+
+        now = self.to_dict()
+        return [f"{k}: {get(saved, k)!r} -> {get(now, k)!r}" for k in keys if get(saved, k) != get(now, k)]
+
     @classmethod
     def from_dict(cls, values: dict):
         settings = cls()
