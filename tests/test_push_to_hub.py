@@ -7,6 +7,7 @@ in-process pushes only; loading is checked in fresh subprocesses with HF_ENDPOIN
 
 from __future__ import annotations
 
+import shutil
 import json
 import os
 import subprocess
@@ -210,6 +211,19 @@ def test_cli_missing_weights_errors_clearly(tiny_export, hub, tmp_path):
     assert "model.safetensors" in proc.stderr and str(incomplete) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert hub.requests == []  # validation happens before any network call
+
+
+def test_a_folder_holding_pickles_is_not_pushed(tiny_export, hub, tmp_path):
+    """A Trainer checkpoint (optimizer.pt, training_args.bin) or any pickle beside the safetensors weights: refused
+    before any request, naming the files."""
+    folder = tmp_path / "with_pickles"
+    shutil.copytree(tiny_export["folder"], folder)
+    (folder / "checkpoint-6").mkdir()
+    (folder / "checkpoint-6" / "optimizer.pt").write_bytes(b"pickle")
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    with pytest.raises(RuntimeError, match="pickle file\\(s\\) checkpoint-6/optimizer.pt, training_args.bin"):
+        push_export(folder, REPO_ID, token="hf_fake", endpoint=hub.url)
+    assert hub.requests == []
 
 
 def test_cli_pushes_folder(tiny_export, hub, tmp_path):

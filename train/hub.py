@@ -20,6 +20,9 @@ MODEL_CARD = "model_card.md"  # older exports' card: uploaded as README.md when 
 # Directories and file patterns that are never uploaded (caches, training state, VCS metadata).
 SKIP_DIRS = frozenset({"__pycache__", "checkpoints", ".git", ".cache", ".ipynb_checkpoints"})
 SKIP_FILES = ("*.pyc", "*.pyo", ".DS_Store")
+# Pickle formats run code when loaded: whoever downloads the repo would be exposed, so a folder holding one (a
+# Trainer checkpoint's optimizer.pt, training_args.bin, a pytorch_model.bin) is not uploaded at all.
+PICKLE_FILES = ("*.pt", "*.pth", "*.bin", "*.pkl", "*.pickle", "*.ckpt", "*.joblib")
 
 
 def validate_export(folder: str | Path) -> Path:
@@ -84,6 +87,10 @@ def push_export(
     """
     folder = validate_export(folder)
     files = collect_files(folder)
+    pickles = sorted(name for name in files if any(fnmatch.fnmatch(Path(name).name, p) for p in PICKLE_FILES))
+    if pickles:
+        raise RuntimeError(f"Refusing to push {folder}: pickle file(s) {', '.join(pickles[:10])} would run code on "
+                           "whoever loads them; push a save_pretrained() folder (safetensors weights) only.")
     api = HfApi(endpoint=endpoint, token=token)
     where = f"{repo_id!r} at {api.endpoint}"
     if constants.is_offline_mode():
