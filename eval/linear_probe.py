@@ -20,7 +20,9 @@ What it does:
    fingerprint, the dataset, task, split, root, record list and label matrix, the processor settings and the
    dtype, so another model, processor or data set never reuses them.
 2. Head. One `nn.Linear(hidden, classes)` trained on the cached tensors: multi-label BCE with logits, Adam
-   (lr 1e-3, weight decay 1e-4), batch 16, 100 epochs. The training subset for a fraction f < 1 is
+   (lr 1e-3, weight decay 1e-4), batch 16, 100 epochs, on features standardised with the training subset's
+   per-dimension mean and std (as MAE's probe does with a BatchNorm without affine; without it, Adam on the
+   uncentred features ranked the demo's LVH backwards, AUC 14.6, where logistic regression gives 97). The training subset for a fraction f < 1 is
    `train_test_split(train, train_size=floor(f * n), random_state=seed)` without stratification; val and test
    stay whole. The seed also fixes the head's initialisation and the batch order.
 3. Metrics, per fraction and seed: macro ROC AUC (mean of the per-class AUCs of the classes that have both
@@ -32,7 +34,7 @@ What it does:
    via eval.metrics.auc_report). Mean and std (ddof=1) over seeds. A val or test split without any class
    that has both a positive and a negative record is an error (its macro AUC is undefined).
 
-Outputs: FILE.json (schema `dbeta-linear-probe/1`), FILE.md (tables), FILE.png (val/test AUC per epoch) and
+Outputs: FILE.json (schema `dbeta-linear-probe/2`), FILE.md (tables), FILE.png (val/test AUC per epoch) and
 FILE.roc-<fraction>.png (test ROC curves of the first seed's val-selected head).
 `--random-init` probes the same architecture with freshly initialised weights (the model's config only): the
 baseline row. Fractions outside (0, 1] are refused when the arguments are parsed; data errors (a folder of
@@ -72,7 +74,7 @@ from dbeta.processing_dbeta import DBetaFeatureExtractor
 
 logger = logging.getLogger("dbeta.linear_probe")
 
-SCHEMA = "dbeta-linear-probe/1"
+SCHEMA = "dbeta-linear-probe/2"  # /2: features standardised before the head
 CACHE_FORMAT = 1  # bump when the way features are computed changes, so old cache files are not reused
 PROBE_DATASETS = ("ptbxl", "cpsc2018", "csn", "physionet2021")
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
@@ -278,6 +280,12 @@ def train_linear_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     best val macro AUC) and best_test_scores (the test logits [n_test, classes] at that epoch)."""
     xt, yt = torch.as_tensor(x_train, dtype=torch.float32), torch.as_tensor(y_train, dtype=torch.float32)
     xv, xs = torch.as_tensor(x_val, dtype=torch.float32), torch.as_tensor(x_test, dtype=torch.float32)
+    # Features standardised with the training subset's mean and std (MAE's linear probe puts a BatchNorm without
+    # affine before the head): on uncentred features Adam learns the class prior through the weights along their
+    # common offset and can rank a class backwards (a class told apart by a larger feature norm scored AUC 0.0
+    # where logistic regression scores 1.0). The head stays linear in the raw features.
+    mean, std = xt.mean(dim=0), xt.std(dim=0, unbiased=False).clamp_min(1e-6)
+    xt, xv, xs = (xt - mean) / std, (xv - mean) / std, (xs - mean) / std
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = torch.nn.Linear(xt.shape[1], yt.shape[1])
@@ -662,6 +670,7 @@ def run_probe(model: str, dataset: str, data_root, task: Optional[str] = None,
         "feature_dtype": dtype,
         "protocol": {
             "head": "nn.Linear(feature_dim, classes)",
+            "features": "standardised with the training subset's per-dimension mean and std",
             "loss": "BCEWithLogitsLoss (multi-label)",
             "optimizer": "Adam",
             "lr": lr,

@@ -180,6 +180,27 @@ def test_head_separates_an_easy_feature_set():
     assert abs(h["test_auc"][-1] - 0.5) < 0.2
 
 
+def test_head_agrees_with_logistic_regression_on_uncentred_features():
+    """Outside check: sklearn's LogisticRegression on the same features. Features with a common offset (as pooled
+    encoder outputs have), one class told apart by a larger norm (LVH's higher voltages did this in the demo):
+    the protocol's Adam head on raw features ranked that class backwards (test AUC 0.0, LVH 14.6 in the demo);
+    standardised with the training subset's statistics it agrees with logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        y = np.stack([rng.random(n) < 0.12, rng.random(n) < 0.5], axis=1).astype(np.float32)
+        x = rng.normal(0.3, 0.05, size=(n, 64)) * np.where(y[:, :1] == 1, 1.5, 1.0)
+        return x.astype(np.float32), y
+
+    (xt, yt), (xv, yv), (xs, ys) = draw(100), draw(200), draw(200)
+    reference = roc_auc_score(ys[:, 0], LogisticRegression(max_iter=5000).fit(xt, yt[:, 0]).decision_function(xs))
+    h = lp.train_linear_head(xt, yt, xv, yv, xs, ys, epochs=100, seed=42)
+    assert reference > 0.99 and roc_auc_score(ys[:, 0], h["best_test_scores"][:, 0]) > 0.99
+
+
 def test_head_is_reproducible_and_seeded():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(60, 8)).astype(np.float32), (rng.random((60, 3)) < 0.5).astype(np.float32)
@@ -227,7 +248,7 @@ def test_missing_encoder_weights_are_an_error(setup, tmp_path):
 def test_probe_results_and_json_schema(first_run):
     result, out = first_run["result"], first_run["out"]
     saved = json.loads(out.read_text())
-    assert saved["schema"] == "dbeta-linear-probe/1" == result["schema"]
+    assert saved["schema"] == "dbeta-linear-probe/2" == result["schema"]
     assert saved["class_names"] == ["AFIB", "VPC", "NORM", "1AVB", "CRBBB", "STE", "PAC", "CLBBB", "STD"]
     assert saved["feature_dim"] == 32 and saved["random_init"] is False
     assert saved["protocol"]["epochs"] == 15 and saved["protocol"]["lr"] == 1e-3
