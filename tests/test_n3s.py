@@ -342,6 +342,34 @@ def test_cli_on_a_saved_dataset_dict(tmp_path, bert_dir, capsys):
         table.id_of(val[0])
 
 
+def test_a_build_stopped_while_saving_keeps_the_old_table(tmp_path, bert_dir, monkeypatch, capsys):
+    """The table is written beside the output and renamed into place: a stop while saving (here: writing the
+    negatives) leaves the previous table loadable, not a folder that no later run accepts."""
+    import datasets
+
+    import train.n3s as n3s
+
+    datasets.Dataset.from_dict({"report": CORPUS[:60]}).save_to_disk(tmp_path / "dataset")
+    base = ["--dataset", str(tmp_path / "dataset"), "--encoder", str(bert_dir), "--quiet"]
+    assert cli.main(base + ["--k", "4"]) == 0
+    capsys.readouterr()
+    real_save = np.save
+
+    def stopped(path, *args, **kwargs):
+        if str(path).endswith(n3s.NEGATIVES_FILE):
+            raise KeyboardInterrupt
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(n3s.np, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(base + ["--k", "8", "--overwrite"])
+    monkeypatch.undo()
+    assert N3STable.load(tmp_path / "dataset" / "n3s").k == 4  # the old table, whole
+    assert cli.main(base + ["--k", "8", "--overwrite"]) == 0
+    assert N3STable.load(tmp_path / "dataset" / "n3s").k == 8
+    assert sorted(p.name for p in (tmp_path / "dataset").iterdir() if p.name.startswith(".n3s")) == []
+
+
 def test_cli_on_a_plain_dataset_with_t5(tmp_path, t5_dir, capsys):
     import datasets
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from train.n3s import (
     TextEmbedder,
     build_n3s_table,
 )
+from train.folders import replace_folder, staging_folder
 
 
 logger = logging.getLogger("train.build_n3s")
@@ -185,9 +185,10 @@ def run(args) -> dict:
     except NoReportsError as e:
         raise N3SBuildError(f"{e} (dataset {args.dataset!r}, split {source['split']!r}, column {args.column!r})") from e
     table.meta["time_s"]["encoder_load"] = round(t_load, 3)
-    if output.exists() and args.overwrite:
-        shutil.rmtree(output)
-    table.save(output, embeddings=emb if args.save_embeddings else None)
+    # written beside the output and renamed into place: a kill leaves the old table (or none), never half of one
+    staging = staging_folder(output)
+    table.save(staging, embeddings=emb if args.save_embeddings else None)
+    replace_folder(staging, output)
     m = table.meta
     return {"output": str(output), "reports": len(table), "k": table.k, "mode": m["mode"],
             "max_similarity": m["max_similarity"], "encoder": m["encoder"]["name"], "index": m["index"],

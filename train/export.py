@@ -21,7 +21,6 @@ stays beside the new weights. Only a new or empty folder or an earlier D-BETA ex
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from dbeta.configuration_dbeta import DBetaConfig
 from dbeta.modeling_dbeta import COMPANION_FILES, DBetaForECGClassification, DBetaForPreTraining, DBetaModel
 from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
+from train.folders import replace_folder, staging_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_TASK = "zero-shot-ecg-classification"
@@ -92,16 +92,6 @@ def check_export_target(output_dir, protect: Sequence = ()) -> Path:
                                 "model_type 'dbeta'); an export replaces its folder as a whole, so choose a new or "
                                 "empty folder")
     return out
-
-
-def _replace_folder(staging: Path, out: Path) -> None:
-    """Move `staging` to `out`; an existing `out` is kept until the new folder is in place."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.rename(out, old)
-    os.rename(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def custom_pipelines_for(model) -> dict:
@@ -279,9 +269,7 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
     model.config.custom_pipelines = custom_pipelines_for(model)
     if not is_main_process:  # data-parallel ranks hold the same weights: the main process writes them
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a run stopped while exporting
+    staging = staging_folder(out)
     model.save_pretrained(staging, **({"save_function": save_function} if save_function is not None else {}))
     if processor is not None:
         processor.save_pretrained(staging)
@@ -290,5 +278,5 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
             shutil.copyfile(ROOT / name, staging / name)
     card = build_model_card(model, card_facts, base_model=base_model, datasets=datasets, license=license)
     card.save(staging / "README.md")
-    _replace_folder(staging, out)
+    replace_folder(staging, out)
     return out

@@ -1,0 +1,30 @@
+"""Publishing a folder whole: written beside its destination, then renamed into place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["staging_folder", "replace_folder"]
+
+
+def staging_folder(out: Path) -> Path:
+    """An empty `.NAME.partial` beside `out` (what a stopped run left there is removed)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """Move `staging` to `out`. An existing `out` is kept (as `.NAME.old`) until the new folder is in place, so a
+    run stopped at any point leaves the old folder or the new one, never a mix."""
+    out = Path(out)
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
