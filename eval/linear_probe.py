@@ -174,15 +174,18 @@ def extract_features(encoder: DBetaForECGClassification, fe: DBetaFeatureExtract
 
 
 def records_fingerprint(dataset) -> str:
-    """Digest of the record ids, the label matrix and, where a record is a file, its size and mtime."""
+    """Digest of the record ids, the label matrix and the size and mtime of the files each record is read from:
+    a WFDB header and its signal file (.dat or .mat, whether the loader names the record with or without .hea),
+    an original CPSC .mat, CODE-test's HDF5 file ("FILE (tracings[i])")."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update("\n".join(dataset.record_ids).encode())
     digest.update(np.ascontiguousarray(dataset.labels_matrix(), dtype=np.float32).tobytes())
     source = getattr(dataset, "_source", None)
     if source is not None:
         for i in range(len(dataset)):
-            where = str(source(i))
-            for path in (where, where + ".dat", where + ".hea"):  # PTB-XL names the record without a suffix
+            where = str(source(i)).split(" (")[0]
+            stem = where[:-4] if where.endswith((".hea", ".dat", ".mat")) else where
+            for path in dict.fromkeys((where, stem + ".hea", stem + ".dat", stem + ".mat")):
                 try:
                     st = os.stat(path)
                 except (OSError, ValueError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -346,6 +347,20 @@ def test_cache_is_not_reused_by_another_model_or_processor_setting(setup, first_
     path.write_bytes(b"not safetensors")
     again, info = features(encoder, fe, fingerprint, 300)
     assert not info["hit"] and again.shape == (len(val), 32) and len(extractions) == before + 4
+
+    # a record's signal file rewritten in place (the header untouched): the CPSC loader names the record by its
+    # .hea, and only that file was fingerprinted, so the old features came back
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    moved = load_downstream("cpsc2018", data, split="val")
+    _, info = lp.cached_features(encoder, fe, moved, "val", cache, fingerprint)
+    assert not info["hit"]
+    signal = Path(str(moved._source(0))).with_suffix(".dat")
+    assert signal.is_file()
+    signal.write_bytes(signal.read_bytes())  # same bytes, a new mtime: the record may have changed
+    os.utime(signal, ns=(signal.stat().st_atime_ns, signal.stat().st_mtime_ns + 10**9))
+    _, info = lp.cached_features(encoder, fe, moved, "val", cache, fingerprint)
+    assert not info["hit"]
 
 
 def test_random_init_baseline(setup, first_run, extractions):
