@@ -163,6 +163,53 @@ def _wfdb_header_length(wfdb, base: str) -> Optional[int]:
     return wfdb.rdheader(base).sig_len or None
 
 
+def wfdb_file_bytes(fmt: str, n_values: int) -> Optional[int]:
+    """Bytes that `n_values` samples take in WFDB storage format `fmt`; None for a format not listed here."""
+    if fmt in ("16", "61"):
+        return 2 * n_values
+    if fmt == "80":
+        return n_values
+    if fmt == "212":  # two 12-bit samples in 3 bytes
+        return (3 * n_values + 1) // 2
+    if fmt in ("310", "311"):  # three 10-bit samples in a 32-bit word
+        return 4 * -(-n_values // 3)
+    return None
+
+
+def _check_signal_files(record, base: str, length: Optional[int]) -> None:
+    """Each signal file's size against what its header implies (a wrong format or signal count would otherwise be
+    read as plausible-looking noise), and a MATLAB v4 `.mat`'s matrix shape against [signals, samples] (a matrix
+    saved transposed has the same size but the samples in another order)."""
+    names, fmts = list(getattr(record, "file_name", None) or []), [str(f) for f in (record.fmt or [])]
+    if not length or not names or len(fmts) != len(names) or any((s or 1) != 1 for s in record.samps_per_frame or []):
+        return
+    offsets = {}
+    for name, offset in zip(names, record.byte_offset or [None] * len(names)):
+        offsets.setdefault(name, offset or 0)
+    folder = Path(base).parent
+    for name in dict.fromkeys(names):
+        count = names.count(name)
+        file_fmts = {f for n, f in zip(names, fmts) if n == name}
+        per_file = wfdb_file_bytes(file_fmts.pop(), length * count) if len(file_fmts) == 1 else None
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue  # wfdb read it, so it exists; a race is not this check's business
+        if per_file is not None and size != offsets[name] + per_file:
+            raise ECGReadError(f"{path}: {size} bytes, but the header implies {offsets[name] + per_file} ({count} "
+                               f"signals x {length} samples in format {fmts[names.index(name)]}"
+                               f"{f' after {offsets[name]} header bytes' if offsets[name] else ''}): a wrong format "
+                               "or signal count in the header, or a damaged file")
+        if path.suffix.lower() == ".mat" and offsets[name] >= 20:
+            head = np.fromfile(path, dtype="<i4", count=5)
+            if len(head) == 5 and head[0] in (0, 10, 20, 30, 40, 50) and head[3] == 0:  # little-endian v4, real
+                rows, cols = int(head[1]), int(head[2])
+                if (rows, cols) != (count, length):
+                    raise ECGReadError(f"{path}: the MATLAB matrix is {rows} x {cols}, the header implies {count} "
+                                       f"signals x {length} samples (saved as [samples, leads]?)")
+
+
 def wfdb_info(path: Union[str, Path]) -> dict:
     """A WFDB record's header facts without reading its samples: {"path", "sampling_rate", "num_samples",
     "lead_names"} (`num_samples` is None when the header does not say)."""
@@ -192,6 +239,7 @@ def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] =
     signal = record.p_signal
     if signal is None or signal.ndim != 2:
         raise ECGReadError(f"{base}: WFDB record has no physical signal")
+    _check_signal_files(record, base, header_length)
     expected = (sampto if sampto is not None else header_length or 0) - sampfrom
     if header_length and signal.shape[0] != expected:
         raise ECGReadError(

@@ -96,7 +96,14 @@ def read_ptbxl_tables(root: PathLike) -> Tuple[pd.DataFrame, pd.DataFrame]:
     if len(missing_file):
         raise ValueError(f"PTB-XL: {db_path}: {len(missing_file)} row(s) have no filename_hr (ecg_id "
                          f"{', '.join(map(str, missing_file[:5]))}{' ...' if len(missing_file) > 5 else ''})")
-    db = db.set_index(db["ecg_id"].astype(int)).drop(columns="ecg_id")
+    ids = pd.to_numeric(db["ecg_id"]).astype(int)
+    repeated = ids[ids.duplicated(keep=False)]
+    if len(repeated):  # one record twice: counted twice in a split, or in two splits at once
+        first = int(repeated.iloc[0])
+        lines = ", ".join(str(i + 2) for i in repeated.index[repeated == first])
+        raise ValueError(f"PTB-XL: {db_path}: ecg_id {first} appears on lines {lines}"
+                         f"{f' ({repeated.nunique()} ids repeated)' if repeated.nunique() > 1 else ''}; each record once")
+    db = db.set_index(ids).drop(columns="ecg_id")
     db.index.name = "ecg_id"
     statements = read_table(st_path, "PTB-XL", ["diagnostic", "form", "rhythm", "diagnostic_class",
                                                 "diagnostic_subclass"], index_col=0)

@@ -707,6 +707,9 @@ def test_empty_or_damaged_tables_name_the_file_and_line(ptbxl_root, code_root, t
     moved.to_csv(db_path, index=False)
     with pytest.raises(ValueError, match=r"ptbxl: the test split of task super under .* has no records"):
         PTBXLDataset(root, "test", "super")
+    pd.concat([table, table.iloc[[0]]]).to_csv(db_path, index=False)  # a row repeated (was a pandas TypeError)
+    with pytest.raises(ValueError, match=rf"ecg_id {table['ecg_id'].iloc[0]} appears on lines 2, {len(table) + 2}; "):
+        PTBXLDataset(root, "all", "super")
 
     code = tmp_path / "code"
     shutil.copytree(code_root, code)

@@ -152,6 +152,23 @@ def test_ingest_counts_every_csv_row_and_names_malformed_lines(tmp_path):
     assert reports[int(mm[7][1])].startswith("sinus rhythm, rate 72. ")
 
 
+def test_an_id_beyond_int64_costs_its_row_not_the_ingest(tmp_path):
+    """The manifest is SQLite: a subject_id of 25 digits raised OverflowError there and ended the whole run."""
+    root = _mimic(tmp_path, n=6)
+    rl_header, rl = _read_csv(root / "record_list.csv")
+    rl[1][rl_header.index("subject_id")] = "9" * 25
+    _write_csv(root / "record_list.csv", rl_header, rl)
+    mm_header, mm = _read_csv(root / "machine_measurements.csv")
+    mm[2][mm_header.index("study_id")] = "-" + "9" * 25
+    _write_csv(root / "machine_measurements.csv", mm_header, mm)
+    out = tmp_path / "out"
+    assert prepare_main(["--mimic-root", str(root), "--output", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["read"] == len(rl) and summary["dropped"] == {"malformed_record_list_row": 1, "missing_report": 1}
+    assert any(d["reason"] == "malformed_record_list_row" and "does not fit a 64-bit integer" in d["detail"]
+               for d in _dropped(out))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 4. "nan" report fields, unusable CSVs, nothing kept
 # ----------------------------------------------------------------------------------------------------------------

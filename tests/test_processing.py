@@ -162,6 +162,30 @@ def test_wfdb_reader_units_and_truncation(tmp_path):
         read_wfdb(tmp_path / "absent")
 
 
+def test_a_signal_file_that_does_not_fit_its_header_is_refused(tmp_path):
+    """wfdb reads what the header says: 16-bit samples under a header claiming format 212, or a CinC .mat saved as
+    [samples, leads], came out as noise within a few mV and were scored as ECGs."""
+    wfdb = pytest.importorskip("wfdb")
+    from scipy.io import savemat
+
+    sig = ecg_batch(1)[0].numpy().astype(np.float64)  # [12, 5000] mV
+    wfdb.wrsamp("r16", fs=500, units=["mV"] * 12, sig_name=list(STANDARD_LEADS), p_signal=sig.T, fmt=["16"] * 12,
+                adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    header = (tmp_path / "r16.hea").read_text()
+    (tmp_path / "r212.hea").write_text(header.replace("r16.dat 16", "r16.dat 212").replace("r16 ", "r212 ", 1))
+    with pytest.raises(ECGReadError, match=r"r16.dat: 120000 bytes, but the header implies 90000 \(12 signals x "
+                                           r"5000 samples in format 212\)"):
+        read_wfdb(tmp_path / "r212")
+    counts = np.round(sig * 1000).astype(np.int16)
+    lines = "".join(f"A1.mat 16+24 1000/mV 16 0 {counts[i, 0]} 0 0 {lead}\n" for i, lead in enumerate(STANDARD_LEADS))
+    (tmp_path / "A1.hea").write_text("A1 12 500 5000\n" + lines)
+    savemat(tmp_path / "A1.mat", {"val": counts}, format="4")  # the CinC layout: [leads, samples]
+    assert np.abs(read_wfdb(tmp_path / "A1").signal - sig).max() < 1e-3
+    savemat(tmp_path / "A1.mat", {"val": counts.T}, format="4")  # the same bytes in the other order
+    with pytest.raises(ECGReadError, match=r"A1.mat: the MATLAB matrix is 5000 x 12, the header implies 12 signals"):
+        read_wfdb(tmp_path / "A1")
+
+
 def test_real_dicom_ecg_through_the_processor():
     pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file

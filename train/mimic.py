@@ -57,6 +57,7 @@ from dbeta.processing_dbeta import (
     canonical_lead_name,
     normalize_report,
     unit_scale_to_mv,
+    wfdb_file_bytes,
 )
 
 
@@ -205,7 +206,12 @@ def _require_columns(path: Path, header: list, required: Sequence[str], what: st
 
 
 def _parse_int(value) -> int:
-    return int(str(value).strip())
+    """An id column's value; ValueError (a malformed row) unless it is an integer that fits int64 (the manifest
+    is SQLite: a larger one would end the whole ingest there)."""
+    number = int(str(value).strip())
+    if not -(2**63) <= number < 2**63:
+        raise ValueError(f"{str(value).strip()[:30]} does not fit a 64-bit integer id")
+    return number
 
 
 def check_record_path(path: str) -> str:
@@ -409,17 +415,6 @@ def _check_inside(mimic_root, path: Path, what: str) -> None:
         raise RecordDropped("unsafe_path", f"{path}: {what} resolves to {real}, outside {mimic_root}")
 
 
-def dat_size(fmt: str, n_values: int) -> int:
-    """Bytes that `n_values` samples take in WFDB storage format `fmt` (one of _FMT_NAN)."""
-    if fmt in ("16", "61"):
-        return 2 * n_values
-    if fmt == "80":
-        return n_values
-    if fmt == "212":  # two 12-bit samples in 3 bytes
-        return (3 * n_values + 1) // 2
-    return 4 * -(-n_values // 3)  # 310/311: three 10-bit samples in a 32-bit word
-
-
 def read_record(mimic_root, path: str) -> dict:
     """Read the WFDB record at `mimic_root/path` into the compact form; raises RecordDropped.
 
@@ -470,7 +465,7 @@ def read_record(mimic_root, path: str) -> dict:
         if not dat.is_file():
             raise RecordDropped("missing_dat", f"{dat} not found")
         n_in_file = sum(1 for f in header.file_name if f == fname)
-        expected = offsets[fname] + dat_size(fmts[0], NUM_SAMPLES * n_in_file)
+        expected = offsets[fname] + wfdb_file_bytes(fmts[0], NUM_SAMPLES * n_in_file)
         try:
             size = dat.stat().st_size
         except OSError as err:
