@@ -302,6 +302,24 @@ def test_packed_formats_of_the_right_size_are_read(tmp_path, fmt):
     np.testing.assert_array_equal(rec["signal"], ref)
 
 
+@pytest.mark.parametrize("fmt", ["212", "80"])
+def test_a_packed_record_with_a_missing_sample_is_kept(tmp_path, fmt):
+    """WFDB sums a missing sample as its format's own marker (212: -2048) when it writes the checksums: summed
+    after the remap to int16's marker, a valid record was dropped as checksum_mismatch."""
+    import wfdb
+
+    from train.mimic import ADC_NAN
+
+    folder = tmp_path / "files" / "r1"
+    folder.mkdir(parents=True)
+    x = syn.generate_ecg("NORM", np.random.default_rng(3))
+    x[3, 100] = np.nan
+    wfdb.wrsamp("r1", fs=500, units=["mV"] * 12, sig_name=list(MIMIC_LEADS), p_signal=x.T, fmt=[fmt] * 12,
+                adc_gain=[50.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+    rec = read_record(tmp_path, "files/r1/r1")
+    assert rec["signal"][3, 100] == ADC_NAN and (rec["signal"] == ADC_NAN).sum() == 1
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 3 + 6. SIGKILL at any point, then the same command again
 # ----------------------------------------------------------------------------------------------------------------

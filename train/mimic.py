@@ -493,6 +493,7 @@ def read_record(mimic_root, path: str) -> dict:
         if d.ndim != 2 or d.shape != (NUM_SAMPLES, NUM_LEADS):
             raise RecordDropped("truncated_dat", f"{base}: read {d.shape}, header says ({NUM_SAMPLES}, {NUM_LEADS})")
         nan_value = _FMT_NAN[fmts[0]]
+        stored = d
         d = np.where(d == nan_value, ADC_NAN, d)
         if d.min() < -32768 or d.max() > 32767:
             raise RecordDropped("unsupported_format", f"{base}: samples exceed int16")
@@ -500,7 +501,9 @@ def read_record(mimic_root, path: str) -> dict:
 
     checksums = header.checksum
     if checksums and all(c is not None for c in checksums):
-        got = d.sum(axis=0, dtype=np.int64) % 65536
+        # over the values as stored: a missing sample counts as its format's own marker (212's -2048), as
+        # the WFDB library sums it when writing the header, not as the int16 marker it becomes here
+        got = (d if simple else stored).sum(axis=0, dtype=np.int64) % 65536
         if any(int(g) != int(c) % 65536 for g, c in zip(got, checksums)):
             raise RecordDropped("checksum_mismatch", f"{base}: data do not match the header checksums")
     signal = np.ascontiguousarray(d.T)
