@@ -3,6 +3,7 @@ CPSC2018 (ICBEB), CSN (Chapman-Shaoxing-Ningbo) and the PhysioNet/CinC Challenge
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -176,14 +177,20 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
         if labels_from not in ("auto", "reference", "header"):
             raise ValueError(f"CPSC2018: labels_from must be auto, reference or header; got {labels_from!r}")
         headers = _unique_by_stem(find_headers(root), "CPSC2018")
-        reference = self._find_reference(root)
+        references = self._find_references(root)
+        reference = ", ".join(map(str, references)) if references else None
         if labels_from == "reference" and reference is None:
             raise FileNotFoundError(f"CPSC2018: expected REFERENCE.csv in {root} or below it ({_CPSC_HINT})")
         use_reference = reference is not None and labels_from != "header"
 
         if use_reference:
-            label_map = self._labels_from_reference(reference)
+            label_map = self._labels_from_references(references)
             mats = {p.stem: p for p in sorted(root.rglob("*.mat")) if p.stem not in headers}
+            unlisted = sorted(set(mats) - set(label_map))
+            if unlisted:
+                warnings.warn(f"CPSC2018: {len(unlisted)} .mat file(s) under {root} are in no REFERENCE.csv and are "
+                              f"left out: {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}",
+                              UserWarning, stacklevel=2)
             paths = {}
             missing = []
             for rec in label_map:
@@ -230,11 +237,25 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
         self.class_codes = dict(CPSC2018_CODES)
 
     @staticmethod
-    def _find_reference(root: Path) -> Optional[Path]:
+    def _find_references(root: Path) -> List[Path]:
+        """REFERENCE.csv in root, else every one below it (one per training set of the original download)."""
         if (root / "REFERENCE.csv").is_file():
-            return root / "REFERENCE.csv"
-        found = sorted(root.rglob("REFERENCE.csv"))
-        return found[0] if found else None
+            return [root / "REFERENCE.csv"]
+        return sorted(root.rglob("REFERENCE.csv"))
+
+    @classmethod
+    def _labels_from_references(cls, paths: List[Path]) -> Dict[str, set]:
+        """Every file's labels together; a record listed twice with other labels is an error naming both files."""
+        out: Dict[str, set] = {}
+        where: Dict[str, Path] = {}
+        for path in paths:
+            for record, names in cls._labels_from_reference(path).items():
+                if record in out and out[record] != names:
+                    raise ValueError(f"CPSC2018: record {record} has labels {sorted(out[record])} in {where[record]} "
+                                     f"but {sorted(names)} in {path}")
+                out[record] = names
+                where.setdefault(record, path)
+        return out
 
     @staticmethod
     def _labels_from_reference(path: Path) -> Dict[str, set]:
@@ -245,7 +266,12 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
             raise ValueError(f"{err}; expected the columns Recording, First_label, Second_label, Third_label "
                              f"(the ICBEB 2018 REFERENCE.csv)") from None
         out: Dict[str, set] = {}
+        lines: Dict[str, int] = {}
         for line, (_, row) in enumerate(table.iterrows(), start=2):
+            record = str(row["Recording"]).strip()
+            if record in lines:  # which row holds the labels is unknowable: refuse rather than keep the later one
+                raise ValueError(f"CPSC2018: {path}: record {record} is listed on lines {lines[record]} and {line}")
+            lines[record] = line
             names = set()
             for column in columns:
                 value = row.get(column)
@@ -259,7 +285,7 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
                 if number not in CPSC2018_REFERENCE_LABELS:
                     raise ValueError(f"CPSC2018: {path}: record {row['Recording']}: unknown label number {number}")
                 names.add(CPSC2018_REFERENCE_LABELS[number])
-            out[str(row["Recording"]).strip()] = names
+            out[record] = names
         return out
 
     def _read(self, index: int):

@@ -7,6 +7,7 @@ rates and error messages can be checked exactly, and a record can be run through
 
 from __future__ import annotations
 
+import shutil
 import importlib.util
 import pickle
 from pathlib import Path
@@ -352,8 +353,33 @@ def test_cpsc_original_format_with_reference(tmp_path):
     np.testing.assert_allclose(item["signal"], synthetic_ecg(1200, 500, 3), atol=1e-6)
     assert tuple(item_through_processor(item).shape) == (1, 12, 5000)
 
+    # the original download's training sets, each with its own REFERENCE.csv: all of them are read
+    for part, records in (("TrainingSet1", (1, 2, 3)), ("TrainingSet2", (4, 5))):
+        (tmp_path / part).mkdir()
+        for i in records:
+            (tmp_path / f"A{i:04d}.mat").rename(tmp_path / part / f"A{i:04d}.mat")
+        pd.DataFrame([rows[i - 1] for i in records]).to_csv(tmp_path / part / "REFERENCE.csv", index=False)
+    (tmp_path / "REFERENCE.csv").unlink()
+    assert _labels_by_id(CPSC2018Dataset(tmp_path, "all")) == _labels_by_id(ds)
+    (tmp_path / "TrainingSet2" / "A0006.mat").write_bytes((tmp_path / "TrainingSet2" / "A0005.mat").read_bytes())
+    with pytest.warns(UserWarning, match=r"1 \.mat file\(s\) .* are in no REFERENCE.csv and are left out: A0006"):
+        CPSC2018Dataset(tmp_path, "all")
+    (tmp_path / "TrainingSet2" / "A0006.mat").unlink()
+    pd.DataFrame([rows[0] | {"First_label": 2}]).to_csv(tmp_path / "TrainingSet2" / "REFERENCE.csv", mode="a",
+                                                       header=False, index=False)
+    with pytest.raises(ValueError, match=r"A0001 has labels \['NORM'\] in .*TrainingSet1.* but \['AFIB'\] in"):
+        CPSC2018Dataset(tmp_path, "all")
+    pd.DataFrame([rows[0], rows[0] | {"First_label": 2}]).to_csv(tmp_path / "REFERENCE.csv", index=False)
+    with pytest.raises(ValueError, match=r"REFERENCE.csv: record A0001 is listed on lines 2 and 3"):
+        CPSC2018Dataset(tmp_path, "all")  # a repeated row was silently overwritten by the later one
+    for part in ("TrainingSet1", "TrainingSet2"):
+        for mat in (tmp_path / part).glob("*.mat"):
+            mat.rename(tmp_path / mat.name)
+        shutil.rmtree(tmp_path / part)
+    pd.DataFrame(rows).to_csv(tmp_path / "REFERENCE.csv", index=False)
+
     (tmp_path / "A0005.mat").unlink()
-    with pytest.raises(FileNotFoundError, match="A0005"):
+    with pytest.raises(FileNotFoundError, match="1 record.* A0005"):
         CPSC2018Dataset(tmp_path, "all")
     pd.DataFrame({"name": ["A0001"], "label": [1]}).to_csv(tmp_path / "REFERENCE.csv", index=False)
     with pytest.raises(ValueError, match="First_label"):
