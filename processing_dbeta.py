@@ -217,10 +217,14 @@ def wfdb_info(path: Union[str, Path]) -> dict:
     base = _wfdb_base(path)
     try:
         header = wfdb.rdheader(base)
+        names = header.sig_name
+        if names is None and getattr(header, "seg_name", None):  # multi-segment: the segments name the leads
+            segments = wfdb.rdheader(base, rd_segments=True).segments
+            names = next((s.sig_name for s in segments if s is not None and s.sig_name), None)
     except Exception as err:
         raise ECGReadError(f"{base}: unreadable WFDB header ({type(err).__name__}: {err})") from err
     return {"path": base, "sampling_rate": float(header.fs), "num_samples": header.sig_len or None,
-            "lead_names": list(header.sig_name or [])}
+            "lead_names": list(names or [])}
 
 
 def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] = None) -> ECGRecord:

@@ -14,6 +14,19 @@ COMMANDS = [
 
 
 @pytest.mark.parametrize("name", COMMANDS)
+def test_command_runs_as_a_module(name):
+    """`python -m NAME` calls main(): without the guard the module is imported and exits 0 having done nothing
+    (train.synthetic.cli did, while the demo prints it as the command it ran)."""
+    import ast
+    from pathlib import Path
+
+    source = Path(importlib.util.find_spec(name).origin).read_text()
+    guards = [node for node in ast.parse(source).body if isinstance(node, ast.If)
+              and ast.unparse(node.test) in ("__name__ == '__main__'", "'__main__' == __name__")]
+    assert guards and "main(" in ast.unparse(guards[0]), f"{name} has no `if __name__ == '__main__':` calling main"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
 def test_command_prints_its_help(name, capsys):
     module = importlib.import_module(name)
     with pytest.raises(SystemExit) as exit_:

@@ -97,6 +97,21 @@ def test_a_wfdb_file_is_read_in_chunks_and_scores_like_the_array(pipe, tmp_path,
         assert [d["score"] for d in a["scores"]] == pytest.approx([d["score"] for d in b["scores"]], abs=1e-5)
 
 
+def test_a_multi_segment_record_scores_like_the_single_file(pipe, tmp_path):
+    """Long recordings are often stored in segments; the header then names no leads itself (its segments do),
+    and every window failed with "0 lead names for 12 leads"."""
+    signal = long_signal(40, seed=7)
+    whole = write_wfdb(tmp_path, "whole", signal)
+    write_wfdb(tmp_path, "seg0", signal[:, :7000])
+    write_wfdb(tmp_path, "seg1", signal[:, 7000:])
+    (tmp_path / "multi.hea").write_text(f"multi/2 12 500 {signal.shape[1]}\nseg0 7000\nseg1 {signal.shape[1] - 7000}\n")
+    a = pipe(str(tmp_path / "multi"), candidate_labels=LABELS, window_seconds=10, stride_seconds=10)
+    b = pipe(str(whole), candidate_labels=LABELS, window_seconds=10, stride_seconds=10)
+    assert len(a["windows"]) == 4 and all(w["scores"] for w in a["windows"])
+    for x, y in zip(a["windows"], b["windows"]):
+        assert [d["score"] for d in x["scores"]] == pytest.approx([d["score"] for d in y["scores"]], abs=1e-5)
+
+
 def test_a_window_the_processor_refuses_is_kept_with_its_error_and_left_out_of_the_aggregate(pipe):
     signal = long_signal(30)
     signal[:, 5000:10000] = 0.0  # 10-20 s: every lead flat (electrodes off)

@@ -44,3 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {args.n} synthetic records ({args.layout} layout) to {out} in {dt:.1f} s "
           f"({args.n / dt:.0f} records/s). The signals are SYNTHETIC; see {out / 'README.txt'}.")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
