@@ -163,6 +163,22 @@ def _wfdb_header_length(wfdb, base: str) -> Optional[int]:
     return wfdb.rdheader(base).sig_len or None
 
 
+def _check_header_rate(base: str, rate: float) -> None:
+    """wfdb reads a sampling frequency it cannot parse (a negative one, say) as its default of 250 Hz: the record
+    would be resampled as if recorded at another rate. The record line's own field must give the same rate."""
+    with open(base + ".hea", encoding="latin-1") as fh:
+        line = next((t.strip() for t in fh if t.strip() and not t.lstrip().startswith("#")), "")
+    m = WFDB_RECORD_LINE.match(line)
+    if m is not None and m.group("fs") is not None:
+        try:
+            stated = float(m.group("fs"))
+        except ValueError:
+            stated = float("nan")
+        if not (np.isfinite(stated) and stated > 0 and abs(stated - rate) < 1e-6 * max(stated, 1.0)):
+            raise ECGReadError(f"{base}.hea: sampling frequency {m.group('fs')!r} in the record line is not a "
+                               f"positive number of Hz (wfdb would read the record at {rate:g} Hz)")
+
+
 def wfdb_file_bytes(fmt: str, n_values: int) -> Optional[int]:
     """Bytes that `n_values` samples take in WFDB storage format `fmt`; None for a format not listed here."""
     if fmt in ("16", "61"):
@@ -240,6 +256,7 @@ def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] =
         record = wfdb.rdrecord(base, sampfrom=sampfrom, sampto=sampto) if partial else wfdb.rdrecord(base)
     except Exception as err:  # wfdb raises assorted ValueError/IndexError/OSError on damaged files
         raise ECGReadError(f"{base}: unreadable WFDB record ({type(err).__name__}: {err})") from err
+    _check_header_rate(base, float(record.fs))
     signal = record.p_signal
     if signal is None or signal.ndim != 2:
         raise ECGReadError(f"{base}: WFDB record has no physical signal")

@@ -184,6 +184,11 @@ def test_a_signal_file_that_does_not_fit_its_header_is_refused(tmp_path):
     savemat(tmp_path / "A1.mat", {"val": counts.T}, format="4")  # the same bytes in the other order
     with pytest.raises(ECGReadError, match=r"A1.mat: the MATLAB matrix is 5000 x 12, the header implies 12 signals"):
         read_wfdb(tmp_path / "A1")
+    # a rate wfdb cannot parse is read as its default 250 Hz: the record would be resampled at half its speed
+    (tmp_path / "neg.hea").write_text(header.replace("r16 12 500 ", "neg 12 -500 ", 1))
+    assert (tmp_path / "neg.hea").read_text() != header.replace("r16 ", "neg ", 1)
+    with pytest.raises(ECGReadError, match=r"neg.hea: sampling frequency '-500' in the record line is not a positive"):
+        read_wfdb(tmp_path / "neg")
 
 
 def test_real_dicom_ecg_through_the_processor():
