@@ -152,6 +152,19 @@ def test_ingest_counts_every_csv_row_and_names_malformed_lines(tmp_path):
     assert reports[int(mm[7][1])].startswith("sinus rhythm, rate 72. ")
 
 
+def test_a_second_ingest_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    """Two ingests into one output published each other's chunk files (one died on a vanished .tmp file)."""
+    from train.run_lock import RunLock
+
+    root = _mimic(tmp_path, n=4)
+    out = tmp_path / "out"
+    with RunLock(out):
+        assert prepare_main(["--mimic-root", str(root), "--output", str(out), "--quiet"]) == 2
+        assert "is in use by another run" in capsys.readouterr().err
+    assert not (out / "summary.json").exists()
+    assert prepare_main(["--mimic-root", str(root), "--output", str(out), "--quiet"]) == 0
+
+
 def test_an_id_beyond_int64_costs_its_row_not_the_ingest(tmp_path):
     """The manifest is SQLite: a subject_id of 25 digits raised OverflowError there and ended the whole run."""
     root = _mimic(tmp_path, n=6)

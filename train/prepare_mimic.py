@@ -471,16 +471,19 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)  # resume testing
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    from train.run_lock import FolderInUseError, RunLock
+
     try:
-        summary = prepare_mimic(
-            args.mimic_root, args.output, num_proc=args.num_proc, val_fraction=args.val_fraction, seed=args.seed,
-            limit=args.limit, chunk_size=args.chunk_size, writer_batch_size=args.writer_batch_size,
-            stop_after_chunks=args.stop_after_chunks, progress=not args.quiet, restart=args.restart,
-        )
+        with RunLock(args.output):  # two ingests into one folder would publish each other's chunks
+            summary = prepare_mimic(
+                args.mimic_root, args.output, num_proc=args.num_proc, val_fraction=args.val_fraction, seed=args.seed,
+                limit=args.limit, chunk_size=args.chunk_size, writer_batch_size=args.writer_batch_size,
+                stop_after_chunks=args.stop_after_chunks, progress=not args.quiet, restart=args.restart,
+            )
     except IngestStopped as stop:
         print(str(stop), file=sys.stderr)
         return EXIT_STOPPED
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, FolderInUseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     splits = summary["splits"]
