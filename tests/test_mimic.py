@@ -22,7 +22,7 @@ from train.mimic import (
     read_record,
     subject_split,
 )
-from train.prepare_mimic import IngestStopped, main as prepare_main, prepare_mimic
+from train.prepare_mimic import main as prepare_main, prepare_mimic
 
 N = 40
 SEED = 11
@@ -248,12 +248,29 @@ def test_streaming_rows_equal_prepared_rows(prepared, broken_root):
     assert 0 < len(limited) <= 4
 
 
-def test_resume_matches_uninterrupted_run(broken_root, prepared, tmp_path):
+def stop_after_chunks(monkeypatch, k: int) -> None:
+    """Interrupt the ingest (as Ctrl-C would) when it starts its (k+1)-th chunk (one process: chunks run in turn)."""
+    import train.prepare_mimic as pm
+
+    real, calls = pm.process_chunk, []
+
+    def counted(task):
+        if len(calls) == k:
+            raise KeyboardInterrupt
+        calls.append(task)
+        return real(task)
+
+    monkeypatch.setattr(pm, "process_chunk", counted)
+
+
+def test_resume_matches_uninterrupted_run(broken_root, prepared, tmp_path, monkeypatch):
     ref_out, ref_summary = prepared
     out = tmp_path / "resumed"
     kwargs = dict(val_fraction=0.3, seed=SEED, chunk_size=8, progress=False)
-    with pytest.raises(IngestStopped):
-        prepare_mimic(broken_root, out, num_proc=1, stop_after_chunks=2, **kwargs)
+    with monkeypatch.context() as patch:
+        stop_after_chunks(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            prepare_mimic(broken_root, out, num_proc=1, **kwargs)
     done = sorted(p.name for p in (out / "work" / "chunks").iterdir())
     assert done == ["chunk-00000", "chunk-00001"] and not (out / "summary.json").exists()
     # a chunk that was being written when the process died is redone
@@ -277,10 +294,15 @@ def test_resume_matches_uninterrupted_run(broken_root, prepared, tmp_path):
     assert prepare_mimic(broken_root, out, num_proc=1, **kwargs)["settings"] == summary["settings"]
 
 
-def test_cli_stop_and_resume(broken_root, tmp_path):
+def test_cli_stop_and_resume(broken_root, tmp_path, monkeypatch):
     out = tmp_path / "cli"
-    args = ["--mimic-root", str(broken_root), "--output", str(out), "--chunk-size", "16", "--quiet", "--limit", "30"]
-    assert prepare_main(args + ["--stop-after-chunks", "1"]) == 3
+    args = ["--mimic-root", str(broken_root), "--output", str(out), "--chunk-size", "16", "--quiet", "--limit", "30",
+            "--num-proc", "1"]
+    with monkeypatch.context() as patch:
+        stop_after_chunks(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            prepare_main(args)
+    assert not (out / "summary.json").exists()
     assert prepare_main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["read"] == 30 and summary["dataset"] == "dataset"

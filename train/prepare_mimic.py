@@ -59,11 +59,6 @@ from train.mimic import (
 
 FORMAT_VERSION = 2  # bumped when work/ changes layout: an older unfinished ingest is refused, not misread
 SPLITS = ("train", "validation")
-EXIT_STOPPED = 3
-
-
-class IngestStopped(RuntimeError):
-    """Raised when --stop-after-chunks ends a run early (used to test resuming)."""
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -222,13 +217,10 @@ def prepare_mimic(
     limit: Optional[int] = None,
     chunk_size: int = 1000,
     writer_batch_size: int = 64,
-    stop_after_chunks: Optional[int] = None,
     progress: bool = True,
     restart: bool = False,
 ) -> dict:
     """Ingest MIMIC-IV-ECG into OUTPUT (see the module docstring); returns the summary dict.
-
-    `stop_after_chunks=K` processes K pending chunks and raises IngestStopped (a resumable, deliberate stop).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -278,9 +270,6 @@ def prepare_mimic(
         if not (_chunk_dir(work, c) / "result.json").is_file()
     ]
     done_records = n - sum(t["stop"] - t["start"] for t in tasks)
-    stopped = False
-    if stop_after_chunks is not None and len(tasks) > stop_after_chunks:
-        tasks, stopped = tasks[:stop_after_chunks], True
 
     bar = None
     if not progress:
@@ -306,8 +295,6 @@ def prepare_mimic(
                     bar.update(res["read"])
     if bar is not None:
         bar.close()
-    if stopped:
-        raise IngestStopped(f"stopped after {stop_after_chunks} chunk(s) as asked; re-run the same command to resume")
 
     summary = _finish(out, work, settings, manifest, n_chunks)
     summary["elapsed_s_last_run"] = round(time.perf_counter() - t0, 2)
@@ -468,7 +455,6 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-size", type=int, default=1000, help="records per resumable chunk")
     parser.add_argument("--writer-batch-size", type=int, default=64, help="rows buffered per Arrow write")
     parser.add_argument("--restart", action="store_true", help="discard a previous (partial) ingest in OUTPUT")
-    parser.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)  # resume testing
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     from train.run_lock import FolderInUseError, RunLock
@@ -478,11 +464,8 @@ def main(argv=None) -> int:
             summary = prepare_mimic(
                 args.mimic_root, args.output, num_proc=args.num_proc, val_fraction=args.val_fraction, seed=args.seed,
                 limit=args.limit, chunk_size=args.chunk_size, writer_batch_size=args.writer_batch_size,
-                stop_after_chunks=args.stop_after_chunks, progress=not args.quiet, restart=args.restart,
+                progress=not args.quiet, restart=args.restart,
             )
-    except IngestStopped as stop:
-        print(str(stop), file=sys.stderr)
-        return EXIT_STOPPED
     except (FileNotFoundError, ValueError, FolderInUseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
