@@ -56,8 +56,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="the scores and segment attributions")
     parser.add_argument("--remote-code", action="store_true", help="run the model folder's own code")
     args = parser.parse_args(argv)
+    from eval.outputs import IMAGE_SUFFIXES, check_outputs, record_files
     from eval.plots import plot_attribution
     from eval.windows import load_pipeline, record_argument
+
+    try:  # before the attribution runs: never on top of the record, the model or each other
+        if args.output.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"--output {args.output} must be an image: {', '.join(IMAGE_SUFFIXES)}")
+        if args.json is not None and args.json.suffix.lower() != ".json":
+            raise ValueError(f"--json {args.json} must be a .json file")
+        check_outputs({"--output": args.output, "--json": args.json}, reads=[args.model, *record_files(args.record)])
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
 
     record = record_argument(args.record, args.sampling_rate, args.lead_names)
     try:

@@ -748,7 +748,7 @@ def run_linear_probe(*, model: str, dataset: str, data_root, output=None, task: 
     what is wrong."""
     from eval.outputs import check_json_output
 
-    output = check_json_output(output)
+    output = check_json_output(output, reads=(model, data_root))
     result, extras = run_probe(model, dataset, data_root, task=task, fractions=fractions, seeds=seeds, **options)
     if output is not None:
         paths = write_outputs(result, Path(output), plot=plot, extras=extras)

@@ -275,7 +275,7 @@ def run_retrieval(*, model: str, dataset: str, data_root, output=None, split: Op
     ValueError / FileNotFoundError / RecordError naming what is wrong."""
     from eval.outputs import check_json_output
 
-    output = check_json_output(output)
+    output = check_json_output(output, reads=(model, data_root))
     if scoring not in ("cosine", "dot"):
         raise ValueError(f"scoring must be cosine or dot, got {scoring!r}")
     if max_records is not None and max_records < 2:

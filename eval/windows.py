@@ -39,18 +39,31 @@ def load_pipeline(model: str, remote_code: bool = False):
     return ZeroShotECGClassificationPipeline(model=net, processor=processor)
 
 
+TABLE_COLUMNS = ("start_s", "end_s", "error")  # the CSV's own columns, around one column per label
+
+
+def check_table_labels(labels) -> None:
+    """A label spelt like one of the CSV's own columns would make its scores unreadable by column name."""
+    clash = sorted(set(labels) & set(TABLE_COLUMNS))
+    if clash:
+        raise ValueError(f"label(s) {', '.join(clash)} would share a column name with the window table's own "
+                         f"{', '.join(TABLE_COLUMNS)}; rename them or write .json")
+
+
 def write_window_table(result: dict, path) -> Path:
     """The windows of a windowed result as CSV (.csv: start, end, one column per label, error) or the whole
     result as JSON (any other suffix)."""
     path = Path(path)
+    labels = [d["label"] for d in result["aggregate"]]
+    if path.suffix.lower() == ".csv":
+        check_table_labels(labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() != ".csv":
         path.write_text(json.dumps(result, indent=1))
         return path
-    labels = [d["label"] for d in result["aggregate"]]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["start_s", "end_s", *labels, "error"])
+        writer.writerow([*TABLE_COLUMNS[:2], *labels, TABLE_COLUMNS[2]])
         for w in result["windows"]:
             scores = {d["label"]: d["score"] for d in (w["scores"] or [])}
             writer.writerow([f"{w['start']:g}", f"{w['end']:g}",
@@ -130,6 +143,18 @@ def record_argument(path, sampling_rate=None, lead_names=None):
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from eval.outputs import IMAGE_SUFFIXES, check_outputs, record_files
+
+    try:  # before any work: the table and plot never replace the record, the model or each other
+        if Path(args.output).suffix.lower() not in (".csv", ".json"):
+            raise ValueError(f"--output {args.output} must be a .csv (the window table) or .json (everything)")
+        if args.plot is not None and Path(args.plot).suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"--plot {args.plot} must be an image: {', '.join(IMAGE_SUFFIXES)}")
+        check_outputs({"--output": args.output, "--plot": args.plot}, reads=[args.model, *record_files(args.record)])
+        if Path(args.output).suffix.lower() == ".csv":
+            check_table_labels(args.labels)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
     record = record_argument(args.record, args.sampling_rate, args.lead_names)
     try:
         pipe = load_pipeline(args.model, args.remote_code)

@@ -195,7 +195,7 @@ def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None,
 
     from eval.outputs import check_json_output
 
-    output = check_json_output(output)
+    output = check_json_output(output, reads=(model, data_root))
     dataset = str(dataset).lower()
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")

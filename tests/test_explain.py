@@ -180,3 +180,15 @@ def test_explain_cli(pipe, tmp_path):
     assert data["explanation"]["label"] == data["scores"][0]["label"]
     assert np.asarray(data["explanation"]["segments"]).shape == (12, 20)
     assert (tmp_path / "where.png").stat().st_size > 10_000
+    # the JSON on top of the record, or the image and the JSON on one path: refused before the attribution runs
+    saved = (tmp_path / "rec.npy").read_bytes()
+    base = ["--model", str(model_dir), "--record", str(tmp_path / "rec.npy"), "--sampling-rate", "500", "--labels",
+            *LABELS, "--n-steps", "8"]
+    for extra, message in ((["--output", str(tmp_path / "x.png"), "--json", str(tmp_path / "rec.npy")],
+                            "--json"),
+                           (["--output", str(tmp_path / "s.png"), "--json", str(tmp_path / "s.png")], "--json"),
+                           (["--output", str(tmp_path / "rec.npy")], "--output")):
+        with pytest.raises(SystemExit) as stop:
+            main(base + extra)
+        assert stop.value.code == 2
+    assert (tmp_path / "rec.npy").read_bytes() == saved and not (tmp_path / "x.png").exists()

@@ -163,6 +163,29 @@ def test_cli_writes_the_window_table_json_and_plot(pipe, tmp_path):
     assert stop.value.code == 2
 
 
+def test_cli_outputs_never_replace_the_record_the_model_or_each_other(pipe, tmp_path, capsys):
+    """Refused before any work (exit 2), each file left as it was: a table written over the record's header or
+    the model's config.json, a table and a plot on one path, a label spelt like one of the CSV's own columns."""
+    from eval.windows import main
+
+    out_dir = export_model(pipe.model, tmp_path / "model", processor=pipe.processor)
+    record = write_wfdb(tmp_path, "rec", long_signal(20, seed=9))
+    before = {p: p.read_bytes() for p in [*tmp_path.glob("rec.*"), out_dir / "config.json"]}
+    base = ["--model", str(out_dir), "--record", str(record), "--quiet"]
+    for extra, message in (
+            (["--labels", *LABELS, "--output", str(tmp_path / "rec.hea")], "must be a .csv"),
+            (["--labels", *LABELS, "--output", str(out_dir / "config.json")], "would replace a file in"),
+            (["--labels", *LABELS, "--output", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.json")],
+             "must be an image"),
+            (["--labels", *LABELS, "--output", str(tmp_path / "a.csv"), "--plot", str(tmp_path / "a.csv")],
+             "must be an image"),
+            (["--labels", "error", "AFIB", "--output", str(tmp_path / "a.csv")], "label(s) error would share")):
+        with pytest.raises(SystemExit) as stop:
+            main(base + extra)
+        assert stop.value.code == 2 and message in capsys.readouterr().err, extra
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "a.csv").exists()
+
+
 def test_window_benchmark_on_a_few_minutes(tmp_path):
     """benchmarks/window_speed.py end to end on 72 s (the 24 h run is opt-in by --hours)."""
     import importlib.util

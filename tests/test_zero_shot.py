@@ -281,6 +281,11 @@ def test_outputs_of_two_tasks_in_one_folder_keep_their_names(tiny_model, ptbxl_r
     with pytest.raises(SystemExit):
         zero_shot.main(base + ["--task", "super", "--output", str(tmp_path / "md" / "zs.md")])
     assert "must be a .json file" in capsys.readouterr().err and not (tmp_path / "md").exists()
+    config = tiny_model[0] / "config.json"  # an output on top of the model it evaluates
+    saved = config.read_bytes()
+    with pytest.raises(SystemExit):
+        zero_shot.main(base + ["--task", "super", "--output", str(config)])
+    assert "would replace a file in" in capsys.readouterr().err and config.read_bytes() == saved
 
 
 def test_retrieval_cli(tiny_model, ptbxl_root, tmp_path):
