@@ -441,6 +441,11 @@ def test_config_errors_exit_2(tmp_path, capsys):
                  "--set", "model.frozen_text_precision=bf16"]) == 2
     assert "top 3 layers train" in capsys.readouterr().err
     assert main(["--set", "model.text_trainable_layers=-1"]) == 2
+    # validating on the training rows; a seed numpy's generators refuse (a traceback after the model was built)
+    assert main(["--set", "data.train_split=validation"]) == 2
+    assert "data.validation_split is the training split ('validation')" in capsys.readouterr().err
+    assert main(["--set", "seed=-1"]) == 2
+    assert "seed must be >= 0" in capsys.readouterr().err
 
 
 def test_a_missing_report_is_refused_before_training():
@@ -574,12 +579,14 @@ def test_resume_under_other_data_is_refused(assets, straight_run, tmp_path, caps
     shutil.copytree(straight_run, out)
     shutil.rmtree(out / "model")
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    run_config = (out / "run_config.json").read_bytes()
     assert run_main(train_args(assets, out, "--resume", "--set", "data.max_train_samples=40", steps=12)) == 2
     err = capsys.readouterr().err
     assert "data.max_train_samples: None -> 40" in err and "training rows" in err
     assert run_main(train_args(assets, out, "--resume", "--seed", "7", steps=12)) == 2
     assert "seed: 42 -> 7" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing written
+    assert (out / "run_config.json").read_bytes() == run_config  # the run's record still names its own data
     assert not (out / "model").exists()
 
 

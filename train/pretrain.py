@@ -219,9 +219,6 @@ def train(s: PretrainSettings, resume: bool) -> int:
     if not resume and list_checkpoints(out):
         raise ConfigError(f"{out / 'checkpoints'} already holds checkpoints: pass --resume, or use another "
                           "--output-dir")
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_CONFIG_FILE).write_text(json.dumps(s.to_dict(), indent=2))
     set_seed(s.seed)
 
     # 2. Model, data, optimizer.
@@ -260,6 +257,9 @@ def train(s: PretrainSettings, resume: bool) -> int:
             check_same_data(path, s, state, len(train_rows))
             logger.info("resumed from %s at step %d", path, state.step)
     state.train_rows = len(train_rows)
+    if accelerator.is_main_process:  # after the resume checks: a refused resume leaves the run's record as it was
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_CONFIG_FILE).write_text(json.dumps(s.to_dict(), indent=2))
 
     bs, ga = t.per_device_batch_size, t.gradient_accumulation_steps
     global_batch = bs * world * ga

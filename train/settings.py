@@ -250,7 +250,7 @@ class HubSettings:
 class PretrainSettings(Settings):
     output_dir: str = _f("runs/dbeta-full", "checkpoints, logs, metrics.json and (by default) the export")
     export_dir: Optional[str] = _f(None, "the exported model folder; null = OUTPUT/model")
-    seed: int = _f(42, "seed of the data order, masks, dropout and initialisation")
+    seed: int = _f(42, "seed of the data order, masks, dropout and initialisation", min=0, max=2**32 - 1)
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     collator: CollatorSettings = field(default_factory=CollatorSettings)
@@ -275,6 +275,10 @@ class PretrainSettings(Settings):
         if self.model.text_trainable_layers and self.model.frozen_text_precision == "bf16":
             raise ConfigError("model.frozen_text_precision=bf16 cannot apply to a text encoder whose top "
                               f"{self.model.text_trainable_layers} layers train: use fp32 or auto")
+        if self.data.validation_split and self.data.validation_split == self.data.train_split:
+            # validation losses and recall@k on the rows just trained on would look like generalisation
+            raise ConfigError(f"data.validation_split is the training split ({self.data.train_split!r}): validate "
+                              "on held-out rows, or set it empty for no validation")
         if self.optim.max_grad_norm == 0:
             self.optim.max_grad_norm = None
 
