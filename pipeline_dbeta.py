@@ -763,7 +763,17 @@ class ECGClassificationPipeline(_ECGPipeline):
         if missing:
             raise ValueError(f"{_model_name(self.model)}: config.id2label has no name for class(es) {missing} of "
                              f"{config.num_labels}")
-        return [id2label[i] for i in range(config.num_labels)]
+        labels = [id2label[i] for i in range(config.num_labels)]
+        repeated = sorted({name for name in labels if labels.count(name) > 1})
+        if repeated:  # two outputs under one name: a reader cannot tell which score is which class
+            raise ValueError(f"{_model_name(self.model)}: config.id2label gives the name(s) {', '.join(repeated)} "
+                             "to more than one class")
+        label2id = getattr(config, "label2id", None) or {}
+        wrong = [name for name in labels if name in label2id and int(label2id[name]) != labels.index(name)]
+        if wrong:
+            raise ValueError(f"{_model_name(self.model)}: config.label2id and config.id2label disagree about "
+                             f"{', '.join(wrong)}")
+        return labels
 
     def preprocess(self, inputs, sampling_rate=None, lead_names=None, leads=None):
         model_inputs = self._ecg_inputs(inputs, sampling_rate, lead_names, leads)

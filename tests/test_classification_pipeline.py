@@ -282,6 +282,21 @@ def test_labels_travel_through_the_model_inputs_and_outputs(exported):
         pipe.postprocess(dict(outputs, class_labels=["a", "b"]))
 
 
+def test_a_config_naming_two_classes_alike_or_contradicting_itself_is_refused(exported):
+    """An edited id2label that names two outputs alike served two "AFIB" scores (one of them NORM's); a label2id
+    contradicting id2label was ignored."""
+    pipe = ECGClassificationPipeline(model=tiny_classifier(exported["tok"], MULTI, "multi_label_classification", 3),
+                                     processor=exported["processor"])
+    config = pipe.model.config
+    config.id2label = {0: MULTI[0], 1: MULTI[0], 2: MULTI[2]}
+    with pytest.raises(ValueError, match=f"config.id2label gives the name\\(s\\) {MULTI[0]} to more than one class"):
+        pipe(exported["signal"], sampling_rate=500)
+    config.id2label = dict(enumerate(MULTI))
+    config.label2id = {name: len(MULTI) - 1 - i for i, name in enumerate(MULTI)}
+    with pytest.raises(ValueError, match="config.label2id and config.id2label disagree"):
+        pipe(exported["signal"], sampling_rate=500)
+
+
 def test_lead_subsets_and_return_leads(exported):
     pipe = _local(exported)
     limb = exported["signal"][:6]
