@@ -180,6 +180,8 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert set(json.loads((out / "checkpoint-2" / "config.json").read_text())["custom_pipelines"]) == {
         "ecg-classification"}
     assert first["class_weights"] and len(first["class_weights"]) == 9
+    # the fixture teaches three of CPSC2018's nine classes: the other six are scored by the export, never learned
+    assert set(first["classes_without_train_positives"]) == set(first["class_names"]) - {"AFIB", "CLBBB", "NORM"}
     assert first["test"]["report"]["n_records"] == 10 and first["best_val_macro_auc"] is not None
     assert first["test"]["report"]["macro_auprc"] is not None and "eval_macro_auprc" in first["eval_log"][0]
     assert json.loads((out / "results.json").read_text())["schema"] == "dbeta-finetune/1"
@@ -208,6 +210,7 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert 'pipeline("ecg-classification"' in card and "zero-shot-ecg-classification" not in card
     assert "test macro AUC" in (export / "README.md").read_text()
     assert "test macro AUPRC" in (export / "README.md").read_text()
+    assert "classes never seen positive in training" in card
 
     # the export reloads in a fresh interpreter (remote code only) and gives the same logits
     from dbeta.modeling_dbeta import DBetaForECGClassification

@@ -259,6 +259,10 @@ def prepare(s: FinetuneSettings) -> dict:
     if not ((val_pos > 0) & (val_pos < len(y_val))).any():
         raise ValueError(f"{data.dataset}: no class has both positives and negatives in val; the val macro AUC "
                          f"that selects the checkpoint is undefined")
+    unlearned = [c for c, n in zip(class_names, y_train.sum(axis=0)) if n == 0]
+    if unlearned:  # the head still gets an output for them: its scores are its initialisation's, not learned
+        logger.warning("%d of %d classes have no positive training record; the export scores them but never learned "
+                       "them: %s", len(unlearned), len(class_names), ", ".join(unlearned))
     weights = None
     if s.model.class_weights == "auto":
         weights = auto_class_weights(y_train, s.model.max_class_weight)
@@ -273,6 +277,7 @@ def prepare(s: FinetuneSettings) -> dict:
         "test": ECGClassificationDataset(splits["test"], fe, protocol_n) if len(splits["test"]) else None,
     }
     return {"splits": splits, "datasets": datasets, "class_names": class_names, "class_weights": weights,
+            "classes_without_train_positives": unlearned,
             "processor": processor, "model": model, "protocol_num_samples": protocol_n}
 
 
@@ -343,6 +348,8 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
         "fine-tuned from": s.model.name_or_path,
         "dataset": s.data.dataset + (f" / {s.data.task}" if s.data.task else ""),
         "classes": ", ".join(class_names),
+        **({"classes never seen positive in training (scored, not learned)":
+            ", ".join(parts["classes_without_train_positives"])} if parts["classes_without_train_positives"] else {}),
         "epochs run": f"{trainer.state.epoch:g} (best checkpoint: {Path(best).name if best else 'last'})",
         "val macro AUC": f"{val_metrics.get('val_macro_auc', float('nan')):.4f}",
     }
@@ -365,6 +372,7 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
         "data_root": str(s.data.root),
         "class_names": class_names,
         "class_weights": parts["class_weights"],
+        "classes_without_train_positives": parts["classes_without_train_positives"],
         "protocol_num_samples": parts["protocol_num_samples"],
         "splits": {s: len(ds) for s, ds in parts["splits"].items()},
         "hyperparameters": {
