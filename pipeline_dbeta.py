@@ -825,6 +825,8 @@ def _seconds(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if value > 1e7:  # no recording lasts 116 days; beyond this, seconds x rate stops being a sample count
+        raise ValueError(f"{name} must be at most 1e7 seconds, got {value!r}")
     return float(value)
 
 

@@ -344,6 +344,9 @@ def test_mask_token_choice(t5_tokenizer, bert_tokenizer):
     assert t5_tokenizer.mask_token is None
     assert resolve_mask_token_id(t5_tokenizer) == t5_tokenizer.convert_tokens_to_ids("<extra_id_0>")
     assert resolve_mask_token_id(bert_tokenizer) == bert_tokenizer.mask_token_id
+    # a mask token the vocabulary lacks is named as such (the message blamed the tokenizer, which has a sentinel)
+    with pytest.raises(ValueError, match="mask_token '<nonexistent>' is not in the tokenizer's vocabulary"):
+        resolve_mask_token_id(t5_tokenizer, "<nonexistent>")
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 

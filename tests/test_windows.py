@@ -137,6 +137,8 @@ def test_window_errors(pipe):
         pipe(signal[:, :500], window_seconds=10, **call)
     with pytest.raises(TypeError, match="window_second"):
         pipe(signal, window_second=10, **call)
+    with pytest.raises(ValueError, match="stride_seconds must be at most 1e7 seconds"):  # was an OverflowError
+        pipe(signal, window_seconds=10, stride_seconds=1e308, **call)
     short = pipe(signal[:, :3500], window_seconds=10, **call)  # a window longer than the record: one window
     assert [(w["start"], w["end"]) for w in short["windows"]] == [(0, 7)]
 

@@ -67,6 +67,9 @@ def resolve_mask_token_id(tokenizer, mask_token: Optional[str] = None) -> int:
     for token in candidates:
         if token in vocab:
             return int(vocab[token])
+    if mask_token:
+        raise ValueError(f"mask_token {mask_token!r} is not in the tokenizer's vocabulary "
+                         f"({type(tokenizer).__name__}); leave it unset for the tokenizer's own mask token")
     raise ValueError(
         f"the tokenizer ({type(tokenizer).__name__}) has no mask token and no {T5_MASK_SENTINEL} sentinel; "
         "pass mask_token= with a token of its vocabulary"

@@ -104,8 +104,11 @@ def build_collators(processor, c: CollatorSettings, max_length: int, seed: int, 
     from train.collator import PretrainingCollator
 
     common = dict(p_neg=c.p_neg, mlm_probability=c.mlm_probability, max_length=max_length, mask_token=c.mask_token)
-    train = PretrainingCollator(processor, train_sampler, train=True, lead_mask_prob=c.lead_mask_prob, seed=seed,
-                                **common)
+    try:
+        train = PretrainingCollator(processor, train_sampler, train=True, lead_mask_prob=c.lead_mask_prob, seed=seed,
+                                    **common)
+    except ValueError as err:  # the settings the collator checks (the mask token against the vocabulary)
+        raise ConfigError(f"collator: {err}") from None
     val = None
     if val_sampler is not None:
         val = PretrainingCollator(processor, val_sampler, train=False, lead_mask_prob=0.0, seed=seed + 1,
