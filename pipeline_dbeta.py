@@ -676,9 +676,10 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         """Score one record and attribute one label's score to its leads and time (integrated gradients, captum).
 
         `explain_label`: the candidate label to explain (default: the top-scoring one). Attributions are against
-        an all-zero ECG, which is how the model saw absent leads in pretraining. They rank leads and segments; they
-        are not additive shares of the score: the encoder's first GroupNorm normalises each channel over the whole
-        record, so the score jumps at the start of the path from zero (`convergence_delta` is the gap). Returns
+        `attribution_baseline`, low-amplitude noise on the leads the record has (absent leads stay zero): the
+        encoder's first GroupNorm normalises each channel over the whole record, so from an all-zero ECG the score
+        would jump at the start of the path and the gradients integrate to about 0. They rank leads and segments
+        (`convergence_delta` is the gap left by the numerical integral). Returns
         {"scores": [...] (as the pipeline), "leads": [the leads used], "explanation": see
         `attribute_zero_shot`}."""
         labels, texts, pre, post = self._labels_and_options(kwargs)

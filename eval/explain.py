@@ -4,9 +4,11 @@ drawn on the 12-lead grid.
     python -m eval.explain --model M --record records500/00000/00001_hr --labels NORM AFIB SBRAD \
         [--label AFIB] --output where.png [--json where.json] [--segment-seconds 0.5] [--n-steps 32]
 
-The explained label defaults to the top-scoring one. The attribution is against an all-zero ECG (how the model
-saw an absent lead in pretraining), so its sum over leads and time is the label's score minus the score of a
-zero ECG (`convergence_delta` is the gap left by the numerical integral). From Python:
+The explained label defaults to the top-scoring one. The attribution is against a low-amplitude noise record
+(`pipeline_dbeta.attribution_baseline`, 0.05 mV on the leads the record has; absent leads stay zero): the
+encoder's first GroupNorm makes it blind to scale, so from an all-zero ECG the gradients integrate to about 0.
+Its sum over leads and time is the label's score minus the baseline's (`convergence_delta` is the gap left by the
+numerical integral). From Python:
 `pipe(record, candidate_labels=[...], explain=True)` (`ZeroShotECGClassificationPipeline.explain`), or
 `pipeline_dbeta.attribute_classifier(model, ecg_values, target)` for a fine-tuned classifier.
 """
