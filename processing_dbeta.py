@@ -146,29 +146,28 @@ WFDB_RECORD_LINE = re.compile(
 )
 
 
-def _wfdb_header_length(wfdb, base: str) -> Optional[int]:
-    """The sample count a header states (None if none). Read from the record line when it is a plain
-    single-segment one: wfdb.rdheader's pandas parse costs ~14 ms, and rdrecord parses the header again."""
+def _record_line(base: str) -> Optional[re.Match]:
+    """The header's record line, parsed (None if unreadable or not of that form)."""
     try:
         with open(base + ".hea", encoding="latin-1") as fh:
-            for line in fh:
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    m = WFDB_RECORD_LINE.match(line)
-                    if m is not None and not m.group("nseg"):
-                        return int(m.group("len")) if m.group("len") else None
-                    break
+            line = next((t.strip() for t in fh if t.strip() and not t.lstrip().startswith("#")), "")
     except OSError:
-        pass
+        return None
+    return WFDB_RECORD_LINE.match(line)
+
+
+def _wfdb_header_length(wfdb, base: str, record_line: Optional[re.Match] = None) -> Optional[int]:
+    """The sample count a header states (None if none). Read from the record line when it is a plain
+    single-segment one: wfdb.rdheader's pandas parse costs ~14 ms, and rdrecord parses the header again."""
+    m = record_line if record_line is not None else _record_line(base)
+    if m is not None and not m.group("nseg"):
+        return int(m.group("len")) if m.group("len") else None
     return wfdb.rdheader(base).sig_len or None
 
 
-def _check_header_rate(base: str, rate: float) -> None:
+def _check_header_rate(base: str, rate: float, m: Optional[re.Match]) -> None:
     """wfdb reads a sampling frequency it cannot parse (a negative one, say) as its default of 250 Hz: the record
     would be resampled as if recorded at another rate. The record line's own field must give the same rate."""
-    with open(base + ".hea", encoding="latin-1") as fh:
-        line = next((t.strip() for t in fh if t.strip() and not t.lstrip().startswith("#")), "")
-    m = WFDB_RECORD_LINE.match(line)
     if m is not None and m.group("fs") is not None:
         try:
             stated = float(m.group("fs"))
@@ -251,12 +250,13 @@ def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] =
     wfdb = _import_wfdb()
     base = _wfdb_base(path)
     try:
-        header_length = _wfdb_header_length(wfdb, base)
+        record_line = _record_line(base)
+        header_length = _wfdb_header_length(wfdb, base, record_line)
         partial = sampfrom > 0 or sampto is not None
         record = wfdb.rdrecord(base, sampfrom=sampfrom, sampto=sampto) if partial else wfdb.rdrecord(base)
     except Exception as err:  # wfdb raises assorted ValueError/IndexError/OSError on damaged files
         raise ECGReadError(f"{base}: unreadable WFDB record ({type(err).__name__}: {err})") from err
-    _check_header_rate(base, float(record.fs))
+    _check_header_rate(base, float(record.fs), record_line)
     signal = record.p_signal
     if signal is None or signal.ndim != 2:
         raise ECGReadError(f"{base}: WFDB record has no physical signal")
