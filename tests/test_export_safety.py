@@ -381,3 +381,19 @@ def test_runs_refuse_an_export_folder_that_would_replace_what_they_read(pre_expo
     assert convert_original_checkpoint.main(["--checkpoint", str(folder / "authors.pt"), "--output",
                                              str(folder)]) == 1
     assert f"would replace {folder / 'authors.pt'}" in capsys.readouterr().err
+
+
+def test_a_folder_left_between_the_two_renames_is_put_back(tmp_path):
+    """A stop after the old folder was moved aside and before the new one moved in leaves it as `.NAME.old`: the
+    next publication puts it back before staging, so the old folder is never lost to a second stop."""
+    from train.folders import replace_folder, staging_folder
+
+    (tmp_path / ".export.old").mkdir()
+    (tmp_path / ".export.old" / "config.json").write_text("old")
+    staging = staging_folder(tmp_path / "export")
+    assert (tmp_path / "export" / "config.json").read_text() == "old" and not (tmp_path / ".export.old").exists()
+    staging.mkdir()
+    (staging / "config.json").write_text("new")
+    replace_folder(staging, tmp_path / "export")
+    assert (tmp_path / "export" / "config.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

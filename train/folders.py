@@ -10,9 +10,13 @@ __all__ = ["staging_folder", "replace_folder"]
 
 
 def staging_folder(out: Path) -> Path:
-    """An empty `.NAME.partial` beside `out` (what a stopped run left there is removed)."""
+    """An empty `.NAME.partial` beside `out` (what a stopped run left there is removed; a folder a stop between
+    `replace_folder`'s two renames left as `.NAME.old` is put back first)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not out.exists():
+        os.rename(old, out)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     return staging
@@ -20,7 +24,8 @@ def staging_folder(out: Path) -> Path:
 
 def replace_folder(staging: Path, out: Path) -> None:
     """Move `staging` to `out`. An existing `out` is kept (as `.NAME.old`) until the new folder is in place, so a
-    run stopped at any point leaves the old folder or the new one, never a mix."""
+    run stopped at any point leaves the old folder (for the moment between the renames, as `.NAME.old`, which the
+    next `staging_folder` puts back) or the new one, never a mix."""
     out = Path(out)
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
