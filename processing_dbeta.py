@@ -337,6 +337,9 @@ def read_ecg_file(path: Union[str, Path]) -> ECGRecord:
     p = Path(path)
     if p.suffix.lower() == ".dcm" or (p.is_file() and _is_dicom(p)):
         return read_dicom(p)
+    if p.suffix.lower() in (".npy", ".npz", ".csv", ".txt", ".json", ".xml", ".edf"):
+        raise ECGReadError(f"{p}: a {p.suffix} file is not read as an ECG file (DICOM or WFDB only) and says nothing "
+                           "of its sampling rate: load the array yourself and pass it with sampling_rate=")
     return read_wfdb(p)
 
 
@@ -371,6 +374,8 @@ def _repair_non_finite(x: np.ndarray, policy: str, where: str) -> np.ndarray:
 def _as_float32(x, where: str) -> np.ndarray:
     """The signal as float32; a finite value float32 cannot hold (|x| > 3.4e38) is an error, not an inf to repair."""
     raw = np.asarray(x)
+    if raw.dtype.kind not in "fiu":  # booleans, complex numbers, strings or objects are no voltages
+        raise ValueError(f"{where}: ECG samples must be real numbers, got an array of {raw.dtype}")
     if raw.dtype.kind != "f" or raw.dtype.itemsize <= 4:
         return np.asarray(raw, dtype=np.float32)
     with np.errstate(over="ignore"):

@@ -160,6 +160,11 @@ def test_wfdb_reader_units_and_truncation(tmp_path):
         read_wfdb(tmp_path / "rec")
     with pytest.raises(ECGReadError, match="header not found"):
         read_wfdb(tmp_path / "absent")
+    np.save(tmp_path / "rec.npy", sig.T)  # an array file: no rate to read, and not a WFDB record
+    from dbeta.processing_dbeta import read_ecg_file
+
+    with pytest.raises(ECGReadError, match=r"rec.npy: a .npy file is not read as an ECG file .* sampling_rate="):
+        read_ecg_file(tmp_path / "rec.npy")
 
 
 def test_a_signal_file_that_does_not_fit_its_header_is_refused(tmp_path):
@@ -292,6 +297,9 @@ def test_sampling_rate_and_lead_names_of_the_wrong_type_are_clear_errors():
         fe(x, sampling_rate=500, lead_names="I II III aVR aVL aVF V1 V2 V3 V4 V5 V6")
     with pytest.raises(ValueError, match="sampling_rate must be a number"):
         fe.condition(x, "500 Hz")
+    for bad, named in ((x > 0, "bool"), (x.astype(np.complex64), "complex64")):  # no voltages
+        with pytest.raises(ValueError, match=f"ECG samples must be real numbers, got an array of {named}"):
+            fe(bad, sampling_rate=500)
     # a sampling interval given as the rate would ask the resampler for tens of GB; 5 Hz cannot carry an ECG
     for rate in (0.002, 5, 1e6):
         with pytest.raises(ValueError, match=re.escape(f"sampling_rate {rate:g} Hz is outside the 50-20000 Hz")):
