@@ -682,6 +682,9 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         (`convergence_delta` is the gap left by the numerical integral). Returns
         {"scores": [...] (as the pipeline), "leads": [the leads used], "explanation": see
         `attribute_zero_shot`}."""
+        if not isinstance(self.model, torch.nn.Module):  # an ONNX Runtime graph has no gradients to integrate
+            raise TypeError(f"explain=True needs the torch model (DBetaModel), not {type(self.model).__name__}: "
+                            "load the folder with AutoModel.from_pretrained for attributions")
         labels, texts, pre, post = self._labels_and_options(kwargs)
         multi_label = post.get("multi_label", False)
         record = _read_input(inputs, None, pre.get("sampling_rate"), pre.get("lead_names"))

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -195,6 +196,9 @@ def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None,
 
     from eval.outputs import check_json_output
 
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be an exported folder or a Hub repo id, got a {type(model).__name__} (its "
+                        "folder is what the evaluation loads, with its processor and prompts)")
     output = check_json_output(output, reads=(model, data_root))
     dataset = str(dataset).lower()
     if dataset not in DATASETS:

@@ -173,6 +173,10 @@ def test_zero_shot_pipeline_runs_on_the_graphs(folders, monkeypatch):
     for r, g in zip(ref, got):
         assert [x["label"] for x in r] == [x["label"] for x in g]
         np.testing.assert_allclose([x["score"] for x in g], [x["score"] for x in r], atol=1e-5)
+    # attributions integrate gradients, which a graph run by ONNX Runtime has not (was torch's "does not require
+    # grad" from deep inside captum)
+    with pytest.raises(TypeError, match="explain=True needs the torch model"):
+        onnx_pipe(signals[0], sampling_rate=500, candidate_labels=labels, explain=True)
 
 
 def test_missing_or_replaced_graph_is_refused_naming_the_file(folders, tmp_path):

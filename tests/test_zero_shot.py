@@ -356,6 +356,8 @@ def test_run_zero_shot_is_a_function_with_keyword_arguments(tiny_model, ptbxl_ro
                                      num_workers=0, bootstrap=0, plot=False, output=out)
     assert json.loads(out.read_text())["macro_auc"] == result["macro_auc"]
     assert result["outputs"]["json"] == str(out) and "scores" not in result
+    with pytest.raises(TypeError, match="model must be an exported folder or a Hub repo id, got a DBetaModel"):
+        zero_shot.run_zero_shot(DBetaModel.from_pretrained(tiny_model[0]), "ptbxl", ptbxl_root, task="rhythm")
     with pytest.raises(ValueError, match="unknown dataset 'mitbih'.*cpsc2018"):
         zero_shot.run_zero_shot(str(tiny_model[0]), "mitbih", ptbxl_root)
     with pytest.raises(ValueError, match="scoring must be one of model, cosine, dot"):
