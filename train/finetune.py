@@ -58,6 +58,7 @@ from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
 from train.export import CLASSIFICATION_PIPELINES, ExportTargetError, check_export_target, export_model
 from train.finetune_settings import FinetuneSettings
+from train.folders import write_json
 from train.hub import push_export
 from train.settings import ConfigError, add_settings_arguments, read_config_file
 
@@ -311,9 +312,7 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
     t0 = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
     if not earlier:
-        tmp = settings_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(s.to_dict(), indent=1))
-        tmp.replace(settings_file)
+        write_json(settings_file, s.to_dict())
     parts = prepare(s)
     class_names, datasets = parts["class_names"], parts["datasets"]
     trainer = build_trainer(s, parts["model"], parts["processor"], datasets["train"], datasets["val"],

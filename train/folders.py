@@ -1,12 +1,25 @@
-"""Publishing a folder whole: written beside its destination, then renamed into place."""
+"""Publishing a file or a folder whole: written beside its destination, then renamed into place, so a run
+stopped at any moment leaves the old one or the new one, never part of one."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
-__all__ = ["staging_folder", "replace_folder"]
+__all__ = ["write_text", "write_json", "staging_folder", "replace_folder"]
+
+
+def write_text(path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def staging_folder(out: Path) -> Path:

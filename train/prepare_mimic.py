@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Optional
 
 
+from train.folders import write_json, write_text
 from train.mimic import (
     DROP_REASONS,
     MimicInputError,
@@ -59,16 +60,6 @@ from train.mimic import (
 
 FORMAT_VERSION = 2  # bumped when work/ changes layout: an older unfinished ingest is refused, not misread
 SPLITS = ("train", "validation")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -134,7 +125,7 @@ def build_manifest(mimic_root: Path, work: Path, limit: Optional[int]) -> dict:
             "record_list.csv": bad_rl_lines[:1000], "machine_measurements.csv": bad_mm_lines[:1000]
         },
     }
-    _write_json(done, info)
+    write_json(done, info)
     return info
 
 
@@ -190,7 +181,7 @@ def process_chunk(task: dict) -> dict:
         w.close()
     result = {"chunk": task["chunk"], "start": task["start"], "stop": task["stop"], "read": len(rows),
               "kept": kept, "dropped": dropped, "dropped_rows": dropped_rows}
-    _write_json(tmp / "result.json", result)
+    write_json(tmp / "result.json", result)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -253,7 +244,7 @@ def prepare_mimic(
                 "or --restart to start over"
             )
     else:
-        _write_json(settings_path, settings)
+        write_json(settings_path, settings)
 
     t0 = time.perf_counter()
     manifest = build_manifest(mimic_root, work, limit)
@@ -298,7 +289,7 @@ def prepare_mimic(
 
     summary = _finish(out, work, settings, manifest, n_chunks)
     summary["elapsed_s_last_run"] = round(time.perf_counter() - t0, 2)
-    _write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return summary
 
 
@@ -340,7 +331,7 @@ def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int
         subjects[s] = np.unique(col)
     if len(np.intersect1d(subjects["train"], subjects["validation"])):  # cannot happen with subject_split
         raise RuntimeError("a subject is on both sides of the split")
-    _write_text(out / "validation_subjects.txt", "".join(f"{int(x)}\n" for x in subjects["validation"]))
+    write_text(out / "validation_subjects.txt", "".join(f"{int(x)}\n" for x in subjects["validation"]))
     del dataset
     return {
         "complete": True,

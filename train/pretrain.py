@@ -51,6 +51,7 @@ import torch
 
 from train.checkpoints import (RUN_CONFIG_FILE, STATE_FILE, TrainState, list_checkpoints, resume_from_checkpoint,
                                save_checkpoint)
+from train.folders import write_json
 from train.run_lock import FolderInUseError, RunLock
 from train.settings import ConfigError, PretrainSettings, read_config_file
 
@@ -259,7 +260,7 @@ def train(s: PretrainSettings, resume: bool) -> int:
     state.train_rows = len(train_rows)
     if accelerator.is_main_process:  # after the resume checks: a refused resume leaves the run's record as it was
         out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_CONFIG_FILE).write_text(json.dumps(s.to_dict(), indent=2))
+        write_json(out / RUN_CONFIG_FILE, s.to_dict())
 
     bs, ga = t.per_device_batch_size, t.gradient_accumulation_steps
     global_batch = bs * world * ga

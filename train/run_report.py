@@ -105,7 +105,6 @@ def export_and_push(model, tokenizer, s: PretrainSettings, state: TrainState, in
 
 
 def write_metrics(output_dir, metrics: dict) -> None:
-    path = Path(output_dir) / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(path)
+    from train.folders import write_json
+
+    write_json(Path(output_dir) / "metrics.json", metrics)
