@@ -58,7 +58,7 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
     from dbeta.prompting_dbeta import load_prompt_set, prompt_style_for
     from eval.outputs import check_json_output
 
-    output = check_json_output(output, reads=(model if isinstance(model, (str, Path)) else None, data_root))
+    output = check_json_output(output, reads=(model, data_root))
     t_start = time.perf_counter()
     if isinstance(model, (str, Path)):
         name = str(model)

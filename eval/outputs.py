@@ -3,6 +3,7 @@ beside it, never on top of what the run reads or of another of its outputs."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence
 
@@ -22,7 +23,7 @@ def record_files(record) -> list:
 def check_outputs(outputs: Dict[str, Optional[object]], reads: Iterable = ()) -> None:
     """ValueError unless the outputs ({what: path}) are distinct files and none would replace a file the run reads:
     one of `reads`, or a file already inside a folder of `reads` (the model folder, the data root). New files in
-    those folders are allowed."""
+    those folders are allowed; a read that is no path (None, a loaded model) has no file to protect."""
     seen: Dict[Path, str] = {}
     for what, path in outputs.items():
         if path is None:
@@ -32,9 +33,9 @@ def check_outputs(outputs: Dict[str, Optional[object]], reads: Iterable = ()) ->
             raise ValueError(f"{what} and {seen[resolved]} are the same file ({path}): one would overwrite the other")
         seen[resolved] = what
         for source in reads:
-            if source is None:
+            if not isinstance(source, (str, os.PathLike)):
                 continue
-            read = Path(str(source)).resolve()
+            read = Path(source).resolve()
             if resolved == read or (read.is_dir() and read in resolved.parents and resolved.exists()):
                 inside = "" if resolved == read else f"a file in {source}, "
                 raise ValueError(f"{what} {path} would replace {inside}{'which' if inside else 'what'} this run "
