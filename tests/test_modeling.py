@@ -635,3 +635,25 @@ def test_settings_given_to_from_pretrained_are_checked_like_the_config_s_own(con
     assert DBetaModel.from_pretrained(tmp_path, zero_shot_prompt_style="name").config.zero_shot_prompt_style == "name"
     with pytest.raises(ValueError, match="zero_shot_prompt_style must be one of"):
         DBetaModel.from_pretrained(tmp_path, zero_shot_prompt_style="names")
+
+
+def test_text_layers_learn_at_their_own_rate(config):
+    from train.optim import build_optimizer, build_scheduler
+
+    model = DBetaForPreTraining(config)
+    model.freeze_text_encoder(trainable_layers=1)
+    optimizer = build_optimizer(model, 1e-3, 0.01, (0.9, 0.999), 1e-8, fused=False, text_lr_ratio=0.1)
+    scheduler = build_scheduler(optimizer, warmup_steps=2, max_steps=10, min_lr_ratio=0.1)
+    text = {id(p) for p in model.text_model.parameters() if p.requires_grad}
+    assert text
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert set(lr_of) == {id(p) for p in trainable}  # every trainable parameter once, frozen ones never
+    assert all(lr_of[id(p)] == pytest.approx(5e-5 if id(p) in text else 5e-4) for p in trainable)  # warmup 1/2
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert {round(lr_of[i] / lr_of[id(trainable[0])], 6) for i in text} == {0.1}  # the schedule keeps the ratio
+    assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0] and not any(
+        id(p) in text for p in optimizer.param_groups[0]["params"])

@@ -11,13 +11,21 @@ import torch
 logger = logging.getLogger("train.optim")
 
 
-def build_optimizer(model, lr: float, weight_decay: float, betas, eps: float, fused: bool) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; biases and norms never decay."""
-    decay, no_decay = [], []
+def build_optimizer(model, lr: float, weight_decay: float, betas, eps: float, fused: bool,
+                    text_lr_ratio: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; biases and norms never decay. The text encoder's trainable layers
+    learn at lr x `text_lr_ratio`: they start pretrained, the rest of the model from scratch."""
+    text = {id(p) for p in model.text_model.parameters()}
+    groups = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            no_decay = p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+            key = (id(p) in text, no_decay)
+            if key not in groups:
+                groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                               "lr": lr * text_lr_ratio if key[0] else lr}
+            groups[key]["params"].append(p)
+    groups = [groups[key] for key in sorted(groups)]  # group 0 is the model's own, the LR the logs report
     adam = dict(lr=lr, betas=tuple(betas), eps=eps)
     if fused:
         try:

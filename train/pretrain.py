@@ -238,7 +238,7 @@ def train(s: PretrainSettings, resume: bool) -> int:
     train_sampler, val_sampler, negatives = negative_samplers(d.n3s, train_rows, val_rows)
     train_collator, val_collator = build_collators(build_processor(tokenizer), s.collator, d.max_length, s.seed,
                                                    train_sampler, val_sampler)
-    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, o.fused)
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, o.fused, o.text_lr_ratio)
     # Not prepared: accelerate would step a prepared scheduler once per process.
     scheduler = build_scheduler(optimizer, o.warmup_steps, t.max_steps, o.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -34,7 +34,8 @@ def card_facts(s: PretrainSettings, state: TrainState, info: dict) -> dict:
         "samples seen": state.samples,
         "global batch": info.get("global_batch", ""),
         "optimizer": (f"AdamW lr {o.lr:g}, betas {tuple(o.betas)}, weight decay {o.weight_decay:g}, "
-                      f"{o.warmup_steps} warmup steps then cosine to {o.min_lr_ratio:g}x, clip {o.max_grad_norm}"),
+                      f"{o.warmup_steps} warmup steps then cosine to {o.min_lr_ratio:g}x, clip {o.max_grad_norm}"
+                      + (f", text encoder at lr x {o.text_lr_ratio:g}" if o.text_lr_ratio != 1 else "")),
         "precision": s.train.mixed_precision,
         "processes": info.get("world_size", 1),
         "seed": s.seed,

@@ -218,6 +218,8 @@ class OptimSettings:
     min_lr_ratio: float = _f(0.0, "cosine decays to lr x this at max_steps", min=0, max=1)
     max_grad_norm: Optional[float] = _f(1.0, "gradient clipping; null or 0 = none", min=0)
     fused: bool = _f(True, "fused AdamW kernel (~8x faster than the per-tensor loop on CPU)")
+    text_lr_ratio: float = _f(1.0, "the text encoder's trainable layers (model.text_trainable_layers, or all of "
+                                   "it when not frozen) learn at lr x this", min_exclusive=0, max=1)
 
 
 @dataclass
