@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -191,32 +191,47 @@ def wfdb_file_bytes(fmt: str, n_values: int) -> Optional[int]:
     return None
 
 
-def _check_signal_files(record, base: str, length: Optional[int]) -> None:
-    """Each signal file's size against what its header implies (a wrong format or signal count would otherwise be
-    read as plausible-looking noise), and a MATLAB v4 `.mat`'s matrix shape against [signals, samples] (a matrix
-    saved transposed has the same size but the samples in another order)."""
-    names, fmts = list(getattr(record, "file_name", None) or []), [str(f) for f in (record.fmt or [])]
-    if not length or not names or len(fmts) != len(names) or any((s or 1) != 1 for s in record.samps_per_frame or []):
-        return
+def wfdb_signal_files(header, folder: Union[str, Path], length: int) -> List[dict]:
+    """Each signal file a WFDB header names, once: {"path", "signals" (how many it holds), "fmt" (None when its
+    signals disagree), "offset", "size" (None if missing or unreadable), "expected" (offset + what `length` samples of its
+    signals take; None when the format is not listed in `wfdb_file_bytes`)}. A file whose size differs from what
+    the header implies holds another format or signal count, or is damaged: read anyway, it looks like noise."""
+    names, fmts = [str(n) for n in header.file_name or []], [str(f) for f in header.fmt or []]
     offsets = {}
-    for name, offset in zip(names, record.byte_offset or [None] * len(names)):
+    for name, offset in zip(names, header.byte_offset or [None] * len(names)):
         offsets.setdefault(name, offset or 0)
-    folder = Path(base).parent
+    files = []
     for name in dict.fromkeys(names):
         count = names.count(name)
         file_fmts = {f for n, f in zip(names, fmts) if n == name}
-        per_file = wfdb_file_bytes(file_fmts.pop(), length * count) if len(file_fmts) == 1 else None
-        path = folder / name
+        fmt = file_fmts.pop() if len(file_fmts) == 1 else None
+        per_file = wfdb_file_bytes(fmt, length * count) if fmt else None
+        path = Path(folder) / name
         try:
-            size = path.stat().st_size
+            size = path.stat().st_size if path.is_file() else None
         except OSError:
+            size = None
+        files.append({"path": path, "signals": count, "fmt": fmt, "offset": offsets[name], "size": size,
+                      "expected": None if per_file is None else offsets[name] + per_file})
+    return files
+
+
+def _check_signal_files(record, base: str, length: Optional[int]) -> None:
+    """The signal files' sizes against the header (`wfdb_signal_files`), and a MATLAB v4 `.mat`'s matrix shape
+    against [signals, samples] (a matrix saved transposed has the same size but the samples in another order)."""
+    names, fmts = list(getattr(record, "file_name", None) or []), list(record.fmt or [])
+    if not length or not names or len(fmts) != len(names) or any((s or 1) != 1 for s in record.samps_per_frame or []):
+        return
+    for f in wfdb_signal_files(record, Path(base).parent, length):
+        path, offset, count = f["path"], f["offset"], f["signals"]
+        if f["size"] is None:
             continue  # wfdb read it, so it exists; a race is not this check's business
-        if per_file is not None and size != offsets[name] + per_file:
-            raise ECGReadError(f"{path}: {size} bytes, but the header implies {offsets[name] + per_file} ({count} "
-                               f"signals x {length} samples in format {fmts[names.index(name)]}"
-                               f"{f' after {offsets[name]} header bytes' if offsets[name] else ''}): a wrong format "
+        if f["expected"] is not None and f["size"] != f["expected"]:
+            raise ECGReadError(f"{path}: {f['size']} bytes, but the header implies {f['expected']} ({count} "
+                               f"signals x {length} samples in format {f['fmt']}"
+                               f"{f' after {offset} header bytes' if offset else ''}): a wrong format "
                                "or signal count in the header, or a damaged file")
-        if path.suffix.lower() == ".mat" and offsets[name] >= 20:
+        if path.suffix.lower() == ".mat" and offset >= 20:
             head = np.fromfile(path, dtype="<i4", count=5)
             if len(head) == 5 and head[0] in (0, 10, 20, 30, 40, 50) and head[3] == 0:  # little-endian v4, real
                 rows, cols = int(head[1]), int(head[2])

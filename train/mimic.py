@@ -57,7 +57,7 @@ from dbeta.processing_dbeta import (
     canonical_lead_name,
     normalize_report,
     unit_scale_to_mv,
-    wfdb_file_bytes,
+    wfdb_signal_files,
 )
 
 
@@ -457,24 +457,14 @@ def read_record(mimic_root, path: str) -> dict:
     files = list(dict.fromkeys(header.file_name))
     for fname in files:
         _check_inside(mimic_root, hea.parent / str(fname), "a signal file named in the header")
-    offsets = {}
-    for fname, off in zip(header.file_name, header.byte_offset or [None] * n_sig):
-        offsets.setdefault(fname, off or 0)
-    for fname in files:  # the size the header implies, so a wrong format or lead count is not read as garbage
-        dat = hea.parent / fname
-        if not dat.is_file():
-            raise RecordDropped("missing_dat", f"{dat} not found")
-        n_in_file = sum(1 for f in header.file_name if f == fname)
-        expected = offsets[fname] + wfdb_file_bytes(fmts[0], NUM_SAMPLES * n_in_file)
-        try:
-            size = dat.stat().st_size
-        except OSError as err:
-            raise RecordDropped("unreadable_record", f"{dat}: {err}") from None
-        what = f"{dat}: {size} bytes, the header implies {expected} ({n_in_file} signals x {NUM_SAMPLES} samples " \
-               f"in format {fmts[0]})"
-        if size < expected:
+    for f in wfdb_signal_files(header, hea.parent, NUM_SAMPLES):  # a wrong format or lead count reads as noise
+        if f["size"] is None:
+            raise RecordDropped("missing_dat", f"{f['path']} not found (or not a readable file)")
+        what = f"{f['path']}: {f['size']} bytes, the header implies {f['expected']} ({f['signals']} signals x " \
+               f"{NUM_SAMPLES} samples in format {f['fmt']})"
+        if f["size"] < f["expected"]:
             raise RecordDropped("truncated_dat", what)
-        if size > expected:
+        if f["size"] > f["expected"]:
             raise RecordDropped("header_data_mismatch", what)
     simple = len(files) == 1 and fmts[0] == "16" and not any(header.byte_offset or [])
     if simple:  # MIMIC's case: one interleaved little-endian int16 file
