@@ -1108,3 +1108,15 @@ def test_a_flat_record_warns_instead_of_stopping_pretraining(rows, t5_tokenizer)
     with pytest.warns(UserWarning, match="flat signal"):
         batch = collator(data, batch_id=0)
     assert batch["ecg_values"].shape[0] == 4
+
+
+def test_a_warmup_longer_than_the_run_is_announced(caplog):
+    from train.pretrain import main
+
+    with caplog.at_level("WARNING", logger="train.settings"):
+        assert main(["--set", "optim.warmup_steps=500", "--set", "train.max_steps=100", "--print-config"]) == 0
+    assert "optim.warmup_steps (500) >= train.max_steps (100): the learning rate ends at 0.2 x optim.lr" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train.settings"):
+        assert main(["--set", "optim.warmup_steps=50", "--set", "train.max_steps=100", "--print-config"]) == 0
+    assert "warmup_steps" not in caplog.text

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import math
 import typing
 from dataclasses import dataclass, field
@@ -283,6 +284,11 @@ class PretrainSettings(Settings):
                               "on held-out rows, or set it empty for no validation")
         if self.optim.max_grad_norm == 0:
             self.optim.max_grad_norm = None
+        if self.optim.warmup_steps >= self.train.max_steps:  # e.g. a short trial of a config meant for a long run
+            logging.getLogger("train.settings").warning(
+                "optim.warmup_steps (%d) >= train.max_steps (%d): the learning rate ends at %.2g x optim.lr and "
+                "never decays; set fewer warmup steps for a short run", self.optim.warmup_steps,
+                self.train.max_steps, min(1.0, self.train.max_steps / max(1, self.optim.warmup_steps)))
 
 
 def _names(obj) -> list:
