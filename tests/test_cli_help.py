@@ -33,3 +33,17 @@ def test_command_prints_its_help(name, capsys):
         module.main(["--help"])
     assert exit_.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_no_command_is_imported_by_its_package():
+    """A package that imports the module `python -m` is about to run makes runpy warn (RuntimeWarning: found in
+    sys.modules ... unpredictable behaviour) on every run: train.synthetic did, with its cli."""
+    import subprocess
+    import sys
+
+    check = ("import importlib, sys\n"
+             f"for name in {COMMANDS!r}:\n"
+             "    importlib.import_module(name.rpartition('.')[0])\n"
+             "    assert name not in sys.modules, name + ' is imported by its package'\n")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

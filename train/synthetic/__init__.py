@@ -20,7 +20,6 @@ CLI:
 
 from .cardiac import SyntheticECG, generate_ecg, synthesize
 from .classes import CLASS_SPECS, DEFAULT_CLASSES, ClassSpec, check_classes
-from .cli import main
 from .layouts import (
     MIMIC_ADC_GAIN,
     MIMIC_MEASUREMENT_COLUMNS,
