@@ -1120,3 +1120,27 @@ def test_a_warmup_longer_than_the_run_is_announced(caplog):
     with caplog.at_level("WARNING", logger="train.settings"):
         assert main(["--set", "optim.warmup_steps=50", "--set", "train.max_steps=100", "--print-config"]) == 0
     assert "warmup_steps" not in caplog.text
+
+
+def test_sentence_sampling_cuts_texts_to_their_own_sentences(rows, t5_tokenizer):
+    processor = build_processor(t5_tokenizer)
+    data = [rows[i] for i in range(12)]
+    decode = lambda ids: t5_tokenizer.decode(strip(ids, t5_tokenizer), skip_special_tokens=True)  # noqa: E731
+    whole = PretrainingCollator(processor, None, p_neg=0.0, mlm_probability=0.0, seed=3)(data, batch_id=1)
+    cut = PretrainingCollator(processor, None, p_neg=0.0, mlm_probability=0.0, seed=3,
+                              sentence_sample_prob=1.0)(data, batch_id=1)
+    assert torch.equal(whole["ecg_values"], cut["ecg_values"])  # the ECG side draws what it drew before
+    changed = 0
+    for i, row in enumerate(data):
+        sentences = [s for s in normalize_report(row["report"]).rstrip(".").split(". ")]
+        kept = decode(cut["input_ids"][i]).rstrip(".").split(". ")
+        assert kept and all(s in sentences for s in kept), (kept, sentences)
+        assert [sentences.index(s) for s in kept] == sorted(sentences.index(s) for s in kept)  # in order
+        changed += len(kept) < len(sentences)
+        assert decode(whole["input_ids"][i]) == normalize_report(row["report"])
+    assert changed  # two-sentence reports: each is cut with probability 3/4
+    val = PretrainingCollator(processor, None, p_neg=0.0, mlm_probability=0.0, seed=3, train=False,
+                              sentence_sample_prob=1.0)(data, batch_id=1)
+    assert torch.equal(val["input_ids"], whole["input_ids"])  # validation scores whole reports
+    with pytest.raises(ValueError, match="sentence_sample_prob"):
+        PretrainingCollator(processor, None, p_neg=0.0, sentence_sample_prob=1.5)

@@ -38,6 +38,7 @@ DataLoader, so workers need no shared state.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -156,8 +157,10 @@ class PretrainingCollator:
         decode_fn: Optional[Callable] = None,
         return_report_tokens: bool = False,
         negative_retries: int = 3,
+        sentence_sample_prob: float = 0.0,
     ):
-        for name, p in (("p_neg", p_neg), ("mlm_probability", mlm_probability), ("lead_mask_prob", lead_mask_prob)):
+        for name, p in (("p_neg", p_neg), ("mlm_probability", mlm_probability), ("lead_mask_prob", lead_mask_prob),
+                        ("sentence_sample_prob", sentence_sample_prob)):
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
         if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
@@ -181,6 +184,7 @@ class PretrainingCollator:
         self.decode_fn = decode_fn or decode_row_signal
         self.return_report_tokens = bool(return_report_tokens)
         self.negative_retries = int(negative_retries)
+        self.sentence_sample_prob = float(sentence_sample_prob)
         self.mask_token_id = resolve_mask_token_id(self.tokenizer, mask_token) if self.mlm_probability > 0 else None
         specials = set(int(i) for i in self.tokenizer.all_special_ids)
         for attr in ("pad_token_id", "eos_token_id", "bos_token_id", "cls_token_id", "sep_token_id", "unk_token_id"):
@@ -199,7 +203,7 @@ class PretrainingCollator:
             seq = np.random.SeedSequence(int(self._rng.integers(2**63)))
         else:
             seq = np.random.SeedSequence([self.seed, int(batch_id)])
-        return [np.random.default_rng(s) for s in seq.spawn(4)]
+        return [np.random.default_rng(s) for s in seq.spawn(5)]  # spawn(5)'s first four are spawn(4)'s
 
     def _ecg(self, rows, rng: np.random.Generator) -> np.ndarray:
         signals = [self.decode_fn(r) for r in rows]
@@ -234,6 +238,25 @@ class PretrainingCollator:
                     break
         return texts, aligned
 
+    def _sample_sentences(self, texts: list, rng: np.random.Generator) -> list:
+        """Each text, with probability `sentence_sample_prob`, cut to a random non-empty subset of its sentences (in
+        order), as medical CLIP models sample report sentences: short texts such as a zero-shot prompt ("first
+        degree av block") are then seen beside the whole reports they come from."""
+        out = list(texts)
+        if not self.train or self.sentence_sample_prob <= 0:
+            return out
+        for i, text in enumerate(texts):
+            if rng.random() >= self.sentence_sample_prob:
+                continue
+            sentences = [t for t in re.split(r"\.\s+", str(text).strip().rstrip(".")) if t.strip()]
+            if len(sentences) < 2:
+                continue
+            keep = rng.random(len(sentences)) < 0.5
+            if not keep.any():
+                keep[rng.integers(len(sentences))] = True
+            out[i] = ". ".join(t for t, k in zip(sentences, keep) if k)
+        return out
+
     def _tokenize(self, texts: list) -> tuple:
         enc = self.processor.tokenize(texts, max_length=self.max_length, padding="longest")
         return np.asarray(enc["input_ids"], dtype=np.int64), np.asarray(enc["attention_mask"], dtype=np.int64)
@@ -264,7 +287,7 @@ class PretrainingCollator:
         rows = list(rows)
         if not rows:
             raise ValueError("empty batch")
-        crop_rng, neg_rng, mlm_rng, lead_rng = self._generators(batch_id)
+        crop_rng, neg_rng, mlm_rng, lead_rng, text_rng = self._generators(batch_id)
         ecg = self._ecg(rows, crop_rng)
         if self.train and self.lead_mask_prob > 0:
             keep = lead_rng.random(ecg.shape[:2]) >= self.lead_mask_prob
@@ -274,6 +297,7 @@ class PretrainingCollator:
             if not isinstance(r, str) or not r.strip():
                 raise ValueError(f"a row of the batch has no report ({r!r}); drop rows without one")
         texts, aligned = self._choose_negatives(reports, neg_rng)
+        texts = self._sample_sentences(texts, text_rng)  # negatives too, or a short text would mean "aligned"
         input_ids, attention_mask = self._tokenize(texts)
         masked_ids, labels = self.mask_tokens(input_ids, attention_mask, aligned, mlm_rng)
         batch = {

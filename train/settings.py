@@ -207,6 +207,8 @@ class CollatorSettings:
     mlm_probability: float = _f(0.25, "MLM masking rate", min=0, max=1)
     lead_mask_prob: float = _f(0.5, "augmentation: each lead zeroed with this probability", min=0, max=1)
     mask_token: Optional[str] = _f(None, "default: [MASK], else T5's <extra_id_0>")
+    sentence_sample_prob: float = _f(0.0, "augmentation: a text (report or negative) cut to a random subset of its "
+                                          "sentences with this probability", min=0, max=1)
 
 
 @dataclass
