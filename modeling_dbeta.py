@@ -1136,9 +1136,11 @@ class DBetaForPreTraining(DBetaModel):
 class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
     r"""The ECG path with a linear classifier on the 768-d feature.
 
-    `config.problem_type` is "single_label_classification" (cross-entropy on class indices) or
-    "multi_label_classification" (BCE on multi-hot float labels); if unset it is inferred from the labels'
-    dtype. `config.class_weights` (one per class) weights the positive term of the BCE loss.
+    `config.problem_type` is "single_label_classification" (cross-entropy on class indices),
+    "multi_label_classification" (BCE on multi-hot float labels; with one class, a label per record may be
+    given as [batch]) or "regression"; if unset it is inferred as transformers' heads infer it (one output:
+    regression; integer labels: single-label; otherwise multi-label) and written to the config.
+    `config.class_weights` (one per class) weights the positive term of the BCE loss.
     """
 
     _keys_to_ignore_on_load_unexpected = [
@@ -1165,13 +1167,22 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
         loss = None
         if labels is not None:
             problem = self.config.problem_type
-            if problem is None:
-                problem = "multi_label_classification" if labels.is_floating_point() else "single_label_classification"
+            if problem is None:  # transformers' rule; written back, as its own heads do, so that a saved model
+                # tells the pipeline how to score (a sigmoid per class, a softmax, or the raw value)
+                problem = ("regression" if self.num_labels == 1 else "single_label_classification"
+                           if labels.dtype in (torch.long, torch.int) else "multi_label_classification")
+                self.config.problem_type = problem
             if problem == "multi_label_classification":
                 weights = getattr(self.config, "class_weights", None)
                 pos_weight = torch.tensor(weights, device=logits.device) if weights else None
+                if self.num_labels == 1 and labels.dim() == 1:  # one class: a label per record
+                    labels = labels[:, None]
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=pos_weight)
             elif problem == "single_label_classification":
+                if self.num_labels == 1:
+                    raise ValueError("single_label_classification over one class: its cross-entropy is 0 whatever "
+                                     "the model; for a yes/no label use problem_type='multi_label_classification' "
+                                     "(a sigmoid) or num_labels=2")
                 loss = F.cross_entropy(logits.float(), labels.long().view(-1))
             elif problem == "regression":  # mean squared error on one or `num_labels` real targets
                 target = labels.float()

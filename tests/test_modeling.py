@@ -297,12 +297,13 @@ def test_classification_losses(config):
     model = DBetaForECGClassification(cfg).eval()
     ecg, multi_hot = ecg_batch(2), torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]])
     multi = model(ecg_values=ecg, labels=multi_hot)
+    model.config.problem_type = None  # the first call wrote the inferred type back (see the test below)
     single = model(ecg_values=ecg, labels=torch.tensor([2, 0]))
     assert multi.logits.shape == (2, 4)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(multi.logits, multi_hot)
     torch.testing.assert_close(multi.loss, expected)
     torch.testing.assert_close(single.loss, torch.nn.functional.cross_entropy(single.logits, torch.tensor([2, 0])))
-    cfg.class_weights = [1.0, 1.0, 5.0, 1.0]
+    cfg.class_weights, cfg.problem_type = [1.0, 1.0, 5.0, 1.0], None
     weighted = DBetaForECGClassification(cfg).eval()
     weighted.load_state_dict(model.state_dict())
     pos_weight = torch.tensor(cfg.class_weights)
@@ -310,6 +311,35 @@ def test_classification_losses(config):
         weighted(ecg_values=ecg, labels=multi_hot).loss,
         torch.nn.functional.binary_cross_entropy_with_logits(multi.logits, multi_hot, pos_weight=pos_weight),
     )
+
+
+def test_the_inferred_problem_type_is_saved_for_the_pipeline(config, tmp_path):
+    """As transformers' own heads do: a model trained with plain Trainer and no problem_type was later scored
+    with a softmax over classes it had learnt as independent sigmoids."""
+    from dbeta.pipeline_dbeta import default_score_function
+
+    cases = ((4, torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1]]), "multi_label_classification", "sigmoid"),
+             (4, torch.tensor([2, 0]), "single_label_classification", "softmax"),
+             (1, torch.tensor([[0.3], [1.2]]), "regression", "none"))
+    for num_labels, labels, problem, scoring in cases:
+        cfg = DBetaConfig.from_dict(config.to_dict())
+        cfg.num_labels, cfg.problem_type = num_labels, None
+        model = DBetaForECGClassification(cfg).eval()
+        loss = model(ecg_values=ecg_batch(2), labels=labels).loss
+        assert torch.isfinite(loss) and model.config.problem_type == problem
+        model.save_pretrained(tmp_path / problem)
+        reloaded = DBetaForECGClassification.from_pretrained(tmp_path / problem)
+        assert reloaded.config.problem_type == problem and default_score_function(reloaded.config) == scoring
+    # one class as a yes/no label: a sigmoid on [batch] labels; as a one-class softmax: refused (its loss is 0)
+    cfg = DBetaConfig.from_dict(config.to_dict())
+    cfg.num_labels, cfg.problem_type = 1, "multi_label_classification"
+    model = DBetaForECGClassification(cfg).eval()
+    out = model(ecg_values=ecg_batch(2), labels=torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(
+        out.logits, torch.tensor([[1.0], [0.0]])))
+    model.config.problem_type = "single_label_classification"
+    with pytest.raises(ValueError, match="over one class"):
+        model(ecg_values=ecg_batch(2), labels=torch.tensor([1, 0]))
 
 
 def test_heads_initialise_when_loading_a_base_checkpoint(config, tmp_path):
