@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .processing_dbeta import read_ecg_file, read_wfdb, resolve_leads, wfdb_info
+from .processing_dbeta import normalize_report, read_ecg_file, read_wfdb, resolve_leads, wfdb_info
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
@@ -450,10 +450,11 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         texts = self.prompt_set(prompts).texts(labels, dataset, style, hypothesis_template, members=prompt_members)
         first = {}
         for label, text in zip(labels, texts):
-            if text in first:  # one class twice would split its share of the softmax between two labels
-                raise ValueError(f"candidate_labels {first[text]!r} and {label!r} are the same class (both are "
-                                 f"encoded as {text[0]!r}); give each class once")
-            first[text] = label
+            seen = tuple(normalize_report(t) for t in text)  # what the model reads: "normal ECG" is "normal ecg"
+            if seen in first:  # one class twice would split its share of the softmax between two labels
+                raise ValueError(f"candidate_labels {first[seen]!r} and {label!r} are the same class (both are "
+                                 f"encoded as {seen[0]!r}); give each class once")
+            first[seen] = label
         return texts
 
     def _label_features(self, texts: Sequence[tuple]) -> torch.Tensor:

@@ -330,6 +330,10 @@ def test_call_keywords_are_validated(exported):
     # one class under two spellings would split its softmax share; a missing label is not the text "nan"
     with pytest.raises(ValueError, match="'AFIB' and 'Afib' are the same class"):
         pipe(signal, sampling_rate=500, candidate_labels=["AFIB", "Afib", "NORM"])
+    # compared as the model reads them (lower case, "ekg" as "ecg"), not as typed
+    for twice in (["AFIB", "NORM", "normal ECG"], ["AFIB", "Atrial fibrillation"], ["normal ekg", "normal ecg"]):
+        with pytest.raises(ValueError, match="are the same class"):
+            pipe(signal, sampling_rate=500, candidate_labels=twice)
     for bad in (None, float("nan"), 3):
         with pytest.raises(TypeError, match=r"candidate_labels\[1\] must be a string"):
             pipe(signal, sampling_rate=500, candidate_labels=["NORM", bad])
