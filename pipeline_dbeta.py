@@ -49,6 +49,7 @@ This file is remote code: at module level it imports only torch, transformers, n
 
 from __future__ import annotations
 
+import difflib
 import os
 import weakref
 from pathlib import Path
@@ -115,6 +116,29 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 
 
+RECORD_KEYS = ("signal", "ecg", "sampling_rate", "fs", "lead_names", "record_id", "path")
+# keys other libraries use for what a record dict carries here under another name (other keys, such as a
+# dataset row's label columns, are passed over)
+_RECORD_KEY_SYNONYMS = {
+    **dict.fromkeys(("sample_rate", "sampling_frequency", "frequency", "freq", "sr", "rate"), "sampling_rate"),
+    **dict.fromkeys(("leads", "sig_name", "channel_names", "channels", "lead_order"), "lead_names"),
+    **dict.fromkeys(("units", "unit"), "a signal in mV (convert it before)"),
+}
+
+
+def _check_record_keys(item: dict) -> None:
+    """A misspelt key ("sample_rate", "lead_name") would be passed over and the call's keyword, or the default lead
+    order, used instead: refused, naming the key meant."""
+    for key in item:
+        if not isinstance(key, str) or key in RECORD_KEYS:
+            continue
+        meant = _RECORD_KEY_SYNONYMS.get(key.lower()) or next(
+            iter(difflib.get_close_matches(key, RECORD_KEYS, n=1, cutoff=0.8)), None)
+        if meant:
+            raise ValueError(f"an ECG dict's key {key!r} is not read: did you mean {meant!r}? (the keys read are "
+                             f"{', '.join(RECORD_KEYS)})")
+
+
 def as_record(item, sampling_rate=None, lead_names=None) -> dict:
     """One ECG input -> {"signal" [leads, samples] float32, "sampling_rate", "lead_names", "source"}.
 
@@ -128,6 +152,7 @@ def as_record(item, sampling_rate=None, lead_names=None) -> dict:
         return {"signal": record.signal, "sampling_rate": record.sampling_rate, "lead_names": record.lead_names,
                 "source": str(item)}
     if isinstance(item, dict):
+        _check_record_keys(item)
         signal = item.get("signal", item.get("ecg"))
         if signal is None:
             raise ValueError(f"an ECG dict needs a 'signal' (or 'ecg') entry; got keys {sorted(item)}")

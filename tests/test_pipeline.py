@@ -408,3 +408,19 @@ def test_the_prompting_module_is_remote_code_by_the_import_rule():
 
     assert "prompting_dbeta.py" in __import__("train.export", fromlist=["EXTRA_FILES"]).EXTRA_FILES
     remote_code.test_remote_code_imports_only_allowed_modules_at_module_level("prompting_dbeta.py")
+
+
+def test_a_misspelt_record_key_is_refused_not_passed_over(exported):
+    """{"signal", "sample_rate": 250} was read at the call's 500 Hz; {"lead_name": order} in the default order."""
+    e = exported
+    pipe = _local_pipeline(e["model"], e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    for key, meant in (("sample_rate", "sampling_rate"), ("lead_name", "lead_names"), ("leads", "lead_names"),
+                       ("units", "a signal in mV"), ("sampling_rte", "sampling_rate")):
+        with pytest.raises(ValueError, match=rf"^input 1: an ECG dict's key '{key}' is not read: did you mean "
+                                             rf"'{meant}"):
+            pipe([signal, {"signal": signal, key: 250}], sampling_rate=500, candidate_labels=LABELS)
+    # a dataset row's other columns are passed over, as before
+    row = pipe({"signal": signal, "sampling_rate": 500, "label": "NORM", "report": "sinus rhythm"},
+               candidate_labels=LABELS)
+    assert row == pipe(signal, sampling_rate=500, candidate_labels=LABELS)
