@@ -38,6 +38,8 @@ MISSING_LEAD_POLICIES = ("zero", "raise")
 SAMPLING_RATE_RANGE = (50.0, 20000.0)
 # A lead more than half of whose samples are NaN/inf is mostly invented once repaired (a plausibility problem).
 MAX_REPAIRED_SHARE = 0.5
+# Below this peak-to-peak in every lead a record is not in millivolts (the same ECG in volts spans ~0.001).
+MIN_SPAN_MV = 0.05
 # Per-call options of DBetaFeatureExtractor.__call__ (besides the data arguments); anything else is refused.
 CALL_OPTIONS = ("normalization", "nan_policy", "crop", "implausible", "generator", "return_tensors", "leads",
                 "missing_leads", "return_lead_mask")
@@ -508,7 +510,8 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
          1 uV: an all-zero export, a DICOM channel sensitivity of 0) is not an ECG; with `normalization="none"`
          the amplitudes must be millivolts: more than 1% of a lead's samples beyond `max_amplitude_mv` (50 mV,
          ten times the largest QRS), or any sample beyond 20 times it, means another unit (int16 ADC counts,
-         microvolts) or a corrupt record. `max_amplitude_mv=None` turns the amplitude bound off;
+         microvolts) or a corrupt record, and so does every lead spanning less than MIN_SPAN_MV (0.05 mV:
+         volts). `max_amplitude_mv=None` turns both amplitude bounds off;
       7. length fit: shorter than `num_samples` is zero-padded at the end; longer is cropped to `num_samples` by
          `crop` ("start": the first 10 s as in the benchmark protocol; "center"; "random": for training);
       8. amplitude: `normalization="none"` keeps millivolts (what the authors' checkpoint expects); "minmax"
@@ -691,6 +694,12 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         elif (span <= 1e-3).all():
             problem = (f"flat signal: every lead is constant (value {float(x.flat[0]):.4g}), so this is no ECG "
                        "(an all-zero export, or a zero channel sensitivity?)")
+        elif normalization == "none" and self.max_amplitude_mv and span.max() < MIN_SPAN_MV:
+            lead = int(np.argmax(span))
+            name = names[lead] if lead < len(names) else str(lead)
+            problem = (f"implausible amplitude for millivolts: the largest lead, {name}, spans only "
+                       f"{float(span[lead]):.3g} mV (a QRS complex spans about 1 mV; volts passed as mV?). Convert "
+                       "the signal to mV, or set max_amplitude_mv=None / implausible='warn'")
         elif normalization == "none" and self.max_amplitude_mv:
             bound = self.max_amplitude_mv
             magnitude = np.abs(x)

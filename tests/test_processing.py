@@ -272,6 +272,12 @@ def test_implausible_amplitudes_and_flat_records_are_refused_naming_the_record()
     spikes[3, 100:103] = 1e39  # beyond float32: an inf after the cast, which the NaN repair would have bridged
     with pytest.raises(ValueError, match=r"ecg\[0\]: 3 sample\(s\) beyond float32's range \(largest 1e\+39\)"):
         fe(spikes, sampling_rate=500)
+    # the same ECG in volts (MNE's and neurokit's unit) passed the upper bound and was scored: a lower one
+    with pytest.raises(ValueError, match=r"ecg\[0\]: implausible amplitude for millivolts: the largest lead, "
+                                         r"\w+, spans only 0\.00\d+ mV \(.*volts passed as mV\?\)"):
+        fe(x * 1e-3, sampling_rate=500)
+    assert DBetaFeatureExtractor(max_amplitude_mv=None)(x * 1e-3, sampling_rate=500)["ecg_values"].shape[0] == 1
+    assert fe(x * 1e-3, sampling_rate=500, normalization="minmax")["ecg_values"].max() == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ValueError, match=r"ecg\[1\]: flat signal"):
         fe([x, np.zeros((12, 5000))], sampling_rate=500)  # the second record is named, not the first
     with pytest.raises(ValueError, match="flat signal"):
