@@ -49,6 +49,7 @@ This file is remote code: at module level it imports only torch, transformers, n
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import weakref
@@ -114,6 +115,18 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """`model` in eval mode (no dropout) inside the block, and as it was after it: a pipeline may be handed a model
+    in the middle of training, and its scores must not change from call to call."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 RECORD_KEYS = ("signal", "ecg", "sampling_rate", "fs", "lead_names", "record_id", "path")
@@ -295,17 +308,13 @@ def extract_features(model, processor, ecgs=None, texts: Optional[Sequence[str]]
     `ecgs`: one ECG input or a list (arrays with `sampling_rate`, dicts, WFDB/DICOM paths); `texts`: strings
     (cleaned by the processor like training reports). `normalize=True` L2-normalises each feature (cosine
     scoring); the model's own logits use `model.similarity(ecg, text)` on the raw features."""
-    was_training = model.training
-    model.eval()
     out: Dict[str, np.ndarray] = {}
-    try:
+    with eval_mode(model):
         if ecgs is not None:
             out["ecg"] = ecg_features(model, processor, ecgs, sampling_rate, lead_names, batch_size)
         if texts is not None:
             out["text"] = text_features(model, processor, [texts] if isinstance(texts, str) else list(texts),
                                         batch_size)
-    finally:
-        model.train(was_training)
     for key, value in out.items():
         value = value.float()
         if normalize:
@@ -496,12 +505,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
                     and cached_state == state and len(param_refs) == len(params)
                     and all(ref() is p for ref, p in zip(param_refs, params))):
                 return features
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             features = label_features(lambda batch: text_features(model, processor, batch), texts)
-        finally:
-            model.train(was_training)
         # weak references: a freed model or parameter can never match a new one that reuses its id or memory
         self._label_cache = (weakref.ref(model), weakref.ref(processor), [weakref.ref(p) for p in params], state,
                              texts, features)
@@ -556,10 +561,11 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
             raise ValueError("candidate_labels is required, e.g. candidate_labels=['NORM', 'AFIB', 'MI']")
         labels = model_inputs.pop("candidate_labels")
         texts = model_inputs.pop("label_texts")
-        ecg_embeds = self.model.get_ecg_features(model_inputs["ecg_values"]).pooler_output
-        rows = texts if isinstance(texts[0], list) else [texts]  # batched: a list of label-text tuples per record
-        logits = torch.cat([zero_shot_logits(self.model, ecg_embeds[i:i + 1], self._label_features(row))
-                            for i, row in enumerate(rows)])
+        with eval_mode(self.model):
+            ecg_embeds = self.model.get_ecg_features(model_inputs["ecg_values"]).pooler_output
+            rows = texts if isinstance(texts[0], list) else [texts]  # batched: label-text tuples per record
+            logits = torch.cat([zero_shot_logits(self.model, ecg_embeds[i:i + 1], self._label_features(row))
+                                for i, row in enumerate(rows)])
         return {"logits": logits, "candidate_labels": labels, "lead_mask": model_inputs["lead_mask"]}
 
     def postprocess(self, model_outputs, multi_label=False, top_k=None, return_leads=False):
@@ -645,33 +651,31 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
                 bar.update(len(batch))
             batch.clear()
 
-        was_training = self.model.training
-        self.model.eval()
         try:
-            for first in range(0, len(spans), per_chunk):
-                group = spans[first:first + per_chunk]
-                chunk = source.read(group[0][0], group[-1][1])
-                for start, end in group:
-                    row = {"start": start / rate, "end": end / rate}
-                    rows.append(row)
-                    where = f"{source.name} window {start / rate:g}-{end / rate:g} s"
-                    try:
-                        values, mask = fe.condition(chunk[:, start - group[0][0]:end - group[0][0]], rate,
-                                                    source.lead_names, where=where, leads=pre.get("leads"),
-                                                    return_lead_mask=True)
-                    except ValueError as err:
-                        row["scores"], row["error"] = None, str(err)
-                        if bar is not None:
-                            bar.update(1)
-                        continue
-                    lead_mask = mask if lead_mask is None else lead_mask | mask
-                    batch.append((row, values))
-                    if len(batch) >= batch_size:
-                        flush()
-            if batch:
-                flush()
+            with eval_mode(self.model):
+                for first in range(0, len(spans), per_chunk):
+                    group = spans[first:first + per_chunk]
+                    chunk = source.read(group[0][0], group[-1][1])
+                    for start, end in group:
+                        row = {"start": start / rate, "end": end / rate}
+                        rows.append(row)
+                        where = f"{source.name} window {start / rate:g}-{end / rate:g} s"
+                        try:
+                            values, mask = fe.condition(chunk[:, start - group[0][0]:end - group[0][0]], rate,
+                                                        source.lead_names, where=where, leads=pre.get("leads"),
+                                                        return_lead_mask=True)
+                        except ValueError as err:
+                            row["scores"], row["error"] = None, str(err)
+                            if bar is not None:
+                                bar.update(1)
+                            continue
+                        lead_mask = mask if lead_mask is None else lead_mask | mask
+                        batch.append((row, values))
+                        if len(batch) >= batch_size:
+                            flush()
+                if batch:
+                    flush()
         finally:
-            self.model.train(was_training)
             if bar is not None:
                 bar.close()
         scored = [r for r in rows if r["scores"] is not None]
@@ -811,7 +815,8 @@ class ECGClassificationPipeline(_ECGPipeline):
         return model_inputs
 
     def _forward(self, model_inputs):
-        logits = self.model(ecg_values=model_inputs["ecg_values"]).logits
+        with eval_mode(self.model):
+            logits = self.model(ecg_values=model_inputs["ecg_values"]).logits
         return {"logits": logits, "class_labels": model_inputs["class_labels"],
                 "lead_mask": model_inputs["lead_mask"]}
 
@@ -1016,14 +1021,10 @@ def attribute_classifier(model, ecg_values: torch.Tensor, target: int, n_steps: 
 
 def _explanation(model, score_fn, ecg_values, target, n_steps, segment_seconds, sampling_rate, lead_names,
                  lead_mask) -> dict:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             score = float(score_fn(ecg_values)[0, int(target)])
         attributions, delta = integrated_gradients(score_fn, ecg_values, target, n_steps)
-    finally:
-        model.train(was_training)
     names = list(lead_names) if lead_names is not None else [str(i) for i in range(attributions.shape[0])]
     out = summarize_attributions(attributions, sampling_rate, segment_seconds, names, lead_mask)
     out.update({"target": int(target), "score": score, "attributions": attributions, "convergence_delta": delta,

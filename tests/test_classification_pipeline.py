@@ -306,3 +306,16 @@ def test_lead_subsets_and_return_leads(exported):
     full = pipe(exported["signal"], sampling_rate=500, leads="limb", return_leads=True)
     assert full["leads"] == out["leads"]
     assert [d["score"] for d in full["scores"]] == pytest.approx([d["score"] for d in out["scores"]], abs=1e-6)
+
+
+def test_a_classifier_in_train_mode_is_scored_without_dropout(exported):
+    from dbeta.pipeline_dbeta import ECGClassificationPipeline
+    from tests.test_pipeline import _with_dropout
+
+    e = exported
+    model = _with_dropout(e["models"]["multi"])
+    pipe = ECGClassificationPipeline(model=model, processor=e["processor"])
+    first = pipe(e["signal"], sampling_rate=500)
+    assert first == pipe(e["signal"], sampling_rate=500) and model.training
+    want = torch.sigmoid(e["logits"]["multi"][0])
+    assert {d["label"]: d["score"] for d in first} == pytest.approx(dict(zip(MULTI, want.tolist())), abs=1e-5)

@@ -424,3 +424,26 @@ def test_a_misspelt_record_key_is_refused_not_passed_over(exported):
     row = pipe({"signal": signal, "sampling_rate": 500, "label": "NORM", "report": "sinus rhythm"},
                candidate_labels=LABELS)
     assert row == pipe(signal, sampling_rate=500, candidate_labels=LABELS)
+
+
+def _with_dropout(model, p=0.5):
+    import copy
+
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    return model.train()
+
+
+def test_a_model_in_train_mode_is_scored_without_dropout(exported):
+    """A model handed over mid-training (dropout on) gave another answer on every call."""
+    e = exported
+    model = _with_dropout(e["model"])
+    pipe = _local_pipeline(model, e["processor"])
+    signal = np.load(e["tmp"] / "signal.npy")
+    first = pipe(signal, sampling_rate=500, candidate_labels=LABELS)
+    assert first == pipe(signal, sampling_rate=500, candidate_labels=LABELS)
+    want = e["logits"][0].softmax(-1)
+    assert {d["label"]: d["score"] for d in first} == pytest.approx(dict(zip(LABELS, want.tolist())), abs=1e-5)
+    assert model.training  # handed back as it came
