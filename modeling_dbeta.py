@@ -408,6 +408,14 @@ logger = logging.getLogger(__name__)
 # copies none of them by itself.
 COMPANION_FILES = ("pipeline_dbeta.py", "prompting_dbeta.py", "prompts_dbeta.json")
 MODEL_CARD = "README.md"
+# config.json's `custom_pipelines`: the one pipeline each class serves. A model built from another class's config
+# (a classifier fine-tuned from a pretrained export) takes its own, or its saved copy would offer a task it lacks.
+ZERO_SHOT_PIPELINES = {"zero-shot-ecg-classification": {
+    "impl": "pipeline_dbeta.ZeroShotECGClassificationPipeline", "pt": ["AutoModel"], "type": "multimodal"}}
+# loaded as what it is (AutoModel would want the text tower a classifier lacks)
+CLASSIFICATION_PIPELINES = {"ecg-classification": {
+    "impl": "pipeline_dbeta.ECGClassificationPipeline", "pt": ["AutoModelForSequenceClassification"],
+    "type": "multimodal"}}
 
 
 def _weights_file(source, key: str) -> str:
@@ -474,6 +482,7 @@ class DBetaPreTrainedModel(PreTrainedModel):
     # the mask on the keys), which transformers' flash wrapper unpads as if the mask were the queries'.
     _supports_flash_attn = False
     _new_heads: tuple = ()  # top-level modules a checkpoint may lack as a whole (then initialised)
+    _pipelines: dict = ZERO_SHOT_PIPELINES
     # Exports written before the weights carried their geometry lack these buffers: filled from config.json
     # (`_init_weights`), as those versions read it.
     _keys_to_ignore_on_load_missing = [r"(^|\.)geometry$"]
@@ -486,11 +495,18 @@ class DBetaPreTrainedModel(PreTrainedModel):
         # init (`set_attn_implementation` later reaches the ECG sub-config too); the ECG layers read their own.
         if getattr(config.ecg_config, "_attn_implementation", None) is None:
             config.ecg_config._attn_implementation_internal = self.config._attn_implementation
+        if getattr(config, "custom_pipelines", None) and config.custom_pipelines != self._pipelines:
+            config.custom_pipelines = json.loads(json.dumps(self._pipelines))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         want_info = kwargs.pop("output_loading_info", False)
         allow_resize = kwargs.pop("ignore_mismatched_sizes", False)
+        folder = Path(str(pretrained_model_name_or_path))
+        if (folder / "onnx_config.json").is_file() and not any(folder.glob("model*.safetensors*")):
+            raise OSError(f"{folder} holds the ONNX export (no torch weights): serve it with onnx_dbeta.DBetaOnnxModel "
+                          "and ZeroShotECGClassificationPipeline(model=..., processor=...), as the README's 'Serving "
+                          "on a CPU with ONNX' shows, or load the torch export it was made from")
         # transformers' own refusal of misshapen keys only says "look at the report above"; refuse below instead.
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
@@ -582,8 +598,16 @@ class DBetaPreTrainedModel(PreTrainedModel):
             elif found.resolve() != (out / name).resolve():
                 shutil.copyfile(found, out / name)
         card = _fetch_companion(source, MODEL_CARD)
-        if card is not None and not (out / MODEL_CARD).exists():
-            shutil.copyfile(card, out / MODEL_CARD)
+        if card is not None and not (out / MODEL_CARD).exists() and self._same_pipelines_as(source):
+            shutil.copyfile(card, out / MODEL_CARD)  # a card describes its model's pipeline: a classifier's is its own
+
+    def _same_pipelines_as(self, source: str) -> bool:
+        config = _fetch_companion(source, "config.json")
+        try:
+            theirs = json.loads(config.read_text()).get("custom_pipelines") if config else None
+        except (OSError, ValueError, AttributeError):
+            return False
+        return theirs == getattr(self.config, "custom_pipelines", None)
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -1148,6 +1172,7 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
         r"^fusion\.", r"^fused_", r"^mem_head\.", r"^mlm_head\.", r"^etm_head\.", r"^logit_",
     ]
     _new_heads = ("classifier",)
+    _pipelines = CLASSIFICATION_PIPELINES
     accepts_loss_kwargs = False
 
     def __init__(self, config: DBetaConfig):

@@ -29,6 +29,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .configuration_dbeta import DBetaConfig
+from .modeling_dbeta import DBetaOutput
 
 MANIFEST = "onnx_config.json"
 FORMAT = "dbeta-onnx"
@@ -238,13 +239,14 @@ class DBetaOnnxModel:
         return ecg @ text.t()
 
     def __call__(self, ecg_values=None, input_ids=None, attention_mask=None, return_loss=None,
-                 output_attentions=None, output_hidden_states=None, return_dict=None) -> dict:
-        """DBetaModel's forward on the graphs: a processor's batch in, the embeddings and logits out. The graphs
-        give no loss, attentions or hidden states: asking for them is an error, as is any other keyword."""
+                 output_attentions=None, output_hidden_states=None, return_dict=None) -> DBetaOutput:
+        """DBetaModel's forward on the graphs: a processor's batch in, the embeddings and logits out, as the torch
+        model's `DBetaOutput` (`out.logits_per_ecg` or `out["logits_per_ecg"]`). The graphs give no loss,
+        attentions or hidden states: asking for them is an error, as is any other keyword."""
         asked = [name for name, value in (("return_loss", return_loss), ("output_attentions", output_attentions),
                                           ("output_hidden_states", output_hidden_states)) if value]
         if asked or return_dict is False:
-            raise ValueError(f"DBetaOnnxModel returns the embeddings and logits as a dict only; the graphs cannot "
+            raise ValueError(f"DBetaOnnxModel returns the embeddings and logits only; the graphs cannot "
                              f"give {', '.join(asked) or 'return_dict=False'}: use the torch model")
         out = {}
         if ecg_values is not None:
@@ -254,4 +256,4 @@ class DBetaOnnxModel:
         if "ecg_embeds" in out and "text_embeds" in out:
             out["logits_per_ecg"] = self.similarity(out["ecg_embeds"], out["text_embeds"])
             out["logits_per_text"] = out["logits_per_ecg"].t()
-        return out
+        return DBetaOutput(**out)

@@ -319,3 +319,27 @@ def test_a_classifier_in_train_mode_is_scored_without_dropout(exported):
     assert first == pipe(e["signal"], sampling_rate=500) and model.training
     want = torch.sigmoid(e["logits"]["multi"][0])
     assert {d["label"]: d["score"] for d in first} == pytest.approx(dict(zip(MULTI, want.tolist())), abs=1e-5)
+
+
+def test_a_classifier_fine_tuned_from_a_pretrained_export_saves_as_a_classifier(exported, tmp_path):
+    """from_pretrained(pretrained export, num_labels=...) then save_pretrained (or Trainer.save_model) kept the
+    zero-shot pipeline entry and card: pipeline("ecg-classification") on the copy was "Unknown task"."""
+    from huggingface_hub import ModelCard
+    from transformers import pipeline
+
+    pretrained = export_model(DBetaModel(tiny_config(tiny_t5_text_config(len(exported["tok"])))), tmp_path / "pre",
+                              processor=exported["processor"])
+    model = DBetaForECGClassification.from_pretrained(pretrained, num_labels=3, id2label=dict(enumerate(MULTI)),
+                                                      problem_type="multi_label_classification")
+    model.save_pretrained(tmp_path / "ft")
+    exported["processor"].save_pretrained(tmp_path / "ft")
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert list(config["custom_pipelines"]) == ["ecg-classification"]
+    assert not (tmp_path / "ft" / "README.md").exists()  # the zero-shot card described another model
+    clf = pipeline("ecg-classification", model=str(tmp_path / "ft"), trust_remote_code=True)
+    assert sorted(d["label"] for d in clf(exported["signal"], sampling_rate=500)) == sorted(MULTI)
+    # a re-saved pretrained model keeps its own pipeline and card
+    DBetaModel.from_pretrained(pretrained).save_pretrained(tmp_path / "again")
+    assert list(json.loads((tmp_path / "again" / "config.json").read_text())["custom_pipelines"]) == [
+        "zero-shot-ecg-classification"]
+    assert ModelCard.load(tmp_path / "again" / "README.md").text == ModelCard.load(pretrained / "README.md").text

@@ -99,6 +99,7 @@ def test_onnx_model_equals_torch_model_on_processor_outputs(folders, torch_model
     for key in ("ecg_embeds", "text_embeds", "logits_per_ecg"):
         assert isinstance(got[key], torch.Tensor)
         torch.testing.assert_close(got[key], ref[key], atol=TOL, rtol=0)
+    assert type(got) is type(ref) and got.logits_per_ecg is got["logits_per_ecg"]  # read as the torch model's
     # numpy in, and no attention mask (all ones), as DBetaModel accepts
     ids = batch["input_ids"][:1]
     with torch.no_grad():
@@ -177,6 +178,12 @@ def test_zero_shot_pipeline_runs_on_the_graphs(folders, monkeypatch):
     # grad" from deep inside captum)
     with pytest.raises(TypeError, match="explain=True needs the torch model"):
         onnx_pipe(signals[0], sampling_rate=500, candidate_labels=labels, explain=True)
+    # pipeline(task, model=ONNX folder) looks for torch weights the folder has not (was "no file named
+    # model.safetensors"): the error (transformers wraps the loader's in a ValueError) names the ONNX route
+    from transformers import pipeline
+
+    with pytest.raises(ValueError, match="holds the ONNX export.*DBetaOnnxModel"):
+        pipeline("zero-shot-ecg-classification", model=str(out), trust_remote_code=True)
 
 
 def test_missing_or_replaced_graph_is_refused_naming_the_file(folders, tmp_path):

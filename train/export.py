@@ -29,33 +29,19 @@ from typing import Optional, Sequence
 import torch
 
 from dbeta.configuration_dbeta import DBetaConfig
-from dbeta.modeling_dbeta import COMPANION_FILES, DBetaForECGClassification, DBetaForPreTraining, DBetaModel
+from dbeta.modeling_dbeta import (CLASSIFICATION_PIPELINES, COMPANION_FILES, ZERO_SHOT_PIPELINES,
+                                  DBetaForECGClassification, DBetaForPreTraining, DBetaModel)
 from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 from train.folders import replace_folder, staging_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINE_TASK = "zero-shot-ecg-classification"
-CLASSIFICATION_TASK = "ecg-classification"
+PIPELINE_TASK = next(iter(ZERO_SHOT_PIPELINES))
+CLASSIFICATION_TASK = next(iter(CLASSIFICATION_PIPELINES))
 AUTO_MAP = {
     "AutoConfig": "configuration_dbeta.DBetaConfig",
     "AutoModel": "modeling_dbeta.DBetaModel",
     "AutoModelForPreTraining": "modeling_dbeta.DBetaForPreTraining",
     "AutoModelForSequenceClassification": "modeling_dbeta.DBetaForECGClassification",
-}
-CUSTOM_PIPELINES = {
-    PIPELINE_TASK: {
-        "impl": "pipeline_dbeta.ZeroShotECGClassificationPipeline",
-        "pt": ["AutoModel"],
-        "type": "multimodal",
-    }
-}
-# A fine-tuned classifier's: its own classes, loaded as what it is (AutoModel would want the text tower it lacks).
-CLASSIFICATION_PIPELINES = {
-    CLASSIFICATION_TASK: {
-        "impl": "pipeline_dbeta.ECGClassificationPipeline",
-        "pt": ["AutoModelForSequenceClassification"],
-        "type": "multimodal",
-    }
 }
 # Shipped beside the weights: the pipeline, its prompt and scoring module and its prompt set (the same files a
 # re-save copies).
@@ -96,7 +82,7 @@ def check_export_target(output_dir, protect: Sequence = ()) -> Path:
 
 def custom_pipelines_for(model) -> dict:
     """config.json's `custom_pipelines` for `model`: only the pipeline it can serve."""
-    return dict(CLASSIFICATION_PIPELINES if isinstance(model, DBetaForECGClassification) else CUSTOM_PIPELINES)
+    return json.loads(json.dumps(type(model)._pipelines))
 
 
 def register_auto_classes() -> None:
