@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+from typing import Optional
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -78,7 +79,9 @@ class DBetaECGConfig(PretrainedConfig):
     r"""The ECG encoder: strided conv feature extractor, convolutional positional encoding, post-LN transformer.
 
     `conv_layers` lists (channels, kernel, stride) per conv; the product of strides is the token size in samples
-    (16 by default: 5000 samples -> 312 tokens of 32 ms).
+    (16 by default: 5000 samples -> 312 tokens of 32 ms). `num_samples`: the input length the model was trained
+    on (an export records its processor's, 5000: 10 s at 500 Hz); an input of another length, such as a raw
+    1000 Hz array that bypassed the processor, is refused. None: any length (the layers allow it).
     """
 
     model_type = "dbeta_ecg"
@@ -101,9 +104,11 @@ class DBetaECGConfig(PretrainedConfig):
         input_dropout: float = 0.1,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        num_samples: Optional[int] = None,
         **kwargs,
     ):
         _refuse_misspelt(DBetaECGConfig, kwargs)
+        self.num_samples = num_samples
         self.num_leads = num_leads
         self.conv_layers = [list(layer) for layer in conv_layers]
         self.conv_bias = conv_bias

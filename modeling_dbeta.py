@@ -537,9 +537,12 @@ class DBetaPreTrainedModel(PreTrainedModel):
                             "trained with (the config's would give wrong features):\n  " + "\n  ".join(wrong))
         absent_heads = {h for h in self._new_heads if {k for k in own if self._head_of(k) == h} <= missing}
         # Heads the checkpoint lacked start random: keep their first weight as initialised, so a consumer (the
-        # classification pipeline) can tell a head still untrained from one trained since loading.
+        # classification pipeline) can tell a head still untrained from one trained since loading. A copy saved
+        # before training names them in config.json (`untrained_heads`), and they stay untrained when reloaded.
+        saved_untrained = set(getattr(self.config, "untrained_heads", None) or ()) & set(self._new_heads)
         self._heads_initialised_at_load = {
-            h: next(getattr(self, h).parameters()).detach().clone() for h in absent_heads if hasattr(self, h)
+            h: next(getattr(self, h).parameters()).detach().clone()
+            for h in absent_heads | saved_untrained if hasattr(self, h)
         }
         body_missing = sorted(k for k in missing if self._head_of(k) not in absent_heads)
         if body_missing:
@@ -576,7 +579,18 @@ class DBetaPreTrainedModel(PreTrainedModel):
                     wrong.append(f"{field}: config.json has {configured}, the weights were trained with {trained}")
         return wrong
 
+    def untrained_heads(self) -> list:
+        """The heads initialised at random when the model was loaded and unchanged since (their scores mean
+        nothing yet)."""
+        return sorted(h for h, first in getattr(self, "_heads_initialised_at_load", {}).items()
+                      if torch.equal(next(getattr(self, h).parameters()).detach().cpu(), first.cpu()))
+
     def save_pretrained(self, save_directory, *args, **kwargs):
+        untrained = self.untrained_heads()
+        if untrained:
+            self.config.untrained_heads = untrained
+        elif hasattr(self.config, "untrained_heads"):
+            del self.config.untrained_heads
         super().save_pretrained(save_directory, *args, **kwargs)
         if not (args[0] if args else kwargs.get("is_main_process", True)):
             return
@@ -669,6 +683,12 @@ class _ECGPathMixin:
         self.ecg_pooler = DBetaPooler(config.hidden_size)
 
     def _ecg_input(self, ecg_values: torch.Tensor) -> torch.Tensor:
+        cfg = self.config.ecg_config
+        want = (cfg.num_leads, cfg.num_samples or (ecg_values.shape[-1] if ecg_values.dim() else 0))
+        if ecg_values.dim() != 3 or tuple(ecg_values.shape[1:]) != want:
+            raise ValueError(f"ecg_values must be [batch, {want[0]}, {cfg.num_samples or 'samples'}] (what this "
+                             f"model's processor gives), got {tuple(ecg_values.shape)}: pass records through the "
+                             "processor, which reorders leads, resamples, and crops or pads to its length")
         return ecg_values.to(self.ecg_projection.weight.dtype)
 
     def get_ecg_features(self, ecg_values: torch.Tensor, output_attentions: Optional[bool] = None,

@@ -764,11 +764,11 @@ class ECGClassificationPipeline(_ECGPipeline):
                 f"{name} has no classification head (a pretrained D-BETA): fine-tune it (python -m train.finetune) "
                 f"for its own classes, or score labels zero-shot: pipeline(\"{TASK}\", model={name!r}, "
                 "trust_remote_code=True)")
-        initial = getattr(self.model, "_heads_initialised_at_load", {}).get("classifier")
-        if initial is not None and torch.equal(head.weight.detach().cpu(), initial.cpu()):
+        if "classifier" in getattr(self.model, "untrained_heads", list)():
             raise ValueError(
-                f"{name}: its checkpoint has no classification head, so the head was initialised at random when it "
-                "was loaded and has not been trained since; its scores would mean nothing. Fine-tune it "
+                f"{name}: its classification head was initialised at random when it was loaded (its checkpoint had "
+                "none, or was saved before the head was trained) and has not been trained since; its scores would "
+                "mean nothing. Fine-tune it "
                 f"(python -m train.finetune), or score labels zero-shot: pipeline(\"{TASK}\", model={name!r}, "
                 "trust_remote_code=True)")
 

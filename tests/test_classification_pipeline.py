@@ -205,12 +205,22 @@ def test_a_head_initialised_at_load_is_refused_until_trained(exported, tmp_path)
     pretrained = DBetaModel(tiny_config(tiny_t5_text_config(len(exported["tok"]))))
     pretrained.save_pretrained(tmp_path / "pretrained")
     model = DBetaForECGClassification.from_pretrained(tmp_path / "pretrained", num_labels=2)
-    with pytest.raises(ValueError, match=r"no classification head, so the head was initialised at random"):
+    with pytest.raises(ValueError, match=r"head was initialised at random when it was loaded"):
         ECGClassificationPipeline(model=model, processor=exported["processor"])
+    # saved and reloaded before training, it is still the random head (was served after a round trip)
+    model.save_pretrained(tmp_path / "untrained")
+    assert json.loads((tmp_path / "untrained" / "config.json").read_text())["untrained_heads"] == ["classifier"]
+    with pytest.raises(ValueError, match=r"or was saved before the head was trained"):
+        ECGClassificationPipeline(model=DBetaForECGClassification.from_pretrained(tmp_path / "untrained"),
+                                  processor=exported["processor"])
     torch.optim.SGD(model.classifier.parameters(), lr=0.1).zero_grad()
     model(ecg_values=ecg_batch(2), labels=torch.tensor([0, 1])).loss.backward()
     torch.optim.SGD(model.classifier.parameters(), lr=0.1).step()
     ECGClassificationPipeline(model=model, processor=exported["processor"])  # trained since loading: served
+    model.save_pretrained(tmp_path / "trained")  # and so is its copy, whose config no longer names the head
+    assert "untrained_heads" not in json.loads((tmp_path / "trained" / "config.json").read_text())
+    ECGClassificationPipeline(model=DBetaForECGClassification.from_pretrained(tmp_path / "trained"),
+                              processor=exported["processor"])
     # an export that has its head is served as loaded
     ECGClassificationPipeline(model=DBetaForECGClassification.from_pretrained(exported["dirs"]["multi"]),
                               processor=exported["processor"])

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -687,3 +688,23 @@ def test_text_layers_learn_at_their_own_rate(config):
     assert {round(lr_of[i] / lr_of[id(trainable[0])], 6) for i in text} == {0.1}  # the schedule keeps the ratio
     assert optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0] and not any(
         id(p) in text for p in optimizer.param_groups[0]["params"])
+
+
+def test_an_export_refuses_inputs_its_processor_would_not_give(config, tokenizer, tmp_path):
+    """A raw 1000 Hz array ([1, 12, 10000]) passed straight to the model was scored as if it were 10 s at 500 Hz
+    (the top zero-shot label changed on half the records); CLIP refuses an image of another size likewise."""
+    from train.export import build_processor, export_model
+
+    config = DBetaConfig.from_dict(config.to_dict())  # the export records the length in the model's config
+    folder = export_model(DBetaModel(config), tmp_path / "export", processor=build_processor(tokenizer))
+    model = DBetaModel.from_pretrained(folder).eval()
+    assert model.config.ecg_config.num_samples == 5000
+    assert model.get_ecg_features(ecg_batch(2)).pooler_output.shape[0] == 2
+    for shape in ((1, 12, 10000), (1, 12, 2500), (1, 8, 5000), (12, 5000)):
+        with pytest.raises(ValueError, match=r"ecg_values must be \[batch, 12, 5000\] .* got " + re.escape(
+                str(shape))):
+            model.get_ecg_features(torch.zeros(shape))
+    with pytest.raises(ValueError, match="pass records through the processor"):
+        model(ecg_values=torch.zeros(1, 12, 10000))
+    config.ecg_config.num_samples = None  # a model built from a config that sets no length takes any
+    assert DBetaModel(config).get_ecg_features(torch.zeros(1, 12, 2560)).pooler_output.shape[0] == 1

@@ -253,6 +253,8 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
     register_auto_classes()
     model.config.auto_map = dict(AUTO_MAP)
     model.config.custom_pipelines = custom_pipelines_for(model)
+    if processor is not None:  # the length its inputs must have: a raw array of another one is refused
+        model.config.ecg_config.num_samples = int(processor.feature_extractor.num_samples)
     if not is_main_process:  # data-parallel ranks hold the same weights: the main process writes them
         return out
     staging = staging_folder(out)
