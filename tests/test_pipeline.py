@@ -331,9 +331,12 @@ def test_call_keywords_are_validated(exported):
     with pytest.raises(ValueError, match="'AFIB' and 'Afib' are the same class"):
         pipe(signal, sampling_rate=500, candidate_labels=["AFIB", "Afib", "NORM"])
     # compared as the model reads them (lower case, "ekg" as "ecg"), not as typed
-    for twice in (["AFIB", "NORM", "normal ECG"], ["AFIB", "Atrial fibrillation"], ["normal ekg", "normal ecg"]):
+    for twice, style in ((["AFIB", "NORM", "normal ECG"], "name"), (["AFIB", "Atrial fibrillation"], "name"),
+                         (["normal ekg", "normal ecg"], "description")):
         with pytest.raises(ValueError, match="are the same class"):
-            pipe(signal, sampling_rate=500, candidate_labels=twice)
+            pipe(signal, sampling_rate=500, candidate_labels=twice, prompt_style=style)
+    # with descriptions, a code and its bare name are two texts (the name alone, and name + description)
+    assert len(pipe(signal, sampling_rate=500, candidate_labels=["NORM", "normal ECG"])) == 2
     for bad in (None, float("nan"), 3):
         with pytest.raises(TypeError, match=r"candidate_labels\[1\] must be a string"):
             pipe(signal, sampling_rate=500, candidate_labels=["NORM", bad])
