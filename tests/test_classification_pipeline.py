@@ -341,6 +341,8 @@ def test_a_classifier_fine_tuned_from_a_pretrained_export_saves_as_a_classifier(
                               processor=exported["processor"])
     model = DBetaForECGClassification.from_pretrained(pretrained, num_labels=3, id2label=dict(enumerate(MULTI)),
                                                       problem_type="multi_label_classification")
+    with torch.no_grad():  # a step of training (an untrained head is refused: see the test above)
+        model.classifier.weight.add_(0.01)
     model.save_pretrained(tmp_path / "ft")
     exported["processor"].save_pretrained(tmp_path / "ft")
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
