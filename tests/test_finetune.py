@@ -5,6 +5,7 @@ accumulation that does not scale the loss."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -453,3 +454,34 @@ def test_config_files_with_repeated_keys_or_odd_yaml_are_refused(tmp_path):
     with pytest.raises(ft.ConfigError, match=r"train.mixed_precision must be a non-empty string, got False "
                                              r"\(YAML reads an unquoted no"):
         resolve("no.yaml", "train:\n  mixed_precision: no\n")
+
+
+def test_one_output_folder_one_fine_tuning_run(tmp_path, capsys, nothing_is_read):
+    """Two runs into one folder both exited 0; the second's checkpoints, export and results replaced the first's."""
+    from train.run_lock import RunLock
+
+    out = tmp_path / "run"
+    argv = ["--model", str(tmp_path / "model"), "--dataset", "cpsc2018", "--data-root", str(tmp_path / "data"),
+            "--output-dir", str(out)]
+    with RunLock(out):
+        with pytest.raises(SystemExit) as exit_:
+            ft.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "in use by another run" in err and f'"pid": {os.getpid()}' in err
+    with pytest.raises(AssertionError, match="data or a model was read"):  # free again: goes on to read the data
+        ft.main(argv)
+
+
+def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
+    """A kill while Trainer saved checkpoint-4 left it without a readable trainer_state.json (written last), and
+    every --resume failed on it (transformers takes the highest number) though checkpoint-2 was whole."""
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_st'), (6, None)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()  # not Trainer's
+    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    with caplog.at_level("WARNING", logger=ft.logger.name):
+        assert ft.find_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert "checkpoint-6 is incomplete" in caplog.text and "checkpoint-4 is incomplete" in caplog.text
+    assert ft.find_checkpoint(tmp_path / "absent") is None

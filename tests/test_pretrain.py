@@ -1144,3 +1144,30 @@ def test_sentence_sampling_cuts_texts_to_their_own_sentences(rows, t5_tokenizer)
     assert torch.equal(val["input_ids"], whole["input_ids"])  # validation scores whole reports
     with pytest.raises(ValueError, match="sentence_sample_prob"):
         PretrainingCollator(processor, None, p_neg=0.0, sentence_sample_prob=1.5)
+
+
+def test_a_lock_is_not_kept_by_the_children_of_a_killed_run(tmp_path):
+    """DataLoader workers inherited the lock's open file: a run killed alone (the OOM killer's way) left its folder
+    "in use by another run" until the workers noticed."""
+    from train.run_lock import FolderInUseError, RunLock
+
+    out, pid_file = tmp_path / "run", tmp_path / "child.pid"
+    script = ("import os, signal, sys, time\n"
+              "from train.run_lock import RunLock\n"
+              f"lock = RunLock({str(out)!r}).acquire()\n"
+              "child = os.fork()\n"
+              "if child == 0:\n"
+              "    time.sleep(60)\n"
+              "    os._exit(0)\n"
+              f"open({str(pid_file)!r}, 'w').write(str(child))\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    child = int(pid_file.read_text())
+    try:
+        os.kill(child, 0)  # the worker outlives its parent ...
+        RunLock(out).acquire().release()  # ... and the folder is free all the same
+    except FolderInUseError as err:
+        pytest.fail(f"the dead run's child kept the lock: {err}")
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -12,6 +12,7 @@ from scipy.signal import butter, detrend, filtfilt, find_peaks
 
 from dbeta.processing_dbeta import MIMIC_LEADS, STANDARD_LEADS, DBetaFeatureExtractor, assemble_report, normalize_report, read_wfdb
 from train import synthetic as syn
+from train.synthetic import cli as synthetic_cli
 
 FS = 500
 L = {name: i for i, name in enumerate(STANDARD_LEADS)}
@@ -531,7 +532,7 @@ def test_ptbxl_layout_loads_with_the_downstream_loader(tmp_path, monkeypatch, re
 
 
 def test_cli(tmp_path, capsys):
-    rc = syn.main(["--layout", "ptbxl", "--output", str(tmp_path / "cli"), "--n", "9", "--seed", "2",
+    rc = synthetic_cli.main(["--layout", "ptbxl", "--output", str(tmp_path / "cli"), "--n", "9", "--seed", "2",
                    "--classes", "NORM", "SBRAD", "AFIB"])
     assert rc == 0
     captured = capsys.readouterr()

@@ -42,6 +42,7 @@ import copy
 import json
 import logging
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ from train.export import CLASSIFICATION_PIPELINES, ExportTargetError, check_expo
 from train.finetune_settings import FinetuneSettings
 from train.folders import write_json
 from train.hub import push_export
+from train.run_lock import FolderInUseError, RunLock
 from train.settings import ConfigError, add_settings_arguments, read_config_file
 
 
@@ -168,10 +170,29 @@ def load_classifier(model: str, class_names: Sequence[str], class_weights: Optio
     return clf
 
 
-def find_checkpoint(output_dir: Path) -> Optional[str]:
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_folders(output_dir: Path) -> List[Path]:
+    """Trainer's checkpoint-N folders in `output_dir`, oldest first (complete or not)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(p.name.split("-", 1)[1]), p) for p in folder.iterdir()
+             if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return [p for _, p in sorted(found)]
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+def find_checkpoint(output_dir: Path) -> Optional[str]:
+    """The newest complete checkpoint: Trainer writes trainer_state.json last, so one whose state does not parse
+    was cut short while saving (a kill, a full disk); it is skipped with a warning naming it, where transformers'
+    own choice (the highest number) would fail every --resume."""
+    for path in reversed(checkpoint_folders(output_dir)):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logger.warning("%s is incomplete (no readable trainer_state.json: the run stopped while saving it); "
+                           "resuming from an earlier checkpoint", path)
+            continue
+        return str(path)
+    return None
 
 
 def build_training_args(s: FinetuneSettings):
@@ -285,12 +306,21 @@ def prepare(s: FinetuneSettings) -> dict:
 def run(s: FinetuneSettings, resume: bool = False) -> dict:
     """Fine-tune, evaluate, export (and push) as `s` says; `resume` continues from the newest checkpoint in the
     output folder. The settings are checked first (ConfigError) before any data or model is read. Returns the
-    results, also written to OUTPUT_DIR/results.json."""
+    results, also written to OUTPUT_DIR/results.json. The output folder is held by one run at a time (run.lock)."""
+    try:
+        with RunLock(s.output_dir):
+            return _run(s, resume)
+    except FolderInUseError as err:  # a second run would write the same checkpoints, export and results
+        raise ConfigError(str(err)) from None
+
+
+def _run(s: FinetuneSettings, resume: bool) -> dict:
     s.validate()
     s.require(FLAGS)
     training_args = build_training_args(s)
     output_dir = Path(s.output_dir)
-    earlier = find_checkpoint(output_dir)
+    folders = checkpoint_folders(output_dir)
+    earlier = folders[-1] if folders else None
     if earlier and not resume:
         # Trainer would rotate the earlier run's checkpoints away (save_total_limit counts every checkpoint-N in
         # the folder), overwrite its export and results, and a later --resume would pick the highest-numbered
@@ -397,7 +427,7 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
         "pushed": pushed,
         "seconds": time.perf_counter() - t0,
     }
-    (output_dir / RESULTS_FILE).write_text(json.dumps(_json_safe(results), indent=2))
+    write_json(output_dir / RESULTS_FILE, _json_safe(results))
     return results
 
 
