@@ -18,6 +18,7 @@ import pytest
 from tests.test_pretrain import (assert_same_weights, assets, batches, one_thread, run_main,  # noqa: F401 (fixtures)
                                  sigterm_after_validation, t5_tokenizer, weights, word_hash_embed)
 from train import synthetic as syn
+from train.settings import ConfigError
 
 SPLIT = ["--set", "data.split_seed=7", "--set", "data.val_fraction=0.3"]
 
@@ -85,6 +86,32 @@ def test_split_and_validation_rows_are_prepare_mimics(mimic_root, tmp_path):
     reports = load_from_disk(str(write_reports(mimic_root, tmp_path / "reports", 7, 0.3)))
     assert list(reports["train"]["report"]) == records.reports()
     assert list(reports["validation"]["study_id"]) == want["study_id"].tolist()
+    # Written again with another split, stopped while saving: the earlier folder stays whole (was written in place:
+    # the new train split beside the old validation split, subjects on both sides, loaded without a word).
+    import datasets
+
+    def stopped(self, path, *args, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "dataset_dict.json").write_text("{")
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets.DatasetDict, "save_to_disk", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            write_reports(mimic_root, tmp_path / "reports", 7, 0.6)
+    again = load_from_disk(str(tmp_path / "reports"))
+    assert list(again["validation"]["study_id"]) == want["study_id"].tolist()
+    assert list(load_from_disk(str(write_reports(mimic_root, tmp_path / "reports", 7, 0.6)))["train"]["report"]) \
+        != records.reports()  # a finished rewrite replaces it
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds something other than an earlier reports folder \(config.json\)"):
+        write_reports(mimic_root, tmp_path / "model", 7, 0.3)
+    assert (tmp_path / "model" / "config.json").read_text() == "{}"
+    (tmp_path / "reports" / "n3s").mkdir()  # build_n3s's default place: a table hours in the making
+    with pytest.raises(ConfigError, match=r"\(n3s\)"):
+        write_reports(mimic_root, tmp_path / "reports", 7, 0.3)
+    assert (tmp_path / "reports" / "n3s").is_dir()
 
 
 def test_streamed_run_validates_and_replaces_the_unreadable_record(straight_stream, mimic_root):

@@ -313,10 +313,22 @@ def write_reports(mimic_root, out, split_seed: int = 0, val_fraction: float = 0.
     data.mimic_root) for python -m train.build_n3s: an N3S table for training straight from the folder."""
     from datasets import DatasetDict
 
+    from train.folders import replace_folder, staging_folder
+
+    out = Path(out)
+    if out.exists():  # replaced as a whole: only an earlier reports folder, nothing beside it (an N3S table)
+        others = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
+        others = [n for n in others if n not in ("dataset_dict.json", "train", "validation")]
+        if others or (out.is_dir() and any(out.iterdir()) and not (out / "dataset_dict.json").is_file()):
+            raise ConfigError(f"--reports {out} holds something other than an earlier reports folder "
+                              f"({', '.join(others) or 'no dataset_dict.json'}); the folder is replaced as a whole, "
+                              "so choose a new or empty one (an N3S table built from it belongs to those reports)")
     splits, _ = mimic_entries(mimic_root, split_seed, val_fraction)
+    staging = staging_folder(out)  # a run stopped midway leaves the earlier folder, never new and old splits mixed
     DatasetDict({k: v.select_columns(["study_id", "subject_id", "report"]) for k, v in splits.items()}).save_to_disk(
-        str(out))
-    return Path(out)
+        str(staging))
+    replace_folder(staging, out)
+    return out
 
 
 def main(argv=None) -> int:
