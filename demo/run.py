@@ -36,6 +36,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from train.folders import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 LABEL = "trained"
@@ -76,7 +78,7 @@ def step(marker: Path, name: str, action) -> None:
     t = time.perf_counter()
     action()
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"seconds": round(time.perf_counter() - t, 1)}))
+    write_text(marker, json.dumps({"seconds": round(time.perf_counter() - t, 1)}))
 
 
 def check_settings(done: Path, settings: dict) -> None:
@@ -92,7 +94,7 @@ def check_settings(done: Path, settings: dict) -> None:
     if done.is_dir() and any(done.iterdir()):
         raise SystemExit(f"{done.parent} holds outputs of a demo that did not record its settings; run with --fresh")
     done.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings))
+    write_text(path, json.dumps(settings))
 
 
 def make_random_baseline(model_dir: Path, out_dir: Path) -> None:
@@ -366,7 +368,7 @@ def main(argv=None) -> int:
              lambda runs=ensembles: [r() for r in runs])
 
     def dicom():
-        (out / "dicom.json").write_text(json.dumps(classify_dicom(model_dir, out), indent=1))
+        write_text(out / "dicom.json", json.dumps(classify_dicom(model_dir, out), indent=1))
 
     step(done / "dicom", "6. fresh process: pipeline(..., trust_remote_code=True) on the real DICOM ECG", dicom)
 
@@ -379,7 +381,7 @@ def main(argv=None) -> int:
 
     def longer_record():
         stitched = windows.stitch_records(ptbxl, out / "data" / "stitched", classes=("SR", "AFIB", "SR"), per_class=3)
-        (out / "data" / "stitched" / "segments.json").write_text(json.dumps(stitched, indent=1))
+        write_text(out / "data" / "stitched" / "segments.json", json.dumps(stitched, indent=1))
         call(windows, ["--model", model_dir, "--record", stitched["path"], "--labels", "NORM", "AFIB", "SBRAD",
                        "STACH", "--window-seconds", 10, "--stride-seconds", 5,
                        "--output", out / "eval" / "trained" / "windows.json", "--plot", out / "windows.png"])
@@ -412,7 +414,7 @@ def main(argv=None) -> int:
 
     results = collect(out)
     results["elapsed_seconds_this_run"] = round(time.perf_counter() - start, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_text(out / "results.json", json.dumps(results, indent=1))
     print_table(results)
     print(f"\nall figures: {out / 'results.json'}; exported model: {model_dir}")
     return 0

@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from train.folders import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["explanation_json", "main"]
@@ -82,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     data = explanation_json(result)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=1))
+        write_text(args.json, json.dumps(data, indent=1))
     e = data["explanation"]
     top = sorted(e["lead_totals"].items(), key=lambda kv: -abs(kv[1]))[:3]
     print(f"{e['label']}: score {e['score']:.3f}; leads that moved it most: "

@@ -29,6 +29,7 @@ from eval.zero_shot import class_prompts, class_text_features, label_set_name, z
 from dbeta.prompting_dbeta import load_prompt_set, prompt_style_for
 from dbeta.onnx_dbeta import DBetaOnnxModel
 from train.export_onnx import export_onnx
+from train.folders import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def main(argv=None) -> None:
         result[f"{base}_change_points"] = round(100 * (result[base + "_int8"] - result[key]), 2)
     print(json.dumps(result, indent=1))
     if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+        write_text(args.output, json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

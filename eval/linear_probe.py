@@ -70,6 +70,7 @@ from eval.features import (
 from eval.metrics import auc_report, evaluable_classes, per_class_auc
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
+from train.folders import write_file, write_text
 
 
 logger = logging.getLogger("dbeta.linear_probe")
@@ -246,11 +247,11 @@ def cached_features(encoder, fe, dataset, split: str, cache_dir: Optional[Path],
     seconds = time.perf_counter() - start
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"features": np.ascontiguousarray(features, dtype=np.float32),
-                   "labels": np.ascontiguousarray(dataset.labels_matrix(), dtype=np.float32)},
-                  str(tmp), metadata={"key": key, "fields": json.dumps(fields, sort_keys=True, default=str)})
-        os.replace(tmp, path)
+        tensors = {"features": np.ascontiguousarray(features, dtype=np.float32),
+                   "labels": np.ascontiguousarray(dataset.labels_matrix(), dtype=np.float32)}
+        # one temporary name per file: what a stopped run left is overwritten by the next, never left to pile up
+        write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata={
+            "key": key, "fields": json.dumps(fields, sort_keys=True, default=str)}))
     return features, {"path": str(path) if path else None, "hit": False, "key": key, "seconds": seconds}
 
 
@@ -549,7 +550,7 @@ def plot_history(result: dict, path: Path) -> Path:
     fig.suptitle(f"linear probe {result['dataset']}{task} ({'random init' if result['random_init'] else result['model']})"
                  " — dotted: val-selected epoch", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return path
 
@@ -715,10 +716,10 @@ def write_outputs(result: dict, output: Path, plot: bool = True, extras: Optiona
     the first seed's val-selected head on test, when `extras` holds the scores)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2, allow_nan=False))
+    write_text(output, json.dumps(result, indent=2, allow_nan=False))
     paths = {"json": output}
     md = output.with_suffix(".md")
-    md.write_text(render_markdown(result))
+    write_text(md, render_markdown(result))
     paths["markdown"] = md
     if plot:
         paths["plot"] = plot_history(result, output.with_suffix(".png"))

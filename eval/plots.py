@@ -20,6 +20,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from train.folders import write_file
+
 __all__ = ["plot_roc_curves", "plot_ecg", "plot_window_scores", "plot_attribution", "STANDARD_LEADS"]
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -39,7 +41,7 @@ def _pyplot():
 def _save(fig, path: Union[str, Path], dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    write_file(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"))
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from train.folders import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["load_pipeline", "write_window_table", "stitch_records", "main"]
@@ -59,7 +61,7 @@ def write_window_table(result: dict, path) -> Path:
         check_table_labels(labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() != ".csv":
-        path.write_text(json.dumps(result, indent=1))
+        write_text(path, json.dumps(result, indent=1))
         return path
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

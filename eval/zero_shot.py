@@ -71,6 +71,7 @@ from eval.features import (
     text_features,
 )
 from eval.metrics import auc_report
+from train.folders import write_text
 
 
 logger = logging.getLogger("dbeta.zero_shot")
@@ -317,8 +318,8 @@ def write_outputs(result: dict, arrays: Optional[dict], output: Path, plot: bool
                             class_names=np.asarray(result["class_names"]))
         paths["scores"] = f"{stem}.scores.npz"
     result["outputs"] = paths
-    output.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
-    Path(paths["markdown"]).write_text(render_markdown(result))
+    write_text(output, json.dumps(result, indent=2, default=_json_default) + "\n")
+    write_text(paths["markdown"], render_markdown(result))
     return paths
 
 

@@ -397,3 +397,39 @@ def test_a_folder_left_between_the_two_renames_is_put_back(tmp_path):
     replace_folder(staging, tmp_path / "export")
     assert (tmp_path / "export" / "config.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_file_is_published_whole_or_not_at_all(tmp_path):
+    """Eval outputs, plots, probe caches and results were written in place: a run killed while writing left the
+    earlier good file empty; a killed cache write left a `.tmp<pid>` file no run removed."""
+    from train.folders import write_file, write_json
+
+    out = tmp_path / "zs.png"
+    out.write_bytes(b"earlier plot")
+
+    def cut_short(tmp):
+        tmp.write_bytes(b"half a pl")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_file(out, cut_short)
+    assert out.read_bytes() == b"earlier plot" and sorted(p.name for p in tmp_path.iterdir()) == ["zs.png"]
+    write_file(out, lambda tmp: tmp.write_bytes(b"new plot"))
+    assert out.read_bytes() == b"new plot" and sorted(p.name for p in tmp_path.iterdir()) == ["zs.png"]
+    written = []
+    write_file(tmp_path / "a.safetensors", lambda tmp: written.append(tmp.suffix) or tmp.write_bytes(b"x"))
+    assert written == [".safetensors"]  # the temporary keeps the suffix (matplotlib picks the format by it)
+    write_json(tmp_path / "r.json", {"auc": 0.9})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"auc": 0.9}
+
+
+def test_eval_and_demo_outputs_go_through_the_publishing_helpers():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in sorted((root / "eval").glob("*.py")) + [root / "demo" / "run.py"]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\.(write_text|write_bytes|savefig)\(", line) and "tmp" not in line:
+                offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert not offenders, "write through train.folders.write_file / write_text:\n" + "\n".join(offenders)

@@ -8,14 +8,24 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["write_text", "write_json", "staging_folder", "replace_folder"]
+__all__ = ["write_file", "write_text", "write_json", "staging_folder", "replace_folder"]
+
+
+def write_file(path, write) -> None:
+    """`write(tmp)` writes the file to a hidden temporary beside `path` (same suffix, so a plotting library picks
+    the same format), which then replaces `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_text(path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_file(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path, obj) -> None:
