@@ -684,9 +684,9 @@ class _ECGPathMixin:
 
     def _ecg_input(self, ecg_values: torch.Tensor) -> torch.Tensor:
         cfg = self.config.ecg_config
-        want = (cfg.num_leads, cfg.num_samples or (ecg_values.shape[-1] if ecg_values.dim() else 0))
-        if ecg_values.dim() != 3 or tuple(ecg_values.shape[1:]) != want:
-            raise ValueError(f"ecg_values must be [batch, {want[0]}, {cfg.num_samples or 'samples'}] (what this "
+        if ecg_values.dim() != 3 or ecg_values.shape[1] != cfg.num_leads or (
+                cfg.num_samples and ecg_values.shape[2] != cfg.num_samples):
+            raise ValueError(f"ecg_values must be [batch, {cfg.num_leads}, {cfg.num_samples or 'samples'}] (what this "
                              f"model's processor gives), got {tuple(ecg_values.shape)}: pass records through the "
                              "processor, which reorders leads, resamples, and crops or pads to its length")
         return ecg_values.to(self.ecg_projection.weight.dtype)
