@@ -307,6 +307,8 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
     """Fine-tune, evaluate, export (and push) as `s` says; `resume` continues from the newest checkpoint in the
     output folder. The settings are checked first (ConfigError) before any data or model is read. Returns the
     results, also written to OUTPUT_DIR/results.json. The output folder is held by one run at a time (run.lock)."""
+    s.validate()
+    s.require(FLAGS)
     try:
         with RunLock(s.output_dir):
             return _run(s, resume)
@@ -315,8 +317,6 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
 
 
 def _run(s: FinetuneSettings, resume: bool) -> dict:
-    s.validate()
-    s.require(FLAGS)
     training_args = build_training_args(s)
     output_dir = Path(s.output_dir)
     folders = checkpoint_folders(output_dir)
