@@ -309,15 +309,15 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
     results, also written to OUTPUT_DIR/results.json. The output folder is held by one run at a time (run.lock)."""
     s.validate()
     s.require(FLAGS)
+    training_args = build_training_args(s)  # what TrainingArguments refuses, before the folder is even made
     try:
         with RunLock(s.output_dir):
-            return _run(s, resume)
+            return _run(s, resume, training_args)
     except FolderInUseError as err:  # a second run would write the same checkpoints, export and results
         raise ConfigError(str(err)) from None
 
 
-def _run(s: FinetuneSettings, resume: bool) -> dict:
-    training_args = build_training_args(s)
+def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
     output_dir = Path(s.output_dir)
     folders = checkpoint_folders(output_dir)
     earlier = folders[-1] if folders else None
