@@ -11,6 +11,7 @@ This file is remote code: at module level it imports only torch, transformers an
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -490,13 +491,16 @@ class DBetaPreTrainedModel(PreTrainedModel):
     def __init__(self, config: DBetaConfig, *args, **kwargs):
         # from_pretrained(..., ets_mode=...) sets such keywords on the config after it was built and checked
         config._validate()
+        if getattr(config, "custom_pipelines", None) and config.custom_pipelines != self._pipelines:
+            # another class's config (a classifier built from a pretrained export's): this model's own copy names
+            # the pipeline it serves; the config given, which that other model may share, stays as it is
+            config = copy.deepcopy(config)
+            config.custom_pipelines = copy.deepcopy(self._pipelines)
         super().__init__(config, *args, **kwargs)
         # The ECG encoder is a plain module, so transformers sets only the top-level attention implementation at
         # init (`set_attn_implementation` later reaches the ECG sub-config too); the ECG layers read their own.
         if getattr(config.ecg_config, "_attn_implementation", None) is None:
             config.ecg_config._attn_implementation_internal = self.config._attn_implementation
-        if getattr(config, "custom_pipelines", None) and config.custom_pipelines != self._pipelines:
-            config.custom_pipelines = json.loads(json.dumps(self._pipelines))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -540,9 +544,10 @@ class DBetaPreTrainedModel(PreTrainedModel):
         # classification pipeline) can tell a head still untrained from one trained since loading. A copy saved
         # before training names them in config.json (`untrained_heads`), and they stay untrained when reloaded.
         saved_untrained = set(getattr(self.config, "untrained_heads", None) or ()) & set(self._new_heads)
+        resized = {self._head_of(k) for k in mismatched if allow_resize and self._head_of(k)}  # initialised anew
         self._heads_initialised_at_load = {
             h: next(getattr(self, h).parameters()).detach().clone()
-            for h in absent_heads | saved_untrained if hasattr(self, h)
+            for h in absent_heads | saved_untrained | resized if hasattr(self, h)
         }
         body_missing = sorted(k for k in missing if self._head_of(k) not in absent_heads)
         if body_missing:
@@ -1212,11 +1217,10 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
         loss = None
         if labels is not None:
             problem = self.config.problem_type
-            if problem is None:  # transformers' rule; written back, as its own heads do, so that a saved model
-                # tells the pipeline how to score (a sigmoid per class, a softmax, or the raw value)
+            if problem is None:  # transformers' rule (any integer width is a class index; bool is multi-hot)
                 problem = ("regression" if self.num_labels == 1 else "single_label_classification"
-                           if labels.dtype in (torch.long, torch.int) else "multi_label_classification")
-                self.config.problem_type = problem
+                           if not labels.is_floating_point() and labels.dtype != torch.bool
+                           else "multi_label_classification")
             if problem == "multi_label_classification":
                 weights = getattr(self.config, "class_weights", None)
                 pos_weight = torch.tensor(weights, device=logits.device) if weights else None
@@ -1235,6 +1239,9 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
                                   target.squeeze(-1) if self.num_labels == 1 else target)
             else:
                 raise ValueError(f"unsupported problem_type {problem!r} for ECG classification")
+            # written back once a loss was computed, as transformers' heads do, so that a saved model tells the
+            # pipeline how to score (a sigmoid per class, a softmax, or the raw value)
+            self.config.problem_type = problem
         return _return(SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                                 attentions=out.attentions), return_dict, self.config)
 

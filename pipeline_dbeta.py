@@ -132,9 +132,11 @@ def eval_mode(model):
 RECORD_KEYS = ("signal", "ecg", "sampling_rate", "fs", "lead_names", "record_id", "path")
 # keys other libraries use for what a record dict carries here under another name (other keys, such as a
 # dataset row's label columns, are passed over)
-_RECORD_KEY_SYNONYMS = {
-    **dict.fromkeys(("sample_rate", "sampling_frequency", "frequency", "freq", "sr", "rate"), "sampling_rate"),
-    **dict.fromkeys(("leads", "sig_name", "channel_names", "channels", "lead_order"), "lead_names"),
+_RECORD_KEY_SYNONYMS = {  # compared in lower case, "-" and " " as "_"
+    **dict.fromkeys(("sample_rate", "sampling_frequency", "sample_frequency", "samplingfrequency", "frequency",
+                     "freq", "sfreq", "srate", "sr", "rate", "hz"), "sampling_rate"),
+    **dict.fromkeys(("lead", "leads", "sig_name", "sig_names", "ch_names", "channel_names", "channel_labels",
+                     "channels", "lead_order", "lead_labels", "signal_names"), "lead_names"),
     **dict.fromkeys(("units", "unit"), "a signal in mV (convert it before)"),
 }
 
@@ -145,8 +147,9 @@ def _check_record_keys(item: dict) -> None:
     for key in item:
         if not isinstance(key, str) or key in RECORD_KEYS:
             continue
-        meant = _RECORD_KEY_SYNONYMS.get(key.lower()) or next(
-            iter(difflib.get_close_matches(key, RECORD_KEYS, n=1, cutoff=0.8)), None)
+        plain = key.strip().lower().replace("-", "_").replace(" ", "_")
+        meant = (plain if plain in RECORD_KEYS else _RECORD_KEY_SYNONYMS.get(plain)) or next(
+            iter(difflib.get_close_matches(plain, RECORD_KEYS, n=1, cutoff=0.8)), None)
         if meant:
             raise ValueError(f"an ECG dict's key {key!r} is not read: did you mean {meant!r}? (the keys read are "
                              f"{', '.join(RECORD_KEYS)})")

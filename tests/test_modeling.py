@@ -331,6 +331,18 @@ def test_the_inferred_problem_type_is_saved_for_the_pipeline(config, tmp_path):
         model.save_pretrained(tmp_path / problem)
         reloaded = DBetaForECGClassification.from_pretrained(tmp_path / problem)
         assert reloaded.config.problem_type == problem and default_score_function(reloaded.config) == scoring
+    # any integer width is a class index; the type is kept only once a loss was computed (a failed call with
+    # wrong labels used to leave its guess in the config)
+    cfg = DBetaConfig.from_dict(config.to_dict())
+    cfg.num_labels, cfg.problem_type = 3, None
+    model = DBetaForECGClassification(cfg).eval()
+    with pytest.raises(ValueError):
+        model(ecg_values=ecg_batch(2), labels=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # wrong width: no loss
+    assert model.config.problem_type is None
+    for dtype in (torch.uint8, torch.int8, torch.int16):
+        model.config.problem_type = None
+        model(ecg_values=ecg_batch(2), labels=torch.tensor([0, 2], dtype=dtype))
+        assert model.config.problem_type == "single_label_classification", dtype
     # one class as a yes/no label: a sigmoid on [batch] labels; as a one-class softmax: refused (its loss is 0)
     cfg = DBetaConfig.from_dict(config.to_dict())
     cfg.num_labels, cfg.problem_type = 1, "multi_label_classification"
@@ -708,3 +720,33 @@ def test_an_export_refuses_inputs_its_processor_would_not_give(config, tokenizer
         model(ecg_values=torch.zeros(1, 12, 10000))
     config.ecg_config.num_samples = None  # a model built from a config that sets no length takes any
     assert DBetaModel(config).get_ecg_features(torch.zeros(1, 12, 2560)).pooler_output.shape[0] == 1
+
+
+def test_a_classifier_built_from_a_zero_shot_config_leaves_that_config_alone(config, tokenizer, tmp_path):
+    """DBetaForECGClassification(zs.config) rewrote the shared config's pipeline entry: the zero-shot model's next
+    save named only "ecg-classification"."""
+    from train.export import build_processor, export_model
+
+    folder = export_model(DBetaModel(DBetaConfig.from_dict(config.to_dict())), tmp_path / "zs",
+                          processor=build_processor(tokenizer))
+    zs = DBetaModel.from_pretrained(folder)
+    clf = DBetaForECGClassification(zs.config)
+    assert list(zs.config.custom_pipelines) == ["zero-shot-ecg-classification"]
+    assert list(clf.config.custom_pipelines) == ["ecg-classification"] and clf.config is not zs.config
+    zs.save_pretrained(tmp_path / "again")
+    assert list(json.loads((tmp_path / "again" / "config.json").read_text())["custom_pipelines"]) == [
+        "zero-shot-ecg-classification"]
+
+
+def test_a_head_resized_at_load_counts_as_untrained(config, tmp_path):
+    """from_pretrained(classifier, num_labels=other, ignore_mismatched_sizes=True) makes a new random head; it was
+    served as trained."""
+    cfg = DBetaConfig.from_dict(config.to_dict())
+    cfg.num_labels = 2
+    trained = DBetaForECGClassification(cfg)
+    trained.save_pretrained(tmp_path / "two")
+    assert DBetaForECGClassification.from_pretrained(tmp_path / "two").untrained_heads() == []
+    resized = DBetaForECGClassification.from_pretrained(tmp_path / "two", num_labels=3, ignore_mismatched_sizes=True)
+    assert resized.untrained_heads() == ["classifier"]
+    resized.save_pretrained(tmp_path / "three")
+    assert json.loads((tmp_path / "three" / "config.json").read_text())["untrained_heads"] == ["classifier"]

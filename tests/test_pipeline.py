@@ -419,12 +419,15 @@ def test_a_misspelt_record_key_is_refused_not_passed_over(exported):
     pipe = _local_pipeline(e["model"], e["processor"])
     signal = np.load(e["tmp"] / "signal.npy")
     for key, meant in (("sample_rate", "sampling_rate"), ("lead_name", "lead_names"), ("leads", "lead_names"),
-                       ("units", "a signal in mV"), ("sampling_rte", "sampling_rate")):
+                       ("units", "a signal in mV"), ("sampling_rte", "sampling_rate"), ("Fs", "fs"),
+                       ("sfreq", "sampling_rate"), ("ch_names", "lead_names"), ("lead", "lead_names"),
+                       ("samplingFrequency", "sampling_rate"), ("Lead-Names", "lead_names")):
         with pytest.raises(ValueError, match=rf"^input 1: an ECG dict's key '{key}' is not read: did you mean "
                                              rf"'{meant}"):
             pipe([signal, {"signal": signal, key: 250}], sampling_rate=500, candidate_labels=LABELS)
     # a dataset row's other columns are passed over, as before
-    row = pipe({"signal": signal, "sampling_rate": 500, "label": "NORM", "report": "sinus rhythm"},
+    row = pipe({"signal": signal, "sampling_rate": 500, "label": "NORM", "report": "sinus rhythm", "id": 3, "age": 61,
+                "sex": "F", "labels": [1], "ecg_id": 7, "scp_codes": "{}"},
                candidate_labels=LABELS)
     assert row == pipe(signal, sampling_rate=500, candidate_labels=LABELS)
 
