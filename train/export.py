@@ -20,6 +20,7 @@ stays beside the new weights. Only a new or empty folder or an earlier D-BETA ex
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -82,7 +83,7 @@ def check_export_target(output_dir, protect: Sequence = ()) -> Path:
 
 def custom_pipelines_for(model) -> dict:
     """config.json's `custom_pipelines` for `model`: only the pipeline it can serve."""
-    return json.loads(json.dumps(type(model)._pipelines))
+    return copy.deepcopy(type(model)._pipelines)
 
 
 def register_auto_classes() -> None:

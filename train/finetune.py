@@ -57,7 +57,7 @@ from eval.features import condition_item, load_processor, resolve_protocol_num_s
 from eval.metrics import auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
-from train.export import CLASSIFICATION_PIPELINES, ExportTargetError, check_export_target, export_model
+from train.export import ExportTargetError, check_export_target, export_model
 from train.finetune_settings import FinetuneSettings
 from train.folders import write_json
 from train.hub import push_export
@@ -146,9 +146,6 @@ def load_classifier(model: str, class_names: Sequence[str], class_weights: Optio
     config.id2label = {i: str(c) for i, c in enumerate(class_names)}
     config.label2id = {str(c): i for i, c in enumerate(class_names)}
     config.problem_type = "multi_label_classification"
-    # Trainer's checkpoint-N folders are saved straight from this config: they name the classifier's pipeline,
-    # not the zero-shot one of the pretrained model the config came from.
-    config.custom_pipelines = dict(CLASSIFICATION_PIPELINES)
     config.class_weights = list(class_weights) if class_weights is not None else None
     if classifier_dropout is not None:
         config.classifier_dropout = classifier_dropout
