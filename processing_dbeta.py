@@ -507,7 +507,8 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
       6. plausibility (`implausible`: "raise", default, or "warn"): a lead of which more than half the samples
          were NaN/inf (MAX_REPAIRED_SHARE; a lead with none finite that nan_policy="zero" zeroed is a missing
          lead, not this) is mostly invented by the repair; a flat record (every lead constant within
-         1 uV: an all-zero export, a DICOM channel sensitivity of 0) is not an ECG; with `normalization="none"`
+         1 uV: an all-zero export, a DICOM channel sensitivity of 0; under "minmax", which takes any unit, within
+         1e-6) is not an ECG; with `normalization="none"`
          the amplitudes must be millivolts: more than 1% of a lead's samples beyond `max_amplitude_mv` (50 mV,
          ten times the largest QRS), or any sample beyond 20 times it, means another unit (int16 ADC counts,
          microvolts) or a corrupt record, and so does every lead spanning less than MIN_SPAN_MV (0.05 mV:
@@ -691,9 +692,15 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             problem = (f"lead {name} has {100 * repaired[lead]:.1f}% NaN/inf samples (more than "
                        f"{100 * MAX_REPAIRED_SHARE:g}%): repaired, most of it would be invented. Leave the lead out "
                        "(leads=...) or set implausible='warn'")
-        elif (span <= 1e-3).all():
-            problem = (f"flat signal: every lead is constant (value {float(x.flat[0]):.4g}), so this is no ECG "
-                       "(an all-zero export, or a zero channel sensitivity?)")
+        # 1 uV in millivolts; minmax takes any unit (an ECG in volts spans ~1e-3), so there only a near-constant one
+        elif (span <= (1e-3 if normalization == "none" else 1e-6)).all():
+            if span.max() == 0:
+                problem = (f"flat signal: every lead is constant (value {float(x.flat[0]):.4g}), so this is no ECG "
+                           "(an all-zero export, or a zero channel sensitivity?)")
+            else:  # an ECG in volts spans about 0.001 (1 mV): not constant, and the message should say which unit
+                problem = (f"flat signal: no lead spans more than {float(span.max()):.3g} (1 uV if millivolts), so "
+                           "this is no ECG in millivolts: volts passed as mV (convert to mV, or use "
+                           "normalization='minmax'), or an all-zero export with some jitter?")
         elif normalization == "none" and self.max_amplitude_mv and span.max() < MIN_SPAN_MV:
             lead = int(np.argmax(span))
             name = names[lead] if lead < len(names) else str(lead)

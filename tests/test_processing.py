@@ -280,8 +280,12 @@ def test_implausible_amplitudes_and_flat_records_are_refused_naming_the_record()
     assert fe(x * 1e-3, sampling_rate=500, normalization="minmax")["ecg_values"].max() == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ValueError, match=r"ecg\[1\]: flat signal"):
         fe([x, np.zeros((12, 5000))], sampling_rate=500)  # the second record is named, not the first
-    with pytest.raises(ValueError, match="flat signal"):
+    with pytest.raises(ValueError, match=r"flat signal: every lead is constant \(value 3\)"):
         fe(np.full((12, 5000), 3.0), sampling_rate=500)
+    small = x / np.abs(x).max() * 0.4e-3  # volts of an ECG whose largest lead spans 0.8 mV: not "constant"
+    with pytest.raises(ValueError, match=r"flat signal: no lead spans more than 0\.000\d+ .*volts passed as mV"):
+        fe(small, sampling_rate=500)
+    assert fe(small, sampling_rate=500, normalization="minmax")["ecg_values"].abs().max() == pytest.approx(1.0, abs=1e-4)
     with pytest.warns(UserWarning, match="implausible amplitude"):
         out = fe(counts, sampling_rate=500, implausible="warn")["ecg_values"]
     assert out.abs().max() > 50
