@@ -157,6 +157,9 @@ class CODETestDataset(ECGLabelDataset):
     def _source(self, index: int) -> str:
         return f"{self.h5_path} (tracings[{index}])"
 
+    def record_files(self, index: int) -> list:
+        return [str(self.h5_path)]
+
     def _read(self, index: int):
         exam = np.asarray(self._tracings()[index], dtype=np.float32)  # [samples, 12]
         return exam.T * np.float32(self.scale_to_mv), self.sampling_rate, list(self.lead_names)

@@ -11,6 +11,7 @@ Datasets are map-style and read lazily: the constructor reads only metadata (CSV
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -94,6 +95,14 @@ class ECGLabelDataset:
     def _source(self, index: int) -> str:
         """Where record `index` lives (a file path, or file + row), for error messages."""
         raise NotImplementedError
+
+    def record_files(self, index: int) -> List[str]:
+        """The files record `index` is read from that exist (cache keys hold their sizes and times): its source and,
+        for a WFDB or MATLAB record, the .hea/.dat/.mat beside it. A dataset whose source is not a path overrides."""
+        where = self._source(index)
+        stem = where[:-4] if where.endswith((".hea", ".dat", ".mat")) else where
+        return [path for path in dict.fromkeys((where, stem + ".hea", stem + ".dat", stem + ".mat"))
+                if os.path.isfile(path)]
 
     # -- the interface --------------------------------------------------------------------------------------
     @property

@@ -175,22 +175,16 @@ def extract_features(encoder: DBetaForECGClassification, fe: DBetaFeatureExtract
 
 
 def records_fingerprint(dataset) -> str:
-    """Digest of the record ids, the label matrix and the size and mtime of the files each record is read from:
-    a WFDB header and its signal file (.dat or .mat, whether the loader names the record with or without .hea),
-    an original CPSC .mat, CODE-test's HDF5 file ("FILE (tracings[i])")."""
+    """Digest of the record ids, the label matrix and the size and mtime of the files each record is read from
+    (`dataset.record_files(i)`: a WFDB header and its signal file, a CPSC .mat, CODE-test's HDF5 file)."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update("\n".join(dataset.record_ids).encode())
     digest.update(np.ascontiguousarray(dataset.labels_matrix(), dtype=np.float32).tobytes())
-    source = getattr(dataset, "_source", None)
-    if source is not None:
+    files_of = getattr(dataset, "record_files", None)
+    if files_of is not None:
         for i in range(len(dataset)):
-            where = str(source(i)).split(" (")[0]
-            stem = where[:-4] if where.endswith((".hea", ".dat", ".mat")) else where
-            for path in dict.fromkeys((where, stem + ".hea", stem + ".dat", stem + ".mat")):
-                try:
-                    st = os.stat(path)
-                except (OSError, ValueError):
-                    continue
+            for path in files_of(i):
+                st = os.stat(path)
                 digest.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
             digest.update(b"|")
     return digest.hexdigest()
@@ -260,14 +254,19 @@ def cached_features(encoder, fe, dataset, split: str, cache_dir: Optional[Path],
 # ------------------------------------------------------------------------------------------------------------
 
 
+def train_subset_size(n: int, fraction: float) -> int:
+    """floor(fraction * n) records, at least one."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fractions must be in (0, 1], got {fraction}")
+    return max(1, math.floor(fraction * n))
+
+
 def train_subset_indices(n: int, fraction: float, seed: int) -> np.ndarray:
     """Indices of the training subset: `train_test_split(range(n), train_size=floor(fraction * n),
     random_state=seed)` (no stratification; at least one record); all of them, in order, for fraction 1."""
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fractions must be in (0, 1], got {fraction}")
-    k = max(1, math.floor(fraction * n))
+    k = train_subset_size(n, fraction)
     if k >= n:
         return np.arange(n)
     subset, _ = train_test_split(np.arange(n), train_size=k, random_state=seed, shuffle=True)
@@ -288,8 +287,11 @@ def train_linear_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     # affine before the head): on uncentred features Adam learns the class prior through the weights along their
     # common offset and can rank a class backwards (a class told apart by a larger feature norm scored AUC 0.0
     # where logistic regression scores 1.0). The head stays linear in the raw features.
-    mean, std = xt.mean(dim=0), xt.std(dim=0, unbiased=False).clamp_min(1e-6)
-    xt, xv, xs = (xt - mean) / std, (xv - mean) / std, (xs - mean) / std
+    # A feature constant over the subset tells the head nothing; divided by a clamped std it would blow val and test
+    # up a millionfold along a weight that never trained, so it is left out (scale 0).
+    mean, std = xt.mean(dim=0), xt.std(dim=0, unbiased=False)
+    scale = torch.where(std > 1e-6, 1.0 / std.clamp_min(1e-6), torch.zeros_like(std))
+    xt, xv, xs = (xt - mean) * scale, (xv - mean) * scale, (xs - mean) * scale
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = torch.nn.Linear(xt.shape[1], yt.shape[1])
@@ -611,6 +613,11 @@ def run_probe(model: str, dataset: str, data_root, task: Optional[str] = None,
             raise ValueError(f"{dataset}: the {split} split has other classes than train")
         if len(ds) == 0:
             raise ValueError(f"{dataset}: the {split} split under {data_root} is empty")
+    for fraction in fractions:  # one record has no spread to standardise by, nor anything to contrast
+        if train_subset_size(len(datasets["train"]), fraction) < 2:
+            raise ValueError(f"{dataset}: fraction {fraction:g} of the {len(datasets['train'])} training records is "
+                             f"{train_subset_size(len(datasets['train']), fraction)} record: a linear head needs at "
+                             f"least 2; give a fraction of at least {2 / len(datasets['train']):.3g}")
     for split in ("val", "test"):  # val selects the epoch, test is the result: both need a scorable class
         if not evaluable_classes(datasets[split].labels_matrix()).any():
             raise ValueError(f"{dataset}: no class has both a positive and a negative record in the {split} split "

@@ -133,7 +133,7 @@ def setup(tmp_path_factory, one_thread):
     return {"tmp": tmp, "data": data, "model": model, "cache": tmp / "cache"}
 
 
-def probe_args(setup, output, *extra, model=None, fractions=("0.02", "1.0"), seeds=("42", "7"), epochs="15"):
+def probe_args(setup, output, *extra, model=None, fractions=("0.03", "1.0"), seeds=("42", "7"), epochs="15"):
     return ["--model", str(model or setup["model"]), "--dataset", "cpsc2018", "--data-root", str(setup["data"]),
             "--output", str(output), "--cache-dir", str(setup["cache"]), "--fractions", *fractions,
             "--seeds", *seeds, "--epochs", epochs, "--num-workers", "0", "--bootstrap", "200", *extra]
@@ -202,6 +202,20 @@ def test_head_agrees_with_logistic_regression_on_uncentred_features():
     assert reference > 0.99 and roc_auc_score(ys[:, 0], h["best_test_scores"][:, 0]) > 0.99
 
 
+def test_a_feature_constant_over_the_training_subset_is_left_out():
+    """A feature with no spread in the subset got std 1e-6: val and test moved a millionfold along an untrained
+    weight, and that feature's values decided the ranking."""
+    rng = np.random.default_rng(2)
+    y = (rng.random((40, 1)) < 0.5).astype(np.float32)
+    x = np.concatenate([y + rng.normal(0, 0.5, (40, 1)), rng.normal(size=(40, 2)), np.zeros((40, 1))], axis=1)
+    x = x.astype(np.float32)
+    noisy = x.copy()
+    noisy[:, 3] = rng.normal(size=40)  # the last feature varies outside the training subset
+    a = lp.train_linear_head(x, y, x, y, x, y, epochs=5, seed=3)
+    b = lp.train_linear_head(x, y, noisy, y, noisy, y, epochs=5, seed=3)
+    assert np.allclose(a["best_test_scores"], b["best_test_scores"]) and a["test_auc"] == b["test_auc"]
+
+
 def test_head_is_reproducible_and_seeded():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(60, 8)).astype(np.float32), (rng.random((60, 3)) < 0.5).astype(np.float32)
@@ -258,7 +272,7 @@ def test_probe_results_and_json_schema(first_run):
     n = {s: saved["splits"][s]["n"] for s in ("train", "val", "test")}
     assert n == {"train": 86, "val": 10, "test": 24}  # 120 labelled records: 20% test, then 10% val
     assert set(saved["splits"]["test"]["unscorable_classes"]) == {"VPC", "1AVB", "CRBBB", "STE", "PAC", "STD"}
-    assert len(saved["runs"]) == 4 and [r["fraction"] for r in saved["summary"]] == [0.02, 1.0]
+    assert len(saved["runs"]) == 4 and [r["fraction"] for r in saved["summary"]] == [0.03, 1.0]
     for run in saved["runs"]:
         h = run["history"]
         assert len(h["val_auc"]) == len(h["test_auc"]) == len(h["train_loss"]) == 15
@@ -273,9 +287,9 @@ def test_probe_results_and_json_schema(first_run):
         assert run["test_auprc_ci"]["low"] <= run["test_auprc"] <= run["test_auprc_ci"]["high"]
         scored = [v for v in run["per_class_test_auprc"].values() if v is not None]
         assert run["test_auprc"] == pytest.approx(np.mean(scored)) and run["per_class_test_auprc"]["VPC"] is None
-    small = [r for r in saved["runs"] if r["fraction"] == 0.02]
-    assert all(r["n_train"] == 1 for r in small)  # floor(0.02 * 86) = 1 record
-    # one record cannot hold NORM and an abnormal class: some scored class has no training positive
+    small = [r for r in saved["runs"] if r["fraction"] == 0.03]
+    assert all(r["n_train"] == 2 for r in small)  # floor(0.03 * 86) = 2 records
+    # two records cannot hold NORM and two abnormal classes: some scored class has no training positive
     assert all({"NORM", "AFIB", "CLBBB"} & set(r["classes_without_train_positives"]) for r in small)
     assert {"NORM", "AFIB", "CLBBB"} & set(saved["summary"][0]["classes_without_train_positives"])
     full = saved["summary"][1]
@@ -285,8 +299,8 @@ def test_probe_results_and_json_schema(first_run):
     md = out.with_suffix(".md").read_text()
     assert "test AUPRC (val-selected)" in md and "## Per-class test AUPRC" in md
     assert "comparison only" in md and "| 1 | 86 | 2 |" in md and "the train split has no positive for VPC" in md
-    assert "fraction 0.02: the subset of at least one seed has no positive for" in md
-    for suffix in (".png", ".roc-0.02.png", ".roc-1.png"):
+    assert "fraction 0.03: the subset of at least one seed has no positive for" in md
+    for suffix in (".png", ".roc-0.03.png", ".roc-1.png"):
         path = out.with_name(out.stem + suffix)
         assert path.is_file() and path.stat().st_size > 1000
 
@@ -349,8 +363,9 @@ def test_cache_is_not_reused_by_another_model_or_processor_setting(setup, first_
     assert not info["hit"] and again.shape == (len(val), 32) and len(extractions) == before + 4
 
     # a record's signal file rewritten in place (the header untouched): the CPSC loader names the record by its
-    # .hea, and only that file was fingerprinted, so the old features came back
-    data = tmp_path / "data"
+    # .hea, and only that file was fingerprinted, so the old features came back. The folder's name holds " (", as
+    # a copy's does: paths were cut there (meant for CODE-test's "FILE (tracings[i])"), so no file was found
+    data = tmp_path / "data (copy)"
     shutil.copytree(setup["data"], data)
     moved = load_downstream("cpsc2018", data, split="val")
     _, info = lp.cached_features(encoder, fe, moved, "val", cache, fingerprint)
@@ -395,6 +410,13 @@ def test_cli_refuses_bad_fractions_and_wrong_folders(setup, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             lp.main(probe_args(setup, tmp_path / "x.json", fractions=(bad,)))
         assert exit_info.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err
+    # a one-record subset: every feature's spread is 0, and the AUC came out the same whatever its labels
+    with pytest.raises(SystemExit) as exit_info:
+        lp.main(probe_args(setup, tmp_path / "x.json", fractions=("0.02",)))
+    assert exit_info.value.code == 2
+    assert "fraction 0.02 of the 86 training records is 1 record: a linear head needs at least 2; give a fraction " \
+           "of at least 0.0233" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
     # a PTB-XL run pointed at the CPSC2018 folder: a message naming the expected file, exit status 2
     with pytest.raises(SystemExit) as exit_info:
         lp.main(probe_args(setup, tmp_path / "x.json", "--task", "super") + ["--dataset", "ptbxl"])
