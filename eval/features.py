@@ -27,6 +27,7 @@ import torch
 
 
 from dbeta.pipeline_dbeta import text_features as _text_features
+from dbeta.processing_dbeta import resolve_leads
 
 
 __all__ = [
@@ -122,15 +123,24 @@ def condition_item(feature_extractor, item: dict, protocol_num_samples: Optional
                    leads=None) -> np.ndarray:
     """A dataset item {signal, sampling_rate, lead_names, record_id} -> model input [leads, num_samples].
 
-    `leads` (a list of lead names or a processing_dbeta.LEAD_SUBSETS name) keeps only those leads; the others,
-    and any the record lacks, are zero (the processor's lead-subset handling)."""
+    `leads` (a list of lead names or a processing_dbeta.LEAD_SUBSETS name) keeps only those leads; the others are
+    zero (the processor's lead-subset handling). A record lacking a lead in use is a ValueError naming it: zeroed,
+    it would be scored as a record with a flat lead (the pipeline warns; a benchmark figure would not say)."""
     signal = item["signal"]
     rate = float(item["sampling_rate"])
     if protocol_num_samples:
         keep = int(round(protocol_num_samples * rate / feature_extractor.sampling_rate))
         signal = signal[:, :keep]
-    return feature_extractor.condition(signal, rate, item.get("lead_names"), leads=leads,
-                                       where=f"record {item.get('record_id', '?')}")
+    where = f"record {item.get('record_id', '?')}"
+    x, used = feature_extractor.condition(signal, rate, item.get("lead_names"), leads=leads, where=where,
+                                          return_lead_mask=True)
+    wanted = set(resolve_leads(leads)) if leads is not None else set(feature_extractor.lead_names)
+    lacking = [lead for lead, u in zip(feature_extractor.lead_names, used) if lead in wanted and not u]
+    if lacking:
+        has = ", ".join(str(name) for name in item.get("lead_names") or [])
+        raise ValueError(f"{where}: lacks lead(s) {', '.join(lacking)} (it has {has}); records are scored with "
+                         "every lead in use (eval.lead_subsets measures fewer leads)")
+    return x
 
 
 class ProcessedRecords(torch.utils.data.Dataset):

@@ -98,6 +98,30 @@ def test_a_record_with_a_wrong_lead_count_is_named(tiny_model, ptbxl_root, tmp_p
         dataset_ecg_features(model, processor, ds, num_workers=0, progress=False)
 
 
+def test_a_record_lacking_leads_is_named_not_scored_with_zeros(tiny_model, ptbxl_root, tmp_path):
+    """A two-lead record was scored as a 12-lead one with ten flat leads, without a word (helper: the macro AUC
+    moved 73.0 -> 71.5)."""
+    from eval.datasets import load_downstream
+    from eval.features import load_model_and_processor
+
+    root = tmp_path / "two-leads"
+    shutil.copytree(ptbxl_root, root)
+    ds = load_downstream("ptbxl", root, split="all", task="super")
+    record = root / ds.filenames[0]
+    twelve = ds[0]
+    write_wfdb(record.parent, record.name, twelve["signal"][:2], 500, twelve["lead_names"][:2])
+    model, processor = load_model_and_processor(str(tiny_model))
+    with pytest.raises(RecordError, match=rf"record {ds.record_ids[0]}: lacks lead\(s\) III, aVR, aVL, aVF, V1, "
+                                          rf"V2, V3, V4, V5, V6 \(it has I, II\)"):
+        dataset_ecg_features(model, processor, ds, num_workers=0, progress=False)
+    features, kept, failures = dataset_ecg_features(model, processor, ds, num_workers=0, progress=False,
+                                                    on_error="skip", return_failures=True)
+    assert [f["index"] for f in failures] == [0] and len(kept) == len(ds) - 1
+    # the leads it has are enough for a subset that uses only them
+    features = dataset_ecg_features(model, processor, ds, num_workers=0, progress=False, leads=["I", "II"])
+    assert features.shape[0] == len(ds) and np.isfinite(features).all()
+
+
 def test_retrieval_is_a_function_with_keyword_arguments(tiny_model, ptbxl_root, tmp_path):
     from eval.retrieval import run_retrieval
 
