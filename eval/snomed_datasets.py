@@ -185,7 +185,7 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
 
         if use_reference:
             label_map = self._labels_from_references(references)
-            mats = {p.stem: p for p in sorted(root.rglob("*.mat")) if p.stem not in headers}
+            mats = _unique_by_stem([p for p in sorted(root.rglob("*.mat")) if p.stem not in headers], "CPSC2018")
             unlisted = sorted(set(mats) - set(label_map))
             if unlisted:
                 warnings.warn(f"CPSC2018: {len(unlisted)} .mat file(s) under {root} are in no REFERENCE.csv and are "
@@ -544,6 +544,7 @@ class PhysioNet2021Dataset(_WFDBRecordsDataset):
         id_set = set(ids)
         resolved: Dict[str, str] = {}
         unknown = []
+        spelt: Dict[str, str] = {}
         for key, value in assignment.items():
             if key in by_name and "/" not in key:
                 if len(by_name[key]) > 1:
@@ -551,11 +552,16 @@ class PhysioNet2021Dataset(_WFDBRecordsDataset):
                         f"PhysioNet 2021: split file {path}: record name {key} is ambiguous "
                         f"({', '.join(by_name[key])}); use the full record id"
                     )
-                resolved[by_name[key][0]] = value
+                record = by_name[key][0]
             elif key in id_set:
-                resolved[key] = value
+                record = key
             else:
                 unknown.append(key)
+                continue
+            if record in resolved:  # "E00001" and "training/georgia/g1/E00001": one record, listed twice
+                raise ValueError(f"PhysioNet 2021: split file {path} lists record {record} twice, as {spelt[record]} "
+                                 f"({resolved[record]}) and as {key} ({value})")
+            resolved[record], spelt[record] = value, key
         if unknown:
             raise ValueError(
                 f"PhysioNet 2021: split file {path} lists {len(unknown)} record(s) not found (or dropped as "

@@ -365,6 +365,11 @@ def test_cpsc_original_format_with_reference(tmp_path):
     with pytest.warns(UserWarning, match=r"1 \.mat file\(s\) .* are in no REFERENCE.csv and are left out: A0006"):
         CPSC2018Dataset(tmp_path, "all")
     (tmp_path / "TrainingSet2" / "A0006.mat").unlink()
+    (tmp_path / "old_copy").mkdir()  # a second A0001.mat below the root was read in place of the first, silently
+    (tmp_path / "old_copy" / "A0001.mat").write_bytes((tmp_path / "TrainingSet2" / "A0005.mat").read_bytes())
+    with pytest.raises(ValueError, match=r"record A0001 appears twice: .*A0001\.mat and .*A0001\.mat"):
+        CPSC2018Dataset(tmp_path, "all")
+    shutil.rmtree(tmp_path / "old_copy")
     pd.DataFrame([rows[0] | {"First_label": 2}]).to_csv(tmp_path / "TrainingSet2" / "REFERENCE.csv", mode="a",
                                                        header=False, index=False)
     with pytest.raises(ValueError, match=r"A0001 has labels \['NORM'\] in .*TrainingSet1.* but \['AFIB'\] in"):
@@ -561,6 +566,12 @@ def test_physionet2021_split_file(cinc_root, tmp_path):
         PhysioNet2021Dataset(cinc_root, "train", split_file=split_file)
     pd.DataFrame({"record_id": ["E00001"], "split": ["validation"]}).to_csv(split_file, index=False)
     with pytest.raises(ValueError, match="split value"):
+        PhysioNet2021Dataset(cinc_root, "train", split_file=split_file)
+    # one record under its name and its full id, in two splits: the later row won without a word
+    pd.DataFrame({"record_id": ["E00001", "E00002", "training/georgia/g1/E00001"],
+                  "split": ["train", "train", "test"]}).to_csv(split_file, index=False)
+    with pytest.raises(ValueError, match=r"lists record training/georgia/g1/E00001 twice, as E00001 \(train\) and "
+                                         r"as training/georgia/g1/E00001 \(test\)"):
         PhysioNet2021Dataset(cinc_root, "train", split_file=split_file)
 
 
