@@ -1171,33 +1171,3 @@ def test_a_lock_is_not_kept_by_the_children_of_a_killed_run(tmp_path):
         pytest.fail(f"the dead run's child kept the lock: {err}")
     finally:
         os.kill(child, signal.SIGKILL)
-
-
-def test_ecg_augmentation_changes_training_ecgs_only_and_mildly(rows, t5_tokenizer):
-    processor = build_processor(t5_tokenizer)
-    data = [rows[i] for i in range(8)]
-    data[0] = dict(data[0], signal=np.array(data[0]["signal"]))
-    data[0]["signal"][MIMIC_LEADS.index("aVL")] = data[0]["baseline"][MIMIC_LEADS.index("aVL")]  # absent: stays so
-    kw = dict(p_neg=0.5, negative_sampler=RandomReportSampler(REPORTS), mlm_probability=0.25, lead_mask_prob=0.0,
-              seed=7)
-    plain = PretrainingCollator(processor, **kw)(data, batch_id=3)
-    augmented = PretrainingCollator(processor, ecg_augment_prob=1.0, **kw)(data, batch_id=3)
-    for key in ("input_ids", "attention_mask", "mlm_labels", "is_aligned"):  # the other streams draw as before
-        assert torch.equal(plain[key], augmented[key]), key
-    x, y = plain["ecg_values"].numpy(), augmented["ecg_values"].numpy()
-    assert not np.allclose(x, y)
-    assert (x[0, STANDARD_LEADS.index("aVL")] == 0).all() and (y[0, STANDARD_LEADS.index("aVL")] == 0).all()
-    present = np.abs(x).sum(axis=2) > 0
-    rms = lambda a: np.sqrt(np.mean(a ** 2, axis=2))[present]  # noqa: E731
-    # the same tracing: lead gains within ~x1.35 (3 sigma), noise <= 0.05 mV, wander <= 0.3 mV (rms 0.21)
-    assert (rms(y - x) <= 0.4 * rms(x) + 0.05 + 0.22).all()
-    span = lambda a: np.ptp(a, axis=2)[present]  # noqa: E731
-    assert 0.5 < np.median(span(y) / span(x)) < 2.0
-    half = PretrainingCollator(processor, ecg_augment_prob=0.5, **kw)(data, batch_id=3)["ecg_values"].numpy()
-    kept = [np.array_equal(half[i], x[i]) for i in range(len(data))]
-    assert any(kept) and not all(kept)  # each record with probability 1/2
-    val = PretrainingCollator(processor, train=False, ecg_augment_prob=1.0, **kw)(data, batch_id=3)
-    assert torch.equal(val["ecg_values"], PretrainingCollator(processor, train=False, **kw)(data, batch_id=3)[
-        "ecg_values"])  # validation scores the records as they are
-    with pytest.raises(ValueError, match="ecg_augment_prob"):
-        PretrainingCollator(processor, None, p_neg=0.0, ecg_augment_prob=-0.1)

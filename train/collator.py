@@ -5,8 +5,7 @@ int16 `signal`, `adc_gain`, `baseline`, `sampling_rate`, `lead_names`; or a floa
 
     ecg_values      float32 [B, 12, 5000]  through the processor's feature extractor only (lead reorder from the
                                            row's lead names, NaN repair, resampling, crop "random" (train) or
-                                           "start" (validation), pad), then gain/noise/wander augmentation and
-                                           random lead masking (train only)
+                                           "start" (validation), pad), then random lead masking (train only)
     input_ids       int64   [B, L]         the text the model sees: the row's report, or its N3S negative
     attention_mask  int64   [B, L]         always given
     mlm_labels      int64   [B, L]         original ids at masked positions, -100 elsewhere
@@ -26,9 +25,8 @@ Design decisions (see dbeta-reference.md §5, §6 and §10):
   `<extra_id_0>` is used; a BERT tokenizer uses its [MASK].
 - Determinism: every random choice comes from numpy Generators seeded by (seed, batch_id). A batch's content is a
   pure function of (seed, batch_id, rows), whatever the number of DataLoader workers or processes, and a resumed run
-  rebuilds identical batches. Independent child streams (crop, negatives, MLM, lead mask, sentences, ECG
-  augmentation; a new stream is appended, so the earlier ones draw what they drew) keep, e.g., the crops unchanged
-  when p_neg changes. Without a batch_id the collator draws from its own seeded Generator.
+  rebuilds identical batches. Four independent child streams (crop, negatives, MLM, lead mask) keep, e.g., the crops
+  unchanged when p_neg changes. Without a batch_id the collator draws from its own seeded Generator.
 
 `ShardedBatchSampler` gives the resumable order: an endless stream of per-epoch permutations (seeded by
 (seed, epoch)); global micro-batch g covers stream positions [g*B, (g+1)*B) and process r of W takes g = k*W + r.
@@ -160,10 +158,9 @@ class PretrainingCollator:
         return_report_tokens: bool = False,
         negative_retries: int = 3,
         sentence_sample_prob: float = 0.0,
-        ecg_augment_prob: float = 0.0,
     ):
         for name, p in (("p_neg", p_neg), ("mlm_probability", mlm_probability), ("lead_mask_prob", lead_mask_prob),
-                        ("sentence_sample_prob", sentence_sample_prob), ("ecg_augment_prob", ecg_augment_prob)):
+                        ("sentence_sample_prob", sentence_sample_prob)):
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
         if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
@@ -188,7 +185,6 @@ class PretrainingCollator:
         self.return_report_tokens = bool(return_report_tokens)
         self.negative_retries = int(negative_retries)
         self.sentence_sample_prob = float(sentence_sample_prob)
-        self.ecg_augment_prob = float(ecg_augment_prob)
         self.mask_token_id = resolve_mask_token_id(self.tokenizer, mask_token) if self.mlm_probability > 0 else None
         specials = set(int(i) for i in self.tokenizer.all_special_ids)
         for attr in ("pad_token_id", "eos_token_id", "bos_token_id", "cls_token_id", "sep_token_id", "unk_token_id"):
@@ -207,7 +203,7 @@ class PretrainingCollator:
             seq = np.random.SeedSequence(int(self._rng.integers(2**63)))
         else:
             seq = np.random.SeedSequence([self.seed, int(batch_id)])
-        return [np.random.default_rng(s) for s in seq.spawn(6)]  # spawn(6)'s first five are spawn(5)'s
+        return [np.random.default_rng(s) for s in seq.spawn(5)]  # spawn(5)'s first four are spawn(4)'s
 
     def _ecg(self, rows, rng: np.random.Generator) -> np.ndarray:
         signals = [self.decode_fn(r) for r in rows]
@@ -225,24 +221,6 @@ class PretrainingCollator:
             return_tensors=None,
         )["ecg_values"]
         return np.asarray(out, dtype=np.float32)
-
-    def _augment(self, ecg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Each record, with probability `ecg_augment_prob`, as another cart and another patient might have drawn
-        it: every lead's gain x exp(N(0, 0.1)), white noise of sigma U(0, 0.05) mV, and a baseline wander of
-        U(0, 0.3) mV at U(0.05, 0.5) Hz per lead. None of these is a finding, so the text stays true; rate, rhythm
-        and intervals are left alone because the reports describe them. Zero leads stay zero (absent, not flat)."""
-        if not self.train or self.ecg_augment_prob <= 0:
-            return ecg
-        b, leads, n = ecg.shape
-        chosen = rng.random(b) < self.ecg_augment_prob
-        gain = np.exp(rng.normal(0.0, 0.1, (b, leads, 1)))
-        noise = rng.standard_normal((b, leads, n)) * rng.uniform(0.0, 0.05, (b, 1, 1))
-        t = np.arange(n) / self.feature_extractor.sampling_rate
-        freq, phase = rng.uniform(0.05, 0.5, (b, leads, 1)), rng.uniform(0.0, 2 * np.pi, (b, leads, 1))
-        wander = rng.uniform(0.0, 0.3, (b, leads, 1)) * np.sin(2 * np.pi * freq * t + phase)
-        present = np.any(ecg != 0, axis=2, keepdims=True)
-        changed = (ecg * gain + noise + wander) * present
-        return np.where(chosen[:, None, None], changed, ecg).astype(np.float32)
 
     def _choose_negatives(self, reports: list, rng: np.random.Generator) -> tuple:
         """Returns (texts the model sees, is_aligned [B])."""
@@ -309,8 +287,8 @@ class PretrainingCollator:
         rows = list(rows)
         if not rows:
             raise ValueError("empty batch")
-        crop_rng, neg_rng, mlm_rng, lead_rng, text_rng, augment_rng = self._generators(batch_id)
-        ecg = self._augment(self._ecg(rows, crop_rng), augment_rng)
+        crop_rng, neg_rng, mlm_rng, lead_rng, text_rng = self._generators(batch_id)
+        ecg = self._ecg(rows, crop_rng)
         if self.train and self.lead_mask_prob > 0:
             keep = lead_rng.random(ecg.shape[:2]) >= self.lead_mask_prob
             ecg = ecg * keep[:, :, None].astype(np.float32)

@@ -106,8 +106,7 @@ def build_collators(processor, c: CollatorSettings, max_length: int, seed: int, 
     common = dict(p_neg=c.p_neg, mlm_probability=c.mlm_probability, max_length=max_length, mask_token=c.mask_token)
     try:
         train = PretrainingCollator(processor, train_sampler, train=True, lead_mask_prob=c.lead_mask_prob, seed=seed,
-                                    sentence_sample_prob=c.sentence_sample_prob, ecg_augment_prob=c.ecg_augment_prob,
-                                    **common)
+                                    sentence_sample_prob=c.sentence_sample_prob, **common)
     except ValueError as err:  # the settings the collator checks (the mask token against the vocabulary)
         raise ConfigError(f"collator: {err}") from None
     val = None

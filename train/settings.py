@@ -209,8 +209,6 @@ class CollatorSettings:
     mask_token: Optional[str] = _f(None, "default: [MASK], else T5's <extra_id_0>")
     sentence_sample_prob: float = _f(0.0, "augmentation: a text (report or negative) cut to a random subset of its "
                                           "sentences with this probability", min=0, max=1)
-    ecg_augment_prob: float = _f(0.0, "augmentation: an ECG given other lead gains, noise and baseline wander with "
-                                      "this probability", min=0, max=1)
 
 
 @dataclass
