@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -68,8 +69,9 @@ def ptbxl_class_names(statements: pd.DataFrame, task: str) -> List[str]:
 def parse_scp_codes(text: str, ecg_id) -> Dict[str, float]:
     try:
         value = ast.literal_eval(str(text))
-    except (ValueError, SyntaxError) as err:
-        raise ValueError(f"PTB-XL: ecg_id {ecg_id}: cannot parse scp_codes {text!r}") from err
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as err:  # the last two: a deeply nested cell
+        shown = text if len(str(text)) <= 80 else f"{str(text)[:80]}... ({len(str(text))} characters)"
+        raise ValueError(f"PTB-XL: ecg_id {ecg_id}: cannot parse scp_codes {shown!r}") from None
     if not isinstance(value, dict):
         raise ValueError(f"PTB-XL: ecg_id {ecg_id}: scp_codes is not a dict: {text!r}")
     return value
@@ -103,6 +105,13 @@ def read_ptbxl_tables(root: PathLike) -> Tuple[pd.DataFrame, pd.DataFrame]:
         lines = ", ".join(str(i + 2) for i in repeated.index[repeated == first])
         raise ValueError(f"PTB-XL: {db_path}: ecg_id {first} appears on lines {lines}"
                          f"{f' ({repeated.nunique()} ids repeated)' if repeated.nunique() > 1 else ''}; each record once")
+    files = db["filename_hr"].astype(str).str.strip().map(lambda f: os.path.normpath(f))
+    shared = files[files.duplicated(keep=False)]
+    if len(shared):  # two ecg_ids reading one record: the same ECG in two folds (train and test) at once
+        first = shared.iloc[0]
+        rows = shared.index[shared == first]
+        raise ValueError(f"PTB-XL: {db_path}: ecg_id {', '.join(str(ids[i]) for i in rows)} (lines "
+                         f"{', '.join(str(i + 2) for i in rows)}) all read {first}; each record once")
     db = db.set_index(ids).drop(columns="ecg_id")
     db.index.name = "ecg_id"
     statements = read_table(st_path, "PTB-XL", ["diagnostic", "form", "rhythm", "diagnostic_class",

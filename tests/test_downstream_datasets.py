@@ -747,6 +747,20 @@ def test_empty_or_damaged_tables_name_the_file_and_line(ptbxl_root, code_root, t
     pd.concat([table, table.iloc[[0]]]).to_csv(db_path, index=False)  # a row repeated (was a pandas TypeError)
     with pytest.raises(ValueError, match=rf"ecg_id {table['ecg_id'].iloc[0]} appears on lines 2, {len(table) + 2}; "):
         PTBXLDataset(root, "all", "super")
+    shared = table.copy()  # another ecg_id reading the first one's file: one ECG in two folds, silently
+    shared.loc[3, "filename_hr"] = "./" + shared.loc[0, "filename_hr"]
+    shared.to_csv(db_path, index=False)
+    ids = shared["ecg_id"]
+    with pytest.raises(ValueError, match=rf"ecg_id {ids[0]}, {ids[3]} \(lines 2, 5\) all read "
+                                         rf"{shared.loc[0, 'filename_hr']}; each record once"):
+        PTBXLDataset(root, "all", "super")
+    nested = table.copy()  # a damaged cell that made literal_eval run out of memory: a traceback, exit 1
+    nested["scp_codes"] = nested["scp_codes"].astype(object)
+    nested.loc[1, "scp_codes"] = "-" * 100_000 + "1"
+    nested.to_csv(db_path, index=False)
+    with pytest.raises(ValueError, match=rf"ecg_id {ids[1]}: cannot parse scp_codes '-{{80}}\.\.\. \(100001 "
+                                         r"characters\)'"):
+        PTBXLDataset(root, "all", "super")
 
     code = tmp_path / "code"
     shutil.copytree(code_root, code)
