@@ -226,6 +226,28 @@ def test_a_folder_holding_pickles_is_not_pushed(tiny_export, hub, tmp_path):
     assert hub.requests == []
 
 
+def test_a_pickle_under_another_name_is_found_by_its_content(tiny_export, hub, tmp_path):
+    """checkpoint.pth.tar (torch.save), label_encoder.pkl.gz and scaler.sav passed every check by name."""
+    import gzip
+    import pickle
+
+    import torch
+
+    folder = tmp_path / "renamed_pickles"
+    shutil.copytree(tiny_export["folder"], folder)
+    torch.save({"step": 3}, folder / "checkpoint.pth.tar")
+    with gzip.open(folder / "label_encoder.pkl.gz", "wb") as f:
+        pickle.dump(["NORM", "AFIB"], f)
+    (folder / "scaler.sav").write_bytes(pickle.dumps({"mean": 1.0}))
+    torch.save({"w": torch.zeros(2)}, folder / "weights.data")  # a name no pattern knows: found by its zip content
+    (folder / "notes").mkdir()
+    (folder / "notes" / "blob").write_bytes(gzip.compress(pickle.dumps([1, 2], protocol=4)))
+    with pytest.raises(RuntimeError, match=r"pickle file\(s\) checkpoint.pth.tar, label_encoder.pkl.gz, "
+                                           r"notes/blob, scaler.sav, weights.data would run code"):
+        push_export(folder, REPO_ID, token="hf_fake", endpoint=hub.url)
+    assert hub.requests == []
+
+
 def test_cli_pushes_folder(tiny_export, hub, tmp_path):
     proc = run(["-m", "train.push_to_hub", "--folder", str(tiny_export["folder"]), "--repo-id", REPO_ID,
                 "--private", "--commit-message", "from the CLI"], client_env(tmp_path / "hf_home", hub.url))

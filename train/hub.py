@@ -6,8 +6,12 @@ models as well as remote-code models such as DBetaModel, whose .py files are upl
 
 from __future__ import annotations
 
+import bz2
 import fnmatch
+import gzip
 import logging
+import lzma
+import zipfile
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants
@@ -22,7 +26,32 @@ SKIP_DIRS = frozenset({"__pycache__", "checkpoints", ".git", ".cache", ".ipynb_c
 SKIP_FILES = ("*.pyc", "*.pyo", ".DS_Store")
 # Pickle formats run code when loaded: whoever downloads the repo would be exposed, so a folder holding one (a
 # Trainer checkpoint's optimizer.pt, training_args.bin, a pytorch_model.bin) is not uploaded at all.
-PICKLE_FILES = ("*.pt", "*.pth", "*.bin", "*.pkl", "*.pickle", "*.ckpt", "*.joblib")
+PICKLE_FILES = ("*.pt", "*.pth", "*.bin", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "*.sav", "*.pkl.*", "*.pth.*",
+                "*.pt.*", "*.pickle.*")
+_COMPRESSED = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+
+
+def is_pickle(path: Path) -> bool:
+    """Whether a file is (or compresses, or zips as torch.save does) a pickle of protocol 2 or later, whatever its
+    name: such a file starts with PROTO (0x80, then 2-5). Older text protocols are caught by name only."""
+    def pickled(head: bytes) -> bool:
+        return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if pickled(head):
+            return True
+        for magic, opener in _COMPRESSED.items():
+            if head.startswith(magic):
+                with opener(path, "rb") as f:
+                    return pickled(f.read(2))
+        if head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(path):  # torch.save's zip: <name>/data.pkl
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith(".pkl") for name in archive.namelist())
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError):
+        return False  # unreadable as an archive: not a loadable pickle either
+    return False
 
 
 def validate_export(folder: str | Path) -> Path:
@@ -87,7 +116,8 @@ def push_export(
     """
     folder = validate_export(folder)
     files = collect_files(folder)
-    pickles = sorted(name for name in files if any(fnmatch.fnmatch(Path(name).name, p) for p in PICKLE_FILES))
+    pickles = sorted(name for name, path in files.items()
+                     if any(fnmatch.fnmatch(Path(name).name, p) for p in PICKLE_FILES) or is_pickle(path))
     if pickles:
         raise RuntimeError(f"Refusing to push {folder}: pickle file(s) {', '.join(pickles[:10])} would run code on "
                            "whoever loads them; push a save_pretrained() folder (safetensors weights) only.")
