@@ -336,6 +336,28 @@ def test_an_export_never_replaces_a_folder_that_is_not_an_export(pre_export, tmp
         export_model(model, tmp_path / "file")
 
 
+def test_an_export_never_replaces_a_model_folder_holding_more_than_an_export(pre_export, tmp_path):
+    """A pretraining checkpoint (config.json of a D-BETA model beside optimizer.bin and its RNG state) and a git clone
+    of a Hub export (.git, the user's notes) counted as replaceable exports: `--export-only CKPT --export-dir CKPT`
+    turned the checkpoint into an export, and the converter wiped a clone's .git."""
+    from train.export import ExportTargetError
+
+    model = DBetaForPreTraining.from_pretrained(pre_export)
+    checkpoint = copy_export(pre_export, tmp_path / "checkpoint_3")
+    (checkpoint / "optimizer.bin").write_bytes(b"state")
+    (checkpoint / "random_states_0.pkl").write_bytes(b"state")
+    with pytest.raises(ExportTargetError, match=r"checkpoint_3 holds a D-BETA model and also optimizer.bin, "
+                                                r"random_states_0.pkl, which no export writes"):
+        export_model(model, checkpoint)
+    assert (checkpoint / "optimizer.bin").read_bytes() == b"state"
+    clone = copy_export(pre_export, tmp_path / "clone")
+    (clone / ".git").mkdir()
+    (clone / "NOTES.md").write_text("mine")
+    with pytest.raises(ExportTargetError, match=r"also .git/, NOTES.md"):
+        export_model(model, clone)
+    assert (clone / "NOTES.md").read_text() == "mine"
+
+
 def test_a_new_export_replaces_the_old_one_whole_and_a_failed_one_leaves_it(pre_export, tok, tmp_path, monkeypatch):
     import train.export as export_module
 

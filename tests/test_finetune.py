@@ -472,6 +472,19 @@ def test_one_output_folder_one_fine_tuning_run(tmp_path, capsys, nothing_is_read
         ft.main(argv)
 
 
+def test_the_output_folder_is_never_the_model_folder(tmp_path, capsys, nothing_is_read):
+    """--output-dir M --model M exited 0 with checkpoint-3/, export/, results.json and run.lock inside the model."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "dbeta"}')
+    for out in (model, model / "ft"):
+        with pytest.raises(SystemExit) as exit_:
+            ft.main(["--model", str(model), "--dataset", "cpsc2018", "--data-root", str(tmp_path / "data"),
+                     "--output-dir", str(out)])
+        assert exit_.value.code == 2 and "the model this run starts from" in capsys.readouterr().err
+    assert sorted(p.name for p in model.iterdir()) == ["config.json"]
+
+
 def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
     """A kill while Trainer saved checkpoint-4 left it without a readable trainer_state.json (written last), and
     every --resume failed on it (transformers takes the highest number) though checkpoint-2 was whole."""

@@ -275,6 +275,22 @@ def test_cli_refuses_a_folder_without_a_model(tmp_path, capsys):
     assert "config.json not found" in capsys.readouterr().err
 
 
+def test_the_onnx_folder_never_writes_into_another_folder(folders, tmp_path, capsys):
+    """--output was written into in place: a project folder's README.md and config.json were overwritten."""
+    model_dir, onnx_dir = folders
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project")
+    (project / "config.json").write_text("{}")
+    assert main(["--model", str(model_dir), "--output", str(project)]) == 2
+    assert "is not empty and holds no D-BETA export" in capsys.readouterr().err
+    assert (project / "README.md").read_text() == "my project" and (project / "config.json").read_text() == "{}"
+    assert main(["--model", str(model_dir), "--output", str(model_dir)]) == 2  # the model it reads
+    assert "would replace" in capsys.readouterr().err and (model_dir / "model.safetensors").is_file()
+    again = export_onnx(model_dir, copy_folder(onnx_dir, tmp_path / "onnx"))  # an earlier ONNX export: replaced
+    assert (again / MANIFEST).is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["onnx", "project"]
+
+
 def test_onnx_folder_loads_in_a_fresh_process_and_obeys_the_remote_code_import_rule(folders, tmp_path):
     import ast
 

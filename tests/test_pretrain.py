@@ -752,6 +752,20 @@ def test_export_only_pushes_to_the_hub(straight_run, tmp_path, online_hub):
     assert json.loads((tmp_path / "metrics.json").read_text())["push"]["ok"] is True
 
 
+def test_an_export_or_a_run_never_goes_into_the_folder_it_reads(straight_run, tmp_path, capsys):
+    """--export-only CKPT --export-dir CKPT replaced the checkpoint (optimizer state, RNG, schedule) by an export;
+    --output-dir equal to --init-from wrote checkpoints/, model/ and run.lock into the model."""
+    checkpoint = tmp_path / "checkpoint_1"
+    shutil.copytree(straight_run / "checkpoints" / "checkpoint_1", checkpoint)
+    before = sorted(p.name for p in checkpoint.iterdir())
+    assert run_main(["--export-only", str(checkpoint), "--output-dir", str(tmp_path / "out"),
+                     "--export-dir", str(checkpoint)]) == 2
+    assert "would replace" in capsys.readouterr().err and sorted(p.name for p in checkpoint.iterdir()) == before
+    model = straight_run / "model"
+    assert run_main(["--dataset", str(tmp_path / "data"), "--init-from", str(model), "--output-dir", str(model)]) == 2
+    assert "the model this run starts from" in capsys.readouterr().err
+
+
 def test_export_dir_puts_the_export_where_asked(straight_run, tmp_path):
     checkpoint = straight_run / "checkpoints" / "checkpoint_1"
     target = tmp_path / "elsewhere" / "my-model"

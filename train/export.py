@@ -21,6 +21,7 @@ stays beside the new weights. Only a new or empty folder or an earlier D-BETA ex
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import re
 import shutil
@@ -53,11 +54,23 @@ class ExportTargetError(ValueError):
     """The export folder cannot be replaced: it holds something that is not a D-BETA export, or what the run reads."""
 
 
+# What an export (weights, config, processor, code, card; ONNX graphs) is made of. A D-BETA folder holding anything
+# else (a training checkpoint's optimizer state, a git clone's .git, the user's notes) is not replaced.
+EXPORT_FILES = ("*.json", "*.safetensors", "*.py", "README.md", "model_card.md", "*.txt", "*.model", "*.onnx",
+                "*.onnx.data")
+
+
 def _is_dbeta_export(folder: Path) -> bool:
     try:
         return json.loads((folder / "config.json").read_text()).get("model_type") == "dbeta"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _not_export_files(folder: Path) -> list:
+    """Entries of `folder` that no export writes (sub-folders included), sorted."""
+    return sorted(entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir()
+                  if entry.is_dir() or not any(fnmatch.fnmatch(entry.name, p) for p in EXPORT_FILES))
 
 
 def check_export_target(output_dir, protect: Sequence = ()) -> Path:
@@ -74,11 +87,31 @@ def check_export_target(output_dir, protect: Sequence = ()) -> Path:
         if other == resolved or resolved in other.parents:
             raise ExportTargetError(f"export folder {out} would replace {path}, which this run reads or writes; "
                                     "choose another export folder")
-    if out.is_dir() and any(out.iterdir()) and not _is_dbeta_export(out):
-        raise ExportTargetError(f"export folder {out} is not empty and holds no D-BETA export (config.json with "
-                                "model_type 'dbeta'); an export replaces its folder as a whole, so choose a new or "
-                                "empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not _is_dbeta_export(out):
+            raise ExportTargetError(f"export folder {out} is not empty and holds no D-BETA export (config.json with "
+                                    "model_type 'dbeta'); an export replaces its folder as a whole, so choose a new "
+                                    "or empty folder")
+        others = _not_export_files(out)
+        if others:  # a checkpoint (optimizer state), a git clone, notes: lost with the folder
+            raise ExportTargetError(f"export folder {out} holds a D-BETA model and also {', '.join(others[:5])}"
+                                    f"{' ...' if len(others) > 5 else ''}, which no export writes (a training "
+                                    "checkpoint? a git clone?); an export replaces its folder as a whole, so choose "
+                                    "a new or empty folder")
     return out
+
+
+def check_run_folder(output_dir, reads: Sequence = ()) -> None:
+    """Raise ExportTargetError when a run's output folder is, or lies inside, a local folder in `reads` (the model it
+    starts from): its checkpoints, lock and settings would be written into that model, and pushed with it."""
+    out = Path(output_dir).resolve()
+    for path in reads:
+        if path is None or not Path(path).expanduser().is_dir():
+            continue  # a Hub repo id, or nothing
+        other = Path(path).expanduser().resolve()
+        if out == other or other in out.parents:
+            raise ExportTargetError(f"output folder {output_dir} is inside {path}, the model this run starts from; "
+                                    "choose an output folder outside it")
 
 
 def custom_pipelines_for(model) -> dict:

@@ -41,6 +41,8 @@ import torch
 from dbeta.modeling_dbeta import DBetaModel
 from dbeta.onnx_dbeta import FORMAT, FORMAT_VERSION, MANIFEST, DBetaOnnxModel, file_sha256
 from dbeta.processing_dbeta import DBetaProcessor
+from train.export import ExportTargetError, check_export_target
+from train.folders import replace_folder, staging_folder
 from train.synthetic import DEFAULT_CLASSES, generate_ecg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,9 +185,23 @@ def export_onnx(model_dir, output, int8: bool = False, tolerance: float = 1e-4, 
     """Write the graphs and manifest for the model in `model_dir` to `output`; returns `output`. A `model` given
     (instead of loading it from `model_dir`) is put in eval mode and float32 in place.
 
-    Raises ParityError when an fp32 graph differs from torch by more than `tolerance` on the sample inputs
-    (the manifest is then not written, so the folder cannot be loaded)."""
-    model_dir, out = Path(model_dir), Path(output)
+    `output` is refused (ExportTargetError) unless it is new, empty or an earlier export, and is written whole:
+    built beside it and renamed into place. Raises ParityError when an fp32 graph differs from torch by more
+    than `tolerance` on the sample inputs; nothing is published then (an earlier export in `output` stays)."""
+    model_dir = Path(model_dir)
+    final = check_export_target(output, protect=(model_dir,))
+    staging = staging_folder(final)
+    staging.mkdir(parents=True)
+    try:
+        _write_folder(model_dir, staging, int8, tolerance, model, processor)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_folder(staging, final)
+    return final
+
+
+def _write_folder(model_dir: Path, out: Path, int8: bool, tolerance: float, model, processor) -> None:
     if model is None:
         model = DBetaModel.from_pretrained(str(model_dir), dtype=torch.float32)
     if processor is None:
@@ -193,8 +209,6 @@ def export_onnx(model_dir, output, int8: bool = False, tolerance: float = 1e-4, 
 
         processor = load_processor(str(model_dir))  # this repository's classes: the folder's code is never run
     model = model.float().eval()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # a stale manifest must not vouch for the new graphs
 
     feeds = sample_inputs(processor)
     ecg, ids, mask = feeds["ecg_values"].float(), feeds["input_ids"], feeds["attention_mask"]
@@ -231,13 +245,10 @@ def export_onnx(model_dir, output, int8: bool = False, tolerance: float = 1e-4, 
             fused.unlink(missing_ok=True)
         parity["ecg_int8_min_cosine"] = _min_cosine(_session(out / ECG_INT8_FILE), {"ecg_values": ecg}, ecg_ref)
         graphs["ecg_int8"] = ECG_INT8_FILE
-    else:
-        (out / ECG_INT8_FILE).unlink(missing_ok=True)
 
-    if model_dir.resolve() != out.resolve():
-        for src in model_dir.iterdir():
-            if src.is_file() and not src.name.endswith(SKIPPED_SUFFIXES) and src.name != MANIFEST:
-                shutil.copy2(src, out / src.name)
+    for src in model_dir.iterdir():
+        if src.is_file() and not src.name.endswith(SKIPPED_SUFFIXES) and src.name != MANIFEST:
+            shutil.copy2(src, out / src.name)
     shutil.copy2(ROOT / "onnx_dbeta.py", out / "onnx_dbeta.py")
 
     import onnxruntime
@@ -259,7 +270,6 @@ def export_onnx(model_dir, output, int8: bool = False, tolerance: float = 1e-4, 
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     DBetaOnnxModel.from_pretrained(out, int8=int8)  # what a user will do next: fail here, not there
-    return out
 
 
 def main(argv=None) -> int:
@@ -277,7 +287,7 @@ def main(argv=None) -> int:
         return 2
     try:
         out = export_onnx(model_dir, args.output, int8=args.int8, tolerance=args.tolerance)
-    except ParityError as err:
+    except (ParityError, ExportTargetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     manifest = json.loads((out / MANIFEST).read_text())

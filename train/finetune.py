@@ -57,7 +57,7 @@ from eval.features import condition_item, load_processor, resolve_protocol_num_s
 from eval.metrics import auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
-from train.export import ExportTargetError, check_export_target, export_model
+from train.export import ExportTargetError, check_export_target, check_run_folder, export_model
 from train.finetune_settings import FinetuneSettings
 from train.folders import write_json
 from train.hub import push_export
@@ -308,9 +308,10 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
     s.require(FLAGS)
     training_args = build_training_args(s)  # what TrainingArguments refuses, before the folder is even made
     try:
+        check_run_folder(s.output_dir, reads=(s.model.name_or_path,))  # before the lock makes the folder
         with RunLock(s.output_dir):
             return _run(s, resume, training_args)
-    except FolderInUseError as err:  # a second run would write the same checkpoints, export and results
+    except (FolderInUseError, ExportTargetError) as err:  # two runs, one folder; a run inside its model
         raise ConfigError(str(err)) from None
 
 

@@ -148,11 +148,13 @@ def main(argv=None) -> int:
         if not args.export_only and settings.data.dataset and settings.data.mimic_root:
             raise ConfigError(f"give data.dataset ({settings.data.dataset}) or data.mimic_root "
                               f"({settings.data.mimic_root}), not both")
-        from train.export import ExportTargetError, check_export_target
+        from train.export import ExportTargetError, check_export_target, check_run_folder
         from train.run_report import export_dir_of
 
         try:  # before the first step, not after the last one
-            check_export_target(export_dir_of(settings), protect=(settings.output_dir, settings.model.init_from))
+            check_run_folder(settings.output_dir, reads=(settings.model.init_from,))
+            check_export_target(export_dir_of(settings), protect=(settings.output_dir, settings.model.init_from,
+                                                                  args.export_only))
         except ExportTargetError as err:
             raise ConfigError(str(err)) from None
         # One output folder, one run: the first process of a launch holds the lock for all of them.
