@@ -198,7 +198,20 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert steps == [1, 2, 3, 4]  # the first epoch's log comes back from the checkpoint, then steps 3-4
     assert len(second["eval_log"]) == 2 and second["best_checkpoint"] in (str(out / "checkpoint-2"),
                                                                          str(out / "checkpoint-4"))
-    assert pushed == [(Path(second["export_dir"]), "someone/dbeta-cpsc", pushed[0][2])] and second["pushed"] == "url"
+    assert pushed == [(Path(second["export_dir"]), "someone/dbeta-cpsc", pushed[0][2])]
+    assert second["pushed"] == {"repo": "someone/dbeta-cpsc", "ok": True, "commit_url": "url"}
+
+    def offline(folder, repo, **kw):
+        raise RuntimeError("Cannot push: HF_HUB_OFFLINE is set")
+    monkeypatch.setattr(ft, "push_export", offline)  # the upload failing: results.json was never written
+    (out / "results.json").unlink()
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(ft_args(setup, out, "--epochs", "2", "--batch-size", "17", "--lr", "1e-3", "--logging-steps", "1",
+                        "--resume", "--push-to-hub", "someone/dbeta-cpsc"))
+    assert exit_.value.code == 4
+    failed = json.loads((out / "results.json").read_text())
+    assert failed["pushed"]["ok"] is False and "HF_HUB_OFFLINE" in failed["pushed"]["error"]
+    assert failed["test"]["report"]["macro_auc"] == second["test"]["report"]["macro_auc"]
 
     export = Path(second["export_dir"])
     config = json.loads((export / "config.json").read_text())

@@ -74,6 +74,7 @@ SETTINGS_FILE = "finetune_settings.json"  # the run's settings, written at its s
 RUN_IDENTITY = ("model.name_or_path", "data.dataset", "data.task", "data.root")
 EXPORT_DIR = "export"
 EXIT_CONFIG = 2
+EXIT_PUSH_FAILED = 4  # as pretraining: trained, evaluated and exported; only the upload failed
 
 FLAGS = {  # argparse dest -> setting; every flag of the command line before the settings system, same meaning
     "model": "model.name_or_path", "dataset": "data.dataset", "data_root": "data.root", "task": "data.task",
@@ -387,8 +388,16 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         export_model(model, export_dir, processor=parts["processor"], card_facts=facts)
     pushed = None
     if s.hub.push_to_hub and trainer.is_world_process_zero():
-        pushed = push_export(export_dir, s.hub.push_to_hub, private=s.hub.private,
-                             commit_message=f"Fine-tuned D-BETA on {facts['dataset']}")
+        repo = s.hub.push_to_hub
+        try:  # a failed upload must not lose the run's results: they are written below either way
+            url = push_export(export_dir, repo, private=s.hub.private,
+                              commit_message=f"Fine-tuned D-BETA on {facts['dataset']}")
+            pushed = {"repo": repo, "ok": True, "commit_url": url}
+        except Exception as err:  # noqa: BLE001 - reported, the export kept
+            pushed = {"repo": repo, "ok": False, "error": f"{type(err).__name__}: {err}"}
+            logger.error("push to %s FAILED: %s\nThe export in %s is complete; retry with:\n"
+                         "  python -m train.push_to_hub --folder %s --repo-id %s", repo, err, export_dir, export_dir,
+                         repo)
 
     log_history = trainer.state.log_history
     results = {
@@ -516,9 +525,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     test = results["test"]["report"] if results["test"] else {}
+    pushed = results["pushed"]
     print(f"best val macro AUC {results['best_val_macro_auc']}; test macro AUC {test.get('macro_auc')}, "
-          f"macro AUPRC {test.get('macro_auprc')}; "
-          f"export: {results['export_dir']}" + (f"; pushed: {results['pushed']}" if results["pushed"] else ""))
+          f"macro AUPRC {test.get('macro_auprc')}; export: {results['export_dir']}"
+          + (f"; pushed: {pushed['commit_url']}" if pushed and pushed["ok"] else ""))
+    if pushed and not pushed["ok"]:
+        print(f"error: the push to {pushed['repo']} failed ({pushed['error']}); results.json and the export are "
+              "complete", file=sys.stderr)
+        raise SystemExit(EXIT_PUSH_FAILED)
     return results
 
 
