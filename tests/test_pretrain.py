@@ -591,6 +591,14 @@ def test_resume_under_other_data_is_refused(assets, straight_run, tmp_path, caps
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing written
     assert (out / "run_config.json").read_bytes() == run_config  # the run's record still names its own data
     assert not (out / "model").exists()
+    # the restored schedule kept its own LR and length (a longer run's extra steps ran at LR 0); other heads read
+    # the weights of 4 and gave an export that did not load
+    assert run_main(train_args(assets, out, "--resume", "--lr", "1e-2", steps=12)) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr: 0.003 -> 0.01" in err and "train.max_steps: 8 -> 12" in err
+    assert run_main(train_args(assets, out, "--resume", "--set", "model.overrides.fusion_num_heads=2")) == 2
+    assert "model.overrides.fusion_num_heads: None -> 2" in capsys.readouterr().err
+    assert (out / "run_config.json").read_bytes() == run_config and not (out / "model").exists()
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(assets, straight_run, tmp_path, caplog):
@@ -1185,3 +1193,27 @@ def test_a_lock_is_not_kept_by_the_children_of_a_killed_run(tmp_path):
         pytest.fail(f"the dead run's child kept the lock: {err}")
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_init_from_takes_the_overrides_and_says_what_it_does_not_use(straight_run, caplog, tmp_path):
+    """model.overrides (mem_mask_ratio, text_pooling) were written to run_config.json and dropped: the export kept
+    the saved values; a larger tokenizer passed and failed mid-run with an IndexError."""
+    from transformers import AutoTokenizer
+
+    from train.model_setup import build_model_and_tokenizer
+    from train.settings import ConfigError, ModelSettings
+
+    saved = straight_run / "model"
+    with caplog.at_level("WARNING", logger="train.model_setup"):
+        model, _, _ = build_model_and_tokenizer(ModelSettings(
+            init_from=str(saved), size="small", overrides={"mem_mask_ratio": 0.5, "mlm_weight": 0.3}))
+    assert model.config.mem_mask_ratio == 0.5 and model.config.mlm_weight == 0.3
+    assert "model.size='small' not used" in caplog.text
+    # what the weights were trained with (pooling, a shape) cannot change under them: the strict loader says so
+    with pytest.raises(ConfigError, match=r"text_pooling .*the weights were trained with 0"):
+        build_model_and_tokenizer(ModelSettings(init_from=str(saved), overrides={"text_pooling": "mean"}))
+    big = AutoTokenizer.from_pretrained(str(saved))
+    big.add_tokens([f"tok{i}" for i in range(400)])
+    big.save_pretrained(tmp_path / "big")
+    with pytest.raises(ConfigError, match=r"tokenizer has \d+ tokens but the text encoder of .* has a vocabulary"):
+        build_model_and_tokenizer(ModelSettings(init_from=str(saved), tokenizer=str(tmp_path / "big")))

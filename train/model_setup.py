@@ -4,12 +4,15 @@ or a saved D-BETA (`init_from`)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from train.settings import ConfigError, ModelSettings
+
+logger = logging.getLogger(__name__)
 
 
 def public_name(source: Optional[str]) -> str:
@@ -73,8 +76,21 @@ def build_model_and_tokenizer(m: ModelSettings):
 
     try:
         if m.init_from:
-            model = DBetaForPreTraining.from_pretrained(m.init_from, dtype=torch.float32)
+            unused = [f"model.{name}={value!r}" for name, value, default in (
+                ("size", m.size, "full"), ("config", m.config, None), ("text_encoder_weights", m.text_encoder_weights,
+                                                                         True)) if value != default]
+            if unused:  # the architecture and the text encoder are the saved model's
+                logger.warning("model.init_from %s: %s not used (the model, its size and its text encoder are the "
+                               "saved one's)", m.init_from, ", ".join(unused))
+            try:  # overrides go into the saved config, as from_pretrained's keyword arguments; a shape that no
+                # longer fits the weights is refused by the strict loader
+                model = DBetaForPreTraining.from_pretrained(m.init_from, dtype=torch.float32, **dict(m.overrides or {}))
+            except ValueError as err:
+                raise ConfigError(f"model.init_from {m.init_from} with model.overrides {m.overrides}: {err}") from None
             tokenizer = AutoTokenizer.from_pretrained(m.tokenizer or m.init_from)
+            if len(tokenizer) > model.config.text_config.vocab_size:
+                raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the text encoder of "
+                                  f"{m.init_from} has a vocabulary of {model.config.text_config.vocab_size}")
             return model, tokenizer, f"D-BETA {public_name(m.init_from)}"
         source = resolve_text_encoder(m.text_encoder)
         if not source:

@@ -257,7 +257,7 @@ def train(s: PretrainSettings, resume: bool) -> int:
             if saved_world != world:
                 logger.warning("resuming a %s-process run with %s processes: the data order is not an exact "
                                "continuation", saved_world, world)
-            check_same_data(path, s, state, len(train_rows))
+            check_same_run(path, s, state, len(train_rows))
             logger.info("resumed from %s at step %d", path, state.step)
     state.train_rows = len(train_rows)
     if accelerator.is_main_process:  # after the resume checks: a refused resume leaves the run's record as it was
@@ -401,21 +401,26 @@ def train(s: PretrainSettings, resume: bool) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-# The settings that decide which rows are trained on and in what order: a resume under other values would continue
-# from the saved position in a different stream, without a word.
-DATA_ORDER_SETTINGS = ("seed", "data.dataset", "data.mimic_root", "data.train_split", "data.max_train_samples",
-                       "data.val_fraction", "data.split_seed")
+# What a resume continues: which rows are trained on and in what order (other values would continue from the saved
+# position in a different stream), the model's shape (weights of 4 heads read as 2), and the optimisation (the
+# restored schedule keeps its own LR and length: a new max_steps ran its extra steps at LR 0).
+RESUME_SETTINGS = ("seed", "data.dataset", "data.mimic_root", "data.train_split", "data.max_train_samples",
+                   "data.val_fraction", "data.split_seed", "data.max_length", "model.size", "model.config",
+                   "model.overrides", "model.freeze_text_encoder", "model.text_trainable_layers",
+                   "model.text_encoder_weights", "optim", "collator", "train.max_steps",
+                   "train.per_device_batch_size", "train.gradient_accumulation_steps")
 
 
-def check_same_data(checkpoint: Path, s: PretrainSettings, state: TrainState, train_rows: int) -> None:
-    """Refuse a resume whose data settings or training split differ from the checkpointed run's."""
-    changed = s.changed_since(json.loads((checkpoint / RUN_CONFIG_FILE).read_text()), DATA_ORDER_SETTINGS)
+def check_same_run(checkpoint: Path, s: PretrainSettings, state: TrainState, train_rows: int) -> None:
+    """Refuse a resume whose data, model or optimisation settings or training split differ from the checkpointed
+    run's."""
+    changed = s.changed_since(json.loads((checkpoint / RUN_CONFIG_FILE).read_text()), RESUME_SETTINGS)
     if state.train_rows is not None and state.train_rows != train_rows:
         changed.append(f"training rows: {state.train_rows} -> {train_rows} (the data changed)")
     if changed:
-        raise ConfigError(f"--resume from {checkpoint}: the data differ from the checkpointed run's ("
-                          + "; ".join(changed) + "); resuming would continue in another data order. Restore them, "
-                          "or start a new run in another --output-dir")
+        raise ConfigError(f"--resume from {checkpoint}: the settings differ from the checkpointed run's ("
+                          + "; ".join(changed) + "); a resume continues that run exactly. Restore them, or start a "
+                          "new run in another --output-dir (--init-from an export of this one keeps its weights)")
 
 
 def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:

@@ -48,8 +48,14 @@ class Settings:
                 tree = tree.get(part) if isinstance(tree, dict) else None
             return tree
 
+        def leaves(key, old, new):  # a section (model.overrides) reports the entries that changed
+            if isinstance(old, dict) and isinstance(new, dict):
+                return [line for k in sorted(set(old) | set(new), key=str)
+                        for line in leaves(f"{key}.{k}", old.get(k), new.get(k))]
+            return [f"{key}: {old!r} -> {new!r}"] if old != new else []
+
         now = self.to_dict()
-        return [f"{k}: {get(saved, k)!r} -> {get(now, k)!r}" for k in keys if get(saved, k) != get(now, k)]
+        return [line for k in keys for line in leaves(k, get(saved, k), get(now, k))]
 
     @classmethod
     def from_dict(cls, values: dict):
