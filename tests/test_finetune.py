@@ -54,6 +54,25 @@ def no_dropout(model):
 # ------------------------------------------------------------------------------------------------------------
 
 
+def test_a_saved_head_keeps_its_rows_with_their_classes(setup, tmp_path, caplog):
+    """A fine-tuned export loaded for a dataset of as many classes in another order (or other classes) kept its head
+    row for row under the new names: the row trained for STD was then labelled AFIB."""
+    first = ft.load_classifier(str(setup["model"]), ["A", "B", "C"])
+    with torch.no_grad():
+        first.classifier.weight.copy_(torch.arange(3.0)[:, None].expand_as(first.classifier.weight))
+        first.classifier.bias.copy_(torch.tensor([10.0, 11.0, 12.0]))
+    first.save_pretrained(tmp_path / "ft")
+    reordered = ft.load_classifier(str(tmp_path / "ft"), ["C", "A", "B"])
+    assert reordered.classifier.bias.tolist() == [12.0, 10.0, 11.0]
+    assert reordered.classifier.weight[:, 0].tolist() == [2.0, 0.0, 1.0]
+    same = ft.load_classifier(str(tmp_path / "ft"), ["A", "B", "C"])
+    assert same.classifier.bias.tolist() == [10.0, 11.0, 12.0]
+    with caplog.at_level("WARNING", logger=ft.logger.name):
+        other = ft.load_classifier(str(tmp_path / "ft"), ["X", "Y", "Z"])
+    assert "trained for other classes (A, B, C); a new head is trained for X, Y, Z" in caplog.text
+    assert not set(other.classifier.bias.tolist()) & {10.0, 11.0, 12.0}
+
+
 def test_auto_class_weights():
     y = np.zeros((100, 4), np.float32)
     y[:10, 0] = 1  # 10 positives: 90 / 10 = 9
