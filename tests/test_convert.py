@@ -74,6 +74,22 @@ def test_damaged_checkpoints_are_refused_with_the_keys_named(shared_dir, tmp_pat
         with pytest.raises(ConversionError, match=f"part.pt: not a D-BETA pretraining checkpoint \\(missing {key}"):
             convert(tmp_path / "part.pt", authors, text)
 
+    # settings the model does not implement converted without a word to a model computing something else
+    for key, value in (("layer_norm_first", True), ("normalize", True)):
+        with pytest.raises(ConversionError, match=rf"does not implement .*{key}={value!r} \(supported: False\)"):
+            convert(fx / "checkpoint.pt", dict(authors, **{key: value}), text)
+    with pytest.raises(ConversionError, match="must be a JSON object"):  # a list: AttributeError before
+        convert(fx / "checkpoint.pt", [authors], text)
+    with pytest.raises(ConversionError, match=r"checkpoint.pt: .*divisible.*no --config given"):  # 12 heads on 64
+        convert(fx / "checkpoint.pt", None, text)
+    half = {k: (v.half() if k == "mim_head.decoder_pos_embed.pe" else v) for k, v in state.items()}
+    torch.save({"model": half}, tmp_path / "half.pt")  # refused as "not the standard sinusoid": fp16 rounding
+    convert(tmp_path / "half.pt", authors, text)
+    shifted = dict(state, **{"mim_head.decoder_pos_embed.pe": state["mim_head.decoder_pos_embed.pe"] + 0.01})
+    torch.save({"model": shifted}, tmp_path / "shifted.pt")
+    with pytest.raises(ConversionError, match=r"not the standard sinusoid \(max difference 0.01 in torch.float32"):
+        convert(tmp_path / "shifted.pt", authors, text)
+
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConversionError, match="garbage.pt"):
         convert(tmp_path / "garbage.pt", authors, text)
@@ -86,6 +102,11 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "bad.pt"), "--output", str(tmp_path / "o")]) == 1
     assert "bad.pt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # a tokenizer folder that is not there: four chained Hub tracebacks, after the conversion's work
+    assert main(["--checkpoint", str(tmp_path / "bad.pt"), "--output", str(tmp_path / "o"), "--tokenizer",
+                 str(tmp_path / "no-tokenizer")]) == 1
+    err = capsys.readouterr().err
+    assert "--tokenizer" in err and "cannot load a tokenizer" in err and "Traceback" not in err
 
 
 _INVERSE = [
