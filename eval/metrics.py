@@ -93,6 +93,10 @@ def _labels(y_true) -> np.ndarray:
     return y > 0.5
 
 
+class NonFiniteScoresError(ValueError):
+    """Scores holding NaN or infinity: no AUC is defined (a model whose weights diverged gives them)."""
+
+
 def _as_2d(y_true, scores):
     y = _labels(y_true)
     s = np.asarray(scores, dtype=np.float64)
@@ -101,7 +105,7 @@ def _as_2d(y_true, scores):
     if y.shape != s.shape:
         raise ValueError(f"y_true has shape {y.shape} but scores have shape {s.shape}")
     if not np.isfinite(s).all():
-        raise ValueError(f"scores contain {int((~np.isfinite(s)).sum())} NaN/inf values")
+        raise NonFiniteScoresError(f"scores contain {int((~np.isfinite(s)).sum())} NaN/inf values")
     return y, s
 
 

@@ -54,6 +54,16 @@ def no_dropout(model):
 # ------------------------------------------------------------------------------------------------------------
 
 
+def test_a_diverging_run_ends_with_a_message_not_a_traceback(setup, tmp_path, capsys):
+    """--lr 1e30: the first evaluation raised "scores contain 36 NaN/inf values" from inside Trainer (exit 1)."""
+    out = tmp_path / "diverged"
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(ft_args(setup, out, "--epochs", "1", "--batch-size", "17", "--lr", "1e30"))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 5 and "training diverged. Lower --lr (now 1e+30)" in err
+    assert not (out / "results.json").exists() and not (out / "export").exists()
+
+
 def test_a_saved_head_keeps_its_rows_with_their_classes(setup, tmp_path, caplog):
     """A fine-tuned export loaded for a dataset of as many classes in another order (or other classes) kept its head
     row for row under the new names: the row trained for STD was then labelled AFIB."""
@@ -309,6 +319,7 @@ def nothing_is_read(monkeypatch):
 
 @pytest.mark.parametrize("extra, message", [
     (["--epochs", "0"], "train.epochs must be > 0"),
+    (["--seed=-1"], "seed must be >= 0"),  # numpy's "Seed must be between 0 and 2**32 - 1" after the data was read
     (["--epochs", "-2"], "train.epochs must be > 0"),
     (["--lr=-1e-4"], "optim.lr must be >= 0"),
     (["--weight-decay", "-0.1"], "optim.weight_decay must be >= 0"),

@@ -1023,13 +1023,30 @@ def test_a_non_finite_loss_stops_the_run_keeps_the_last_checkpoint_and_exports_n
     ("model.overrides.ets_mod=fixed", "unknown model override(s) ets_mod"),
     ("model.overrides.ets_mode=sometimes", "model.overrides:"),
     ("collator.p_neg=2", "collator.p_neg must be <= 1"),
+    # these failed after the data and the model were built: AdamW's, accelerate's and DBetaConfig's tracebacks
+    ("optim.betas=[0.9, 1.5]", "optim.betas[1] must be in [0, 1), got 1.5"),
+    ("train.log_with=[tensorbord]", "train.log_with: unknown tracker(s) tensorbord; accelerate knows"),
+    ("model.overrides.mlm_weight=one", "model.overrides.mlm_weight must be a number, got 'one'"),
+    ("model.config=MISSPELT", "model.config MISSPELT: DBetaConfig: unknown setting 'hidden_sise'"),
 ])
 def test_every_setting_is_checked_before_anything_is_built(tmp_path, capsys, setting, message):
     out = tmp_path / "never"
+    if "MISSPELT" in setting:
+        (tmp_path / "cfg.json").write_text('{"hidden_sise": 64}')
+        setting, message = (text.replace("MISSPELT", str(tmp_path / "cfg.json")) for text in (setting, message))
     assert run_main(["--output-dir", str(out), "--dataset", str(tmp_path / "none"), "--set", setting]) == 2
     err = capsys.readouterr().err
     assert message in err, err
     assert not out.exists()
+
+
+def test_model_overrides_written_as_yaml_reads_them_are_numbers():
+    """YAML 1.1 reads 1e-1 as the string '1e-1': accepted, then a TypeError at step 1."""
+    from train.settings import PretrainSettings
+
+    s = PretrainSettings.from_dict({"model": {"overrides": {"mlm_weight": "1e-1", "hidden_size": "7.68e2"}}})
+    s.validate()
+    assert s.model.overrides == {"mlm_weight": 0.1, "hidden_size": 768}
 
 
 def test_unknown_setting_lists_the_known_ones(capsys):

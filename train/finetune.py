@@ -54,7 +54,7 @@ import torch
 
 from dbeta.configuration_dbeta import DBetaConfig
 from eval.features import condition_item, load_processor, resolve_protocol_num_samples
-from eval.metrics import auc_report, make_compute_metrics
+from eval.metrics import NonFiniteScoresError, auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
 from train.export import ExportTargetError, check_export_target, check_run_folder, export_model
@@ -78,6 +78,11 @@ RUN_IDENTITY = ("model.name_or_path", "data.dataset", "data.task", "data.root", 
 EXPORT_DIR = "export"
 EXIT_CONFIG = 2
 EXIT_PUSH_FAILED = 4  # as pretraining: trained, evaluated and exported; only the upload failed
+EXIT_NON_FINITE = 5  # as pretraining
+
+
+class TrainingDiverged(RuntimeError):
+    """The model's outputs became NaN or infinite: nothing meaningful to evaluate or export."""
 
 FLAGS = {  # argparse dest -> setting; every flag of the command line before the settings system, same meaning
     "model": "model.name_or_path", "dataset": "data.dataset", "data_root": "data.root", "task": "data.task",
@@ -374,19 +379,24 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
             logger.warning("--resume: no checkpoint-* folder in %s; starting from the model", output_dir)
         else:
             logger.info("resuming from %s", resume_from)
-    train_output = trainer.train(resume_from_checkpoint=resume_from)
-    from transformers import EarlyStoppingCallback
+    try:
+        train_output = trainer.train(resume_from_checkpoint=resume_from)
+        from transformers import EarlyStoppingCallback
 
-    trainer.remove_callback(EarlyStoppingCallback)  # the final val/test passes are not early-stopping evaluations
+        trainer.remove_callback(EarlyStoppingCallback)  # the final val/test passes are not early-stopping evaluations
 
-    val_metrics = trainer.evaluate(datasets["val"], metric_key_prefix="val")
-    test = None
-    if datasets["test"] is not None:
-        prediction = trainer.predict(datasets["test"], metric_key_prefix="test")
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        test = {"metrics": prediction.metrics,
-                "report": auc_report(prediction.label_ids, logits, class_names, n_resamples=s.eval.bootstrap,
-                                     seed=s.seed)}
+        val_metrics = trainer.evaluate(datasets["val"], metric_key_prefix="val")
+        test = None
+        if datasets["test"] is not None:
+            prediction = trainer.predict(datasets["test"], metric_key_prefix="test")
+            logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+            test = {"metrics": prediction.metrics,
+                    "report": auc_report(prediction.label_ids, logits, class_names, n_resamples=s.eval.bootstrap,
+                                         seed=s.seed)}
+    except NonFiniteScoresError as err:
+        raise TrainingDiverged(f"the classifier's outputs are NaN or infinite at step {trainer.state.global_step} "
+                               f"({err}): training diverged. Lower --lr (now {s.optim.lr:g}), or check the data "
+                               "for non-finite values") from None
 
     model = trainer.model
     model.config.class_weights = None  # a training-time loss setting: not imposed on whoever loads the export
@@ -544,6 +554,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_NON_FINITE) from None
     test = results["test"]["report"] if results["test"] else {}
     pushed = results["pushed"]
     print(f"best val macro AUC {results['best_val_macro_auc']}; test macro AUC {test.get('macro_auc')}, "

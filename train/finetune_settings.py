@@ -83,7 +83,7 @@ class FinetuneSettings(Settings):
     output_dir: Optional[str] = _f(None, "REQUIRED: checkpoints, results.json and (by default) export/",
                                    required=True)
     export_dir: Optional[str] = _f(None, "the fine-tuned model's folder; null = OUTPUT/export")
-    seed: int = _f(42, "seed of the new head's initialisation, the data order and dropout")
+    seed: int = _f(42, "seed of the new head's initialisation, the data order and dropout", min=0, max=2**32 - 1)
     data: FinetuneDataSettings = field(default_factory=FinetuneDataSettings)
     model: FinetuneModelSettings = field(default_factory=FinetuneModelSettings)
     optim: FinetuneOptimSettings = field(default_factory=FinetuneOptimSettings)

@@ -273,6 +273,18 @@ class PretrainSettings(Settings):
         """Coerce and check every field (types, ranges, choices) and the model overrides; raise ConfigError."""
         super().validate()
         _validate_overrides(self.model.overrides)
+        for i, beta in enumerate(self.optim.betas):  # torch's AdamW checks them only when it is built
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"optim.betas[{i}] must be in [0, 1), got {beta!r}")
+        from accelerate.utils import LoggerType
+
+        trackers = [t.value for t in LoggerType]
+        unknown = [name for name in self.train.log_with if name not in trackers]
+        if unknown:
+            raise ConfigError(f"train.log_with: unknown tracker(s) {', '.join(unknown)}; accelerate knows "
+                              f"{', '.join(trackers)}")
+        if self.model.config:
+            _validate_model_config(self.model.config, self.model.overrides)
         if self.model.frozen_text_precision == "bf16" and not self.model.freeze_text_encoder:
             # a trainable tower needs its gradients: the bf16 autocast is for the frozen one only ("auto" then
             # simply means fp32)
@@ -423,15 +435,41 @@ def _validate_overrides(overrides: dict) -> None:
         return
     from dbeta.configuration_dbeta import DBetaConfig
 
-    known = set(DBetaConfig().to_dict()) - {"text_config", "transformers_version", "model_type"}
+    defaults = DBetaConfig().to_dict()
+    known = set(defaults) - {"text_config", "transformers_version", "model_type"}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(f"unknown model override(s) {', '.join(unknown)}; DBetaConfig fields are: "
                           f"{', '.join(sorted(known))}")
+    for key, value in overrides.items():  # YAML 1.1 reads 1e-1 as a string; typed as the field's default is
+        kind = type(defaults[key])
+        if isinstance(value, str) and kind in (int, float):
+            overrides[key] = _coerce(value, kind, f"model.overrides.{key}")
     try:
         DBetaConfig(**overrides)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.overrides: {err}") from None
+
+
+def _validate_model_config(path, overrides: dict) -> None:
+    """model.config: a readable DBetaConfig JSON (file or folder) whose fields are DBetaConfig's."""
+    from dbeta.configuration_dbeta import DBetaConfig
+
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    try:
+        values = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.config {file}: cannot read a DBetaConfig JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"model.config {file}: expected a JSON object, got {type(values).__name__}")
+    for key in ("auto_map", "architectures", "custom_pipelines", "transformers_version", "model_type",
+                "text_config"):
+        values.pop(key, None)
+    try:
+        DBetaConfig(**{**values, **(overrides or {})})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.config {file}: {err}") from None
 
 
 def read_config_file(path) -> dict:
