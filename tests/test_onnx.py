@@ -273,6 +273,9 @@ def test_export_never_runs_the_model_folders_code(folders, tmp_path):
 def test_cli_refuses_a_folder_without_a_model(tmp_path, capsys):
     assert main(["--model", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "config.json not found" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"model_type": "dbeta", "architectures": ["DBetaForECGClassification"]}')
+    assert main(["--model", str(tmp_path), "--output", str(tmp_path / "o")]) == 2  # was a strict-loading traceback
+    assert "is a fine-tuned classifier" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_the_onnx_folder_never_writes_into_another_folder(folders, tmp_path, capsys):

@@ -7,9 +7,10 @@ in-process pushes only; loading is checked in fresh subprocesses with HF_ENDPOIN
 
 from __future__ import annotations
 
-import shutil
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,21 @@ def test_a_folder_holding_pickles_is_not_pushed(tiny_export, hub, tmp_path):
     (folder / "checkpoint-6" / "optimizer.pt").write_bytes(b"pickle")
     (folder / "training_args.bin").write_bytes(b"pickle")
     with pytest.raises(RuntimeError, match="pickle file\\(s\\) checkpoint-6/optimizer.pt, training_args.bin"):
+        push_export(folder, REPO_ID, token="hf_fake", endpoint=hub.url)
+    assert hub.requests == []
+
+
+def test_a_folder_with_non_finite_weights_is_not_pushed(tiny_export, hub, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "nan"
+    shutil.copytree(tiny_export["folder"], folder)
+    weights = load_file(folder / "model.safetensors")
+    name = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RuntimeError, match=rf"NaN or infinite values in model.safetensors: {re.escape(name)}"):
         push_export(folder, REPO_ID, token="hf_fake", endpoint=hub.url)
     assert hub.requests == []
 

@@ -286,6 +286,15 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
+        architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError) as err:
+        print(f"error: {model_dir / 'config.json'} is not a readable config ({err})", file=sys.stderr)
+        return 2
+    if "DBetaForECGClassification" in architectures:  # its encoder has no text tower to export
+        print(f"error: {model_dir} is a fine-tuned classifier; the ONNX export holds the zero-shot model's ECG and "
+              "text encoders: pass the pretrained export it was fine-tuned from", file=sys.stderr)
+        return 2
+    try:
         out = export_onnx(model_dir, args.output, int8=args.int8, tolerance=args.tolerance)
     except (ParityError, ExportTargetError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -54,6 +54,23 @@ def is_pickle(path: Path) -> bool:
     return False
 
 
+def non_finite_tensors(files: dict) -> list:
+    """"FILE: TENSOR" for each floating-point tensor of the upload's safetensors files holding a NaN or infinity."""
+    import torch
+    from safetensors import safe_open
+
+    found = []
+    for name, path in files.items():
+        if not name.endswith(".safetensors"):
+            continue
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    found.append(f"{name}: {key}")
+    return found
+
+
 def validate_export(folder: str | Path) -> Path:
     """Return the folder as a Path, or raise FileNotFoundError naming what is missing."""
     folder = Path(folder)
@@ -121,6 +138,11 @@ def push_export(
     if pickles:
         raise RuntimeError(f"Refusing to push {folder}: pickle file(s) {', '.join(pickles[:10])} would run code on "
                            "whoever loads them; push a save_pretrained() folder (safetensors weights) only.")
+    damaged = non_finite_tensors(files)
+    if damaged:
+        raise RuntimeError(f"Refusing to push {folder}: NaN or infinite values in {', '.join(damaged[:10])}"
+                           f"{' ...' if len(damaged) > 10 else ''}; whoever downloads it would get a model the "
+                           "strict loader refuses, or wrong features.")
     api = HfApi(endpoint=endpoint, token=token)
     where = f"{repo_id!r} at {api.endpoint}"
     if constants.is_offline_mode():
