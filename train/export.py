@@ -56,8 +56,8 @@ class ExportTargetError(ValueError):
 
 # What an export (weights, config, processor, code, card; ONNX graphs) is made of. A D-BETA folder holding anything
 # else (a training checkpoint's optimizer state, a git clone's .git, the user's notes) is not replaced.
-EXPORT_FILES = ("*.json", "*.safetensors", "*.py", "README.md", "model_card.md", "*.txt", "*.model", "*.onnx",
-                "*.onnx.data")
+EXPORT_FILES = ("*.json", "*.safetensors", "*.py", "README.md", "model_card.md", "*.txt", "*.model", "*.jinja",
+                "*.onnx", "*.onnx.data")
 
 
 def _is_dbeta_export(folder: Path) -> bool:
