@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import constants as hf_constants
@@ -246,6 +247,7 @@ def test_a_pickle_under_another_name_is_found_by_its_content(tiny_export, hub, t
     """checkpoint.pth.tar (torch.save), label_encoder.pkl.gz and scaler.sav passed every check by name."""
     import gzip
     import pickle
+    import zlib
 
     import torch
 
@@ -258,10 +260,24 @@ def test_a_pickle_under_another_name_is_found_by_its_content(tiny_export, hub, t
     torch.save({"w": torch.zeros(2)}, folder / "weights.data")  # a name no pattern knows: found by its zip content
     (folder / "notes").mkdir()
     (folder / "notes" / "blob").write_bytes(gzip.compress(pickle.dumps([1, 2], protocol=4)))
-    with pytest.raises(RuntimeError, match=r"pickle file\(s\) checkpoint.pth.tar, label_encoder.pkl.gz, "
-                                           r"notes/blob, scaler.sav, weights.data would run code"):
+    (folder / "encoder.PKL").write_bytes(pickle.dumps([1], protocol=0))  # protocol 0: by name, in any case
+    (folder / "scaler.dat").write_bytes(zlib.compress(pickle.dumps({"mean": 1.0}, protocol=4)))  # joblib's zlib
+    np.save(folder / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(RuntimeError, match=r"pickle file\(s\) checkpoint.pth.tar, encoder.PKL, label_encoder.pkl.gz, "
+                                           r"notes/blob, objects.npy, scaler.dat, scaler.sav, weights.data would run"):
         push_export(folder, REPO_ID, token="hf_fake", endpoint=hub.url)
     assert hub.requests == []
+
+
+def test_safetensors_and_numbers_are_not_taken_for_pickles(tmp_path):
+    """A safetensors header of 640 bytes starts with 0x80 0x02, a pickle's opening: it was refused as one."""
+    from train.hub import is_pickle
+
+    header = b'{"__metadata__":{"format":"pt"}}'.ljust(640)
+    (tmp_path / "model.safetensors").write_bytes((640).to_bytes(8, "little") + header)
+    np.save(tmp_path / "numbers.npy", np.arange(3.0))
+    (tmp_path / "damaged.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"\xff" * 20)
+    assert not any(is_pickle(tmp_path / n) for n in ("model.safetensors", "numbers.npy", "damaged.gz"))
 
 
 def test_cli_pushes_folder(tiny_export, hub, tmp_path):

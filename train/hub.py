@@ -12,6 +12,7 @@ import gzip
 import logging
 import lzma
 import zipfile
+import zlib
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants
@@ -27,8 +28,14 @@ SKIP_FILES = ("*.pyc", "*.pyo", ".DS_Store")
 # Pickle formats run code when loaded: whoever downloads the repo would be exposed, so a folder holding one (a
 # Trainer checkpoint's optimizer.pt, training_args.bin, a pytorch_model.bin) is not uploaded at all.
 PICKLE_FILES = ("*.pt", "*.pth", "*.bin", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "*.sav", "*.pkl.*", "*.pth.*",
-                "*.pt.*", "*.pickle.*")
+                "*.pt.*", "*.pickle.*", "*.npz")  # compared in lower case
 _COMPRESSED = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+_ZLIB = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")  # joblib's zlib dumps
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then its JSON header ('{')."""
+    return len(head) >= 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
 
 
 def is_pickle(path: Path) -> bool:
@@ -39,17 +46,26 @@ def is_pickle(path: Path) -> bool:
 
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(16)
+        if _is_safetensors(head, Path(path).stat().st_size):  # its header length may start with 0x80 0x02
+            return False
         if pickled(head):
             return True
+        if head.startswith(b"\x93NUMPY"):  # an object array is a pickle that np.load(allow_pickle=True) runs
+            with open(path, "rb") as f:
+                header = f.read(512)
+                return b"'|O'" in header or b"'O'" in header
         for magic, opener in _COMPRESSED.items():
             if head.startswith(magic):
                 with opener(path, "rb") as f:
                     return pickled(f.read(2))
+        if head.startswith(_ZLIB):
+            with open(path, "rb") as f:
+                return pickled(zlib.decompressobj().decompress(f.read(4096), 2))
         if head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(path):  # torch.save's zip: <name>/data.pkl
             with zipfile.ZipFile(path) as archive:
-                return any(name.endswith(".pkl") for name in archive.namelist())
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError):
+                return any(name.endswith(".pkl") or name.endswith(".npy") for name in archive.namelist())
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError, zlib.error):
         return False  # unreadable as an archive: not a loadable pickle either
     return False
 
@@ -63,11 +79,14 @@ def non_finite_tensors(files: dict) -> list:
     for name, path in files.items():
         if not name.endswith(".safetensors"):
             continue
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    found.append(f"{name}: {key}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    tensor = f.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        found.append(f"{name}: {key}")
+        except Exception as err:  # noqa: BLE001 - safetensors' own error type: a damaged file
+            raise RuntimeError(f"{path}: not a readable safetensors file ({err})") from None
     return found
 
 
@@ -134,7 +153,7 @@ def push_export(
     folder = validate_export(folder)
     files = collect_files(folder)
     pickles = sorted(name for name, path in files.items()
-                     if any(fnmatch.fnmatch(Path(name).name, p) for p in PICKLE_FILES) or is_pickle(path))
+                     if any(fnmatch.fnmatch(Path(name).name.lower(), p) for p in PICKLE_FILES) or is_pickle(path))
     if pickles:
         raise RuntimeError(f"Refusing to push {folder}: pickle file(s) {', '.join(pickles[:10])} would run code on "
                            "whoever loads them; push a save_pretrained() folder (safetensors weights) only.")
