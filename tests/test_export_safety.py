@@ -356,6 +356,11 @@ def test_an_export_never_replaces_a_model_folder_holding_more_than_an_export(pre
     with pytest.raises(ExportTargetError, match=r"also .git/, NOTES.md"):
         export_model(model, clone)
     assert (clone / "NOTES.md").read_text() == "mine"
+    earlier = copy_export(pre_export, tmp_path / "earlier")  # files of an export's suffixes, but not an export's
+    for name in ("NOTES.txt", "analysis.py", "my_eval_results.json"):
+        (earlier / name).write_text("mine")
+    with pytest.raises(ExportTargetError, match=r"also NOTES.txt, analysis.py, my_eval_results.json"):
+        export_model(model, earlier)
 
 
 def test_a_new_export_replaces_the_old_one_whole_and_a_failed_one_leaves_it(pre_export, tok, tmp_path, monkeypatch):

@@ -292,6 +292,12 @@ def test_the_onnx_folder_never_writes_into_another_folder(folders, tmp_path, cap
     assert "would replace" in capsys.readouterr().err and (model_dir / "model.safetensors").is_file()
     again = export_onnx(model_dir, copy_folder(onnx_dir, tmp_path / "onnx"))  # an earlier ONNX export: replaced
     assert (again / MANIFEST).is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["onnx", "project"]
+    download = copy_folder(model_dir, tmp_path / "download")  # a Hub download: copied into the first export, it
+    (download / ".gitattributes").write_text("*.safetensors filter=lfs\n")  # made the second one refuse the folder
+    (download / "LICENSE").write_text("MIT")
+    for _ in range(2):
+        export_onnx(download, tmp_path / "onnx2")
+    assert not (tmp_path / "onnx2" / ".gitattributes").exists()
 
 
 def test_onnx_folder_loads_in_a_fresh_process_and_obeys_the_remote_code_import_rule(folders, tmp_path):

@@ -56,8 +56,10 @@ class ExportTargetError(ValueError):
 
 # What an export (weights, config, processor, code, card; ONNX graphs) is made of. A D-BETA folder holding anything
 # else (a training checkpoint's optimizer state, a git clone's .git, the user's notes) is not replaced.
-EXPORT_FILES = ("*.json", "*.safetensors", "*.py", "README.md", "model_card.md", "*.txt", "*.model", "*.jinja",
-                "*.onnx", "*.onnx.data")
+EXPORT_FILES = ("config.json", "generation_config.json", "processor_config.json", "preprocessor_config.json",
+                "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "*.model",
+                "*.jinja", "*.safetensors", "model.safetensors.index.json", "*_dbeta.py", "prompts_dbeta.json",
+                "README.md", "model_card.md", "*.onnx", "*.onnx.data", "onnx_config.json")
 
 
 def _is_dbeta_export(folder: Path) -> bool:
@@ -67,10 +69,14 @@ def _is_dbeta_export(folder: Path) -> bool:
         return False
 
 
+def is_export_file(path: Path) -> bool:
+    return path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in EXPORT_FILES)
+
+
 def _not_export_files(folder: Path) -> list:
     """Entries of `folder` that no export writes (sub-folders included), sorted."""
     return sorted(entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir()
-                  if entry.is_dir() or not any(fnmatch.fnmatch(entry.name, p) for p in EXPORT_FILES))
+                  if not is_export_file(entry))
 
 
 def check_export_target(output_dir, protect: Sequence = ()) -> Path:

@@ -41,7 +41,7 @@ import torch
 from dbeta.modeling_dbeta import DBetaModel
 from dbeta.onnx_dbeta import FORMAT, FORMAT_VERSION, MANIFEST, DBetaOnnxModel, file_sha256
 from dbeta.processing_dbeta import DBetaProcessor
-from train.export import ExportTargetError, check_export_target
+from train.export import ExportTargetError, check_export_target, is_export_file
 from train.folders import replace_folder, staging_folder
 from train.synthetic import DEFAULT_CLASSES, generate_ecg
 
@@ -246,8 +246,8 @@ def _write_folder(model_dir: Path, out: Path, int8: bool, tolerance: float, mode
         parity["ecg_int8_min_cosine"] = _min_cosine(_session(out / ECG_INT8_FILE), {"ecg_values": ecg}, ecg_ref)
         graphs["ecg_int8"] = ECG_INT8_FILE
 
-    for src in model_dir.iterdir():
-        if src.is_file() and not src.name.endswith(SKIPPED_SUFFIXES) and src.name != MANIFEST:
+    for src in model_dir.iterdir():  # what the model's export holds, not a download's .gitattributes or LICENSE
+        if src.is_file() and not src.name.endswith(SKIPPED_SUFFIXES) and src.name != MANIFEST and is_export_file(src):
             shutil.copy2(src, out / src.name)
     shutil.copy2(ROOT / "onnx_dbeta.py", out / "onnx_dbeta.py")
 
