@@ -460,3 +460,15 @@ def test_eval_and_demo_outputs_go_through_the_publishing_helpers():
             if re.search(r"\.(write_text|write_bytes|savefig)\(", line) and "tmp" not in line:
                 offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
     assert not offenders, "write through train.folders.write_file / write_text:\n" + "\n".join(offenders)
+
+
+def test_an_export_through_a_symlink_replaces_the_folder_it_names(pre_export, tmp_path):
+    """The link itself was renamed away and a real folder put in its place; the next export then failed
+    (NotADirectoryError) on the leftover link."""
+    model = DBetaForPreTraining.from_pretrained(pre_export)
+    real = copy_export(pre_export, tmp_path / "real")
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    for _ in range(3):
+        export_model(model, tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and (real / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

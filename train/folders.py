@@ -32,10 +32,16 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def _real(out) -> Path:
+    """A symlinked destination is published where the link points: the link stays, the folder it names changes."""
+    out = Path(out)
+    return out.resolve() if out.is_symlink() else out
+
+
 def staging_folder(out: Path) -> Path:
     """An empty `.NAME.partial` beside `out` (what a stopped run left there is removed; a folder a stop between
     `replace_folder`'s two renames left as `.NAME.old` is put back first)."""
-    out = Path(out)
+    out = _real(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = out.with_name(f".{out.name}.old")
     if old.is_dir() and not out.exists():
@@ -49,7 +55,7 @@ def replace_folder(staging: Path, out: Path) -> None:
     """Move `staging` to `out`. An existing `out` is kept (as `.NAME.old`) until the new folder is in place, so a
     run stopped at any point leaves the old folder (for the moment between the renames, as `.NAME.old`, which the
     next `staging_folder` puts back) or the new one, never a mix."""
-    out = Path(out)
+    out = _real(out)
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
