@@ -105,7 +105,9 @@ def read_ptbxl_tables(root: PathLike) -> Tuple[pd.DataFrame, pd.DataFrame]:
         lines = ", ".join(str(i + 2) for i in repeated.index[repeated == first])
         raise ValueError(f"PTB-XL: {db_path}: ecg_id {first} appears on lines {lines}"
                          f"{f' ({repeated.nunique()} ids repeated)' if repeated.nunique() > 1 else ''}; each record once")
-    files = db["filename_hr"].astype(str).str.strip().map(lambda f: os.path.normpath(f))
+    # the reader takes a record with or without its .hea/.dat suffix: "00001_hr" and "00001_hr.hea" are one file
+    files = db["filename_hr"].astype(str).str.strip().map(lambda f: os.path.splitext(os.path.normpath(f))[0]
+                                                         if f.endswith((".hea", ".dat")) else os.path.normpath(f))
     shared = files[files.duplicated(keep=False)]
     if len(shared):  # two ecg_ids reading one record: the same ECG in two folds (train and test) at once
         first = shared.iloc[0]

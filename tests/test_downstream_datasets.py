@@ -748,7 +748,7 @@ def test_empty_or_damaged_tables_name_the_file_and_line(ptbxl_root, code_root, t
     with pytest.raises(ValueError, match=rf"ecg_id {table['ecg_id'].iloc[0]} appears on lines 2, {len(table) + 2}; "):
         PTBXLDataset(root, "all", "super")
     shared = table.copy()  # another ecg_id reading the first one's file: one ECG in two folds, silently
-    shared.loc[3, "filename_hr"] = "./" + shared.loc[0, "filename_hr"]
+    shared.loc[3, "filename_hr"] = "./" + shared.loc[0, "filename_hr"] + ".hea"  # the reader takes either spelling
     shared.to_csv(db_path, index=False)
     ids = shared["ecg_id"]
     with pytest.raises(ValueError, match=rf"ecg_id {ids[0]}, {ids[3]} \(lines 2, 5\) all read "

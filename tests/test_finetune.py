@@ -401,12 +401,13 @@ def test_a_resume_under_another_task_model_or_data_is_refused(tmp_path, capsys, 
                                              "data": {"dataset": "ptbxl", "task": "super",
                                                       "root": str(tmp_path / "data")}})
     (out / ft.SETTINGS_FILE).write_text(json.dumps(settings.to_dict()))
-    argv += ["--lr", str(settings.optim.lr)]
+    argv += ["--lr", str(settings.optim.lr), "--seed", "42"]
     for flag, value, named in (("--task", "rhythm", "data.task: 'super' -> 'rhythm'"),
                                ("--model", str(tmp_path / "other"), "model.name_or_path"),
                                ("--data-root", str(tmp_path / "elsewhere"), "data.root"),
                                # Trainer restores the optimizer's LR: a new --lr was ignored, results.json recorded it
-                               ("--lr", "0.01", f"optim.lr: {settings.optim.lr!r} -> 0.01")):
+                               ("--lr", "0.01", f"optim.lr: {settings.optim.lr!r} -> 0.01"),
+                               ("--seed", "7", "seed: 42 -> 7")):  # another data order, recorded for the whole run
         changed = list(argv)
         changed[changed.index(flag) + 1] = value
         with pytest.raises(SystemExit) as exit_:

@@ -598,6 +598,8 @@ def test_resume_under_other_data_is_refused(assets, straight_run, tmp_path, caps
     assert "optim.lr: 0.003 -> 0.01" in err and "train.max_steps: 8 -> 12" in err
     assert run_main(train_args(assets, out, "--resume", "--set", "model.overrides.fusion_num_heads=2")) == 2
     assert "model.overrides.fusion_num_heads: None -> 2" in capsys.readouterr().err
+    assert run_main(train_args(assets, out, "--resume", "--set", f"model.tokenizer={assets.t5}")) == 2
+    assert f"model.tokenizer: None -> '{assets.t5}'" in capsys.readouterr().err  # ids the embeddings never saw
     assert (out / "run_config.json").read_bytes() == run_config and not (out / "model").exists()
 
 
@@ -772,6 +774,14 @@ def test_an_export_or_a_run_never_goes_into_the_folder_it_reads(straight_run, tm
     model = straight_run / "model"
     assert run_main(["--dataset", str(tmp_path / "data"), "--init-from", str(model), "--output-dir", str(model)]) == 2
     assert "the model this run starts from" in capsys.readouterr().err
+
+
+def test_export_only_does_not_need_the_runs_model_config_file(straight_run, tmp_path):
+    """The checkpoint holds its config: a model.config file moved away (another machine) made the export exit 2."""
+    checkpoint = straight_run / "checkpoints" / "checkpoint_1"
+    assert run_main(["--export-only", str(checkpoint), "--output-dir", str(tmp_path / "out"),
+                     "--set", f"model.config={tmp_path / 'moved.json'}"]) == 0
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
 def test_export_dir_puts_the_export_where_asked(straight_run, tmp_path):

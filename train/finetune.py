@@ -71,10 +71,11 @@ HEAD_PREFIXES = ("classifier.",)
 RESULTS_FILE = "results.json"
 SETTINGS_FILE = "finetune_settings.json"  # the run's settings, written at its start: a --resume is checked against it
 # What a run is: a --resume under other values would load weights of another shape, or train on other data.
-# What a --resume may not change: the run's model and data, and what Trainer restores from the optimizer's saved
-# state over the new settings (its learning rate and weight decay: a new --lr was ignored while results.json
-# recorded it).
-RUN_IDENTITY = ("model.name_or_path", "data.dataset", "data.task", "data.root", "optim.lr", "optim.weight_decay")
+# What a --resume may not change: the run's model and data, its data order (seed, batch size), and what Trainer
+# restores from the optimizer's saved state over the new settings (its learning rate and weight decay: a new --lr
+# was ignored while results.json recorded it).
+RUN_IDENTITY = ("model.name_or_path", "data.dataset", "data.task", "data.root", "optim.lr", "optim.weight_decay",
+                "seed", "train.per_device_batch_size", "train.gradient_accumulation_steps")
 EXPORT_DIR = "export"
 EXIT_CONFIG = 2
 EXIT_PUSH_FAILED = 4  # as pretraining: trained, evaluated and exported; only the upload failed

@@ -133,7 +133,7 @@ def resolve_settings(argv=None) -> tuple:
             settings.export_dir = None
     settings.apply_sets(args.sets)
     settings.apply_flags(args, FLAGS)
-    settings.validate()
+    settings.validate(model_files=not args.export_only)  # an export reads the checkpoint's config, not model.config
     return settings, args
 
 
@@ -407,7 +407,8 @@ def train(s: PretrainSettings, resume: bool) -> int:
 RESUME_SETTINGS = ("seed", "data.dataset", "data.mimic_root", "data.train_split", "data.max_train_samples",
                    "data.val_fraction", "data.split_seed", "data.max_length", "model.size", "model.config",
                    "model.overrides", "model.freeze_text_encoder", "model.text_trainable_layers",
-                   "model.text_encoder_weights", "optim", "collator", "train.max_steps",
+                   "model.text_encoder_weights", "model.text_encoder", "model.tokenizer", "model.init_from", "optim",
+                   "collator", "train.max_steps",
                    "train.per_device_batch_size", "train.gradient_accumulation_steps")
 
 

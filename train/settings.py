@@ -269,8 +269,9 @@ class PretrainSettings(Settings):
     train: TrainSettings = field(default_factory=TrainSettings)
     hub: HubSettings = field(default_factory=HubSettings)
 
-    def validate(self) -> None:
-        """Coerce and check every field (types, ranges, choices) and the model overrides; raise ConfigError."""
+    def validate(self, model_files: bool = True) -> None:
+        """Coerce and check every field (types, ranges, choices) and the model overrides; raise ConfigError.
+        `model_files`: also read model.config (not when a checkpoint, which holds its own config, is exported)."""
         super().validate()
         _validate_overrides(self.model.overrides)
         for i, beta in enumerate(self.optim.betas):  # torch's AdamW checks them only when it is built
@@ -283,7 +284,7 @@ class PretrainSettings(Settings):
         if unknown:
             raise ConfigError(f"train.log_with: unknown tracker(s) {', '.join(unknown)}; accelerate knows "
                               f"{', '.join(trackers)}")
-        if self.model.config:
+        if self.model.config and model_files:
             _validate_model_config(self.model.config, self.model.overrides)
         if self.model.frozen_text_precision == "bf16" and not self.model.freeze_text_encoder:
             # a trainable tower needs its gradients: the bf16 autocast is for the frozen one only ("auto" then
