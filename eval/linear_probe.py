@@ -365,6 +365,9 @@ def probe_run(features: Dict[str, np.ndarray], labels: Dict[str, np.ndarray], cl
     Returns (the run's JSON record, the test scores at the selected epoch)."""
     start = time.perf_counter()
     idx = train_subset_indices(len(features["train"]), fraction, seed)
+    if len(idx) < 2:  # every caller (the probe, lead subsets, the int8 check) passes here
+        raise ValueError(f"fraction {fraction:g} of {len(features['train'])} training records leaves {len(idx)}: a "
+                         "linear head needs at least 2 records")
     y_sub = labels["train"][idx]
     history = train_linear_head(features["train"][idx], y_sub, features["val"], labels["val"], features["test"],
                                 labels["test"], epochs, batch_size, lr, weight_decay, seed)

@@ -216,6 +216,15 @@ def test_a_feature_constant_over_the_training_subset_is_left_out():
     assert np.allclose(a["best_test_scores"], b["best_test_scores"]) and a["test_auc"] == b["test_auc"]
 
 
+def test_every_probe_run_refuses_a_one_record_subset():
+    """eval.lead_subsets --fraction 0.01 trained on one record and wrote AUC 0.5 for every subset as a result."""
+    rng = np.random.default_rng(0)
+    feats = {s: rng.normal(size=(n, 4)).astype(np.float32) for s, n in (("train", 40), ("val", 10), ("test", 10))}
+    labels = {s: (rng.random((len(f), 2)) < 0.5).astype(np.float32) for s, f in feats.items()}
+    with pytest.raises(ValueError, match="fraction 0.01 of 40 training records leaves 1: a linear head needs"):
+        lp.probe_run(feats, labels, ["A", "B"], 0.01, 42, 2, 16, 1e-3, 1e-4, bootstrap=0)
+
+
 def test_head_is_reproducible_and_seeded():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(60, 8)).astype(np.float32), (rng.random((60, 3)) < 0.5).astype(np.float32)
