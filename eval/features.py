@@ -37,6 +37,7 @@ __all__ = [
     "ProcessedRecords",
     "check_skipped_records",
     "condition_item",
+    "scan_records",
     "dataset_ecg_features",
     "text_features",
     "processor_settings",
@@ -179,6 +180,31 @@ class ProcessedRecords(torch.utils.data.Dataset):
             error = message if source and source in message else f"record {rid}" + (
                 f" ({source})" if source else "") + f": {message}"
         return {"ecg_values": torch.from_numpy(np.ascontiguousarray(x)), "index": int(index), "error": error}
+
+
+def _index_and_error(items: list) -> list:
+    """DataLoader collate for `scan_records`: the conditioned signals are not needed, only whether each worked."""
+    return [(item["index"], item["error"]) for item in items]
+
+
+def scan_records(dataset, feature_extractor, protocol_num_samples: Optional[int] = None, num_workers: int = 0,
+                 progress: bool = True, desc: str = "checking records", batch_size: int = 32) -> Tuple[list, list]:
+    """Read and condition every record of `dataset` once, without a model, so a long run learns of a bad record
+    before its first step. Returns (kept indices, failures [{"index", "error"}]) in item order."""
+    from tqdm.auto import tqdm
+
+    loader = torch.utils.data.DataLoader(
+        ProcessedRecords(dataset, feature_extractor, protocol_num_samples), batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, collate_fn=_index_and_error)
+    kept: List[int] = []
+    failures: List[dict] = []
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        for index, error in batch:
+            if error:
+                failures.append({"index": int(index), "error": error})
+            else:
+                kept.append(int(index))
+    return kept, failures
 
 
 def resolve_protocol_num_samples(dataset, value="auto") -> Optional[int]:

@@ -166,6 +166,46 @@ def test_random_crop_only_changes_the_window():
     assert len(starts) > 1 and fe.crop == "start"  # random windows; the model's extractor is left as it was
 
 
+def test_bad_records_stop_the_run_before_its_first_step_or_are_left_out(setup, tmp_path, capsys):
+    """A truncated signal file or a two-lead record in the train split ended a fine-tuning run midway, with a
+    DataLoader-worker traceback, whenever the sampler reached it. Every record is now checked first."""
+    import shutil
+
+    from eval.datasets import load_downstream
+    from tests.test_linear_probe import FIXTURE_RATE, fixture_signal, write_wfdb
+
+    data = tmp_path / "cpsc"
+    shutil.copytree(setup["data"], data)
+    train_ids = load_downstream("cpsc2018", data, split="train").record_ids
+    truncated, two_leads = train_ids[3], train_ids[7]
+    dat = data / f"{truncated}.dat"
+    dat.write_bytes(dat.read_bytes()[: dat.stat().st_size // 2])
+    signal = fixture_signal(False, False, np.random.default_rng(0))[:2]
+    write_wfdb(data, two_leads, signal, FIXTURE_RATE, ["I", "II"], ["Dx: 426783006"])
+
+    def args(out, *extra):
+        argv = ft_args(setup, out, "--epochs", "1", "--batch-size", "17", "--lr", "1e-3", *extra)
+        return [str(data) if a == str(setup["data"]) else a for a in argv]
+
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(args(tmp_path / "refused"))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "2 record(s) cannot be read or conditioned; nothing was trained" in err
+    assert f"record {truncated}" in err and "unreadable WFDB record" in err
+    assert f"record {two_leads}" in err and "lacks lead(s) III" in err
+    assert "--on-error skip" in err and not list((tmp_path / "refused").glob("checkpoint-*"))
+
+    done = ft.main(args(tmp_path / "skipped", "--on-error", "skip"))
+    skipped = {r["record_id"] for r in done["skipped_records"]["train"]}
+    assert skipped == {truncated, two_leads} and done["splits"]["train"] == len(train_ids) - 2
+    saved = json.loads((tmp_path / "skipped" / "results.json").read_text())
+    assert {r["record_id"] for r in saved["skipped_records"]["train"]} == skipped
+
+    with pytest.raises(SystemExit) as exit_:  # skipping needs the check; no run can leave a record out midway
+        ft.main(args(tmp_path / "unchecked", "--on-error", "skip", "--set", "data.check_records=false"))
+    assert exit_.value.code == 2 and "needs data.check_records=true" in capsys.readouterr().err
+
+
 def test_gradient_accumulation_does_not_scale_the_loss(setup, tmp_path):
     """Same data, lr 0: the logged loss of each optimizer step is the mean over its 4 records whether they come
     as one batch of 4 or as 2 accumulated batches of 2; with the loss treated as pre-scaled it would be x2."""
@@ -426,13 +466,14 @@ def test_every_flag_keeps_its_meaning(tmp_path):
         "--warmup-steps", "5", "--batch-size", "8", "--eval-batch-size", "32", "--gradient-accumulation-steps", "4",
         "--bf16", "--class-weights", "auto", "--max-class-weight", "20", "--classifier-dropout", "0.2",
         "--early-stopping-patience", "0", "--save-total-limit", "3", "--resume", "--random-crop",
-        "--protocol-num-samples", "2500", "--num-workers", "0", "--logging-steps", "5", "--bootstrap", "0",
+        "--protocol-num-samples", "2500", "--num-workers", "0", "--on-error", "skip", "--logging-steps", "5",
+        "--bootstrap", "0",
         "--seed", "7", "--report-to", "tensorboard", "--no-progress", "--push-to-hub", "me/ft", "--private"])
     assert args.resume is True
     assert s.to_dict() == {
         "output_dir": "O", "export_dir": "E", "seed": 7,
         "data": {"dataset": "ptbxl", "root": "D", "task": "rhythm", "protocol_num_samples": 2500,
-                 "random_crop": True, "num_workers": 0},
+                 "random_crop": True, "num_workers": 0, "check_records": True, "on_error": "skip"},
         "model": {"name_or_path": "M", "classifier_dropout": 0.2, "class_weights": "auto", "max_class_weight": 20.0},
         "optim": {"lr": 3e-4, "weight_decay": 0.01, "warmup_steps": 5},
         "train": {"epochs": 2.5, "max_steps": 7, "per_device_batch_size": 8, "eval_batch_size": 32,

@@ -53,7 +53,8 @@ import torch
 
 
 from dbeta.configuration_dbeta import DBetaConfig
-from eval.features import condition_item, load_processor, resolve_protocol_num_samples
+from eval.features import (RecordError, check_skipped_records, condition_item, load_processor,
+                           resolve_protocol_num_samples, scan_records)
 from eval.metrics import NonFiniteScoresError, auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
@@ -78,6 +79,7 @@ RUN_IDENTITY = ("model.name_or_path", "data.dataset", "data.task", "data.root", 
                 "seed", "train.per_device_batch_size", "train.gradient_accumulation_steps")
 EXPORT_DIR = "export"
 EXIT_CONFIG = 2
+EXIT_DATA = 2  # as the eval CLIs: records that cannot be used, named; nothing trained
 EXIT_PUSH_FAILED = 4  # as pretraining: trained, evaluated and exported; only the upload failed
 EXIT_NON_FINITE = 5  # as pretraining
 
@@ -97,6 +99,7 @@ FLAGS = {  # argparse dest -> setting; every flag of the command line before the
     "class_weights": "model.class_weights", "max_class_weight": "model.max_class_weight",
     "classifier_dropout": "model.classifier_dropout",
     "random_crop": "data.random_crop", "protocol_num_samples": "data.protocol_num_samples",
+    "on_error": "data.on_error",
     "num_workers": "data.num_workers", "bootstrap": "eval.bootstrap",
     "push_to_hub": "hub.push_to_hub", "private": "hub.private",
 }
@@ -116,8 +119,9 @@ class ECGClassificationDataset(torch.utils.data.Dataset):
     than the processor's length instead of the first one (training augmentation; unseeded)."""
 
     def __init__(self, dataset, feature_extractor: DBetaFeatureExtractor, protocol_num_samples: Optional[int] = None,
-                 random_crop: bool = False):
+                 random_crop: bool = False, indices: Optional[Sequence[int]] = None):
         self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
         self.protocol_num_samples = protocol_num_samples
         self.feature_extractor = feature_extractor
         if random_crop:
@@ -125,10 +129,10 @@ class ECGClassificationDataset(torch.utils.data.Dataset):
             self.feature_extractor.crop = "random"
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> dict:
-        item = self.dataset[int(index)]
+        item = self.dataset[self.indices[int(index)]]
         x = condition_item(self.feature_extractor, item, self.protocol_num_samples)
         return {"ecg_values": torch.from_numpy(np.ascontiguousarray(x)),
                 "labels": torch.as_tensor(item["labels"], dtype=torch.float32)}
@@ -298,7 +302,13 @@ def prepare(s: FinetuneSettings) -> dict:
     splits = {split: load_downstream(data.dataset, data.root, split=split, task=data.task)
               for split in ("train", "val", "test")}
     class_names = list(splits["train"].class_names)
-    y_train, y_val = splits["train"].labels_matrix(), splits["val"].labels_matrix()
+    processor = load_processor(s.model.name_or_path)
+    fe = processor.feature_extractor
+    protocol_n = resolve_protocol_num_samples(splits["train"], data.protocol_num_samples)
+    kept, skipped = {}, {}
+    if data.check_records:
+        kept, skipped = check_records(splits, fe, protocol_n, data.on_error, data.num_workers, s.train.progress)
+    y_train, y_val = (splits[k].labels_matrix()[kept.get(k, slice(None))] for k in ("train", "val"))
     if len(splits["train"]) == 0 or len(splits["val"]) == 0:
         raise ValueError(f"{data.dataset}: empty train or val split")
     val_pos = y_val.sum(axis=0)
@@ -312,19 +322,46 @@ def prepare(s: FinetuneSettings) -> dict:
     weights = None
     if s.model.class_weights == "auto":
         weights = auto_class_weights(y_train, s.model.max_class_weight)
-    processor = load_processor(s.model.name_or_path)
-    fe = processor.feature_extractor
-    protocol_n = resolve_protocol_num_samples(splits["train"], data.protocol_num_samples)
     set_seed(s.seed)  # the new head's initialisation
     model = load_classifier(s.model.name_or_path, class_names, weights, s.model.classifier_dropout)
     datasets = {
-        "train": ECGClassificationDataset(splits["train"], fe, protocol_n, random_crop=data.random_crop),
-        "val": ECGClassificationDataset(splits["val"], fe, protocol_n),
-        "test": ECGClassificationDataset(splits["test"], fe, protocol_n) if len(splits["test"]) else None,
+        "train": ECGClassificationDataset(splits["train"], fe, protocol_n, random_crop=data.random_crop,
+                                          indices=kept.get("train")),
+        "val": ECGClassificationDataset(splits["val"], fe, protocol_n, indices=kept.get("val")),
+        "test": ECGClassificationDataset(splits["test"], fe, protocol_n, indices=kept.get("test"))
+        if len(splits["test"]) else None,
     }
     return {"splits": splits, "datasets": datasets, "class_names": class_names, "class_weights": weights,
-            "classes_without_train_positives": unlearned,
+            "classes_without_train_positives": unlearned, "skipped_records": skipped,
             "processor": processor, "model": model, "protocol_num_samples": protocol_n}
+
+
+def check_records(splits: dict, feature_extractor, protocol_num_samples: Optional[int], on_error: str,
+                  num_workers: int, progress: bool) -> tuple:
+    """Read and condition every record of every split before training (eval.features.scan_records).
+
+    on_error="raise": RecordError naming every failing record (up to 20 shown). "skip": ({split: kept indices},
+    {split: [{"record_id", "error"}]}) with a warning; refused (RecordError) when skipping leaves a split empty or
+    takes the last positive or negative record of a class (eval.features.check_skipped_records)."""
+    kept, skipped, failed = {}, {}, []
+    for split, dataset in splits.items():
+        if not len(dataset):
+            continue
+        good, failures = scan_records(dataset, feature_extractor, protocol_num_samples, num_workers=num_workers,
+                                      progress=progress, desc=f"checking {split} records")
+        failed += [f"{split}: {f['error']}" for f in failures]
+        if failures and on_error == "skip":
+            check_skipped_records(dataset, good, failures)
+            kept[split] = good
+            skipped[split] = [{"record_id": dataset.record_ids[f["index"]], "error": f["error"]} for f in failures]
+            logger.warning("%s: %d of %d records cannot be used and are left out (--on-error skip): %s", split,
+                           len(failures), len(dataset), "; ".join(f["error"] for f in failures[:5])
+                           + (f"; and {len(failures) - 5} more (results.json)" if len(failures) > 5 else ""))
+    if failed and on_error == "raise":
+        shown = "\n  ".join(failed[:20]) + (f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else "")
+        raise RecordError(f"{len(failed)} record(s) cannot be read or conditioned; nothing was trained:\n  {shown}\n"
+                          "Fix or remove them, or pass --on-error skip to leave them out (named in results.json)")
+    return kept, skipped
 
 
 def run(s: FinetuneSettings, resume: bool = False) -> dict:
@@ -441,7 +478,8 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         "class_weights": parts["class_weights"],
         "classes_without_train_positives": parts["classes_without_train_positives"],
         "protocol_num_samples": parts["protocol_num_samples"],
-        "splits": {s: len(ds) for s, ds in parts["splits"].items()},
+        "splits": {split: len(ds) for split, ds in parts["datasets"].items() if ds is not None},
+        "skipped_records": parts["skipped_records"],
         "hyperparameters": {
             "epochs": s.train.epochs, "max_steps": s.train.max_steps, "lr": s.optim.lr,
             "weight_decay": s.optim.weight_decay, "batch_size": s.train.per_device_batch_size,
@@ -484,7 +522,9 @@ def _json_safe(value):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.finetune", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Exit codes: 0 finished, 2 bad settings or arguments (nothing read or built).")
+                                epilog="Exit codes: 0 finished; 2 bad settings or arguments (nothing read or built), or records that "
+                                       "cannot be used (named; nothing trained); 4 the push failed; 5 training "
+                                       "diverged.")
     add_settings_arguments(p)
 
     def flag(name, dest=None, **kw):
@@ -517,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--random-crop", action="store_const", const=True)
     flag("--protocol-num-samples")
     flag("--num-workers")
+    flag("--on-error")
     flag("--logging-steps")
     flag("--bootstrap")
     flag("--seed")
@@ -555,6 +596,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    except RecordError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_DATA) from None
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_NON_FINITE) from None

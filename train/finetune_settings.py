@@ -30,6 +30,10 @@ class FinetuneDataSettings:
                                              min=1, also=("auto", "none"))
     random_crop: bool = _f(False, "train on a random window of records longer than the processor's length")
     num_workers: int = _f(min(4, os.cpu_count() or 1), "DataLoader workers (each runs the feature extractor)", min=0)
+    check_records: bool = _f(True, "read and condition every record of every split before training, so a bad "
+                                   "record stops the run before its first step, not midway")
+    on_error: str = _f("raise", "a record that cannot be read or conditioned: raise (stop, naming them all) | skip "
+                                "(leave it out, named in a warning and in results.json)", choices=("raise", "skip"))
 
 
 @dataclass
@@ -98,6 +102,9 @@ class FinetuneSettings(Settings):
             self.data.protocol_num_samples = None
         if self.data.dataset == "ptbxl" and self.data.task is None:
             raise ConfigError(f"data.task (--task) is required for ptbxl: one of {', '.join(PTBXL_TASKS)}")
+        if self.data.on_error == "skip" and not self.data.check_records:
+            raise ConfigError("data.on_error=skip needs data.check_records=true: records are left out by the check "
+                              "before training (a record failing midway cannot be left out of a running epoch)")
         if self.data.dataset not in (None, "ptbxl") and self.data.task is not None:
             raise ConfigError(f"data.task applies to ptbxl only; {self.data.dataset} has no tasks "
                               f"(got {self.data.task!r})")
