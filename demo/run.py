@@ -36,7 +36,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from train.folders import write_text
+from train.folders import write_file, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -398,7 +398,8 @@ def main(argv=None) -> int:
         af = next(seg for seg in stitched["segments"] if seg["class"] == "AFIB")
         record = read_ecg_file(stitched["path"])
         first = int(af["start"] * record.sampling_rate)
-        np.save(out / "data" / "stitched" / "af.npy", record.signal[:, first:first + int(10 * record.sampling_rate)])
+        window = record.signal[:, first:first + int(10 * record.sampling_rate)]
+        write_file(out / "data" / "stitched" / "af.npy", lambda tmp: np.save(tmp, window))
         call(explain, ["--model", model_dir, "--record", out / "data" / "stitched" / "af.npy", "--sampling-rate",
                        record.sampling_rate, "--lead-names", *record.lead_names, "--labels", "NORM", "AFIB", "SBRAD",
                        "STACH", "--label", "AFIB", "--output", out / "where_afib.png",

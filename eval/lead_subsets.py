@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from eval.features import RecordError, condition_item, load_model_and_processor
 from eval.metrics import auc_report
 from dbeta.processing_dbeta import LEAD_SUBSETS, resolve_leads
-from train.folders import write_text
+from train.folders import write_result
 
 DEFAULT_SUBSETS = ("12-lead", "limb", "I+II", "I", "II")
 
@@ -124,8 +124,7 @@ def evaluate_lead_subsets(model, data_root, subsets: Sequence = DEFAULT_SUBSETS,
     if output is not None:
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_text(output, json.dumps(result, indent=1))
-        write_text(output.with_suffix(".md"), render_markdown(result))
+        write_result(output, json.dumps(result, indent=1), [(output.with_suffix(".md"), render_markdown(result))])
     return result
 
 

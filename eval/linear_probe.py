@@ -70,7 +70,7 @@ from eval.features import (
 from eval.metrics import auc_report, evaluable_classes, per_class_auc
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
-from train.folders import write_file, write_text
+from train.folders import write_file, write_result
 
 
 logger = logging.getLogger("dbeta.linear_probe")
@@ -726,11 +726,9 @@ def write_outputs(result: dict, output: Path, plot: bool = True, extras: Optiona
     the first seed's val-selected head on test, when `extras` holds the scores)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_text(output, json.dumps(result, indent=2, allow_nan=False))
-    paths = {"json": output}
+    output.unlink(missing_ok=True)  # the index goes first and comes back last (train.folders.write_result)
     md = output.with_suffix(".md")
-    write_text(md, render_markdown(result))
-    paths["markdown"] = md
+    paths = {"json": output, "markdown": md}
     if plot:
         paths["plot"] = plot_history(result, output.with_suffix(".png"))
         if extras:
@@ -744,6 +742,8 @@ def write_outputs(result: dict, output: Path, plot: bool = True, extras: Optiona
                     extras["test_labels"], extras["test_scores"][(fraction, seed)], result["class_names"], path,
                     title=f"linear probe {result['dataset']}{task}, {fraction:g} of train, seed {seed} (test)",
                     max_classes=20)
+    write_result(output, json.dumps(result, indent=2, allow_nan=False), [(md, render_markdown(result))],
+                 retract_first=False)
     return paths
 
 

@@ -59,7 +59,7 @@ from eval.features import (
 )
 from eval.metrics import TIE_RULE, group_ids, retrieval_recall
 from dbeta.processing_dbeta import normalize_report, read_wfdb
-from train.folders import write_text
+from train.folders import write_result
 
 
 logger = logging.getLogger("dbeta.retrieval")
@@ -336,8 +336,7 @@ def run_retrieval(*, model: str, dataset: str, data_root, output=None, split: Op
         output.parent.mkdir(parents=True, exist_ok=True)
         md = output.with_suffix(".md")
         result["outputs"] = {"json": str(output), "markdown": str(md)}
-        write_text(output, json.dumps(result, indent=2) + "\n")
-        write_text(md, render_markdown(result))
+        write_result(output, json.dumps(result, indent=2) + "\n", [(md, render_markdown(result))])
     return result
 
 

@@ -71,7 +71,7 @@ from eval.features import (
     text_features,
 )
 from eval.metrics import auc_report
-from train.folders import write_text
+from train.folders import write_file, write_result
 
 
 logger = logging.getLogger("dbeta.zero_shot")
@@ -290,6 +290,7 @@ def write_outputs(result: dict, arrays: Optional[dict], output: Path, plot: bool
     result["outputs"]). `arrays`: {"scores", "labels", "kept", "dataset"} for the plots and the scores file."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    output.unlink(missing_ok=True)  # the index goes first and comes back last (train.folders.write_result)
     stem = output.with_suffix("")
     paths = {"json": str(output), "markdown": str(output.with_suffix(".md"))}
     if arrays is not None and plot:
@@ -313,13 +314,14 @@ def write_outputs(result: dict, arrays: Optional[dict], output: Path, plot: bool
             paths["ecg_examples"] = examples
     if arrays is not None and save_scores:
         ds = arrays["dataset"]
-        np.savez_compressed(f"{stem}.scores.npz", scores=arrays["scores"], labels=arrays["labels"],
-                            record_ids=np.asarray([ds.record_ids[i] for i in arrays["kept"]]),
-                            class_names=np.asarray(result["class_names"]))
+        write_file(f"{stem}.scores.npz", lambda tmp: np.savez_compressed(
+            tmp, scores=arrays["scores"], labels=arrays["labels"],
+            record_ids=np.asarray([ds.record_ids[i] for i in arrays["kept"]]),
+            class_names=np.asarray(result["class_names"])))
         paths["scores"] = f"{stem}.scores.npz"
     result["outputs"] = paths
-    write_text(output, json.dumps(result, indent=2, default=_json_default) + "\n")
-    write_text(paths["markdown"], render_markdown(result))
+    write_result(output, json.dumps(result, indent=2, default=_json_default) + "\n",
+                 [(paths["markdown"], render_markdown(result))], retract_first=False)
     return paths
 
 

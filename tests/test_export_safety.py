@@ -450,6 +450,29 @@ def test_a_file_is_published_whole_or_not_at_all(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == {"auc": 0.9}
 
 
+def test_a_result_set_never_pairs_its_index_with_another_runs_files(tmp_path, monkeypatch):
+    """The eval CLIs wrote FILE.json, then FILE.md and the plots: a run stopped between them left the new JSON
+    beside the earlier run's table and plots. The JSON is now removed first and written last."""
+    from eval import linear_probe as lp
+
+    out = tmp_path / "probe.json"
+    for name, text in (("probe.json", '{"run": 1}'), ("probe.md", "run 1"), ("probe.png", "run 1")):
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(lp, "render_markdown", lambda result: f"run {result['run']}")
+
+    def stopped(result, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lp, "plot_history", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        lp.write_outputs({"run": 2, "summary": []}, out)
+    assert not out.exists()  # no index: the set is incomplete, not run 2's JSON over run 1's plot
+    monkeypatch.setattr(lp, "plot_history", lambda result, path: path.write_text(f"run {result['run']}") or path)
+    lp.write_outputs({"run": 2, "summary": []}, out)
+    assert json.loads(out.read_text()) == {"run": 2, "summary": []}
+    assert (tmp_path / "probe.md").read_text() == (tmp_path / "probe.png").read_text() == "run 2"
+
+
 def test_eval_and_demo_outputs_go_through_the_publishing_helpers():
     import re
 
@@ -457,7 +480,8 @@ def test_eval_and_demo_outputs_go_through_the_publishing_helpers():
     offenders = []
     for path in sorted((root / "eval").glob("*.py")) + [root / "demo" / "run.py"]:
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if re.search(r"\.(write_text|write_bytes|savefig)\(", line) and "tmp" not in line:
+            direct = re.search(r"\.(write_text|write_bytes|savefig|savez|savez_compressed|save)\(", line)
+            if direct and "tmp" not in line:
                 offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
     assert not offenders, "write through train.folders.write_file / write_text:\n" + "\n".join(offenders)
 

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["write_file", "write_text", "write_json", "staging_folder", "replace_folder"]
+__all__ = ["write_file", "write_text", "write_json", "write_result", "staging_folder", "replace_folder"]
 
 
 def write_file(path, write) -> None:
@@ -30,6 +30,19 @@ def write_text(path, text: str) -> None:
 
 def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_result(index, text: str, companions=(), retract_first: bool = True) -> None:
+    """A result set: `companions` [(path, text)] (a Markdown table of the result) and then its index file `index`
+    (the JSON readers trust, naming the others). The old index is removed before anything of the set is written
+    (`retract_first`; callers that write further companions themselves remove it before those), so a run stopped
+    midway leaves no index beside files of another run: without an index the set is incomplete."""
+    index = Path(index)
+    if retract_first:
+        index.unlink(missing_ok=True)
+    for path, companion in companions:
+        write_text(path, companion)
+    write_text(index, text)
 
 
 def _real(out) -> Path:
