@@ -33,6 +33,7 @@ EXPECTED_DROPS = {
     "duplicate_study": 1,
     "missing_report": 1,
     "empty_report": 1,
+    "conflicting_reports": 1,
     "missing_record": 1,
     "missing_dat": 1,
     "bad_header": 1,
@@ -118,6 +119,12 @@ def broken_root(tmp_path_factory):
             for i in range(4, 22):
                 row[i] = ""
     mm = [row if row[1] != s_mm else row[:3] for row in mm]
+    # a study listed twice with two reports: which one describes its ECG is unknowable (the first was kept silently)
+    s_two = take("conflicting_reports")[0]
+    row = list(next(r for r in mm if r[1] == s_two))
+    row[4] = "atrial fibrillation" if row[4] != "atrial fibrillation" else "sinus rhythm"
+    mm.append(row)
+    mm.append(list(next(r for r in mm if r[1] == study[2])))  # listed twice, the same report: kept
     _write_rows(root / "machine_measurements.csv", mm_header, mm)
     rl.insert(5, ["not-a-number", "garbage", "x"])
     dup = next(r for r in rl if r[1] == study[-1])
@@ -161,6 +168,12 @@ def test_ingest_summary_counts(prepared, broken_root):
     ds = load_prepared_mimic(out)
     assert sum(len(ds[s]) for s in ds) == summary["kept"]
     assert int(BROKEN["partial_nan"]) in _rows_by_study(ds)
+    # the straight-from-the-folder pretraining path leaves out what ingest drops before reading a signal
+    from train.pretrain_data import mimic_entries
+
+    splits, skipped = mimic_entries(broken_root, SEED, 0.3)
+    assert skipped["conflicting_reports"] == 1 and skipped["duplicate_study"] == 1
+    assert int(BROKEN["conflicting_reports"]) not in {s for d in splits.values() for s in d["study_id"]}
 
 
 def test_subject_level_split(prepared):

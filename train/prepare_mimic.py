@@ -58,7 +58,7 @@ from train.mimic import (
 )
 
 
-FORMAT_VERSION = 2  # bumped when work/ changes layout: an older unfinished ingest is refused, not misread
+FORMAT_VERSION = 3  # bumped when work/ changes layout: an older unfinished ingest is refused, not misread
 SPLITS = ("train", "validation")
 
 
@@ -85,7 +85,10 @@ def build_manifest(mimic_root: Path, work: Path, limit: Optional[int]) -> dict:
         "CREATE TABLE records (idx INTEGER PRIMARY KEY, line INTEGER, subject_id INTEGER, study_id INTEGER, "
         "ecg_time TEXT, path TEXT, status TEXT, detail TEXT)"
     )
-    con.execute("CREATE TABLE reports (study_id INTEGER PRIMARY KEY, report TEXT)")
+    # a study listed again with another report is marked: which report describes its ECG is unknowable
+    con.execute("CREATE TABLE reports (study_id INTEGER PRIMARY KEY, report TEXT, conflicting INTEGER)")
+    upsert = ("INSERT INTO reports VALUES (?,?,0) ON CONFLICT(study_id) DO UPDATE "
+              "SET conflicting = conflicting OR report != excluded.report")
     bad_mm_lines: list = []
     n = 0
     batch = []
@@ -107,9 +110,9 @@ def build_manifest(mimic_root: Path, work: Path, limit: Optional[int]) -> dict:
         batch.append((study, report))
         n_reports += 1
         if len(batch) >= 10000:
-            con.executemany("INSERT OR IGNORE INTO reports VALUES (?,?)", batch)
+            con.executemany(upsert, batch)
             batch = []
-    con.executemany("INSERT OR IGNORE INTO reports VALUES (?,?)", batch)
+    con.executemany(upsert, batch)
     con.commit()
     bad_rl_lines = [r[0] for r in con.execute(
         "SELECT line FROM records WHERE status = 'malformed_record_list_row' ORDER BY idx"
@@ -150,7 +153,8 @@ def process_chunk(task: dict) -> dict:
     tmp.mkdir(parents=True)
     con = sqlite3.connect(f"file:{work / 'manifest.sqlite'}?mode=ro", uri=True)
     rows = con.execute(
-        "SELECT r.idx, r.line, r.subject_id, r.study_id, r.ecg_time, r.path, r.status, r.detail, m.report "
+        "SELECT r.idx, r.line, r.subject_id, r.study_id, r.ecg_time, r.path, r.status, r.detail, m.report, "
+        "m.conflicting "
         "FROM records r "
         "LEFT JOIN reports m ON m.study_id = r.study_id WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
         (task["start"], task["stop"]),
@@ -164,11 +168,11 @@ def process_chunk(task: dict) -> dict:
     kept = {s: 0 for s in SPLITS}
     dropped: dict = {}
     dropped_rows = []
-    for idx, line, subject, study, ecg_time, path, status, detail, report in rows:
+    for idx, line, subject, study, ecg_time, path, status, detail, report, conflicting in rows:
         entry = {"index": idx, "line": line, "subject_id": subject, "study_id": study, "ecg_time": ecg_time or "",
                  "path": path, "status": status, "detail": detail or ""}
         try:
-            row = build_row(mimic_root, entry, report)
+            row = build_row(mimic_root, entry, report, bool(conflicting))
         except RecordDropped as drop:
             dropped[drop.reason] = dropped.get(drop.reason, 0) + 1
             dropped_rows.append([idx, line, study, path, drop.reason, drop.detail[:300]])

@@ -160,12 +160,13 @@ ENTRY_COLUMNS = ("study_id", "subject_id", "ecg_time", "path", "report")
 def mimic_entries(root, split_seed: int, val_fraction: float) -> tuple:
     """({"train": Dataset, "validation": Dataset} of ENTRY_COLUMNS, skipped counts by reason) from record_list.csv and
     machine_measurements.csv, in record_list order; no signal is read. The entries prepare_mimic drops before reading
-    a record (malformed or unsafe record_list row, duplicate study, missing or empty report) are left out here too."""
+    a record (malformed or unsafe record_list row, duplicate study, missing, empty or conflicting report) are left out
+    here too."""
     from collections import Counter
 
     from datasets import Dataset
 
-    from train.mimic import MimicInputError, iter_machine_measurements, iter_record_list, subject_split
+    from train.mimic import MimicInputError, iter_record_list, read_reports, subject_split
 
     root = Path(root)
     if not root.is_dir():
@@ -178,12 +179,11 @@ def mimic_entries(root, split_seed: int, val_fraction: float) -> tuple:
     columns = {split: {c: [] for c in ENTRY_COLUMNS} for split in ("train", "validation")}
     skipped = Counter()
     try:
-        reports = {}
-        for study, report in iter_machine_measurements(root):
-            reports.setdefault(study, report)
+        reports, conflicting = read_reports(root)
         for entry in iter_record_list(root):
             report = reports.get(entry["study_id"])
-            reason = entry["status"] or ("missing_report" if report is None else "" if report.strip()
+            reason = entry["status"] or ("missing_report" if report is None else "conflicting_reports"
+                                         if entry["study_id"] in conflicting else "" if report.strip()
                                          else "empty_report")
             if reason:
                 skipped[reason] += 1
@@ -325,8 +325,10 @@ def write_reports(mimic_root, out, split_seed: int = 0, val_fraction: float = 0.
                               "so choose a new or empty one (an N3S table built from it belongs to those reports)")
     splits, _ = mimic_entries(mimic_root, split_seed, val_fraction)
     staging = staging_folder(out)  # a run stopped midway leaves the earlier folder, never new and old splits mixed
-    DatasetDict({k: v.select_columns(["study_id", "subject_id", "report"]) for k, v in splits.items()}).save_to_disk(
-        str(staging))
+    # an empty split is left out (no validation, as a missing split means to train.pretrain): datasets writes one with
+    # no shard, which load_from_disk then fails to open (IndexError)
+    DatasetDict({k: v.select_columns(["study_id", "subject_id", "report"]) for k, v in splits.items()
+                 if len(v)}).save_to_disk(str(staging))
     replace_folder(staging, out)
     return out
 
