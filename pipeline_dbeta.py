@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .processing_dbeta import normalize_report, read_ecg_file, read_wfdb, resolve_leads, wfdb_info
+from .processing_dbeta import normalize_report, read_ecg_file, read_wfdb, resolve_leads, table_advice, wfdb_info
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
@@ -182,7 +182,7 @@ def as_record(item, sampling_rate=None, lead_names=None) -> dict:
                 "source": "array"}
     raise TypeError(
         f"unsupported ECG input of type {type(item).__name__}: give an array [leads, samples], a dict with "
-        "'signal' and 'sampling_rate', or a WFDB/DICOM path"
+        f"'signal' and 'sampling_rate', or a WFDB/DICOM path{table_advice(item)}"
     )
 
 

@@ -750,7 +750,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             if isinstance(ecg[0], (list, tuple)) and len(ecg[0]) > 0 and np.isscalar(ecg[0][0]):
                 return [np.asarray(ecg, dtype=np.float32)]  # one record as nested lists
             return [e.detach().cpu().float().numpy() if isinstance(e, torch.Tensor) else np.asarray(e) for e in ecg]
-        raise TypeError(f"unsupported ECG input of type {type(ecg).__name__}")
+        raise TypeError(f"unsupported ECG input of type {type(ecg).__name__}{table_advice(ecg)}")
 
     @staticmethod
     def _rates_per_record(sampling_rate, n: int) -> list:
@@ -797,7 +797,8 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"{where}: lead_names must be a list with one name per lead, got the string "
                              f"{lead_names!r}")
         if len(lead_names) != x.shape[0]:
-            raise ValueError(f"{where}: {len(lead_names)} lead names for {x.shape[0]} leads")
+            hint = " (it looks like [samples, leads]: pass ecg.T)" if len(lead_names) == x.shape[1] else ""
+            raise ValueError(f"{where}: {len(lead_names)} lead names for {x.shape[0]} leads (rows){hint}")
         canon = []
         for name in lead_names:
             try:
@@ -848,6 +849,15 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
 # --------------------------------------------------------------------------------------------------------------
 
 _EDGE_MARKS = ("*** ", " ***", "***", "=-", "=")
+
+
+def table_advice(ecg) -> str:
+    """For a pandas table (neurokit2's multileads ECG is one), what to pass instead; "" for anything else. A table
+    is not read as an ECG: which axis holds the leads would be a guess."""
+    if hasattr(ecg, "to_numpy") and hasattr(ecg, "columns"):
+        return ("; a table is not read as an ECG (which axis holds the leads would be a guess): with one column per "
+                "lead, pass ecg=df.to_numpy().T, lead_names=list(df.columns)")
+    return ""
 
 
 def normalize_report(text: str) -> str:

@@ -78,6 +78,27 @@ def test_wrong_lead_count_names_the_record_and_hints_transpose(fe):
         fe([ecg_batch(1)[0].numpy(), np.zeros((8, 5000))], sampling_rate=500)
     with pytest.raises(ValueError, match="pass ecg.T"):
         fe(np.zeros((5000, 12)), sampling_rate=500)
+    # with lead names (deepfake-ecg's eight leads as [samples, leads]) the hint was missing: "8 lead names for 5000"
+    eight = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
+    with pytest.raises(ValueError, match=r"8 lead names for 5000 leads \(rows\) \(it looks like \[samples, leads\]"):
+        fe(np.zeros((5000, 8)), sampling_rate=500, lead_names=eight)
+
+
+def test_a_table_of_leads_is_refused_with_the_conversion_to_pass():
+    """neurokit2's multileads ECG is a pandas DataFrame (one column per lead): "unsupported ECG input of type
+    DataFrame" said nothing of what to pass instead."""
+    import pandas as pd
+
+    df = pd.DataFrame(np.zeros((5000, 12)), columns=list(STANDARD_LEADS))
+    fe = DBetaFeatureExtractor()
+    with pytest.raises(TypeError, match=r"pass ecg=df.to_numpy\(\).T, lead_names=list\(df.columns\)"):
+        fe(df, sampling_rate=500)
+    from dbeta.pipeline_dbeta import as_record
+
+    with pytest.raises(TypeError, match=r"DataFrame: give an array .* pass ecg=df.to_numpy\(\).T"):
+        as_record(df, sampling_rate=500)  # the pipeline's reading of one input
+    assert fe(df.to_numpy().T, sampling_rate=500, lead_names=list(df.columns), implausible="warn")[
+        "ecg_values"].shape == (1, 12, 5000)
 
 
 def test_mimic_lead_order_is_fixed_by_lead_names(fe):
