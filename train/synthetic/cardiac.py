@@ -9,8 +9,9 @@ vector; the other four limb leads are derived exactly (Einthoven / Goldberger):
 Every record gets its own heart rate, sinus arrhythmia, electrical axis, wave directions and amplitudes, electrode
 placement, baseline wander and noise, and sinus records sometimes carry a premature beat (PVC or PAC), so the
 classes overlap in every single number and are separable only by their morphology and rhythm. Atrial fibrillation
-has irregular RR and no P waves, with visible f waves in some records only; atrial flutter has a sawtooth at
-250-350/min conducted 2:1, 4:1 or variably.
+has irregular RR (coefficient of variation 0.13-0.45) and no P waves, with visible f waves in some records only;
+atrial flutter has a sawtooth at 250-350/min conducted 2:1, 4:1 or variably. Neither cue alone separates sinus
+rhythm from fibrillation: a quarter of sinus records have marked sinus arrhythmia and some have small P waves.
 """
 
 from __future__ import annotations
@@ -129,11 +130,12 @@ def _rhythm(label: str, rng: np.random.Generator, duration: float):
         rr0 = float(rr[0])
     elif label == "AFIB":
         n = int((duration + 2.0) / (rr0 * 0.6)) + 4
-        k = rng.uniform(5.0, 16.0)  # RR coefficient of variation 1/sqrt(k): 0.25-0.45
+        k = rng.uniform(5.0, 60.0)  # RR coefficient of variation 1/sqrt(k): 0.13-0.45
         rr = np.clip(rr0 * rng.gamma(k, 1.0 / k, n), 0.28, 2.2)
     else:
         n = int((duration + 2.0) / (rr0 * 0.6)) + 4
-        rsa = rng.uniform(0.0, 0.05)  # respiratory sinus arrhythmia
+        # respiratory sinus arrhythmia, marked in a quarter of the records (as in the young)
+        rsa = rng.uniform(0.0, 0.05) if rng.random() < 0.75 else rng.uniform(0.05, 0.15)
         f_resp = rng.uniform(0.15, 0.35)
         beat_phase = 2 * np.pi * f_resp * rr0 * np.arange(n) + rng.uniform(0, 2 * np.pi)
         rr = rr0 * (1.0 + rsa * np.sin(beat_phase) + rng.normal(0.0, 0.012, n))
@@ -230,7 +232,7 @@ def synthesize(label: str, rng: np.random.Generator, sampling_rate: int = 500, d
     p_sig = rng.uniform(0.018, 0.026)
     pr = rng.uniform(0.22, 0.34) if label == "1AVB" else rng.uniform(0.12, 0.19)
     p_center = qrs_on - pr + 2.5 * p_sig
-    p_vec = _jitter(_unit([0.55, 0.75, 0.30])[None], rng, 10.0)[0] * rng.uniform(0.1, 0.22)
+    p_vec = _jitter(_unit([0.55, 0.75, 0.30])[None], rng, 10.0)[0] * rng.uniform(0.04, 0.22)  # some P waves small
 
     fixed_off = np.concatenate(comps_off)
     fixed_sig = np.concatenate(comps_sig)
