@@ -485,6 +485,18 @@ def tokenizer_settings(tokenizer) -> set:
     return names
 
 
+def _refuse_unknown_settings(settings: dict, where: str) -> None:
+    """A saved setting this version does not know may change how signals are conditioned; ignoring it would give the
+    model other inputs than it was exported with."""
+    unknown = set(settings) - set(feature_extractor_settings()) - set(_saved_bookkeeping())
+    if unknown:
+        raise ValueError(
+            f"{where}: the processor config holds feature-extractor setting(s) this version of processing_dbeta.py "
+            f"does not know: {', '.join(sorted(unknown))} (known: {', '.join(feature_extractor_settings())}). "
+            "Written by a newer version of D-BETA (load it with the processing_dbeta.py saved beside it, "
+            "trust_remote_code=True, or update this one) or edited.")
+
+
 class DBetaFeatureExtractor(FeatureExtractionMixin):
     r"""Turns raw 12-lead ECGs into the model's `ecg_values` [batch, 12, 5000].
 
@@ -567,14 +579,14 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         written by a newer version may change how signals are conditioned, and ignoring it would give the model
         other inputs than it was exported with."""
         settings, rest = super().get_feature_extractor_dict(pretrained_model_name_or_path, **kwargs)
-        unknown = set(settings) - set(feature_extractor_settings()) - set(_saved_bookkeeping())
-        if unknown:
-            raise ValueError(
-                f"{pretrained_model_name_or_path}: the processor config holds feature-extractor setting(s) this "
-                f"version of processing_dbeta.py does not know: {', '.join(sorted(unknown))} (known: "
-                f"{', '.join(feature_extractor_settings())}). Written by a newer version of D-BETA (load it with the "
-                f"processing_dbeta.py saved beside it, trust_remote_code=True, or update this one) or edited.")
+        _refuse_unknown_settings(settings, str(pretrained_model_name_or_path))
         return settings, rest
+
+    @classmethod
+    def from_dict(cls, feature_extractor_dict, **kwargs):
+        # transformers 5.25's AutoFeatureExtractor reads the file itself and comes straight here
+        _refuse_unknown_settings(feature_extractor_dict, "a saved processor config")
+        return super().from_dict(feature_extractor_dict, **kwargs)
 
     @property
     def num_leads(self) -> int:

@@ -454,3 +454,12 @@ def test_wfdb_header_length_agrees_with_wfdb(tmp_path):
         base = tmp_path / f"h{i}"
         (base.with_suffix(".hea")).write_text(record_line + "\n" + signal_line + "\n")
         assert _wfdb_header_length(wfdb, str(base)) == (wfdb.rdheader(str(base)).sig_len or None), record_line
+
+
+def test_from_dict_refuses_a_setting_it_does_not_know():
+    """transformers 5.25's AutoFeatureExtractor reads processor_config.json itself and calls from_dict: a setting of a
+    newer version came back as "unexpected keyword argument(s) 'highpass_hz'", saying nothing of why."""
+    saved = DBetaFeatureExtractor().to_dict()
+    assert DBetaFeatureExtractor.from_dict(dict(saved)).to_dict() == saved
+    with pytest.raises(ValueError, match="does not know: highpass_hz .*Written by a newer version"):
+        DBetaFeatureExtractor.from_dict({**saved, "highpass_hz": 0.5})
