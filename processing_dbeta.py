@@ -497,6 +497,18 @@ def _refuse_unknown_settings(settings: dict, where: str) -> None:
             "trust_remote_code=True, or update this one) or edited.")
 
 
+def _refuse_misspelt_settings(kwargs: dict) -> None:
+    """transformers drops a loading keyword the feature extractor does not know, as it may be meant for the tokenizer
+    or the model (AutoProcessor and pipeline() hand every keyword to every part), so `nan_polcy="zero"` would load
+    with the default policy unsaid. A keyword that is not a setting but nearly spells one is refused; any other
+    is left to the part it belongs to."""
+    settings = feature_extractor_settings()
+    misspelt = [key for key in kwargs
+                if key not in settings and difflib.get_close_matches(key, settings, n=1, cutoff=0.8)]
+    if misspelt:
+        raise unknown_keywords_error("DBetaFeatureExtractor.from_pretrained", misspelt, settings)
+
+
 class DBetaFeatureExtractor(FeatureExtractionMixin):
     r"""Turns raw 12-lead ECGs into the model's `ecg_values` [batch, 12, 5000].
 
@@ -586,6 +598,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
     def from_dict(cls, feature_extractor_dict, **kwargs):
         # transformers 5.25's AutoFeatureExtractor reads the file itself and comes straight here
         _refuse_unknown_settings(feature_extractor_dict, "a saved processor config")
+        _refuse_misspelt_settings(kwargs)
         return super().from_dict(feature_extractor_dict, **kwargs)
 
     @property

@@ -421,6 +421,18 @@ def test_constructor_and_from_pretrained_refuse_unknown_keywords(tiny_export):
         plain = load(tiny_export, trust_remote_code=True)
         settings = {k: v for k, v in plain.feature_extractor.to_dict().items() if k != "auto_map"}
         assert settings == DBetaFeatureExtractor().to_dict()
+    # the feature extractor alone: transformers passes over a keyword it does not know (it may be another
+    # part's: pipeline() and AutoProcessor hand every keyword to every part), so only a near-spelling is refused
+    from transformers import AutoFeatureExtractor
+
+    for load in (DBetaFeatureExtractor.from_pretrained, AutoFeatureExtractor.from_pretrained):
+        for typo, meant in (("nan_polcy", "nan_policy"), ("sampling_rates", "sampling_rate"),
+                            ("normalisation", "normalization")):
+            with pytest.raises(TypeError, match=rf"from_pretrained.*'{typo}' \(did you mean '{meant}'\?\)"):
+                load(tiny_export, trust_remote_code=True, **{typo: "zero"})
+        extractor = load(tiny_export, trust_remote_code=True, nan_policy="zero", padding_side="left",
+                         dtype="float32", attn_implementation="eager", local_files_only=True)
+        assert extractor.nan_policy == "zero"
 
 
 def test_a_processor_config_with_an_unknown_setting_is_refused_naming_the_folder(tiny_export, tmp_path):
