@@ -139,8 +139,8 @@ def condition_item(feature_extractor, item: dict, protocol_num_samples: Optional
     lacking = [lead for lead, u in zip(feature_extractor.lead_names, used) if lead in wanted and not u]
     if lacking:
         has = ", ".join(str(name) for name in item.get("lead_names") or [])
-        raise ValueError(f"{where}: lacks lead(s) {', '.join(lacking)} (it has {has}); records are scored with "
-                         "every lead in use (eval.lead_subsets measures fewer leads)")
+        raise ValueError(f"{where}: lacks lead(s) {', '.join(lacking)} (it has {has}); every lead in use must be "
+                         "recorded, since a zeroed lead would pass for a flat one")
     return x
 
 
