@@ -431,8 +431,8 @@ def _weights_file(source, key: str) -> str:
     return f"{source}/{name}"
 
 
-def _fetch_companion(source: str, name: str) -> Optional[Path]:
-    """`name` from the folder or Hub repo `source` a model was loaded from, or None if it has none."""
+def _fetch_companion(source: str, name: str, revision: Optional[str] = None) -> Optional[Path]:
+    """`name` from the folder or Hub repo `source` (at `revision`) a model was loaded from, or None if it has none."""
     if not source:
         return None
     local = Path(source)
@@ -441,7 +441,7 @@ def _fetch_companion(source: str, name: str) -> Optional[Path]:
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(source, name))
+        return Path(hf_hub_download(source, name, revision=revision))
     except Exception:  # noqa: BLE001 - not a repo id, offline without a cached copy, or no such file
         return None
 
@@ -523,6 +523,9 @@ class DBetaPreTrainedModel(PreTrainedModel):
             raise OSError(f"{_weights_file(pretrained_model_name_or_path, '')}: the weights file is damaged "
                           f"(truncated or not safetensors: {err}); export or download it again") from err
         model._check_loaded(pretrained_model_name_or_path, info, allow_resize)
+        # transformers 5 keeps no record of the revision it loaded; the files that travel with the weights (the
+        # pipeline's code and prompts, fetched on save and by the pipeline) must come from that one, not from main
+        model.hub_revision = kwargs.get("revision")
         return (model, info) if want_info else model
 
     def _head_of(self, key: str) -> Optional[str]:
@@ -608,20 +611,21 @@ class DBetaPreTrainedModel(PreTrainedModel):
     def _save_companions(self, out: Path) -> None:
         pipelines = json.dumps(getattr(self.config, "custom_pipelines", None) or {})
         source = str(self.name_or_path or "")
+        revision = getattr(self, "hub_revision", None)
         here = Path(__file__).resolve().parent
         for name in COMPANION_FILES if "pipeline_dbeta" in pipelines else ():
-            found = _fetch_companion(source, name) or (here / name if (here / name).is_file() else None)
+            found = _fetch_companion(source, name, revision) or (here / name if (here / name).is_file() else None)
             if found is None:
                 logger.warning("%s: %s not found beside %s or in %r; pipeline(...) will not load this copy",
                                out, name, here, source)
             elif found.resolve() != (out / name).resolve():
                 shutil.copyfile(found, out / name)
-        card = _fetch_companion(source, MODEL_CARD)
-        if card is not None and not (out / MODEL_CARD).exists() and self._same_pipelines_as(source):
+        card = _fetch_companion(source, MODEL_CARD, revision)
+        if card is not None and not (out / MODEL_CARD).exists() and self._same_pipelines_as(source, revision):
             shutil.copyfile(card, out / MODEL_CARD)  # a card describes its model's pipeline: a classifier's is its own
 
-    def _same_pipelines_as(self, source: str) -> bool:
-        config = _fetch_companion(source, "config.json")
+    def _same_pipelines_as(self, source: str, revision: Optional[str]) -> bool:
+        config = _fetch_companion(source, "config.json", revision)
         try:
             theirs = json.loads(config.read_text()).get("custom_pipelines") if config else None
         except (OSError, ValueError, AttributeError):

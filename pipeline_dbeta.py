@@ -473,7 +473,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
             return load_prompt_set(prompts=prompts)
         config = self.model.config
         name = getattr(self.model, "name_or_path", None) or getattr(config, "_name_or_path", None)
-        key = (name, getattr(config, "_commit_hash", None))
+        key = (name, getattr(self.model, "hub_revision", None))  # the revision the weights were loaded at
         if self._prompt_cache is None or self._prompt_cache[0] != key:
             self._prompt_cache = (key, load_prompt_set(name, revision=key[1]))
         return self._prompt_cache[1]

@@ -289,3 +289,52 @@ def test_cli_pushes_folder(tiny_export, hub, tmp_path):
     assert hub.repos[REPO_ID]["private"] is True
     assert hub.commit_messages(REPO_ID) == ["from the CLI", "initial commit"]
     assert hub.files(REPO_ID)["README.md"] == MODEL_CARD.encode()
+
+
+# Runs in a fresh interpreter against the fake Hub: argv = repo_id, revision, folder to save the loaded model to.
+PINNED = """
+import json, sys
+from transformers import AutoModel, AutoProcessor, pipeline
+repo, revision, out = sys.argv[1:4]
+model = AutoModel.from_pretrained(repo, revision=revision, trust_remote_code=True)
+AutoProcessor.from_pretrained(repo, revision=revision, trust_remote_code=True).save_pretrained(out)
+model.save_pretrained(out)
+clf = pipeline("zero-shot-ecg-classification", model=repo, revision=revision, trust_remote_code=True)
+print(json.dumps(clf.label_texts(["AFIB"])[0]))
+"""
+
+
+@pytest.fixture(scope="module")
+def dbeta_export(tmp_path_factory):
+    from dbeta.modeling_dbeta import DBetaModel
+    from tests.tiny import tiny_config, tiny_t5_text_config, train_t5_tokenizer
+    from train.export import build_processor, export_model
+
+    tok = train_t5_tokenizer()
+    return export_model(DBetaModel(tiny_config(tiny_t5_text_config(len(tok)))),
+                        tmp_path_factory.mktemp("dbeta") / "export", processor=build_processor(tok))
+
+
+def test_a_model_pinned_to_a_revision_keeps_that_revisions_code_and_prompts(dbeta_export, online, tmp_path):
+    """Loaded at a pinned commit while main has moved on: re-saving copied main's pipeline code and prompts (code the
+    user never chose to trust), and the pipeline read main's prompts. Both now come from the pinned commit."""
+    from huggingface_hub import HfApi
+
+    hub, repo = online, "dbeta-test/pinned"
+    api = HfApi(endpoint=hub.url, token="hf_fake")
+    api.create_repo(repo)
+    pinned = api.upload_folder(repo_id=repo, folder_path=dbeta_export, commit_message="reviewed").oid
+    prompts = json.loads((dbeta_export / "prompts_dbeta.json").read_text())
+    prompts["prompts"]["AFIB"] = "a prompt from main"
+    api.upload_file(repo_id=repo, path_or_fileobj=json.dumps(prompts).encode(), path_in_repo="prompts_dbeta.json")
+    code = (dbeta_export / "pipeline_dbeta.py").read_text() + "\nprint('main pipeline code ran')\n"
+    api.upload_file(repo_id=repo, path_or_fileobj=code.encode(), path_in_repo="pipeline_dbeta.py")
+
+    out = tmp_path / "copy"
+    proc = run(["-c", PINNED, repo, pinned, str(out)], client_env(tmp_path / "hf_home", hub.url))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "main pipeline code ran" not in proc.stdout
+    reviewed = json.loads((dbeta_export / "prompts_dbeta.json").read_text())["prompts"]["AFIB"]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [reviewed]
+    for name in ("pipeline_dbeta.py", "prompts_dbeta.json", "prompting_dbeta.py"):
+        assert (out / name).read_bytes() == (dbeta_export / name).read_bytes(), name
