@@ -590,8 +590,14 @@ class DBetaPreTrainedModel(PreTrainedModel):
     def untrained_heads(self) -> list:
         """The heads initialised at random when the model was loaded and unchanged since (their scores mean
         nothing yet)."""
+        def unchanged(now: torch.Tensor, first: torch.Tensor) -> bool:
+            # `.half()`, `.to(torch.bfloat16)` (or there and back) round the random head: still the same head
+            now, first = now.detach().cpu(), first.cpu()
+            return any(torch.equal(now, first.to(via).to(now.dtype))
+                       for via in (now.dtype, torch.float16, torch.bfloat16))
+
         return sorted(h for h, first in getattr(self, "_heads_initialised_at_load", {}).items()
-                      if torch.equal(next(getattr(self, h).parameters()).detach().cpu(), first.cpu()))
+                      if unchanged(next(getattr(self, h).parameters()), first))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         untrained = self.untrained_heads()

@@ -213,6 +213,12 @@ def test_a_head_initialised_at_load_is_refused_until_trained(exported, tmp_path)
     with pytest.raises(ValueError, match=r"or was saved before the head was trained"):
         ECGClassificationPipeline(model=DBetaForECGClassification.from_pretrained(tmp_path / "untrained"),
                                   processor=exported["processor"])
+    # cast to half precision (and back) it is the same random head, rounded (was taken for a trained one)
+    for cast in (lambda m: m.half(), lambda m: m.to(torch.bfloat16), lambda m: m.half().float()):
+        rounded = cast(DBetaForECGClassification.from_pretrained(tmp_path / "pretrained", num_labels=2))
+        assert rounded.untrained_heads() == ["classifier"]
+        with pytest.raises(ValueError, match=r"head was initialised at random when it was loaded"):
+            ECGClassificationPipeline(model=rounded, processor=exported["processor"])
     torch.optim.SGD(model.classifier.parameters(), lr=0.1).zero_grad()
     model(ecg_values=ecg_batch(2), labels=torch.tensor([0, 1])).loss.backward()
     torch.optim.SGD(model.classifier.parameters(), lr=0.1).step()
