@@ -509,6 +509,31 @@ def _refuse_misspelt_settings(kwargs: dict) -> None:
         raise unknown_keywords_error("DBetaFeatureExtractor.from_pretrained", misspelt, settings)
 
 
+# What the model was trained on: changed at load, every record would reach it in another form without an error
+# (`sampling_rate` is the rate records are resampled *to*; a record's own rate is given per call).
+_MODEL_INPUT_SETTINGS = ("sampling_rate", "num_samples", "lead_names")
+
+
+def _refuse_changed_model_input(saved: dict, kwargs: dict) -> None:
+    changed = {k: kwargs[k] for k in _MODEL_INPUT_SETTINGS if k in kwargs and k in saved
+               and _plain(kwargs[k]) != _plain(saved[k])}
+    if changed:
+        shown = ", ".join(f"{k}={v!r} (saved: {saved[k]!r})" for k, v in changed.items())
+        raise ValueError(
+            f"DBetaFeatureExtractor.from_pretrained: {shown}: these settings are the input the model was trained on "
+            "and cannot change at load. Give each record's own rate and lead names per call, "
+            "processor(ecg, sampling_rate=250, lead_names=[...]); the processor resamples and reorders to the model's.")
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
 class DBetaFeatureExtractor(FeatureExtractionMixin):
     r"""Turns raw 12-lead ECGs into the model's `ecg_values` [batch, 12, 5000].
 
@@ -599,6 +624,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         # transformers 5.25's AutoFeatureExtractor reads the file itself and comes straight here
         _refuse_unknown_settings(feature_extractor_dict, "a saved processor config")
         _refuse_misspelt_settings(kwargs)
+        _refuse_changed_model_input(feature_extractor_dict, kwargs)
         return super().from_dict(feature_extractor_dict, **kwargs)
 
     @property

@@ -435,6 +435,23 @@ def test_constructor_and_from_pretrained_refuse_unknown_keywords(tiny_export):
         assert extractor.nan_policy == "zero"
 
 
+def test_the_models_input_settings_cannot_change_at_load(tiny_export):
+    """`sampling_rate=250` at load was taken as the rate to resample *to* (records reached the model at 250 Hz with
+    5 s of zeros) and `lead_names=` as the order to write leads in: both silently changed every input. Refused;
+    the saved values (or none) load as before."""
+    from transformers import AutoFeatureExtractor, AutoProcessor
+
+    for load in (AutoProcessor.from_pretrained, DBetaProcessor.from_pretrained, AutoFeatureExtractor.from_pretrained,
+                 DBetaFeatureExtractor.from_pretrained):
+        with pytest.raises(ValueError, match=r"sampling_rate=250 \(saved: 500\).*per call"):
+            load(tiny_export, trust_remote_code=True, sampling_rate=250)
+        with pytest.raises(ValueError, match=r"lead_names=.*cannot change at load"):
+            load(tiny_export, trust_remote_code=True, lead_names=list(MIMIC_LEADS))
+        with pytest.raises(ValueError, match=r"num_samples=2500"):
+            load(tiny_export, trust_remote_code=True, num_samples=2500)
+        load(tiny_export, trust_remote_code=True, sampling_rate=500, lead_names=list(STANDARD_LEADS))
+
+
 def test_a_processor_config_with_an_unknown_setting_is_refused_naming_the_folder(tiny_export, tmp_path):
     """A feature-extractor setting this version does not know (written by a newer version, or a typo in an edited
     file) may change how signals are conditioned: an error naming the folder and the key, not a silent skip."""
