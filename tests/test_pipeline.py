@@ -335,6 +335,10 @@ def test_call_keywords_are_validated(exported):
                          (["normal ekg", "normal ecg"], "description")):
         with pytest.raises(ValueError, match="are the same class"):
             pipe(signal, sampling_rate=500, candidate_labels=twice, prompt_style=style)
+    # and compared as token ids: a doubled space, a tab or a no-break space reads as the same text
+    for spacing in ("sinus  rhythm", "sinus\trhythm", "sinus\u00a0rhythm"):
+        with pytest.raises(ValueError, match="are the same class"):
+            pipe(signal, sampling_rate=500, candidate_labels=["sinus rhythm", spacing, "NORM"], prompt_style="name")
     # with descriptions, a code and its bare name are two texts (the name alone, and name + description)
     assert len(pipe(signal, sampling_rate=500, candidate_labels=["NORM", "normal ECG"])) == 2
     for bad in (None, float("nan"), 3):
