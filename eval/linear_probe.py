@@ -70,7 +70,7 @@ from eval.features import (
 from eval.metrics import auc_report, evaluable_classes, per_class_auc
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
-from train.folders import write_file, write_result
+from train.folders import retract_result, write_file, write_result
 
 
 logger = logging.getLogger("dbeta.linear_probe")
@@ -726,7 +726,7 @@ def write_outputs(result: dict, output: Path, plot: bool = True, extras: Optiona
     the first seed's val-selected head on test, when `extras` holds the scores)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.unlink(missing_ok=True)  # the index goes first and comes back last (train.folders.write_result)
+    retract_result(output)  # the old set goes first, the index comes back last (train.folders.write_result)
     md = output.with_suffix(".md")
     paths = {"json": output, "markdown": md}
     if plot:
@@ -742,6 +742,7 @@ def write_outputs(result: dict, output: Path, plot: bool = True, extras: Optiona
                     extras["test_labels"], extras["test_scores"][(fraction, seed)], result["class_names"], path,
                     title=f"linear probe {result['dataset']}{task}, {fraction:g} of train, seed {seed} (test)",
                     max_classes=20)
+    result["outputs"] = {k: str(v) for k, v in paths.items()}
     write_result(output, json.dumps(result, indent=2, allow_nan=False), [(md, render_markdown(result))],
                  retract_first=False)
     return paths
@@ -762,8 +763,7 @@ def run_linear_probe(*, model: str, dataset: str, data_root, output=None, task: 
     output = check_json_output(output, reads=(model, data_root))
     result, extras = run_probe(model, dataset, data_root, task=task, fractions=fractions, seeds=seeds, **options)
     if output is not None:
-        paths = write_outputs(result, Path(output), plot=plot, extras=extras)
-        result["outputs"] = {k: str(v) for k, v in paths.items()}
+        write_outputs(result, Path(output), plot=plot, extras=extras)
     return result
 
 

@@ -71,7 +71,7 @@ from eval.features import (
     text_features,
 )
 from eval.metrics import auc_report
-from train.folders import write_file, write_result
+from train.folders import retract_result, write_file, write_result
 
 
 logger = logging.getLogger("dbeta.zero_shot")
@@ -290,7 +290,7 @@ def write_outputs(result: dict, arrays: Optional[dict], output: Path, plot: bool
     result["outputs"]). `arrays`: {"scores", "labels", "kept", "dataset"} for the plots and the scores file."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.unlink(missing_ok=True)  # the index goes first and comes back last (train.folders.write_result)
+    retract_result(output)  # the old set goes first, the index comes back last (train.folders.write_result)
     stem = output.with_suffix("")
     paths = {"json": str(output), "markdown": str(output.with_suffix(".md"))}
     if arrays is not None and plot:

@@ -467,10 +467,81 @@ def test_a_result_set_never_pairs_its_index_with_another_runs_files(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         lp.write_outputs({"run": 2, "summary": []}, out)
     assert not out.exists()  # no index: the set is incomplete, not run 2's JSON over run 1's plot
-    monkeypatch.setattr(lp, "plot_history", lambda result, path: path.write_text(f"run {result['run']}") or path)
+    monkeypatch.setattr(lp, "plot_history", lambda result, path: (path.write_text(f"run {result['run']}"), path)[1])
     lp.write_outputs({"run": 2, "summary": []}, out)
-    assert json.loads(out.read_text()) == {"run": 2, "summary": []}
+    assert json.loads(out.read_text())["run"] == 2
     assert (tmp_path / "probe.md").read_text() == (tmp_path / "probe.png").read_text() == "run 2"
+
+
+def test_a_new_result_set_retracts_the_files_the_old_one_listed(tmp_path, monkeypatch):
+    """A zero-shot run with --save-scores and plots, then one without them to the same --output, left the first
+    run's scores and ROC plot beside the second run's JSON. The old index's "outputs" are removed with it; only
+    files of its own FILE.* name, so an edited index cannot reach anything else."""
+    from eval import linear_probe as lp
+    from train.folders import retract_result
+
+    out = tmp_path / "zs.json"
+    old = {"zs.scores.npz": "run 1", "zs.roc.png": "run 1", "zs.ecg-30.png": "run 1", "zs.md": "run 1",
+           "keep.txt": "not the tool's", "zs-notes.txt": "not listed"}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path.parent / "elsewhere.png").write_text("outside the folder")
+    listed = {"json": str(out), "markdown": "zs.md", "roc": str(tmp_path / "zs.roc.png"), "scores": "zs.scores.npz",
+              "ecg_examples": [str(tmp_path / "zs.ecg-30.png")], "edited": ["../elsewhere.png", "keep.txt"]}
+    out.write_text(json.dumps({"run": 1, "outputs": listed}))
+    retract_result(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "zs-notes.txt"]
+    assert (tmp_path.parent / "elsewhere.png").read_text() == "outside the folder"
+    retract_result(out)  # nothing there: nothing to do
+    (tmp_path / "zs.json").write_text("{not json")
+    retract_result(out)  # an unreadable index is removed alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "zs-notes.txt"]
+
+    # through a tool: a probe run with plots, then one without, to the same output
+    monkeypatch.setattr(lp, "render_markdown", lambda result: f"run {result['run']}")
+    monkeypatch.setattr(lp, "plot_history", lambda result, path: (path.write_text(f"run {result['run']}"), path)[1])
+    probe = tmp_path / "probe.json"
+    lp.write_outputs({"run": 1, "summary": []}, probe, plot=True)
+    assert (tmp_path / "probe.png").is_file()
+    lp.write_outputs({"run": 2, "summary": []}, probe, plot=False)
+    assert not (tmp_path / "probe.png").exists() and (tmp_path / "probe.md").read_text() == "run 2"
+    assert json.loads(probe.read_text())["outputs"] == {"json": str(probe), "markdown": str(tmp_path / "probe.md")}
+
+
+def test_two_processes_publishing_one_file_keep_to_their_own_temporaries(tmp_path):
+    """write_file used one temporary name per destination: two probes sharing a feature cache that published the
+    same file at once renamed each other's half-written temporary (FileNotFoundError in one run, helper). Each
+    process now writes its own."""
+    import subprocess
+    import sys
+    import time
+
+    from train.folders import write_file
+
+    dest, started, go = tmp_path / "features.safetensors", tmp_path / "started", tmp_path / "go"
+    other = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from pathlib import Path
+from train.folders import write_file
+def slow(tmp):  # as safetensors writes: one open file, written in parts
+    with open(tmp, "w") as f:
+        f.write("their")
+        f.flush()
+        Path({str(started)!r}).touch()
+        while not Path({str(go)!r}).exists():
+            time.sleep(0.01)
+        f.write("s")
+write_file({str(dest)!r}, slow)
+"""], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    write_file(dest, lambda tmp: tmp.write_text("ours"))  # while the other process is midway
+    assert dest.read_text() == "ours"
+    go.touch()
+    assert other.wait(timeout=60) == 0
+    assert dest.read_text() == "theirs"  # the later publish wins, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.safetensors", "go", "started"]
 
 
 def test_eval_and_demo_outputs_go_through_the_publishing_helpers():

@@ -391,7 +391,7 @@ KILL_POINTS = {
     "dataset_written_not_published": ("os:replace", r"dataset\.tmp \S*dataset$", 1, "before"),
     "dataset_published_shards_left": ("os:replace", r"dataset\.tmp \S*dataset$", 1, "after"),
     "inside_shard_clean_up": ("pathlib:Path.unlink", r"\.arrow$", 2, "after"),
-    "before_summary": ("os:replace", r"\.summary\.partial\.json", 1, "before"),
+    "before_summary": ("os:replace", r"\.summary\.partial-\d+\.json", 1, "before"),
 }
 
 

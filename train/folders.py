@@ -8,14 +8,17 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["write_file", "write_text", "write_json", "write_result", "staging_folder", "replace_folder"]
+__all__ = ["write_file", "write_text", "write_json", "write_result", "retract_result", "staging_folder",
+           "replace_folder"]
 
 
 def write_file(path, write) -> None:
     """`write(tmp)` writes the file to a hidden temporary beside `path` (same suffix, so a plotting library picks
     the same format), which then replaces `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    # one temporary per process: two runs publishing the same file (a shared feature cache) must not rename
+    # each other's half-written file
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -39,10 +42,29 @@ def write_result(index, text: str, companions=(), retract_first: bool = True) ->
     midway leaves no index beside files of another run: without an index the set is incomplete."""
     index = Path(index)
     if retract_first:
-        index.unlink(missing_ok=True)
+        retract_result(index)
     for path, companion in companions:
         write_text(path, companion)
     write_text(index, text)
+
+
+def retract_result(index) -> None:
+    """Remove a published result set: the files its index lists under "outputs" (only files of that name beside
+    it, FILE.*: an edited index cannot point anywhere else), then the index. A new run that writes fewer
+    companions (no plots, no scores) would otherwise leave the old run's beside its own index. Removed in that
+    order, a stop midway leaves the old index naming missing files, which the next run retracts again."""
+    index = Path(index)
+    try:
+        listed = json.loads(index.read_text()).get("outputs") or {}
+        values = list(listed.values()) if isinstance(listed, dict) else []
+    except (OSError, ValueError, AttributeError):
+        values = []
+    names = [Path(v).name for value in values for v in (value if isinstance(value, list) else [value])
+             if isinstance(v, str)]
+    for name in names:
+        if name.startswith(f"{index.stem}.") and name != index.name:
+            (index.parent / name).unlink(missing_ok=True)
+    index.unlink(missing_ok=True)
 
 
 def _real(out) -> Path:
