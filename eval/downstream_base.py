@@ -29,11 +29,13 @@ __all__ = [
     "ECGReadError",
     "check_limb_leads",
     "describe_layout",
+    "find_files",
     "multi_hot",
     "parse_header_dx",
     "read_header_dx",
     "random_split",
     "read_table",
+    "refuse_other_dataset",
     "require_dir",
     "require_file",
     "require_records",
@@ -188,6 +190,39 @@ def describe_layout(root: PathLike) -> str:
         if (Path(root) / name).is_file():
             return f" (it looks like {what}: {name} is there)"
     return ""
+
+
+def refuse_other_dataset(root: PathLike, dataset: str, own: Iterable[str] = ()) -> None:
+    """A folder holding another dataset's marker file (`own`: this dataset's) is refused naming it: a loader that
+    finds records anywhere below its root would otherwise evaluate that dataset's records under this name."""
+    own = set(own)
+    for name, what in _LAYOUT_MARKERS:
+        if name not in own and (Path(root) / name).is_file():
+            raise ValueError(f"{dataset}: {root} looks like {what} ({name} is there), not {dataset} data; pass "
+                             f"the {dataset} folder itself")
+
+
+def find_files(folder: PathLike, suffix: str, dataset: str) -> List[Path]:
+    """Every file named *`suffix` below `folder`, symlinked folders followed (a shared disk links sources in;
+    Path.rglob skips them), sorted by relative path. Files whose suffix differs only in case (A0001.HEA) are
+    refused: the readers open the lower-case name, so they would be left out without a word."""
+    folder = Path(folder)
+    found, odd, seen = [], [], set()
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            if name.endswith(suffix):
+                found.append(Path(here) / name)
+            elif name.lower().endswith(suffix.lower()):
+                odd.append(Path(here) / name)
+    if odd:
+        raise ValueError(f"{dataset}: {len(odd)} file(s) under {folder} end in {odd[0].suffix} rather than {suffix} "
+                         f"(e.g. {odd[0]}): rename them to *{suffix}, which the WFDB reader opens")
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def read_table(path: Path, dataset: str, required: Iterable[str] = (), **read_csv_kwargs):

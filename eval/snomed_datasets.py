@@ -17,10 +17,12 @@ from eval.downstream_base import (
     SPLITS,
     check_split,
     describe_layout,
+    find_files,
     multi_hot,
     random_split,
     read_header_dx,
     read_table,
+    refuse_other_dataset,
     require_dir,
     require_file,
     require_records,
@@ -82,9 +84,10 @@ def _code_to_class(class_codes: Dict[str, Sequence[str]]) -> Dict[str, str]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def find_headers(folder: Path) -> List[Path]:
-    """Every WFDB header under `folder`, sorted by relative path (independent of file-system listing order)."""
-    return sorted(Path(folder).rglob("*.hea"), key=lambda p: p.relative_to(folder).as_posix())
+def find_headers(folder: Path, dataset: str) -> List[Path]:
+    """Every WFDB header under `folder` (symlinked folders followed), sorted by relative path (independent of
+    file-system listing order)."""
+    return find_files(folder, ".hea", dataset)
 
 
 def _unique_by_stem(paths: Sequence[Path], dataset: str) -> Dict[str, Path]:
@@ -142,6 +145,19 @@ def read_cpsc_original_mat(path: Path) -> np.ndarray:
     return data
 
 
+def _refuse_foreign_records(records: Dict[str, Path], root: Path) -> None:
+    """CPSC2018's records are A0001-A6877: a root above the Challenge's training/cpsc_2018 would take other sources'
+    records that carry a CPSC class code (Georgia's E*, CPSC-extra's Q*) into a figure reported as CPSC2018."""
+    import re
+
+    foreign = sorted(stem for stem in records if not re.fullmatch(r"A\d{4}", stem))
+    if foreign:
+        raise ValueError(
+            f"CPSC2018: {len(foreign)} record(s) under {root} are not CPSC2018 records (named A0001-A6877): "
+            f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; pass the CPSC2018 folder itself (the "
+            "Challenge's training/cpsc_2018), not one that also holds other sources")
+
+
 class CPSC2018Dataset(_WFDBRecordsDataset):
     """CPSC2018 / ICBEB 2018 (6877 12-lead records, 500 Hz, 6-60 s), the protocol's 9 classes.
 
@@ -176,7 +192,9 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
         root = require_dir(Path(root), "CPSC2018", "the dataset folder", _CPSC_HINT)
         if labels_from not in ("auto", "reference", "header"):
             raise ValueError(f"CPSC2018: labels_from must be auto, reference or header; got {labels_from!r}")
-        headers = _unique_by_stem(find_headers(root), "CPSC2018")
+        refuse_other_dataset(root, "CPSC2018", own=("REFERENCE.csv",))
+        headers = _unique_by_stem(find_headers(root, "CPSC2018"), "CPSC2018")
+        _refuse_foreign_records(headers, root)
         references = self._find_references(root)
         reference = ", ".join(map(str, references)) if references else None
         if labels_from == "reference" and reference is None:
@@ -185,7 +203,9 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
 
         if use_reference:
             label_map = self._labels_from_references(references)
-            mats = _unique_by_stem([p for p in sorted(root.rglob("*.mat")) if p.stem not in headers], "CPSC2018")
+            mats = _unique_by_stem([p for p in find_files(root, ".mat", "CPSC2018") if p.stem not in headers],
+                                   "CPSC2018")
+            _refuse_foreign_records(mats, root)
             unlisted = sorted(set(mats) - set(label_map))
             if unlisted:
                 warnings.warn(f"CPSC2018: {len(unlisted)} .mat file(s) under {root} are in no REFERENCE.csv and are "
@@ -373,7 +393,7 @@ class CSNDataset(_WFDBRecordsDataset):
         acronym_of: Dict[str, str] = {}
         for code, acronym in zip(table["code"], table["acronym"]):
             acronym_of.setdefault(code, acronym)
-        headers = _unique_by_stem(find_headers(records_dir), "CSN")
+        headers = _unique_by_stem(find_headers(records_dir, "CSN"), "CSN")
         if not headers:
             raise FileNotFoundError(f"CSN: no WFDB header (*.hea) under {records_dir} ({_CSN_HINT})")
         n_headers = len(headers)
@@ -495,10 +515,14 @@ class PhysioNet2021Dataset(_WFDBRecordsDataset):
     ):
         split = check_split(split, "PhysioNet 2021")
         root = require_dir(Path(root), "PhysioNet 2021", "the dataset folder", _CINC_HINT)
-        headers = find_headers(root)
+        refuse_other_dataset(root, "PhysioNet 2021")
+        headers = find_headers(root, "PhysioNet 2021")
         if sources is not None:
             wanted = set(sources)
             headers = [h for h in headers if wanted & set(h.relative_to(root).parts[:-1])]
+        # the sources' record names are unique: one found twice (the 2020 archive unpacked beside the 2021 tree)
+        # would be split on its own twice, into train and test alike
+        _unique_by_stem(headers, "PhysioNet 2021")
         if not headers:
             where = f" in source folder(s) {', '.join(sources)}" if sources is not None else ""
             raise FileNotFoundError(

@@ -710,15 +710,47 @@ def test_items_match_labels_matrix_and_indexing(cpsc_root):
 
 def test_a_folder_of_another_dataset_is_named_not_split(ptbxl_root, cpsc_root):
     """Before: CPSC2018 / PhysioNet 2021 on a PTB-XL folder said only 'cannot split 0 records'."""
-    with pytest.raises(ValueError, match=r"CPSC2018: 8 WFDB header\(s\) found, 0 with a '#Dx:' line, 0 with a "
-                                         r"CPSC2018 class under .*looks like a PTB-XL folder \(--dataset ptbxl\)"):
+    with pytest.raises(ValueError, match=r"CPSC2018: .* looks like a PTB-XL folder \(--dataset ptbxl\) "
+                                         r"\(ptbxl_database.csv is there\), not CPSC2018 data"):
         CPSC2018Dataset(ptbxl_root, "train")
-    with pytest.raises(ValueError, match=r"PhysioNet 2021: 8 WFDB header\(s\) found, 0 with a scored class.*PTB-XL"):
+    with pytest.raises(ValueError, match=r"PhysioNet 2021: .* looks like a PTB-XL folder"):
         PhysioNet2021Dataset(ptbxl_root, "test")
     with pytest.raises(FileNotFoundError, match=r"ecg_tracings\.hdf5.*looks like a PTB-XL folder"):
         CODETestDataset(ptbxl_root)
     with pytest.raises(FileNotFoundError, match="ptbxl_database.csv"):
         PTBXLDataset(cpsc_root, "train", "super")
+
+
+def test_records_of_other_sources_twice_found_or_out_of_reach_are_refused(cinc_root, csn_root, tmp_path):
+    """Each of these was evaluated without a word (helper): CPSC2018 on the Challenge's training/ folder took
+    Georgia's records that carry a CPSC class code; CPSC2018 and PhysioNet 2021 on a Chapman-Shaoxing-Ningbo
+    download evaluated it under their own names; the 2020 CPSC archive unpacked beside the 2021 tree put one
+    record in train and its copy in test; a symlinked source folder and upper-case .HEA headers were skipped."""
+    import shutil
+
+    with pytest.raises(ValueError, match=r"CPSC2018: 22 record\(s\) under .* are not CPSC2018 records \(named "
+                                         r"A0001-A6877\): E00001, E00002, .*training/cpsc_2018"):
+        CPSC2018Dataset(cinc_root, "all")
+    for load in (CPSC2018Dataset, PhysioNet2021Dataset):
+        with pytest.raises(ValueError, match=r"looks like a Chapman-Shaoxing-Ningbo folder \(--dataset csn\)"):
+            load(csn_root, "all")
+
+    twice = shutil.copytree(cinc_root, tmp_path / "twice")
+    shutil.copytree(twice / "training" / "georgia" / "g1", twice / "WFDB_CPSC2018")
+    with pytest.raises(ValueError, match=r"PhysioNet 2021: record E00001 appears twice: .*WFDB_CPSC2018/E00001.hea"):
+        PhysioNet2021Dataset(twice, "test")
+    assert len(PhysioNet2021Dataset(twice, "all", sources=["ptb"])) == 10  # the copies are not in that source
+
+    linked = tmp_path / "linked"
+    shutil.copytree(cinc_root / "training" / "ptb", linked / "training" / "ptb")
+    (linked / "training" / "georgia").symlink_to(cinc_root / "training" / "georgia", target_is_directory=True)
+    (linked / "training" / "loop").symlink_to(linked / "training", target_is_directory=True)  # a link back up
+    assert PhysioNet2021Dataset(linked, "all").record_ids == PhysioNet2021Dataset(cinc_root, "all").record_ids
+
+    upper = shutil.copytree(cinc_root, tmp_path / "upper")
+    (upper / "training/georgia/g1/E00003.hea").rename(upper / "training/georgia/g1/E00003.HEA")
+    with pytest.raises(ValueError, match=r"1 file\(s\) under .* end in .HEA rather than .hea .*E00003.HEA"):
+        PhysioNet2021Dataset(upper, "all")
 
 
 def test_empty_or_damaged_tables_name_the_file_and_line(ptbxl_root, code_root, tmp_path):
