@@ -365,8 +365,9 @@ def read_ecg_file(path: Union[str, Path]) -> ECGRecord:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _repair_non_finite(x: np.ndarray, policy: str, where: str) -> np.ndarray:
-    """Linear interpolation across NaN/inf gaps in each lead; the edges take the nearest finite value."""
+def _repair_non_finite(x: np.ndarray, policy: str, where: str, names: Sequence[str]) -> np.ndarray:
+    """Linear interpolation across NaN/inf gaps in each lead (rows named `names`); the edges take the nearest
+    finite value."""
     bad = ~np.isfinite(x)
     if not bad.any():
         return x
@@ -380,7 +381,7 @@ def _repair_non_finite(x: np.ndarray, policy: str, where: str) -> np.ndarray:
             if policy == "zero":
                 x[lead] = 0.0
                 continue
-            raise ValueError(f"{where}: lead {lead} has no finite sample (use nan_policy='zero' to zero it)")
+            raise ValueError(f"{where}: lead {names[lead]} has no finite sample (use nan_policy='zero' to zero it)")
         if policy == "zero":
             x[lead, bad[lead]] = 0.0
         else:
@@ -709,8 +710,9 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"{where}: the signal is empty")
         if not used.all():  # conditioning sees only the leads in use; the others are zero rows at the end
             x = x[used]
+        names = [lead for lead, u in zip(self.lead_names, used) if u]
         repaired = (~np.isfinite(x)).mean(axis=1)
-        x = _repair_non_finite(x, nan_policy or self.nan_policy, where)
+        x = _repair_non_finite(x, nan_policy or self.nan_policy, where, names)
         x = _resample(x, sampling_rate, self.sampling_rate)
         min_len = int(round(self.min_duration * self.sampling_rate))
         if x.shape[1] < min_len:
@@ -718,7 +720,6 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 f"{where}: {x.shape[1] / self.sampling_rate:.2f} s of signal is shorter than the minimum "
                 f"{self.min_duration:g} s (min_duration)"
             )
-        names = [lead for lead, u in zip(self.lead_names, used) if u]
         self._check_plausible(x, normalization, implausible or self.implausible, where, names, repaired)
         x = self._fit_length(x, crop or self.crop, generator)
         if normalization == "minmax":

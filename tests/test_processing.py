@@ -128,8 +128,14 @@ def test_nan_policies():
     with pytest.raises(ValueError, match="NaN"):
         DBetaFeatureExtractor(nan_policy="raise")(x, sampling_rate=500)
     x[7] = np.nan
-    with pytest.raises(ValueError, match="lead 7 has no finite sample"):
+    with pytest.raises(ValueError, match="lead V2 has no finite sample"):  # row 7 was named "lead 7" (III?)
         DBetaFeatureExtractor()(x, sampling_rate=500)
+    # named as the caller's lead, wherever it sits in the caller's order or among the leads in use
+    mimic = x[[STANDARD_LEADS.index(name) for name in MIMIC_LEADS]]
+    with pytest.raises(ValueError, match="lead V2 has no finite sample"):
+        DBetaFeatureExtractor()(mimic, sampling_rate=500, lead_names=MIMIC_LEADS)
+    with pytest.raises(ValueError, match="lead V2 has no finite sample"):
+        DBetaFeatureExtractor()(x, sampling_rate=500, leads=["I", "V2"])
     zeroed = DBetaFeatureExtractor(nan_policy="zero")(x, sampling_rate=500)["ecg_values"][0]
     assert zeroed[7].eq(0).all()
 
