@@ -208,6 +208,14 @@ def test_a_signal_file_that_does_not_fit_its_header_is_refused(tmp_path):
     with pytest.raises(ECGReadError, match=r"r16.dat: 120000 bytes, but the header implies 90000 \(12 signals x "
                                            r"5000 samples in format 212\)"):
         read_wfdb(tmp_path / "r212")
+    # a half-downloaded or empty signal file: wfdb's own failure inside its reader ("cannot reshape array...")
+    # named neither the file nor the cause
+    data = (tmp_path / "r16.dat").read_bytes()
+    for size in (100000, 119999, 0):
+        (tmp_path / "cut.hea").write_text(header.replace("r16.dat", "cut.dat").replace("r16 ", "cut ", 1))
+        (tmp_path / "cut.dat").write_bytes(data[:size])
+        with pytest.raises(ECGReadError, match=rf"cut.dat: {size} bytes, but the header implies 120000"):
+            read_wfdb(tmp_path / "cut")
     counts = np.round(sig * 1000).astype(np.int16)
     lines = "".join(f"A1.mat 16+24 1000/mV 16 0 {counts[i, 0]} 0 0 {lead}\n" for i, lead in enumerate(STANDARD_LEADS))
     (tmp_path / "A1.hea").write_text("A1 12 500 5000\n" + lines)
