@@ -255,15 +255,19 @@ def used_lead_names(processor, mask) -> List[str]:
     return [name for name, used in zip(processor.feature_extractor.lead_names, mask) if used]
 
 
-def _warn_missing_leads(processor, mask, where: str) -> None:
+def _warn_missing_leads(processor, mask, where: str, leads=None) -> None:
+    """Warn when the record lacks a lead in use: any standard lead, or with `leads=` one it asked for (`leads="limb"`
+    on a record of I and II alone would otherwise be scored on two leads without a word)."""
     import warnings
 
+    wanted = set(leads) if leads is not None else None
     missing = [name for name, used in zip(processor.feature_extractor.lead_names, np.asarray(mask).reshape(-1))
-               if not used]
+               if not used and (wanted is None or name in wanted)]
     if missing:
+        hint = ("pass leads=[...] to choose the subset explicitly, " if wanted is None else "")
         warnings.warn(f"{where}: lead(s) {', '.join(missing)} absent from the record: scored as zeros, as in "
-                      "pretraining's lead masking (pass leads=[...] to choose the subset explicitly, "
-                      "return_leads=True to get the leads used)", UserWarning, stacklevel=3)
+                      f"pretraining's lead masking ({hint}return_leads=True to get the leads used)", UserWarning,
+                      stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -395,8 +399,7 @@ class _ECGPipeline(Pipeline):
         item = inputs.value if isinstance(inputs, _Item) else inputs
         record = _read_input(item, index, sampling_rate, lead_names)
         values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True)
-        if leads is None:
-            _warn_missing_leads(self.processor, mask, _where(index, record["source"]))
+        _warn_missing_leads(self.processor, mask, _where(index, record["source"]), leads)
         return {"ecg_values": values, "lead_mask": mask}
 
     def _ranked(self, labels: Sequence[str], scores: Sequence[float], top_k=None, return_leads=False,
@@ -688,8 +691,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         if not scored:
             raise ValueError(f"{source.name}: no window could be scored; the first window's error: "
                              f"{rows[0]['error']}")
-        if pre.get("leads") is None:
-            _warn_missing_leads(self.processor, lead_mask, source.name)
+        _warn_missing_leads(self.processor, lead_mask, source.name, pre.get("leads"))
         combined = aggregate_scores(np.array([[d["score"] for d in r["scores"]] for r in scored]), aggregate,
                                     multi_label)
         order = sorted(range(len(labels)), key=lambda i: -combined[i])[:top_k]
@@ -725,8 +727,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         multi_label = post.get("multi_label", False)
         record = _read_input(inputs, None, pre.get("sampling_rate"), pre.get("lead_names"))
         values, mask = conditioned_ecg(self.processor, record, None, leads=pre.get("leads"), return_lead_mask=True)
-        if pre.get("leads") is None:
-            _warn_missing_leads(self.processor, mask, _where(None, record["source"]))
+        _warn_missing_leads(self.processor, mask, _where(None, record["source"]), pre.get("leads"))
         device = _model_device(self.model)
         values = values.to(device)
         label_feats = self._label_features(texts)

@@ -221,9 +221,10 @@ def wfdb_signal_files(header, folder: Union[str, Path], length: int) -> List[dic
 def _check_signal_files(record, base: str, length: Optional[int]) -> None:
     """The signal files' sizes against the header (`wfdb_signal_files`), and a MATLAB v4 `.mat`'s matrix shape
     against [signals, samples] (a matrix saved transposed has the same size but the samples in another order)."""
-    names, fmts = list(getattr(record, "file_name", None) or []), list(record.fmt or [])
-    if not length or not names or len(fmts) != len(names) or any((s or 1) != 1 for s in record.samps_per_frame or []):
-        return
+    names, fmts = list(getattr(record, "file_name", None) or []), list(getattr(record, "fmt", None) or [])
+    frames = getattr(record, "samps_per_frame", None) or []
+    if not length or not names or len(fmts) != len(names) or any((s or 1) != 1 for s in frames):
+        return  # a multi-segment header's segments have files of their own; wfdb checks those
     for f in wfdb_signal_files(record, Path(base).parent, length):
         path, offset, count = f["path"], f["offset"], f["signals"]
         if f["size"] is None:

@@ -74,6 +74,11 @@ def test_pipeline_scores_a_lead_subset_as_the_model_sees_it_and_says_which_leads
         same = pipe(full, sampling_rate=500, candidate_labels=LABELS, leads=["I", "II"], return_leads=True)
         plain = pipe(full, sampling_rate=500, candidate_labels=LABELS)
     assert same == out
+    # an explicit subset the record only partly has is warned about (was scored on I and II alone, unsaid)
+    with pytest.warns(UserWarning, match=r"lead\(s\) III, aVR, aVL, aVF absent from the record") as caught:
+        limb = pipe({"signal": full[:2], "sampling_rate": 500, "lead_names": ["I", "II"]}, candidate_labels=LABELS,
+                    leads="limb", return_leads=True)
+    assert limb["leads"] == ["I", "II"] and "V1" not in str(caught[0].message)
     want = pipe(zeroed, sampling_rate=500, candidate_labels=LABELS)  # what "zeroed" means: the model's own view
     assert {d["label"]: d["score"] for d in out["scores"]} == pytest.approx({d["label"]: d["score"] for d in want})
     # and a subset is not the full record: the scores differ
