@@ -60,7 +60,8 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .processing_dbeta import normalize_report, read_ecg_file, read_wfdb, resolve_leads, table_advice, wfdb_info
+from .processing_dbeta import (normalize_report, read_ecg_file, read_wfdb, resolve_leads, table_advice,
+                               tensor_to_numpy, wfdb_info)
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
@@ -187,9 +188,9 @@ def as_record(item, sampling_rate=None, lead_names=None) -> dict:
 
 
 def _as_array(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().float().numpy()
-    x = np.asarray(x, dtype=np.float32)
+    """One ECG as an array in its own dtype: the processor checks the values (no float32 cast first, which would
+    turn booleans into 1 mV steps and float64 overflow into infinities to repair)."""
+    x = tensor_to_numpy(x) if isinstance(x, torch.Tensor) else np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"expected one ECG as [leads, samples], got shape {tuple(x.shape)}")
     return x
@@ -198,14 +199,14 @@ def _as_array(x) -> np.ndarray:
 def _split_batch(inputs):
     """A [batch, leads, samples] array -> a list of records; nested number lists -> one array."""
     if isinstance(inputs, torch.Tensor):
-        inputs = inputs.detach().cpu().float().numpy()
+        inputs = tensor_to_numpy(inputs)
     if isinstance(inputs, np.ndarray) and inputs.ndim == 3:
         return list(inputs)
     if isinstance(inputs, tuple):
         inputs = list(inputs)
     if isinstance(inputs, list) and inputs and isinstance(inputs[0], (list, tuple)) and inputs[0] \
             and np.isscalar(inputs[0][0]):
-        return np.asarray(inputs, dtype=np.float32)  # one ECG written as nested lists
+        return np.asarray(inputs)  # one ECG written as nested lists
     return inputs
 
 

@@ -395,6 +395,13 @@ def _repair_non_finite(x: np.ndarray, policy: str, where: str, names: Sequence[s
     return x
 
 
+def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as numpy in their own dtype (bfloat16, which numpy lacks, as float32), so the signal
+    checks see booleans, complex numbers and float64 beyond float32's range rather than their float32 casts."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def _as_float32(x, where: str) -> np.ndarray:
     """The signal as float32; a finite value float32 cannot hold (|x| > 3.4e38) is an error, not an inf to repair."""
     raw = np.asarray(x)
@@ -791,7 +798,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         if ecg is None:
             raise ValueError("no ECG given")
         if isinstance(ecg, torch.Tensor):
-            ecg = ecg.detach().cpu().float().numpy()
+            ecg = tensor_to_numpy(ecg)
         if isinstance(ecg, np.ndarray):
             if ecg.size == 0:
                 raise ValueError("the ECG array is empty")
@@ -806,8 +813,8 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             if np.isscalar(ecg[0]):
                 raise ValueError("expected [leads, samples] arrays, got a flat list of numbers")
             if isinstance(ecg[0], (list, tuple)) and len(ecg[0]) > 0 and np.isscalar(ecg[0][0]):
-                return [np.asarray(ecg, dtype=np.float32)]  # one record as nested lists
-            return [e.detach().cpu().float().numpy() if isinstance(e, torch.Tensor) else np.asarray(e) for e in ecg]
+                return [np.asarray(ecg)]  # one record as nested lists
+            return [tensor_to_numpy(e) if isinstance(e, torch.Tensor) else np.asarray(e) for e in ecg]
         raise TypeError(f"unsupported ECG input of type {type(ecg).__name__}{table_advice(ecg)}")
 
     @staticmethod

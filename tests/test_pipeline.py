@@ -417,6 +417,20 @@ def test_the_prompting_module_is_remote_code_by_the_import_rule():
     remote_code.test_remote_code_imports_only_allowed_modules_at_module_level("prompting_dbeta.py")
 
 
+def test_samples_that_are_no_voltages_are_refused_as_by_the_processor(exported):
+    """The pipeline cast its input to float32 before the processor's checks: a boolean mask was scored as 1 mV
+    steps, a complex array lost its imaginary part, float64 beyond float32's range became infinities to repair."""
+    pipe = _local_pipeline(exported["model"], exported["processor"])
+    x = np.load(exported["tmp"] / "signal.npy").astype(np.float64)
+    huge = x.copy()
+    huge[3, 100:110] = 1e39
+    for bad, message in ((x > 0, "real numbers, got an array of bool"), (x + 1j, "real numbers, got an array of "
+                         "complex"), (huge, "beyond float32's range")):
+        for given in (bad, torch.from_numpy(bad), bad.tolist(), {"signal": bad, "sampling_rate": 500}):
+            with pytest.raises(ValueError, match=message):
+                pipe(given, sampling_rate=500, candidate_labels=LABELS)
+
+
 def test_a_misspelt_record_key_is_refused_not_passed_over(exported):
     """{"signal", "sample_rate": 250} was read at the call's 500 Hz; {"lead_name": order} in the default order."""
     e = exported

@@ -342,9 +342,15 @@ def test_sampling_rate_and_lead_names_of_the_wrong_type_are_clear_errors():
         fe(x, sampling_rate=500, lead_names="I II III aVR aVL aVF V1 V2 V3 V4 V5 V6")
     with pytest.raises(ValueError, match="sampling_rate must be a number"):
         fe.condition(x, "500 Hz")
-    for bad, named in ((x > 0, "bool"), (x.astype(np.complex64), "complex64")):  # no voltages
-        with pytest.raises(ValueError, match=f"ECG samples must be real numbers, got an array of {named}"):
-            fe(bad, sampling_rate=500)
+    huge = x.astype(np.float64)
+    huge[3, 100:110] = 1e39
+    for bad, named in ((x > 0, "ECG samples must be real numbers, got an array of bool"),
+                       (x.astype(np.complex64), "ECG samples must be real numbers, got an array of complex"),
+                       (huge, "10 sample\\(s\\) beyond float32's range")):  # no voltages
+        # as an array, a tensor or nested lists alike (the last two were cast to float32 before any check)
+        for given in (bad, torch.from_numpy(bad), bad.tolist()):
+            with pytest.raises(ValueError, match=named):
+                fe(given, sampling_rate=500)
     # a sampling interval given as the rate would ask the resampler for tens of GB; 5 Hz cannot carry an ECG
     for rate in (0.002, 5, 1e6):
         with pytest.raises(ValueError, match=re.escape(f"sampling_rate {rate:g} Hz is outside the 50-20000 Hz")):
