@@ -65,6 +65,7 @@ from .processing_dbeta import (normalize_report, read_ecg_file, read_wfdb, resol
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
+    check_template,
     label_scores,
     load_prompt_set,
     looks_like_code,
@@ -170,6 +171,9 @@ def as_record(item, sampling_rate=None, lead_names=None) -> dict:
                 "source": str(item)}
     if isinstance(item, dict):
         _check_record_keys(item)
+        for pair in (("signal", "ecg"), ("sampling_rate", "fs")):  # one would be read, the other passed over
+            if all(item.get(k) is not None for k in pair):
+                raise ValueError(f"an ECG dict gives both {pair[0]!r} and {pair[1]!r}: keep one")
         signal = item.get("signal", item.get("ecg"))
         if signal is None:
             raise ValueError(f"an ECG dict needs a 'signal' (or 'ecg') entry; got keys {sorted(item)}")
@@ -452,8 +456,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         if candidate_labels is not None:
             preprocess["candidate_labels"] = _labels_list(candidate_labels)
         if hypothesis_template is not None:
-            if not isinstance(hypothesis_template, str) or "{}" not in hypothesis_template:
-                raise ValueError(f"hypothesis_template must contain '{{}}' for the label, got {hypothesis_template!r}")
+            check_template(hypothesis_template)
             preprocess["hypothesis_template"] = hypothesis_template
         if dataset is not None:
             preprocess["dataset"] = dataset

@@ -246,8 +246,7 @@ class PromptSet:
               template: str = "{}", warn: bool = True, members: bool = False) -> List[Tuple[str, ...]]:
         """Each label's texts (one, unless `members` adds more), each in `template` (which must contain "{}").
         Score them with `label_features`."""
-        if "{}" not in template:
-            raise ValueError(f"hypothesis_template must contain '{{}}' for the label, got {template!r}")
+        check_template(template)
         return [tuple(template.format(t) for t in self.label_texts(label, dataset, style, members, warn)[0])
                 for label in labels]
 
@@ -264,6 +263,21 @@ def _read_prompt_file(path: Union[str, os.PathLike], source: Optional[str] = Non
     if not isinstance(data, dict):
         raise ValueError(f"{source}: a prompt set is a JSON object, got {type(data).__name__}")
     return PromptSet(data, source=source)
+
+
+def check_template(template) -> None:
+    """A hypothesis template holds the label once, as "{}", and no other field ("{} ({})" would fail with a bare
+    IndexError at format time, "ECG {ms}: {}" with a KeyError); literal braces are written "{{" and "}}"."""
+    import string
+
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"hypothesis_template must be a format string with one '{{}}' for the label, got "
+                         f"{template!r} ({err})") from None
+    if fields != [""]:
+        raise ValueError(f"hypothesis_template must contain '{{}}' for the label once and no other field (write a "
+                         f"literal brace as '{{{{' or '}}}}'), got {template!r}")
 
 
 def load_prompt_set(name_or_path: Optional[str] = None, revision: Optional[str] = None,

@@ -321,6 +321,17 @@ def test_call_keywords_are_validated(exported):
             pipe(signal, sampling_rate=500, candidate_labels=LABELS, multi_label=value)
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         pipe(signal, sampling_rate=500, candidate_labels=LABELS, top_k=0)
+    # a template holds the label once and nothing else (were a bare IndexError / KeyError at format time)
+    for template in ("{} ({})", "ECG {ms}: {}", "no field", "{0} {0}", "{", 3):
+        with pytest.raises(ValueError, match="hypothesis_template must"):
+            pipe(signal, sampling_rate=500, candidate_labels=LABELS, hypothesis_template=template)
+    braces = pipe(signal, sampling_rate=500, candidate_labels=LABELS, hypothesis_template="{{ecg}}: {}")
+    assert len(braces) == len(LABELS)
+    # a record dict giving one thing twice: one would be read, the other passed over
+    for twice in ({"signal": signal, "ecg": signal * 2, "sampling_rate": 500},
+                  {"signal": signal, "sampling_rate": 500, "fs": 250}):
+        with pytest.raises(ValueError, match="an ECG dict gives both"):
+            pipe(twice, candidate_labels=LABELS)
     with pytest.raises(TypeError, match="candidate_label.*candidate_labels"):
         pipe(signal, sampling_rate=500, candidate_label=LABELS)
     with pytest.raises(TypeError, match="_text_embeds"):  # no private side channel any more
