@@ -285,12 +285,23 @@ def _model_device(model) -> torch.device:
 
 
 @torch.no_grad()
+def _check_token_ids(input_ids: torch.Tensor, model) -> None:
+    """Token ids past the text encoder's vocabulary mean a tokenizer of another model (a folder saved over one that
+    held another tokenizer's files keeps them): an error saying so, not an IndexError inside the embedding."""
+    vocab = getattr(getattr(model.config, "text_config", None), "vocab_size", None)
+    if vocab and input_ids.numel() and int(input_ids.max()) >= vocab:
+        raise ValueError(f"the tokenizer gives token id {int(input_ids.max())}, past the text encoder's vocabulary "
+                         f"of {vocab}: it is not this model's tokenizer (files of another model's tokenizer in the "
+                         "folder, such as special_tokens_map.json or added_tokens.json?)")
+
+
 def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """Text features [len(texts), hidden] (`get_text_features`) of texts cleaned and tokenized by the processor."""
     device = _model_device(model)
     chunks = []
     for start in range(0, len(texts), batch_size):
         enc = processor(text=list(texts[start:start + batch_size]), return_tensors="pt")
+        _check_token_ids(enc["input_ids"], model)
         features = model.get_text_features(enc["input_ids"].to(device), enc["attention_mask"].to(device))
         chunks.append(features.pooler_output)
     return torch.cat(chunks) if chunks else torch.zeros(0, model.config.hidden_size)

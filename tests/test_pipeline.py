@@ -442,6 +442,20 @@ def test_samples_that_are_no_voltages_are_refused_as_by_the_processor(exported):
                 pipe(given, sampling_rate=500, candidate_labels=LABELS)
 
 
+def test_a_tokenizer_past_the_models_vocabulary_is_named_not_an_index_error(exported):
+    """A folder saved over another model's keeps that tokenizer's special_tokens_map.json / added_tokens.json; the
+    copy's tokenizer then gave ids past the embedding and every call failed with 'index out of range in self'."""
+    import copy
+
+    processor = copy.deepcopy(exported["processor"])
+    processor.tokenizer.add_tokens(["zzqfibrillation"])
+    pipe = _local_pipeline(exported["model"], processor)
+    signal = np.load(exported["tmp"] / "signal.npy")
+    with pytest.raises(ValueError, match=r"token id \d+, past the text encoder's vocabulary of \d+: it is not this "
+                                         r"model's tokenizer"):
+        pipe(signal, sampling_rate=500, candidate_labels=["zzqfibrillation", "sinus rhythm"])
+
+
 def test_a_misspelt_record_key_is_refused_not_passed_over(exported):
     """{"signal", "sample_rate": 250} was read at the call's 500 Hz; {"lead_name": order} in the default order."""
     e = exported
