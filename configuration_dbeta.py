@@ -40,6 +40,7 @@ FLAN_T5_BASE = dict(
 ETS_MODES = ("fixed", "learnable")
 MEM_TARGET_NORMS = ("lead", "patch", "none")
 TEXT_POOLINGS = ("first", "mean")
+ECG_POOLINGS = ("cls", "mean")
 ETS_ECG_VIEWS = ("masked", "full")
 PROMPT_STYLES = ("description", "name")
 
@@ -183,6 +184,8 @@ class DBetaConfig(PretrainedConfig):
         text_pooling: how the unimodal text feature reads the text encoder: "first" takes token 0 (the authors';
             T5's first word piece, BERT's [CLS]); "mean" averages the non-padding tokens, which is how
             sentence-embedding encoders such as all-MiniLM-L6-v2 were trained to be read.
+        ecg_pooling: how the ECG feature reads the ECG encoder: "cls" takes the class token (the authors'); "mean"
+            averages the signal tokens, as MERL and MAE-style linear probes do.
         ets_ecg_view: the ECG the contrastive loss sees: "masked" reuses the MEM forward with 75% of the tokens
             hidden (the authors'; no extra cost); "full" runs the ECG encoder a second time on every token, so
             training matches inference, where the feature always sees the whole record.
@@ -221,6 +224,7 @@ class DBetaConfig(PretrainedConfig):
         ets_scale_init: float = 10.0,
         ets_bias_init: float = -10.0,
         text_pooling: str = "first",
+        ecg_pooling: str = "cls",
         ets_ecg_view: str = "masked",
         zero_shot_prompt_style: str = "description",
         mem_weight: float = 1.0,
@@ -257,6 +261,7 @@ class DBetaConfig(PretrainedConfig):
         self.ets_scale_init = ets_scale_init
         self.ets_bias_init = ets_bias_init
         self.text_pooling = text_pooling
+        self.ecg_pooling = ecg_pooling
         self.ets_ecg_view = ets_ecg_view
         self.zero_shot_prompt_style = zero_shot_prompt_style
         self.mem_weight = mem_weight
@@ -275,6 +280,8 @@ class DBetaConfig(PretrainedConfig):
             raise ValueError(f"ets_scale_init must be > 0, got {self.ets_scale_init}")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
+        if self.ecg_pooling not in ECG_POOLINGS:
+            raise ValueError(f"ecg_pooling must be one of {ECG_POOLINGS}, got {self.ecg_pooling!r}")
         if self.ets_ecg_view not in ETS_ECG_VIEWS:
             raise ValueError(f"ets_ecg_view must be one of {ETS_ECG_VIEWS}, got {self.ets_ecg_view!r}")
         if self.zero_shot_prompt_style not in PROMPT_STYLES:

@@ -52,7 +52,7 @@ except ImportError:  # transformers 4.x: missing weights are initialised in plac
                            constant_=nn.init.constant_, kaiming_normal_=nn.init.kaiming_normal_,
                            xavier_uniform_=nn.init.xavier_uniform_, copy_=_copy_)
 
-from .configuration_dbeta import TEXT_POOLINGS, DBetaConfig, DBetaECGConfig
+from .configuration_dbeta import ECG_POOLINGS, TEXT_POOLINGS, DBetaConfig, DBetaECGConfig
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -690,12 +690,16 @@ def _return(output: ModelOutput, return_dict: Optional[bool], config):
 
 
 class _ECGPathMixin:
-    """The unimodal ECG feature path shared by every class: encoder -> projection -> tanh pooler."""
+    """The unimodal ECG feature path shared by every class: encoder -> class token or token mean -> projection ->
+    tanh pooler."""
 
     def _build_ecg_path(self, config: DBetaConfig):
         self.ecg_model = DBetaECGEncoder(config.ecg_config)
         self.ecg_projection = nn.Linear(config.ecg_config.hidden_size, config.hidden_size)
         self.ecg_pooler = DBetaPooler(config.hidden_size)
+        _register_geometry(self.ecg_pooler, {
+            f"ecg_pooling (as its index in {list(ECG_POOLINGS)})": ECG_POOLINGS.index(config.ecg_pooling),
+        })
 
     def _ecg_input(self, ecg_values: torch.Tensor) -> torch.Tensor:
         cfg = self.config.ecg_config
@@ -706,14 +710,24 @@ class _ECGPathMixin:
                              "processor, which reorders leads, resamples, and crops or pads to its length")
         return ecg_values.to(self.ecg_projection.weight.dtype)
 
+    def pool_ecg(self, encoder_states: torch.Tensor) -> torch.Tensor:
+        """The ECG encoder's tokens [B, 1 + T, ecg hidden] -> the ECG feature [B, hidden]: the class token or the
+        mean of the others (`config.ecg_pooling`), projected, then the tanh pooler."""
+        if self.config.ecg_pooling == "mean":
+            read = encoder_states[:, 1:].mean(1, keepdim=True)
+        else:
+            read = encoder_states[:, :1]
+        return self.ecg_pooler(self.ecg_projection(read))
+
     def get_ecg_features(self, ecg_values: torch.Tensor, output_attentions: Optional[bool] = None,
                          output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None):
         """The ECG encoder's output as transformers' CLIP/SigLIP `get_image_features`: a
-        `BaseModelOutputWithPooling` whose `pooler_output` is the 768-d ECG feature [B, hidden] (CLS token ->
-        projection -> tanh pooler) and `last_hidden_state` the encoder's tokens [B, 1 + T, ecg hidden]."""
+        `BaseModelOutputWithPooling` whose `pooler_output` is the 768-d ECG feature [B, hidden] (CLS token, or the
+        mean of the other tokens with `config.ecg_pooling == "mean"` -> projection -> tanh pooler) and
+        `last_hidden_state` the encoder's tokens [B, 1 + T, ecg hidden]."""
         out = self.ecg_model(self._ecg_input(ecg_values), _flag(output_attentions, self.config, "output_attentions"),
                              _flag(output_hidden_states, self.config, "output_hidden_states"))
-        pooled = self.ecg_pooler(self.ecg_projection(out.last_hidden_state[:, :1]))
+        pooled = self.pool_ecg(out.last_hidden_state)
         return _return(BaseModelOutputWithPooling(last_hidden_state=out.last_hidden_state, pooler_output=pooled,
                                                   hidden_states=out.hidden_states, attentions=out.attentions),
                        return_dict, self.config)
@@ -1141,10 +1155,9 @@ class DBetaForPreTraining(DBetaModel):
         text_states = self.text_projection(text_out.last_hidden_state)
         text_embeds = self.pool_text(text_states, attention_mask)
         if cfg.ets_ecg_view == "full":
-            full = encoder.encode(encoder.add_positions(features)).last_hidden_state[:, :1]
-            ecg_embeds = self.ecg_pooler(self.ecg_projection(full))
+            ecg_embeds = self.pool_ecg(encoder.encode(encoder.add_positions(features)).last_hidden_state)
         else:
-            ecg_embeds = self.ecg_pooler(ecg_states)
+            ecg_embeds = self.pool_ecg(ecg_out.last_hidden_state)
 
         fused = self.fuse(ecg_states, text_states, attention_mask, cfg.mem_layer, attentions, hidden)
 

@@ -63,8 +63,7 @@ def authors_style_features(model: DBetaModel, ecg: torch.Tensor) -> torch.Tensor
         a = torch.bmm(w, v_).transpose(0, 1).contiguous().view(t, b, d)
         x = layer.self_attn_layer_norm(x + att.out_proj(a))
         x = layer.final_layer_norm(x + layer.fc2(F.gelu(layer.fc1(x).float()).type_as(x)))
-    states = model.ecg_projection(x.transpose(0, 1))  # every token, then only token 0 is used
-    return model.ecg_pooler(states)
+    return model.pool_ecg(x.transpose(0, 1))
 
 
 def throughput(fn, ecg: torch.Tensor, repeats: int, dtype: torch.dtype) -> tuple[float, torch.Tensor]:

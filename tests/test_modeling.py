@@ -45,7 +45,7 @@ def test_default_config_is_the_authors_full_size():
 
 
 @pytest.mark.parametrize("bad", [dict(ets_mode="cosine"), dict(mem_layer=7), dict(mem_target_norm="x"),
-                                 dict(text_pooling="max"), dict(ets_ecg_view="both"),
+                                 dict(text_pooling="max"), dict(ecg_pooling="max"), dict(ets_ecg_view="both"),
                                  dict(zero_shot_prompt_style="short"), dict(mem_decoder_conv_kernel=4),
                                  dict(mem_decoder_conv_kernel=-1), dict(mem_positions_see_hidden="yes")])
 def test_config_rejects_bad_values(bad):
@@ -89,6 +89,21 @@ def test_mean_text_pooling_averages_real_tokens_only(config, tokenizer):
         torch.testing.assert_close(alone, expected, atol=1e-5, rtol=1e-5)
         first = torch.tanh(model.text_pooler.dense(states[0, 0]))
         assert not torch.allclose(expected, first)
+
+
+def test_mean_ecg_pooling_averages_the_signal_tokens(config):
+    """ecg_pooling="mean" reads the mean of the ECG encoder's tokens (the class token left out) where "cls" reads
+    the class token; either way one projection and the tanh pooler follow, and training's contrastive loss
+    sees the same feature as inference."""
+    model = DBetaForPreTraining(DBetaConfig.from_dict({**config.to_dict(), "ecg_pooling": "mean"})).eval()
+    ecg = ecg_batch(2)
+    with torch.no_grad():
+        tokens = model.ecg_model(ecg).last_hidden_state
+        expected = model.ecg_pooler(model.ecg_projection(tokens[:, 1:].mean(1, keepdim=True)))
+        torch.testing.assert_close(model.get_ecg_features(ecg).pooler_output, expected)
+        cls = model.ecg_pooler(model.ecg_projection(tokens[:, :1]))
+        assert not torch.allclose(expected, cls)
+    assert model.ecg_pooler.geometry.tolist() == [1]
 
 
 def test_full_ets_view_scores_the_unmasked_ecg(config, tokenizer):
@@ -614,6 +629,17 @@ def test_a_config_changing_the_text_pooling_is_refused(config, tmp_path, cls):
     assert str(bad) in str(err.value) and "text_pooling" in str(err.value)
     assert "config.json has 1, the weights were trained with 0" in str(err.value)
     DBetaForECGClassification.from_pretrained(bad)  # no text path: the setting does not matter there
+
+
+@pytest.mark.parametrize("cls", [DBetaModel, DBetaForECGClassification])
+def test_a_config_changing_the_ecg_pooling_is_refused(config, tmp_path, cls):
+    # "cls" -> "mean" in config.json changes every ECG feature and no weight's shape
+    cls(config).save_pretrained(tmp_path / "export")
+    bad = _edited_copy(tmp_path / "export", tmp_path / "edited", lambda c: c.__setitem__("ecg_pooling", "mean"))
+    with pytest.raises(ValueError) as err:
+        cls.from_pretrained(bad)
+    assert str(bad) in str(err.value) and "ecg_pooling" in str(err.value)
+    assert "config.json has 1, the weights were trained with 0" in str(err.value)
 
 
 def test_geometry_travels_in_the_weights_and_survives_dtype_changes(config, tmp_path):
