@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import numbers
 from typing import Optional
 
 from transformers import AutoConfig, PretrainedConfig
@@ -48,6 +49,33 @@ PROMPT_STYLES = ("description", "name")
 @functools.lru_cache(maxsize=1)
 def _common_config_keys() -> frozenset:
     return frozenset(PretrainedConfig().to_dict())
+
+
+_KINDS = {"int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"), "bool": (bool, "true or false"),
+          "str": (str, "a string")}
+
+
+def _check_types(cls, values: dict) -> None:
+    """Each setting of `cls` against its annotation (a hand-edited config.json's "128" or 2.0 failed deep inside
+    the model with a message naming neither the file's field nor what it should be)."""
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        annotation = str(param.annotation)
+        optional = annotation.startswith("Optional[")
+        kind = _KINDS.get(annotation[9:-1] if optional else annotation)
+        value = values.get(name)
+        if kind is None or name not in values or (optional and value is None):
+            continue
+        wanted, said = kind
+        if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
+            raise ValueError(f"{cls.__name__}: {name} must be {said}, got {value!r}")
+    layers = values.get("conv_layers")
+    if layers is not None and not (
+            isinstance(layers, (list, tuple)) and layers and all(
+                isinstance(layer, (list, tuple)) and len(layer) == 3 and all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in layer)
+                for layer in layers)):
+        raise ValueError(f"{cls.__name__}: conv_layers must be a list of [channels, kernel, stride] lists of "
+                         f"positive integers, got {layers!r}")
 
 
 def _refuse_misspelt(cls, kwargs: dict) -> None:
@@ -109,6 +137,7 @@ class DBetaECGConfig(PretrainedConfig):
         **kwargs,
     ):
         _refuse_misspelt(DBetaECGConfig, kwargs)
+        _check_types(DBetaECGConfig, locals())
         self.num_samples = num_samples
         self.num_leads = num_leads
         self.conv_layers = [list(layer) for layer in conv_layers]
@@ -236,6 +265,7 @@ class DBetaConfig(PretrainedConfig):
         **kwargs,
     ):
         _refuse_misspelt(DBetaConfig, kwargs)
+        _check_types(DBetaConfig, locals())
         if isinstance(ecg_config, dict):
             ecg_config = DBetaECGConfig(**ecg_config)
         self.ecg_config = ecg_config if ecg_config is not None else DBetaECGConfig()

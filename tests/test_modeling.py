@@ -53,6 +53,32 @@ def test_config_rejects_bad_values(bad):
         DBetaConfig(**bad)
 
 
+@pytest.mark.parametrize("bad, message", [
+    (dict(hidden_size="128"), "DBetaConfig: hidden_size must be an integer, got '128'"),
+    (dict(num_fusion_layers=2.0), "num_fusion_layers must be an integer, got 2.0"),
+    (dict(ets_gather="yes"), "ets_gather must be true or false"),
+    (dict(mem_mask_ratio="0.75"), "mem_mask_ratio must be a number"),
+    (dict(ecg_config=dict(num_attention_heads="4")), "DBetaECGConfig: num_attention_heads must be an integer"),
+    (dict(ecg_config=dict(num_samples="5000")), "num_samples must be an integer"),
+    (dict(ecg_config=dict(conv_layers="abc")), r"conv_layers must be a list of \[channels, kernel, stride\]"),
+])
+def test_a_setting_of_the_wrong_type_is_named(bad, message, config, tmp_path):
+    """A hand-edited config.json's "128" or 2.0 failed deep inside the model ("not all arguments converted during
+    string formatting", "'float' object cannot be interpreted as an integer", helper)."""
+    with pytest.raises(ValueError, match=message):
+        DBetaConfig(**bad)
+    DBetaModel(config).save_pretrained(tmp_path)
+    edited = json.loads((tmp_path / "config.json").read_text())
+    for key, value in bad.items():
+        if isinstance(value, dict):
+            edited[key].update(value)
+        else:
+            edited[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=message):
+        DBetaModel.from_pretrained(tmp_path)
+
+
 def test_model_outputs_and_feature_shapes(config, tokenizer):
     model = DBetaModel(config).eval()
     ecg = ecg_batch(3)
