@@ -864,6 +864,10 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         if len(lead_names) != x.shape[0]:
             hint = " (it looks like [samples, leads]: pass ecg.T)" if len(lead_names) == x.shape[1] else ""
             raise ValueError(f"{where}: {len(lead_names)} lead names for {x.shape[0]} leads (rows){hint}")
+        unnamed = [i for i, name in enumerate(lead_names) if name is None or not str(name).strip()]
+        if unnamed:  # a WFDB header whose signal lines carry no description
+            raise ValueError(f"{where}: lead(s) at row(s) {', '.join(map(str, unnamed))} have no name (a WFDB header "
+                             "without signal descriptions?): pass lead_names=[...] with every lead's name")
         canon = []
         for name in lead_names:
             try:

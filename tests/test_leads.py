@@ -58,6 +58,9 @@ def test_no_standard_lead_and_strict_mode_are_clear_errors():
         fe(x[:2], sampling_rate=500, lead_names=["I", "II"], missing_leads="raise")
     with pytest.raises(ValueError, match="for fewer leads pass lead_names"):
         fe(x[:2], sampling_rate=500)
+    # a WFDB header without signal descriptions reads as names None (was "unknown lead name 'None'")
+    with pytest.raises(ValueError, match=r"lead\(s\) at row\(s\) 0, 1 have no name .*pass lead_names"):
+        fe(x[:2], sampling_rate=500, lead_names=[None, " "])
 
 
 def test_pipeline_scores_a_lead_subset_as_the_model_sees_it_and_says_which_leads(setup):
