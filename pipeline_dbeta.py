@@ -284,7 +284,6 @@ def _model_device(model) -> torch.device:
     return model.device  # a PreTrainedModel's, or DBetaOnnxModel's (which has no torch parameters)
 
 
-@torch.no_grad()
 def _check_token_ids(input_ids: torch.Tensor, model) -> None:
     """Token ids past the text encoder's vocabulary mean a tokenizer of another model (a folder saved over one that
     held another tokenizer's files keeps them): an error saying so, not an IndexError inside the embedding."""
@@ -295,6 +294,7 @@ def _check_token_ids(input_ids: torch.Tensor, model) -> None:
                          "folder, such as special_tokens_map.json or added_tokens.json?)")
 
 
+@torch.no_grad()
 def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """Text features [len(texts), hidden] (`get_text_features`) of texts cleaned and tokenized by the processor."""
     device = _model_device(model)
