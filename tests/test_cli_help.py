@@ -7,7 +7,7 @@ import pytest
 
 COMMANDS = [
     "train.pretrain", "train.pretrain_data", "train.finetune", "train.prepare_mimic", "train.build_n3s", "train.export_onnx",
-    "train.convert_original_checkpoint", "train.push_to_hub", "train.synthetic.cli", "train.synthetic.independent",
+    "train.convert_original_checkpoint", "train.push_to_hub", "train.export", "train.synthetic.cli", "train.synthetic.independent",
     "eval.zero_shot", "eval.linear_probe", "eval.retrieval", "eval.windows", "eval.explain", "eval.int8_quality",
     "demo.run",
 ]

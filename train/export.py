@@ -308,3 +308,21 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
     card.save(staging / "README.md")
     replace_folder(staging, out)
     return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m train.export` has nothing to run: it says which commands export."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m train.export",
+        description="The export library (export_model). A pretraining checkpoint is exported with `python -m "
+                    "train.pretrain --config CONFIG --output-dir RUN --export-only RUN/checkpoints/CHECKPOINT "
+                    "[--export-dir DIR]`; train.pretrain and train.finetune export at the end of a run.")
+    parser.parse_args(argv)
+    parser.error("this module is a library; use the commands above to export")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
