@@ -239,28 +239,50 @@ def test_gradient_accumulation_does_not_scale_the_loss(setup, tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _stopped_after_saving(monkeypatch, step: int) -> None:
+    """The next run stops (as if killed) once its checkpoint of `step` is on disk."""
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise KeyboardInterrupt
+
+    build = ft.build_trainer
+
+    def stopping(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(Stop())
+        return trainer
+
+    monkeypatch.setattr(ft, "build_trainer", stopping)
+
+
 def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    first = ft.main(ft_args(setup, out, "--epochs", "1", "--batch-size", "17", "--lr", "1e-3",
-                            "--logging-steps", "1", "--class-weights", "auto"))
-    assert first["splits"] == {"train": 34, "val": 4, "test": 10}
-    assert first["global_step"] == 2 and (out / "checkpoint-2" / "model.safetensors").is_file()
+    argv = ft_args(setup, out, "--epochs", "2", "--batch-size", "17", "--lr", "1e-3", "--logging-steps", "1",
+                   "--class-weights", "auto")
+    with monkeypatch.context() as stop:
+        _stopped_after_saving(stop, 2)
+        with pytest.raises(KeyboardInterrupt):
+            ft.main(argv)
+    assert (out / "checkpoint-2" / "model.safetensors").is_file() and not (out / "results.json").exists()
     assert (out / "checkpoint-2" / "processor_config.json").is_file()  # processing_class is saved
     # a Trainer checkpoint is a classifier folder too: it names only the classifier's pipeline
     assert set(json.loads((out / "checkpoint-2" / "config.json").read_text())["custom_pipelines"]) == {
         "ecg-classification"}
-    assert first["class_weights"] and len(first["class_weights"]) == 9
-    # the fixture teaches three of CPSC2018's nine classes: the other six are scored by the export, never learned
-    assert set(first["classes_without_train_positives"]) == set(first["class_names"]) - {"AFIB", "CLBBB", "NORM"}
-    assert first["test"]["report"]["n_records"] == 10 and first["best_val_macro_auc"] is not None
-    assert first["test"]["report"]["macro_auprc"] is not None and "eval_macro_auprc" in first["eval_log"][0]
-    assert json.loads((out / "results.json").read_text())["schema"] == "dbeta-finetune/1"
     assert json.loads((out / ft.SETTINGS_FILE).read_text())["data"]["dataset"] == "cpsc2018"
 
     pushed = []
     monkeypatch.setattr(ft, "push_export", lambda folder, repo, **kw: pushed.append((folder, repo, kw)) or "url")
-    second = ft.main(ft_args(setup, out, "--epochs", "2", "--batch-size", "17", "--lr", "1e-3", "--logging-steps",
-                             "1", "--resume", "--push-to-hub", "someone/dbeta-cpsc"))
+    second = ft.main(argv + ["--resume", "--push-to-hub", "someone/dbeta-cpsc"])
+    assert second["splits"] == {"train": 34, "val": 4, "test": 10}
+    assert second["class_weights"] and len(second["class_weights"]) == 9
+    # the fixture teaches three of CPSC2018's nine classes: the other six are scored by the export, never learned
+    assert set(second["classes_without_train_positives"]) == set(second["class_names"]) - {"AFIB", "CLBBB", "NORM"}
+    assert second["test"]["report"]["n_records"] == 10 and second["best_val_macro_auc"] is not None
+    assert second["test"]["report"]["macro_auprc"] is not None and "eval_macro_auprc" in second["eval_log"][0]
+    assert json.loads((out / "results.json").read_text())["schema"] == "dbeta-finetune/1"
     assert second["resumed_from"] == str(out / "checkpoint-2")
     assert second["global_step"] == 4 and second["epochs_run"] == 2
     steps = [e["step"] for e in second["train_loss_log"]]
@@ -275,8 +297,7 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     monkeypatch.setattr(ft, "push_export", offline)  # the upload failing: results.json was never written
     (out / "results.json").unlink()
     with pytest.raises(SystemExit) as exit_:
-        ft.main(ft_args(setup, out, "--epochs", "2", "--batch-size", "17", "--lr", "1e-3", "--logging-steps", "1",
-                        "--resume", "--push-to-hub", "someone/dbeta-cpsc"))
+        ft.main(argv + ["--resume", "--push-to-hub", "someone/dbeta-cpsc"])
     assert exit_.value.code == 4
     failed = json.loads((out / "results.json").read_text())
     assert failed["pushed"]["ok"] is False and "HF_HUB_OFFLINE" in failed["pushed"]["error"]
@@ -326,6 +347,62 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
         hf_home=tmp_path / "hf",
     )
     assert "DBetaForECGClassification CLBBB (1, 12, 1000)" in stdout
+
+
+def test_a_resume_continues_the_run_it_resumes(setup, tmp_path, monkeypatch, capsys):
+    """Helper findings, each exit 0 before: a run stopped early and then killed before its results trained on
+    when resumed; a moved run took its best weights from the old path (another run's); a resume on regenerated
+    data, or under another warmup or epoch count, went on with results.json recording the new values; the
+    old results.json stayed beside a new export while it was written; a data folder spelled another way was
+    refused."""
+    import shutil
+
+    es = tmp_path / "es"
+    argv = ft_args(setup, es, "--epochs", "5", "--batch-size", "17", "--lr", "0", "--early-stopping-patience", "1",
+                   "--class-weights", "none")
+    done = ft.main(argv)
+    assert done["global_step"] == 4 and done["best_checkpoint"].endswith("checkpoint-2")
+    (es / "results.json").unlink()  # killed during the final evaluation
+    again = ft.main(argv + ["--resume"])
+    assert again["global_step"] == 4 and again["best_checkpoint"] == str(es / "checkpoint-2")
+    assert again["test"]["report"]["macro_auc"] == done["test"]["report"]["macro_auc"]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # stopped while the new export is written: no results of the old one
+        patch.setattr(ft, "export_model", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            ft.main(argv + ["--resume"])
+    assert not (es / "results.json").exists()
+
+    moved = tmp_path / "moved"
+    shutil.move(es, moved)  # the old place now holds another run's folder of that name
+    (es / "checkpoint-2").mkdir(parents=True)
+    here = ft.main([a if a != str(es) else str(moved) for a in argv] + ["--resume"])
+    assert here["best_checkpoint"] == str(moved / "checkpoint-2")
+    assert here["test"]["report"]["macro_auc"] == done["test"]["report"]["macro_auc"]
+
+    spelled = [a if a != str(setup["data"]) else f"{setup['data']}/./" for a in argv]
+    ft.main([a if a != str(es) else str(moved) for a in spelled] + ["--resume"])  # the same folder: accepted
+
+    for flag, value, named in (("--warmup-steps", "5", "optim.warmup_steps: 0 -> 5"),
+                               ("--epochs", "6", "train.epochs: 5.0 -> 6.0"),
+                               ("--classifier-dropout", "0.5", "model.classifier_dropout")):
+        with pytest.raises(SystemExit) as exit_:
+            ft.main([a if a != str(es) else str(moved) for a in argv] + [flag, value, "--resume"])
+        assert exit_.value.code == 2 and named in capsys.readouterr().err
+
+    data = shutil.copytree(setup["data"], tmp_path / "data")  # a run on a data folder later made anew
+    run = [a if a != str(setup["data"]) else str(data)
+           for a in ft_args(setup, tmp_path / "run", "--epochs", "1", "--batch-size", "17")]
+    ft.main(run)
+    shutil.rmtree(data)
+    write_cpsc_fixture(data, n=60, seed=2)
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(run + ["--resume"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "the data differ from the run's (train: 34 records -> " in err, err
 
 
 def test_early_stopping_with_bf16(setup, tmp_path):

@@ -76,7 +76,13 @@ SETTINGS_FILE = "finetune_settings.json"  # the run's settings, written at its s
 # restores from the optimizer's saved state over the new settings (its learning rate and weight decay: a new --lr
 # was ignored while results.json recorded it).
 RUN_IDENTITY = ("model.name_or_path", "data.dataset", "data.task", "data.root", "optim.lr", "optim.weight_decay",
-                "seed", "train.per_device_batch_size", "train.gradient_accumulation_steps")
+                "seed", "train.per_device_batch_size", "train.gradient_accumulation_steps",
+                # and what shapes the loss or the schedule: results.json would record the new values for a run
+                # trained under both (more epochs resumed is two schedules, not a longer run)
+                "model.class_weights", "model.max_class_weight", "model.classifier_dropout", "optim.warmup_steps",
+                "data.random_crop", "data.protocol_num_samples", "train.epochs", "train.max_steps",
+                "train.early_stopping_patience")
+DATA_FILE = "data_fingerprint.json"  # each split's records and labels at the run's start: a --resume must match
 EXPORT_DIR = "export"
 EXIT_CONFIG = 2  # also records that cannot be used (named; nothing trained), as the eval CLIs
 EXIT_PUSH_FAILED = 4  # as pretraining: trained, evaluated and exported; only the upload failed
@@ -248,6 +254,9 @@ def build_training_args(s: FinetuneSettings):
             logging_strategy="steps",
             logging_steps=t.log_every,
             load_best_model_at_end=True,
+            # early stopping's patience count and stop decision travel in the checkpoint: without them a run stopped
+            # early, or killed mid-run, trained on when resumed
+            restore_callback_states_from_checkpoint=True,
             metric_for_best_model="macro_auc",
             greater_is_better=True,
             save_total_limit=t.checkpoint_total_limit,
@@ -263,11 +272,34 @@ def build_training_args(s: FinetuneSettings):
         raise ConfigError(f"transformers.TrainingArguments refuses these settings: {err}") from None
 
 
+def _best_checkpoint_here():
+    """A Trainer callback: a resumed run's best checkpoint is the one of that name in the folder being resumed.
+    transformers keeps the absolute path it was saved under, so a moved run loaded the best weights from the old
+    place (another run's, if one is there now) or, if it is gone, exported its last weights instead."""
+    from transformers import TrainerCallback
+
+    class BestCheckpointHere(TrainerCallback):
+        name = None  # the saved best checkpoint's folder name, read before transformers drops a missing path
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if self.name is None:
+                return
+            here = Path(args.output_dir) / self.name
+            if here.is_dir():
+                state.best_model_checkpoint = str(here)
+            else:
+                logger.warning("the resumed run's best checkpoint %s is not in %s: the best of the checkpoints "
+                               "saved from now on is used", self.name, args.output_dir)
+                state.best_model_checkpoint = None
+
+    return BestCheckpointHere()
+
+
 def build_trainer(s: FinetuneSettings, model, processor, train_dataset, eval_dataset, class_names,
                   training_args=None):
     from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
-    callbacks = []
+    callbacks = [_best_checkpoint_here()]
     if s.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=s.train.early_stopping_patience))
     trainer = Trainer(
@@ -378,6 +410,45 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
         raise ConfigError(str(err)) from None
 
 
+def _same_places_as_now(saved: dict, s: FinetuneSettings) -> dict:
+    """The saved settings with each folder spelled as now where both name the same place (`d2/`, `./d2` and its
+    absolute path are one folder; whether it holds the same data is the data fingerprint's question)."""
+    for section, key in (("data", "root"), ("model", "name_or_path")):
+        old, new = (saved.get(section) or {}).get(key), getattr(getattr(s, section), key)
+        if old and new and old != new and Path(old).exists() and Path(old).resolve() == Path(new).resolve():
+            saved[section][key] = new
+    return saved
+
+
+def _data_fingerprint(splits: dict) -> dict:
+    """Each split's record count and a hash of its record ids and labels."""
+    import hashlib
+
+    out = {}
+    for name, split in splits.items():
+        digest = hashlib.sha256("\n".join(map(str, split.record_ids)).encode())
+        digest.update(np.ascontiguousarray(split.labels_matrix(), dtype=np.float32).tobytes())
+        digest.update(",".join(split.class_names).encode())
+        out[name] = {"records": len(split), "sha256": digest.hexdigest()}
+    return out
+
+
+def _check_same_data(path: Path, splits: dict, first: bool) -> None:
+    """A run's data is written down at its start; a --resume on other records or labels (a data folder made
+    anew, a relative --data-root from another directory) would continue the run on them without a word."""
+    now = _data_fingerprint(splits)
+    if first or not path.is_file():  # runs older than this file are not checked
+        write_json(path, now)
+        return
+    saved = json.loads(path.read_text())
+    changed = [f"{k}: {saved[k]['records']} records -> {now[k]['records']}"
+               + (" (other records or labels)" if saved[k]["records"] == now[k]["records"] else "")
+               for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ConfigError(f"--resume in {path.parent}: the data differ from the run's ({'; '.join(changed)}). "
+                          "Resume on the data the run started with, or start a new run in another --output-dir")
+
+
 def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
     output_dir = Path(s.output_dir)
     folders = checkpoint_folders(output_dir)
@@ -394,7 +465,7 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         raise ConfigError(str(err)) from None
     settings_file = output_dir / SETTINGS_FILE
     if earlier and settings_file.is_file():
-        changed = s.changed_since(json.loads(settings_file.read_text()), RUN_IDENTITY)
+        changed = s.changed_since(_same_places_as_now(json.loads(settings_file.read_text()), s), RUN_IDENTITY)
         if changed:
             raise ConfigError(f"--resume in {output_dir}: the run differs from the checkpointed one ("
                               + "; ".join(changed) + "). Restore them, or start a new run in another --output-dir")
@@ -406,6 +477,7 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         write_json(settings_file, s.to_dict())
     parts = prepare(s)
     class_names, datasets = parts["class_names"], parts["datasets"]
+    _check_same_data(output_dir / DATA_FILE, parts["splits"], first=not earlier)
     trainer = build_trainer(s, parts["model"], parts["processor"], datasets["train"], datasets["val"],
                             class_names, training_args)
 
@@ -416,6 +488,16 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
             logger.warning("--resume: no checkpoint-* folder in %s; starting from the model", output_dir)
         else:
             logger.info("resuming from %s", resume_from)
+            state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+            best = state.get("best_model_checkpoint")
+            here = next(cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "name"))
+            here.name = Path(best).name if best else None
+            control = (state.get("stateful_callbacks") or {}).get("TrainerControl") or {}
+            if (control.get("args") or {}).get("should_training_stop"):
+                # stopped early, then stopped again before its results (Trainer clears the stop decision at the
+                # start of train()): no further step, as the uninterrupted run took none
+                logger.info("the run stopped early at step %s: evaluating and exporting it", state["global_step"])
+                trainer.args.max_steps = int(state["global_step"])
     try:
         train_output = trainer.train(resume_from_checkpoint=resume_from)
         from transformers import EarlyStoppingCallback
@@ -452,6 +534,8 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         facts["test macro AUC"] = f"{test['report']['macro_auc']:.4f}"
         facts["test macro AUPRC"] = f"{test['report']['macro_auprc']:.4f}"
     if trainer.is_world_process_zero():
+        # the old results describe the old export: gone before the new export lands, back with the new run's
+        (output_dir / RESULTS_FILE).unlink(missing_ok=True)
         export_model(model, export_dir, processor=parts["processor"], card_facts=facts)
     pushed = None
     if s.hub.push_to_hub and trainer.is_world_process_zero():
