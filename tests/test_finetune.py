@@ -405,6 +405,25 @@ def test_a_resume_continues_the_run_it_resumes(setup, tmp_path, monkeypatch, cap
     assert exit_.value.code == 2 and "the data differ from the run's (train: 34 records -> " in err, err
 
 
+def test_a_validation_split_that_cannot_select_a_checkpoint_is_exit_2(setup, tmp_path, monkeypatch, capsys):
+    """No class with both positives and negatives in val: the selection metric is undefined. It was a ValueError
+    traceback (exit 1) where every other data problem is a message and exit 2 (helper)."""
+    import eval.datasets
+
+    load = eval.datasets.load_downstream
+
+    def constant_val(*args, split, **kwargs):
+        ds = load(*args, split=split, **kwargs)
+        if split == "val":
+            ds.labels_matrix = lambda: np.zeros((len(ds), len(ds.class_names)), dtype=np.float32)
+        return ds
+
+    monkeypatch.setattr(eval.datasets, "load_downstream", constant_val)
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(ft_args(setup, tmp_path / "run", "--epochs", "1"))
+    assert exit_.value.code == 2 and "no class has both positives and negatives in val" in capsys.readouterr().err
+
+
 def test_early_stopping_with_bf16(setup, tmp_path):
     """lr 0: the val AUC never improves after the first epoch, so patience 1 stops after epoch 2 of 5."""
     result = ft.main(ft_args(setup, tmp_path / "es", "--epochs", "5", "--batch-size", "17", "--lr", "0",
@@ -652,14 +671,39 @@ def test_the_output_folder_is_never_the_model_folder(tmp_path, capsys, nothing_i
 
 def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
     """A kill while Trainer saved checkpoint-4 left it without a readable trainer_state.json (written last), and
-    every --resume failed on it (transformers takes the highest number) though checkpoint-2 was whole."""
-    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_st'), (6, None)):
-        (tmp_path / f"checkpoint-{step}").mkdir()
+    every --resume failed on it (transformers takes the highest number) though checkpoint-2 was whole. Damaged
+    weights, NaN weights (resumed, they ended the run as 'diverged, lower the LR') and a damaged optimizer or RNG
+    file are skipped the same way, each named with its reason (helper)."""
+    import zipfile
+
+    from safetensors.torch import save_file
+
+    def checkpoint(step, state='{"global_step": 1}', weights=1.0):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
         if state is not None:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+            (folder / "trainer_state.json").write_text(state)
+        save_file({"classifier.weight": torch.full((2, 2), weights)}, str(folder / "model.safetensors"))
+        torch.save({"step": step}, folder / "optimizer.pt")
+        return folder
+
+    checkpoint(2)
+    checkpoint(4, state='{"global_st')
+    checkpoint(6, state=None)
+    checkpoint(8, weights=float("nan"))
+    cut = checkpoint(10) / "model.safetensors"
+    cut.write_bytes(cut.read_bytes()[:40])
+    opt = checkpoint(12) / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:-30])
+    (checkpoint(14) / "rng_state.pth").write_bytes(b"\x00" * 100)
     (tmp_path / "checkpoint-x").mkdir()  # not Trainer's
-    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == [f"checkpoint-{n}" for n in range(2, 15, 2)]
+    assert zipfile.is_zipfile(tmp_path / "checkpoint-2" / "optimizer.pt")
     with caplog.at_level("WARNING", logger=ft.logger.name):
         assert ft.find_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
-    assert "checkpoint-6 is incomplete" in caplog.text and "checkpoint-4 is incomplete" in caplog.text
+    for step, reason in ((4, "no readable trainer_state.json"), (6, "no readable trainer_state.json"),
+                         (8, "model.safetensors holds NaN or infinite values in classifier.weight"),
+                         (10, "model.safetensors does not read"), (12, "optimizer.pt is damaged"),
+                         (14, "rng_state.pth is damaged")):
+        assert f"checkpoint-{step} cannot be resumed from ({reason}" in caplog.text, step
     assert ft.find_checkpoint(tmp_path / "absent") is None

@@ -213,16 +213,45 @@ def checkpoint_folders(output_dir: Path) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why a Trainer checkpoint cannot be resumed from, or None: no readable trainer_state.json (Trainer writes it
+    last, so a stop while saving leaves none), weights that do not read or hold NaN/inf (resumed, they ended the
+    run as "diverged, lower the LR"), or a damaged optimizer, scheduler or RNG file (torch zip archives)."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "no readable trainer_state.json: the run stopped while saving it"
+    weights = path / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    return f"{weights.name} holds NaN or infinite values in {key}"
+    except Exception as err:  # noqa: BLE001 - missing, truncated or not safetensors: named below
+        return f"{weights.name} does not read ({type(err).__name__}: {err})"
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        if (path / name).exists():
+            try:
+                with zipfile.ZipFile(path / name) as archive:
+                    if archive.testzip() is not None:
+                        return f"{name} is damaged"
+            except (OSError, zipfile.BadZipFile) as err:
+                return f"{name} is damaged ({err})"
+    return None
+
+
 def find_checkpoint(output_dir: Path) -> Optional[str]:
-    """The newest complete checkpoint: Trainer writes trainer_state.json last, so one whose state does not parse
-    was cut short while saving (a kill, a full disk); it is skipped with a warning naming it, where transformers'
-    own choice (the highest number) would fail every --resume."""
+    """The newest checkpoint that can be resumed from (`checkpoint_problem`); a newer one that cannot is skipped
+    with a warning saying why, where transformers' own choice (the highest number) would fail every --resume."""
     for path in reversed(checkpoint_folders(output_dir)):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            logger.warning("%s is incomplete (no readable trainer_state.json: the run stopped while saving it); "
-                           "resuming from an earlier checkpoint", path)
+        problem = checkpoint_problem(path)
+        if problem:
+            logger.warning("%s cannot be resumed from (%s); resuming from an earlier checkpoint", path, problem)
             continue
         return str(path)
     return None
@@ -285,11 +314,12 @@ def _best_checkpoint_here():
             if self.name is None:
                 return
             here = Path(args.output_dir) / self.name
-            if here.is_dir():
+            problem = checkpoint_problem(here) if here.is_dir() else f"not in {args.output_dir}"
+            if problem is None:
                 state.best_model_checkpoint = str(here)
             else:
-                logger.warning("the resumed run's best checkpoint %s is not in %s: the best of the checkpoints "
-                               "saved from now on is used", self.name, args.output_dir)
+                logger.warning("the resumed run's best checkpoint %s cannot be used (%s): the best of the "
+                               "checkpoints saved from now on is exported, or the last weights", self.name, problem)
                 state.best_model_checkpoint = None
 
     return BestCheckpointHere()
@@ -341,11 +371,11 @@ def prepare(s: FinetuneSettings) -> dict:
         kept, skipped = check_records(splits, fe, protocol_n, data.on_error, data.num_workers, s.train.progress)
     y_train, y_val = (splits[k].labels_matrix()[kept.get(k, slice(None))] for k in ("train", "val"))
     if len(splits["train"]) == 0 or len(splits["val"]) == 0:
-        raise ValueError(f"{data.dataset}: empty train or val split")
+        raise ConfigError(f"{data.dataset}: empty train or val split")
     val_pos = y_val.sum(axis=0)
     if not ((val_pos > 0) & (val_pos < len(y_val))).any():
-        raise ValueError(f"{data.dataset}: no class has both positives and negatives in val; the val macro AUC "
-                         f"that selects the checkpoint is undefined")
+        raise ConfigError(f"{data.dataset}: no class has both positives and negatives in val; the val macro AUC "
+                          f"that selects the checkpoint is undefined")
     unlearned = [c for c, n in zip(class_names, y_train.sum(axis=0)) if n == 0]
     if unlearned:  # the head still gets an output for them: its scores are its initialisation's, not learned
         logger.warning("%d of %d classes have no positive training record; the export scores them but never learned "
