@@ -5,6 +5,7 @@ accumulation that does not scale the loss."""
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -667,6 +668,22 @@ def test_the_output_folder_is_never_the_model_folder(tmp_path, capsys, nothing_i
                      "--output-dir", str(out)])
         assert exit_.value.code == 2 and "the model this run starts from" in capsys.readouterr().err
     assert sorted(p.name for p in model.iterdir()) == ["config.json"]
+
+
+def test_an_export_folder_fine_tuning_must_not_take_is_refused_first(tmp_path, capsys, nothing_is_read):
+    """--export-dir OUT/checkpoint-11 passed the start check (absent then), Trainer saved a checkpoint there, and
+    the export was refused after the whole run with no results written; a pretrained export given as --export-dir
+    was replaced by the classifier, its text tower gone (helper)."""
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    (pretrained / "config.json").write_text('{"model_type": "dbeta", "architectures": ["DBetaModel"]}')
+    for export, message in ((tmp_path / "run" / "checkpoint-11", "Trainer names its checkpoints so"),
+                            (pretrained, r"holds a pretrained D-BETA export \(DBetaModel\)")):
+        with pytest.raises(SystemExit) as exit_:
+            ft.main(["--model", str(tmp_path / "model"), "--dataset", "cpsc2018", "--data-root", str(tmp_path / "d"),
+                     "--output-dir", str(tmp_path / "run"), "--export-dir", str(export)])
+        assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert sorted(p.name for p in pretrained.iterdir()) == ["config.json"]
 
 
 def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):

@@ -440,6 +440,23 @@ def run(s: FinetuneSettings, resume: bool = False) -> dict:
         raise ConfigError(str(err)) from None
 
 
+def _check_classifier_target(export_dir: Path, output_dir: Path) -> None:
+    """Two export folders fine-tuning must not take: a checkpoint-N name in the run's folder (Trainer writes a
+    checkpoint there during the run, and the export at the end is then refused, after all the training), and a
+    pretrained D-BETA export (replaced by the classifier, its text tower and heads would be lost)."""
+    if (export_dir.resolve().parent == output_dir.resolve()
+            and re.fullmatch(r"checkpoint-\d+", export_dir.name)):
+        raise ConfigError(f"--export-dir {export_dir}: Trainer names its checkpoints so in {output_dir}; "
+                          "pick another name")
+    try:
+        kind = json.loads((export_dir / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    if kind and "DBetaForECGClassification" not in kind:
+        raise ConfigError(f"--export-dir {export_dir} holds a pretrained D-BETA export ({', '.join(kind)}): the "
+                          "fine-tuned classifier would replace it. Pass another --export-dir")
+
+
 def _same_places_as_now(saved: dict, s: FinetuneSettings) -> dict:
     """The saved settings with each folder spelled as now where both name the same place (`d2/`, `./d2` and its
     absolute path are one folder; whether it holds the same data is the data fingerprint's question)."""
@@ -493,6 +510,7 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         check_export_target(s.export_dir or output_dir / EXPORT_DIR, protect=(s.model.name_or_path, output_dir))
     except ExportTargetError as err:
         raise ConfigError(str(err)) from None
+    _check_classifier_target(Path(s.export_dir) if s.export_dir else output_dir / EXPORT_DIR, output_dir)
     settings_file = output_dir / SETTINGS_FILE
     if earlier and settings_file.is_file():
         changed = s.changed_since(_same_places_as_now(json.loads(settings_file.read_text()), s), RUN_IDENTITY)
