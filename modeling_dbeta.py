@@ -1231,6 +1231,49 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)
+        model._head_follows_its_classes(str(pretrained_model_name_or_path), kwargs.get("revision"))
+        return (model, info) if want_info else model
+
+    def _head_follows_its_classes(self, source: str, revision: Optional[str]) -> None:
+        """A saved head's rows belong to its own classes in its own order; loaded under other `id2label` names
+        (a `config=` or `id2label=` given to from_pretrained), transformers keeps them row for row, so the row
+        trained for one class would be served under another's name. Same classes in another order: the rows
+        follow their names. Other classes: a new head, counted untrained (`untrained_heads`) until trained."""
+        if "classifier" in getattr(self, "_heads_initialised_at_load", {}):
+            return  # a new head already
+        saved = _fetch_companion(source, "config.json", revision)
+        try:
+            labels = json.loads(saved.read_text()).get("id2label") if saved else None
+        except (OSError, ValueError):
+            labels = None
+        if not labels:
+            return
+        saved_names = [str(labels[str(i)]) for i in range(len(labels))] if all(
+            str(i) in labels for i in range(len(labels))) else None
+        names = [str(self.config.id2label[i]) for i in range(self.config.num_labels)]
+        if saved_names is None or saved_names == names:
+            return
+        head = self.classifier
+        if sorted(saved_names) == sorted(names):
+            order = [saved_names.index(c) for c in names]
+            with torch.no_grad():
+                head.weight.copy_(head.weight[order].clone())
+                head.bias.copy_(head.bias[order].clone())
+            logger.info("%s: the saved head's rows put in the order of id2label (%s)", source, ", ".join(names))
+        else:  # a new module: transformers' init skips parameters it has already loaded
+            self.classifier = nn.Linear(head.in_features, head.out_features).to(head.weight.device,
+                                                                                 head.weight.dtype)
+            self._init_weights(self.classifier)
+            self._heads_initialised_at_load = {**getattr(self, "_heads_initialised_at_load", {}),
+                                               "classifier": self.classifier.weight.detach().clone()}
+            logger.warning("%s: the saved head was trained for other classes (%s); a new head for %s, untrained",
+                           source, ", ".join(saved_names), ", ".join(names))
+
     def forward(self, ecg_values: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 output_attentions: Optional[bool] = None, output_hidden_states: Optional[bool] = None,
                 return_dict: Optional[bool] = None) -> SequenceClassifierOutput:

@@ -78,10 +78,16 @@ def test_a_saved_head_keeps_its_rows_with_their_classes(setup, tmp_path, caplog)
     assert reordered.classifier.weight[:, 0].tolist() == [2.0, 0.0, 1.0]
     same = ft.load_classifier(str(tmp_path / "ft"), ["A", "B", "C"])
     assert same.classifier.bias.tolist() == [10.0, 11.0, 12.0]
-    with caplog.at_level("WARNING", logger=ft.logger.name):
+    with caplog.at_level("WARNING"):
         other = ft.load_classifier(str(tmp_path / "ft"), ["X", "Y", "Z"])
-    assert "trained for other classes (A, B, C); a new head is trained for X, Y, Z" in caplog.text
-    assert not set(other.classifier.bias.tolist()) & {10.0, 11.0, 12.0}
+    assert "trained for other classes (A, B, C); a new head for X, Y, Z, untrained" in caplog.text
+    assert not set(other.classifier.bias.tolist()) & {10.0, 11.0, 12.0} and other.untrained_heads() == ["classifier"]
+    # the same through from_pretrained itself (the README's Trainer route): the row trained for C was served as A
+    from transformers import AutoModelForSequenceClassification
+
+    user = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "ft", trust_remote_code=True, id2label={0: "C", 1: "A", 2: "B"}, label2id={"C": 0, "A": 1, "B": 2})
+    assert user.classifier.bias.tolist() == [12.0, 10.0, 11.0] and user.untrained_heads() == []
 
 
 def test_auto_class_weights():

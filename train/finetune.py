@@ -156,12 +156,12 @@ def auto_class_weights(labels: np.ndarray, max_weight: float = 50.0) -> List[flo
 
 def load_classifier(model: str, class_names: Sequence[str], class_weights: Optional[List[float]] = None,
                     classifier_dropout: Optional[float] = None) -> DBetaForECGClassification:
-    """DBetaForECGClassification from `model` with a fresh multi-label head for `class_names`.
+    """DBetaForECGClassification from `model` with a multi-label head for `class_names`.
 
     The ECG encoder's weights must all be in the checkpoint (a missing or misshapen one is an error); the
-    classifier is new unless the checkpoint has one of the same shape (a fine-tuned export)."""
+    classifier is new unless the checkpoint has one for the same classes (a fine-tuned export; its rows are put in
+    this order)."""
     config = DBetaConfig.from_pretrained(model)
-    saved_names = [str(config.id2label[i]) for i in range(config.num_labels)]
     config.num_labels = len(class_names)
     config.id2label = {i: str(c) for i, c in enumerate(class_names)}
     config.label2id = {str(c): i for i, c in enumerate(class_names)}
@@ -184,23 +184,7 @@ def load_classifier(model: str, class_names: Sequence[str], class_weights: Optio
     if bad:
         raise ValueError(f"{model}: {len(bad)} ECG-encoder weight(s) missing or misshapen in the checkpoint "
                          f"({', '.join(sorted(bad)[:5])}{' ...' if len(bad) > 5 else ''})")
-    head_loaded = not any(str(k[0] if isinstance(k, (tuple, list)) else k).startswith(HEAD_PREFIXES)
-                          for k in [*info.get("missing_keys", []), *info.get("mismatched_keys", [])])
-    names = [str(c) for c in class_names]
-    if head_loaded and saved_names != names:  # a trained head's rows belong to its own classes, in its own order
-        head = clf.classifier
-        if sorted(saved_names) == sorted(names):
-            order = [saved_names.index(c) for c in names]
-            with torch.no_grad():
-                head.weight.copy_(head.weight[order].clone())
-                head.bias.copy_(head.bias[order].clone())
-            logger.info("%s: the saved head's rows put in this dataset's class order", model)
-        else:  # a new module: transformers' init skips parameters it has already loaded
-            clf.classifier = torch.nn.Linear(head.in_features, head.out_features).to(head.weight.device)
-            clf._init_weights(clf.classifier)
-            logger.warning("%s: the saved head was trained for other classes (%s); a new head is trained for %s",
-                           model, ", ".join(saved_names), ", ".join(names))
-    return clf
+    return clf  # a saved head's rows follow their class names (DBetaForECGClassification.from_pretrained)
 
 
 def checkpoint_folders(output_dir: Path) -> List[Path]:
