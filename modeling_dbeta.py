@@ -1236,25 +1236,22 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
                                               **kwargs)
-        model._head_follows_its_classes(str(pretrained_model_name_or_path), kwargs.get("revision"))
+        hub = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir", "token", "local_files_only",
+                                      "force_download", "proxies") if k in kwargs}
+        model._head_follows_its_classes(str(pretrained_model_name_or_path), hub)
         return (model, info) if want_info else model
 
-    def _head_follows_its_classes(self, source: str, revision: Optional[str]) -> None:
+    def _head_follows_its_classes(self, source: str, hub: dict) -> None:
         """A saved head's rows belong to its own classes in its own order; loaded under other `id2label` names
         (a `config=` or `id2label=` given to from_pretrained), transformers keeps them row for row, so the row
         trained for one class would be served under another's name. Same classes in another order: the rows
         follow their names. Other classes: a new head, counted untrained (`untrained_heads`) until trained."""
         if "classifier" in getattr(self, "_heads_initialised_at_load", {}):
             return  # a new head already
-        saved = _fetch_companion(source, "config.json", revision)
-        try:
-            labels = json.loads(saved.read_text()).get("id2label") if saved else None
-        except (OSError, ValueError):
-            labels = None
-        if not labels:
-            return
-        saved_names = [str(labels[str(i)]) for i in range(len(labels))] if all(
-            str(i) in labels for i in range(len(labels))) else None
+        # the names the head was saved under: the config of the very folder loaded (subfolder, revision)
+        labels = type(self.config).from_pretrained(source, **hub).id2label
+        saved_names = [str(labels[i]) for i in range(len(labels))] if all(i in labels for i in range(len(labels))) \
+            else None
         names = [str(self.config.id2label[i]) for i in range(self.config.num_labels)]
         if saved_names is None or saved_names == names:
             return

@@ -405,6 +405,9 @@ def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
 def _as_float32(x, where: str) -> np.ndarray:
     """The signal as float32; a finite value float32 cannot hold (|x| > 3.4e38) is an error, not an inf to repair."""
     raw = np.asarray(x)
+    if raw.dtype == object and all(v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool))
+                                   for v in raw.ravel()):  # nested lists with missing samples (JSON null)
+        raw = np.array([np.nan if v is None else v for v in raw.ravel()], dtype=np.float64).reshape(raw.shape)
     if raw.dtype.kind not in "fiu":  # booleans, complex numbers, strings or objects are no voltages
         raise ValueError(f"{where}: ECG samples must be real numbers, got an array of {raw.dtype}")
     if raw.dtype.kind != "f" or raw.dtype.itemsize <= 4:
@@ -540,6 +543,8 @@ def _refuse_changed_model_input(saved: dict, kwargs: dict) -> None:
 
 
 def _plain(value):
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     try:

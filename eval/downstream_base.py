@@ -214,6 +214,8 @@ def find_files(folder: PathLike, suffix: str, dataset: str) -> List[Path]:
             dirs[:] = []
             continue
         seen.add(real)
+        # a folder reached both as itself and through a link keeps its own path: real folders are walked first
+        dirs.sort(key=lambda d: (os.path.islink(os.path.join(here, d)), d))
         for name in files:
             if name.endswith(suffix):
                 found.append(Path(here) / name)

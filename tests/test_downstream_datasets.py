@@ -745,7 +745,10 @@ def test_records_of_other_sources_twice_found_or_out_of_reach_are_refused(cinc_r
     shutil.copytree(cinc_root / "training" / "ptb", linked / "training" / "ptb")
     (linked / "training" / "georgia").symlink_to(cinc_root / "training" / "georgia", target_is_directory=True)
     (linked / "training" / "loop").symlink_to(linked / "training", target_is_directory=True)  # a link back up
+    # a shortcut to a folder of the same tree, listed before it: the folder keeps its own path
+    (linked / "training" / "a_ptb").symlink_to(linked / "training" / "ptb", target_is_directory=True)
     assert PhysioNet2021Dataset(linked, "all").record_ids == PhysioNet2021Dataset(cinc_root, "all").record_ids
+    assert len(PhysioNet2021Dataset(linked, "all", sources=["ptb"])) == 10
 
     upper = shutil.copytree(cinc_root, tmp_path / "upper")
     (upper / "training/georgia/g1/E00003.hea").rename(upper / "training/georgia/g1/E00003.HEA")

@@ -88,6 +88,18 @@ def test_a_saved_head_keeps_its_rows_with_their_classes(setup, tmp_path, caplog)
     user = AutoModelForSequenceClassification.from_pretrained(
         tmp_path / "ft", trust_remote_code=True, id2label={0: "C", 1: "A", 2: "B"}, label2id={"C": 0, "A": 1, "B": 2})
     assert user.classifier.bias.tolist() == [12.0, 10.0, 11.0] and user.untrained_heads() == []
+    from dbeta.modeling_dbeta import DBetaForECGClassification
+
+    # compared with the config of the folder loaded: a subfolder's head is not reordered by its parent's labels
+    import shutil
+
+    repo = shutil.copytree(tmp_path / "ft", tmp_path / "repo")
+    shutil.copytree(tmp_path / "ft", repo / "sub")
+    config = json.loads((repo / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "C", "1": "B", "2": "A"}, {"C": 0, "B": 1, "A": 2}
+    (repo / "config.json").write_text(json.dumps(config))
+    sub = DBetaForECGClassification.from_pretrained(repo, subfolder="sub")
+    assert sub.classifier.bias.tolist() == [10.0, 11.0, 12.0] and sub.untrained_heads() == []
 
 
 def test_auto_class_weights():

@@ -351,6 +351,9 @@ def test_sampling_rate_and_lead_names_of_the_wrong_type_are_clear_errors():
         for given in (bad, torch.from_numpy(bad), bad.tolist()):
             with pytest.raises(ValueError, match=named):
                 fe(given, sampling_rate=500)
+    gap = x.tolist()  # nested lists with a missing sample (JSON null): a NaN, repaired as the policy says
+    gap[3][100] = None
+    assert torch.isfinite(fe(gap, sampling_rate=500)["ecg_values"]).all()
     # a sampling interval given as the rate would ask the resampler for tens of GB; 5 Hz cannot carry an ECG
     for rate in (0.002, 5, 1e6):
         with pytest.raises(ValueError, match=re.escape(f"sampling_rate {rate:g} Hz is outside the 50-20000 Hz")):
@@ -469,7 +472,7 @@ def test_the_models_input_settings_cannot_change_at_load(tiny_export):
             load(tiny_export, trust_remote_code=True, lead_names=list(MIMIC_LEADS))
         with pytest.raises(ValueError, match=r"num_samples=2500"):
             load(tiny_export, trust_remote_code=True, num_samples=2500)
-        load(tiny_export, trust_remote_code=True, sampling_rate=500, lead_names=list(STANDARD_LEADS))
+        load(tiny_export, trust_remote_code=True, sampling_rate=500.0, lead_names=np.array(STANDARD_LEADS))
 
 
 def test_a_processor_config_with_an_unknown_setting_is_refused_naming_the_folder(tiny_export, tmp_path):
