@@ -1238,7 +1238,8 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
                                               **kwargs)
         hub = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir", "token", "local_files_only",
                                       "force_download", "proxies") if k in kwargs}
-        model._head_follows_its_classes(str(pretrained_model_name_or_path), hub)
+        if pretrained_model_name_or_path is not None:  # None: weights from a state_dict, no saved names
+            model._head_follows_its_classes(str(pretrained_model_name_or_path), hub)
         return (model, info) if want_info else model
 
     def _head_follows_its_classes(self, source: str, hub: dict) -> None:

@@ -659,6 +659,13 @@ def test_a_config_changing_a_pooling_is_refused(config, tmp_path, field, cls):
         DBetaForECGClassification.from_pretrained(bad)  # no text path: the setting does not matter there
 
 
+def test_a_classifier_loads_from_a_state_dict_without_a_folder(config):
+    """from_pretrained(None, config=..., state_dict=...) has no saved config to compare the head's labels with."""
+    model = DBetaForECGClassification(config)
+    again = DBetaForECGClassification.from_pretrained(None, config=config, state_dict=model.state_dict())
+    assert torch.equal(again.classifier.weight, model.classifier.weight) and again.untrained_heads() == []
+
+
 def test_geometry_travels_in_the_weights_and_survives_dtype_changes(config, tmp_path):
     from safetensors.torch import load_file
 
