@@ -50,7 +50,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-
+from transformers import TrainerCallback
 
 from dbeta.configuration_dbeta import DBetaConfig
 from eval.features import (RecordError, check_skipped_records, condition_item, load_processor,
@@ -285,35 +285,31 @@ def build_training_args(s: FinetuneSettings):
         raise ConfigError(f"transformers.TrainingArguments refuses these settings: {err}") from None
 
 
-def _best_checkpoint_here():
-    """A Trainer callback: a resumed run's best checkpoint is the one of that name in the folder being resumed.
-    transformers keeps the absolute path it was saved under, so a moved run loaded the best weights from the old
-    place (another run's, if one is there now) or, if it is gone, exported its last weights instead."""
-    from transformers import TrainerCallback
+class BestCheckpointHere(TrainerCallback):
+    """A resumed run's best checkpoint is the one of that name in the folder being resumed. transformers keeps the
+    absolute path it was saved under, so a moved run loaded the best weights from the old place (another run's, if
+    one is there now) or, if it is gone, exported its last weights instead."""
 
-    class BestCheckpointHere(TrainerCallback):
-        name = None  # the saved best checkpoint's folder name, read before transformers drops a missing path
+    name = None  # the saved best checkpoint's folder name, read before transformers drops a missing path
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            if self.name is None:
-                return
-            here = Path(args.output_dir) / self.name
-            problem = checkpoint_problem(here) if here.is_dir() else f"not in {args.output_dir}"
-            if problem is None:
-                state.best_model_checkpoint = str(here)
-            else:
-                logger.warning("the resumed run's best checkpoint %s cannot be used (%s): the best of the "
-                               "checkpoints saved from now on is exported, or the last weights", self.name, problem)
-                state.best_model_checkpoint = None
-
-    return BestCheckpointHere()
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.name is None:
+            return
+        here = Path(args.output_dir) / self.name
+        problem = checkpoint_problem(here) if here.is_dir() else f"not in {args.output_dir}"
+        if problem is None:
+            state.best_model_checkpoint = str(here)
+        else:
+            logger.warning("the resumed run's best checkpoint %s cannot be used (%s): the best of the "
+                           "checkpoints saved from now on is exported, or the last weights", self.name, problem)
+            state.best_model_checkpoint = None
 
 
 def build_trainer(s: FinetuneSettings, model, processor, train_dataset, eval_dataset, class_names,
                   training_args=None):
     from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
-    callbacks = [_best_checkpoint_here()]
+    callbacks = [BestCheckpointHere()]
     if s.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=s.train.early_stopping_patience))
     trainer = Trainer(
@@ -490,11 +486,12 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         # checkpoint, whichever run wrote it.
         raise ConfigError(f"{output_dir} already holds checkpoints of an earlier run ({Path(earlier).name}): pass "
                           "--resume to continue it, or use another output_dir (--output-dir)")
+    export_dir = Path(s.export_dir) if s.export_dir else output_dir / EXPORT_DIR
     try:  # before any data is read, not after training
-        check_export_target(s.export_dir or output_dir / EXPORT_DIR, protect=(s.model.name_or_path, output_dir))
+        check_export_target(export_dir, protect=(s.model.name_or_path, output_dir))
     except ExportTargetError as err:
         raise ConfigError(str(err)) from None
-    _check_classifier_target(Path(s.export_dir) if s.export_dir else output_dir / EXPORT_DIR, output_dir)
+    _check_classifier_target(export_dir, output_dir)
     settings_file = output_dir / SETTINGS_FILE
     if earlier and settings_file.is_file():
         changed = s.changed_since(_same_places_as_now(json.loads(settings_file.read_text()), s), RUN_IDENTITY)
@@ -522,7 +519,7 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
             logger.info("resuming from %s", resume_from)
             state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
             best = state.get("best_model_checkpoint")
-            here = next(cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "name"))
+            here = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, BestCheckpointHere))
             here.name = Path(best).name if best else None
             control = (state.get("stateful_callbacks") or {}).get("TrainerControl") or {}
             if (control.get("args") or {}).get("should_training_stop"):
@@ -551,7 +548,6 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
 
     model = trainer.model
     model.config.class_weights = None  # a training-time loss setting: not imposed on whoever loads the export
-    export_dir = Path(s.export_dir) if s.export_dir else output_dir / EXPORT_DIR
     best = trainer.state.best_model_checkpoint
     facts = {
         "fine-tuned from": s.model.name_or_path,
