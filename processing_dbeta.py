@@ -243,6 +243,18 @@ def _check_signal_files(record, base: str, length: Optional[int]) -> None:
                                        f"signals x {length} samples (saved as [samples, leads]?)")
 
 
+def _explain_unreadable(wfdb, base: str) -> None:
+    """wfdb failed reading the samples: a short (half-downloaded) or empty signal file fails inside it with a
+    reshape error that names neither file nor cause, so the files are checked against the header here, off the
+    reading path (rdheader's parse costs ~14 ms a record)."""
+    try:
+        header = wfdb.rdheader(base)
+        length = header.sig_len or None
+    except Exception:  # noqa: BLE001 - the header itself does not read: the caller's error says so
+        return
+    _check_signal_files(header, base, length)
+
+
 def wfdb_info(path: Union[str, Path]) -> dict:
     """A WFDB record's header facts without reading its samples: {"path", "sampling_rate", "num_samples",
     "lead_names"} (`num_samples` is None when the header does not say)."""
@@ -270,20 +282,16 @@ def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] =
     try:
         record_line = _record_line(base)
         header_length = _wfdb_header_length(wfdb, base, record_line)
-        header = wfdb.rdheader(base)
-    except Exception as err:  # wfdb raises assorted ValueError/IndexError/OSError on damaged files
-        raise ECGReadError(f"{base}: unreadable WFDB record ({type(err).__name__}: {err})") from err
-    # before wfdb reads the samples: a short (half-downloaded) file fails inside it with a reshape error
-    _check_signal_files(header, base, header_length)
-    try:
         partial = sampfrom > 0 or sampto is not None
         record = wfdb.rdrecord(base, sampfrom=sampfrom, sampto=sampto) if partial else wfdb.rdrecord(base)
-    except Exception as err:
+    except Exception as err:  # wfdb raises assorted ValueError/IndexError/OSError on damaged files
+        _explain_unreadable(wfdb, base)
         raise ECGReadError(f"{base}: unreadable WFDB record ({type(err).__name__}: {err})") from err
     _check_header_rate(base, float(record.fs), record_line)
     signal = record.p_signal
     if signal is None or signal.ndim != 2:
         raise ECGReadError(f"{base}: WFDB record has no physical signal")
+    _check_signal_files(record, base, header_length)
     expected = (sampto if sampto is not None else header_length or 0) - sampfrom
     if header_length and signal.shape[0] != expected:
         raise ECGReadError(
