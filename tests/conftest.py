@@ -1,6 +1,8 @@
 """Shared test set-up: offline Hub, a private HF_HOME, and the path to ../shared when it exists."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,6 +15,8 @@ SHARED = ROOT.parent / "shared"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="dbeta-hf-home-")
+# every session used to leave its HF_HOME (up to 1.2 MB) in /tmp
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
