@@ -20,6 +20,7 @@ evaluate: every record failed, or a class that had both positive and negative re
 
 from __future__ import annotations
 
+import argparse
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -205,6 +206,16 @@ def scan_records(dataset, feature_extractor, protocol_num_samples: Optional[int]
             else:
                 kept.append(int(index))
     return kept, failures
+
+
+def protocol_num_samples_arg(text: str):
+    """argparse type of `--protocol-num-samples`: "auto", "none" or a whole number >= 1, refused at parsing
+    (not after the model and data are loaded)."""
+    if text.lower() in ("auto", "none"):
+        return text.lower()
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a whole number of samples >= 1, got {text!r}")
+    return int(text)
 
 
 def resolve_protocol_num_samples(dataset, value="auto") -> Optional[int]:

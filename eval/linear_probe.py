@@ -65,6 +65,7 @@ from eval.features import (
     RecordError,
     dataset_ecg_features,
     processor_settings,
+    protocol_num_samples_arg,
     resolve_protocol_num_samples,
 )
 from eval.metrics import auc_report, evaluable_classes, per_class_auc
@@ -794,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true",
                    help="probe the architecture with random weights (built from the model's config)")
     p.add_argument("--init-seed", type=int, default=42, help="seed of the --random-init weights")
-    p.add_argument("--protocol-num-samples", default="auto",
+    p.add_argument("--protocol-num-samples", default="auto", type=protocol_num_samples_arg,
                    help="'auto' (the dataset's protocol length, CPSC2018: 2500), 'none', or a number of samples")
     p.add_argument("--feature-batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -816,6 +817,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("--epochs, --batch-size and --feature-batch-size must be positive")
     if args.bootstrap < 0 or args.num_workers < 0:
         parser.error("--bootstrap and --num-workers must be >= 0")
+    if min(args.seeds + [args.init_seed]) < 0:
+        parser.error("--seeds and --init-seed must be >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     options = vars(args)
     plot = not options.pop("no_plot")

@@ -67,6 +67,7 @@ from eval.features import (
     dataset_ecg_features,
     load_model_and_processor,
     processor_settings,
+    protocol_num_samples_arg,
     resolve_protocol_num_samples,
     text_features,
 )
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-members", action="store_true",
                    help="PTB-XL sub/super: also encode each member of a class in the PTB-XL hierarchy and score the "
                         "class with the mean of its texts' features")
-    p.add_argument("--protocol-num-samples", default="auto",
+    p.add_argument("--protocol-num-samples", default="auto", type=protocol_num_samples_arg,
                    help="'auto' (the dataset's protocol length, CPSC2018: 2500), 'none', or a number of samples")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="an unreadable record stops the run (raise) or is left out and listed (skip)")
@@ -381,8 +382,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("--batch-size must be at least 1")
     if args.num_workers < 0:
         parser.error("--num-workers must be >= 0")
-    if args.bootstrap < 0:
-        parser.error("--bootstrap must be >= 0")
+    if args.bootstrap < 0 or args.seed < 0:
+        parser.error("--bootstrap and --seed must be >= 0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = run_zero_shot(

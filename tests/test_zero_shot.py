@@ -251,6 +251,11 @@ def test_zero_shot_cli_bad_input(tiny_model, ptbxl_root, tmp_path, capsys):
         zero_shot.main(base + ["--dataset", "ptbxl", "--task", "rhythm", "--prompt-members",
                                "--data-root", str(ptbxl_root)])
     assert "prompt members need dataset= naming a label set with a members table" in capsys.readouterr().err
+    for extra, message in ((["--seed", "-1"], "--bootstrap and --seed must be >= 0"),
+                           (["--protocol-num-samples", "2.5e3"], "a whole number of samples >= 1")):
+        with pytest.raises(SystemExit):  # at parsing, not after the model and records are read
+            zero_shot.main(base + ["--dataset", "ptbxl", "--task", "super", "--data-root", str(ptbxl_root)] + extra)
+        assert message in capsys.readouterr().err
 
     # an unreadable record: the error names the file; --on-error skip leaves it out and lists it
     broken = tmp_path / "broken"
