@@ -384,6 +384,8 @@ def test_a_resume_continues_the_run_it_resumes(setup, tmp_path, monkeypatch, cap
     (es / "results.json").unlink()  # killed during the final evaluation
     again = ft.main(argv + ["--resume"])
     assert again["global_step"] == 4 and again["best_checkpoint"] == str(es / "checkpoint-2")
+    # Trainer's train_loss is the mean over this invocation's steps (here none): the JSON says where it starts
+    assert done["train"]["resumed_at_step"] == 0 and again["train"]["resumed_at_step"] == 4
     assert again["test"]["report"]["macro_auc"] == done["test"]["report"]["macro_auc"]
 
     def stopped(*args, **kwargs):

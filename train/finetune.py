@@ -510,7 +510,7 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
     trainer = build_trainer(s, parts["model"], parts["processor"], datasets["train"], datasets["val"],
                             class_names, training_args)
 
-    resume_from = None
+    resume_from, resumed_at = None, 0
     if resume:
         resume_from = find_checkpoint(output_dir)
         if resume_from is None:
@@ -518,6 +518,7 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         else:
             logger.info("resuming from %s", resume_from)
             state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+            resumed_at = int(state["global_step"])
             best = state.get("best_model_checkpoint")
             here = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, BestCheckpointHere))
             here.name = Path(best).name if best else None
@@ -604,7 +605,8 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         "epochs_run": trainer.state.epoch,
         "best_checkpoint": best,
         "best_val_macro_auc": trainer.state.best_metric,
-        "train": train_output.metrics,
+        # Trainer's train_loss and speeds cover the steps after `resumed_at_step`, not the run's earlier ones
+        "train": dict(train_output.metrics, resumed_at_step=resumed_at),
         "val": val_metrics,
         "test": test,
         "train_loss_log": [{"step": e["step"], "epoch": e.get("epoch"), "loss": e["loss"]}
