@@ -504,14 +504,12 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         labels = _labels_list(candidate_labels)
         texts = self.prompt_set(prompts).texts(labels, dataset, style, hypothesis_template, members=prompt_members)
         first = {}
-        tokenizer = self.processor.tokenizer
         for label, text in zip(labels, texts):
             # what the model reads: "normal ECG", "normal  ecg" and "nórmal ecg" may all be the same token ids
-            normal = [normalize_report(t) for t in text]
-            seen = tuple(tuple(ids) for ids in tokenizer(normal)["input_ids"])
+            seen = tuple(self.processor.text_keys(list(text)))
             if seen in first:  # one class twice would split its share of the softmax between two labels
                 raise ValueError(f"candidate_labels {first[seen]!r} and {label!r} are the same class (both are "
-                                 f"encoded as {normal[0]!r}); give each class once")
+                                 f"encoded as {normalize_report(text[0])!r}); give each class once")
             first[seen] = label
         return texts
 

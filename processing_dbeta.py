@@ -1056,6 +1056,11 @@ class DBetaProcessor(ProcessorMixin):
         enc = self.tokenizer(cleaned, padding=padding, truncation=True, max_length=max_length)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    def text_keys(self, text, max_length: int = 256) -> List[tuple]:
+        """Each text as the model reads it: its token ids after cleaning and truncation. Texts with equal keys get
+        equal text features, whatever their spacing, case or accents, so they are one report or one class."""
+        return [tuple(ids) for ids in self.tokenize(text, max_length=max_length, padding=False)["input_ids"]]
+
     @property
     def model_input_names(self):
         return ["ecg_values", "input_ids", "attention_mask"]

@@ -22,7 +22,7 @@ Retrieval
     first_positive_rank(similarity, positives) -> int [queries] 0-based rank under the tie rule below
     recall_at_k(similarity, positives, ks=(1, 5, 10)) -> dict   {"R@k": fraction of queries ranked < k}
     retrieval_recall(query, candidates, ...) -> dict            the same from embeddings, in query chunks
-    group_ids(texts) -> int [n]                                 equal texts -> equal ids (duplicate-aware targets)
+    group_ids(keys) -> int [n]                                  equal keys -> equal ids (duplicate-aware targets)
 
 Classes with one label value. A class without a positive, or without a negative, in the evaluated records has
 no AUROC, and is given no AUPRC either so that both macros average the same classes. Such a class is NaN in the
@@ -467,13 +467,14 @@ def recall_at_k(similarity, positives, ks: Iterable[int] = (1, 5, 10)) -> Dict[s
     return _recall_from_ranks(first_positive_rank(similarity, positives), ks)
 
 
-def group_ids(texts: Sequence[str], normalize: Optional[Callable[[str], str]] = None) -> np.ndarray:
-    """Integer id per text, equal for equal texts (after `normalize`, e.g. str.strip/lower): use it as
-    `query_groups`/`candidate_groups` so that a retrieved duplicate of the true text counts as correct."""
-    table: Dict[str, int] = {}
+def group_ids(texts: Sequence, normalize: Optional[Callable] = None) -> np.ndarray:
+    """Integer id per item, equal for equal items (after `normalize`, e.g. str.strip): use it as
+    `query_groups`/`candidate_groups` so that a retrieved duplicate of the true text counts as correct. Items are
+    texts or any hashable key (retrieval passes each report's token ids, `DBetaProcessor.text_keys`)."""
+    table: Dict = {}
     out = np.empty(len(texts), dtype=np.int64)
     for i, t in enumerate(texts):
-        key = normalize(t) if normalize else str(t)
+        key = normalize(t) if normalize else t
         out[i] = table.setdefault(key, len(table))
     return out
 

@@ -209,11 +209,12 @@ def load_report_dataset(name: str, root, split: Optional[str] = None):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def retrieval_metrics(ecg: np.ndarray, text: np.ndarray, reports: Sequence[str], scoring: str = "cosine",
+def retrieval_metrics(ecg: np.ndarray, text: np.ndarray, report_keys: Sequence, scoring: str = "cosine",
                       ks: Sequence[int] = KS) -> dict:
-    """Both directions, duplicate-aware (text match) and strict (paired only)."""
+    """Both directions, duplicate-aware and strict (paired only). `report_keys`: each record's report as the model
+    reads it (`DBetaProcessor.text_keys`): reports the model cannot tell apart are one report."""
     normalize = scoring == "cosine"
-    groups = group_ids(reports, normalize=normalize_report)
+    groups = group_ids(report_keys)
     out = {
         "ecg_to_report": retrieval_recall(ecg, text, groups, groups, ks, normalize=normalize),
         "report_to_ecg": retrieval_recall(text, ecg, groups, groups, ks, normalize=normalize),
@@ -260,8 +261,8 @@ def render_markdown(result: dict) -> str:
         lines.append(f"| {direction} | {kind} | " + " | ".join(_pct(m[f'R@{k}']) for k in ks)
                      + f" | {m['median_rank']:.0f} |")
     lines.append("| chance | paired | " + " | ".join(_pct(result["chance"][f"R@{k}"]) for k in ks) + " | - |")
-    lines += ["", "Recall in %. 'same text': a retrieved item is correct when its report equals the query's true "
-              "report after cleaning (duplicates count); 'paired only': only the record's own pair is correct. "
+    lines += ["", "Recall in %. 'same text': a retrieved item is correct when its report reads as the query's true "
+              "report to the model (the same token ids; duplicates count); 'paired only': only the record's own pair is correct. "
               "Ties count against the query: its rank is the number of incorrect candidates scoring at least as "
               "high as its best correct one."]
     return "\n".join(lines) + "\n"
@@ -306,7 +307,7 @@ def run_retrieval(*, model: str, dataset: str, data_root, output=None, split: Op
     t2 = time.perf_counter()
     text = text_features(net, processor, reports, batch_size=batch_size)
     t_text = time.perf_counter() - t2
-    metrics = retrieval_metrics(ecg, text, reports, scoring, KS)
+    metrics = retrieval_metrics(ecg, text, processor.text_keys(reports), scoring, KS)
 
     import transformers
 
@@ -322,8 +323,8 @@ def run_retrieval(*, model: str, dataset: str, data_root, output=None, split: Op
         "seed": seed,
         "ks": list(KS),
         **metrics,
-        "duplicate_rule": "a retrieved item is correct if its report text equals the query's true report after "
-                          "processing_dbeta.normalize_report; strict: only the paired item",
+        "duplicate_rule": "a retrieved item is correct if its report reads as the query's true report to the model "
+                          "(the same token ids: DBetaProcessor.text_keys); strict: only the paired item",
         "tie_rule": TIE_RULE,
         "processor": processor_settings(processor.feature_extractor),
         "failures": [{"record_id": data.record_ids[f["index"]], **f} for f in failures],

@@ -25,7 +25,6 @@ def evaluate(accelerator, model, val_rows, collator, batch_size: int, seed: int)
 
     from eval.metrics import recall_at_k
     from dbeta.modeling_dbeta import mem_targets
-    from dbeta.processing_dbeta import normalize_report
     from train.collator import MODEL_INPUTS, BatchCollate, EvalBatches, RowsWithBatchId
     from train.mem_baselines import mem_baselines
 
@@ -77,7 +76,9 @@ def evaluate(accelerator, model, val_rows, collator, batch_size: int, seed: int)
     ecg = torch.cat([p["ecg"] for p in parts])
     text = torch.cat([p["text"] for p in parts])
     idx = torch.cat([p["indices"] for p in parts])
-    reports = [normalize_report(r) for r in val_rows.with_format(None)[idx.tolist()]["report"]]
+    # one candidate per report as the model reads it: reports differing only in spacing or case are one report
+    reports = collator.processor.text_keys(val_rows.with_format(None)[idx.tolist()]["report"],
+                                           max_length=collator.max_length)
     unique, first, targets = {}, [], []
     for i, r in enumerate(reports):
         if r not in unique:
