@@ -437,7 +437,11 @@ def _resample(x: np.ndarray, source_rate: float, target_rate: float) -> np.ndarr
     except ImportError as err:
         raise ImportError("resampling needs scipy: pip install scipy") from err
     ratio = Fraction(target_rate / source_rate).limit_denominator(1000)
-    return resample_poly(x, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
+    # resample_poly pads with zeros: a lead's offset (or its wander at the ends) became a step at each edge that
+    # rang through the record and changed the scores of an offset that, at the model's rate, changes nothing
+    offset = x.mean(axis=1, keepdims=True)
+    out = resample_poly(x - offset, ratio.numerator, ratio.denominator, axis=1, padtype="line")
+    return (out + offset).astype(np.float32)
 
 
 def unknown_keywords_error(where: str, unknown, known) -> TypeError:

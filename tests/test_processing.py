@@ -49,6 +49,20 @@ def test_resampling_preserves_a_sine(fe):
     assert np.abs(out[0, 100:-100] - ref[100:-100]).max() < 1e-2
 
 
+def test_resampling_leaves_an_offset_and_a_tilted_baseline_alone(fe):
+    """resample_poly pads with zeros: a +20 mV offset became a step at the record's edges that rang (0.7 mV in
+    the first samples for 5 mV) and flipped the top label of neurokit2 ECGs at 250 and 360 Hz (helper), where at
+    500 Hz the model, which centres each lead, scores the offset record exactly as the original."""
+    x = ecg_batch(1, 2500).numpy()[0]  # 10 s at 250 Hz
+    plain = fe(x, sampling_rate=250)["ecg_values"][0].numpy()
+    shifted = fe(x + 20.0, sampling_rate=250)["ecg_values"][0].numpy() - 20.0
+    assert np.abs(shifted - plain).max() < 1e-4
+    ramp = np.tile(np.linspace(-1.0, 1.0, 2500, dtype=np.float32), (12, 1)) + 0.1 * x  # baseline wander
+    out = fe(ramp, sampling_rate=250)["ecg_values"][0].numpy()
+    expected = np.linspace(-1.0, 1.0, 5000) + 0.1 * plain
+    assert np.abs(out - expected)[:, :20].max() < 0.05 and np.abs(out - expected)[:, -20:].max() < 0.05
+
+
 def test_length_policy_pad_and_crop():
     x = np.arange(12 * 6000, dtype=np.float32).reshape(12, 6000)
     # sample numbers as values: far beyond millivolts, so the amplitude bound is turned off here
