@@ -260,6 +260,20 @@ def used_lead_names(processor, mask) -> List[str]:
     return [name for name, used in zip(processor.feature_extractor.lead_names, mask) if used]
 
 
+def _warn_padded(processor, seconds: float, where: str, what: str = "signal") -> None:
+    """Warn when the processor will zero-pad the input to the model's length: the model was pretrained on full
+    10 s records, and reads a flat stretch as beats that never came (neurokit2 ECGs at 110 bpm: STACH on 10 s,
+    SBRAD on their first 3 s)."""
+    import warnings
+
+    fe = processor.feature_extractor
+    model_seconds = fe.num_samples / fe.sampling_rate
+    if seconds < model_seconds - 0.5 / fe.sampling_rate:
+        warnings.warn(f"{where}: {seconds:.2f} s of {what}, zero-padded to the model's {model_seconds:g} s input: "
+                      "the flat rest reads as missing beats, so rate-dependent scores shift (towards bradycardia); "
+                      f"give {model_seconds:g} s where the record has them", UserWarning, stacklevel=3)
+
+
 def _warn_missing_leads(processor, mask, where: str, leads=None) -> None:
     """Warn when the record lacks a lead in use: any standard lead, or with `leads=` one it asked for (`leads="limb"`
     on a record of I and II alone would otherwise be scored on two leads without a word)."""
@@ -416,6 +430,8 @@ class _ECGPipeline(Pipeline):
         record = _read_input(item, index, sampling_rate, lead_names)
         values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True)
         _warn_missing_leads(self.processor, mask, _where(index, record["source"]), leads)
+        _warn_padded(self.processor, np.shape(record["signal"])[-1] / float(record["sampling_rate"]),
+                     _where(index, record["source"]))
         return {"ecg_values": values, "lead_mask": mask}
 
     def _ranked(self, labels: Sequence[str], scores: Sequence[float], top_k=None, return_leads=False,
@@ -616,9 +632,9 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
 
         `window_seconds` (default: the model's input, 10 s; at most that) and `stride_seconds` (default: the
         window; smaller overlaps the windows) are in seconds of the record. Windows start at 0, stride, 2 x stride,
-        ...; a last window shorter than `window_seconds` is scored when it reaches samples no earlier window
-        covers and is at least the processor's `min_duration` long (the processor zero-pads it, as any short
-        record); a record shorter than one window is one window. A WFDB record is read a chunk
+        ...; when the record's last samples are in none of them, one more window ends at the record's end (a full
+        window, overlapping the one before, not a zero-padded tail); a record shorter than one window is one
+        window (zero-padded by the processor, with a warning, as are windows shorter than the model's input). A WFDB record is read a chunk
         (`chunk_seconds`) at a time, so memory does not grow with its length; a DICOM file or an array is
         sliced. A window the processor refuses (a flat stretch where the electrodes came off, say) keeps its
         place with an "error" and no scores, and is left out of the aggregate. `aggregate`: "mean", "max" or
@@ -629,7 +645,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         Returns {"windows": [{"start", "end", "scores": [{"label", "score"}, ...]}, ...] (seconds, scores in the
         order of candidate_labels), "aggregate": [{"label", "score"}, ...] (highest first), "aggregate_rule",
         "leads" (the leads used), "duration" (s), "window_seconds", "stride_seconds", "n_windows_scored",
-        "unscored_seconds" (the tail no window covers)}."""
+        "unscored_seconds" (seconds in no window: gaps when the stride is longer than the window)}."""
         fe = self.processor.feature_extractor
         model_seconds = fe.num_samples / fe.sampling_rate
         window_seconds = model_seconds if window_seconds is None else _seconds("window_seconds", window_seconds)
@@ -651,6 +667,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         if not spans:
             raise ValueError(f"{source.name}: {source.num_samples / rate:.2f} s of signal is shorter than the "
                              f"processor's minimum {fe.min_duration:g} s (min_duration): nothing to score")
+        _warn_padded(self.processor, (spans[0][1] - spans[0][0]) / rate, source.name,
+                     "signal per window" if len(spans) > 1 else "signal")
         label_feats = self._label_features(texts)
         device = _model_device(self.model)
         try:
@@ -717,7 +735,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
             "window_seconds": window_seconds,
             "stride_seconds": stride_seconds,
             "n_windows_scored": len(scored),
-            "unscored_seconds": (source.num_samples - spans[-1][1]) / rate,
+            "unscored_seconds": uncovered_samples(source.num_samples, spans) / rate,
         }
 
     # -- where the model looked ----------------------------------------------------------------------------------
@@ -741,6 +759,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         record = _read_input(inputs, None, pre.get("sampling_rate"), pre.get("lead_names"))
         values, mask = conditioned_ecg(self.processor, record, None, leads=pre.get("leads"), return_lead_mask=True)
         _warn_missing_leads(self.processor, mask, _where(None, record["source"]), pre.get("leads"))
+        _warn_padded(self.processor, np.shape(record["signal"])[-1] / float(record["sampling_rate"]),
+                     _where(None, record["source"]))
         device = _model_device(self.model)
         values = values.to(device)
         label_feats = self._label_features(texts)
@@ -886,19 +906,25 @@ def _seconds(name: str, value) -> float:
 
 
 def window_spans(num_samples: int, window: int, stride: int, min_length: int) -> List[tuple]:
-    """[(start, end)] sample spans: full windows at 0, stride, 2 x stride, ...; then the tail, when it reaches
-    samples no earlier window covers and is at least `min_length` long (a record shorter than one window is one
-    span, if it is at least `min_length`)."""
-    spans, start, covered = [], 0, 0
-    while start < num_samples:
-        end = min(start + window, num_samples)
-        if end - start < window:  # the tail
-            if end > covered and end - start >= min_length:
-                spans.append((start, end))
-            break
-        spans.append((start, end))
-        covered, start = end, start + stride
+    """[(start, end)] sample spans, each a full window: at 0, stride, 2 x stride, ...; then, when the record's
+    last samples are in none of them, one more window ending at the record's end (overlapping the one before:
+    a shorter tail would be zero-padded, and padding reads as beats that never came). A record shorter than one
+    window is one span, if it is at least `min_length`."""
+    if num_samples < window:
+        return [(0, num_samples)] if num_samples >= min_length else []
+    spans = [(start, start + window) for start in range(0, num_samples - window + 1, stride)]
+    if spans[-1][1] < num_samples:
+        spans.append((num_samples - window, num_samples))
     return spans
+
+
+def uncovered_samples(num_samples: int, spans: Sequence[tuple]) -> int:
+    """Samples of the record in no span (gaps between windows when the stride is longer than the window)."""
+    covered, reach = 0, 0
+    for start, end in sorted(spans):
+        covered += max(0, end - max(start, reach))
+        reach = max(reach, end)
+    return num_samples - covered
 
 
 def aggregate_scores(scores: np.ndarray, rule: str, multi_label: bool = False) -> np.ndarray:
@@ -961,12 +987,16 @@ BASELINE_NOISE_MV = 0.05
 
 
 def attribution_baseline(ecg_values: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """The integrated-gradients baseline: seeded Gaussian noise of BASELINE_NOISE_MV on the leads the record has
-    (absent, all-zero leads stay zero)."""
+    """The integrated-gradients baseline: seeded Gaussian noise of BASELINE_NOISE_MV where the record has signal.
+    Absent (all-zero) leads and the processor's zero padding after a short record stay zero, so they take no
+    attribution (with noise there, 40-49% of a 4-5 s record's attribution fell after its end)."""
     generator = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(ecg_values.shape, generator=generator) * BASELINE_NOISE_MV
     present = (ecg_values.abs().amax(dim=-1, keepdim=True) > 0).to(noise.dtype)
-    return noise * present
+    signal = (ecg_values != 0).any(dim=-2, keepdim=True)  # [..., 1, samples]: a sample of some lead
+    length = int(signal.reshape(-1, signal.shape[-1]).any(dim=0).nonzero().max()) + 1 if signal.any() else 0
+    before_padding = (torch.arange(ecg_values.shape[-1]) < length).to(noise.dtype)
+    return noise * present * before_padding
 
 
 def integrated_gradients(score_fn, ecg_values: torch.Tensor, target: int, n_steps: int = 32,

@@ -192,3 +192,16 @@ def test_explain_cli(pipe, tmp_path):
             main(base + extra)
         assert stop.value.code == 2
     assert (tmp_path / "rec.npy").read_bytes() == saved and not (tmp_path / "x.png").exists()
+
+
+def test_the_padding_after_a_short_record_takes_no_attribution(trained):
+    """The baseline's noise once covered the processor's zero padding too, so 40-49% of a 4-5 s record's
+    attribution fell after its end (helper); absent leads already stayed zero."""
+    x = positives(1)[0].clone()
+    x[..., 2500:] = 0  # a 5 s record, padded to 10 s
+    x[:, 3] = 0  # an absent lead
+    baseline = attribution_baseline(x)
+    assert baseline[..., 2500:].abs().max() == 0 and baseline[:, 3].abs().max() == 0
+    assert baseline[..., :2500].abs().max() > 0
+    e = attribute_classifier(trained, x, target=0, segment_seconds=SEG)
+    assert np.abs(e["attributions"][..., 2500:]).max() == 0 and np.abs(e["attributions"][..., :2500]).sum() > 0

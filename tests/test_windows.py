@@ -7,7 +7,7 @@ import json
 import dbeta.pipeline_dbeta as pipeline_dbeta
 import numpy as np
 import pytest
-from dbeta.pipeline_dbeta import aggregate_scores, window_spans
+from dbeta.pipeline_dbeta import aggregate_scores, uncovered_samples, window_spans
 
 from tests.tiny import ecg_batch, tiny_zero_shot_pipeline
 from train.export import export_model
@@ -38,11 +38,15 @@ def pipe():
 def test_window_spans():
     assert window_spans(100, 10, 10, 2) == [(s, s + 10) for s in range(0, 100, 10)]
     assert window_spans(100, 10, 5, 2) == [(s, s + 10) for s in range(0, 91, 5)]  # no window only re-covers the end
-    assert window_spans(95, 10, 10, 2)[-1] == (90, 95)  # a tail of 5 is scored
-    assert window_spans(91, 10, 10, 2)[-1] == (80, 90)  # a tail of 1 < min_length is not
+    # the tail is a full window ending at the end (a zero-padded 5-sample tail read as a slow rhythm, helper)
+    assert window_spans(95, 10, 10, 2)[-2:] == [(80, 90), (85, 95)]
+    assert window_spans(91, 10, 10, 2)[-1] == (81, 91)
     assert window_spans(7, 10, 10, 2) == [(0, 7)]  # shorter than one window: one window
     assert window_spans(1, 10, 10, 2) == []
     assert window_spans(100, 10, 30, 2) == [(0, 10), (30, 40), (60, 70), (90, 100)]  # gaps when stride > window
+    assert uncovered_samples(100, window_spans(100, 10, 30, 2)) == 60  # was reported as 0
+    assert uncovered_samples(95, window_spans(95, 10, 10, 2)) == 0
+    assert window_spans(33, 5, 10, 2) == [(0, 5), (10, 15), (20, 25), (28, 33)]
 
 
 def test_aggregate_rules():
@@ -56,7 +60,7 @@ def test_aggregate_rules():
 def test_windows_of_an_array_equal_scoring_each_window_alone(pipe):
     signal = long_signal(35)
     out = pipe(signal, sampling_rate=500, candidate_labels=LABELS, window_seconds=10, stride_seconds=10)
-    assert [(w["start"], w["end"]) for w in out["windows"]] == [(0, 10), (10, 20), (20, 30), (30, 35)]
+    assert [(w["start"], w["end"]) for w in out["windows"]] == [(0, 10), (10, 20), (20, 30), (25, 35)]
     for w in out["windows"]:
         alone = pipe(signal[:, int(w["start"] * 500):int(w["end"] * 500)], sampling_rate=500,
                      candidate_labels=LABELS)
@@ -68,9 +72,13 @@ def test_windows_of_an_array_equal_scoring_each_window_alone(pipe):
     assert agg == pytest.approx(dict(zip(LABELS, matrix.mean(axis=0))))
     assert out["leads"] == NAMES and out["duration"] == 35 and out["unscored_seconds"] == 0
     assert len({tuple(np.round(r, 6)) for r in matrix}) > 1  # the windows really differ
-    top = pipe(signal, sampling_rate=500, candidate_labels=LABELS, window_seconds=5, stride_seconds=2.5,
-               aggregate="fraction")
+    with pytest.warns(UserWarning, match="5.00 s of signal per window, zero-padded to the model's 10 s input"):
+        top = pipe(signal, sampling_rate=500, candidate_labels=LABELS, window_seconds=5, stride_seconds=2.5,
+                   aggregate="fraction")
     assert len(top["windows"]) == 13 and top["aggregate_rule"] == "fraction"
+    sparse = pipe(signal, sampling_rate=500, candidate_labels=LABELS, window_seconds=10, stride_seconds=12)
+    assert [(w["start"], w["end"]) for w in sparse["windows"]] == [(0, 10), (12, 22), (24, 34), (25, 35)]
+    assert sparse["unscored_seconds"] == 4  # 10-12 and 22-24: no window
     assert sum(d["score"] for d in top["aggregate"]) == pytest.approx(1.0)
 
 
@@ -139,8 +147,18 @@ def test_window_errors(pipe):
         pipe(signal, window_second=10, **call)
     with pytest.raises(ValueError, match="stride_seconds must be at most 1e7 seconds"):  # was an OverflowError
         pipe(signal, window_seconds=10, stride_seconds=1e308, **call)
-    short = pipe(signal[:, :3500], window_seconds=10, **call)  # a window longer than the record: one window
+    with pytest.warns(UserWarning, match="7.00 s of signal, zero-padded to the model's 10 s input"):
+        short = pipe(signal[:, :3500], window_seconds=10, **call)  # a window longer than the record: one window
     assert [(w["start"], w["end"]) for w in short["windows"]] == [(0, 7)]
+    # a short record read whole is padded alike and said so; a full 10 s record is not
+    with pytest.warns(UserWarning, match="3.00 s of signal, zero-padded to the model's 10 s input: the flat rest "
+                                         "reads as missing beats"):
+        pipe(signal[:, :1500], **call)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe(signal[:, :5000], **call)
 
 
 def test_cli_writes_the_window_table_json_and_plot(pipe, tmp_path):
