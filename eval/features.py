@@ -162,7 +162,7 @@ class ProcessedRecords(torch.utils.data.Dataset):
 
     def _where(self, index: int) -> Tuple[str, str]:
         """(record id, file) of item `index`, for error messages."""
-        rid = self.dataset.record_ids[index] if hasattr(self.dataset, "record_ids") else str(index)
+        rid = record_id(self.dataset, index)
         try:
             source = self.dataset._source(index) if hasattr(self.dataset, "_source") else ""
         except Exception:
@@ -206,6 +206,16 @@ def scan_records(dataset, feature_extractor, protocol_num_samples: Optional[int]
             else:
                 kept.append(int(index))
     return kept, failures
+
+
+def record_id(dataset, index: int) -> str:
+    """The id of item `index` of a downstream dataset, through any torch `Subset`s of it (the item's position
+    where the dataset names no records)."""
+    index = int(index)
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    ids = getattr(dataset, "record_ids", None)
+    return str(ids[index]) if ids is not None else str(index)
 
 
 def protocol_num_samples_arg(text: str):

@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from eval.features import RecordError, condition_item, load_model_and_processor
+from eval.features import RecordError, condition_item, load_model_and_processor, record_id
 from eval.metrics import auc_report
 from dbeta.processing_dbeta import LEAD_SUBSETS, resolve_leads
 from train.folders import write_result
@@ -145,7 +145,7 @@ class _SubsetRecords(torch.utils.data.Dataset):
             error = ""
         except Exception as err:  # raised in the main process, naming the record
             x = np.zeros((len(self.subsets), self.fe.num_leads, self.fe.num_samples), dtype=np.float32)
-            error = f"record {self.dataset.record_ids[int(index)]}: {type(err).__name__}: {err}"
+            error = f"record {record_id(self.dataset, index)}: {type(err).__name__}: {err}"
         return {"ecg_values": torch.from_numpy(x), "error": error}
 
 

@@ -140,3 +140,23 @@ def test_lead_subset_probe_reads_only_the_records_it_uses(setup, tmp_path, monke
     record, _ = probe_run(feats, {k: ds.labels_matrix() for k, ds in splits.items()}, splits["test"].class_names,
                           0.25, 42, 3, 16, 1e-3, 1e-4, 0)
     assert result["subsets"]["12-lead"]["probe_auc"] == pytest.approx(record["test_auc"], abs=1e-6)
+
+
+def test_an_unreadable_drawn_training_record_is_named(setup, tmp_path):
+    """At a fraction < 1 the training records are a torch Subset: the error for one that cannot be read was an
+    AttributeError about the Subset (helper), not the record."""
+    from eval.datasets import load_downstream
+    from eval.features import RecordError
+    from eval.lead_subsets import evaluate_lead_subsets
+    from eval.linear_probe import train_subset_indices
+    from train.synthetic.layouts import write_ptbxl_layout
+
+    model, processor, _ = setup
+    write_ptbxl_layout(tmp_path / "ptbxl", n=120, seed=1)
+    train = load_downstream("ptbxl", tmp_path / "ptbxl", split="train", task="sub")
+    rid = train.record_ids[int(train_subset_indices(len(train), 0.5, 42)[0])]
+    (dat,) = (tmp_path / "ptbxl").glob(f"records500/*/{int(rid):05d}_hr.dat")
+    dat.write_bytes(dat.read_bytes()[:1000])
+    with pytest.raises(RecordError, match=f"record {rid}: .*1000 bytes"):
+        evaluate_lead_subsets(model, tmp_path / "ptbxl", ["I"], processor=processor, fraction=0.5, epochs=1,
+                              bootstrap=0)
