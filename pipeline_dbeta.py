@@ -161,14 +161,15 @@ def as_record(item, sampling_rate=None, lead_names=None) -> dict:
     """One ECG input -> {"signal" [leads, samples] float32, "sampling_rate", "lead_names", "source"}.
 
     `item`: an array/tensor [leads, samples], a dict {"signal"|"ecg", "sampling_rate", "lead_names"}, or a
-    WFDB/DICOM path. Keyword values fill what the item does not carry (a file always uses its own)."""
+    WFDB/DICOM path. Keyword values fill what the item does not carry (a file keeps its own rate and lead names;
+    `lead_names=` names the leads of a file that has none)."""
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         if not (path.exists() or Path(str(path) + ".hea").exists()):
             raise FileNotFoundError(f"ECG file not found: {item}")
         record = read_ecg_file(path)  # raises ECGReadError naming the file
-        return {"signal": record.signal, "sampling_rate": record.sampling_rate, "lead_names": record.lead_names,
-                "source": str(item)}
+        rate, names = _file_settings(str(item), record.sampling_rate, record.lead_names, lead_names)
+        return {"signal": record.signal, "sampling_rate": rate, "lead_names": names, "source": str(item)}
     if isinstance(item, dict):
         _check_record_keys(item)
         for pair in (("signal", "ecg"), ("sampling_rate", "fs")):  # one would be read, the other passed over
@@ -189,6 +190,20 @@ def as_record(item, sampling_rate=None, lead_names=None) -> dict:
         f"unsupported ECG input of type {type(item).__name__}: give an array [leads, samples], a dict with "
         f"'signal' and 'sampling_rate', or a WFDB/DICOM path{table_advice(item)}"
     )
+
+
+def _file_settings(source: str, file_rate, file_names, lead_names=None) -> tuple:
+    """(rate, lead names) of a file: its own, as a dict's own entries win over the keywords. `lead_names=` fills
+    in the names only where the file has none (a WFDB header without signal descriptions, whose error asks for
+    them), one per lead."""
+    names = list(file_names) if file_names is not None else None
+    unnamed = names is None or any(n is None or not str(n).strip() for n in names)
+    if lead_names is not None and unnamed:
+        given = [str(n) for n in lead_names]
+        if names is not None and len(given) != len(names):
+            raise ValueError(f"{source}: lead_names= gives {len(given)} names for the file's {len(names)} leads")
+        names = given
+    return file_rate, names
 
 
 def _as_array(x) -> np.ndarray:
@@ -953,8 +968,9 @@ class _RecordSource:
             info = wfdb_info(base)
             if info["num_samples"]:
                 self.path, self.name = info["path"], str(item)
-                self.sampling_rate, self.num_samples = info["sampling_rate"], int(info["num_samples"])
-                self.lead_names = info["lead_names"]
+                self.sampling_rate, self.lead_names = _file_settings(str(item), info["sampling_rate"],
+                                                                     info["lead_names"], lead_names)
+                self.num_samples = int(info["num_samples"])
                 return
         record = as_record(item, sampling_rate, lead_names)
         self.name = _where(None, record["source"])

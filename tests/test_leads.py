@@ -160,3 +160,34 @@ def test_an_unreadable_drawn_training_record_is_named(setup, tmp_path):
     with pytest.raises(RecordError, match=f"record {rid}: .*1000 bytes"):
         evaluate_lead_subsets(model, tmp_path / "ptbxl", ["I"], processor=processor, fraction=0.5, epochs=1,
                               bootstrap=0)
+
+
+def test_lead_names_name_the_leads_of_a_file_whose_header_names_none(setup, tmp_path):
+    """The processor's error for a WFDB header without signal descriptions says to pass lead_names=, which the
+    pipeline ignored for a file (a file kept its own names), for plain scoring and for windows (helper)."""
+    import wfdb
+
+    _, _, pipe = setup
+    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    x = ecg_batch(1, seed=6)[0].numpy()
+    wfdb.wrsamp("rec", fs=500, units=["mV"] * 12, sig_name=names, p_signal=x.T.astype(np.float64), fmt=["16"] * 12,
+                adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    lines = (tmp_path / "rec.hea").read_text().splitlines()
+    (tmp_path / "rec.hea").write_text("\n".join([lines[0]] + [" ".join(li.split()[:8]) for li in lines[1:13]]) + "\n")
+    record, call = str(tmp_path / "rec"), dict(candidate_labels=LABELS)
+    with pytest.raises(ValueError, match="have no name .*pass lead_names"):
+        pipe(record, **call)
+
+    def scores(out):
+        return {d["label"]: d["score"] for d in out}
+
+    want = scores(pipe(x, sampling_rate=500, **call))
+    assert scores(pipe(record, lead_names=names, **call)) == pytest.approx(want, abs=1e-4)
+    windows = pipe(record, lead_names=names, window_seconds=10, progress=False, **call)
+    assert windows["leads"] == names and len(windows["windows"]) == 1
+    with pytest.raises(ValueError, match="lead_names= gives 2 names for the file's 12 leads"):
+        pipe(record, lead_names=["I", "II"], **call)
+    # a file that names its leads keeps them, as a dict's own entries win over the keywords
+    wfdb.wrsamp("named", fs=500, units=["mV"] * 12, sig_name=names, p_signal=x.T.astype(np.float64),
+                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    assert scores(pipe(str(tmp_path / "named"), lead_names=names[::-1], **call)) == pytest.approx(want, abs=1e-4)
