@@ -299,9 +299,9 @@ def _warn_missing_leads(processor, mask, where: str, leads=None) -> None:
                if not used and (wanted is None or name in wanted)]
     if missing:
         hint = ("pass leads=[...] to choose the subset explicitly, " if wanted is None else "")
-        warnings.warn(f"{where}: lead(s) {', '.join(missing)} absent from the record: scored as zeros, as in "
-                      f"pretraining's lead masking ({hint}return_leads=True to get the leads used)", UserWarning,
-                      stacklevel=3)
+        warnings.warn(f"{where}: lead(s) {', '.join(missing)} absent from the record or flat (constant): scored "
+                      f"as zeros, as in pretraining's lead masking ({hint}return_leads=True to get the leads used)",
+                      UserWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------------------------

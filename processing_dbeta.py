@@ -743,6 +743,12 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         names = [lead for lead, u in zip(self.lead_names, used) if u]
         repaired = (~np.isfinite(x)).mean(axis=1)
         x = _repair_non_finite(x, nan_policy or self.nan_policy, where, names)
+        flat = x.max(axis=1) == x.min(axis=1)
+        if flat.any() and not flat.all():  # a constant (lead-off) lead carries nothing: a zero row, marked unused
+            used = used.copy()
+            used[np.flatnonzero(used)[flat]] = False
+            x, repaired = x[~flat], repaired[~flat]
+            names = [name for name, f in zip(names, flat) if not f]
         x = _resample(x, sampling_rate, self.sampling_rate)
         min_len = int(round(self.min_duration * self.sampling_rate))
         if x.shape[1] < min_len:

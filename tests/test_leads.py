@@ -191,3 +191,25 @@ def test_lead_names_name_the_leads_of_a_file_whose_header_names_none(setup, tmp_
     wfdb.wrsamp("named", fs=500, units=["mV"] * 12, sig_name=names, p_signal=x.T.astype(np.float64),
                 fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
     assert scores(pipe(str(tmp_path / "named"), lead_names=names[::-1], **call)) == pytest.approx(want, abs=1e-4)
+
+
+def test_flat_leads_are_scored_and_reported_as_absent(setup):
+    """A 12-column record with 9 constant leads scored exactly as the 3 leads it has, but without the missing-lead
+    warning and with all 12 reported as used (helper)."""
+    _, _, pipe = setup
+    x = ecg_batch(1, seed=7)[0].numpy()
+    flat = x.copy()
+    flat[3:9] = 0.0
+    flat[9:] = 0.3
+    with pytest.warns(UserWarning, match=r"lead\(s\) aVR, aVL, aVF, V1, V2, V3, V4, V5, V6 absent from the record or "
+                                         r"flat \(constant\)"):
+        out = pipe(flat, sampling_rate=500, candidate_labels=LABELS, return_leads=True)
+    assert out["leads"] == ["I", "II", "III"]
+    with pytest.warns(UserWarning):
+        three = pipe({"signal": x[:3], "sampling_rate": 500, "lead_names": ["I", "II", "III"]},
+                     candidate_labels=LABELS, return_leads=True)
+    assert out == three
+    values, used = DBetaFeatureExtractor().condition(flat, 500, return_lead_mask=True)
+    assert used.tolist() == [True] * 3 + [False] * 9 and not values[3:].any()
+    with pytest.raises(ValueError, match="flat signal: every lead is constant"):  # nothing left: still refused
+        DBetaFeatureExtractor().condition(np.full((12, 5000), 0.3, np.float32), 500)
