@@ -162,7 +162,7 @@ def as_record(item, sampling_rate=None, lead_names=None) -> dict:
 
     `item`: an array/tensor [leads, samples], a dict {"signal"|"ecg", "sampling_rate", "lead_names"}, or a
     WFDB/DICOM path. Keyword values fill what the item does not carry (a file keeps its own rate and lead names;
-    `lead_names=` names the leads of a file that has none)."""
+    `lead_names=` names the leads of a file that has none, and is refused for one naming them otherwise)."""
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         if not (path.exists() or Path(str(path) + ".hea").exists()):
@@ -193,17 +193,22 @@ def as_record(item, sampling_rate=None, lead_names=None) -> dict:
 
 
 def _file_settings(source: str, file_rate, file_names, lead_names=None) -> tuple:
-    """(rate, lead names) of a file: its own, as a dict's own entries win over the keywords. `lead_names=` fills
-    in the names only where the file has none (a WFDB header without signal descriptions, whose error asks for
-    them), one per lead."""
+    """(rate, lead names) of a file: its own, as a dict's own entries win over the keywords. `lead_names=` names
+    the leads of a file whose header names none (a WFDB header without signal descriptions, whose error asks for
+    them), one per lead; given for a file that names its leads otherwise, it is refused, not passed over."""
     names = list(file_names) if file_names is not None else None
-    unnamed = names is None or any(n is None or not str(n).strip() for n in names)
-    if lead_names is not None and unnamed:
-        given = [str(n) for n in lead_names]
-        if names is not None and len(given) != len(names):
-            raise ValueError(f"{source}: lead_names= gives {len(given)} names for the file's {len(names)} leads")
-        names = given
-    return file_rate, names
+    if lead_names is None:
+        return file_rate, names
+    given = [str(n) for n in lead_names]
+    if names is not None and all(n is not None and str(n).strip() for n in names):
+        if [str(n) for n in names] != given:
+            raise ValueError(f"{source}: the file names its leads {', '.join(map(str, names))}, so lead_names= "
+                             "cannot rename them; to use other names, read it (processor.read(path)) and pass "
+                             "its signal and sampling_rate with lead_names=[...]")
+        return file_rate, names
+    if names is not None and len(given) != len(names):
+        raise ValueError(f"{source}: lead_names= gives {len(given)} names for the file's {len(names)} leads")
+    return file_rate, given
 
 
 def _as_array(x) -> np.ndarray:
@@ -275,6 +280,10 @@ def used_lead_names(processor, mask) -> List[str]:
     return [name for name, used in zip(processor.feature_extractor.lead_names, mask) if used]
 
 
+#: Padding shorter than this is not warned about (a record of 9.95 s, or one resampled a few samples short).
+PAD_WARNING_SECONDS = 0.1
+
+
 def _warn_padded(processor, seconds: float, where: str, what: str = "signal") -> None:
     """Warn when the processor will zero-pad the input to the model's length: the model was pretrained on full
     10 s records, and reads a flat stretch as beats that never came (neurokit2 ECGs at 110 bpm: STACH on 10 s,
@@ -283,7 +292,7 @@ def _warn_padded(processor, seconds: float, where: str, what: str = "signal") ->
 
     fe = processor.feature_extractor
     model_seconds = fe.num_samples / fe.sampling_rate
-    if seconds < model_seconds - 0.5 / fe.sampling_rate:
+    if seconds < model_seconds - PAD_WARNING_SECONDS:  # a few samples short (rounding at odd rates) is nothing
         warnings.warn(f"{where}: {seconds:.2f} s of {what}, zero-padded to the model's {model_seconds:g} s input: "
                       "the flat rest reads as missing beats, so rate-dependent scores shift (towards bradycardia); "
                       f"give {model_seconds:g} s where the record has them", UserWarning, stacklevel=3)
@@ -1004,15 +1013,17 @@ BASELINE_NOISE_MV = 0.05
 
 def attribution_baseline(ecg_values: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """The integrated-gradients baseline: seeded Gaussian noise of BASELINE_NOISE_MV where the record has signal.
-    Absent (all-zero) leads and the processor's zero padding after a short record stay zero, so they take no
-    attribution (with noise there, 40-49% of a 4-5 s record's attribution fell after its end)."""
+    Absent (all-zero) leads stay zero, and the padding after a short record (the run of samples at the end where
+    every lead holds its last value: zeros, or minmax's constant) equals the input, so neither takes attribution
+    (with noise there, 40-49% of a 4-5 s record's attribution fell after its end)."""
     generator = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(ecg_values.shape, generator=generator) * BASELINE_NOISE_MV
     present = (ecg_values.abs().amax(dim=-1, keepdim=True) > 0).to(noise.dtype)
-    signal = (ecg_values != 0).any(dim=-2, keepdim=True)  # [..., 1, samples]: a sample of some lead
-    length = int(signal.reshape(-1, signal.shape[-1]).any(dim=0).nonzero().max()) + 1 if signal.any() else 0
-    before_padding = (torch.arange(ecg_values.shape[-1]) < length).to(noise.dtype)
-    return noise * present * before_padding
+    baseline = noise * present
+    moving = (ecg_values != ecg_values[..., -1:]).reshape(-1, ecg_values.shape[-1]).any(dim=0)
+    length = int(moving.nonzero().max()) + 1 if moving.any() else 0
+    baseline[..., length:] = ecg_values[..., length:].to(baseline.dtype)
+    return baseline
 
 
 def integrated_gradients(score_fn, ecg_values: torch.Tensor, target: int, n_steps: int = 32,

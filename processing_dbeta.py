@@ -441,7 +441,8 @@ def _resample(x: np.ndarray, source_rate: float, target_rate: float) -> np.ndarr
     # rang through the record and changed the scores of an offset that, at the model's rate, changes nothing
     offset = x.mean(axis=1, keepdims=True)
     out = resample_poly(x - offset, ratio.numerator, ratio.denominator, axis=1, padtype="line")
-    return (out + offset).astype(np.float32)
+    out += offset  # in place: a long record's copies are what the memory goes to
+    return out.astype(np.float32, copy=False)
 
 
 def unknown_keywords_error(where: str, unknown, known) -> TypeError:
@@ -743,12 +744,6 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         names = [lead for lead, u in zip(self.lead_names, used) if u]
         repaired = (~np.isfinite(x)).mean(axis=1)
         x = _repair_non_finite(x, nan_policy or self.nan_policy, where, names)
-        flat = x.max(axis=1) == x.min(axis=1)
-        if flat.any() and not flat.all():  # a constant (lead-off) lead carries nothing: a zero row, marked unused
-            used = used.copy()
-            used[np.flatnonzero(used)[flat]] = False
-            x, repaired = x[~flat], repaired[~flat]
-            names = [name for name, f in zip(names, flat) if not f]
         x = _resample(x, sampling_rate, self.sampling_rate)
         min_len = int(round(self.min_duration * self.sampling_rate))
         if x.shape[1] < min_len:
@@ -757,7 +752,14 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 f"{self.min_duration:g} s (min_duration)"
             )
         self._check_plausible(x, normalization, implausible or self.implausible, where, names, repaired)
-        x = self._fit_length(x, crop or self.crop, generator)
+        x = self._crop(x, crop or self.crop, generator)
+        flat = x.max(axis=1) == x.min(axis=1)  # over the part the model sees
+        if flat.any() and not flat.all():  # a constant (lead-off) lead carries nothing: a zero row, marked unused
+            used = used.copy()
+            used[np.flatnonzero(used)[flat]] = False
+            x = x[~flat]
+        if x.shape[1] < self.num_samples:
+            x = np.pad(x, ((0, 0), (0, self.num_samples - x.shape[1])))
         if normalization == "minmax":
             lo, hi = float(x.min()), float(x.max())
             x = (x - lo) / (hi - lo + 1e-8)
@@ -919,11 +921,10 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         out[present] = x[[canon.index(lead) for lead in self.lead_names if lead in canon]]
         return out, present
 
-    def _fit_length(self, x: np.ndarray, crop: str, generator) -> np.ndarray:
+    def _crop(self, x: np.ndarray, crop: str, generator) -> np.ndarray:
+        """The model's `num_samples` of a longer record, by the crop policy (a shorter one is padded later)."""
         n, target = x.shape[1], self.num_samples
-        if n < target:
-            return np.pad(x, ((0, 0), (0, target - n)))
-        if n == target:
+        if n <= target:
             return x
         if crop == "start":
             start = 0

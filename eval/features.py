@@ -28,7 +28,7 @@ import torch
 
 
 from dbeta.pipeline_dbeta import text_features as _text_features
-from dbeta.processing_dbeta import resolve_leads
+from dbeta.processing_dbeta import canonical_lead_name, resolve_leads
 
 
 __all__ = [
@@ -134,15 +134,28 @@ def condition_item(feature_extractor, item: dict, protocol_num_samples: Optional
         keep = int(round(protocol_num_samples * rate / feature_extractor.sampling_rate))
         signal = signal[:, :keep]
     where = f"record {item.get('record_id', '?')}"
-    x, used = feature_extractor.condition(signal, rate, item.get("lead_names"), leads=leads, where=where,
-                                          return_lead_mask=True)
+    x = feature_extractor.condition(signal, rate, item.get("lead_names"), leads=leads, where=where)
     wanted = set(resolve_leads(leads)) if leads is not None else set(feature_extractor.lead_names)
-    lacking = [lead for lead, u in zip(feature_extractor.lead_names, used) if lead in wanted and not u]
+    # lacking by name: a recorded lead that is flat (lead-off) is a zero row of the benchmark's record, scored
+    names = item.get("lead_names")
+    named = set(feature_extractor.lead_names) if names is None else _standard_names(names)
+    lacking = [lead for lead in feature_extractor.lead_names if lead in wanted and lead not in named]
     if lacking:
         has = ", ".join(str(name) for name in item.get("lead_names") or [])
         raise ValueError(f"{where}: lacks lead(s) {', '.join(lacking)} (it has {has}); every lead in use must be "
                          "recorded, since a zeroed lead would pass for a flat one")
     return x
+
+
+def _standard_names(lead_names) -> set:
+    """The standard leads a record's lead names name (known extra leads and other names left out)."""
+    named = set()
+    for name in lead_names:
+        try:
+            named.add(canonical_lead_name(name))
+        except ValueError:
+            pass
+    return named
 
 
 class ProcessedRecords(torch.utils.data.Dataset):

@@ -817,8 +817,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("--epochs, --batch-size and --feature-batch-size must be positive")
     if args.bootstrap < 0 or args.num_workers < 0:
         parser.error("--bootstrap and --num-workers must be >= 0")
-    if min(args.seeds + [args.init_seed]) < 0:
-        parser.error("--seeds and --init-seed must be >= 0")
+    if not all(0 <= seed < 2**32 for seed in args.seeds + [args.init_seed]):
+        parser.error("--seeds and --init-seed must be whole numbers from 0 to 2**32 - 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     options = vars(args)
     plot = not options.pop("no_plot")

@@ -382,8 +382,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         parser.error("--batch-size must be at least 1")
     if args.num_workers < 0:
         parser.error("--num-workers must be >= 0")
-    if args.bootstrap < 0 or args.seed < 0:
-        parser.error("--bootstrap and --seed must be >= 0")
+    if args.bootstrap < 0 or not 0 <= args.seed < 2**32:
+        parser.error("--bootstrap must be >= 0 and --seed from 0 to 2**32 - 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = run_zero_shot(

@@ -205,3 +205,10 @@ def test_the_padding_after_a_short_record_takes_no_attribution(trained):
     assert baseline[..., :2500].abs().max() > 0
     e = attribute_classifier(trained, x, target=0, segment_seconds=SEG)
     assert np.abs(e["attributions"][..., 2500:]).max() == 0 and np.abs(e["attributions"][..., :2500]).sum() > 0
+    # under minmax scaling the padding is a constant, not zero: still the baseline's own value there
+    scaled = x.clone()
+    scaled[:, [i for i in range(12) if i != 3]] += 0.25
+    scaled[..., 2500:] = 0.25
+    assert torch.equal(attribution_baseline(scaled)[..., 2500:], scaled[..., 2500:])
+    e = attribute_classifier(trained, scaled, target=0, segment_seconds=SEG)
+    assert np.abs(e["attributions"][..., 2500:]).max() == 0

@@ -11,6 +11,7 @@ from dbeta.processing_dbeta import DBetaFeatureExtractor, resolve_leads
 from tests.tiny import ecg_batch, tiny_zero_shot_pipeline
 
 LABELS = ["NORM", "AFIB", "sinus bradycardia"]
+LEAD_NAMES = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
 
 @pytest.fixture(scope="module")
@@ -187,10 +188,15 @@ def test_lead_names_name_the_leads_of_a_file_whose_header_names_none(setup, tmp_
     assert windows["leads"] == names and len(windows["windows"]) == 1
     with pytest.raises(ValueError, match="lead_names= gives 2 names for the file's 12 leads"):
         pipe(record, lead_names=["I", "II"], **call)
-    # a file that names its leads keeps them, as a dict's own entries win over the keywords
-    wfdb.wrsamp("named", fs=500, units=["mV"] * 12, sig_name=names, p_signal=x.T.astype(np.float64),
-                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
-    assert scores(pipe(str(tmp_path / "named"), lead_names=names[::-1], **call)) == pytest.approx(want, abs=1e-4)
+    # a file that names its leads keeps them; lead_names= naming them otherwise is refused, not passed over (a
+    # header of ECG1..ECG12 gave its unknown-name error whatever lead_names= said)
+    wfdb.wrsamp("named", fs=500, units=["mV"] * 12, sig_name=[f"ECG{i}" for i in range(1, 13)],
+                p_signal=x.T.astype(np.float64), fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12,
+                write_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"names its leads ECG1, .*cannot rename them; .*processor.read\(path\)"):
+        pipe(str(tmp_path / "named"), lead_names=names, **call)
+    with pytest.raises(ValueError, match="cannot rename them"):
+        pipe(str(tmp_path / "named"), lead_names=names, window_seconds=10, **call)
 
 
 def test_flat_leads_are_scored_and_reported_as_absent(setup):
@@ -213,3 +219,17 @@ def test_flat_leads_are_scored_and_reported_as_absent(setup):
     assert used.tolist() == [True] * 3 + [False] * 9 and not values[3:].any()
     with pytest.raises(ValueError, match="flat signal: every lead is constant"):  # nothing left: still refused
         DBetaFeatureExtractor().condition(np.full((12, 5000), 0.3, np.float32), 500)
+    # flat in the part the model sees (the first 10 s of a 20 s record), not in the rest: absent too
+    long = np.concatenate([x, ecg_batch(1, seed=8)[0].numpy()], axis=1)
+    long[6, :5000] = 0.0
+    assert DBetaFeatureExtractor().condition(long, 500, return_lead_mask=True)[1].tolist() == [True] * 6 + [False] + [
+        True] * 5
+    # the benchmarks score a record with a flat lead (a zero row), as before; only a lead it does not name is refused
+    from eval.features import condition_item
+
+    item = {"signal": flat, "sampling_rate": 500, "lead_names": LEAD_NAMES, "record_id": "r1"}
+    np.testing.assert_array_equal(condition_item(DBetaFeatureExtractor(), item),
+                                  DBetaFeatureExtractor().condition(flat, 500))
+    with pytest.raises(ValueError, match="record r2: lacks lead"):
+        condition_item(DBetaFeatureExtractor(), {"signal": x[:3], "sampling_rate": 500,
+                                                 "lead_names": LEAD_NAMES[:3], "record_id": "r2"})

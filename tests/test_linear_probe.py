@@ -439,7 +439,8 @@ def test_cli_refuses_bad_fractions_and_wrong_folders(setup, tmp_path, capsys):
             lp.main(probe_args(setup, tmp_path / "x.json") + extra)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     # refused while parsing, before the model and data are read (they failed after both, with numpy's message)
-    for extra, message in ((["--seeds", "-1"], "--seeds and --init-seed must be >= 0"),
+    for extra, message in ((["--seeds", "-1"], "--seeds and --init-seed must be whole numbers from 0 to 2**32 - 1"),
+                           (["--seeds", str(2**32)], "--seeds and --init-seed must be whole numbers"),
                            (["--protocol-num-samples", "2500.0"], "a whole number of samples >= 1, got '2500.0'")):
         with pytest.raises(SystemExit) as exit_info:
             lp.main(probe_args(setup, tmp_path / "x.json") + extra)

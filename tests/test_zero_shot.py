@@ -251,7 +251,7 @@ def test_zero_shot_cli_bad_input(tiny_model, ptbxl_root, tmp_path, capsys):
         zero_shot.main(base + ["--dataset", "ptbxl", "--task", "rhythm", "--prompt-members",
                                "--data-root", str(ptbxl_root)])
     assert "prompt members need dataset= naming a label set with a members table" in capsys.readouterr().err
-    for extra, message in ((["--seed", "-1"], "--bootstrap and --seed must be >= 0"),
+    for extra, message in ((["--seed", "-1"], "--seed from 0 to 2**32 - 1"),
                            (["--protocol-num-samples", "2.5e3"], "a whole number of samples >= 1")):
         with pytest.raises(SystemExit):  # at parsing, not after the model and records are read
             zero_shot.main(base + ["--dataset", "ptbxl", "--task", "super", "--data-root", str(ptbxl_root)] + extra)
