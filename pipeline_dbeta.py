@@ -263,13 +263,16 @@ def _read_input(item, index: Optional[int], sampling_rate=None, lead_names=None)
 def conditioned_ecg(processor, record: dict, index: Optional[int] = None, leads=None,
                     return_lead_mask: bool = False):
     """The model input [1, leads, samples] of one record, conditioned by the processor's feature extractor
-    (with `return_lead_mask=True`: (input, bool lead mask [1, 12]), the leads used; the others are zero)."""
+    (with `return_lead_mask=True`: (input, bool lead mask [1, 12]), the leads used; the others are zero). Warns
+    when leads in use are absent or flat, or when the record is zero-padded to the model's length."""
     where = _where(index, record["source"])
     if record["sampling_rate"] is None:
         raise ValueError(f"{where}: sampling_rate is required for an array input: pass sampling_rate=<Hz>")
     values, mask = processor.feature_extractor.condition(record["signal"], record["sampling_rate"],
                                                          record["lead_names"], where=where, leads=leads,
                                                          return_lead_mask=True)
+    _warn_missing_leads(processor, mask, where, leads)
+    _warn_padded(processor, np.shape(record["signal"])[-1] / float(record["sampling_rate"]), where)
     values = torch.from_numpy(values)[None]
     return (values, torch.from_numpy(mask)[None]) if return_lead_mask else values
 
@@ -453,9 +456,6 @@ class _ECGPipeline(Pipeline):
         item = inputs.value if isinstance(inputs, _Item) else inputs
         record = _read_input(item, index, sampling_rate, lead_names)
         values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True)
-        _warn_missing_leads(self.processor, mask, _where(index, record["source"]), leads)
-        _warn_padded(self.processor, np.shape(record["signal"])[-1] / float(record["sampling_rate"]),
-                     _where(index, record["source"]))
         return {"ecg_values": values, "lead_mask": mask}
 
     def _ranked(self, labels: Sequence[str], scores: Sequence[float], top_k=None, return_leads=False,
@@ -782,9 +782,6 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         multi_label = post.get("multi_label", False)
         record = _read_input(inputs, None, pre.get("sampling_rate"), pre.get("lead_names"))
         values, mask = conditioned_ecg(self.processor, record, None, leads=pre.get("leads"), return_lead_mask=True)
-        _warn_missing_leads(self.processor, mask, _where(None, record["source"]), pre.get("leads"))
-        _warn_padded(self.processor, np.shape(record["signal"])[-1] / float(record["sampling_rate"]),
-                     _where(None, record["source"]))
         device = _model_device(self.model)
         values = values.to(device)
         label_feats = self._label_features(texts)

@@ -203,6 +203,12 @@ def test_extract_features_matches_the_model(exported):
     assert torch.allclose(logits[0], logits[1], atol=1e-6)  # array and file of the same record
     cos = extract_features(e["model"], e["processor"], ecgs=signal, sampling_rate=500, normalize=True)["ecg"]
     assert np.allclose(np.linalg.norm(cos, axis=1), 1.0, atol=1e-5)
+    # features of a record missing leads, or padded, come with the pipeline's warnings (they were silent, helper)
+    with pytest.warns(UserWarning, match=r"lead\(s\) III, .* absent from the record"):
+        extract_features(e["model"], e["processor"], ecgs={"signal": signal[:2], "sampling_rate": 500,
+                                                           "lead_names": ["I", "II"]})
+    with pytest.warns(UserWarning, match="3.00 s of signal, zero-padded"):
+        extract_features(e["model"], e["processor"], ecgs=signal[:, :1500], sampling_rate=500)
 
 
 def test_prompt_set_resolution():
