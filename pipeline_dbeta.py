@@ -658,9 +658,9 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         window; smaller overlaps the windows) are in seconds of the record. Windows start at 0, stride, 2 x stride,
         ...; when the record's last samples are in none of them, one more window ends at the record's end (a full
         window, overlapping the one before, not a zero-padded tail); a record shorter than one window is one
-        window (zero-padded by the processor, with a warning, as are windows shorter than the model's input). A WFDB record is read a chunk
-        (`chunk_seconds`) at a time, so memory does not grow with its length; a DICOM file or an array is
-        sliced. A window the processor refuses (a flat stretch where the electrodes came off, say) keeps its
+        window (zero-padded by the processor, with a warning, as are windows shorter than the model's input). A
+        WFDB record is read a chunk (`chunk_seconds`) at a time, so memory does not grow with its length; a DICOM
+        file or an array is sliced. A window the processor refuses (a flat stretch where the electrodes came off, say) keeps its
         place with an "error" and no scores, and is left out of the aggregate. `aggregate`: "mean", "max" or
         "fraction" (see AGGREGATES). Other keywords are the pipeline's (candidate_labels, sampling_rate,
         lead_names, leads, multi_label, dataset, prompts, prompt_style, prompt_members, hypothesis_template,

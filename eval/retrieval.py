@@ -262,7 +262,8 @@ def render_markdown(result: dict) -> str:
                      + f" | {m['median_rank']:.0f} |")
     lines.append("| chance | paired | " + " | ".join(_pct(result["chance"][f"R@{k}"]) for k in ks) + " | - |")
     lines += ["", "Recall in %. 'same text': a retrieved item is correct when its report reads as the query's true "
-              "report to the model (the same token ids; duplicates count); 'paired only': only the record's own pair is correct. "
+              "report to the model (the same token ids; duplicates count); 'paired only': only the record's own "
+              "pair is correct. "
               "Ties count against the query: its rank is the number of incorrect candidates scoring at least as "
               "high as its best correct one."]
     return "\n".join(lines) + "\n"
