@@ -294,11 +294,18 @@ def _warn_padded(processor, seconds: float, where: str, what: str = "signal") ->
     import warnings
 
     fe = processor.feature_extractor
-    model_seconds = fe.num_samples / fe.sampling_rate
-    if seconds < model_seconds - PAD_WARNING_SECONDS:  # a few samples short (rounding at odd rates) is nothing
+    wanted, model_seconds = kept_seconds(fe), fe.num_samples / fe.sampling_rate
+    if seconds < wanted - PAD_WARNING_SECONDS:  # a few samples short (rounding at odd rates) is nothing
         warnings.warn(f"{where}: {seconds:.2f} s of {what}, zero-padded to the model's {model_seconds:g} s input: "
                       "the flat rest reads as missing beats, so rate-dependent scores shift (towards bradycardia); "
-                      f"give {model_seconds:g} s where the record has them", UserWarning, stacklevel=3)
+                      f"give {wanted:g} s where the record has them", UserWarning, stacklevel=3)
+
+
+def kept_seconds(feature_extractor) -> float:
+    """Seconds of a record the model reads: its input (10 s), or the cut a classifier was fine-tuned on
+    (`keep_samples`, e.g. CPSC2018's 5 s)."""
+    fe = feature_extractor
+    return (getattr(fe, "keep_samples", None) or fe.num_samples) / fe.sampling_rate
 
 
 def _warn_missing_leads(processor, mask, where: str, leads=None) -> None:
@@ -660,8 +667,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         window, overlapping the one before, not a zero-padded tail); a record shorter than one window is one
         window (zero-padded by the processor, with a warning, as are windows shorter than the model's input). A
         WFDB record is read a chunk (`chunk_seconds`) at a time, so memory does not grow with its length; a DICOM
-        file or an array is sliced. A window the processor refuses (a flat stretch where the electrodes came off, say) keeps its
-        place with an "error" and no scores, and is left out of the aggregate. `aggregate`: "mean", "max" or
+        file or an array is sliced. A window the processor refuses (a flat stretch where the electrodes came off,
+        say) keeps its place with an "error" and no scores, and is left out of the aggregate. `aggregate`: "mean", "max" or
         "fraction" (see AGGREGATES). Other keywords are the pipeline's (candidate_labels, sampling_rate,
         lead_names, leads, multi_label, dataset, prompts, prompt_style, prompt_members, hypothesis_template,
         top_k: applies to the aggregate).
@@ -671,7 +678,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         "leads" (the leads used), "duration" (s), "window_seconds", "stride_seconds", "n_windows_scored",
         "unscored_seconds" (seconds in no window: gaps when the stride is longer than the window)}."""
         fe = self.processor.feature_extractor
-        model_seconds = fe.num_samples / fe.sampling_rate
+        model_seconds = kept_seconds(fe)
         window_seconds = model_seconds if window_seconds is None else _seconds("window_seconds", window_seconds)
         if window_seconds > model_seconds + 1e-9:
             raise ValueError(f"window_seconds={window_seconds:g} is longer than the model's input "

@@ -541,7 +541,7 @@ def _refuse_misspelt_settings(kwargs: dict) -> None:
 
 # What the model was trained on: changed at load, every record would reach it in another form without an error
 # (`sampling_rate` is the rate records are resampled *to*; a record's own rate is given per call).
-_MODEL_INPUT_SETTINGS = ("sampling_rate", "num_samples", "lead_names")
+_MODEL_INPUT_SETTINGS = ("sampling_rate", "num_samples", "lead_names", "keep_samples")
 
 
 def _refuse_changed_model_input(saved: dict, kwargs: dict) -> None:
@@ -582,8 +582,8 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
       3. non-finite repair (`nan_policy`): "interpolate" (default) bridges NaN/inf gaps linearly per lead and
          rejects a lead with no finite sample; "zero" zeroes them; "raise" refuses any. A value too large for
          float32 (|x| > 3.4e38) is an error, never an inf to repair;
-      4. resampling to `sampling_rate` (polyphase, scipy.signal.resample_poly); a record's rate must lie in
-         SAMPLING_RATE_RANGE (50 Hz to 20 kHz);
+      4. resampling to `sampling_rate` (polyphase, scipy.signal.resample_poly, about each lead's mean with its
+         ends continued as a line); a record's rate must lie in SAMPLING_RATE_RANGE (50 Hz to 20 kHz);
       5. length: shorter than `min_duration` seconds is an error;
       6. plausibility (`implausible`: "raise", default, or "warn"): a lead of which more than half the samples
          were NaN/inf (MAX_REPAIRED_SHARE; a lead with none finite that nan_policy="zero" zeroed is a missing
@@ -594,8 +594,10 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
          ten times the largest QRS), or any sample beyond 20 times it, means another unit (int16 ADC counts,
          microvolts) or a corrupt record, and so does every lead spanning less than MIN_SPAN_MV (0.05 mV:
          volts). `max_amplitude_mv=None` turns both amplitude bounds off;
-      7. length fit: shorter than `num_samples` is zero-padded at the end; longer is cropped to `num_samples` by
-         `crop` ("start": the first 10 s as in the benchmark protocol; "center"; "random": for training);
+      7. length fit: with `keep_samples` (the length a classifier was fine-tuned on, e.g. CPSC2018's protocol of
+         2500) a record is first cut to that many samples; longer than `num_samples` is cropped by `crop`
+         ("start": the first 10 s as in the benchmark protocol; "center"; "random": for training); a lead
+         constant over what is kept is treated as absent (a zero row, unused); shorter is zero-padded at the end;
       8. amplitude: `normalization="none"` keeps millivolts (what the authors' checkpoint expects); "minmax"
          scales each whole record to [0, 1] over all the leads it uses together (the MERL protocol); unused
          leads stay zero.
@@ -618,6 +620,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         max_amplitude_mv: Optional[float] = 50.0,
         implausible: str = "raise",
         missing_leads: str = "zero",
+        keep_samples: Optional[int] = None,
         **kwargs,
     ):
         unknown = set(kwargs) - set(_saved_bookkeeping())
@@ -640,6 +643,11 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         self.max_amplitude_mv = None if max_amplitude_mv is None else float(max_amplitude_mv)
         self.implausible = implausible
         self.missing_leads = missing_leads
+        if keep_samples is not None and (isinstance(keep_samples, bool) or not isinstance(keep_samples, int)
+                                         or not 1 <= keep_samples <= self.num_samples):
+            raise ValueError(f"keep_samples must be None or a whole number from 1 to num_samples "
+                             f"({self.num_samples}), got {keep_samples!r}")
+        self.keep_samples = keep_samples
         super().__init__(**kwargs)
 
     @classmethod
@@ -752,6 +760,8 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 f"{self.min_duration:g} s (min_duration)"
             )
         self._check_plausible(x, normalization, implausible or self.implausible, where, names, repaired)
+        if self.keep_samples is not None:  # what a classifier fine-tuned on a protocol's cut was trained on
+            x = x[:, :self.keep_samples]
         x = self._crop(x, crop or self.crop, generator)
         flat = x.max(axis=1) == x.min(axis=1)  # over the part the model sees
         if flat.any() and not flat.all():  # a constant (lead-off) lead carries nothing: a zero row, marked unused

@@ -744,3 +744,26 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
                          (14, "rng_state.pth is damaged")):
         assert f"checkpoint-{step} cannot be resumed from ({reason}" in caplog.text, step
     assert ft.find_checkpoint(tmp_path / "absent") is None
+
+def test_a_protocol_cut_travels_with_the_export(setup, tmp_path):
+    """A classifier fine-tuned on the first 5 s of each record (a protocol cut) was served on whole records by its
+    pipeline, and told users of 5 s records to give 10 s (helper: 35 of 303 top classes changed, SBRAD
+    sensitivity 0.27 for 0.70). The processor now carries the cut into the export and applies it."""
+    import warnings
+
+    from transformers import pipeline
+
+    done = ft.main(ft_args(setup, tmp_path / "run", "--protocol-num-samples", "500", "--max-steps", "1",
+                           "--batch-size", "8", "--bootstrap", "0"))
+    export = Path(done["export_dir"])
+    saved = json.loads((export / "processor_config.json").read_text())["feature_extractor"]
+    assert saved["keep_samples"] == 500 and done["protocol_num_samples"] == 500
+    assert "the first 5 s of each record (500 samples" in (export / "README.md").read_text()
+    pipe = pipeline("ecg-classification", model=str(export), trust_remote_code=True)
+    record = (torch.randn(12, 1000) * 0.3).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the length it was trained on is no short record
+        cut = pipe(record[:, :500], sampling_rate=100)
+    assert pipe(record, sampling_rate=100) == cut
+    with pytest.warns(UserWarning, match="3.00 s of signal, zero-padded .*give 5 s"):
+        pipe(record[:, :300], sampling_rate=100)

@@ -346,6 +346,8 @@ def prepare(s: FinetuneSettings) -> dict:
     processor = load_processor(s.model.name_or_path)
     fe = processor.feature_extractor
     protocol_n = resolve_protocol_num_samples(splits["train"], data.protocol_num_samples)
+    # the processor carries the cut into the export, so the classification pipeline serves the length trained on
+    fe.keep_samples = protocol_n if protocol_n is not None and protocol_n < fe.num_samples else None
     kept, skipped = {}, {}
     if data.check_records:
         kept, skipped = check_records(splits, fe, protocol_n, data.on_error, data.num_workers, s.train.progress)
@@ -559,6 +561,11 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         "epochs run": f"{trainer.state.epoch:g} (best checkpoint: {Path(best).name if best else 'last'})",
         "val macro AUC": f"{val_metrics.get('val_macro_auc', float('nan')):.4f}",
     }
+    keep = parts["processor"].feature_extractor.keep_samples
+    if keep is not None:
+        rate = parts["processor"].feature_extractor.sampling_rate
+        facts["input"] = (f"the first {keep / rate:g} s of each record ({keep} samples, the {s.data.dataset} "
+                          "protocol), zero-padded to the model's input; the processor applies the same cut")
     if test is not None and test["report"]["macro_auc"] is not None:
         facts["test macro AUC"] = f"{test['report']['macro_auc']:.4f}"
         facts["test macro AUPRC"] = f"{test['report']['macro_auprc']:.4f}"
