@@ -118,7 +118,7 @@ def processor_settings(feature_extractor) -> dict:
     fe = feature_extractor
     return {"sampling_rate": fe.sampling_rate, "num_samples": fe.num_samples, "lead_names": list(fe.lead_names),
             "normalization": fe.normalization, "crop": fe.crop, "nan_policy": fe.nan_policy,
-            "min_duration": fe.min_duration}
+            "min_duration": fe.min_duration, "keep_samples": getattr(fe, "keep_samples", None)}
 
 
 def condition_item(feature_extractor, item: dict, protocol_num_samples: Optional[int] = None,
