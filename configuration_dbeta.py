@@ -381,3 +381,8 @@ class DBetaConfig(PretrainedConfig):
         )
         values.update(overrides)
         return cls(**values)
+
+
+# Saved copies name this file in config.json's auto_map and carry it, however the class was imported (transformers
+# does this for classes it loaded as remote code; a class imported from the installed package needs it said).
+DBetaConfig.register_for_auto_class()

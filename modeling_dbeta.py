@@ -1318,3 +1318,10 @@ __all__ = [
     "DBetaOutput",
     "DBetaPreTrainingOutput",
 ]
+
+
+# Saved copies carry this code and name it in config.json's auto_map, however the class was imported (transformers
+# does this for classes it loaded as remote code; one imported from the installed package needs it said).
+DBetaModel.register_for_auto_class("AutoModel")
+DBetaForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+DBetaForECGClassification.register_for_auto_class("AutoModelForSequenceClassification")

@@ -1085,3 +1085,8 @@ class DBetaProcessor(ProcessorMixin):
     @property
     def model_input_names(self):
         return ["ecg_values", "input_ids", "attention_mask"]
+
+
+# Saved copies carry this code and name it in processor_config.json's auto_map, however the class was imported.
+DBetaFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+DBetaProcessor.register_for_auto_class("AutoProcessor")

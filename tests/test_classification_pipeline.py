@@ -171,10 +171,18 @@ def test_a_resaved_copy_serves_the_same_pipeline(exported, tmp_path):
         AutoModelForSequenceClassification.from_pretrained(src, trust_remote_code=True).save_pretrained(dst)
         AutoProcessor.from_pretrained(src, trust_remote_code=True).save_pretrained(dst)
         """, cwd=tmp_path, hf_home=tmp_path / "hf-save")
-    DBetaForECGClassification.from_pretrained(e["dirs"]["single"]).save_pretrained(copies["single"])
-    e["processor"].save_pretrained(copies["single"])
+    # in a fresh interpreter too: a class imported from the package carried its code only after an export had
+    # registered it in the same process (helper: the copy's pipeline failed on configuration_dbeta.py)
+    fresh_python(f"""
+        from dbeta.modeling_dbeta import DBetaForECGClassification
+        from eval.features import load_processor
+        src, dst = {str(e['dirs']['single'])!r}, {str(copies['single'])!r}
+        DBetaForECGClassification.from_pretrained(src).save_pretrained(dst)
+        load_processor(src).save_pretrained(dst)
+        """, cwd=tmp_path, hf_home=tmp_path / "hf-save-package")
     for kind, copy in copies.items():
-        for name in ("pipeline_dbeta.py", "prompting_dbeta.py", "README.md"):
+        for name in ("pipeline_dbeta.py", "prompting_dbeta.py", "README.md", "configuration_dbeta.py",
+                     "modeling_dbeta.py", "processing_dbeta.py"):
             assert (copy / name).read_bytes() == (e["dirs"][kind] / name).read_bytes(), (kind, name)
         assert json.loads((copy / "config.json").read_text())["custom_pipelines"] == json.loads(
             (e["dirs"][kind] / "config.json").read_text())["custom_pipelines"]

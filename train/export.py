@@ -30,9 +30,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from dbeta.configuration_dbeta import DBetaConfig
 from dbeta.modeling_dbeta import (CLASSIFICATION_PIPELINES, COMPANION_FILES, ZERO_SHOT_PIPELINES,
-                                  DBetaForECGClassification, DBetaForPreTraining, DBetaModel)
+                                  DBetaForECGClassification)
 from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 from train.folders import replace_folder, staging_folder
 
@@ -123,16 +122,6 @@ def check_run_folder(output_dir, reads: Sequence = ()) -> None:
 def custom_pipelines_for(model) -> dict:
     """config.json's `custom_pipelines` for `model`: only the pipeline it can serve."""
     return copy.deepcopy(type(model)._pipelines)
-
-
-def register_auto_classes() -> None:
-    """Mark our classes for their Auto classes so save_pretrained copies the code files."""
-    DBetaConfig.register_for_auto_class()
-    DBetaModel.register_for_auto_class("AutoModel")
-    DBetaForPreTraining.register_for_auto_class("AutoModelForPreTraining")
-    DBetaForECGClassification.register_for_auto_class("AutoModelForSequenceClassification")
-    DBetaFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
-    DBetaProcessor.register_for_auto_class("AutoProcessor")
 
 
 def build_processor(tokenizer, **feature_extractor_kwargs) -> DBetaProcessor:
@@ -290,7 +279,6 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
         raise ValueError(f"refusing to export {type(model).__name__} to {output_dir}: non-finite (NaN or infinite) "
                          f"values in {len(bad)} weight(s): {', '.join(bad[:20])}{' ...' if len(bad) > 20 else ''}")
     out = check_export_target(output_dir)
-    register_auto_classes()
     model.config.auto_map = dict(AUTO_MAP)
     model.config.custom_pipelines = custom_pipelines_for(model)
     if processor is not None:  # the length its inputs must have: a raw array of another one is refused
