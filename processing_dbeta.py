@@ -665,6 +665,11 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         _refuse_unknown_settings(feature_extractor_dict, "a saved processor config")
         _refuse_misspelt_settings(kwargs)
         _refuse_changed_model_input(feature_extractor_dict, kwargs)
+        # transformers applies a keyword only when the saved dict has its key: a setting an older export did not
+        # save (`keep_samples`, say) or a default left out would be dropped without a word
+        feature_extractor_dict = dict(feature_extractor_dict)
+        for key in [k for k in kwargs if k in feature_extractor_settings()]:
+            feature_extractor_dict[key] = kwargs.pop(key)
         return super().from_dict(feature_extractor_dict, **kwargs)
 
     @property
@@ -761,6 +766,9 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             )
         self._check_plausible(x, normalization, implausible or self.implausible, where, names, repaired)
         if self.keep_samples is not None:  # what a classifier fine-tuned on a protocol's cut was trained on
+            if (crop or self.crop) != "start":
+                raise ValueError(f"{where}: crop={crop or self.crop!r} with keep_samples={self.keep_samples}: the "
+                                 "record is cut to its first keep_samples samples, so there is nothing to crop")
             x = x[:, :self.keep_samples]
         x = self._crop(x, crop or self.crop, generator)
         flat = x.max(axis=1) == x.min(axis=1)  # over the part the model sees

@@ -241,17 +241,27 @@ def protocol_num_samples_arg(text: str):
     return int(text)
 
 
-def resolve_protocol_num_samples(dataset, value="auto") -> Optional[int]:
-    """"auto" -> the dataset's `protocol_num_samples` (or None); None/"none" -> None; an int -> that int."""
+def resolve_protocol_num_samples(dataset, value="auto", feature_extractor=None) -> Optional[int]:
+    """"auto" -> the dataset's `protocol_num_samples` (or None); None/"none" -> None; an int -> that int. With the
+    `feature_extractor` of a model fine-tuned on a cut (`keep_samples`), that cut bounds the length: "auto" gives
+    the shorter of the two, and an explicit longer length (or none) is refused, since the processor would cut every
+    record to `keep_samples` whatever the run says."""
     if value is None or str(value).lower() == "none":
-        return None
-    if str(value).lower() == "auto":
+        n = None
+    elif str(value).lower() == "auto":
         n = getattr(dataset, "protocol_num_samples", None)
-        return int(n) if n else None
-    n = int(value)
-    if n <= 0:
-        raise ValueError(f"protocol_num_samples must be positive, got {n}")
-    return n
+        n = int(n) if n else None
+    else:
+        n = int(value)
+        if n <= 0:
+            raise ValueError(f"protocol_num_samples must be positive, got {n}")
+    keep = getattr(feature_extractor, "keep_samples", None)
+    if keep is None or (n is not None and n <= keep):
+        return n
+    if str(value).lower() != "auto":
+        raise ValueError(f"protocol_num_samples={value}: this model's processor reads only the first {keep} samples "
+                         "of a record (keep_samples, the cut it was fine-tuned on); give at most that, or auto")
+    return keep
 
 
 def check_skipped_records(dataset, kept: Sequence[int], failures: Sequence[dict]) -> None:
@@ -300,7 +310,7 @@ def dataset_ecg_features(model, processor, dataset, batch_size: int = 32, num_wo
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     fe = processor.feature_extractor if hasattr(processor, "feature_extractor") else processor
-    pns = resolve_protocol_num_samples(dataset, protocol_num_samples)
+    pns = resolve_protocol_num_samples(dataset, protocol_num_samples, fe)
     loader = torch.utils.data.DataLoader(
         ProcessedRecords(dataset, fe, pns, leads), batch_size=batch_size, shuffle=False, num_workers=num_workers,
         persistent_workers=False,

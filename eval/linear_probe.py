@@ -631,7 +631,7 @@ def run_probe(model: str, dataset: str, data_root, task: Optional[str] = None,
     encoder = load_encoder(model, random_init=random_init, init_seed=init_seed).to(device)
     fe = load_feature_extractor(model)
     fingerprint = weights_fingerprint(encoder)
-    protocol_n = resolve_protocol_num_samples(datasets["train"], protocol_num_samples)
+    protocol_n = resolve_protocol_num_samples(datasets["train"], protocol_num_samples, fe)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     cache_dir = None if no_cache else Path(cache_dir or default_cache_dir())
     torch.set_num_threads(max(1, threads or torch.get_num_threads()))

@@ -233,7 +233,7 @@ def run_zero_shot(model, dataset: str, data_root, *, task: Optional[str] = None,
     t_load = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    pns = resolve_protocol_num_samples(data, protocol_num_samples)
+    pns = resolve_protocol_num_samples(data, protocol_num_samples, processor.feature_extractor)
     ecg, kept, failures = dataset_ecg_features(
         net, processor, data, batch_size=batch_size, num_workers=num_workers,
         protocol_num_samples=pns, on_error=on_error, progress=progress,

@@ -758,7 +758,7 @@ def test_a_protocol_cut_travels_with_the_export(setup, tmp_path):
     export = Path(done["export_dir"])
     saved = json.loads((export / "processor_config.json").read_text())["feature_extractor"]
     assert saved["keep_samples"] == 500 and done["protocol_num_samples"] == 500
-    assert "the first 5 s of each record (500 samples" in (export / "README.md").read_text()
+    assert "the first 5 s of each record (500 samples: the cut it was fine-tuned on)" in (export / "README.md").read_text()
     pipe = pipeline("ecg-classification", model=str(export), trust_remote_code=True)
     record = (torch.randn(12, 1000) * 0.3).numpy()
     with warnings.catch_warnings():
@@ -767,3 +767,8 @@ def test_a_protocol_cut_travels_with_the_export(setup, tmp_path):
     assert pipe(record, sampling_rate=100) == cut
     with pytest.warns(UserWarning, match="3.00 s of signal, zero-padded .*give 5 s"):
         pipe(record[:, :300], sampling_rate=100)
+    # a random window under the cut would be the first samples every time: refused before training
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(ft_args(setup, tmp_path / "crop", "--protocol-num-samples", "500", "--max-steps", "1",
+                        "--random-crop"))
+    assert exit_.value.code == 2 and not (tmp_path / "crop" / "checkpoint-1").exists()

@@ -489,6 +489,52 @@ def test_the_models_input_settings_cannot_change_at_load(tiny_export):
         load(tiny_export, trust_remote_code=True, sampling_rate=500.0, lead_names=np.array(STANDARD_LEADS))
 
 
+def test_a_setting_an_older_export_did_not_save_still_applies_at_load(tiny_export, tmp_path):
+    """transformers applies a loading keyword only when the saved config has its key: `missing_leads="raise"` or
+    `keep_samples=300` given for an export written before those settings (or without them) was dropped without a
+    word, and a bad value was never checked (helper)."""
+    import json
+    import shutil
+
+    from transformers import AutoFeatureExtractor, AutoProcessor
+
+    folder = shutil.copytree(tiny_export, tmp_path / "older")
+    config = json.loads((folder / "processor_config.json").read_text())
+    for key in ("keep_samples", "missing_leads", "implausible"):
+        config["feature_extractor"].pop(key, None)
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    for load in (AutoProcessor.from_pretrained, AutoFeatureExtractor.from_pretrained,
+                 DBetaFeatureExtractor.from_pretrained):
+        loaded = load(folder, trust_remote_code=True, missing_leads="raise", implausible="warn", keep_samples=300)
+        fe = getattr(loaded, "feature_extractor", loaded)
+        assert (fe.missing_leads, fe.implausible, fe.keep_samples) == ("raise", "warn", 300)
+        with pytest.raises(ValueError, match="keep_samples must be None or a whole number"):
+            load(folder, trust_remote_code=True, keep_samples="500")
+    assert load(folder, trust_remote_code=True).keep_samples is None  # an older export: no cut
+
+
+def test_keep_samples_cuts_records_and_refuses_another_crop():
+    fe = DBetaFeatureExtractor(keep_samples=2500)
+    x = ecg_batch(1, 10000).numpy()[0]
+    np.testing.assert_array_equal(fe.condition(x, 500), DBetaFeatureExtractor().condition(x[:, :2500], 500))
+    with pytest.raises(ValueError, match="crop='center' with keep_samples=2500: .*nothing to crop"):
+        fe.condition(x, 500, crop="center")
+    from eval.features import resolve_protocol_num_samples
+
+    class Cpsc:
+        protocol_num_samples = 2500
+
+    class Ptbxl:
+        protocol_num_samples = None
+
+    assert resolve_protocol_num_samples(Cpsc(), "auto", DBetaFeatureExtractor(keep_samples=1000)) == 1000
+    assert resolve_protocol_num_samples(Ptbxl(), "auto", fe) == 2500
+    assert resolve_protocol_num_samples(Ptbxl(), 2000, fe) == 2000
+    for asked in ("none", 4000):  # the processor would cut to 2500 whatever the run's JSON said
+        with pytest.raises(ValueError, match="reads only the first 2500 samples"):
+            resolve_protocol_num_samples(Ptbxl(), asked, fe)
+
+
 def test_a_processor_config_with_an_unknown_setting_is_refused_naming_the_folder(tiny_export, tmp_path):
     """A feature-extractor setting this version does not know (written by a newer version, or a typo in an edited
     file) may change how signals are conditioned: an error naming the folder and the key, not a silent skip."""

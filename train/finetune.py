@@ -348,6 +348,10 @@ def prepare(s: FinetuneSettings) -> dict:
     protocol_n = resolve_protocol_num_samples(splits["train"], data.protocol_num_samples)
     # the processor carries the cut into the export, so the classification pipeline serves the length trained on
     fe.keep_samples = protocol_n if protocol_n is not None and protocol_n < fe.num_samples else None
+    if data.random_crop and fe.keep_samples is not None:
+        raise ConfigError(f"data.random_crop with a protocol cut of {fe.keep_samples} samples: every record is cut "
+                          "to its first samples, so there is no window to choose; set data.protocol_num_samples=none "
+                          "to train on random windows")
     kept, skipped = {}, {}
     if data.check_records:
         kept, skipped = check_records(splits, fe, protocol_n, data.on_error, data.num_workers, s.train.progress)
@@ -564,8 +568,8 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
     keep = parts["processor"].feature_extractor.keep_samples
     if keep is not None:
         rate = parts["processor"].feature_extractor.sampling_rate
-        facts["input"] = (f"the first {keep / rate:g} s of each record ({keep} samples, the {s.data.dataset} "
-                          "protocol), zero-padded to the model's input; the processor applies the same cut")
+        facts["input"] = (f"the first {keep / rate:g} s of each record ({keep} samples: the cut it was fine-tuned "
+                          "on), zero-padded to the model's input; the processor applies the same cut")
     if test is not None and test["report"]["macro_auc"] is not None:
         facts["test macro AUC"] = f"{test['report']['macro_auc']:.4f}"
         facts["test macro AUPRC"] = f"{test['report']['macro_auprc']:.4f}"
