@@ -773,6 +773,10 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         x = self._crop(x, crop or self.crop, generator)
         flat = x.max(axis=1) == x.min(axis=1)  # over the part the model sees
         if flat.any() and not flat.all():  # a constant (lead-off) lead carries nothing: a zero row, marked unused
+            if (missing_leads or self.missing_leads) == "raise":
+                raise ValueError(f"{where}: lead(s) {', '.join(n for n, f in zip(names, flat) if f)} flat (constant) "
+                                 "over the samples the model reads: missing in all but name (missing_leads='zero' "
+                                 "scores them as absent)")
             used = used.copy()
             used[np.flatnonzero(used)[flat]] = False
             x = x[~flat]

@@ -217,6 +217,8 @@ def test_flat_leads_are_scored_and_reported_as_absent(setup):
     assert out == three
     values, used = DBetaFeatureExtractor().condition(flat, 500, return_lead_mask=True)
     assert used.tolist() == [True] * 3 + [False] * 9 and not values[3:].any()
+    with pytest.raises(ValueError, match=r"lead\(s\) aVR, aVL, aVF, V1, V2, V3, V4, V5, V6 flat \(constant\)"):
+        DBetaFeatureExtractor(missing_leads="raise").condition(flat, 500)  # the strict check counts them missing
     with pytest.raises(ValueError, match="flat signal: every lead is constant"):  # nothing left: still refused
         DBetaFeatureExtractor().condition(np.full((12, 5000), 0.3, np.float32), 500)
     # flat in the part the model sees (the first 10 s of a 20 s record), not in the rest: absent too
