@@ -389,3 +389,32 @@ def test_arrow_batches_and_dataloader(prepared):
         assert batch["ecg_values"].shape[1:] == (12, 5000)
         seen += batch["study_id"].tolist()
     assert sorted(seen) == sorted(ds["study_id"])
+
+
+def test_a_resume_over_changed_inputs_is_refused(broken_root, tmp_path, monkeypatch):
+    """A resumed ingest kept its finished chunks' rows and drops: after a partial download finished (30 .dat files
+    arrived) or a CSV line was fixed, it exited 0 with the old drops (helper: 44 kept where a fresh ingest keeps
+    75). Refused now, naming what changed."""
+    import shutil
+
+    root = tmp_path / "mimic"
+    shutil.copytree(broken_root, root)
+    out = tmp_path / "out"
+    kwargs = dict(val_fraction=0.3, seed=SEED, chunk_size=8, progress=False, num_proc=1)
+    with monkeypatch.context() as patch:
+        stop_after_chunks(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            prepare_mimic(root, out, **kwargs)
+    first = json.loads((out / "work" / "chunks" / "chunk-00000" / "result.json").read_text())
+    missing = [r for r in first["dropped_rows"] if r[4] == "missing_dat"]
+    assert missing, "the fixture's missing .dat should fall in the first chunk"
+    dat = root / f"{missing[0][3]}.dat"
+    dat.write_bytes(b"\0" * 10)  # the download caught up
+    with pytest.raises(ValueError, match=r"1 record\(s\) missing when this ingest started are there now"):
+        prepare_mimic(root, out, **kwargs)
+    dat.unlink()
+    csv_path = root / "machine_measurements.csv"
+    csv_path.write_text(csv_path.read_text() + "\n")
+    with pytest.raises(ValueError, match="machine_measurements.csv under .* changed since this ingest started"):
+        prepare_mimic(root, out, **kwargs)
+    assert prepare_mimic(root, out, restart=True, **kwargs)["kept"]

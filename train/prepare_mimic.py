@@ -247,7 +247,9 @@ def prepare_mimic(
                 f"{out} holds an unfinished ingest with other settings {old}; use the same arguments to resume, "
                 "or --restart to start over"
             )
+        _check_inputs_unchanged(out, work, mimic_root)
     else:
+        write_json(work / "inputs.json", _input_fingerprint(mimic_root))
         write_json(settings_path, settings)
 
     t0 = time.perf_counter()
@@ -295,6 +297,34 @@ def prepare_mimic(
     summary["elapsed_s_last_run"] = round(time.perf_counter() - t0, 2)
     write_json(summary_path, summary)
     return summary
+
+
+def _input_fingerprint(mimic_root: Path) -> dict:
+    """Size and modification time of the two CSVs an ingest reads."""
+    out = {}
+    for name in ("record_list.csv", "machine_measurements.csv"):
+        st = (mimic_root / name).stat()
+        out[name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _check_inputs_unchanged(out: Path, work: Path, mimic_root: Path) -> None:
+    """Refuse to resume an ingest whose CSVs changed, or whose records once missing are there now: the finished
+    chunks would keep their old rows and drops beside the new ones (ValueError; --restart starts over)."""
+    saved = work / "inputs.json"
+    if saved.is_file() and json.loads(saved.read_text()) != _input_fingerprint(mimic_root):
+        raise ValueError(f"{out}: record_list.csv or machine_measurements.csv under {mimic_root} changed since this "
+                         "ingest started; its finished chunks hold the old rows. Use --restart to ingest anew")
+    arrived = []
+    for result in sorted((work / "chunks").glob("*/result.json")):
+        for _, _, _, path, reason, detail in json.loads(result.read_text())["dropped_rows"]:
+            if reason == "missing_record" and (mimic_root / f"{path}.hea").is_file():
+                arrived.append(path)
+            elif reason == "missing_dat" and Path(str(detail).split(" not found")[0]).is_file():
+                arrived.append(path)
+    if arrived:
+        raise ValueError(f"{out}: {len(arrived)} record(s) missing when this ingest started are there now (first: "
+                         f"{arrived[0]}); resumed, they would stay dropped. Use --restart to ingest anew")
 
 
 def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int) -> dict:
