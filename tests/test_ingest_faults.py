@@ -229,6 +229,32 @@ def test_unusable_input_is_an_error(tmp_path, case, capsys):
     assert not (tmp_path / "out" / "dataset").exists()
 
 
+def test_csv_encodings_a_spreadsheet_writes(tmp_path, capsys):
+    """A machine_measurements.csv saved as cp1252 (Excel on Windows) was read with replacement characters: 10 of 74
+    reports came out with U+FFFD and nothing counted it (helper). Now an error naming the file; and a UTF-8 file
+    with a byte-order mark and every field quoted (pandas' utf-8-sig + QUOTE_ALL) reads like the plain one."""
+    import csv as csv_module
+
+    root = _mimic(tmp_path, n=3)
+    header, mm = _read_csv(root / "machine_measurements.csv")
+    first = header.index("report_0")
+    with open(root / "machine_measurements.csv", "w", newline="", encoding="utf-8-sig") as f:
+        writer = csv_module.writer(f, quoting=csv_module.QUOTE_ALL)
+        writer.writerow(header)
+        writer.writerows(mm)
+    out = tmp_path / "bom"
+    assert prepare_main(["--mimic-root", str(root), "--output", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kept"] == 3 and summary["dropped"] == {}
+    mm[1][first] = "fréquence élevée"
+    with open(root / "machine_measurements.csv", "w", newline="", encoding="cp1252") as f:
+        csv_module.writer(f).writerows([header] + mm)
+    code = prepare_main(["--mimic-root", str(root), "--output", str(tmp_path / "cp1252"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "machine_measurements.csv: line 3 (byte 0xe9) is not UTF-8 text" in err and "iconv" in err
+    assert not (tmp_path / "cp1252" / "dataset").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 5. WFDB records that are not what their header says
 # ----------------------------------------------------------------------------------------------------------------

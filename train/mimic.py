@@ -176,10 +176,20 @@ def _csv_rows(path: Path) -> Iterator[Tuple[int, int, list, Optional[list], str]
     then spoils only its own line instead of swallowing every row after it. A quoted field spanning lines is not
     supported (each of its lines is a malformed row). Raises MimicInputError for a file without a header.
     """
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name, quoted or not
+    with open(path, newline="", encoding="utf-8-sig") as f:
         header = None
         i = 0
-        for lineno, line in enumerate(f, 1):
+        lines = enumerate(f, 1)
+        while True:
+            try:
+                lineno, line = next(lines)
+            except StopIteration:
+                break
+            except UnicodeDecodeError:  # decoding with replacement put U+FFFD into reports, uncounted
+                raise MimicInputError(f"{path}: {_first_non_utf8_line(path)} is not UTF-8 text: the file was saved in "
+                                      "another encoding (Excel's cp1252?); convert it, e.g. iconv -f cp1252 -t utf-8"
+                                      ) from None
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
@@ -190,7 +200,7 @@ def _csv_rows(path: Path) -> Iterator[Tuple[int, int, list, Optional[list], str]
             if header is None:
                 if fields is None:
                     raise MimicInputError(f"{path}: line {lineno}: cannot parse the header ({problem})")
-                header = [h.strip().lstrip("\ufeff") for h in fields]
+                header = [h.strip() for h in fields]
                 continue
             if fields is not None and len(fields) != len(header):
                 fields, problem = None, f"{len(fields)} fields, the header has {len(header)}"
@@ -198,6 +208,18 @@ def _csv_rows(path: Path) -> Iterator[Tuple[int, int, list, Optional[list], str]
             i += 1
         if header is None:
             raise MimicInputError(f"{path}: empty file (expected a CSV header and data rows)")
+
+
+def _first_non_utf8_line(path: Path) -> str:
+    """ "line N (byte 0x..)" of the first line of `path` that does not decode as UTF-8 (text reading decodes in
+    blocks, so its error does not say which line)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f"line {lineno} (byte {raw[err.start]:#04x})"
+    return "a line"
 
 
 def _require_columns(path: Path, header: list, required: Sequence[str], what: str) -> None:
