@@ -291,6 +291,23 @@ def test_two_lead_record_is_a_counted_drop(tmp_path):
     assert drop.reason == "wrong_lead_count" and "2 signals, expected 12" in drop.detail
 
 
+def test_a_record_with_every_lead_constant_is_a_counted_drop(tmp_path):
+    """An all-zero record was kept and trained on as an ECG-report pair, the collator warning only "ecg[2]: flat
+    signal" (helper); a record with one lead alive, or with NaN gaps in a constant lead, is kept."""
+    folder = tmp_path / "files" / "r1"
+    folder.mkdir(parents=True)
+    syn.write_wfdb("r1", folder, np.zeros((5000, 12), np.int16), 500, MIMIC_LEADS, 200.0)  # [samples, leads] ADC
+    drop = _dropped_reason(tmp_path, "files/r1/r1")
+    assert drop.reason == "flat_record" and "every lead is constant" in drop.detail
+    alive = _signal(12)
+    alive[:, 1:] = 0
+    alive[100:200, 3] = -32768  # a NaN gap in a constant lead
+    folder = tmp_path / "files" / "r2"
+    folder.mkdir(parents=True)
+    syn.write_wfdb("r2", folder, alive, 500, MIMIC_LEADS, 200.0)
+    assert read_record(tmp_path, "files/r2/r2")["signal"].shape == (12, 5000)
+
+
 def test_format_212_header_on_16_bit_data_is_not_read(tmp_path):
     text = "r1 12 500 5000\n" + "".join(f"r1.dat 212 200(0)/mV 12 0 0 0 0 {n}\n" for n in MIMIC_LEADS)
     drop = _dropped_reason(tmp_path, _record(tmp_path, header=text))

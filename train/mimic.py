@@ -28,7 +28,8 @@ Drop reasons (first failing check wins, report checks come before the signal is 
     machine_measurements row, e.g. a malformed one), empty_report, missing_record (.hea absent), missing_dat,
     bad_header, truncated_dat / header_data_mismatch (.dat smaller / larger than the header's samples x signals x
     bytes per sample of its format), checksum_mismatch, unreadable_record, wrong_lead_count, unknown_leads,
-    wrong_sampling_rate, wrong_length, unsupported_format, bad_units, all_nan_lead.
+    wrong_sampling_rate, wrong_length, unsupported_format, bad_units, all_nan_lead, flat_record (every lead
+    constant: no ECG).
 The CSVs are read one physical line per row (as MIMIC writes them), so a broken line costs only that row; report
 fields reading "nan" count as empty. A CSV without its key columns or without data rows is an error (MimicInputError).
 Records at another rate or length are dropped, not resampled: MIMIC-IV-ECG is uniformly 500 Hz x 10 s, and a fixed
@@ -92,6 +93,7 @@ DROP_REASONS = (
     "unsupported_format",
     "bad_units",
     "all_nan_lead",
+    "flat_record",
 )
 
 
@@ -525,6 +527,11 @@ def read_record(mimic_root, path: str) -> dict:
         dead = np.nonzero(missing.all(axis=1))[0]
         if len(dead):
             raise RecordDropped("all_nan_lead", f"{base}: lead(s) {[header.sig_name[i] for i in dead]} have no sample")
+    first = signal[np.arange(len(signal)), np.argmax(~missing, axis=1)]  # each lead has one (all-NaN refused)
+    present = np.where(missing, first[:, None], signal)  # a missing sample cannot make a lead look alive
+    if (present.max(axis=1) == present.min(axis=1)).all():  # the processor refuses it as no ECG: not a pair
+        raise RecordDropped("flat_record", f"{base}: every lead is constant (an all-zero export, or the "
+                                           "electrodes off)")
     gains = raw_gains / scales
     baselines = np.array([b or 0 for b in (header.baseline or [0] * n_sig)], dtype=np.int32)
     return {
