@@ -391,7 +391,7 @@ def test_arrow_batches_and_dataloader(prepared):
     assert sorted(seen) == sorted(ds["study_id"])
 
 
-def test_a_resume_over_changed_inputs_is_refused(broken_root, tmp_path, monkeypatch):
+def test_a_resume_over_changed_inputs_is_refused(broken_root, tmp_path, monkeypatch, capsys):
     """A resumed ingest kept its finished chunks' rows and drops: after a partial download finished (30 .dat files
     arrived) or a CSV line was fixed, it exited 0 with the old drops (helper: 44 kept where a fresh ingest keeps
     75). Refused now, naming what changed."""
@@ -417,4 +417,9 @@ def test_a_resume_over_changed_inputs_is_refused(broken_root, tmp_path, monkeypa
     csv_path.write_text(csv_path.read_text() + "\n")
     with pytest.raises(ValueError, match="machine_measurements.csv under .* changed since this ingest started"):
         prepare_mimic(root, out, **kwargs)
-    assert prepare_mimic(root, out, restart=True, **kwargs)["kept"]
+    done = prepare_mimic(root, out, restart=True, **kwargs)
+    assert done["kept"] and done["inputs"]["machine_measurements.csv"][0] == csv_path.stat().st_size
+    # a finished dataset is not rebuilt behind the user's back, but a change of its CSVs is said
+    csv_path.write_text(csv_path.read_text() + "\n")
+    assert prepare_mimic(root, out, **{**kwargs, "progress": True})["kept"] == done["kept"]
+    assert "changed since" in capsys.readouterr().err

@@ -237,6 +237,9 @@ def prepare_mimic(
         if summary.get("settings") == settings and summary.get("complete"):
             if progress:
                 print(f"{out}: already prepared (summary.json); nothing to do. Use --restart to rebuild.")
+            if summary.get("inputs") not in (None, _input_fingerprint(mimic_root)):
+                print(f"warning: record_list.csv or machine_measurements.csv under {mimic_root} changed since "
+                      f"{out} was prepared; it was not rebuilt (--restart ingests anew)", file=sys.stderr)
             return summary
     work.mkdir(parents=True, exist_ok=True)
     settings_path = work / "settings.json"
@@ -382,6 +385,7 @@ def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int
         "signal_storage": "int16 ADC values as stored in the .dat files + per-lead adc_gain (adu/mV) and "
         "baseline; -32768 = missing sample; decode with train.mimic.decode_signal",
         "settings": settings,
+        "inputs": json.loads((work / "inputs.json").read_text()) if (work / "inputs.json").is_file() else None,
     }
 
 
