@@ -281,6 +281,21 @@ def test_sampler_returning_the_same_report_leaves_the_row_aligned(rows, t5_token
         collator([rows[0], missing], batch_id=0)
 
 
+def test_a_negative_the_model_reads_as_the_rows_own_report_leaves_it_aligned(rows, t5_tokenizer):
+    class Longer:  # the report with words added past the collator's max_length: the same ids once truncated
+        def sample_negative(self, report, rng):
+            return report + " with an addendum after the cut"
+
+    processor = build_processor(t5_tokenizer)
+    report = str(rows[0]["report"])
+    cut = len(processor.text_keys([report])[0]) - 1
+    assert cut >= 3 and normalize_report(Longer().sample_negative(report, None)) != normalize_report(report)
+    collator = PretrainingCollator(processor, Longer(), p_neg=1.0, mlm_probability=0.0, max_length=cut)
+    assert collator([rows[0]], batch_id=0)["is_aligned"].all()
+    full = PretrainingCollator(processor, Longer(), p_neg=1.0, mlm_probability=0.0)
+    assert not full([rows[0]], batch_id=0)["is_aligned"].any()
+
+
 @pytest.mark.parametrize("kind", ["t5", "bert"])
 def test_mlm_masks_every_row_scores_aligned_rows_only_never_specials_or_pads(rows, t5_tokenizer, bert_tokenizer, kind):
     tokenizer = t5_tokenizer if kind == "t5" else bert_tokenizer

@@ -15,8 +15,8 @@ Design decisions (see dbeta-reference.md §5, §6 and §10):
 - Negatives: the batch gets n_neg = int(B * p_neg + U[0, 1)) negatives on rows drawn without replacement (the
   authors' int(B/2 + U) for p_neg = 0.5). The authors' collator threw the sampled negative away when it rebuilt the
   MLM inputs (the model saw the matched text labelled is_aligned=0); here the negative text is tokenized once and
-  those ids are exactly what the model receives. A sampler that returns the row's own report (after cleaning), or an
-  empty text, is asked again (3 tries); if it still fails the row stays aligned.
+  those ids are exactly what the model receives. A sampler that returns the row's own report (the same token ids
+  once cleaned and truncated), or an empty text, is asked again (3 tries); if it still fails the row stays aligned.
 - MLM: 25% of the maskable tokens of EVERY row, 80% replaced by the mask token, 10% by a random non-special token,
   10% kept; labels only on ALIGNED rows (reconstructing an unrelated report from a mismatched ECG teaches nothing).
   Negatives are masked too: text masked only on aligned rows would tell the matching head the answer (a measured
@@ -230,10 +230,15 @@ class PretrainingCollator:
             return texts, aligned
         n_neg = min(b, int(b * self.p_neg + rng.random()))
         for i in sorted(rng.choice(b, size=n_neg, replace=False).tolist()):
-            own = normalize_report(reports[i])
+            own = None
             for _ in range(self.negative_retries):
                 negative = self.negative_sampler.sample_negative(reports[i], rng)
-                if negative is not None and normalize_report(negative) and normalize_report(negative) != own:
+                if negative is None or not normalize_report(negative):
+                    continue
+                # Compared as the model reads them (processor.text_keys, at this collator's max_length): a
+                # negative that differs only in what cleaning or truncation removes is the row's own text.
+                own = own or self.processor.text_keys([reports[i]], max_length=self.max_length)[0]
+                if self.processor.text_keys([str(negative)], max_length=self.max_length)[0] != own:
                     texts[i], aligned[i] = str(negative), 0
                     break
         return texts, aligned
