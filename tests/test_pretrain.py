@@ -1169,9 +1169,13 @@ def test_a_flat_record_warns_instead_of_stopping_pretraining(rows, t5_tokenizer)
     data = [dict(rows[i]) for i in range(4)]
     data[1]["signal"] = np.zeros_like(np.asarray(data[1]["signal"]))  # a lead-off record: every lead flat
     collator = PretrainingCollator(build_processor(t5_tokenizer), ShiftSampler(), p_neg=0.5, mlm_probability=0.0)
-    with pytest.warns(UserWarning, match="flat signal"):
+    with pytest.warns(UserWarning, match=f"^study_id {data[1]['study_id']}: flat signal"):  # findable in the data
         batch = collator(data, batch_id=0)
     assert batch["ecg_values"].shape[0] == 4
+    unnamed = [{k: v for k, v in row.items() if k != "study_id"} for row in data]
+    with pytest.warns(UserWarning, match="^batch row 1: flat signal"):
+        again = collator(unnamed, batch_id=0)
+    assert torch.equal(again["ecg_values"], batch["ecg_values"])
 
 
 def test_a_warmup_longer_than_the_run_is_announced(caplog):

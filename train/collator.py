@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 T5_MASK_SENTINEL = "<extra_id_0>"
 MODEL_INPUTS = ("ecg_values", "input_ids", "attention_mask", "mlm_labels", "is_aligned")
 # Columns the collator may read; everything else is left out of the DataLoader's rows.
-ROW_COLUMNS = ("report", "signal", "adc_gain", "baseline", "sampling_rate", "lead_names", "ecg")
+ROW_COLUMNS = ("report", "signal", "adc_gain", "baseline", "sampling_rate", "lead_names", "ecg", "study_id")
 
 
 def resolve_mask_token_id(tokenizer, mask_token: Optional[str] = None) -> int:
@@ -206,21 +206,21 @@ class PretrainingCollator:
         return [np.random.default_rng(s) for s in seq.spawn(5)]  # spawn(5)'s first four are spawn(4)'s
 
     def _ecg(self, rows, rng: np.random.Generator) -> np.ndarray:
-        signals = [self.decode_fn(r) for r in rows]
-        rates = [float(r["sampling_rate"]) if "sampling_rate" in r else self.default_sampling_rate for r in rows]
-        names = [[str(n) for n in r["lead_names"]] if "lead_names" in r else self.default_lead_names for r in rows]
-        out = self.feature_extractor(
-            signals,
-            sampling_rate=rates,
-            lead_names=names,
-            crop="random" if self.train else "start",
-            generator=rng,
-            # A flat or out-of-range record warns instead of ending a run of days at its batch (the ingest
-            # already drops what it can recognise; a dataset built elsewhere may still hold some).
-            implausible="warn",
-            return_tensors=None,
-        )["ecg_values"]
-        return np.asarray(out, dtype=np.float32)
+        out = []
+        for i, row in enumerate(rows):
+            out.append(self.feature_extractor.condition(
+                self.decode_fn(row),
+                float(row["sampling_rate"]) if "sampling_rate" in row else self.default_sampling_rate,
+                [str(n) for n in row["lead_names"]] if "lead_names" in row else self.default_lead_names,
+                crop="random" if self.train else "start",
+                generator=rng,
+                # warnings and errors name the study, which a batch position would not find in a dataset
+                where=f"study_id {row['study_id']}" if "study_id" in row else f"batch row {i}",
+                # A flat or out-of-range record warns instead of ending a run of days at its batch (the ingest
+                # already drops what it can recognise; a dataset built elsewhere may still hold some).
+                implausible="warn",
+            ))
+        return np.stack(out).astype(np.float32, copy=False)
 
     def _choose_negatives(self, reports: list, rng: np.random.Generator) -> tuple:
         """Returns (texts the model sees, is_aligned [B])."""
