@@ -481,6 +481,41 @@ def test_a_missing_report_is_refused_before_training():
         negative_samplers(None, blank, None)
 
 
+def test_an_n3s_table_drawing_on_validation_reports_or_damaged_is_refused(tmp_path):
+    from datasets import Dataset
+
+    from train.n3s import build_n3s_table
+    from train.pretrain_data import as_rows, negative_samplers
+    from train.settings import ConfigError
+
+    def rows(reports):
+        return as_rows(Dataset.from_dict({"report": reports, "ecg": np.zeros((len(reports), 12, 10), np.float32)}))
+
+    train = ["sinus rhythm. normal ecg.", "sinus bradycardia.", "atrial fibrillation.", "sinus tachycardia.",
+             "left bundle branch block."]
+    val = ["Sinus rhythm. Normal ECG.", "first degree av block.", "right bundle branch block."]  # one also trains
+
+    def table(candidates, name, query=()):
+        return build_n3s_table(candidates, word_hash_embed, k=2, index="flat", progress=False,
+                               query_only_reports=list(query)).save(tmp_path / name)
+
+    own = table(train, "own", query=val[1:])  # validation reports as query rows only, as build_n3s makes it
+    sampler, val_sampler, _ = negative_samplers(str(own), rows(train), rows(val))
+    assert sampler.num_candidates == len(train) and val_sampler is not None
+    # candidates from an earlier train/validation split, or from the validation split itself: a leak
+    for name, candidates in (("earlier", train + val[1:2]), ("validation", val + train[1:])):
+        with pytest.raises(ConfigError, match=r"draws negatives from 1 report\(s\) of the validation split|"
+                                              r"draws negatives from 2 report\(s\) of the validation split"):
+            negative_samplers(str(table(candidates, name)), rows(train), rows(val))
+    # damaged files name the table and the file, as a ConfigError (exit 2), not a bare JSON or shape error
+    (own / "reports.json").write_text('["sinus rhythm.", ')
+    with pytest.raises(ConfigError, match=r"data.n3s: the N3S table .*own' is damaged \(reports.json is not valid"):
+        negative_samplers(str(own), rows(train), rows(val))
+    (own / "reports.json").write_text(json.dumps(train[:2]))
+    with pytest.raises(ConfigError, match=r"negatives.npy has shape \(7, 2\) but reports.json lists 2 reports"):
+        negative_samplers(str(own), rows(train), rows(val))
+
+
 def test_yaml_exponent_without_a_dot_is_a_number():
     from train.pretrain import resolve_settings
 

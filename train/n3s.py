@@ -506,6 +506,13 @@ def measure_recall(embeddings: np.ndarray, negatives: np.ndarray, index, kind: s
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _read_json(path: Path, damaged: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(damaged.format(f"{path.name} is not valid JSON: {err}")) from None
+
+
 class N3STable:
     """Precomputed N3S negatives: `reports` (row ids -> text), `negatives` int32 [U, k] (-1 padded) and `meta`.
 
@@ -629,14 +636,22 @@ class N3STable:
         missing = [f for f in (META_FILE, REPORTS_FILE, NEGATIVES_FILE) if not (folder / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{str(folder)!r} is not a complete N3S table: missing {', '.join(missing)}")
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        damaged = f"the N3S table {str(folder)!r} is damaged ({{}}): rebuild it with python -m train.build_n3s"
+        meta, reports = (_read_json(folder / name, damaged) for name in (META_FILE, REPORTS_FILE))
+        if not isinstance(meta, dict) or not isinstance(reports, list):
+            raise ValueError(damaged.format(f"{META_FILE} must hold an object and {REPORTS_FILE} a list"))
         if int(meta.get("format_version", 0)) > FORMAT_VERSION:
             raise ValueError(f"N3S table format {meta.get('format_version')} is newer than this code "
                              f"({FORMAT_VERSION})")
-        reports = json.loads((folder / REPORTS_FILE).read_text(encoding="utf-8"))
-        negatives = np.load(folder / NEGATIVES_FILE, mmap_mode="r" if mmap else None)
-        sims = folder / SIMILARITIES_FILE
-        similarities = np.load(sims, mmap_mode="r" if mmap else None) if sims.is_file() else None
+        try:
+            negatives = np.load(folder / NEGATIVES_FILE, mmap_mode="r" if mmap else None)
+            sims = folder / SIMILARITIES_FILE
+            similarities = np.load(sims, mmap_mode="r" if mmap else None) if sims.is_file() else None
+        except (ValueError, OSError, EOFError) as err:  # a truncated or overwritten .npy
+            raise ValueError(damaged.format(f"{err}")) from None
+        if negatives.ndim != 2 or len(negatives) != len(reports):
+            raise ValueError(damaged.format(f"{NEGATIVES_FILE} has shape {tuple(negatives.shape)} but "
+                                            f"{REPORTS_FILE} lists {len(reports)} reports"))
         return cls(reports, negatives, meta=meta, similarities=similarities)
 
     def __repr__(self) -> str:

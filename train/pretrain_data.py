@@ -76,17 +76,32 @@ def negative_samplers(n3s: Optional[str], train_rows, val_rows):
 
     train_reports = _reports(train_rows)
     if n3s:
-        from train.n3s import N3STable
+        from train.n3s import N3STable, canonical_report
 
-        train_sampler, described = N3STable.load(n3s), f"N3S table {n3s}"
+        rebuild = ("Build it from this training split (python -m train.build_n3s --dataset ...; for data.mimic_root, "
+                   "on the reports written by python -m train.pretrain_data --mimic-root ROOT --reports DIR)")
+        try:
+            train_sampler, described = N3STable.load(n3s), f"N3S table {n3s}"
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"data.n3s: {err}") from None
         distinct = set(train_reports)
         unknown = [r for r in distinct if r not in train_sampler]
         if unknown:  # the collator would stop at the first batch that draws a negative for one of them
             raise ConfigError(
                 f"the N3S table {n3s} has no row for {len(unknown)} of the {len(distinct)} distinct training reports "
-                f"(e.g. {unknown[0][:100]!r}): it was built from other data. Build it from this training split "
-                "(python -m train.build_n3s --dataset ...; for data.mimic_root, on the reports written by "
-                "python -m train.pretrain_data --mimic-root ROOT --reports DIR)")
+                f"(e.g. {unknown[0][:100]!r}): it was built from other data. {rebuild}")
+        if val_rows is not None:
+            # Its candidates are the texts training shows as negatives: none may be a validation-only report (a
+            # table built on the validation split, or on an earlier train/validation split of the data).
+            train_keys = {canonical_report(r) for r in distinct}
+            held_out = {canonical_report(r) for r in _reports(val_rows)} - train_keys
+            leaked = [r for r in train_sampler.reports[:train_sampler.num_candidates] if r in held_out]
+            if leaked:
+                raise ConfigError(
+                    f"the N3S table {n3s} draws negatives from {len(leaked)} report(s) of the validation split that "
+                    f"training does not have (e.g. {leaked[0][:100]!r}; table built from split "
+                    f"{train_sampler.meta.get('source', {}).get('split', '?')!r}): training would show validation "
+                    f"text. {rebuild}")
     else:
         logger.warning("no N3S table (data.n3s): negatives are uniformly drawn other reports of the training split")
         train_sampler = RandomReportSampler(train_reports)
