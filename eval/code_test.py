@@ -46,7 +46,9 @@ class CODETestDataset(ECGLabelDataset):
     (gold_standard.csv directly in root is accepted too.) Classes, in column order, named by
     eval.label_sets.CODE_TEST_CLASSES: 1AVB, RBBB, LBBB, SBRAD, AFIB, STACH (from 1dAVb, RBBB, LBBB, SB, AF, ST;
     SB is sinus bradycardia, AF atrial fibrillation, ST sinus tachycardia). Only the split "test" exists ("all"
-    is the same records). Record ids are the row numbers "0".."826" (the release has no exam ids).
+    is the same records). Record ids are the row numbers "0".."826" (the release has no exam ids). Files that both
+    carry exam ids (an `exam_id` column in the CSV and an `exam_id` dataset in the HDF5, as CODE-15%'s parts do)
+    are matched by id, in the CSV's order, and the ids are the record ids; ids in one file only are refused.
 
     Units (`scale_to_mv`, default 1.0): the README says the values are "at the scale 1e-4V" and, in the same
     sentence, that a signal in volts "should be multiplied by 1000", which is the scale of millivolts. Read
@@ -94,7 +96,7 @@ class CODETestDataset(ECGLabelDataset):
                 f"column {CODE_TEST_COLUMNS[col]}: {str(table[CODE_TEST_COLUMNS[col]].iloc[row])!r})"
             )
 
-        n_exams = self._check_tracings(len(table))
+        matched = self._check_tracings(table, gold)
         lead_names = [str(n) for n in lead_names]
         if len(lead_names) != 12:
             raise ValueError(f"CODE-test: lead_names must name the 12 stored leads, got {len(lead_names)}")
@@ -102,7 +104,10 @@ class CODETestDataset(ECGLabelDataset):
             canonical_lead_name(lead)  # fail early on a misspelt lead
         if not np.isfinite(scale_to_mv) or scale_to_mv <= 0:
             raise ValueError(f"CODE-test: scale_to_mv must be a positive number, got {scale_to_mv}")
-        ids = [str(i) for i in range(n_exams)]
+        if matched is None:
+            ids, self._rows = [str(i) for i in range(len(table))], list(range(len(table)))
+        else:
+            ids, self._rows = matched
         super().__init__(root, split, class_names, ids, labels)
         self.scale_to_mv = float(scale_to_mv)
         self.lead_names = lead_names
@@ -111,7 +116,10 @@ class CODETestDataset(ECGLabelDataset):
         self._h5 = None
         self._h5_pid: Optional[int] = None
 
-    def _check_tracings(self, n_rows: int) -> int:
+    def _check_tracings(self, table, gold: Path) -> Optional[tuple]:
+        """Checks the array against the table. None: rows pair by position (the release, which has no exam ids);
+        else (exam ids, the HDF5 row of each table row), matched by `exam_id` when both files carry it (as
+        CODE-15%'s do)."""
         import h5py
 
         try:
@@ -121,17 +129,48 @@ class CODETestDataset(ECGLabelDataset):
                         f"CODE-test: {self.h5_path} has no dataset 'tracings' (it has: {', '.join(f.keys())})"
                     )
                 shape = f["tracings"].shape
+                stored_ids = np.asarray(f["exam_id"]).ravel() if "exam_id" in f else None
         except OSError as err:
             raise ValueError(f"CODE-test: {self.h5_path} is not a readable HDF5 file ({err})") from err
         if len(shape) != 3 or shape[2] != 12:
             raise ValueError(
                 f"CODE-test: {self.h5_path}: 'tracings' has shape {shape}, expected [exams, samples, 12]"
             )
-        if shape[0] != n_rows:
-            raise ValueError(
-                f"CODE-test: {self.h5_path} holds {shape[0]} exams but the gold standard has {n_rows} rows"
-            )
-        return int(shape[0])
+        listed = "exam_id" in table.columns
+        if stored_ids is None or not listed:
+            if stored_ids is not None or listed:  # one file names exams, the other cannot be checked against it
+                raise ValueError(
+                    f"CODE-test: {self.h5_path if listed else gold} has no exam_id but "
+                    f"{gold if listed else self.h5_path} does, so its labels cannot be matched to the tracings "
+                    "(pairing them by position mislabels any file in another order): give both an exam_id, or "
+                    "neither, as in the release"
+                )
+            if shape[0] != len(table):
+                raise ValueError(
+                    f"CODE-test: {self.h5_path} holds {shape[0]} exams but the gold standard has {len(table)} rows"
+                )
+            return None
+        if len(stored_ids) != shape[0]:
+            raise ValueError(f"CODE-test: {self.h5_path}: 'exam_id' has {len(stored_ids)} entries for "
+                             f"{shape[0]} tracings")
+        wanted = pd.to_numeric(table["exam_id"], errors="coerce")
+        bad = wanted.isna() | (wanted != wanted.round())
+        repeated = wanted.duplicated(keep=False) & ~bad
+        if bad.any() or repeated.any():
+            line = int(np.argmax((bad | repeated).to_numpy())) + 2
+            raise ValueError(f"CODE-test: {gold} line {line}: exam_id {str(table['exam_id'].iloc[line - 2])!r} is "
+                             f"{'not a whole number' if bad.any() else 'listed twice'}")
+        where = {}
+        for row, exam in enumerate(stored_ids.tolist()):
+            where.setdefault(int(exam), []).append(row)
+        rows, exams = [], wanted.astype(np.int64).tolist()
+        for line, exam in enumerate(exams, start=2):
+            found = where.get(exam, [])
+            if len(found) != 1:
+                raise ValueError(f"CODE-test: {gold} line {line}: exam_id {exam} is "
+                                 f"{'not in' if not found else 'stored twice in'} {self.h5_path}")
+            rows.append(found[0])
+        return [str(e) for e in exams], rows
 
     def _tracings(self):
         if self._h5 is None or self._h5_pid != os.getpid():
@@ -155,11 +194,11 @@ class CODETestDataset(ECGLabelDataset):
                 self._h5 = None
 
     def _source(self, index: int) -> str:
-        return f"{self.h5_path} (tracings[{index}])"
+        return f"{self.h5_path} (tracings[{self._rows[index]}])"
 
     def record_files(self, index: int) -> list:
         return [str(self.h5_path)]
 
     def _read(self, index: int):
-        exam = np.asarray(self._tracings()[index], dtype=np.float32)  # [samples, 12]
+        exam = np.asarray(self._tracings()[self._rows[index]], dtype=np.float32)  # [samples, 12]
         return exam.T * np.float32(self.scale_to_mv), self.sampling_rate, list(self.lead_names)

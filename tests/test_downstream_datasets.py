@@ -676,6 +676,41 @@ def test_code_test_errors(code_root, tmp_path):
         ds[0]
 
 
+def test_code_test_files_with_exam_ids_are_matched_by_id_not_position(code_root, tmp_path):
+    """A CSV and HDF5 that both carry exam ids (CODE-15%'s parts) in different orders: labels follow the ids (they
+    were paired by position, every label on another exam); ids in one file only are refused (helper)."""
+    order = [2, 0, 4, 1, 3]  # HDF5 row r holds exam 1000 + order[r]
+    with h5py.File(tmp_path / "ecg_tracings.hdf5", "w") as f:
+        f.create_dataset("tracings", data=np.stack([code_exam(i) for i in order]))
+        f.create_dataset("exam_id", data=np.array([1000 + i for i in order], dtype=np.int64))
+    (tmp_path / "annotations").mkdir()
+    gold = pd.DataFrame(CODE_GOLD, columns=label_sets.CODE_TEST_COLUMNS)
+    gold.insert(0, "exam_id", [1000 + i for i in range(len(CODE_GOLD))])
+    gold.to_csv(tmp_path / "annotations" / "gold_standard.csv", index=False)
+    ds = CODETestDataset(tmp_path)
+    assert ds.record_ids == ["1000", "1001", "1002", "1003", "1004"]
+    np.testing.assert_array_equal(ds.labels_matrix(), CODE_GOLD.astype(np.float32))
+    for i in range(len(CODE_GOLD)):
+        np.testing.assert_array_equal(ds[i]["signal"], code_exam(i).T)  # exam i's own tracing beside its labels
+    ds.close()
+    gold.drop(columns="exam_id").to_csv(tmp_path / "annotations" / "gold_standard.csv", index=False)
+    with pytest.raises(ValueError, match=r"gold_standard.csv has no exam_id but .*ecg_tracings.hdf5 does"):
+        CODETestDataset(tmp_path)
+    gold.assign(exam_id=[1000, 1001, 1002, 1003, 1003]).to_csv(tmp_path / "annotations" / "gold_standard.csv",
+                                                               index=False)
+    with pytest.raises(ValueError, match="line 5: exam_id '1003' is listed twice"):
+        CODETestDataset(tmp_path)
+    gold.assign(exam_id=[1000, 1001, 1002, 1003, 1009]).to_csv(tmp_path / "annotations" / "gold_standard.csv",
+                                                               index=False)
+    with pytest.raises(ValueError, match=r"line 6: exam_id 1009 is not in .*ecg_tracings.hdf5"):
+        CODETestDataset(tmp_path)
+    gold.to_csv(tmp_path / "annotations" / "gold_standard.csv", index=False)
+    with h5py.File(tmp_path / "ecg_tracings.hdf5", "a") as f:
+        del f["exam_id"]
+    with pytest.raises(ValueError, match=r"ecg_tracings.hdf5 has no exam_id but .*gold_standard.csv does"):
+        CODETestDataset(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Registry and common behaviour
 # ------------------------------------------------------------------------------------------------------------
