@@ -277,15 +277,33 @@ def multi_hot(label_sets: Sequence[Iterable[str]], class_names: Sequence[str]) -
 
 
 _DX_LINE = re.compile(r"^#\s*Dx\s*:\s*(.*)$", re.IGNORECASE)
+_DX_ANYWHERE = re.compile(r"#\s*Dx\s*:", re.IGNORECASE)
 
 
-def parse_header_dx(header_text: str) -> Optional[List[str]]:
-    """SNOMED codes of a PhysioNet/CinC-style header's `#Dx:` comment, or None when it has no Dx line."""
-    for line in header_text.splitlines():
+def parse_header_dx(header_text: str, source: str = "header") -> Optional[List[str]]:
+    """SNOMED codes of a PhysioNet/CinC-style header's `#Dx:` comment lines (all of them, in order, each code once),
+    or None when it has no Dx line. A code that is not a whole number (codes joined by ';' or spaces, '164889003.0'
+    from a spreadsheet) or a Dx line with text before it is a ValueError naming `source`: read as no class, such a
+    record would be dropped, or counted negative for every class, without a word."""
+    codes: List[str] = []
+    found = False
+    for number, line in enumerate(header_text.splitlines(), start=1):
         match = _DX_LINE.match(line.strip())
-        if match:
-            return [code.strip() for code in match.group(1).split(",") if code.strip()]
-    return None
+        if match is None:
+            if _DX_ANYWHERE.search(line):
+                raise ValueError(f"{source} line {number}: a '#Dx:' comment that does not start the line: "
+                                 f"{line.strip()[:80]!r}")
+            continue
+        found = True
+        for code in (c.strip() for c in match.group(1).split(",")):
+            if not code:
+                continue
+            if not code.isdigit():
+                raise ValueError(f"{source} line {number}: {code!r} is not a SNOMED CT code (codes are whole "
+                                 "numbers separated by commas)")
+            if code not in codes:
+                codes.append(code)
+    return codes if found else None
 
 
 def read_header_dx(header_path: Path, dataset: str) -> Optional[List[str]]:
@@ -293,7 +311,7 @@ def read_header_dx(header_path: Path, dataset: str) -> Optional[List[str]]:
         text = Path(header_path).read_text(errors="replace")
     except OSError as err:
         raise ECGReadError(f"{dataset}: cannot read header {header_path} ({err})") from err
-    return parse_header_dx(text)
+    return parse_header_dx(text, f"{dataset}: {header_path}")
 
 
 def random_split(

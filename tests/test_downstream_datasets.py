@@ -543,6 +543,33 @@ def test_physionet2021_scored_classes_and_merges(cinc_root):
     assert len(georgia) == 10 and all(r.startswith(g) for r in georgia.record_ids)
 
 
+@pytest.mark.parametrize("dx_lines, problem", [
+    (["#Dx: 164889003;59118001"], r"'164889003;59118001' is not a SNOMED CT code"),
+    (["#Dx: 164889003 59118001"], r"'164889003 59118001' is not a SNOMED CT code"),
+    (["#Dx: 164889003.0"], r"'164889003.0' is not a SNOMED CT code"),
+    (["\x00\x01junk #Dx: 164889003"], r"a '#Dx:' comment that does not start the line"),
+])
+def test_a_dx_line_that_is_not_comma_separated_codes_is_refused_naming_the_header(tmp_path, dx_lines, problem):
+    """Such headers were read as no class: dropped without a word, or all-negative with drop_unlabeled=False
+    (an AF record counted AF-negative) (helper)."""
+    for k, dx in enumerate((["164889003"], ["59118001"], ["426783006"])):
+        write_cinc_record(tmp_path / "training/georgia/g1", f"E{k:05d}", synthetic_ecg(1100, 500, k), 500, dx)
+    header = tmp_path / "training/georgia/g1/E00001.hea"
+    header.write_text(header.read_text().replace("#Dx: 59118001", "\n".join(dx_lines)))
+    for drop_unlabeled in (True, False):
+        with pytest.raises(ValueError, match=r"PhysioNet 2021: .*E00001.hea line \d+: " + problem):
+            PhysioNet2021Dataset(tmp_path, split="all", drop_unlabeled=drop_unlabeled)
+
+
+def test_every_dx_line_of_a_header_counts(tmp_path):
+    for k, dx in enumerate((["164889003"], ["59118001"], ["426783006"])):
+        write_cinc_record(tmp_path / "training/georgia/g1", f"E{k:05d}", synthetic_ecg(1100, 500, k), 500, dx)
+    header = tmp_path / "training/georgia/g1/E00000.hea"
+    header.write_text(header.read_text().replace("#Dx: 164889003", "#Dx: 164889003\n#Dx: 59118001, 164889003"))
+    labels = _labels_by_id(PhysioNet2021Dataset(tmp_path, split="all"))
+    assert labels["training/georgia/g1/E00000"] == {"AF", "CRBBB"}  # the second line's RBBB was lost
+
+
 def test_physionet2021_seeded_split_rates_and_processor(cinc_root):
     parts, _ = assert_split_partition(
         lambda split, seed: PhysioNet2021Dataset(cinc_root, split=split, seed=seed),
