@@ -549,15 +549,20 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         this model's prompt set and prompt style)."""
         style = prompt_style_for(self.model.config, prompt_style)
         labels = _labels_list(candidate_labels)
-        texts = self.prompt_set(prompts).texts(labels, dataset, style, hypothesis_template, members=prompt_members)
-        first = {}
-        for label, text in zip(labels, texts):
-            # what the model reads: "normal ECG", "normal  ecg" and "nórmal ecg" may all be the same token ids
-            seen = tuple(self.processor.text_keys(list(text)))
-            if seen in first:  # one class twice would split its share of the softmax between two labels
-                raise ValueError(f"candidate_labels {first[seen]!r} and {label!r} are the same class (both are "
-                                 f"encoded as {normalize_report(text[0])!r}); give each class once")
-            first[seen] = label
+        prompt_set = self.prompt_set(prompts)
+        texts = prompt_set.texts(labels, dataset, style, hypothesis_template, members=prompt_members)
+        # One class twice would split its share of the softmax between two labels. Compared as the model reads
+        # them ("normal ECG", "normal  ecg" and "nórmal ecg" may all be the same token ids), and by the class's
+        # name too: with descriptions, "AFIB" (name + description) and "atrial fibrillation" differ as texts.
+        names = prompt_set.texts(labels, dataset, "name", warn=False)
+        for compared in (texts, names):
+            first = {}
+            for label, text in zip(labels, compared):
+                seen = tuple(self.processor.text_keys(list(text[:1])))
+                if seen in first:
+                    raise ValueError(f"candidate_labels {first[seen]!r} and {label!r} are the same class (both "
+                                     f"name {normalize_report(text[0])!r}); give each class once")
+                first[seen] = label
         return texts
 
     def _label_features(self, texts: Sequence[tuple]) -> torch.Tensor:

@@ -356,8 +356,10 @@ def test_call_keywords_are_validated(exported):
     for spacing in ("sinus  rhythm", "sinus\trhythm", "sinus\u00a0rhythm"):
         with pytest.raises(ValueError, match="are the same class"):
             pipe(signal, sampling_rate=500, candidate_labels=["sinus rhythm", spacing, "NORM"], prompt_style="name")
-    # with descriptions, a code and its bare name are two texts (the name alone, and name + description)
-    assert len(pipe(signal, sampling_rate=500, candidate_labels=["NORM", "normal ECG"])) == 2
+    # with descriptions too, though a code (name + description) and its bare name are two texts
+    for twice in (["NORM", "normal ECG"], ["AFIB", "Atrial fibrillation", "NORM"]):
+        with pytest.raises(ValueError, match=f"{twice[0]!r} and {twice[1]!r} are the same class"):
+            pipe(signal, sampling_rate=500, candidate_labels=twice, prompt_style="description")
     for bad in (None, float("nan"), 3):
         with pytest.raises(TypeError, match=r"candidate_labels\[1\] must be a string"):
             pipe(signal, sampling_rate=500, candidate_labels=["NORM", bad])
