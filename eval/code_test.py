@@ -35,6 +35,17 @@ _HINT = (
 )
 
 
+def _exam_id(value) -> Optional[int]:
+    """An exam id as an int (from an int, a whole float, or its text as str or bytes), else None."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(number) if np.isfinite(number) and number == round(number) else None
+
+
 class CODETestDataset(ECGLabelDataset):
     """CODE-test: 827 exams, 400 Hz, 4096 samples, 12 leads; 6 classes from annotations/gold_standard.csv.
 
@@ -153,24 +164,26 @@ class CODETestDataset(ECGLabelDataset):
         if len(stored_ids) != shape[0]:
             raise ValueError(f"CODE-test: {self.h5_path}: 'exam_id' has {len(stored_ids)} entries for "
                              f"{shape[0]} tracings")
-        wanted = pd.to_numeric(table["exam_id"], errors="coerce")
-        bad = wanted.isna() | (wanted != wanted.round())
-        repeated = wanted.duplicated(keep=False) & ~bad
-        if bad.any() or repeated.any():
-            line = int(np.argmax((bad | repeated).to_numpy())) + 2
-            raise ValueError(f"CODE-test: {gold} line {line}: exam_id {str(table['exam_id'].iloc[line - 2])!r} is "
-                             f"{'not a whole number' if bad.any() else 'listed twice'}")
         where = {}
-        for row, exam in enumerate(stored_ids.tolist()):
-            where.setdefault(int(exam), []).append(row)
-        rows, exams = [], wanted.astype(np.int64).tolist()
-        for line, exam in enumerate(exams, start=2):
+        for row, value in enumerate(stored_ids.tolist()):
+            exam = _exam_id(value)
+            if exam is None:
+                raise ValueError(f"CODE-test: {self.h5_path}: exam_id[{row}] is {value!r}, not a whole number")
+            where.setdefault(exam, []).append(row)
+        rows, exams, line_of = [], [], {}
+        for line, value in enumerate(table["exam_id"].tolist(), start=2):
+            exam = _exam_id(value)
+            if exam is None or exam in line_of:
+                why = "not a whole number" if exam is None else f"listed twice (first on line {line_of[exam]})"
+                raise ValueError(f"CODE-test: {gold} line {line}: exam_id {str(value)!r} is {why}")
+            line_of[exam] = line
             found = where.get(exam, [])
             if len(found) != 1:
                 raise ValueError(f"CODE-test: {gold} line {line}: exam_id {exam} is "
                                  f"{'not in' if not found else 'stored twice in'} {self.h5_path}")
             rows.append(found[0])
-        return [str(e) for e in exams], rows
+            exams.append(str(exam))
+        return exams, rows
 
     def _tracings(self):
         if self._h5 is None or self._h5_pid != os.getpid():

@@ -298,7 +298,7 @@ def parse_header_dx(header_text: str, source: str = "header") -> Optional[List[s
         for code in (c.strip() for c in match.group(1).split(",")):
             if not code:
                 continue
-            if not code.isdigit():
+            if not re.fullmatch(r"[1-9][0-9]*", code):  # ASCII digits only: "0426783006" or "４２" match no class
                 raise ValueError(f"{source} line {number}: {code!r} is not a SNOMED CT code (codes are whole "
                                  "numbers separated by commas)")
             if code not in codes:

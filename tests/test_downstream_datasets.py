@@ -547,6 +547,7 @@ def test_physionet2021_scored_classes_and_merges(cinc_root):
     (["#Dx: 164889003;59118001"], r"'164889003;59118001' is not a SNOMED CT code"),
     (["#Dx: 164889003 59118001"], r"'164889003 59118001' is not a SNOMED CT code"),
     (["#Dx: 164889003.0"], r"'164889003.0' is not a SNOMED CT code"),
+    (["#Dx: 0164889003"], r"'0164889003' is not a SNOMED CT code"),
     (["\x00\x01junk #Dx: 164889003"], r"a '#Dx:' comment that does not start the line"),
 ])
 def test_a_dx_line_that_is_not_comma_separated_codes_is_refused_naming_the_header(tmp_path, dx_lines, problem):
@@ -725,13 +726,18 @@ def test_code_test_files_with_exam_ids_are_matched_by_id_not_position(code_root,
         CODETestDataset(tmp_path)
     gold.assign(exam_id=[1000, 1001, 1002, 1003, 1003]).to_csv(tmp_path / "annotations" / "gold_standard.csv",
                                                                index=False)
-    with pytest.raises(ValueError, match="line 5: exam_id '1003' is listed twice"):
+    with pytest.raises(ValueError, match=r"line 6: exam_id '1003' is listed twice \(first on line 5\)"):
         CODETestDataset(tmp_path)
     gold.assign(exam_id=[1000, 1001, 1002, 1003, 1009]).to_csv(tmp_path / "annotations" / "gold_standard.csv",
                                                                index=False)
     with pytest.raises(ValueError, match=r"line 6: exam_id 1009 is not in .*ecg_tracings.hdf5"):
         CODETestDataset(tmp_path)
     gold.to_csv(tmp_path / "annotations" / "gold_standard.csv", index=False)
+    with h5py.File(tmp_path / "ecg_tracings.hdf5", "a") as f:  # ids that are no whole numbers are not truncated
+        del f["exam_id"]
+        f.create_dataset("exam_id", data=np.array([1002.7, 1000, 1004, 1001, 1003]))
+    with pytest.raises(ValueError, match=r"ecg_tracings.hdf5: exam_id\[0\] is 1002.7, not a whole number"):
+        CODETestDataset(tmp_path)
     with h5py.File(tmp_path / "ecg_tracings.hdf5", "a") as f:
         del f["exam_id"]
     with pytest.raises(ValueError, match=r"ecg_tracings.hdf5 has no exam_id but .*gold_standard.csv does"):

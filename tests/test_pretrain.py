@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -507,10 +508,33 @@ def test_an_n3s_table_drawing_on_validation_reports_or_damaged_is_refused(tmp_pa
         with pytest.raises(ConfigError, match=r"draws negatives from 1 report\(s\) of the validation split|"
                                               r"draws negatives from 2 report\(s\) of the validation split"):
             negative_samplers(str(table(candidates, name)), rows(train), rows(val))
+    # training on the first rows of the split (data.max_train_samples) with the table of the whole split: the
+    # candidates are the split's, though some (also validation reports) are not among the first rows
+    from datasets import DatasetDict
+
+    from train.pretrain_data import select_splits
+    from train.settings import DataSettings
+
+    later = ["Atrial fibrillation.", "first degree av block."]  # the first in the split, after its first 2 rows
+    DatasetDict({"train": Dataset.from_dict({"report": train, "ecg": np.zeros((5, 12, 10), np.float32)}),
+                 "validation": Dataset.from_dict({"report": later, "ecg": np.zeros((2, 12, 10), np.float32)})}
+                ).save_to_disk(tmp_path / "data")
+    whole = table(train, "whole", query=later[1:])
+    first, held_out, split_reports = select_splits(DataSettings(dataset=str(tmp_path / "data"), max_train_samples=2))
+    assert len(first) == 2 and list(split_reports) == train
+    negative_samplers(str(whole), first, held_out, split_reports)
     # damaged files name the table and the file, as a ConfigError (exit 2), not a bare JSON or shape error
     (own / "reports.json").write_text('["sinus rhythm.", ')
     with pytest.raises(ConfigError, match=r"data.n3s: the N3S table .*own' is damaged \(reports.json is not valid"):
         negative_samplers(str(own), rows(train), rows(val))
+    (own / "reports.json").write_text(json.dumps(train + val[1:]))
+    meta = json.loads((own / "meta.json").read_text())
+    for broken, problem in (({"format_version": None}, "meta.json format_version None is not a whole number"),
+                            ({"counts": []}, "'list' object has no attribute 'get'")):
+        (own / "meta.json").write_text(json.dumps({**meta, **broken}))
+        with pytest.raises(ConfigError, match=r"own' is damaged \(" + re.escape(problem)):
+            negative_samplers(str(own), rows(train), rows(val))
+    (own / "meta.json").write_text(json.dumps(meta))
     (own / "reports.json").write_text(json.dumps(train[:2]))
     with pytest.raises(ConfigError, match=r"negatives.npy has shape \(7, 2\) but reports.json lists 2 reports"):
         negative_samplers(str(own), rows(train), rows(val))

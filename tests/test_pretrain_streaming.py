@@ -71,7 +71,7 @@ def test_split_and_validation_rows_are_prepare_mimics(mimic_root, tmp_path):
     prepare_mimic(mimic_root, tmp_path / "prepared", num_proc=1, val_fraction=0.3, seed=7, chunk_size=16,
                   progress=False)
     prepared = load_prepared_mimic(tmp_path / "prepared")
-    records, val_rows = mimic_splits(DataSettings(mimic_root=str(mimic_root), split_seed=7, val_fraction=0.3,
+    records, val_rows, _ = mimic_splits(DataSettings(mimic_root=str(mimic_root), split_seed=7, val_fraction=0.3,
                                                   max_val_samples=100))
     # The same subject-level split: the validation rows are the prepared validation split, row for row.
     got, want = val_rows.with_format("numpy")[:], prepared["validation"].with_format("numpy")[:]

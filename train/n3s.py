@@ -640,9 +640,11 @@ class N3STable:
         meta, reports = (_read_json(folder / name, damaged) for name in (META_FILE, REPORTS_FILE))
         if not isinstance(meta, dict) or not isinstance(reports, list):
             raise ValueError(damaged.format(f"{META_FILE} must hold an object and {REPORTS_FILE} a list"))
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"N3S table format {meta.get('format_version')} is newer than this code "
-                             f"({FORMAT_VERSION})")
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(damaged.format(f"{META_FILE} format_version {version!r} is not a whole number"))
+        if version > FORMAT_VERSION:
+            raise ValueError(f"N3S table format {version} is newer than this code ({FORMAT_VERSION})")
         try:
             negatives = np.load(folder / NEGATIVES_FILE, mmap_mode="r" if mmap else None)
             sims = folder / SIMILARITIES_FILE
@@ -652,7 +654,10 @@ class N3STable:
         if negatives.ndim != 2 or len(negatives) != len(reports):
             raise ValueError(damaged.format(f"{NEGATIVES_FILE} has shape {tuple(negatives.shape)} but "
                                             f"{REPORTS_FILE} lists {len(reports)} reports"))
-        return cls(reports, negatives, meta=meta, similarities=similarities)
+        try:
+            return cls(reports, negatives, meta=meta, similarities=similarities)
+        except (ValueError, TypeError, AttributeError) as err:  # ids out of range, a bad count in meta.json...
+            raise ValueError(damaged.format(err)) from None
 
     def __repr__(self) -> str:
         return (f"N3STable({len(self)} reports, k={self.k}, mode={self.meta.get('mode')!r}, "

@@ -236,8 +236,8 @@ def train(s: PretrainSettings, resume: bool) -> int:
             raise ConfigError(f"model.text_trainable_layers: {err}") from err
         logger.info("text encoder frozen%s; it computes in %s", f" but for its top {top} layers" if top else "",
                     "bf16 (autocast)" if text_dtype else "fp32")
-    train_rows, val_rows = select_splits(d)
-    train_sampler, val_sampler, negatives = negative_samplers(d.n3s, train_rows, val_rows)
+    train_rows, val_rows, split_reports = select_splits(d)
+    train_sampler, val_sampler, negatives = negative_samplers(d.n3s, train_rows, val_rows, split_reports)
     train_collator, val_collator = build_collators(build_processor(tokenizer), s.collator, d.max_length, s.seed,
                                                    train_sampler, val_sampler)
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, o.fused, o.text_lr_ratio)

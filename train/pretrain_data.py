@@ -50,13 +50,15 @@ def as_rows(dataset):
 
 
 def select_splits(d: DataSettings):
-    """(train rows, validation rows or None). A missing or empty validation split means no validation."""
+    """(train rows, validation rows or None, every report of the training split: the rows are its first
+    data.max_train_samples when that is set). A missing or empty validation split means no validation."""
     if d.mimic_root:
         return mimic_splits(d)
     splits = load_splits(d.dataset)
     if d.train_split not in splits:
         raise ConfigError(f"{d.dataset} has no {d.train_split!r} split (has {list(splits)})")
     train_ds = splits[d.train_split]
+    split_reports = train_ds["report"] if d.max_train_samples else None
     if d.max_train_samples:
         train_ds = train_ds.select(range(min(len(train_ds), d.max_train_samples)))
     if len(train_ds) == 0:
@@ -64,14 +66,15 @@ def select_splits(d: DataSettings):
     val_ds = splits[d.validation_split] if d.validation_split in splits else None
     if val_ds is None or len(val_ds) == 0:
         logger.warning("no %r split (or an empty one) in %s: validation is skipped", d.validation_split, d.dataset)
-        return as_rows(train_ds), None
+        return as_rows(train_ds), None, split_reports
     if d.max_val_samples:
         val_ds = val_ds.select(range(min(len(val_ds), d.max_val_samples)))
-    return as_rows(train_ds), as_rows(val_ds)
+    return as_rows(train_ds), as_rows(val_ds), split_reports
 
 
-def negative_samplers(n3s: Optional[str], train_rows, val_rows):
-    """(training sampler, validation sampler or None, description)."""
+def negative_samplers(n3s: Optional[str], train_rows, val_rows, split_reports=None):
+    """(training sampler, validation sampler or None, description). `split_reports`: every report of the training
+    split when the rows are a part of it (the N3S table's candidates are the whole split's)."""
     from train.collator import FallbackNegativeSampler, RandomReportSampler
 
     train_reports = _reports(train_rows)
@@ -93,7 +96,7 @@ def negative_samplers(n3s: Optional[str], train_rows, val_rows):
         if val_rows is not None:
             # Its candidates are the texts training shows as negatives: none may be a validation-only report (a
             # table built on the validation split, or on an earlier train/validation split of the data).
-            train_keys = {canonical_report(r) for r in distinct}
+            train_keys = {canonical_report(r) for r in (distinct if split_reports is None else split_reports)}
             held_out = {canonical_report(r) for r in _reports(val_rows)} - train_keys
             leaked = [r for r in train_sampler.reports[:train_sampler.num_candidates] if r in held_out]
             if leaked:
@@ -282,13 +285,15 @@ def _read_rows(records: MimicRecords, limit: Optional[int]) -> tuple:
 
 
 def mimic_splits(d: DataSettings):
-    """(MimicRecords of the train side, validation rows or None) for data.mimic_root; bad input raises ConfigError."""
+    """(MimicRecords of the train side, validation rows or None, every training report when max_train_samples cut
+    the train side) for data.mimic_root; bad input raises ConfigError."""
     from datasets import Dataset
 
     from train.mimic import features
 
     splits, skipped = mimic_entries(d.mimic_root, d.split_seed, d.val_fraction)
     train_entries = splits["train"]
+    split_reports = train_entries["report"] if d.max_train_samples else None
     if d.max_train_samples:
         train_entries = train_entries.select(range(min(len(train_entries), d.max_train_samples)))
     if len(train_entries) == 0:
@@ -320,7 +325,7 @@ def mimic_splits(d: DataSettings):
     if val_rows is None:
         logger.warning("no validation record in %s (data.val_fraction=%s): validation is skipped", d.mimic_root,
                        d.val_fraction)
-    return records, val_rows
+    return records, val_rows, split_reports
 
 
 def write_reports(mimic_root, out, split_seed: int = 0, val_fraction: float = 0.02):
