@@ -58,8 +58,9 @@ def select_splits(d: DataSettings):
     if d.train_split not in splits:
         raise ConfigError(f"{d.dataset} has no {d.train_split!r} split (has {list(splits)})")
     train_ds = splits[d.train_split]
-    split_reports = train_ds["report"] if d.max_train_samples else None
+    split_reports = None
     if d.max_train_samples:
+        split_reports = train_ds["report"]
         train_ds = train_ds.select(range(min(len(train_ds), d.max_train_samples)))
     if len(train_ds) == 0:
         raise ConfigError(f"the {d.train_split!r} split of {d.dataset} is empty")
@@ -78,6 +79,7 @@ def negative_samplers(n3s: Optional[str], train_rows, val_rows, split_reports=No
     from train.collator import FallbackNegativeSampler, RandomReportSampler
 
     train_reports = _reports(train_rows)
+    val_reports = _reports(val_rows) if val_rows is not None else None
     if n3s:
         from train.n3s import N3STable, canonical_report
 
@@ -93,11 +95,11 @@ def negative_samplers(n3s: Optional[str], train_rows, val_rows, split_reports=No
             raise ConfigError(
                 f"the N3S table {n3s} has no row for {len(unknown)} of the {len(distinct)} distinct training reports "
                 f"(e.g. {unknown[0][:100]!r}): it was built from other data. {rebuild}")
-        if val_rows is not None:
+        if val_reports is not None:
             # Its candidates are the texts training shows as negatives: none may be a validation-only report (a
             # table built on the validation split, or on an earlier train/validation split of the data).
             train_keys = {canonical_report(r) for r in (distinct if split_reports is None else split_reports)}
-            held_out = {canonical_report(r) for r in _reports(val_rows)} - train_keys
+            held_out = {canonical_report(r) for r in val_reports} - train_keys
             leaked = [r for r in train_sampler.reports[:train_sampler.num_candidates] if r in held_out]
             if leaked:
                 raise ConfigError(
@@ -110,9 +112,9 @@ def negative_samplers(n3s: Optional[str], train_rows, val_rows, split_reports=No
         train_sampler = RandomReportSampler(train_reports)
         described = "random other reports (no N3S table)"
     val_sampler = None
-    if val_rows is not None:
+    if val_reports is not None:
         try:  # a validation report the N3S table does not know gets another validation report as its negative
-            val_sampler = FallbackNegativeSampler(train_sampler, RandomReportSampler(_reports(val_rows)))
+            val_sampler = FallbackNegativeSampler(train_sampler, RandomReportSampler(val_reports))
         except ValueError:  # fewer than two distinct validation reports
             val_sampler = train_sampler
     return train_sampler, val_sampler, described
@@ -293,8 +295,9 @@ def mimic_splits(d: DataSettings):
 
     splits, skipped = mimic_entries(d.mimic_root, d.split_seed, d.val_fraction)
     train_entries = splits["train"]
-    split_reports = train_entries["report"] if d.max_train_samples else None
+    split_reports = None
     if d.max_train_samples:
+        split_reports = train_entries["report"]
         train_entries = train_entries.select(range(min(len(train_entries), d.max_train_samples)))
     if len(train_entries) == 0:
         raise ConfigError(f"data.mimic_root {d.mimic_root}: no training record (skipped before reading: "
