@@ -9,7 +9,9 @@
 3. reads the prepared train split into collated float32 [B, 12, 5000] batches (decode + the processor's
    DBetaFeatureExtractor reordering from MIMIC lead order + torch stacking): train.mimic.mimic_dataloader
    single-process and with 2 workers, and a plain DataLoader over numpy-formatted rows for comparison;
-4. compares the stored signal as int16 ADC + gain (the choice) with float16: bytes/record, error, decode speed.
+4. times reading one WFDB record (wfdb.rdheader alone, and read_wfdb), with the pandas version: wfdb parses
+   header lines through pandas, about three times slower under pandas 3 (see requirements.txt);
+5. compares the stored signal as int16 ADC + gain (the choice) with float16: bytes/record, error, decode speed.
 Prints figures; asserts nothing about speed.
 """
 
@@ -155,6 +157,26 @@ def storage_comparison(prepared: Path, n: int = 256) -> dict:
     }
 
 
+def wfdb_read_speed(mimic_root: Path, n: int = 200) -> dict:
+    """ms per record for wfdb.rdheader alone and for the whole read_wfdb (header + signal), the call every
+    downstream evaluation and the MIMIC ingest make per record."""
+    import pandas
+    import wfdb
+
+    from dbeta.processing_dbeta import read_wfdb
+
+    heads = sorted(mimic_root.rglob("*.hea"))[:n]
+    bases = [str(h.with_suffix("")) for h in heads]
+    timings = {}
+    for name, read in (("rdheader", wfdb.rdheader), ("read_wfdb", read_wfdb)):
+        read(bases[0])
+        t = time.perf_counter()
+        for base in bases:
+            read(base)
+        timings[name] = (time.perf_counter() - t) / len(bases) * 1000
+    return {"records": len(bases), "pandas": pandas.__version__, "wfdb": wfdb.__version__, **timings}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000)
@@ -173,6 +195,10 @@ def main(argv=None) -> int:
         write_mimic_layout(root, args.n, seed=0)
         gen = args.n / (time.perf_counter() - t0)
         print(f"synthetic generation (1 process, SYNTHETIC signals, MIMIC layout): {args.n} records, {gen:.0f} records/s")
+
+        wf = wfdb_read_speed(root)
+        print(f"WFDB read (wfdb {wf['wfdb']}, pandas {wf['pandas']}), {wf['records']} records: header alone "
+              f"{wf['rdheader']:.1f} ms/record, read_wfdb (header + signal) {wf['read_wfdb']:.1f} ms/record")
 
         sizes = sorted({max(1, args.n // 4), args.n})
         results = {}
