@@ -30,7 +30,7 @@ from transformers import AutoModel, PreTrainedModel, T5EncoderModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput
 
 # transformers 4.57 (the last 4.x) and 5.x are supported; older 4.x lack the attention interface and the
 # gradient-checkpointing layer this file uses, and would load the weights differently.
@@ -446,6 +446,44 @@ def _fetch_companion(source: str, name: str, revision: Optional[str] = None) -> 
         return None
 
 
+def _file_stamp(path: Path):
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _remove_stale_weights_form(forms: tuple, before: dict) -> None:
+    """transformers' save_pretrained removes old shards but not an old single `model.safetensors` beside a new
+    sharded save (nor an old index beside a new single file); from_pretrained prefers the single file, so a model
+    saved sharded into the folder it came from would reload with its old weights."""
+    written = [path for path in forms if path.is_file() and _file_stamp(path) != before[path]]
+    if len(written) != 1:
+        return
+    for path in forms:
+        if path not in written and path.is_file():
+            logger.info("%s: removed the previous save's %s (this save wrote %s)", path.parent, path.name,
+                        written[0].name)
+            path.unlink()
+
+
+def _saved_weight_names(folder: Path) -> set:
+    """Tensor names of the safetensors weights saved in `folder` (single file or sharded), empty if none."""
+    single, index = folder / SAFE_WEIGHTS_NAME, folder / SAFE_WEIGHTS_INDEX_NAME
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        if single.is_file():
+            with safe_open(str(single), framework="pt") as weights:
+                return set(weights.keys())
+        if index.is_file():
+            return set(json.loads(index.read_text())["weight_map"])
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):  # unreadable: replaced without a word
+        return set()
+    return set()
+
+
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -605,14 +643,32 @@ class DBetaPreTrainedModel(PreTrainedModel):
             self.config.untrained_heads = untrained
         elif hasattr(self.config, "untrained_heads"):
             del self.config.untrained_heads
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if not (args[0] if args else kwargs.get("is_main_process", True)):
-            return
         out = Path(save_directory)
+        main_process = args[0] if args else kwargs.get("is_main_process", True)
+        forms = (out / SAFE_WEIGHTS_NAME, out / SAFE_WEIGHTS_INDEX_NAME)
+        before = {path: _file_stamp(path) for path in forms}
+        if main_process:
+            self._warn_of_dropped_weights(out)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not main_process:
+            return
+        _remove_stale_weights_form(forms, before)
         mode = 0o666 & ~_current_umask()
         for weights in out.glob("*.safetensors"):  # safetensors creates its files 0600
             weights.chmod(mode)
         self._save_companions(out)
+
+    def _warn_of_dropped_weights(self, out: Path) -> None:
+        """Saving over a folder replaces its weights: a `DBetaModel` (AutoModel) saved where a pretraining export
+        was drops the ETM, MLM and MEM heads, and a later `AutoModelForPreTraining` load gets them at random."""
+        saved = _saved_weight_names(out)
+        dropped = sorted(saved - set(self.state_dict())) if saved else []
+        if dropped:
+            parts = sorted({name.split(".")[0] for name in dropped})
+            logger.warning("%s: this %s replaces weights with %d tensors it does not have (%s), which are lost; "
+                           "save to another folder, or from the class that holds them (%s), to keep them",
+                           out, type(self).__name__, len(dropped), ", ".join(parts),
+                           ", ".join(self.config.architectures or []) or "the class that saved them")
 
     def _save_companions(self, out: Path) -> None:
         pipelines = json.dumps(getattr(self.config, "custom_pipelines", None) or {})

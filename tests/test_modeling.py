@@ -1,6 +1,7 @@
 """Model core: shapes, objectives, init on load, text-encoder families, bf16, and the authors' checkpoint parity."""
 
 import json
+import logging
 import math
 import re
 
@@ -800,3 +801,33 @@ def test_a_head_resized_at_load_counts_as_untrained(config, tmp_path):
     assert resized.untrained_heads() == ["classifier"]
     resized.save_pretrained(tmp_path / "three")
     assert json.loads((tmp_path / "three" / "config.json").read_text())["untrained_heads"] == ["classifier"]
+
+
+def test_saving_into_the_folder_a_model_came_from_keeps_the_new_weights_and_names_what_it_drops(config, tmp_path,
+                                                                                                   caplog):
+    """transformers leaves an old single model.safetensors beside a new sharded save (and from_pretrained prefers
+    it), so an edited model saved sharded in place reloaded with its old weights; and a DBetaModel (AutoModel)
+    saved over a pretraining export dropped the ETM/MLM/MEM heads without a word."""
+    folder = tmp_path / "model"
+    DBetaForPreTraining(config).save_pretrained(folder)
+    for shard_size in ("200KB", None):  # sharded over a single file, then a single file over shards
+        model = DBetaForPreTraining.from_pretrained(folder)
+        with torch.no_grad():
+            next(model.etm_head.parameters()).add_(1.0)
+        expected = next(model.etm_head.parameters()).sum().item()
+        model.save_pretrained(folder, **({"max_shard_size": shard_size} if shard_size else {}))
+        names = sorted(p.name for p in folder.glob("model*.safetensors*"))
+        if shard_size:
+            assert "model.safetensors" not in names and "model.safetensors.index.json" in names, names
+        else:
+            assert names == ["model.safetensors"], names
+        assert next(DBetaForPreTraining.from_pretrained(folder).etm_head.parameters()).sum().item() == pytest.approx(expected)
+
+    with caplog.at_level(logging.WARNING, logger="dbeta.modeling_dbeta"):
+        DBetaModel.from_pretrained(folder).save_pretrained(folder)
+    warned = [r.getMessage() for r in caplog.records if "which are lost" in r.getMessage()]
+    assert len(warned) == 1 and all(part in warned[0] for part in ("etm_head", "mem_head", "mlm_head")), warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dbeta.modeling_dbeta"):
+        DBetaModel.from_pretrained(folder).save_pretrained(folder)  # nothing left to lose
+    assert not [r for r in caplog.records if "which are lost" in r.getMessage()]
