@@ -111,6 +111,9 @@ class DBetaECGConfig(PretrainedConfig):
     (16 by default: 5000 samples -> 312 tokens of 32 ms). `num_samples`: the input length the model was trained
     on (an export records its processor's, 5000: 10 s at 500 Hz); an input of another length, such as a raw
     1000 Hz array that bypassed the processor, is refused. None: any length (the layers allow it).
+    `sampling_rate` and `lead_names`: the rate and lead order of that input, recorded by an export from its
+    processor; a processor set to another rate or order is refused where model and processor meet (the
+    pipelines, the evaluations). None: not recorded (exports written before 2026-12-03), not checked.
     """
 
     model_type = "dbeta_ecg"
@@ -134,11 +137,21 @@ class DBetaECGConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         num_samples: Optional[int] = None,
+        sampling_rate: Optional[float] = None,
+        lead_names: Optional[list] = None,
         **kwargs,
     ):
         _refuse_misspelt(DBetaECGConfig, kwargs)
         _check_types(DBetaECGConfig, locals())
+        if lead_names is not None and not (isinstance(lead_names, (list, tuple)) and len(lead_names) == num_leads
+                                           and all(isinstance(n, str) for n in lead_names)):
+            raise ValueError(f"DBetaECGConfig: lead_names must be a list of {num_leads} lead names or null, got "
+                             f"{lead_names!r}")
+        if sampling_rate is not None and not sampling_rate > 0:
+            raise ValueError(f"DBetaECGConfig: sampling_rate must be a positive number or null, got {sampling_rate!r}")
         self.num_samples = num_samples
+        self.sampling_rate = sampling_rate
+        self.lead_names = list(lead_names) if lead_names is not None else None
         self.num_leads = num_leads
         self.conv_layers = [list(layer) for layer in conv_layers]
         self.conv_bias = conv_bias

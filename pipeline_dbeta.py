@@ -461,6 +461,7 @@ class _ECGPipeline(Pipeline):
         """{"ecg_values" [1, leads, samples], "lead_mask" [1, 12]} of one input (an `_Item` of a list, or bare)."""
         index = inputs.index if isinstance(inputs, _Item) else None
         item = inputs.value if isinstance(inputs, _Item) else inputs
+        self.processor.feature_extractor.check_model_input(self.model.config.ecg_config, _model_name(self.model))
         record = _read_input(item, index, sampling_rate, lead_names)
         values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True)
         return {"ecg_values": values, "lead_mask": mask}

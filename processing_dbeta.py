@@ -718,6 +718,24 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             if options.get(name) is not None:
                 _check_choice(name, options[name], choices)
 
+    def check_model_input(self, ecg_config, model_name: str = "the model") -> None:
+        """Refuses conditioning other than the input `ecg_config` records (an export records its processor's rate,
+        lead order and length): a processor whose `sampling_rate` was set to the records' rate, or whose lead
+        order was edited, would feed the model another signal and every score would still look plausible."""
+        wanted = {"sampling_rate": getattr(ecg_config, "sampling_rate", None),
+                  "lead_names": getattr(ecg_config, "lead_names", None),
+                  "num_samples": getattr(ecg_config, "num_samples", None)}
+        have = {"sampling_rate": float(self.sampling_rate), "lead_names": [str(n) for n in self.lead_names],
+                "num_samples": int(self.num_samples)}
+        changed = [f"{key} {have[key]!r} where the model's is {value!r}" for key, value in wanted.items()
+                   if value is not None and (list(value) if key == "lead_names" else value) != have[key]]
+        if changed:
+            raise ValueError(
+                f"{model_name}: its processor conditions records differently from the input the model was trained "
+                f"on: {'; '.join(changed)}. These settings are the model's, not the records': give each record's "
+                "own rate and lead names per call (processor(ecg, sampling_rate=250, lead_names=[...]), "
+                "pipe(ecg, sampling_rate=...)), and load the processor saved with the model.")
+
     def condition(
         self,
         x: np.ndarray,

@@ -108,6 +108,7 @@ def load_model_and_processor(name_or_path: str, remote_code: bool = False, dtype
             processor = load_processor(name_or_path)
     finally:
         hf_logging.set_verbosity(level)
+    processor.feature_extractor.check_model_input(model.config.ecg_config, str(name_or_path))
     model.to(device).eval()
     model.requires_grad_(False)
     return model, processor

@@ -567,3 +567,44 @@ def test_an_export_through_a_symlink_replaces_the_folder_it_names(pre_export, tm
         export_model(model, tmp_path / "link")
     assert (tmp_path / "link").is_symlink() and (real / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_a_processor_set_to_another_rate_or_lead_order_than_the_model_was_trained_on_is_refused(pre_export, tmp_path):
+    """Setting the processor's sampling_rate to the records' rate (as audio feature extractors are used) or editing
+    its lead order, then saving it with the model, fed the model another signal: the top label changed on every
+    record with no word (helper). An export records its processor's input; where model and processor meet, a
+    processor that disagrees is refused. An export written before (no record) is not checked."""
+    from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline
+    from eval.features import load_model_and_processor
+
+    ecg_config = json.loads((pre_export / "config.json").read_text())["ecg_config"]
+    assert ecg_config["sampling_rate"] == 500.0 and ecg_config["num_samples"] == 5000
+    assert ecg_config["lead_names"][:3] == ["I", "II", "III"] and len(ecg_config["lead_names"]) == 12
+    model, processor = load_model_and_processor(str(pre_export))
+    record = ecg_batch(1)[0].numpy()
+    pipe = ZeroShotECGClassificationPipeline(model=model, processor=processor)
+    assert pipe(record, sampling_rate=500, candidate_labels=["AFIB", "NORM"])
+
+    fe = processor.feature_extractor
+    fe.sampling_rate = 1000
+    with pytest.raises(ValueError, match=r"sampling_rate 1000\.0 where the model's is 500\.0"):
+        pipe(record, sampling_rate=500, candidate_labels=["AFIB", "NORM"])
+    fe.sampling_rate = 500
+    swapped = list(fe.lead_names)
+    swapped[4], swapped[5] = swapped[5], swapped[4]
+    fe.lead_names = swapped
+    copy = tmp_path / "copy"
+    model.save_pretrained(copy)
+    processor.save_pretrained(copy)
+    with pytest.raises(ValueError, match=r"lead_names .*aVF.*aVL.* where the model's is"):
+        load_model_and_processor(str(copy))
+
+    def unrecorded(config):
+        for key in ("sampling_rate", "lead_names"):
+            config["ecg_config"].pop(key)
+
+    older = copy_export(pre_export, tmp_path / "older", config_edit=unrecorded)
+    model, processor = load_model_and_processor(str(older))
+    assert model.config.ecg_config.sampling_rate is None
+    assert ZeroShotECGClassificationPipeline(model=model, processor=processor)(record, sampling_rate=500,
+                                                                             candidate_labels=["AFIB", "NORM"])

@@ -281,8 +281,11 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
     out = check_export_target(output_dir)
     model.config.auto_map = dict(AUTO_MAP)
     model.config.custom_pipelines = custom_pipelines_for(model)
-    if processor is not None:  # the length its inputs must have: a raw array of another one is refused
-        model.config.ecg_config.num_samples = int(processor.feature_extractor.num_samples)
+    if processor is not None:  # the input it was trained on: a raw array of another length, or a processor
+        fe, ecg_config = processor.feature_extractor, model.config.ecg_config  # set to another rate, is refused
+        ecg_config.num_samples = int(fe.num_samples)
+        ecg_config.sampling_rate = float(fe.sampling_rate)
+        ecg_config.lead_names = [str(name) for name in fe.lead_names]
     if not is_main_process:  # data-parallel ranks hold the same weights: the main process writes them
         return out
     staging = staging_folder(out)

@@ -345,6 +345,7 @@ def prepare(s: FinetuneSettings) -> dict:
     class_names = list(splits["train"].class_names)
     processor = load_processor(s.model.name_or_path)
     fe = processor.feature_extractor
+    fe.check_model_input(DBetaConfig.from_pretrained(s.model.name_or_path).ecg_config, str(s.model.name_or_path))
     protocol_n = resolve_protocol_num_samples(splits["train"], data.protocol_num_samples)
     # the processor carries the cut into the export, so the classification pipeline serves the length trained on
     fe.keep_samples = protocol_n if protocol_n is not None and protocol_n < fe.num_samples else None
