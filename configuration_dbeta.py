@@ -98,10 +98,15 @@ def _text_config_from(value) -> PretrainedConfig:
     if isinstance(value, PretrainedConfig):
         return value
     value = dict(value)
+    said = "model_type" in value
     model_type = value.pop("model_type", "t5")
     if model_type not in CONFIG_MAPPING:
         raise ValueError(f"text_config: unknown model_type {model_type!r}")
-    return CONFIG_MAPPING[model_type](**value)
+    try:
+        return CONFIG_MAPPING[model_type](**value)
+    except Exception as err:  # transformers' configs raise TypeError, ValueError or huggingface_hub's own errors
+        how = f"model_type {model_type!r}" if said else f"no model_type, so read as {model_type!r} (the default)"
+        raise ValueError(f"text_config ({how}) is not a valid {CONFIG_MAPPING[model_type].__name__}: {err}") from err
 
 
 class DBetaECGConfig(PretrainedConfig):

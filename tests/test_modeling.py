@@ -62,6 +62,8 @@ def test_config_rejects_bad_values(bad):
     (dict(ecg_config=dict(num_attention_heads="4")), "DBetaECGConfig: num_attention_heads must be an integer"),
     (dict(ecg_config=dict(num_samples="5000")), "num_samples must be an integer"),
     (dict(ecg_config=dict(conv_layers="abc")), r"conv_layers must be a list of \[channels, kernel, stride\]"),
+    (dict(ecg_config=dict(sampling_rate="500")), "sampling_rate must be a number"),
+    (dict(ecg_config=dict(lead_names=["I", "II"])), "lead_names must be a list of 12 lead names"),
 ])
 def test_a_setting_of_the_wrong_type_is_named(bad, message, config, tmp_path):
     """A hand-edited config.json's "128" or 2.0 failed deep inside the model ("not all arguments converted during
@@ -77,6 +79,18 @@ def test_a_setting_of_the_wrong_type_is_named(bad, message, config, tmp_path):
             edited[key] = value
     (tmp_path / "config.json").write_text(json.dumps(edited))
     with pytest.raises(ValueError, match=message):
+        DBetaModel.from_pretrained(tmp_path)
+
+
+def test_a_text_config_that_its_model_type_does_not_fit_is_named(tmp_path):
+    """config.json's BERT text_config with its model_type deleted was read as T5 (the default) and failed on
+    T5's `classifier_dropout`, naming neither text_config nor model_type (helper)."""
+    DBetaModel(tiny_config(tiny_bert_text_config(100))).save_pretrained(tmp_path)
+    edited = json.loads((tmp_path / "config.json").read_text())
+    del edited["text_config"]["model_type"]
+    (tmp_path / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=r"text_config \(no model_type, so read as 't5' \(the default\)\) is not a "
+                                         r"valid T5Config: .*classifier_dropout"):
         DBetaModel.from_pretrained(tmp_path)
 
 
