@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +235,31 @@ def _register_geometry(module: nn.Module, fields: dict) -> None:
     with config.json (`DBetaPreTrainedModel._check_loaded`), which a weight shape check cannot."""
     module._geometry_fields = dict(fields)
     module.register_buffer("geometry", torch.tensor(list(fields.values()), dtype=torch.int64))
+
+
+def _eps_code(eps) -> int:
+    """A layer-norm epsilon as a `geometry` integer: round(1000 x log10), 1e-12 -> -12000."""
+    return round(1000 * math.log10(eps)) if isinstance(eps, (int, float)) and eps > 0 else 0
+
+
+def _name_code(name) -> int:
+    """A setting given by name (an activation) as a `geometry` integer: the CRC-32 of the name."""
+    return zlib.crc32(str(name).encode())
+
+
+def _text_geometry(text_config) -> dict:
+    """Text-encoder settings that change its output but no weight's shape (a BERT's head count, activation,
+    layer-norm epsilon; a T5's relative-attention distance); each under the name config.json gives it."""
+    fields = {"text_config.num_attention_heads": text_config.num_attention_heads}
+    for key in ("hidden_act", "dense_act_fn"):
+        if isinstance(getattr(text_config, key, None), str):
+            fields[f"text_config.{key} (as the CRC-32 of its name)"] = _name_code(getattr(text_config, key))
+    for key in ("layer_norm_eps", "layer_norm_epsilon"):
+        if isinstance(getattr(text_config, key, None), (int, float)):
+            fields[f"text_config.{key} (as round(1000 x log10))"] = _eps_code(getattr(text_config, key))
+    if isinstance(getattr(text_config, "relative_attention_max_distance", None), int):
+        fields["text_config.relative_attention_max_distance"] = text_config.relative_attention_max_distance
+    return fields
 
 
 class DBetaECGEncoder(nn.Module):
@@ -752,6 +778,9 @@ class _ECGPathMixin:
     def _build_ecg_path(self, config: DBetaConfig):
         self.ecg_model = DBetaECGEncoder(config.ecg_config)
         self.ecg_projection = nn.Linear(config.ecg_config.hidden_size, config.hidden_size)
+        _register_geometry(self.ecg_projection, {
+            "ecg_config.layer_norm_eps (as round(1000 x log10))": _eps_code(config.ecg_config.layer_norm_eps),
+        })
         self.ecg_pooler = DBetaPooler(config.hidden_size)
         _register_geometry(self.ecg_pooler, {
             f"ecg_pooling (as its index in {list(ECG_POOLINGS)})": ECG_POOLINGS.index(config.ecg_pooling),
@@ -805,6 +834,7 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
         self._build_ecg_path(config)
         self.text_model = _build_text_encoder(config.text_config)
         self.text_projection = nn.Linear(config.text_hidden_size, d)
+        _register_geometry(self.text_projection, _text_geometry(config.text_config))
         self.text_pooler = DBetaPooler(d)
         # which token(s) the pooler reads changes the text feature but no weight: recorded as an index
         _register_geometry(self.text_pooler, {

@@ -94,6 +94,22 @@ def test_a_text_config_that_its_model_type_does_not_fit_is_named(tmp_path):
         DBetaModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("section, key, value", [
+    ("text_config", "num_attention_heads", 2), ("text_config", "hidden_act", "relu"),
+    ("text_config", "layer_norm_eps", 1e-2), ("ecg_config", "layer_norm_eps", 0.1),
+])
+def test_an_edit_that_changes_no_weight_shape_but_the_output_is_refused(section, key, value, tmp_path):
+    """A hand edit inside text_config (a BERT's head count, activation, epsilon) or of the ECG encoder's epsilon
+    loaded without a word and moved the logits by up to 0.8 (helper): the weights record these values too."""
+    DBetaModel(tiny_config(tiny_bert_text_config(100))).save_pretrained(tmp_path)
+    DBetaModel.from_pretrained(tmp_path)  # unedited: loads
+    edited = json.loads((tmp_path / "config.json").read_text())
+    edited[section][key] = value
+    (tmp_path / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=rf"{section}\.{key}.*config\.json has .*the weights were trained with"):
+        DBetaModel.from_pretrained(tmp_path)
+
+
 def test_model_outputs_and_feature_shapes(config, tokenizer):
     model = DBetaModel(config).eval()
     ecg = ecg_batch(3)
