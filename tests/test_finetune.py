@@ -5,6 +5,7 @@ accumulation that does not scale the loss."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import os
 from pathlib import Path
@@ -409,9 +410,11 @@ def test_a_resume_continues_the_run_it_resumes(setup, tmp_path, monkeypatch, cap
 
     for flag, value, named in (("--warmup-steps", "5", "optim.warmup_steps: 0 -> 5"),
                                ("--epochs", "6", "train.epochs: 5.0 -> 6.0"),
-                               ("--classifier-dropout", "0.5", "model.classifier_dropout")):
+                               ("--classifier-dropout", "0.5", "model.classifier_dropout"),
+                               ("--bf16", None, "train.mixed_precision: 'no' -> 'bf16'")):
         with pytest.raises(SystemExit) as exit_:
-            ft.main([a if a != str(es) else str(moved) for a in argv] + [flag, value, "--resume"])
+            ft.main([a if a != str(es) else str(moved) for a in argv]
+                    + [flag, *([value] if value else []), "--resume"])
         assert exit_.value.code == 2 and named in capsys.readouterr().err
 
     data = shutil.copytree(setup["data"], tmp_path / "data")  # a run on a data folder later made anew
@@ -424,6 +427,32 @@ def test_a_resume_continues_the_run_it_resumes(setup, tmp_path, monkeypatch, cap
         ft.main(run + ["--resume"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "the data differ from the run's (train: 34 records -> " in err, err
+
+
+def test_a_resume_whose_best_checkpoint_is_damaged_finishes_on_the_best_saved_since(setup, tmp_path, monkeypatch,
+                                                                                     caplog):
+    """The resumed run's best checkpoint truncated: a warning, then 20 more steps, then transformers' end-of-run
+    load of that very checkpoint crashed with no results or export; a second resume exported the last weights
+    while results.json kept the lost checkpoint's score (helper). transformers sets the best checkpoint again from
+    `best_global_step` at every save."""
+    out = tmp_path / "run"
+    argv = ft_args(setup, out, "--epochs", "4", "--batch-size", "17", "--lr", "0", "--early-stopping-patience", "0",
+                   "--class-weights", "none")
+    with monkeypatch.context() as stop:
+        _stopped_after_saving(stop, 4)
+        with pytest.raises(KeyboardInterrupt):
+            ft.main(argv)
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"].endswith("checkpoint-2")  # lr 0: no later score beats the first
+    weights = out / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="dbeta.finetune"):
+        done = ft.main(argv + ["--resume"])
+    assert any("best checkpoint checkpoint-2 cannot be used" in r.getMessage() for r in caplog.records)
+    assert done["global_step"] == 8 and done["best_checkpoint"] == str(out / "checkpoint-6")
+    at_6 = [e["eval_macro_auc"] for e in done["eval_log"] if e["step"] == 6]
+    assert done["best_val_macro_auc"] == at_6[0]  # the score the exported checkpoint holds
+    assert Path(done["export_dir"], "model.safetensors").is_file()
 
 
 def test_a_validation_split_that_cannot_select_a_checkpoint_is_exit_2(setup, tmp_path, monkeypatch, capsys):
@@ -544,6 +573,15 @@ def test_an_output_folder_with_checkpoints_needs_resume(tmp_path, capsys, nothin
     assert "--resume" in err and (out / "checkpoint-500" / "model.safetensors").read_bytes() == b"earlier run"
     with pytest.raises(AssertionError, match="data or a model was read"):  # --resume goes on to read the data
         ft.main(argv + ["--resume"])
+    # a finished run whose checkpoints were deleted: its results and export were replaced without a word (helper)
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / ft.RESULTS_FILE).write_text('{"earlier": true}')
+    with pytest.raises(SystemExit) as exit_:
+        ft.main([a if a != str(out) else str(finished) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "holds a finished run (results.json" in err, err
+    assert (finished / ft.RESULTS_FILE).read_text() == '{"earlier": true}'
 
 
 def test_a_resume_under_another_task_model_or_data_is_refused(tmp_path, capsys, nothing_is_read):
@@ -711,6 +749,7 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
     every --resume failed on it (transformers takes the highest number) though checkpoint-2 was whole. Damaged
     weights, NaN weights (resumed, they ended the run as 'diverged, lower the LR') and a damaged optimizer or RNG
     file are skipped the same way, each named with its reason (helper)."""
+    import datetime
     import zipfile
 
     from safetensors.torch import save_file
@@ -720,8 +759,10 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
         folder.mkdir()
         if state is not None:
             (folder / "trainer_state.json").write_text(state)
+        (folder / "config.json").write_text("{}")
         save_file({"classifier.weight": torch.full((2, 2), weights)}, str(folder / "model.safetensors"))
         torch.save({"step": step}, folder / "optimizer.pt")
+        torch.save({"step": step}, folder / "scheduler.pt")
         return folder
 
     checkpoint(2)
@@ -733,15 +774,23 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
     opt = checkpoint(12) / "optimizer.pt"
     opt.write_bytes(opt.read_bytes()[:-30])
     (checkpoint(14) / "rng_state.pth").write_bytes(b"\x00" * 100)
+    # copied without the optimizer or the schedule: Trainer restarted both silently (the LR jumped, helper)
+    (checkpoint(16) / "optimizer.pt").unlink()
+    (checkpoint(18) / "scheduler.pt").unlink()
+    # a truncated config.json and a schedule holding objects were transformers' tracebacks (the object never ran)
+    (checkpoint(20) / "config.json").write_text('{"model_ty')
+    torch.save({"when": datetime.date(2020, 1, 1)}, checkpoint(22) / "scheduler.pt")
     (tmp_path / "checkpoint-x").mkdir()  # not Trainer's
-    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == [f"checkpoint-{n}" for n in range(2, 15, 2)]
+    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == [f"checkpoint-{n}" for n in range(2, 23, 2)]
     assert zipfile.is_zipfile(tmp_path / "checkpoint-2" / "optimizer.pt")
     with caplog.at_level("WARNING", logger=ft.logger.name):
         assert ft.find_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     for step, reason in ((4, "no readable trainer_state.json"), (6, "no readable trainer_state.json"),
                          (8, "model.safetensors holds NaN or infinite values in classifier.weight"),
                          (10, "model.safetensors does not read"), (12, "optimizer.pt is damaged"),
-                         (14, "rng_state.pth is damaged")):
+                         (14, "rng_state.pth is damaged"), (16, "no optimizer.pt: resumed, the optimizer"),
+                         (18, "no scheduler.pt"), (20, "no readable config.json"),
+                         (22, "scheduler.pt does not load as plain weights (UnpicklingError)")):
         assert f"checkpoint-{step} cannot be resumed from ({reason}" in caplog.text, step
     assert ft.find_checkpoint(tmp_path / "absent") is None
 

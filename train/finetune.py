@@ -81,7 +81,9 @@ RUN_IDENTITY = ("model.name_or_path", "data.dataset", "data.task", "data.root", 
                 # trained under both (more epochs resumed is two schedules, not a longer run)
                 "model.class_weights", "model.max_class_weight", "model.classifier_dropout", "optim.warmup_steps",
                 "data.random_crop", "data.protocol_num_samples", "train.epochs", "train.max_steps",
-                "train.early_stopping_patience")
+                "train.early_stopping_patience",
+                # the arithmetic: results.json's hyperparameters.bf16 described the whole of a run half in fp32
+                "train.mixed_precision")
 DATA_FILE = "data_fingerprint.json"  # each split's records and labels at the run's start: a --resume must match
 EXPORT_DIR = "export"
 EXIT_CONFIG = 2  # also records that cannot be used (named; nothing trained), as the eval CLIs
@@ -200,7 +202,9 @@ def checkpoint_folders(output_dir: Path) -> List[Path]:
 def checkpoint_problem(path: Path) -> Optional[str]:
     """Why a Trainer checkpoint cannot be resumed from, or None: no readable trainer_state.json (Trainer writes it
     last, so a stop while saving leaves none), weights that do not read or hold NaN/inf (resumed, they ended the
-    run as "diverged, lower the LR"), or a damaged optimizer, scheduler or RNG file (torch zip archives)."""
+    run as "diverged, lower the LR"), a missing optimizer or scheduler file (copied without them: Trainer would
+    restart both, silently), a damaged optimizer, scheduler or RNG file (torch zip archives), or an optimizer or
+    scheduler file that does not load as plain weights (a pickle of objects: refused, never run)."""
     import zipfile
 
     from safetensors import safe_open
@@ -209,6 +213,10 @@ def checkpoint_problem(path: Path) -> Optional[str]:
         json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return "no readable trainer_state.json: the run stopped while saving it"
+    try:
+        json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"no readable config.json ({type(err).__name__})"
     weights = path / "model.safetensors"
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -218,6 +226,9 @@ def checkpoint_problem(path: Path) -> Optional[str]:
                     return f"{weights.name} holds NaN or infinite values in {key}"
     except Exception as err:  # noqa: BLE001 - missing, truncated or not safetensors: named below
         return f"{weights.name} does not read ({type(err).__name__}: {err})"
+    for name in ("optimizer.pt", "scheduler.pt"):  # without them Trainer starts a new optimizer and LR schedule
+        if not (path / name).is_file():
+            return f"no {name}: resumed, the optimizer and the learning-rate schedule would start over"
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
         if (path / name).exists():
             try:
@@ -226,6 +237,11 @@ def checkpoint_problem(path: Path) -> Optional[str]:
                         return f"{name} is damaged"
             except (OSError, zipfile.BadZipFile) as err:
                 return f"{name} is damaged ({err})"
+    for name in ("optimizer.pt", "scheduler.pt"):  # as Trainer reads them: weights only, never code
+        try:
+            torch.load(path / name, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # noqa: BLE001 - UnpicklingError and others: named, never run
+            return f"{name} does not load as plain weights ({type(err).__name__})"
     return None
 
 
@@ -302,7 +318,9 @@ class BestCheckpointHere(TrainerCallback):
         else:
             logger.warning("the resumed run's best checkpoint %s cannot be used (%s): the best of the "
                            "checkpoints saved from now on is exported, or the last weights", self.name, problem)
-            state.best_model_checkpoint = None
+            # all three: transformers sets best_model_checkpoint again from best_global_step at every save (and
+            # the damaged folder was loaded at the end), and a new checkpoint must beat a score no longer held
+            state.best_model_checkpoint = state.best_global_step = state.best_metric = None
 
 
 def build_trainer(s: FinetuneSettings, model, processor, train_dataset, eval_dataset, class_names,
@@ -493,6 +511,9 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         # checkpoint, whichever run wrote it.
         raise ConfigError(f"{output_dir} already holds checkpoints of an earlier run ({Path(earlier).name}): pass "
                           "--resume to continue it, or use another output_dir (--output-dir)")
+    if not resume and (output_dir / RESULTS_FILE).is_file():  # a finished run whose checkpoints were deleted
+        raise ConfigError(f"{output_dir} holds a finished run ({RESULTS_FILE}, its export): a new run would replace "
+                          "them. Use another output_dir (--output-dir), or move them away first")
     export_dir = Path(s.export_dir) if s.export_dir else output_dir / EXPORT_DIR
     try:  # before any data is read, not after training
         check_export_target(export_dir, protect=(s.model.name_or_path, output_dir))
