@@ -128,9 +128,23 @@ class DBetaOnnxModel:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise OnnxFolderError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(manifest, dict):
+            raise OnnxFolderError(f"{path}: expected a JSON object, got a {type(manifest).__name__}")
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
             raise OnnxFolderError(f"{path}: expected format {FORMAT!r} version {FORMAT_VERSION}, got "
                                   f"{manifest.get('format')!r} version {manifest.get('format_version')!r}")
+        problems = [f"{key} must be a positive integer" for key in ("hidden_size", "num_leads", "num_samples")
+                    if not (isinstance(manifest.get(key), int) and not isinstance(manifest.get(key), bool)
+                            and manifest[key] > 0)]
+        graphs = manifest.get("graphs")
+        if not isinstance(graphs, dict):
+            problems.append("graphs must be an object of {kind: {file, sha256}}")
+        else:
+            problems += [f"graphs.{kind} must have a string file and sha256" for kind, entry in graphs.items()
+                         if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str)
+                                                                 for k in ("file", "sha256")))]
+        if problems:
+            raise OnnxFolderError(f"{path}: damaged or edited: {'; '.join(problems)}; re-run train.export_onnx")
         return manifest
 
     @staticmethod

@@ -60,8 +60,8 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .processing_dbeta import (normalize_report, read_ecg_file, read_wfdb, resolve_leads, table_advice,
-                               tensor_to_numpy, wfdb_info)
+from .processing_dbeta import (canonical_lead_name, normalize_report, read_ecg_file, read_wfdb, resolve_leads,
+                               table_advice, tensor_to_numpy, wfdb_info)
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
@@ -273,6 +273,7 @@ def conditioned_ecg(processor, record: dict, index: Optional[int] = None, leads=
                                                          return_lead_mask=True)
     _warn_missing_leads(processor, mask, where, leads)
     _warn_padded(processor, np.shape(record["signal"])[-1] / float(record["sampling_rate"]), where)
+    _warn_repaired(processor, record["signal"], record["lead_names"], mask, where)
     values = torch.from_numpy(values)[None]
     return (values, torch.from_numpy(mask)[None]) if return_lead_mask else values
 
@@ -299,6 +300,38 @@ def _warn_padded(processor, seconds: float, where: str, what: str = "signal") ->
         warnings.warn(f"{where}: {seconds:.2f} s of {what}, zero-padded to the model's {model_seconds:g} s input: "
                       "the flat rest reads as missing beats, so rate-dependent scores shift (towards bradycardia); "
                       f"give {wanted:g} s where the record has them", UserWarning, stacklevel=3)
+
+
+#: A lead in use with a larger share of NaN/inf samples is warned about once repaired (up to the processor's
+#: MAX_REPAIRED_SHARE, above which the record is refused).
+REPAIR_WARNING_SHARE = 0.1
+
+
+def _warn_repaired(processor, signal, lead_names, mask, where: str) -> None:
+    """Warn when a lead in use had a long NaN/inf stretch: `nan_policy` bridges it with a line (or zeros), which
+    the model reads as beats that never came, as it reads padding (a 4 s gap: SBRAD 0.007 -> 0.53, helper)."""
+    import warnings
+
+    x = np.asarray(signal)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        return
+    fe = processor.feature_extractor
+    names = list(lead_names) if lead_names is not None else list(fe.lead_names)
+    used = {name for name, u in zip(fe.lead_names, np.asarray(mask).reshape(-1)) if u}
+    share = (~np.isfinite(x)).mean(axis=-1)
+    bridged = [f"{_standard_name(name)} ({100 * part:.0f}%)" for name, part in zip(names, share)
+               if REPAIR_WARNING_SHARE < part < 1 and _standard_name(name) in used]
+    if bridged:
+        warnings.warn(f"{where}: lead(s) {', '.join(bridged)} of NaN/inf samples, bridged (nan_policy="
+                      f"{fe.nan_policy!r}): the bridged stretch has no beats, so rate-dependent scores shift; leave "
+                      "such leads out (leads=[...]) or score the finite part", UserWarning, stacklevel=3)
+
+
+def _standard_name(name) -> Optional[str]:
+    try:
+        return canonical_lead_name(name)
+    except ValueError:  # an extra lead (Frank X, V4R) the processor drops
+        return None
 
 
 def kept_seconds(feature_extractor) -> float:

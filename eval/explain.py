@@ -73,8 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
 
-    record = record_argument(args.record, args.sampling_rate, args.lead_names)
     try:
+        record = record_argument(args.record, args.sampling_rate, args.lead_names)
         pipe = load_pipeline(args.model, args.remote_code)
         result = pipe(record, candidate_labels=args.labels, explain=True, explain_label=args.label,
                       leads=args.leads, segment_seconds=args.segment_seconds, n_steps=args.n_steps)

@@ -21,6 +21,8 @@ evaluate: every record failed, or a class that had both positive and negative re
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -69,6 +71,12 @@ def load_processor(name_or_path: str):
 
     from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 
+    config = Path(name_or_path) / "config.json"
+    if config.is_file():  # AutoTokenizer reads it: damaged, it would be reported as a missing processor
+        try:
+            json.loads(config.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{config}: not readable JSON ({type(err).__name__}: {err})") from None
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer peeks at the (remote-code) model config; no code is run
     try:

@@ -28,7 +28,7 @@ from eval.metrics import auc_report
 from eval.zero_shot import class_prompts, class_text_features, label_set_name, zero_shot_scores
 from dbeta.prompting_dbeta import load_prompt_set, prompt_style_for
 from dbeta.onnx_dbeta import DBetaOnnxModel
-from train.export_onnx import export_onnx
+from train.export_onnx import export_onnx, source_fingerprint
 from train.folders import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,12 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = Path(args.onnx) if args.onnx else export_onnx(args.model, Path(tmp) / "onnx", int8=True)
         int8 = DBetaOnnxModel.from_pretrained(onnx_dir, int8=True)
+        made_from = int8.manifest.get("source_weights")
+        if made_from != source_fingerprint(model):  # another model's graphs: their drift is not int8's cost
+            parser.exit(2, f"error: {onnx_dir} was not exported from {args.model} ("
+                           + ("its manifest records other source weights" if made_from else
+                              "its manifest records no source weights: exported before 2026-12-03")
+                           + "); re-run python -m train.export_onnx, or leave out --onnx\n")
         splits = {s: load_downstream("ptbxl", args.data_root, split=s, task=args.task)
                   for s in ("train", "val", "test")}
         feats = {"fp32": {}, "int8": {}}

@@ -150,8 +150,14 @@ class PTBXLDataset(ECGLabelDataset):
         folds = pd.to_numeric(db["strat_fold"], errors="coerce")
         keep_fold = folds.isin(PTBXL_SPLIT_FOLDS[split])
         ids, label_sets, files, fold_list = [], [], [], []
+        known = set(statements.index)
         for ecg_id, row in db[keep_fold].iterrows():
             codes = parse_scp_codes(row["scp_codes"], ecg_id)
+            unknown = sorted(str(c) for c in codes if c not in known)
+            if unknown:  # "AFIB " or "sr" would be passed over: the record dropped, or a class turned negative
+                raise ValueError(f"PTB-XL: {root / 'ptbxl_database.csv'}: ecg_id {ecg_id}: scp_codes "
+                                 f"{', '.join(map(repr, unknown))} not in scp_statements.csv (its codes are "
+                                 "spelt exactly, in capitals)")
             names = {code_map[c] for c in codes if c in code_map}
             if not names:
                 continue

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from train.folders import write_text
+from train.folders import write_file, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,14 +64,15 @@ def write_window_table(result: dict, path) -> Path:
     if path.suffix.lower() != ".csv":
         write_text(path, json.dumps(result, indent=1))
         return path
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*TABLE_COLUMNS[:2], *labels, TABLE_COLUMNS[2]])
-        for w in result["windows"]:
-            scores = {d["label"]: d["score"] for d in (w["scores"] or [])}
-            writer.writerow([f"{w['start']:g}", f"{w['end']:g}",
-                             *(f"{scores[label]:.6f}" if label in scores else "" for label in labels),
-                             w.get("error", "")])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow([*TABLE_COLUMNS[:2], *labels, TABLE_COLUMNS[2]])
+    for w in result["windows"]:
+        scores = {d["label"]: d["score"] for d in (w["scores"] or [])}
+        writer.writerow([f"{w['start']:g}", f"{w['end']:g}",
+                         *(f"{scores[label]:.6f}" if label in scores else "" for label in labels),
+                         w.get("error", "")])
+    write_file(path, lambda tmp: tmp.write_text(table.getvalue(), newline=""))
     return path
 
 
@@ -137,8 +139,11 @@ def record_argument(path, sampling_rate=None, lead_names=None):
     """What a CLI's --record names, as the pipeline takes it: a file path as is, a .npy array [leads, samples] as a
     record dict with its --sampling-rate and --lead-names."""
     if str(path).endswith(".npy"):
-        return {"signal": np.load(path, allow_pickle=False), "sampling_rate": sampling_rate,
-                "lead_names": lead_names, "record_id": str(path)}
+        try:
+            signal = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:  # missing, truncated, or an object array (pickles are never read)
+            raise ValueError(f"--record {path}: not a readable .npy array ({err})") from None
+        return {"signal": signal, "sampling_rate": sampling_rate, "lead_names": lead_names, "record_id": str(path)}
     return path
 
 
@@ -157,8 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             check_table_labels(args.labels)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
-    record = record_argument(args.record, args.sampling_rate, args.lead_names)
     try:
+        record = record_argument(args.record, args.sampling_rate, args.lead_names)
         pipe = load_pipeline(args.model, args.remote_code)
         result = pipe(record, candidate_labels=args.labels, window_seconds=args.window_seconds,
                       stride_seconds=args.stride_seconds, aggregate=args.aggregate, multi_label=args.multi_label,

@@ -143,3 +143,14 @@ def test_a_missing_report_is_skipped_by_retrieval_not_read_as_none(tmp_path):
                        "ecg": np.zeros((3, 12, 10), dtype=np.float32)}).save_to_disk(str(tmp_path / "ds"))
     data = ArrowReports(tmp_path / "ds")
     assert data.reports == ["sinus rhythm", "atrial fibrillation"] and data.record_ids == ["1", "3"]
+
+
+def test_a_damaged_config_json_is_named_not_reported_as_a_missing_processor(tiny_model, tmp_path):
+    """AutoTokenizer reads config.json: truncated, the error said "no D-BETA processor (processor_config.json +
+    tokenizer files) found", which both were (helper)."""
+    from eval.features import load_processor
+
+    copy = shutil.copytree(tiny_model, tmp_path / "model")
+    (copy / "config.json").write_text((copy / "config.json").read_text()[:50])
+    with pytest.raises(ValueError, match=r"config\.json: not readable JSON \(JSONDecodeError"):
+        load_processor(str(copy))

@@ -221,6 +221,27 @@ def test_missing_or_replaced_graph_is_refused_naming_the_file(folders, tmp_path)
     with pytest.raises(FileNotFoundError, match=f"{MANIFEST} not found"):
         DBetaOnnxModel.from_pretrained(folders[0])
 
+    # a damaged or edited manifest was a bare KeyError or AttributeError (helper)
+    def no_sha(m):
+        del m["graphs"]["ecg"]["sha256"]
+
+    def no_width(m):
+        del m["hidden_size"]
+
+    def graph_list(m):
+        m["graphs"] = list(m["graphs"])
+
+    for n, (edit, message) in enumerate(((no_sha, "graphs.ecg must have a string file and sha256"),
+                                         (no_width, "hidden_size must be a positive integer"),
+                                         (graph_list, "graphs must be an object"),
+                                         (lambda m: None, "expected a JSON object, got a list"))):
+        damaged = copy_folder(out, tmp_path / f"damaged{n}")
+        manifest = json.loads((damaged / MANIFEST).read_text())
+        edit(manifest)
+        (damaged / MANIFEST).write_text(json.dumps([manifest] if n == 3 else manifest))
+        with pytest.raises(OnnxFolderError, match=message):
+            DBetaOnnxModel.from_pretrained(damaged)
+
 
 def test_a_graph_that_differs_from_torch_is_not_published(folders, tmp_path, monkeypatch):
     model_dir, _ = folders
@@ -340,3 +361,23 @@ def test_misspelt_or_unsupported_keywords_are_refused(folders):
     with pytest.raises(TypeError, match="memory_format"):
         onnx_model.to("cpu", memory_format=torch.channels_last)
     assert onnx_model.to("cpu", torch.float32) is onnx_model
+
+
+def test_int8_quality_refuses_an_onnx_folder_of_other_weights(folders, torch_model, tmp_path, capsys):
+    """eval.int8_quality --onnx took a folder exported before the model changed and reported the drift between the
+    two models as int8's cost (helper: minimum cosine 0.9906 against 0.99869). The manifest records its source."""
+    from safetensors.torch import load_file, save_file
+
+    from eval.int8_quality import main as int8_quality
+    from train.export_onnx import source_fingerprint
+
+    model_dir, out = folders
+    assert json.loads((out / MANIFEST).read_text())["source_weights"] == source_fingerprint(torch_model)
+    changed = copy_folder(model_dir, tmp_path / "changed")
+    state = load_file(changed / "model.safetensors")
+    state["ecg_projection.weight"] = state["ecg_projection.weight"] * 1.05
+    save_file(state, changed / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SystemExit) as stop:
+        int8_quality(["--model", str(changed), "--onnx", str(out), "--data-root", str(tmp_path / "unread")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"{out} was not exported from {changed}" in err, err

@@ -13,7 +13,7 @@ import torch
 
 from dbeta.modeling_dbeta import DBetaModel
 from dbeta.pipeline_dbeta import PromptSet, extract_features, load_prompt_set, looks_like_code
-from dbeta.processing_dbeta import read_ecg_file
+from dbeta.processing_dbeta import STANDARD_LEADS, read_ecg_file
 from tests.test_remote_code import fresh_python
 from tests.tiny import ecg_batch, tiny_config, tiny_t5_text_config, train_t5_tokenizer
 from train.export import ROOT, build_processor, export_model
@@ -209,6 +209,18 @@ def test_extract_features_matches_the_model(exported):
                                                            "lead_names": ["I", "II"]})
     with pytest.warns(UserWarning, match="3.00 s of signal, zero-padded"):
         extract_features(e["model"], e["processor"], ecgs=signal[:, :1500], sampling_rate=500)
+    # a long NaN stretch is bridged by a line, which reads as missing beats too (a 4 s gap moved SBRAD from
+    # 0.007 to 0.53 without a word, helper); a short dropout is not worth a warning
+    gap = signal.astype(np.float32).copy()
+    gap[1, 1000:3000] = np.nan
+    with pytest.warns(UserWarning, match=r"lead\(s\) II \(40%\) of NaN/inf samples, bridged"):
+        extract_features(e["model"], e["processor"], ecgs={"signal": gap, "sampling_rate": 500,
+                                                           "lead_names": [n.lower() for n in STANDARD_LEADS]})
+    gap[1, 1000:3000] = signal[1, 1000:3000]
+    gap[1, 1000:1100] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        extract_features(e["model"], e["processor"], ecgs=gap, sampling_rate=500)
 
 
 def test_prompt_set_resolution():

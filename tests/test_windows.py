@@ -205,6 +205,21 @@ def test_cli_outputs_never_replace_the_record_the_model_or_each_other(pipe, tmp_
             main(base + extra)
         assert stop.value.code == 2 and message in capsys.readouterr().err, extra
     assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "a.csv").exists()
+    # a .npy record missing, truncated or holding objects: numpy tracebacks, exit 1 (helper); now exit 2 naming it
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY")
+    from eval.explain import main as explain_main
+
+    for name in ("absent.npy", "objects.npy", "cut.npy"):
+        for cli in (main, explain_main):
+            argv = ["--model", str(out_dir), "--record", str(tmp_path / name), "--sampling-rate", "500",
+                    "--labels", *LABELS, "--output", str(tmp_path / ("w.csv" if cli is main else "w.png"))]
+            if cli is explain_main:
+                argv += ["--label", LABELS[0]]
+            with pytest.raises(SystemExit) as stop:
+                cli(argv)
+            err = capsys.readouterr().err
+            assert stop.value.code == 2 and f"--record {tmp_path / name}: not a readable .npy array" in err, err
 
 
 def test_window_benchmark_on_a_few_minutes(tmp_path):

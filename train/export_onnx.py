@@ -52,6 +52,18 @@ ECG_FILE, TEXT_FILE, ECG_INT8_FILE = "ecg_encoder.onnx", "text_encoder.onnx", "e
 OPTIMIZER_MODEL_TYPE = "clip"
 # The weights stay behind: the graphs hold them.
 SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx.data")
+# What the graphs do not compute: left out of the source weights' fingerprint, so a DBetaModel and a pretraining
+# model of the same weights fingerprint alike.
+NOT_IN_GRAPHS = ("mem_head.", "mlm_head.", "etm_head.", "fusion.", "fused_", "modality_type_embeddings.",
+                 "classifier.")
+
+
+def source_fingerprint(model) -> str:
+    """The fingerprint of the weights an ONNX folder's graphs were made from (recorded in its manifest as
+    `source_weights`), for checking that a folder is the ONNX form of a given model and not an older one."""
+    from eval.linear_probe import weights_fingerprint
+
+    return weights_fingerprint(model, skip_prefixes=NOT_IN_GRAPHS)
 SAMPLE_TEXTS = [
     "sinus rhythm. normal ecg.",
     "atrial fibrillation with rapid ventricular response. abnormal ecg.",
@@ -261,6 +273,7 @@ def _write_folder(model_dir: Path, out: Path, int8: bool, tolerance: float, mode
         "num_leads": config.ecg_config.num_leads,
         "num_samples": int(ecg.shape[-1]),
         "hidden_size": config.hidden_size,
+        "source_weights": source_fingerprint(model),
         "ets_mode": config.ets_mode,
         "logit_scale": model.logit_scale.item() if config.ets_mode == "learnable" else None,
         "logit_bias": model.logit_bias.item() if config.ets_mode == "learnable" else None,
