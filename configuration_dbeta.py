@@ -116,9 +116,10 @@ class DBetaECGConfig(PretrainedConfig):
     (16 by default: 5000 samples -> 312 tokens of 32 ms). `num_samples`: the input length the model was trained
     on (an export records its processor's, 5000: 10 s at 500 Hz); an input of another length, such as a raw
     1000 Hz array that bypassed the processor, is refused. None: any length (the layers allow it).
-    `sampling_rate` and `lead_names`: the rate and lead order of that input, recorded by an export from its
-    processor; a processor set to another rate or order is refused where model and processor meet (the
-    pipelines, the evaluations). None: not recorded (exports written before 2026-12-03), not checked.
+    `sampling_rate` and `lead_names`: the rate and lead order of that input, and `keep_samples` the cut a
+    classifier was fine-tuned on (None: none), recorded by an export from its processor; a processor set
+    otherwise is refused where model and processor meet (the pipelines, the evaluations). `sampling_rate` None:
+    not recorded (exports written before 2026-12-03), not checked.
     """
 
     model_type = "dbeta_ecg"
@@ -144,6 +145,7 @@ class DBetaECGConfig(PretrainedConfig):
         num_samples: Optional[int] = None,
         sampling_rate: Optional[float] = None,
         lead_names: Optional[list] = None,
+        keep_samples: Optional[int] = None,
         **kwargs,
     ):
         _refuse_misspelt(DBetaECGConfig, kwargs)
@@ -157,6 +159,7 @@ class DBetaECGConfig(PretrainedConfig):
         self.num_samples = num_samples
         self.sampling_rate = sampling_rate
         self.lead_names = list(lead_names) if lead_names is not None else None
+        self.keep_samples = keep_samples
         self.num_leads = num_leads
         self.conv_layers = [list(layer) for layer in conv_layers]
         self.conv_bias = conv_bias

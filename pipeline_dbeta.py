@@ -415,6 +415,7 @@ def extract_features(model, processor, ecgs=None, texts: Optional[Sequence[str]]
     out: Dict[str, np.ndarray] = {}
     with eval_mode(model):
         if ecgs is not None:
+            processor.feature_extractor.check_model_input(model.config.ecg_config, _model_name(model))
             out["ecg"] = ecg_features(model, processor, ecgs, sampling_rate, lead_names, batch_size)
         if texts is not None:
             out["text"] = text_features(model, processor, [texts] if isinstance(texts, str) else list(texts),
@@ -494,10 +495,15 @@ class _ECGPipeline(Pipeline):
         """{"ecg_values" [1, leads, samples], "lead_mask" [1, 12]} of one input (an `_Item` of a list, or bare)."""
         index = inputs.index if isinstance(inputs, _Item) else None
         item = inputs.value if isinstance(inputs, _Item) else inputs
-        self.processor.feature_extractor.check_model_input(self.model.config.ecg_config, _model_name(self.model))
+        self._check_processor()
         record = _read_input(item, index, sampling_rate, lead_names)
         values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True)
         return {"ecg_values": values, "lead_mask": mask}
+
+    def _check_processor(self) -> None:
+        """Every scoring path (plain, windows, explain) first: the processor conditions records as the model
+        was trained (DBetaFeatureExtractor.check_model_input)."""
+        self.processor.feature_extractor.check_model_input(self.model.config.ecg_config, _model_name(self.model))
 
     def _ranked(self, labels: Sequence[str], scores: Sequence[float], top_k=None, return_leads=False,
                 lead_mask=None):
@@ -589,7 +595,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         # them ("normal ECG", "normal  ecg" and "nórmal ecg" may all be the same token ids), and by the class's
         # name too: with descriptions, "AFIB" (name + description) and "atrial fibrillation" differ as texts.
         names = prompt_set.texts(labels, dataset, "name", warn=False)
-        for compared in (texts, names):
+        typed = [(label.strip().casefold(),) for label in labels]  # "AFIB" and "afib": one class typed twice
+        for compared in (typed, texts, names):
             first = {}
             for label, text in zip(labels, compared):
                 seen = tuple(self.processor.text_keys(list(text[:1])))
@@ -716,6 +723,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         order of candidate_labels), "aggregate": [{"label", "score"}, ...] (highest first), "aggregate_rule",
         "leads" (the leads used), "duration" (s), "window_seconds", "stride_seconds", "n_windows_scored",
         "unscored_seconds" (seconds in no window: gaps when the stride is longer than the window)}."""
+        self._check_processor()
         fe = self.processor.feature_extractor
         model_seconds = kept_seconds(fe)
         window_seconds = model_seconds if window_seconds is None else _seconds("window_seconds", window_seconds)
@@ -821,6 +829,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         (`convergence_delta` is the gap left by the numerical integral). Returns
         {"scores": [...] (as the pipeline), "leads": [the leads used], "explanation": see
         `attribute_zero_shot`}."""
+        self._check_processor()
         if not isinstance(self.model, torch.nn.Module):  # an ONNX Runtime graph has no gradients to integrate
             raise TypeError(f"explain=True needs the torch model (DBetaModel), not {type(self.model).__name__}: "
                             "load the folder with AutoModel.from_pretrained for attributions")

@@ -726,9 +726,13 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                   "lead_names": getattr(ecg_config, "lead_names", None),
                   "num_samples": getattr(ecg_config, "num_samples", None)}
         have = {"sampling_rate": float(self.sampling_rate), "lead_names": [str(n) for n in self.lead_names],
-                "num_samples": int(self.num_samples)}
+                "num_samples": int(self.num_samples), "keep_samples": self.keep_samples}
         changed = [f"{key} {have[key]!r} where the model's is {value!r}" for key, value in wanted.items()
                    if value is not None and (list(value) if key == "lead_names" else value) != have[key]]
+        recorded = wanted["sampling_rate"] is not None  # exports that record the rate record the cut too (None: none)
+        if recorded and getattr(ecg_config, "keep_samples", None) != self.keep_samples:
+            changed.append(f"keep_samples {self.keep_samples!r} where the model's is "
+                           f"{getattr(ecg_config, 'keep_samples', None)!r} (the cut it was fine-tuned on)")
         if changed:
             raise ValueError(
                 f"{model_name}: its processor conditions records differently from the input the model was trained "

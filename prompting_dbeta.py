@@ -5,9 +5,10 @@ becomes text by `PromptSet.resolve(label, dataset=None, style=...)`, in this ord
   1. with `dataset=` (a dataset or label-set name: "ptbxl", "ptbxl_super", "cpsc2018"/"icbeb", "csn"/"chapman",
      "physionet2021"/"cinc2021", "code_test"), that dataset's own spellings (`dataset_aliases`, case-insensitive;
      CSN's "AF" is atrial flutter); an unknown dataset name is an error;
-  2. a prompt key spelled exactly, then ignoring case ("afib", "Afib");
-  3. for a code-like label only (no whitespace, code characters, a capital or a digit: "1dAVb"): a code-like
-     alias (`aliases` entries without spaces, ignoring case).
+  2. a prompt key spelled exactly;
+  3. for a code-like label only (no whitespace, code characters, a capital or a digit: "Afib", "1dAVb"): a key
+     ignoring case, then a code-like alias (`aliases` entries without spaces, ignoring case). A lower-case word
+     stays free text ("st" may mean the ST segment, "lad" the artery).
 Anything else is free text, encoded as written; a code-like label that matches nothing is used as text with a
 warning naming close known codes. `style="description"` encodes the whole entry, `"name"` its first sentence;
 the default is the checkpoint's `config.zero_shot_prompt_style` (`prompt_style_for`).
@@ -174,11 +175,10 @@ class PromptSet:
                 return key
         if name in self.prompts:
             return name
-        # A known code in any case is that code: "afib" beside "AFIB" read as free text split the class's share.
-        if _CODE_RE.fullmatch(name) and name.casefold() in self._by_fold:
-            return self._by_fold[name.casefold()]
         if not looks_like_code(name):
             return None
+        if name.casefold() in self._by_fold:
+            return self._by_fold[name.casefold()]
         code_aliases = {k: v for k, v in self.aliases.items() if not any(ch.isspace() for ch in k)}
         return self._alias_target(code_aliases, name)
 

@@ -630,6 +630,7 @@ def run_probe(model: str, dataset: str, data_root, task: Optional[str] = None,
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = load_encoder(model, random_init=random_init, init_seed=init_seed).to(device)
     fe = load_feature_extractor(model)
+    fe.check_model_input(encoder.config.ecg_config, str(model))
     fingerprint = weights_fingerprint(encoder)
     protocol_n = resolve_protocol_num_samples(datasets["train"], protocol_num_samples, fe)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]

@@ -575,12 +575,13 @@ def test_a_processor_set_to_another_rate_or_lead_order_than_the_model_was_traine
     its lead order, then saving it with the model, fed the model another signal: the top label changed on every
     record with no word (helper). An export records its processor's input; where model and processor meet, a
     processor that disagrees is refused. An export written before (no record) is not checked."""
-    from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline
+    from dbeta.pipeline_dbeta import ZeroShotECGClassificationPipeline, extract_features
     from eval.features import load_model_and_processor
 
     ecg_config = json.loads((pre_export / "config.json").read_text())["ecg_config"]
     assert ecg_config["sampling_rate"] == 500.0 and ecg_config["num_samples"] == 5000
     assert ecg_config["lead_names"][:3] == ["I", "II", "III"] and len(ecg_config["lead_names"]) == 12
+    assert "keep_samples" in ecg_config and ecg_config["keep_samples"] is None
     model, processor = load_model_and_processor(str(pre_export))
     record = ecg_batch(1)[0].numpy()
     pipe = ZeroShotECGClassificationPipeline(model=model, processor=processor)
@@ -588,9 +589,18 @@ def test_a_processor_set_to_another_rate_or_lead_order_than_the_model_was_traine
 
     fe = processor.feature_extractor
     fe.sampling_rate = 1000
-    with pytest.raises(ValueError, match=r"sampling_rate 1000\.0 where the model's is 500\.0"):
-        pipe(record, sampling_rate=500, candidate_labels=["AFIB", "NORM"])
+    # every scoring path: plain, windows, explain, extract_features (the last three passed unchecked, helper)
+    for call in (lambda: pipe(record, sampling_rate=500, candidate_labels=["AFIB", "NORM"]),
+                 lambda: pipe(record, sampling_rate=500, candidate_labels=["AFIB", "NORM"], window_seconds=5),
+                 lambda: pipe(record, sampling_rate=500, candidate_labels=["AFIB", "NORM"], explain=True),
+                 lambda: extract_features(model, processor, ecgs=record, sampling_rate=500)):
+        with pytest.raises(ValueError, match=r"sampling_rate 1000\.0 where the model's is 500\.0"):
+            call()
     fe.sampling_rate = 500
+    fe.keep_samples = 2500  # a fine-tuning cut the model was not trained with (nor the reverse)
+    with pytest.raises(ValueError, match=r"keep_samples 2500 where the model's is None"):
+        pipe(record, sampling_rate=500, candidate_labels=["AFIB", "NORM"])
+    fe.keep_samples = None
     swapped = list(fe.lead_names)
     swapped[4], swapped[5] = swapped[5], swapped[4]
     fe.lead_names = swapped

@@ -225,9 +225,9 @@ def test_extract_features_matches_the_model(exported):
 
 def test_prompt_set_resolution():
     ps = load_prompt_set(prompts=ROOT / "prompts_dbeta.json")
-    # a known code in any case ("afib" read as the free text "afib" split AFIB's share beside it, helper)
-    assert ps.key_for("AFIB") == "AFIB" and ps.key_for("Afib") == "AFIB" and ps.key_for("afib") == "AFIB"
-    assert ps.key_for("afibb") is None  # a lower-case word that is no known code stays free text
+    assert ps.key_for("AFIB") == "AFIB" and ps.key_for("Afib") == "AFIB" and ps.key_for("afib") is None
+    # lower-case words stay free text: "st" may mean the ST segment, "lad" the artery (helper)
+    assert ps.key_for("st") is None and ps.key_for("lad") is None
     assert ps.key_for("1dAVb") == "1AVB"  # code-like alias
     assert ps.key_for("atrial fibrillation") is None  # free text stays free text
     assert ps.key_for("normal") is None  # lower-case words are not codes

@@ -286,6 +286,7 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
         ecg_config.num_samples = int(fe.num_samples)
         ecg_config.sampling_rate = float(fe.sampling_rate)
         ecg_config.lead_names = [str(name) for name in fe.lead_names]
+        ecg_config.keep_samples = int(fe.keep_samples) if fe.keep_samples is not None else None
     if not is_main_process:  # data-parallel ranks hold the same weights: the main process writes them
         return out
     staging = staging_folder(out)
