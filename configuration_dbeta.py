@@ -86,7 +86,9 @@ def _refuse_misspelt(cls, kwargs: dict) -> None:
            if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
     common = _common_config_keys()
     for key in kwargs:
-        close = [] if key in common else difflib.get_close_matches(key, own, n=1, cutoff=0.85)
+        close = [] if key in common else difflib.get_close_matches(key, own, n=1, cutoff=0.85) or [
+            # a setting's short name ("prompt_style", the pipeline keyword, for zero_shot_prompt_style)
+            name for name in own if len(key) >= 6 and name.endswith("_" + key)][:1]
         if close:
             raise TypeError(f"{cls.__name__}: unknown setting {key!r} (did you mean {close[0]!r}?); "
                             f"its settings: {', '.join(own)}")

@@ -746,6 +746,9 @@ def test_a_misspelt_config_setting_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(TypeError, match="ets_mod"):
         DBetaConfig.from_pretrained(tmp_path)
+    # a setting under its short name, the pipeline keyword's: zero-shot fell back to description prompts (helper)
+    with pytest.raises(TypeError, match=r"'prompt_style' \(did you mean 'zero_shot_prompt_style'\?\)"):
+        DBetaConfig(prompt_style="name")
 
 
 def test_settings_given_to_from_pretrained_are_checked_like_the_config_s_own(config, tmp_path):
