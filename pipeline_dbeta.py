@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import types
 import weakref
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -489,6 +490,8 @@ class _ECGPipeline(Pipeline):
             if not inputs:
                 return []
             inputs = [_Item(i, x) for i, x in enumerate(inputs)]
+        elif isinstance(inputs, types.GeneratorType):  # streamed: numbered as they come, as a list's items are
+            inputs = (_Item(i, x) for i, x in enumerate(inputs))
         return super().__call__(inputs, **kwargs)
 
     def _ecg_inputs(self, inputs, sampling_rate=None, lead_names=None, leads=None) -> dict:

@@ -442,6 +442,11 @@ def test_a_bad_input_in_a_list_is_named_by_its_position(exported, tmp_path):
         pipe([signal, str(tmp_path / "missing.hea")], sampling_rate=500, candidate_labels=LABELS)
     with pytest.raises(ValueError, match=r"^input 1: flat signal"):
         extract_features(e["model"], e["processor"], ecgs=[signal, np.zeros_like(signal)], sampling_rate=500)
+    # streamed from a generator, the items are numbered too (the error read "ecg: ...", helper)
+    streamed = iter(pipe((x for x in (signal, signal[:8])), sampling_rate=500, candidate_labels=LABELS))
+    assert len(next(streamed)) == len(LABELS)
+    with pytest.raises(ValueError, match=r"^input 1: expected 12 leads"):
+        next(streamed)
 
 
 def test_the_prompting_module_is_remote_code_by_the_import_rule():
