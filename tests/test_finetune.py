@@ -808,6 +808,14 @@ def test_a_protocol_cut_travels_with_the_export(setup, tmp_path):
     saved = json.loads((export / "processor_config.json").read_text())["feature_extractor"]
     assert saved["keep_samples"] == 500 and done["protocol_num_samples"] == 500
     assert "the first 5 s of each record (500 samples: the cut it was fine-tuned on)" in (export / "README.md").read_text()
+    # the cut is recorded with the model too, in the export and in Trainer's checkpoints (classifier folders as
+    # well): their processors fit their configs
+    from dbeta.configuration_dbeta import DBetaConfig
+
+    for folder in (export, *ft.checkpoint_folders(tmp_path / "run")):
+        assert DBetaConfig.from_pretrained(folder).ecg_config.keep_samples == 500, folder
+        ft.load_processor(str(folder)).feature_extractor.check_model_input(
+            DBetaConfig.from_pretrained(folder).ecg_config, str(folder))
     pipe = pipeline("ecg-classification", model=str(export), trust_remote_code=True)
     record = (torch.randn(12, 1000) * 0.3).numpy()
     with warnings.catch_warnings():

@@ -141,6 +141,17 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FEATURE_SHAPE = re.compile(r"\[(\w+), 768\]")
 
 
+def record_model_input(model, processor) -> None:
+    """The input the model is trained on, in its config (`ecg_config`: length, rate, lead order and a fine-tuning
+    cut, from the processor), so that a raw array of another length, or a processor set otherwise, is refused
+    where model and processor meet (DBetaFeatureExtractor.check_model_input)."""
+    fe, ecg_config = processor.feature_extractor, model.config.ecg_config
+    ecg_config.num_samples = int(fe.num_samples)
+    ecg_config.sampling_rate = float(fe.sampling_rate)
+    ecg_config.lead_names = [str(name) for name in fe.lead_names]
+    ecg_config.keep_samples = int(fe.keep_samples) if fe.keep_samples is not None else None
+
+
 def scrub_local_paths(text: str) -> str:
     """`text` with every absolute local path replaced by its last component ("/home/me/data/mimic" -> "mimic")."""
     return _LOCAL_PATH.sub(lambda m: Path(m.group(0).rstrip("/\\").replace("\\", "/")).name or "/", str(text))
@@ -281,12 +292,8 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
     out = check_export_target(output_dir)
     model.config.auto_map = dict(AUTO_MAP)
     model.config.custom_pipelines = custom_pipelines_for(model)
-    if processor is not None:  # the input it was trained on: a raw array of another length, or a processor
-        fe, ecg_config = processor.feature_extractor, model.config.ecg_config  # set to another rate, is refused
-        ecg_config.num_samples = int(fe.num_samples)
-        ecg_config.sampling_rate = float(fe.sampling_rate)
-        ecg_config.lead_names = [str(name) for name in fe.lead_names]
-        ecg_config.keep_samples = int(fe.keep_samples) if fe.keep_samples is not None else None
+    if processor is not None:
+        record_model_input(model, processor)
     if not is_main_process:  # data-parallel ranks hold the same weights: the main process writes them
         return out
     staging = staging_folder(out)

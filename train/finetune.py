@@ -58,7 +58,7 @@ from eval.features import (RecordError, check_skipped_records, condition_item, l
 from eval.metrics import NonFiniteScoresError, auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
-from train.export import ExportTargetError, check_export_target, check_run_folder, export_model
+from train.export import ExportTargetError, check_export_target, check_run_folder, export_model, record_model_input
 from train.finetune_settings import FinetuneSettings
 from train.folders import write_json
 from train.hub import push_export
@@ -390,6 +390,7 @@ def prepare(s: FinetuneSettings) -> dict:
         weights = auto_class_weights(y_train, s.model.max_class_weight)
     set_seed(s.seed)  # the new head's initialisation
     model = load_classifier(s.model.name_or_path, class_names, weights, s.model.classifier_dropout)
+    record_model_input(model, processor)  # Trainer's checkpoints are classifier folders too: their cut goes along
     datasets = {
         "train": ECGClassificationDataset(splits["train"], fe, protocol_n, random_crop=data.random_crop,
                                           indices=kept.get("train")),
