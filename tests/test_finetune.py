@@ -278,14 +278,19 @@ def _stopped_after_saving(monkeypatch, step: int) -> None:
     monkeypatch.setattr(ft, "build_trainer", stopping)
 
 
+def _killed_after_saving(argv, step: int, monkeypatch) -> None:
+    """ft.main(argv), stopped (as if killed) once its checkpoint of `step` is on disk."""
+    with monkeypatch.context() as stop:
+        _stopped_after_saving(stop, step)
+        with pytest.raises(KeyboardInterrupt):
+            ft.main(argv)
+
+
 def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = ft_args(setup, out, "--epochs", "2", "--batch-size", "17", "--lr", "1e-3", "--logging-steps", "1",
                    "--class-weights", "auto")
-    with monkeypatch.context() as stop:
-        _stopped_after_saving(stop, 2)
-        with pytest.raises(KeyboardInterrupt):
-            ft.main(argv)
+    _killed_after_saving(argv, 2, monkeypatch)
     assert (out / "checkpoint-2" / "model.safetensors").is_file() and not (out / "results.json").exists()
     assert (out / "checkpoint-2" / "processor_config.json").is_file()  # processing_class is saved
     # a Trainer checkpoint is a classifier folder too: it names only the classifier's pipeline
@@ -438,10 +443,7 @@ def test_a_resume_whose_best_checkpoint_is_damaged_finishes_on_the_best_saved_si
     out = tmp_path / "run"
     argv = ft_args(setup, out, "--epochs", "4", "--batch-size", "17", "--lr", "0", "--early-stopping-patience", "0",
                    "--class-weights", "none")
-    with monkeypatch.context() as stop:
-        _stopped_after_saving(stop, 4)
-        with pytest.raises(KeyboardInterrupt):
-            ft.main(argv)
+    _killed_after_saving(argv, 4, monkeypatch)
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"].endswith("checkpoint-2")  # lr 0: no later score beats the first
     weights = out / "checkpoint-2" / "model.safetensors"
