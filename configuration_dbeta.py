@@ -78,6 +78,11 @@ def _check_types(cls, values: dict) -> None:
                          f"positive integers, got {layers!r}")
 
 
+# A setting written under the name its pipeline keyword has: kept aside as an extra key, zero-shot fell back to
+# description prompts. (Not every key that ends a setting's name: transformers itself sets `layer_norm_eps`.)
+_SHORT_NAMES = {"prompt_style": "zero_shot_prompt_style"}
+
+
 def _refuse_misspelt(cls, kwargs: dict) -> None:
     """PretrainedConfig keeps any extra key (config.json carries extras such as `custom_pipelines`), so a misspelt
     setting (`fusion_num_head=4`) would be kept aside and the default used. An extra key that transformers does not
@@ -86,9 +91,8 @@ def _refuse_misspelt(cls, kwargs: dict) -> None:
            if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
     common = _common_config_keys()
     for key in kwargs:
-        close = [] if key in common else difflib.get_close_matches(key, own, n=1, cutoff=0.85) or [
-            # a setting's short name ("prompt_style", the pipeline keyword, for zero_shot_prompt_style)
-            name for name in own if len(key) >= 6 and name.endswith("_" + key)][:1]
+        close = [] if key in common else ([_SHORT_NAMES[key]] if key in _SHORT_NAMES and _SHORT_NAMES[key] in own
+                                          else difflib.get_close_matches(key, own, n=1, cutoff=0.85))
         if close:
             raise TypeError(f"{cls.__name__}: unknown setting {key!r} (did you mean {close[0]!r}?); "
                             f"its settings: {', '.join(own)}")
