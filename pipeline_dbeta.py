@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .processing_dbeta import (canonical_lead_name, normalize_report, read_ecg_file, read_wfdb, resolve_leads,
+from .processing_dbeta import (normalize_report, read_ecg_file, read_wfdb, resolve_leads, standard_lead_name,
                                table_advice, tensor_to_numpy, wfdb_info)
 from .prompting_dbeta import (
     PROMPT_STYLES,
@@ -320,19 +320,12 @@ def _warn_repaired(processor, signal, lead_names, mask, where: str) -> None:
     names = list(lead_names) if lead_names is not None else list(fe.lead_names)
     used = {name for name, u in zip(fe.lead_names, np.asarray(mask).reshape(-1)) if u}
     share = (~np.isfinite(x)).mean(axis=-1)
-    bridged = [f"{_standard_name(name)} ({100 * part:.0f}%)" for name, part in zip(names, share)
-               if REPAIR_WARNING_SHARE < part < 1 and _standard_name(name) in used]
+    bridged = [f"{standard_lead_name(name)} ({100 * part:.0f}%)" for name, part in zip(names, share)
+               if REPAIR_WARNING_SHARE < part < 1 and standard_lead_name(name) in used]
     if bridged:
         warnings.warn(f"{where}: lead(s) {', '.join(bridged)} of NaN/inf samples, bridged (nan_policy="
                       f"{fe.nan_policy!r}): the bridged stretch has no beats, so rate-dependent scores shift; leave "
                       "such leads out (leads=[...]) or score the finite part", UserWarning, stacklevel=3)
-
-
-def _standard_name(name) -> Optional[str]:
-    try:
-        return canonical_lead_name(name)
-    except ValueError:  # an extra lead (Frank X, V4R) the processor drops
-        return None
 
 
 def kept_seconds(feature_extractor) -> float:

@@ -75,6 +75,15 @@ def canonical_lead_name(name: str) -> str:
     raise ValueError(f"unknown lead name {raw!r}; expected one of {', '.join(STANDARD_LEADS)}")
 
 
+def standard_lead_name(name) -> Optional[str]:
+    """The standard lead `name` spells (canonical_lead_name), or None for any other name (an extra lead the
+    processor drops, or an unknown one)."""
+    try:
+        return canonical_lead_name(name)
+    except ValueError:
+        return None
+
+
 def extra_lead_name(name: str) -> Optional[str]:
     """The canonical name of a known non-standard lead ("vx" -> "X", "V4R", "V7"), or None."""
     key = re.sub(r"\(.*?\)", "", str(name).strip())

@@ -30,7 +30,7 @@ import torch
 
 
 from dbeta.pipeline_dbeta import text_features as _text_features
-from dbeta.processing_dbeta import canonical_lead_name, resolve_leads
+from dbeta.processing_dbeta import resolve_leads, standard_lead_name
 
 
 __all__ = [
@@ -158,13 +158,7 @@ def condition_item(feature_extractor, item: dict, protocol_num_samples: Optional
 
 def _standard_names(lead_names) -> set:
     """The standard leads a record's lead names name (known extra leads and other names left out)."""
-    named = set()
-    for name in lead_names:
-        try:
-            named.add(canonical_lead_name(name))
-        except ValueError:
-            pass
-    return named
+    return {lead for lead in map(standard_lead_name, lead_names) if lead is not None}
 
 
 class ProcessedRecords(torch.utils.data.Dataset):
