@@ -782,8 +782,11 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
     # a truncated config.json and a schedule holding objects were transformers' tracebacks (the object never ran)
     (checkpoint(20) / "config.json").write_text('{"model_ty')
     torch.save({"when": datetime.date(2020, 1, 1)}, checkpoint(22) / "scheduler.pt")
+    # a trainer_state.json without its step count was a bare KeyError after the choice
+    checkpoint(24, state='{"best_metric": 0.5}')
+    checkpoint(26, state='[1]')
     (tmp_path / "checkpoint-x").mkdir()  # not Trainer's
-    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == [f"checkpoint-{n}" for n in range(2, 23, 2)]
+    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == [f"checkpoint-{n}" for n in range(2, 27, 2)]
     assert zipfile.is_zipfile(tmp_path / "checkpoint-2" / "optimizer.pt")
     with caplog.at_level("WARNING", logger=ft.logger.name):
         assert ft.find_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
@@ -792,7 +795,8 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
                          (10, "model.safetensors does not read"), (12, "optimizer.pt is damaged"),
                          (14, "rng_state.pth is damaged"), (16, "no optimizer.pt: resumed, the optimizer"),
                          (18, "no scheduler.pt"), (20, "no readable config.json"),
-                         (22, "scheduler.pt does not load as plain weights (UnpicklingError)")):
+                         (22, "scheduler.pt does not load as plain weights (UnpicklingError)"),
+                         (24, "trainer_state.json has no step count"), (26, "trainer_state.json has no step count")):
         assert f"checkpoint-{step} cannot be resumed from ({reason}" in caplog.text, step
     assert ft.find_checkpoint(tmp_path / "absent") is None
 

@@ -201,7 +201,7 @@ def checkpoint_folders(output_dir: Path) -> List[Path]:
 
 def checkpoint_problem(path: Path) -> Optional[str]:
     """Why a Trainer checkpoint cannot be resumed from, or None: no readable trainer_state.json (Trainer writes it
-    last, so a stop while saving leaves none), weights that do not read or hold NaN/inf (resumed, they ended the
+    last, so a stop while saving leaves none) or one without its step count, weights that do not read or hold NaN/inf (resumed, they ended the
     run as "diverged, lower the LR"), a missing optimizer or scheduler file (copied without them: Trainer would
     restart both, silently), a damaged optimizer, scheduler or RNG file (torch zip archives), or an optimizer or
     scheduler file that does not load as plain weights (a pickle of objects: refused, never run)."""
@@ -210,9 +210,12 @@ def checkpoint_problem(path: Path) -> Optional[str]:
     from safetensors import safe_open
 
     try:
-        json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return "no readable trainer_state.json: the run stopped while saving it"
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:  # Trainer would count from 0 again
+        return "trainer_state.json has no step count (global_step)"
     try:
         json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as err:
