@@ -61,8 +61,8 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .processing_dbeta import (normalize_report, read_ecg_file, read_wfdb, resolve_leads, standard_lead_name,
-                               table_advice, tensor_to_numpy, wfdb_info)
+from .processing_dbeta import (NAN_POLICIES, normalize_report, read_ecg_file, read_wfdb, resolve_leads,
+                               standard_lead_name, table_advice, tensor_to_numpy, wfdb_info)
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
@@ -80,11 +80,11 @@ TASK = "zero-shot-ecg-classification"
 CLASSIFICATION_TASK = "ecg-classification"
 CALL_KEYWORDS = ("candidate_labels", "sampling_rate", "lead_names", "hypothesis_template", "multi_label", "dataset",
                  "prompts", "prompt_style", "prompt_members", "top_k", "batch_size", "num_workers", "leads",
-                 "return_leads")
+                 "return_leads", "nan_policy")
 WINDOW_KEYWORDS = ("window_seconds", "stride_seconds", "aggregate", "progress", "chunk_seconds")
 EXPLAIN_KEYWORDS = ("explain", "explain_label", "n_steps", "segment_seconds")
 CLASSIFY_KEYWORDS = ("sampling_rate", "lead_names", "leads", "return_leads", "top_k", "function_to_apply",
-                     "multi_label", "batch_size", "num_workers")
+                     "multi_label", "batch_size", "num_workers", "nan_policy")
 #: `function_to_apply=` of the classification pipeline (transformers' text-classification names).
 SCORE_FUNCTIONS = ("sigmoid", "softmax", "none")
 #: How per-window scores combine into a record's score (`aggregate=`).
@@ -262,7 +262,7 @@ def _read_input(item, index: Optional[int], sampling_rate=None, lead_names=None)
 
 
 def conditioned_ecg(processor, record: dict, index: Optional[int] = None, leads=None,
-                    return_lead_mask: bool = False):
+                    return_lead_mask: bool = False, nan_policy: Optional[str] = None):
     """The model input [1, leads, samples] of one record, conditioned by the processor's feature extractor
     (with `return_lead_mask=True`: (input, bool lead mask [1, 12]), the leads used; the others are zero). Warns
     when leads in use are absent or flat, or when the record is zero-padded to the model's length."""
@@ -271,10 +271,10 @@ def conditioned_ecg(processor, record: dict, index: Optional[int] = None, leads=
         raise ValueError(f"{where}: sampling_rate is required for an array input: pass sampling_rate=<Hz>")
     values, mask = processor.feature_extractor.condition(record["signal"], record["sampling_rate"],
                                                          record["lead_names"], where=where, leads=leads,
-                                                         return_lead_mask=True)
+                                                         return_lead_mask=True, nan_policy=nan_policy)
     _warn_missing_leads(processor, mask, where, leads)
     _warn_padded(processor, np.shape(record["signal"])[-1] / float(record["sampling_rate"]), where)
-    _warn_repaired(processor, record["signal"], record["lead_names"], mask, where)
+    _warn_repaired(processor, record["signal"], record["lead_names"], mask, where, nan_policy)
     values = torch.from_numpy(values)[None]
     return (values, torch.from_numpy(mask)[None]) if return_lead_mask else values
 
@@ -308,7 +308,7 @@ def _warn_padded(processor, seconds: float, where: str, what: str = "signal") ->
 REPAIR_WARNING_SHARE = 0.1
 
 
-def _warn_repaired(processor, signal, lead_names, mask, where: str) -> None:
+def _warn_repaired(processor, signal, lead_names, mask, where: str, nan_policy: Optional[str] = None) -> None:
     """Warn when a lead in use had a long NaN/inf stretch: `nan_policy` bridges it with a line (or zeros), which
     the model reads as beats that never came, as it reads padding (a 4 s gap: SBRAD 0.007 -> 0.53, helper)."""
     import warnings
@@ -324,7 +324,7 @@ def _warn_repaired(processor, signal, lead_names, mask, where: str) -> None:
                if REPAIR_WARNING_SHARE < part < 1 and standard_lead_name(name) in used]
     if bridged:
         warnings.warn(f"{where}: lead(s) {', '.join(bridged)} of NaN/inf samples, bridged (nan_policy="
-                      f"{fe.nan_policy!r}): the bridged stretch has no beats, so rate-dependent scores shift; leave "
+                      f"{nan_policy or fe.nan_policy!r}): the bridged stretch has no beats, so rate-dependent scores shift; leave "
                       "such leads out (leads=[...]) or score the finite part", UserWarning, stacklevel=3)
 
 
@@ -460,9 +460,14 @@ class _ECGPipeline(Pipeline):
     _load_image_processor = False
 
     @staticmethod
-    def _input_parameters(sampling_rate=None, lead_names=None, leads=None, return_leads=None, top_k=None):
+    def _input_parameters(sampling_rate=None, lead_names=None, leads=None, return_leads=None, top_k=None,
+                          nan_policy=None):
         """(preprocess, postprocess) options of the keywords both pipelines take, checked."""
         preprocess, post = {}, {}
+        if nan_policy is not None:  # the processor's per-call option, for this call only
+            if not isinstance(nan_policy, str) or nan_policy not in NAN_POLICIES:
+                raise ValueError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
+            preprocess["nan_policy"] = nan_policy
         if sampling_rate is not None:
             preprocess["sampling_rate"] = sampling_rate
         if lead_names is not None:
@@ -487,13 +492,14 @@ class _ECGPipeline(Pipeline):
             inputs = (_Item(i, x) for i, x in enumerate(inputs))
         return super().__call__(inputs, **kwargs)
 
-    def _ecg_inputs(self, inputs, sampling_rate=None, lead_names=None, leads=None) -> dict:
+    def _ecg_inputs(self, inputs, sampling_rate=None, lead_names=None, leads=None, nan_policy=None) -> dict:
         """{"ecg_values" [1, leads, samples], "lead_mask" [1, 12]} of one input (an `_Item` of a list, or bare)."""
         index = inputs.index if isinstance(inputs, _Item) else None
         item = inputs.value if isinstance(inputs, _Item) else inputs
         self._check_processor()
         record = _read_input(item, index, sampling_rate, lead_names)
-        values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True)
+        values, mask = conditioned_ecg(self.processor, record, index, leads=leads, return_lead_mask=True,
+                                       nan_policy=nan_policy)
         return {"ecg_values": values, "lead_mask": mask}
 
     def _check_processor(self) -> None:
@@ -522,8 +528,9 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
     hypothesis_template ("{}"), multi_label (False; True or False only), dataset (None; applies that dataset's code
     spellings), prompts (a prompt-set dict or JSON path overriding the model's), prompt_style ("description" |
     "name"; default the model config's zero_shot_prompt_style), prompt_members (False; True adds each member's
-    texts, with dataset="ptbxl_sub" or "ptbxl_super"), top_k (None = all), batch_size, num_workers.
-    Any other keyword is refused. A fine-tuned classifier (no text tower) is refused: it has
+    texts, with dataset="ptbxl_sub" or "ptbxl_super"), top_k (None = all), batch_size, num_workers, nan_policy
+    (the processor's, for this call: "zero" scores a lead with no finite sample as absent). Any other keyword is
+    refused. A fine-tuned classifier (no text tower) is refused: it has
     `ECGClassificationPipeline`."""
 
     def __init__(self, *args, **kwargs):
@@ -542,11 +549,12 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
 
     def _sanitize_parameters(self, sampling_rate=None, lead_names=None, candidate_labels=None,
                              hypothesis_template=None, multi_label=None, dataset=None, prompts=None, top_k=None,
-                             prompt_style=None, prompt_members=None, leads=None, return_leads=None, **kwargs):
+                             prompt_style=None, prompt_members=None, leads=None, return_leads=None, nan_policy=None,
+                             **kwargs):
         if kwargs:
             raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the pipeline takes "
                             f"{', '.join(CALL_KEYWORDS + WINDOW_KEYWORDS + EXPLAIN_KEYWORDS)}")
-        preprocess, post = self._input_parameters(sampling_rate, lead_names, leads, return_leads, top_k)
+        preprocess, post = self._input_parameters(sampling_rate, lead_names, leads, return_leads, top_k, nan_policy)
         if candidate_labels is not None:
             preprocess["candidate_labels"] = _labels_list(candidate_labels)
         if hypothesis_template is not None:
@@ -658,13 +666,13 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
 
     def preprocess(self, inputs, sampling_rate=None, lead_names=None, candidate_labels=None,
                    hypothesis_template="{}", dataset=None, prompts=None, prompt_style=None, prompt_members=False,
-                   leads=None):
+                   leads=None, nan_policy=None):
         model_inputs = {}
         if candidate_labels is not None:  # the labels travel with the record to _forward and postprocess
             model_inputs["candidate_labels"] = list(candidate_labels)
             model_inputs["label_texts"] = self.label_texts(candidate_labels, hypothesis_template, dataset, prompts,
                                                            prompt_style, prompt_members)
-        model_inputs.update(self._ecg_inputs(inputs, sampling_rate, lead_names, leads))
+        model_inputs.update(self._ecg_inputs(inputs, sampling_rate, lead_names, leads, nan_policy))
         return model_inputs
 
     def _forward(self, model_inputs):
@@ -735,6 +743,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         labels, texts, pre, post = self._labels_and_options(kwargs)
         multi_label, top_k = post.get("multi_label", False), post.get("top_k")
         source = _RecordSource(inputs, pre.get("sampling_rate"), pre.get("lead_names"))
+        if source.path is None:  # an array's layout before its length: [samples, leads] is no 0.02 s record
+            fe.check_layout(source.signal.shape, source.lead_names, source.name)
         rate = source.sampling_rate
         win, step = max(1, int(round(window_seconds * rate))), max(1, int(round(stride_seconds * rate)))
         spans = window_spans(source.num_samples, win, step, int(np.ceil(fe.min_duration * rate)))
@@ -777,7 +787,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
                         try:
                             values, mask = fe.condition(chunk[:, start - group[0][0]:end - group[0][0]], rate,
                                                         source.lead_names, where=where, leads=pre.get("leads"),
-                                                        return_lead_mask=True)
+                                                        return_lead_mask=True, nan_policy=pre.get("nan_policy"))
                         except ValueError as err:
                             row["scores"], row["error"] = None, str(err)
                             if bar is not None:
@@ -832,7 +842,8 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         labels, texts, pre, post = self._labels_and_options(kwargs)
         multi_label = post.get("multi_label", False)
         record = _read_input(inputs, None, pre.get("sampling_rate"), pre.get("lead_names"))
-        values, mask = conditioned_ecg(self.processor, record, None, leads=pre.get("leads"), return_lead_mask=True)
+        values, mask = conditioned_ecg(self.processor, record, None, leads=pre.get("leads"), return_lead_mask=True,
+                                       nan_policy=pre.get("nan_policy"))
         device = _model_device(self.model)
         values = values.to(device)
         label_feats = self._label_features(texts)
@@ -862,7 +873,7 @@ class ECGClassificationPipeline(_ECGPipeline):
     Scores follow `config.problem_type` as transformers' text-classification pipeline does: a sigmoid per class
     for "multi_label_classification" (or a single class), a softmax over the classes for
     "single_label_classification", the raw outputs for "regression". Call keywords: sampling_rate, lead_names,
-    leads, return_leads, top_k (None = every class), batch_size, num_workers, and one override:
+    leads, return_leads, top_k (None = every class), batch_size, num_workers, nan_policy, and one override:
     function_to_apply ("sigmoid" | "softmax" | "none") or multi_label (True = sigmoid, False = softmax).
     The inputs are the zero-shot pipeline's (see the module docstring). Any other keyword is refused; a model
     without a classification head is refused (it has `ZeroShotECGClassificationPipeline`)."""
@@ -885,11 +896,11 @@ class ECGClassificationPipeline(_ECGPipeline):
                 "trust_remote_code=True)")
 
     def _sanitize_parameters(self, sampling_rate=None, lead_names=None, leads=None, return_leads=None, top_k=None,
-                             function_to_apply=None, multi_label=None, **kwargs):
+                             function_to_apply=None, multi_label=None, nan_policy=None, **kwargs):
         if kwargs:
             raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the pipeline takes "
                             f"{', '.join(CLASSIFY_KEYWORDS)}")
-        preprocess, post = self._input_parameters(sampling_rate, lead_names, leads, return_leads, top_k)
+        preprocess, post = self._input_parameters(sampling_rate, lead_names, leads, return_leads, top_k, nan_policy)
         if function_to_apply is not None and multi_label is not None:
             raise TypeError("give function_to_apply or multi_label, not both")
         if function_to_apply is not None:
@@ -921,8 +932,8 @@ class ECGClassificationPipeline(_ECGPipeline):
                              f"{', '.join(wrong)}")
         return labels
 
-    def preprocess(self, inputs, sampling_rate=None, lead_names=None, leads=None):
-        model_inputs = self._ecg_inputs(inputs, sampling_rate, lead_names, leads)
+    def preprocess(self, inputs, sampling_rate=None, lead_names=None, leads=None, nan_policy=None):
+        model_inputs = self._ecg_inputs(inputs, sampling_rate, lead_names, leads, nan_policy)
         model_inputs["class_labels"] = self.class_labels()  # travels with the record to postprocess
         return model_inputs
 

@@ -926,22 +926,30 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             return list(lead_names)
         return [lead_names] * n
 
-    def _reorder_leads(self, x: np.ndarray, lead_names, where: str, missing_leads: str) -> tuple:
-        """(x in the standard order [12, samples] with zero rows for absent leads, bool mask of present leads)."""
+    def check_layout(self, shape, lead_names, where: str) -> None:
+        """Refuse a [leads, samples] shape whose rows are not the leads: 12 without `lead_names`, one per name
+        with them (a [samples, leads] array gets a hint to transpose)."""
+        rows, samples = int(shape[0]), int(shape[1])
         if lead_names is None:
-            if x.shape[0] != self.num_leads:
-                hint = " (it looks like [samples, leads]: pass ecg.T)" if x.shape[1] == self.num_leads else ""
+            if rows != self.num_leads:
+                hint = " (it looks like [samples, leads]: pass ecg.T)" if samples == self.num_leads else ""
                 raise ValueError(
                     f"{where}: expected {self.num_leads} leads ({', '.join(self.lead_names)}), "
-                    f"got {x.shape[0]} rows{hint}; for fewer leads pass lead_names= to say which they are"
+                    f"got {rows} rows{hint}; for fewer leads pass lead_names= to say which they are"
                 )
-            return x, np.ones(self.num_leads, dtype=bool)
+            return
         if isinstance(lead_names, str):
             raise ValueError(f"{where}: lead_names must be a list with one name per lead, got the string "
                              f"{lead_names!r}")
-        if len(lead_names) != x.shape[0]:
-            hint = " (it looks like [samples, leads]: pass ecg.T)" if len(lead_names) == x.shape[1] else ""
-            raise ValueError(f"{where}: {len(lead_names)} lead names for {x.shape[0]} leads (rows){hint}")
+        if len(lead_names) != rows:
+            hint = " (it looks like [samples, leads]: pass ecg.T)" if len(lead_names) == samples else ""
+            raise ValueError(f"{where}: {len(lead_names)} lead names for {rows} leads (rows){hint}")
+
+    def _reorder_leads(self, x: np.ndarray, lead_names, where: str, missing_leads: str) -> tuple:
+        """(x in the standard order [12, samples] with zero rows for absent leads, bool mask of present leads)."""
+        self.check_layout(x.shape, lead_names, where)
+        if lead_names is None:
+            return x, np.ones(self.num_leads, dtype=bool)
         unnamed = [i for i, name in enumerate(lead_names) if name is None or not str(name).strip()]
         if unnamed:  # a WFDB header whose signal lines carry no description
             raise ValueError(f"{where}: lead(s) at row(s) {', '.join(map(str, unnamed))} have no name (a WFDB header "

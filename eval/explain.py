@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from dbeta.processing_dbeta import NAN_POLICIES
 from train.folders import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--leads", nargs="+", default=None, help="a lead subset, e.g. I II (others zeroed)")
     parser.add_argument("--sampling-rate", type=float, default=None, help="for a .npy array")
     parser.add_argument("--lead-names", nargs="+", default=None, help="for a .npy array")
+    parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=None,
+                        help="NaN/inf samples: the processor's setting by default (interpolate); zero scores a lead "
+                             "with no finite sample as absent")
     parser.add_argument("--segment-seconds", type=float, default=0.5)
     parser.add_argument("--n-steps", type=int, default=32, help="integration steps of integrated gradients")
     parser.add_argument("--output", type=Path, required=True, help="PNG: the ECG tinted by attribution")
@@ -77,7 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         record = record_argument(args.record, args.sampling_rate, args.lead_names)
         pipe = load_pipeline(args.model, args.remote_code)
         result = pipe(record, candidate_labels=args.labels, explain=True, explain_label=args.label,
-                      leads=args.leads, segment_seconds=args.segment_seconds, n_steps=args.n_steps)
+                      leads=args.leads, segment_seconds=args.segment_seconds, n_steps=args.n_steps,
+                      nan_policy=args.nan_policy)
     except (ValueError, OSError, TypeError, ImportError) as err:
         parser.exit(2, f"error: {err}\n")
     plot_attribution(result["explanation"], args.output)

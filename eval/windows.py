@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from dbeta.processing_dbeta import NAN_POLICIES
 from train.folders import write_file, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--leads", nargs="+", default=None, help="a lead subset, e.g. I II (others zeroed)")
     parser.add_argument("--sampling-rate", type=float, default=None, help="for a .npy array")
     parser.add_argument("--lead-names", nargs="+", default=None, help="for a .npy array")
+    parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=None,
+                        help="NaN/inf samples: the processor's setting by default (interpolate); zero scores a lead "
+                             "with no finite sample as absent")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", type=Path, required=True, help=".csv (window table) or .json (everything)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the scores over time")
@@ -167,7 +171,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         pipe = load_pipeline(args.model, args.remote_code)
         result = pipe(record, candidate_labels=args.labels, window_seconds=args.window_seconds,
                       stride_seconds=args.stride_seconds, aggregate=args.aggregate, multi_label=args.multi_label,
-                      leads=args.leads, batch_size=args.batch_size, progress=not args.quiet)
+                      leads=args.leads, batch_size=args.batch_size, progress=not args.quiet,
+                      nan_policy=args.nan_policy)
     except (ValueError, OSError, TypeError) as err:
         parser.exit(2, f"error: {err}\n")
     write_window_table(result, args.output)

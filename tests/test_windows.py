@@ -145,6 +145,12 @@ def test_window_errors(pipe):
         pipe(signal[:, :500], window_seconds=10, **call)
     with pytest.raises(TypeError, match="window_second"):
         pipe(signal, window_second=10, **call)
+    # an array saved [samples, leads] was refused as "0.02 s of signal" (helper): its layout is named first
+    with pytest.raises(ValueError, match=r"got 10000 rows \(it looks like \[samples, leads\]: pass ecg.T\)"):
+        pipe(signal.T, window_seconds=10, **call)
+    with pytest.raises(ValueError, match=r"2 lead names for 10000 leads \(rows\) \(it looks like"):
+        pipe({"signal": signal[:2].T, "sampling_rate": 500, "lead_names": ["I", "II"]}, window_seconds=10,
+             candidate_labels=LABELS)
     with pytest.raises(ValueError, match="stride_seconds must be at most 1e7 seconds"):  # was an OverflowError
         pipe(signal, window_seconds=10, stride_seconds=1e308, **call)
     with pytest.warns(UserWarning, match="7.00 s of signal, zero-padded to the model's 10 s input"):
@@ -255,3 +261,49 @@ def test_stitched_record_for_the_demo(tmp_path):
     assert out["segments"][2]["start"] == 20.0
     with pytest.raises(ValueError, match="class 'XYZ' is not a rhythm class"):
         stitch_records(tmp_path / "ptbxl", tmp_path / "long2", classes=("XYZ",))
+
+
+def test_nan_policy_is_a_call_keyword_of_every_scoring_path_and_of_the_clis(pipe, tmp_path):
+    """A lead with no finite sample is refused with the advice nan_policy='zero', which no pipeline call and
+    neither CLI could pass: it is now a call keyword (this call only) and --nan-policy. Zeroed, the lead scores
+    as absent: the same scores as the record without it."""
+    from eval.explain import main as explain_main
+    from eval.windows import main as windows_main
+
+    signal = long_signal(10, seed=3).astype(np.float32)
+    dead = signal.copy()
+    dead[3] = np.nan
+    with pytest.raises(ValueError, match="lead aVR has no finite sample"):
+        pipe(dead, sampling_rate=500, candidate_labels=LABELS)
+    with pytest.warns(UserWarning, match="aVR"):
+        zeroed = pipe(dead, sampling_rate=500, candidate_labels=LABELS, nan_policy="zero")
+    keep = [i for i in range(12) if i != 3]
+    with pytest.warns(UserWarning, match="aVR"):
+        without = pipe({"signal": signal[keep], "sampling_rate": 500, "lead_names": [NAMES[i] for i in keep]},
+                       candidate_labels=LABELS)
+    assert [d["label"] for d in zeroed] == [d["label"] for d in without]
+    assert [d["score"] for d in zeroed] == pytest.approx([d["score"] for d in without], abs=1e-6)
+    with pytest.warns(UserWarning, match="aVR"):
+        windows = pipe.windows(dead, candidate_labels=LABELS, sampling_rate=500, nan_policy="zero", progress=False)
+    assert windows["n_windows_scored"] == 1 and "aVR" not in windows["leads"]
+    with pytest.raises(ValueError, match="nan_policy must be one of interpolate, zero, raise, got 'zeros'"):
+        pipe(dead, sampling_rate=500, candidate_labels=LABELS, nan_policy="zeros")
+    with pytest.raises(ValueError, match="NaN/inf samples"):  # this call only: the processor keeps its own
+        pipe(np.where(np.arange(5000) == 7, np.nan, signal), sampling_rate=500, candidate_labels=LABELS,
+             nan_policy="raise")
+    assert pipe.processor.feature_extractor.nan_policy == "interpolate"
+
+    model_dir = export_model(pipe.model, tmp_path / "model", processor=pipe.processor)
+    np.save(tmp_path / "dead.npy", dead)
+    common = ["--model", str(model_dir), "--record", str(tmp_path / "dead.npy"), "--sampling-rate", "500",
+              "--labels", *LABELS]
+    with pytest.raises(SystemExit) as stop:
+        windows_main([*common, "--output", str(tmp_path / "w.csv"), "--quiet"])
+    assert stop.value.code == 2
+    with pytest.warns(UserWarning, match="aVR"):
+        result = windows_main([*common, "--output", str(tmp_path / "w.csv"), "--quiet", "--nan-policy", "zero"])
+    assert result["aggregate"][0]["score"] == pytest.approx(zeroed[0]["score"], abs=1e-5)
+    with pytest.warns(UserWarning, match="aVR"):
+        explained = explain_main([*common, "--output", str(tmp_path / "e.png"), "--n-steps", "2",
+                                  "--nan-policy", "zero"])
+    assert "aVR" not in explained["leads"]
