@@ -835,3 +835,24 @@ def test_a_protocol_cut_travels_with_the_export(setup, tmp_path):
         ft.main(ft_args(setup, tmp_path / "crop", "--protocol-num-samples", "500", "--max-steps", "1",
                         "--random-crop"))
     assert exit_.value.code == 2 and not (tmp_path / "crop" / "checkpoint-1").exists()
+
+
+def test_damaged_base_weights_end_the_run_before_the_records_are_scanned(setup, tmp_path, monkeypatch, capsys):
+    """The base model was loaded after every record had been read and conditioned (minutes on a large dataset),
+    so truncated weights ended the run only then (helper): the model is now loaded first."""
+    import shutil
+
+    base = Path(shutil.copytree(setup["model"], tmp_path / "base"))
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+    def scanned(*args, **kwargs):
+        raise AssertionError("the records were scanned before the model was loaded")
+
+    monkeypatch.setattr(ft, "check_records", scanned)
+    args = ft_args(setup, tmp_path / "run")
+    args[args.index("--model") + 1] = str(base)
+    with pytest.raises(SystemExit) as stop:
+        ft.main(args)
+    assert stop.value.code == 2
+    assert "model.safetensors" in capsys.readouterr().err

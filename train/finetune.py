@@ -374,6 +374,13 @@ def prepare(s: FinetuneSettings) -> dict:
         raise ConfigError(f"data.random_crop with a protocol cut of {fe.keep_samples} samples: every record is cut "
                           "to its first samples, so there is no window to choose; set data.protocol_num_samples=none "
                           "to train on random windows")
+    set_seed(s.seed)  # the new head's initialisation
+    # before the record scan, which takes minutes on a large dataset: damaged base weights end the run at once
+    try:
+        model = load_classifier(s.model.name_or_path, class_names, None, s.model.classifier_dropout)
+    except (OSError, ValueError) as err:  # damaged or incomplete weights: named by the loader, exit 2
+        raise ConfigError(f"--model: {err}") from err
+    record_model_input(model, processor)  # Trainer's checkpoints are classifier folders too: their cut goes along
     kept, skipped = {}, {}
     if data.check_records:
         kept, skipped = check_records(splits, fe, protocol_n, data.on_error, data.num_workers, s.train.progress)
@@ -389,11 +396,9 @@ def prepare(s: FinetuneSettings) -> dict:
         logger.warning("%d of %d classes have no positive training record; the export scores them but never learned "
                        "them: %s", len(unlearned), len(class_names), ", ".join(unlearned))
     weights = None
-    if s.model.class_weights == "auto":
+    if s.model.class_weights == "auto":  # from the records kept; the loss reads them from the config
         weights = auto_class_weights(y_train, s.model.max_class_weight)
-    set_seed(s.seed)  # the new head's initialisation
-    model = load_classifier(s.model.name_or_path, class_names, weights, s.model.classifier_dropout)
-    record_model_input(model, processor)  # Trainer's checkpoints are classifier folders too: their cut goes along
+        model.config.class_weights = list(weights)
     datasets = {
         "train": ECGClassificationDataset(splits["train"], fe, protocol_n, random_crop=data.random_crop,
                                           indices=kept.get("train")),
