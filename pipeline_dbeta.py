@@ -274,7 +274,8 @@ def conditioned_ecg(processor, record: dict, index: Optional[int] = None, leads=
                                                          return_lead_mask=True, nan_policy=nan_policy)
     _warn_missing_leads(processor, mask, where, leads)
     _warn_padded(processor, np.shape(record["signal"])[-1] / float(record["sampling_rate"]), where)
-    _warn_repaired(processor, record["signal"], record["lead_names"], mask, where, nan_policy)
+    _warn_repaired(processor, record["signal"], record["sampling_rate"], record["lead_names"], mask, where,
+                   nan_policy)
     values = torch.from_numpy(values)[None]
     return (values, torch.from_numpy(mask)[None]) if return_lead_mask else values
 
@@ -308,9 +309,11 @@ def _warn_padded(processor, seconds: float, where: str, what: str = "signal") ->
 REPAIR_WARNING_SHARE = 0.1
 
 
-def _warn_repaired(processor, signal, lead_names, mask, where: str, nan_policy: Optional[str] = None) -> None:
-    """Warn when a lead in use had a long NaN/inf stretch: `nan_policy` bridges it with a line (or zeros), which
-    the model reads as beats that never came, as it reads padding (a 4 s gap: SBRAD 0.007 -> 0.53, helper)."""
+def _warn_repaired(processor, signal, sampling_rate, lead_names, mask, where: str,
+                   nan_policy: Optional[str] = None) -> None:
+    """Warn when a lead in use had a long NaN/inf stretch in the part the model reads: `nan_policy` bridges it
+    with a line (or zeros), which the model reads as beats that never came, as it reads padding (a 4 s gap: SBRAD
+    0.007 -> 0.53, helper)."""
     import warnings
 
     x = np.asarray(signal)
@@ -319,6 +322,9 @@ def _warn_repaired(processor, signal, lead_names, mask, where: str, nan_policy: 
     fe = processor.feature_extractor
     names = list(lead_names) if lead_names is not None else list(fe.lead_names)
     used = {name for name, u in zip(fe.lead_names, np.asarray(mask).reshape(-1)) if u}
+    if fe.crop != "random":  # the share among the samples read (a gap in minute 5 of a long record is not read)
+        lo, hi = fe.read_window(x.shape[-1], float(sampling_rate))
+        x = x[:, lo:hi]
     share = (~np.isfinite(x)).mean(axis=-1)
     bridged = [f"{standard_lead_name(name)} ({100 * part:.0f}%)" for name, part in zip(names, share)
                if REPAIR_WARNING_SHARE < part < 1 and standard_lead_name(name) in used]

@@ -438,6 +438,12 @@ def _as_float32(x, where: str) -> np.ndarray:
     return out
 
 
+def _source_span(start: int, stop: int, n: int, source_n: int) -> tuple:
+    """Samples [start, stop) of a record resampled to `n` samples, as (lo, hi) in its `source_n` own samples."""
+    ratio = source_n / n
+    return int(np.floor(start * ratio)), min(source_n, int(np.ceil(stop * ratio)))
+
+
 def _resample(x: np.ndarray, source_rate: float, target_rate: float) -> np.ndarray:
     if abs(source_rate - target_rate) < 1e-6:
         return x
@@ -786,8 +792,9 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         if not used.all():  # conditioning sees only the leads in use; the others are zero rows at the end
             x = x[used]
         names = [lead for lead, u in zip(self.lead_names, used) if u]
-        repaired = (~np.isfinite(x)).mean(axis=1)
+        non_finite = ~np.isfinite(x)
         x = _repair_non_finite(x, nan_policy or self.nan_policy, where, names)
+        source_samples = x.shape[1]
         x = _resample(x, sampling_rate, self.sampling_rate)
         min_len = int(round(self.min_duration * self.sampling_rate))
         if x.shape[1] < min_len:
@@ -795,13 +802,21 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 f"{where}: {x.shape[1] / self.sampling_rate:.2f} s of signal is shorter than the minimum "
                 f"{self.min_duration:g} s (min_duration)"
             )
-        self._check_plausible(x, normalization, implausible or self.implausible, where, names, repaired)
-        if self.keep_samples is not None:  # what a classifier fine-tuned on a protocol's cut was trained on
-            if (crop or self.crop) != "start":
-                raise ValueError(f"{where}: crop={crop or self.crop!r} with keep_samples={self.keep_samples}: the "
-                                 "record is cut to its first keep_samples samples, so there is nothing to crop")
-            x = x[:, :self.keep_samples]
-        x = self._crop(x, crop or self.crop, generator)
+        if self.keep_samples is not None and (crop or self.crop) != "start":
+            raise ValueError(f"{where}: crop={crop or self.crop!r} with keep_samples={self.keep_samples}: the "
+                             "record is cut to its first keep_samples samples, so there is nothing to crop")
+        start, stop = self._read_span(x.shape[1], crop or self.crop, generator)
+        read = x[:, start:stop]
+        # the checks judge the samples the model reads, not the rest of a longer record (a 60 s record whose first
+        # 10 s were zeros was scored as an all-zero input; a spike at 50 s refused the whole record)
+        lo, hi = _source_span(start, stop, x.shape[1], source_samples)
+        seen = where if stop - start == x.shape[1] else (
+            f"{where} (the {(stop - start) / self.sampling_rate:g} s the model reads, from "
+            f"{start / self.sampling_rate:g} s)")
+        repaired = non_finite[:, lo:hi].mean(axis=1)
+        repaired[non_finite.all(axis=1)] = 0.0  # no finite sample at all, zeroed on request: a missing lead
+        self._check_plausible(read, normalization, implausible or self.implausible, seen, names, repaired)
+        x = read
         flat = x.max(axis=1) == x.min(axis=1)  # over the part the model sees
         if flat.any() and not flat.all():  # a constant (lead-off) lead carries nothing: a zero row, marked unused
             if (missing_leads or self.missing_leads) == "raise":
@@ -827,8 +842,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                          names: Sequence[str], repaired: np.ndarray) -> None:
         problem = None
         span = x.max(axis=1) - x.min(axis=1)
-        # a lead with no finite sample at all is zeroed on request (nan_policy="zero"): a missing lead, not this
-        mostly = np.nonzero((repaired > MAX_REPAIRED_SHARE) & (repaired < 1))[0]
+        mostly = np.nonzero(repaired > MAX_REPAIRED_SHARE)[0]
         if len(mostly):
             lead = int(mostly[np.argmax(repaired[mostly])])
             name = names[lead] if lead < len(names) else str(lead)
@@ -982,11 +996,15 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         out[present] = x[[canon.index(lead) for lead in self.lead_names if lead in canon]]
         return out, present
 
-    def _crop(self, x: np.ndarray, crop: str, generator) -> np.ndarray:
-        """The model's `num_samples` of a longer record, by the crop policy (a shorter one is padded later)."""
-        n, target = x.shape[1], self.num_samples
+    def _read_span(self, n: int, crop: str, generator=None) -> tuple:
+        """(start, stop) of the samples the model reads, at its rate, of a record of `n` samples at that rate: the
+        first `keep_samples` when a classifier was fine-tuned on a protocol's cut, else `num_samples` by the crop
+        policy (a shorter record is read whole and padded later)."""
+        if self.keep_samples is not None:
+            return 0, min(n, self.keep_samples)
+        target = self.num_samples
         if n <= target:
-            return x
+            return 0, n
         if crop == "start":
             start = 0
         elif crop == "center":
@@ -995,7 +1013,17 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             start = int((generator or np.random.default_rng()).integers(0, n - target + 1))
         else:
             raise ValueError(f"crop must be one of {CROP_POLICIES}, got {crop!r}")
-        return x[:, start : start + target]
+        return start, start + target
+
+    def read_window(self, num_samples: int, sampling_rate: float, crop: Optional[str] = None) -> tuple:
+        """(start, stop) in a record's own samples (`num_samples` at `sampling_rate`) of the part the model reads,
+        for the deterministic crops ("start", "center")."""
+        crop = crop or self.crop
+        if crop == "random":
+            raise ValueError("read_window: a random crop has no fixed window")
+        n = int(round(num_samples * self.sampling_rate / float(sampling_rate)))
+        start, stop = self._read_span(n, crop)
+        return _source_span(start, stop, n, num_samples)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -221,6 +221,16 @@ def test_extract_features_matches_the_model(exported):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         extract_features(e["model"], e["processor"], ecgs=gap, sampling_rate=500)
+    # the share is of the 10 s the model reads: a gap at 30 s of a 60 s record is never read, and a 2 s gap in
+    # the first 10 s is 20% of what is read (the whole record's 3% went unwarned, helper)
+    long = np.concatenate([signal] * 6, axis=1).astype(np.float32)
+    long[1, 15000:17000] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        extract_features(e["model"], e["processor"], ecgs=long, sampling_rate=500)
+    long[1, 1000:2000] = np.nan
+    with pytest.warns(UserWarning, match=r"lead\(s\) II \(20%\) of NaN/inf samples, bridged"):
+        extract_features(e["model"], e["processor"], ecgs=long, sampling_rate=500)
 
 
 def test_prompt_set_resolution():

@@ -172,6 +172,37 @@ def test_a_mostly_missing_lead_is_implausible_not_silently_invented():
     assert fe(gappy, sampling_rate=500, nan_policy="zero")["ecg_values"][0, 4].eq(0).all()
 
 
+def test_the_checks_judge_the_samples_the_model_reads_not_the_rest_of_a_long_record():
+    """A 60 s record whose first 10 s were zeros (electrodes not yet on) was scored as an all-zero input, since the
+    flat and NaN checks looked at the whole record and the model reads its first 10 s; a spike at 50 s refused a
+    record whose 10 s read were fine (helper). The checks now run on the part read, and say so."""
+    fe = DBetaFeatureExtractor()
+    x = np.concatenate([ecg_batch(1, seed=k)[0].numpy() for k in range(6)], axis=1)  # 60 s at 500 Hz
+    off = x.copy()
+    off[:, :5000] = 0.0
+    with pytest.raises(ValueError, match=r"ecg\[0\] \(the 10 s the model reads, from 0 s\): flat signal"):
+        fe(off, sampling_rate=500)
+    assert fe(off, sampling_rate=500, crop="center")["ecg_values"].abs().sum() > 0  # reads 25-35 s
+    missing = x.copy()
+    missing[:, :5000] = np.nan
+    with pytest.raises(ValueError, match=r"the 10 s the model reads, from 0 s\): lead I has 100.0% NaN/inf"):
+        fe(missing, sampling_rate=500)
+    spike = x.copy()
+    spike[1, 25000] = 2000.0  # 2 V at 50 s, never read
+    assert torch.equal(fe(spike, sampling_rate=500)["ecg_values"], fe(x, sampling_rate=500)["ecg_values"])
+    with pytest.raises(ValueError, match="implausible amplitude"):
+        fe(spike[:, 24000:34000], sampling_rate=500)
+    # at another rate the part read maps back to the record's own samples: 10 s of 1000 Hz are 10000 samples
+    fast = np.repeat(x[:, :20000], 2, axis=1)
+    fast[:, 9000:10000] = np.nan  # the last 1 s read of lead I..V6: 10%, bridged
+    fe(fast, sampling_rate=1000)
+    fast[:, 4000:10000] = np.nan  # 60% of what is read, though 15% of the record
+    with pytest.raises(ValueError, match="lead I has 60.0% NaN/inf"):
+        fe(fast, sampling_rate=1000)
+    assert fe.read_window(40000, 1000) == (0, 10000) and fe.read_window(40000, 1000, crop="center") == (15000, 25000)
+    assert fe.read_window(3000, 500) == (0, 3000)
+
+
 def test_minmax_normalisation():
     x = ecg_batch(1)[0].numpy()
     out = DBetaFeatureExtractor(normalization="minmax")(x, sampling_rate=500)["ecg_values"][0]
@@ -549,7 +580,9 @@ def test_a_processor_config_with_an_unknown_setting_is_refused_naming_the_folder
     (folder / "processor_config.json").write_text(json.dumps(config))
     for load in (DBetaProcessor.from_pretrained, AutoProcessor.from_pretrained, AutoFeatureExtractor.from_pretrained,
                  DBetaFeatureExtractor.from_pretrained):
-        with pytest.raises(ValueError, match=rf"{folder}.*does not know: highpass_hz"):
+        # transformers 5.25's AutoFeatureExtractor reads the file itself and hands only its contents on
+        where = rf"({folder}|a saved processor config)" if load is AutoFeatureExtractor.from_pretrained else folder
+        with pytest.raises(ValueError, match=rf"{where}.*does not know: highpass_hz"):
             load(folder, trust_remote_code=True)
 
 
