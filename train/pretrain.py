@@ -160,6 +160,8 @@ def main(argv=None) -> int:
         # One output folder, one run: the first process of a launch holds the lock for all of them.
         is_first = os.environ.get("RANK", "0") == "0"
         with RunLock(settings.output_dir) if is_first else contextlib.nullcontext():
+            if not args.export_only:
+                check_output_folder(Path(settings.output_dir), args.resume)
             if args.export_only:
                 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
                 logger.setLevel(logging.INFO)
@@ -176,6 +178,23 @@ def main(argv=None) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def check_output_folder(out: Path, resume: bool) -> None:
+    """Refuse a run that would replace another run's record: its checkpoints (without --resume), or its export and
+    metrics when the checkpoints are gone (deleted to save disk after the export), which nothing can resume."""
+    if list_checkpoints(out):
+        if not resume:
+            raise ConfigError(f"{out / 'checkpoints'} already holds checkpoints: pass --resume, or use another "
+                              "--output-dir")
+        return
+    finished = [name for name in ("model", "metrics.json") if (out / name).exists()]
+    if finished == ["metrics.json"] and _metrics_status(out) == "non-finite":
+        return  # a run stopped before its first checkpoint: nothing of it to keep
+    if finished:
+        raise ConfigError(f"{out} holds a finished run ({', '.join(finished)}, {RUN_CONFIG_FILE}) and no checkpoint"
+                          f"{' to resume from' if resume else ''}: a new run would replace them. Use another "
+                          "--output-dir, or move them away first")
 
 
 def train(s: PretrainSettings, resume: bool) -> int:
@@ -219,9 +238,6 @@ def train(s: PretrainSettings, resume: bool) -> int:
         logger.warning("accelerate launch was asked for %d processes but started %d: with --cpu, accelerate 1.15 "
                        "runs one process; on a machine without a GPU use `accelerate launch --multi_gpu "
                        "--num_processes %d` (DDP over gloo)", requested, world, requested)
-    if not resume and list_checkpoints(out):
-        raise ConfigError(f"{out / 'checkpoints'} already holds checkpoints: pass --resume, or use another "
-                          "--output-dir")
     set_seed(s.seed)
 
     # 2. Model, data, optimizer.
@@ -466,6 +482,13 @@ def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def _metrics_status(out: Path):
+    try:
+        return json.loads((out / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _has_accelerator() -> bool:
