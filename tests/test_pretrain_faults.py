@@ -23,3 +23,45 @@ def test_a_finished_run_without_checkpoints_is_not_replaced(assets, straight_run
         assert "holds a finished run (model, metrics.json, run_config.json)" in err, err
         assert {name: (out / name).read_bytes() for name in record} == record
         assert not (out / "checkpoints").exists()
+
+
+def test_resume_under_other_negatives_or_precision_is_refused(assets, straight_run, tmp_path, capsys):
+    """Another N3S table (or none, or the same path rebuilt), bf16, or a frozen text encoder computing in bf16 change
+    what every later step computes: a resume under them is no continuation."""
+    import numpy as np
+
+    from tests.test_pretrain import mimic_rows
+    from train.n3s import build_n3s_table
+
+    out = tmp_path / "changed"
+    shutil.copytree(straight_run, out)
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    argv = train_args(assets, out, "--resume")
+    no_n3s = argv[:argv.index("--n3s")] + argv[argv.index("--n3s") + 2:]
+    assert run_main(no_n3s) == 2
+    assert f"data.n3s: '{assets.n3s}' -> None" in capsys.readouterr().err
+    assert run_main(train_args(assets, out, "--resume", "--bf16")) == 2
+    assert "train.mixed_precision: 'no' -> 'bf16'" in capsys.readouterr().err
+    # a frozen-encoder run resumed with the encoder computing in bf16 (the settings check alone: the optimizer of a
+    # frozen encoder has other parameter groups than this run's)
+    from train.pretrain import RESUME_SETTINGS
+    from train.settings import PretrainSettings
+
+    saved = json.loads((out / "run_config.json").read_text())
+    saved["model"]["freeze_text_encoder"] = True
+    now = PretrainSettings.from_dict(saved)
+    now.model.frozen_text_precision = "bf16"
+    assert now.changed_since(saved, RESUME_SETTINGS) == ["model.frozen_text_precision: 'fp32' -> 'bf16'"]
+    # the same N3S folder, rebuilt with other negatives
+    table = shutil.copytree(assets.n3s, tmp_path / "n3s")
+    for checkpoint in (out / "checkpoints").iterdir():
+        saved = json.loads((checkpoint / "run_config.json").read_text())
+        saved["data"]["n3s"] = str(table)
+        (checkpoint / "run_config.json").write_text(json.dumps(saved))
+    build_n3s_table(mimic_rows(48, 1)["report"], lambda texts: np.eye(64, dtype=np.float32)[
+        [len(t) % 64 for t in texts]], k=2, index="flat", progress=False).save(table)
+    assert run_main(train_args(assets, out, "--resume", "--n3s", str(table))) == 2
+    err = capsys.readouterr().err
+    assert f"the N3S table {table} was rebuilt" in err and "data.n3s" not in err, err
+    assert not (out / "model").exists()

@@ -49,11 +49,13 @@ class TrainState:
         self.validation: dict = {}
         self.history: list = []  # {"step", "train" | "validation": {...}} at each log / evaluation
         self.train_rows: Optional[int] = None  # the training split's size: a resume must see the same data
+        self.n3s_table: Optional[dict] = None  # its N3S table (train.pretrain.n3s_identity): a resume needs the same
 
     def state_dict(self) -> dict:
         return {"step": self.step, "micro_batches": self.micro_batches, "samples": self.samples,
                 "bad_steps": self.bad_steps, "train_losses": dict(self.train_losses),
-                "validation": dict(self.validation), "history": list(self.history), "train_rows": self.train_rows}
+                "validation": dict(self.validation), "history": list(self.history), "train_rows": self.train_rows,
+                "n3s_table": self.n3s_table}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -64,6 +66,7 @@ class TrainState:
         self.validation = dict(state.get("validation", {}))
         self.history = list(state.get("history", []))
         self.train_rows = state.get("train_rows")
+        self.n3s_table = state.get("n3s_table")
 
 
 def checkpoint_dir(output_dir) -> Path:

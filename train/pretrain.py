@@ -254,6 +254,7 @@ def train(s: PretrainSettings, resume: bool) -> int:
                     "bf16 (autocast)" if text_dtype else "fp32")
     train_rows, val_rows, split_reports = select_splits(d)
     train_sampler, val_sampler, negatives = negative_samplers(d.n3s, train_rows, val_rows, split_reports)
+    n3s_table = n3s_identity(d.n3s)
     train_collator, val_collator = build_collators(build_processor(tokenizer), s.collator, d.max_length, s.seed,
                                                    train_sampler, val_sampler)
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, o.fused, o.text_lr_ratio)
@@ -273,9 +274,9 @@ def train(s: PretrainSettings, resume: bool) -> int:
             if saved_world != world:
                 logger.warning("resuming a %s-process run with %s processes: the data order is not an exact "
                                "continuation", saved_world, world)
-            check_same_run(path, s, state, len(train_rows))
+            check_same_run(path, s, state, len(train_rows), n3s_table)
             logger.info("resumed from %s at step %d", path, state.step)
-    state.train_rows = len(train_rows)
+    state.train_rows, state.n3s_table = len(train_rows), n3s_table
     if accelerator.is_main_process:  # after the resume checks: a refused resume leaves the run's record as it was
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RUN_CONFIG_FILE, s.to_dict())
@@ -425,15 +426,20 @@ RESUME_SETTINGS = ("seed", "data.dataset", "data.mimic_root", "data.train_split"
                    "model.overrides", "model.freeze_text_encoder", "model.text_trainable_layers",
                    "model.text_encoder_weights", "model.text_encoder", "model.tokenizer", "model.init_from", "optim",
                    "collator", "train.max_steps",
-                   "train.per_device_batch_size", "train.gradient_accumulation_steps")
+                   "train.per_device_batch_size", "train.gradient_accumulation_steps",
+                   # the negatives the ETM/ETS losses see, and the arithmetic of every step
+                   "data.n3s", "train.mixed_precision", "model.frozen_text_precision")
 
 
-def check_same_run(checkpoint: Path, s: PretrainSettings, state: TrainState, train_rows: int) -> None:
-    """Refuse a resume whose data, model or optimisation settings or training split differ from the checkpointed
-    run's."""
+def check_same_run(checkpoint: Path, s: PretrainSettings, state: TrainState, train_rows: int,
+                   n3s_table=None) -> None:
+    """Refuse a resume whose data, model or optimisation settings, training split or N3S table differ from the
+    checkpointed run's."""
     changed = s.changed_since(json.loads((checkpoint / RUN_CONFIG_FILE).read_text()), RESUME_SETTINGS)
     if state.train_rows is not None and state.train_rows != train_rows:
         changed.append(f"training rows: {state.train_rows} -> {train_rows} (the data changed)")
+    if state.n3s_table is not None and n3s_table is not None and state.n3s_table != n3s_table:
+        changed.append(f"the N3S table {s.data.n3s} was rebuilt ({_differences(state.n3s_table, n3s_table)})")
     if changed:
         raise ConfigError(f"--resume from {checkpoint}: the settings differ from the checkpointed run's ("
                           + "; ".join(changed) + "); a resume continues that run exactly. Restore them, or start a "
@@ -482,6 +488,23 @@ def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def n3s_identity(folder):
+    """What tells an N3S table from another one built at the same path: its meta.json (build times, counts) and
+    its files' sizes. None without a table."""
+    if not folder:
+        return None
+    import hashlib
+
+    folder = Path(folder)
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    return dict(files, **{"meta.json sha256": hashlib.sha256((folder / "meta.json").read_bytes()).hexdigest()[:16]})
+
+
+def _differences(old: dict, new: dict) -> str:
+    return ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+                     if old.get(k) != new.get(k))
 
 
 def _metrics_status(out: Path):
