@@ -65,3 +65,25 @@ def test_resume_under_other_negatives_or_precision_is_refused(assets, straight_r
     err = capsys.readouterr().err
     assert f"the N3S table {table} was rebuilt" in err and "data.n3s" not in err, err
     assert not (out / "model").exists()
+
+
+def test_a_non_finite_optimizer_state_falls_back_to_the_previous_checkpoint(assets, straight_run, tmp_path, caplog):
+    """A NaN in optimizer.bin (disk damage) turned the weights NaN at the first step; the run then stopped with exit
+    5 ("lower optim.lr") on every --resume, while the previous checkpoint was whole."""
+    import torch
+
+    from tests.test_pretrain import assert_same_weights, weights
+
+    out = tmp_path / "nan-optimizer"
+    shutil.copytree(straight_run, out)
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    optimizer = out / "checkpoints" / "checkpoint_1" / "optimizer.bin"
+    saved = torch.load(optimizer, weights_only=True)
+    next(iter(saved["state"].values()))["exp_avg"].view(-1)[0] = float("nan")
+    torch.save(saved, optimizer)
+    caplog.set_level("WARNING", logger="train.checkpoints")
+    assert run_main(train_args(assets, out, "--resume")) == 0
+    warned = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+    assert len(warned) == 1 and "optimizer.bin holds non-finite values" in warned[0], warned
+    assert_same_weights(weights(out / "model"), weights(straight_run / "model"))  # steps 5-8 redone from step 4

@@ -107,6 +107,18 @@ def verify_checkpoint(path: Path) -> None:
     if bad:
         raise RuntimeError(f"{path / 'model.safetensors'} holds non-finite values in {len(bad)} tensor(s): "
                            f"{', '.join(bad[:5])}")
+    for optimizer in sorted(path.glob("optimizer*.bin")):  # a NaN moment turns the weights NaN at the first step
+        bad = non_finite_tensors(_optimizer_tensors(torch.load(optimizer, map_location="cpu", weights_only=True)))
+        if bad:
+            raise RuntimeError(f"{optimizer} holds non-finite values in {len(bad)} tensor(s): {', '.join(bad[:5])}")
+
+
+def _optimizer_tensors(saved: dict):
+    """(name, tensor) for each tensor of an optimizer state_dict: state/<param>/<key>."""
+    for param, entries in saved.get("state", {}).items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                yield f"state/{param}/{key}", value
 
 
 def resume_from_checkpoint(accelerator, output_dir, state: TrainState, scheduler) -> Optional[Path]:
