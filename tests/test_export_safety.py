@@ -382,7 +382,8 @@ def test_a_new_export_replaces_the_old_one_whole_and_a_failed_one_leaves_it(pre_
 
     export_model(model, out, processor=build_processor(tok))
     assert not (out / "spiece.model").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no .partial or .old folder left
+    # no .partial or .old folder left; the writers' lock file stays (removing it would let two writers in)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export"]
     loaded = DBetaForPreTraining.from_pretrained(out)
     assert torch.equal(loaded.state_dict()["ecg_pooler.dense.weight"], model.state_dict()["ecg_pooler.dense.weight"])
 
@@ -544,6 +545,46 @@ write_file({str(dest)!r}, slow)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features.safetensors", "go", "started"]
 
 
+def test_two_processes_publishing_one_folder_take_turns(tmp_path):
+    """Two runs exporting to one folder shared its `.NAME.partial` staging folder, and each removed what it took
+    for a stopped run's leftovers: 12 of 24 exports failed and published folders held one run's weights under the
+    other's card (helper). A second writer now waits for the first; each folder is published whole."""
+    import subprocess
+    import sys
+    import time
+
+    from train.folders import published_folder
+
+    dest, started = tmp_path / "export", tmp_path / "started"
+    other = subprocess.Popen([sys.executable, "-c", f"""
+from pathlib import Path
+from train.folders import published_folder
+Path({str(started)!r}).touch()
+with published_folder(Path({str(dest)!r})) as staging:
+    staging.mkdir()
+    (staging / "weights").write_text("theirs")
+    (staging / "card").write_text("theirs")
+"""], cwd=Path(__file__).resolve().parents[1])
+    with published_folder(dest) as staging:
+        staging.mkdir()
+        (staging / "weights").write_text("ours")
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(1.0)  # the other process is at the lock now
+        assert other.poll() is None and (staging / "weights").read_text() == "ours"
+        (staging / "card").write_text("ours")
+    assert other.wait(timeout=60) == 0
+    assert {p.name: p.read_text() for p in dest.iterdir()} == {"weights": "theirs", "card": "theirs"}
+    with pytest.raises(RuntimeError):  # a failed publication leaves the folder as it was, and no staging
+        with published_folder(dest) as staging:
+            staging.mkdir()
+            (staging / "weights").write_text("half")
+            raise RuntimeError("stopped")
+    assert {p.name: p.read_text() for p in dest.iterdir()} == {"weights": "theirs", "card": "theirs"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export.lock", "export", "started"]
+
+
 def test_eval_and_demo_outputs_go_through_the_publishing_helpers():
     import re
 
@@ -567,7 +608,7 @@ def test_an_export_through_a_symlink_replaces_the_folder_it_names(pre_export, tm
     for _ in range(3):
         export_model(model, tmp_path / "link")
     assert (tmp_path / "link").is_symlink() and (real / "model.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".real.lock", "link", "real"]
 
 
 def test_a_processor_set_to_another_rate_or_lead_order_than_the_model_was_trained_on_is_refused(pre_export, tmp_path):

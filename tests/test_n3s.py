@@ -367,7 +367,7 @@ def test_a_build_stopped_while_saving_keeps_the_old_table(tmp_path, bert_dir, mo
     assert N3STable.load(tmp_path / "dataset" / "n3s").k == 4  # the old table, whole
     assert cli.main(base + ["--k", "8", "--overwrite"]) == 0
     assert N3STable.load(tmp_path / "dataset" / "n3s").k == 8
-    assert sorted(p.name for p in (tmp_path / "dataset").iterdir() if p.name.startswith(".n3s")) == []
+    assert sorted(p.name for p in (tmp_path / "dataset").iterdir() if p.name.startswith(".n3s")) == [".n3s.lock"]
 
 
 def test_cli_on_a_plain_dataset_with_t5(tmp_path, t5_dir, capsys):

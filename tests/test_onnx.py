@@ -312,7 +312,7 @@ def test_the_onnx_folder_never_writes_into_another_folder(folders, tmp_path, cap
     assert main(["--model", str(model_dir), "--output", str(model_dir)]) == 2  # the model it reads
     assert "would replace" in capsys.readouterr().err and (model_dir / "model.safetensors").is_file()
     again = export_onnx(model_dir, copy_folder(onnx_dir, tmp_path / "onnx"))  # an earlier ONNX export: replaced
-    assert (again / MANIFEST).is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["onnx", "project"]
+    assert (again / MANIFEST).is_file() and sorted(p.name for p in tmp_path.iterdir()) == [".onnx.lock", "onnx", "project"]
     download = copy_folder(model_dir, tmp_path / "download")  # a Hub download: copied into the first export, it
     (download / ".gitattributes").write_text("*.safetensors filter=lfs\n")  # made the second one refuse the folder
     (download / "LICENSE").write_text("MIT")

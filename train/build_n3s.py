@@ -42,7 +42,7 @@ from train.n3s import (
     TextEmbedder,
     build_n3s_table,
 )
-from train.folders import replace_folder, staging_folder
+from train.folders import published_folder
 
 
 logger = logging.getLogger("train.build_n3s")
@@ -193,9 +193,8 @@ def run(args) -> dict:
         raise N3SBuildError(f"{e} (dataset {args.dataset!r}, split {source['split']!r}, column {args.column!r})") from e
     table.meta["time_s"]["encoder_load"] = round(t_load, 3)
     # written beside the output and renamed into place: a kill leaves the old table (or none), never half of one
-    staging = staging_folder(output)
-    table.save(staging, embeddings=emb if args.save_embeddings else None)
-    replace_folder(staging, output)
+    with published_folder(output) as staging:
+        table.save(staging, embeddings=emb if args.save_embeddings else None)
     m = table.meta
     return {"output": str(output), "reports": len(table), "k": table.k, "mode": m["mode"],
             "max_similarity": m["max_similarity"], "encoder": m["encoder"]["name"], "index": m["index"],

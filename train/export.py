@@ -33,7 +33,7 @@ import torch
 from dbeta.modeling_dbeta import (CLASSIFICATION_PIPELINES, COMPANION_FILES, ZERO_SHOT_PIPELINES,
                                   DBetaForECGClassification)
 from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
-from train.folders import replace_folder, staging_folder
+from train.folders import published_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_TASK = next(iter(ZERO_SHOT_PIPELINES))
@@ -296,16 +296,15 @@ def export_model(model, output_dir, processor: Optional[DBetaProcessor] = None, 
         record_model_input(model, processor)
     if not is_main_process:  # data-parallel ranks hold the same weights: the main process writes them
         return out
-    staging = staging_folder(out)
-    model.save_pretrained(staging, **({"save_function": save_function} if save_function is not None else {}))
-    if processor is not None:
-        processor.save_pretrained(staging)
-    for name in EXTRA_FILES:
-        if (ROOT / name).is_file():
-            shutil.copyfile(ROOT / name, staging / name)
-    card = build_model_card(model, card_facts, base_model=base_model, datasets=datasets, license=license)
-    card.save(staging / "README.md")
-    replace_folder(staging, out)
+    with published_folder(out) as staging:
+        model.save_pretrained(staging, **({"save_function": save_function} if save_function is not None else {}))
+        if processor is not None:
+            processor.save_pretrained(staging)
+        for name in EXTRA_FILES:
+            if (ROOT / name).is_file():
+                shutil.copyfile(ROOT / name, staging / name)
+        card = build_model_card(model, card_facts, base_model=base_model, datasets=datasets, license=license)
+        card.save(staging / "README.md")
     return out
 
 

@@ -42,7 +42,7 @@ from dbeta.modeling_dbeta import DBetaModel
 from dbeta.onnx_dbeta import FORMAT, FORMAT_VERSION, MANIFEST, DBetaOnnxModel, file_sha256
 from dbeta.processing_dbeta import DBetaProcessor
 from train.export import ExportTargetError, check_export_target, is_export_file
-from train.folders import replace_folder, staging_folder
+from train.folders import published_folder
 from train.synthetic import DEFAULT_CLASSES, generate_ecg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,14 +202,9 @@ def export_onnx(model_dir, output, int8: bool = False, tolerance: float = 1e-4, 
     than `tolerance` on the sample inputs; nothing is published then (an earlier export in `output` stays)."""
     model_dir = Path(model_dir)
     final = check_export_target(output, protect=(model_dir,))
-    staging = staging_folder(final)
-    staging.mkdir(parents=True)
-    try:
+    with published_folder(final) as staging:
+        staging.mkdir(parents=True)
         _write_folder(model_dir, staging, int8, tolerance, model, processor)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    replace_folder(staging, final)
     return final
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_file", "write_text", "write_json", "write_result", "retract_result", "staging_folder",
-           "replace_folder"]
+__all__ = ["write_file", "write_text", "write_json", "write_result", "retract_result", "published_folder",
+           "staging_folder", "replace_folder"]
 
 
 def write_file(path, write) -> None:
@@ -71,6 +72,27 @@ def _real(out) -> Path:
     """A symlinked destination is published where the link points: the link stays, the folder it names changes."""
     out = Path(out)
     return out.resolve() if out.is_symlink() else out
+
+
+@contextmanager
+def published_folder(out):
+    """Yields an empty staging folder beside `out`; when the block ends without an error it replaces `out` whole
+    (`replace_folder`), else it is removed and `out` stays as it was. One writer at a time per folder: an advisory
+    flock on a hidden `.NAME.lock` beside it makes a second run exporting to the same folder wait, where both
+    shared one staging folder and each removed the other's (two runs published one model's weights under the
+    other's card, helper). The kernel drops the lock when its holder ends in any way."""
+    import fcntl
+
+    out = _real(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        staging = staging_folder(out)
+        try:
+            yield staging
+            replace_folder(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def staging_folder(out: Path) -> Path:

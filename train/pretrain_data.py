@@ -336,7 +336,7 @@ def write_reports(mimic_root, out, split_seed: int = 0, val_fraction: float = 0.
     data.mimic_root) for python -m train.build_n3s: an N3S table for training straight from the folder."""
     from datasets import DatasetDict
 
-    from train.folders import replace_folder, staging_folder
+    from train.folders import published_folder
 
     out = Path(out)
     if out.exists():  # replaced as a whole: only an earlier reports folder, nothing beside it (an N3S table)
@@ -347,12 +347,12 @@ def write_reports(mimic_root, out, split_seed: int = 0, val_fraction: float = 0.
                               f"({', '.join(others) or 'no dataset_dict.json'}); the folder is replaced as a whole, "
                               "so choose a new or empty one (an N3S table built from it belongs to those reports)")
     splits, _ = mimic_entries(mimic_root, split_seed, val_fraction)
-    staging = staging_folder(out)  # a run stopped midway leaves the earlier folder, never new and old splits mixed
-    # an empty split is left out (no validation, as a missing split means to train.pretrain): datasets writes one with
-    # no shard, which load_from_disk then fails to open (IndexError)
-    DatasetDict({k: v.select_columns(["study_id", "subject_id", "report"]) for k, v in splits.items()
-                 if len(v)}).save_to_disk(str(staging))
-    replace_folder(staging, out)
+    # a run stopped midway leaves the earlier folder, never new and old splits mixed; an empty split is left out
+    # (no validation, as a missing split means to train.pretrain): datasets writes one with no shard, which
+    # load_from_disk then fails to open (IndexError)
+    with published_folder(out) as staging:
+        DatasetDict({k: v.select_columns(["study_id", "subject_id", "report"]) for k, v in splits.items()
+                     if len(v)}).save_to_disk(str(staging))
     return out
 
 
