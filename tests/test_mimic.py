@@ -413,6 +413,23 @@ def test_a_resume_over_changed_inputs_is_refused(broken_root, tmp_path, monkeypa
     with pytest.raises(ValueError, match=r"1 record\(s\) missing when this ingest started are there now"):
         prepare_mimic(root, out, **kwargs)
     dat.unlink()
+    # a download under way left a short .dat, dropped as truncated; finished since, it stayed dropped (helper)
+    chunks = sorted((out / "work" / "chunks").glob("*/result.json"))
+    short = [r for c in chunks for r in json.loads(c.read_text())["dropped_rows"] if r[4] == "truncated_dat"]
+    assert short, "the fixture's truncated .dat should fall in the finished chunks"
+    short_dat = root / f"{short[0][3]}.dat"
+    data = short_dat.read_bytes()
+    import os
+    import time
+
+    later = max(c.stat().st_mtime for c in chunks) + 5
+    short_dat.write_bytes(data + data)  # the rest arrived
+    os.utime(short_dat, (later, later))
+    with pytest.raises(ValueError, match=r"1 record\(s\) dropped for their files have changed since .*a download "
+                                         "finished"):
+        prepare_mimic(root, out, **kwargs)
+    short_dat.write_bytes(data)
+    os.utime(short_dat, (time.time() - 3600, time.time() - 3600))
     csv_path = root / "machine_measurements.csv"
     csv_path.write_text(csv_path.read_text() + "\n")
     with pytest.raises(ValueError, match="machine_measurements.csv under .* changed since this ingest started"):

@@ -318,16 +318,39 @@ def _check_inputs_unchanged(out: Path, work: Path, mimic_root: Path) -> None:
     if saved.is_file() and json.loads(saved.read_text()) != _input_fingerprint(mimic_root):
         raise ValueError(f"{out}: record_list.csv or machine_measurements.csv under {mimic_root} changed since this "
                          "ingest started; its finished chunks hold the old rows. Use --restart to ingest anew")
-    arrived = []
+    arrived, changed = [], []
     for result in sorted((work / "chunks").glob("*/result.json")):
+        finished = result.stat().st_mtime
         for _, _, _, path, reason, detail in json.loads(result.read_text())["dropped_rows"]:
             if reason == "missing_record" and (mimic_root / f"{path}.hea").is_file():
                 arrived.append(path)
             elif reason == "missing_dat" and Path(str(detail).split(" not found")[0]).is_file():
                 arrived.append(path)
+            elif reason in _FILE_DROPS and _modified_since(mimic_root / path, finished):
+                changed.append(path)  # a download that was under way: its short .dat was dropped as truncated
     if arrived:
         raise ValueError(f"{out}: {len(arrived)} record(s) missing when this ingest started are there now (first: "
                          f"{arrived[0]}); resumed, they would stay dropped. Use --restart to ingest anew")
+    if changed:
+        raise ValueError(f"{out}: {len(changed)} record(s) dropped for their files have changed since (first: "
+                         f"{changed[0]}, a download finished?); resumed, they would stay dropped. Use --restart to "
+                         "ingest anew")
+
+
+# drops decided by a record's own files: a file written since may now read (a download that finished)
+_FILE_DROPS = frozenset({"bad_header", "truncated_dat", "header_data_mismatch", "checksum_mismatch",
+                         "unreadable_record", "unsupported_format"})
+
+
+def _modified_since(base: Path, when: float) -> bool:
+    """Whether the record's header or signal file (BASE.hea, BASE.dat) was modified after `when`."""
+    for suffix in (".hea", ".dat"):
+        try:
+            if (base.parent / (base.name + suffix)).stat().st_mtime > when:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int) -> dict:
