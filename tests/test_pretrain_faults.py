@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from tests.test_pretrain import (assets, one_thread, run_main, straight_run, t5_tokenizer,  # noqa: F401 - fixtures
                                  train_args)
 
@@ -87,3 +89,51 @@ def test_a_non_finite_optimizer_state_falls_back_to_the_previous_checkpoint(asse
     warned = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
     assert len(warned) == 1 and "optimizer.bin holds non-finite values" in warned[0], warned
     assert_same_weights(weights(out / "model"), weights(straight_run / "model"))  # steps 5-8 redone from step 4
+
+
+def test_damaged_json_in_the_newest_checkpoint_falls_back_and_none_usable_is_exit_2(assets, straight_run, tmp_path,
+                                                                                     caplog, capsys):
+    """train_state.json without a key stopped --resume with a KeyError, a deleted run_config.json with a bare
+    "[Errno 2]", and no usable checkpoint at all with a RuntimeError traceback."""
+    from tests.test_pretrain import assert_same_weights, weights
+    from train.checkpoints import verify_checkpoint
+
+    out = tmp_path / "damaged-json"
+    shutil.copytree(straight_run, out)
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    newest, previous = out / "checkpoints" / "checkpoint_1", out / "checkpoints" / "checkpoint_0"
+    (newest / "train_state.json").write_text('{"step": 8}')
+    caplog.set_level("WARNING", logger="train.checkpoints")
+    assert run_main(train_args(assets, out, "--resume")) == 0
+    warned = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+    assert len(warned) == 1 and "train_state.json is damaged (KeyError" in warned[0], warned
+    assert_same_weights(weights(out / "model"), weights(straight_run / "model"))
+
+    (previous / "run_config.json").unlink()
+    with pytest.raises(RuntimeError, match="run_config.json is missing"):
+        verify_checkpoint(previous)
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    for checkpoint in (out / "checkpoints").iterdir():
+        (checkpoint / "train_state.json").write_text('{"step": 8}')
+    capsys.readouterr()
+    assert run_main(train_args(assets, out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "error: no usable checkpoint in" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:300000]),
+     "model.safetensors is damaged"),
+    (lambda c: (c / "config.json").write_text((c / "config.json").read_text()[:200]), "config.json is damaged"),
+    (lambda c: (c / "tokenizer" / "tokenizer.json").write_text("{}"), "tokenizer is damaged"),
+    (lambda c: (c / "train_state.json").write_text('{"step": 8}'), "train_state.json is damaged"),
+], ids=["weights-truncated", "config-truncated", "tokenizer", "train-state-key"])
+def test_export_only_of_a_damaged_checkpoint_is_exit_2_naming_the_file(straight_run, tmp_path, capsys, damage, named):
+    checkpoint = shutil.copytree(straight_run / "checkpoints" / "checkpoint_1", tmp_path / "checkpoint_1")
+    damage(checkpoint)
+    assert run_main(["--output-dir", str(tmp_path / "out"), "--export-only", str(checkpoint)], record=False) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "model").exists()

@@ -29,6 +29,8 @@ from typing import Optional
 
 import torch
 
+from train.settings import ConfigError
+
 logger = logging.getLogger("train.checkpoints")
 
 STATE_FILE = "train_state.json"
@@ -94,23 +96,37 @@ def non_finite_tensors(named_tensors) -> list:
 
 
 def verify_checkpoint(path: Path) -> None:
-    """Raise if the checkpoint is incomplete, or its weights do not read back or hold non-finite values."""
-    for name in (STATE_FILE, SCHEDULER_FILE, "model.safetensors"):
+    """Raise RuntimeError naming the file if the checkpoint is incomplete, a file does not read back, or the weights
+    or optimizer state hold non-finite values."""
+    for name in (STATE_FILE, SCHEDULER_FILE, RUN_CONFIG_FILE, "model.safetensors"):
         if not (path / name).is_file():
             raise RuntimeError(f"{path / name} is missing (the save did not finish)")
-    json.loads((path / STATE_FILE).read_text())
-    json.loads((path / SCHEDULER_FILE).read_text())
+    _read(path / STATE_FILE, lambda f: TrainState().load_state_dict(json.loads(f.read_text())))
+    for name in (SCHEDULER_FILE, RUN_CONFIG_FILE):
+        _read(path / name, lambda f: json.loads(f.read_text()))
     from safetensors import safe_open
 
-    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-        bad = non_finite_tensors((key, f.get_tensor(key)) for key in f.keys())
+    def tensors(f):
+        with safe_open(str(f), framework="pt") as opened:
+            return non_finite_tensors((key, opened.get_tensor(key)) for key in opened.keys())
+
+    bad = _read(path / "model.safetensors", tensors)
     if bad:
         raise RuntimeError(f"{path / 'model.safetensors'} holds non-finite values in {len(bad)} tensor(s): "
                            f"{', '.join(bad[:5])}")
     for optimizer in sorted(path.glob("optimizer*.bin")):  # a NaN moment turns the weights NaN at the first step
-        bad = non_finite_tensors(_optimizer_tensors(torch.load(optimizer, map_location="cpu", weights_only=True)))
+        bad = _read(optimizer, lambda f: non_finite_tensors(_optimizer_tensors(
+            torch.load(f, map_location="cpu", weights_only=True))))
         if bad:
             raise RuntimeError(f"{optimizer} holds non-finite values in {len(bad)} tensor(s): {', '.join(bad[:5])}")
+
+
+def _read(path: Path, reader):
+    """reader(path), any error (json, safetensors, torch each raise their own) as a RuntimeError naming the file."""
+    try:
+        return reader(path)
+    except Exception as err:  # noqa: BLE001
+        raise RuntimeError(f"{path} is damaged ({type(err).__name__}: {str(err)[:200]})") from None
 
 
 def _optimizer_tensors(saved: dict):
@@ -138,9 +154,9 @@ def resume_from_checkpoint(accelerator, output_dir, state: TrainState, scheduler
             continue
         state.load_state_dict(json.loads((path / STATE_FILE).read_text()))
         return path
-    if shared[0]:
-        raise RuntimeError(f"no usable checkpoint in {checkpoint_dir(output_dir)} (each one was skipped: see the "
-                           "warnings above)")
+    if shared[0]:  # nothing to continue: like a bad setting, nothing was trained (exit 2)
+        raise ConfigError(f"no usable checkpoint in {checkpoint_dir(output_dir)} (each one was skipped: see the "
+                          "warnings above); restore one, or start a new run in another --output-dir")
     return None
 
 

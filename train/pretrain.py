@@ -467,13 +467,16 @@ def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:
         from dbeta.configuration_dbeta import DBetaConfig
         from dbeta.modeling_dbeta import DBetaForPreTraining
 
-        model = DBetaForPreTraining(DBetaConfig.from_json_file(str(path / "config.json")))
-        tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+        with _damaged(path / "config.json"):
+            model = DBetaForPreTraining(DBetaConfig.from_json_file(str(path / "config.json")))
+        with _damaged(path / "tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     else:  # rebuild the architecture from the run's settings
         shape_only = PretrainSettings.from_dict(dict(s.to_dict(), model=dict(s.to_dict()["model"],
                                                                               text_encoder_weights=False)))
         model, tokenizer, _ = build_model_and_tokenizer(shape_only.model)
-    load_model(model, str(path / "model.safetensors"))
+    with _damaged(path / "model.safetensors", "does not match config.json"):
+        load_model(model, str(path / "model.safetensors"))
     state = TrainState()
     saved = json.loads((path / STATE_FILE).read_text())
     state.load_state_dict(saved)
@@ -488,6 +491,15 @@ def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _damaged(path: Path, what: str = "is damaged"):
+    """--export-only: a checkpoint file that does not load ends the run with exit 2 naming it, not a traceback."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - json, tokenizers, transformers and safetensors each raise their own
+        raise ConfigError(f"cannot export: {path} {what} ({type(err).__name__}: {str(err)[:300]})") from None
 
 
 def n3s_identity(folder):
