@@ -137,3 +137,33 @@ def test_export_only_of_a_damaged_checkpoint_is_exit_2_naming_the_file(straight_
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_a_resume_between_two_logs_logs_the_uninterrupted_runs_losses(assets, tmp_path, caplog):
+    """Checkpoints at steps 3 and 6, logs every 2 steps: resumed from step 3, the step-4 log averaged step 4 only."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    every_3 = ("--save-every", "3", "--set", "train.checkpoint_total_limit=5")
+    assert run_main(train_args(assets, straight, *every_3), record=False) == 0
+    step_3 = straight / "checkpoints" / "checkpoint_0"
+    assert json.loads((step_3 / "train_state.json").read_text())["step"] == 3
+
+    def resume_from_step_3(drop_window: bool) -> list:
+        shutil.rmtree(resumed, ignore_errors=True)
+        shutil.copytree(step_3, resumed / "checkpoints" / "checkpoint_0")
+        if drop_window:  # a checkpoint written before the window was saved
+            state = json.loads((step_3 / "train_state.json").read_text())
+            del state["loss_window"]
+            (resumed / "checkpoints" / "checkpoint_0" / "train_state.json").write_text(json.dumps(state))
+        assert run_main(train_args(assets, resumed, "--resume", *every_3), record=False) == 0
+        return json.loads((resumed / "metrics.json").read_text())["history"]
+
+    expected = json.loads((straight / "metrics.json").read_text())["history"]
+    history = resume_from_step_3(drop_window=False)
+    assert [h["step"] for h in history] == [h["step"] for h in expected]
+    for got, want in zip(history, expected):
+        for key in ("train", "validation"):
+            assert got.get(key, {}) == pytest.approx(want.get(key, {}), rel=1e-6), (got["step"], key)
+    caplog.set_level("WARNING", logger="train.pretrain")
+    history = resume_from_step_3(drop_window=True)
+    assert [h.get("averaged_steps") for h in history if "train" in h] == [None, 1, None, None]
+    assert any("predates saved training-loss windows" in r.getMessage() for r in caplog.records)

@@ -52,12 +52,15 @@ class TrainState:
         self.history: list = []  # {"step", "train" | "validation": {...}} at each log / evaluation
         self.train_rows: Optional[int] = None  # the training split's size: a resume must see the same data
         self.n3s_table: Optional[dict] = None  # its N3S table (train.pretrain.n3s_identity): a resume needs the same
+        # the training losses summed since the last log ({"sum": [...], "steps": n}, mean over processes): a resume
+        # between two logs logs the same means as an uninterrupted run. None in checkpoints older than it.
+        self.loss_window: Optional[dict] = None
 
     def state_dict(self) -> dict:
         return {"step": self.step, "micro_batches": self.micro_batches, "samples": self.samples,
                 "bad_steps": self.bad_steps, "train_losses": dict(self.train_losses),
                 "validation": dict(self.validation), "history": list(self.history), "train_rows": self.train_rows,
-                "n3s_table": self.n3s_table}
+                "n3s_table": self.n3s_table, "loss_window": self.loss_window}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -69,6 +72,7 @@ class TrainState:
         self.history = list(state.get("history", []))
         self.train_rows = state.get("train_rows")
         self.n3s_table = state.get("n3s_table")
+        self.loss_window = state.get("loss_window")
 
 
 def checkpoint_dir(output_dir) -> Path:

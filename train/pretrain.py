@@ -304,6 +304,8 @@ def train(s: PretrainSettings, resume: bool) -> int:
         accelerator.log({f"val/{k}": v for k, v in state.validation.items()}, step=step)
 
     def checkpoint() -> None:
+        window_mean = accelerator.reduce(window.clone(), reduction="mean") if world > 1 else window
+        state.loss_window = {"sum": window_mean.tolist(), "steps": window_steps}
         save_checkpoint(accelerator, model, scheduler, state, s.to_dict(), t.checkpoint_total_limit,
                         accelerator.unwrap_model(model).config, tokenizer)
 
@@ -313,6 +315,14 @@ def train(s: PretrainSettings, resume: bool) -> int:
                desc="pretrain")
     window = torch.zeros(len(LOSS_KEYS), device=accelerator.device)  # summed on the device: no sync per step
     window_steps, window_start, run_start, run_samples = 0, time.perf_counter(), time.perf_counter(), 0
+    restarted_window = resume and state.loss_window is None and state.step % t.log_every != 0
+    if state.loss_window:  # the steps since the last log before the stop count in the next logged means
+        window += torch.tensor(state.loss_window["sum"], device=accelerator.device)
+        window_steps = state.loss_window["steps"]
+    elif restarted_window:
+        logger.warning("the checkpoint predates saved training-loss windows: the losses logged at the next log "
+                       "step average only the steps after this resume (recorded in its history entry)")
+    timed_steps = 0  # steps of the window this process ran since window_start (train/samples_per_s)
     outcome = "finished"
     if t.eval_at_start and state.step == 0:
         validate(0)
@@ -355,6 +365,7 @@ def train(s: PretrainSettings, resume: bool) -> int:
                 run_samples += global_batch
                 window += step_losses
                 window_steps += 1
+                timed_steps += 1
                 bar.update(1)
             final = state.step == t.max_steps
 
@@ -362,16 +373,19 @@ def train(s: PretrainSettings, resume: bool) -> int:
                 means = accelerator.reduce(window / window_steps, reduction="mean")
                 state.train_losses = dict(zip(LOSS_KEYS, means.tolist()))
                 state.history.append({"step": state.step, "train": dict(state.train_losses)})
+                if restarted_window:
+                    state.history[-1]["averaged_steps"] = window_steps
+                    restarted_window = False
                 elapsed = time.perf_counter() - window_start
                 logs = {f"train/{k}": v for k, v in state.train_losses.items()}
                 logs.update({"train/lr": float(scheduler.get_last_lr()[0]),
                              "train/grad_norm": float(grad_norm),
-                             "train/samples_per_s": window_steps * global_batch / max(elapsed, 1e-9),
+                             "train/samples_per_s": timed_steps * global_batch / max(elapsed, 1e-9),
                              "train/epoch": sampler.epoch_of(state.micro_batches * world)})
                 accelerator.log(logs, step=state.step)
                 bar.set_postfix(loss=f"{state.train_losses['loss']:.3f}")
                 window.zero_()
-                window_steps, window_start = 0, time.perf_counter()
+                window_steps, timed_steps, window_start = 0, 0, time.perf_counter()
 
             paused = time.perf_counter()  # validation and checkpoints are left out of train/samples_per_s
             if not bad and ((t.eval_every and state.step % t.eval_every == 0) or final):
