@@ -21,11 +21,12 @@ from eval.downstream_base import (
     require_file,
 )
 from eval.label_sets import PTBXL_SUPER, PTBXL_TASKS, ptbxl_label_sets
-from dbeta.processing_dbeta import read_wfdb
+from dbeta.processing_dbeta import ECGReadError, read_wfdb
 
 _TASK_ALIASES = {"super_class": "super", "superclass": "super", "sub_class": "sub", "subclass": "sub"}
 # strat_fold -> split: folds 1-8 train, 9 val, 10 test (the PTB-XL authors' recommendation).
 PTBXL_SPLIT_FOLDS = {"train": tuple(range(1, 9)), "val": (9,), "test": (10,), "all": tuple(range(1, 11))}
+PTBXL_RATE = 500.0  # the `filename_hr` records; the protocol reads these
 _HINT = "download PTB-XL 1.0.3 from PhysioNet and pass the folder that holds ptbxl_database.csv"
 
 
@@ -174,4 +175,8 @@ class PTBXLDataset(ECGLabelDataset):
 
     def _read(self, index: int):
         record = read_wfdb(self.root / self.filenames[index])
+        if abs(record.sampling_rate - PTBXL_RATE) > 1e-6:  # resampled, a 100 Hz record would pass as the protocol's
+            raise ECGReadError(f"{record.path}: {record.sampling_rate:g} Hz, but filename_hr names PTB-XL's "
+                               f"{PTBXL_RATE:g} Hz records (records500/); are filename_hr and filename_lr swapped in "
+                               "ptbxl_database.csv?")
         return record.signal, record.sampling_rate, record.lead_names

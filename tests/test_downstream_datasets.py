@@ -34,7 +34,7 @@ from eval.datasets import (
     load_downstream,
     random_split,
 )
-from dbeta.processing_dbeta import STANDARD_LEADS, DBetaFeatureExtractor
+from dbeta.processing_dbeta import STANDARD_LEADS, DBetaFeatureExtractor, read_wfdb
 
 wfdb = pytest.importorskip("wfdb")
 h5py = pytest.importorskip("h5py")
@@ -225,6 +225,28 @@ def test_ptbxl_unreadable_record_names_the_file(ptbxl_root, tmp_path):
     (root / "records500" / "00000" / "00006_hr.hea").unlink()
     with pytest.raises(ECGReadError, match="00006_hr"):
         ds[1]
+    # filename_hr and filename_lr swapped: the 100 Hz records were evaluated as the protocol's 500 Hz (helper)
+    import pandas as pd
+
+    import wfdb
+
+    lr = root / "records100" / "00000"
+    lr.mkdir(parents=True)
+    table = pd.read_csv(root / "ptbxl_database.csv")
+    for i, row in table.iterrows():
+        try:
+            hr = read_wfdb(root / row["filename_hr"])
+        except ECGReadError:  # the two damaged above
+            continue
+        if i % 2:
+            name = Path(row["filename_hr"]).name.replace("_hr", "_lr")
+            wfdb.wrsamp(name, fs=100, units=["mV"] * 12, sig_name=hr.lead_names, p_signal=hr.signal[:, ::5].T.astype(
+                float), fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(lr))
+            table.loc[i, "filename_hr"] = f"records100/00000/{name}"
+    table.to_csv(root / "ptbxl_database.csv", index=False)
+    swapped = PTBXLDataset(root, "all", "super")
+    with pytest.raises(ECGReadError, match=r"_lr: 100 Hz, but filename_hr names PTB-XL's 500 Hz records .*swapped"):
+        next(swapped[i] for i in range(len(swapped)) if "records100" in swapped.filenames[i])
 
 
 def _packaged_ptbxl_tables():
