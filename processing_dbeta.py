@@ -157,14 +157,42 @@ WFDB_RECORD_LINE = re.compile(
 )
 
 
-def _record_line(base: str) -> Optional[re.Match]:
-    """The header's record line, parsed (None if unreadable or not of that form)."""
+# A WFDB header's signal line: file fmt[xspf][:skew][+offset] [gain[(baseline)][/units] [resolution [zero
+# [initial value [checksum [block size [description]]]]]]] (same page). train/mimic.py's header parser uses it too.
+WFDB_SIGNAL_LINE = re.compile(
+    r"^(?P<file>\S+)\s+(?P<fmt>\d+)(?:x(?P<spf>\d+))?(?::(?P<skew>\d+))?(?:\+(?P<off>\d+))?"
+    r"(?:\s+(?P<gain>[0-9.eE+-]+)(?:\((?P<base>-?\d+)\))?(?:/(?P<units>\S+))?"
+    r"(?:\s+(?P<res>\d+)(?:\s+(?P<zero>-?\d+)(?:\s+(?P<init>-?\d+)(?:\s+(?P<cks>-?\d+)"
+    r"(?:\s+(?P<bs>\d+)(?:\s+(?P<desc>.*?))?)?)?)?)?)?)?\s*$"
+)
+
+
+def _header_lines(base: str) -> List[str]:
+    """The header's non-comment lines, stripped ([] if unreadable). Decoded as UTF-8, else latin-1: wfdb's own
+    reader drops a non-ASCII letter (the 'µ' of µV), so units are taken from this text."""
     try:
-        with open(base + ".hea", encoding="latin-1") as fh:
-            line = next((t.strip() for t in fh if t.strip() and not t.lstrip().startswith("#")), "")
+        raw = Path(base + ".hea").read_bytes()
     except OSError:
-        return None
-    return WFDB_RECORD_LINE.match(line)
+        return []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return [t.strip() for t in text.splitlines() if t.strip() and not t.lstrip().startswith("#")]
+
+
+def _record_line(base: str, lines: Optional[List[str]] = None) -> Optional[re.Match]:
+    """The header's record line, parsed (None if unreadable or not of that form)."""
+    lines = _header_lines(base) if lines is None else lines
+    return WFDB_RECORD_LINE.match(lines[0]) if lines else None
+
+
+def _signal_lines(lines: List[str], m: Optional[re.Match]) -> list:
+    """A single-segment header's signal lines, each parsed by WFDB_SIGNAL_LINE (None for a line not of that form);
+    [] for a multi-segment header or an unparsed record line."""
+    if m is None or m.group("nseg"):
+        return []
+    return [WFDB_SIGNAL_LINE.match(t) for t in lines[1:1 + int(m.group("nsig"))]]
 
 
 def _wfdb_header_length(wfdb, base: str, record_line: Optional[re.Match] = None) -> Optional[int]:
@@ -177,8 +205,12 @@ def _wfdb_header_length(wfdb, base: str, record_line: Optional[re.Match] = None)
 
 
 def _check_header_rate(base: str, rate: float, m: Optional[re.Match]) -> None:
-    """wfdb reads a sampling frequency it cannot parse (a negative one, say) as its default of 250 Hz: the record
-    would be resampled as if recorded at another rate. The record line's own field must give the same rate."""
+    """wfdb reads a sampling frequency it cannot parse (a negative one, say), or none at all, as its default of
+    250 Hz: the record would be resampled as if recorded at another rate. The record line's own field must be there
+    and give the same rate."""
+    if m is not None and m.group("fs") is None:
+        raise ECGReadError(f"{base}.hea: the record line {m.group(0).strip()!r} states no sampling frequency (wfdb "
+                           f"would read the record at its default of {rate:g} Hz): add the rate after the signal count")
     if m is not None and m.group("fs") is not None:
         try:
             stated = float(m.group("fs"))
@@ -187,6 +219,106 @@ def _check_header_rate(base: str, rate: float, m: Optional[re.Match]) -> None:
         if not (np.isfinite(stated) and stated > 0 and abs(stated - rate) < 1e-6 * max(stated, 1.0)):
             raise ECGReadError(f"{base}.hea: sampling frequency {m.group('fs')!r} in the record line is not a "
                                f"positive number of Hz (wfdb would read the record at {rate:g} Hz)")
+
+
+def _signal_label(i: int, s: re.Match) -> str:
+    return f"signal {i}" + (f" ({s.group('desc')})" if s.group("desc") else "") + f" in {s.group('file')}"
+
+
+def _check_calibrated(where: str, signals: list) -> None:
+    """A signal line whose ADC gain is 0 or absent means 'uncalibrated' (WFDB header spec); wfdb then reads it at
+    200 units per mV, whatever the true gain (a 1000/mV record would read 5x too large)."""
+    for i, s in enumerate(signals):
+        if s is None:
+            continue
+        gain = s.group("gain")
+        try:
+            uncalibrated = gain is None or float(gain) == 0
+        except ValueError:
+            uncalibrated = False  # not a number: wfdb's own parse decides
+        if uncalibrated:
+            raise ECGReadError(f"{where}: {_signal_label(i, s)} has ADC gain {gain or '(none)'}, which the WFDB spec "
+                               "reads as uncalibrated (wfdb would assume 200 units per mV): write the recording's "
+                               "gain in the header")
+
+
+def _segments(base: str, lines: List[str], m: Optional[re.Match]) -> list:
+    """A multi-segment header's segments that hold samples: [(name, signal lines parsed as in `_signal_lines`)];
+    the layout segment of a variable layout (length 0, listed first) and null segments ('~') are left out."""
+    if m is None or not m.group("nseg"):
+        return []
+    entries = [t.split() for t in lines[1:1 + int(m.group("nseg"))]]
+    if entries and len(entries[0]) > 1 and entries[0][1] == "0":
+        entries = entries[1:]  # the layout segment: it lists the signals, holds no samples
+    folder, segments = Path(base).parent, []
+    for entry in entries:
+        if not entry or entry[0].startswith("~"):
+            continue
+        seg_lines = _header_lines(str(folder / entry[0]))
+        segments.append((entry[0], _signal_lines(seg_lines, _record_line("", seg_lines))))
+    return segments
+
+
+def _check_segment_leads(base: str, m: Optional[re.Match], lines: List[str], segments: list) -> None:
+    """wfdb reads a fixed-layout multi-segment record (no layout segment) by position and names its leads after
+    one segment: segments that list the leads in different orders would be read with leads mixed up."""
+    entries = lines[1:2] if m is not None and m.group("nseg") else []
+    if not entries or (len(entries[0].split()) > 1 and entries[0].split()[1] == "0"):
+        return  # a variable layout: wfdb places each segment's signals by name
+    first = None
+    for name, signals in segments:
+        if not signals or any(s is None for s in signals):
+            continue
+        leads = [s.group("desc") for s in signals]
+        if first is None:
+            first = (name, leads)
+        elif leads != first[1]:
+            raise ECGReadError(f"{base}: a fixed-layout multi-segment record whose segment {name} lists the signals "
+                               f"as {leads}, segment {first[0]} as {first[1]}: wfdb would read them by position, "
+                               "mixing leads up (rewrite the segments in one order, or give the record a layout "
+                               "segment)")
+
+
+def _header_units(names: list, wfdb_units: list, signals: list, segments: list) -> list:
+    """Each signal's units as the header text writes them (wfdb drops the 'µ' of µV, reading microvolts as volts);
+    wfdb's where the text does not say or (across segments) disagrees."""
+    units = list(wfdb_units or ["mV"] * len(names))
+    if signals:
+        for i, s in enumerate(signals[:len(units)]):
+            if s is not None and s.group("units"):
+                units[i] = s.group("units")
+        return units
+    by_name = {}
+    for _, seg_signals in segments:
+        for s in seg_signals:
+            if s is not None and s.group("units") and s.group("desc"):
+                by_name.setdefault(s.group("desc"), set()).add(s.group("units"))
+    for i, name in enumerate(names[:len(units)]):
+        if len(by_name.get(name, ())) == 1:
+            units[i] = next(iter(by_name[name]))
+    return units
+
+
+def _checksums_to_compare(signals: list) -> bool:
+    """Whether a whole-record read compares the header's checksums: each signal line parsed, one sample a frame,
+    and a checksum stated. Checksums that are all 0 are placeholders (writers that compute none put 0 there to reach
+    the fields after it); a real record's signals all summing to 0 modulo 65536 is not to be expected."""
+    return bool(signals) and all(s is not None and not (s.group("spf") and int(s.group("spf")) != 1)
+                                 for s in signals) and any(s.group("cks") and int(s.group("cks")) for s in signals)
+
+
+def _check_checksums(base: str, record, signals: list) -> None:
+    """The 16-bit checksum each signal line states against the samples read (record.d_signal): a signal file that
+    is not the header's (two records' files exchanged, same size) is read as the other record otherwise."""
+    sums = np.sum(record.d_signal, axis=0, dtype=np.int64) % 65536
+    bad = [f"{_signal_label(i, s)}: header {s.group('cks')}, samples "
+           f"{int(c) - 65536 if c > 32767 and int(s.group('cks')) < 0 else int(c)}"
+           for i, (s, c) in enumerate(zip(signals, sums))
+           if s.group("cks") and (int(s.group("cks")) - int(c)) % 65536]
+    if bad:
+        raise ECGReadError(f"{base}: the samples do not match the header's checksums ({'; '.join(bad[:4])}"
+                           f"{f'; {len(bad) - 4} more' if len(bad) > 4 else ''}): a signal file that is not this "
+                           "record's, or a damaged one")
 
 
 def wfdb_file_bytes(fmt: str, n_values: int) -> Optional[int]:
@@ -277,6 +409,7 @@ def wfdb_info(path: Union[str, Path]) -> dict:
             names = next((s.sig_name for s in segments if s is not None and s.sig_name), None)
     except Exception as err:
         raise ECGReadError(f"{base}: unreadable WFDB header ({type(err).__name__}: {err})") from err
+    _check_header_rate(base, float(header.fs), _record_line(base))
     return {"path": base, "sampling_rate": float(header.fs), "num_samples": header.sig_len or None,
             "lead_names": list(names or [])}
 
@@ -288,16 +421,28 @@ def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] =
     be read a piece at a time."""
     wfdb = _import_wfdb()
     base = _wfdb_base(path)
+    lines = _header_lines(base)
+    record_line = _record_line(base, lines)
+    signals = _signal_lines(lines, record_line)
+    partial = sampfrom > 0 or sampto is not None
+    checksums = not partial and _checksums_to_compare(signals)
     try:
-        record_line = _record_line(base)
         header_length = _wfdb_header_length(wfdb, base, record_line)
-        partial = sampfrom > 0 or sampto is not None
-        record = wfdb.rdrecord(base, sampfrom=sampfrom, sampto=sampto) if partial else wfdb.rdrecord(base)
+        if partial:
+            record = wfdb.rdrecord(base, sampfrom=sampfrom, sampto=sampto)
+        else:  # the digital samples first when there are checksums to compare (rdrecord's physical read is dac())
+            record = wfdb.rdrecord(base, physical=not checksums)
     except Exception as err:  # wfdb raises assorted ValueError/IndexError/OSError on damaged files
         _explain_unreadable(wfdb, base)
         raise ECGReadError(f"{base}: unreadable WFDB record ({type(err).__name__}: {err})") from err
     _check_header_rate(base, float(record.fs), record_line)
-    signal = record.p_signal
+    segments = _segments(base, lines, record_line)
+    _check_calibrated(f"{base}.hea", signals)
+    for name, seg_signals in segments:
+        _check_calibrated(f"{Path(base).parent / name}.hea", seg_signals)
+    _check_segment_leads(base, record_line, lines, segments)
+    digital = getattr(record, "d_signal", None) if checksums else None
+    signal = record.p_signal if digital is None else digital
     if signal is None or signal.ndim != 2:
         raise ECGReadError(f"{base}: WFDB record has no physical signal")
     _check_signal_files(record, base, header_length)
@@ -307,7 +452,10 @@ def read_wfdb(path: Union[str, Path], sampfrom: int = 0, sampto: Optional[int] =
             f"{base}: header says {header_length} samples but samples {sampfrom}-{sampfrom + expected} read "
             f"{signal.shape[0]} (truncated?)"
         )
-    units = record.units or ["mV"] * signal.shape[1]
+    if digital is not None:
+        _check_checksums(base, record, signals)
+        signal = record.dac(expanded=False, return_res=64)
+    units = _header_units(list(record.sig_name), record.units, signals, segments)
     try:
         scales = np.array([unit_scale_to_mv(u) for u in units], dtype=np.float64)
     except ValueError as err:

@@ -608,3 +608,104 @@ def test_from_dict_refuses_a_setting_it_does_not_know():
     assert DBetaFeatureExtractor.from_dict(dict(saved)).to_dict() == saved
     with pytest.raises(ValueError, match="does not know: highpass_hz .*Written by a newer version"):
         DBetaFeatureExtractor.from_dict({**saved, "highpass_hz": 0.5})
+
+
+def _write_12_lead_wfdb(folder, name, seed=0, units="mV", scale=1.0, **kwargs):
+    """A 10 s 500 Hz 12-lead WFDB record (format 16, 1000 units per mV of signal) and the signal written, in mV."""
+    import wfdb
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(5000) / 500
+    mv = np.stack([0.8 * np.sin(2 * np.pi * (1 + i / 10) * t) + 0.05 * rng.normal(size=t.size) for i in range(12)])
+    wfdb.wrsamp(name, fs=500, units=[units] * 12, sig_name=list(STANDARD_LEADS), p_signal=mv.T * scale,
+                fmt=["16"] * 12, adc_gain=[1000.0 / scale] * 12, baseline=[0] * 12, write_dir=str(folder), **kwargs)
+    return mv
+
+
+def test_read_wfdb_refuses_an_uncalibrated_signal(tmp_path):
+    """An ADC gain of 0 or none means 'uncalibrated' (WFDB header spec); wfdb read such a signal at 200 units/mV, so a
+    1000/mV record came out 5x too large without a word."""
+    _write_12_lead_wfdb(tmp_path, "rec")
+    hea = tmp_path / "rec.hea"
+    lines = hea.read_text().splitlines()
+    for i, replace in enumerate([lambda ln: ln.replace("1000.0(0)/mV", "0/mV"),
+                                 lambda ln: ln.replace("1000.0(0)/mV", "0(0)/mV"),
+                                 lambda ln: " ".join(ln.split()[:2])]):
+        changed = list(lines)
+        changed[3] = replace(changed[3])  # signal 2: lead III
+        hea.write_text("\n".join(changed) + "\n")
+        with pytest.raises(ECGReadError,
+                           match=r"rec\.hea: signal 2( \(III\))? in rec\.dat has ADC gain .*uncalibrated"):
+            read_wfdb(tmp_path / "rec")
+    hea.write_text("\n".join(lines) + "\n")
+    assert read_wfdb(tmp_path / "rec").signal.shape == (12, 5000)
+
+
+def test_read_wfdb_refuses_a_header_without_a_sampling_rate(tmp_path):
+    """A record line with no sampling frequency ('rec 12') was read at wfdb's default 250 Hz: a 500 Hz record ran at
+    half speed. The pipeline's long-record path (wfdb_info) says the same."""
+    from dbeta.processing_dbeta import wfdb_info
+
+    _write_12_lead_wfdb(tmp_path, "rec")
+    hea = tmp_path / "rec.hea"
+    lines = hea.read_text().splitlines()
+    hea.write_text("\n".join(["rec 12"] + lines[1:]) + "\n")
+    for read in (read_wfdb, wfdb_info):
+        with pytest.raises(ECGReadError, match=r"rec\.hea: the record line 'rec 12' states no sampling frequency"):
+            read(tmp_path / "rec")
+
+
+def test_read_wfdb_takes_micro_sign_units_from_the_header_text(tmp_path):
+    """wfdb's header reader drops a non-ASCII letter: 'µV' (micro sign) or 'μV' (Greek mu) was read as 'V', a
+    microvolt record scaled by 1e6. The units come from the header text (UTF-8, else latin-1)."""
+    truth = _write_12_lead_wfdb(tmp_path, "ascii", units="uV", scale=1000.0)
+    assert np.allclose(read_wfdb(tmp_path / "ascii").signal, truth, atol=2e-3)
+    for name, unit, encoding in [("micro", "\u00b5V", "utf-8"), ("mu", "\u03bcV", "utf-8"),
+                                 ("latin", "\u00b5V", "latin-1")]:
+        _write_12_lead_wfdb(tmp_path, name, units="uV", scale=1000.0)
+        hea = tmp_path / f"{name}.hea"
+        hea.write_bytes(hea.read_text().replace("/uV", "/" + unit).encode(encoding))
+        record = read_wfdb(tmp_path / name)
+        assert np.allclose(record.signal, truth, atol=2e-3), (unit, encoding, np.ptp(record.signal[0]))
+
+
+def test_read_wfdb_refuses_a_fixed_layout_record_with_leads_in_other_orders(tmp_path):
+    """wfdb reads a fixed-layout multi-segment record by position and names the leads after one segment: a segment
+    in another lead order (aVF before aVL) had its leads swapped without a word."""
+    import wfdb
+
+    mv = _write_12_lead_wfdb(tmp_path, "full")
+    names = list(STANDARD_LEADS)
+    kw = dict(fs=500, units=["mV"] * 12, fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12,
+              write_dir=str(tmp_path))
+    wfdb.wrsamp("rec_0001", sig_name=names, p_signal=mv[:, :2500].T, **kw)
+    wfdb.wrsamp("rec_0002", sig_name=names, p_signal=mv[:, 2500:].T, **kw)
+    (tmp_path / "rec.hea").write_text("rec/2 12 500 5000\nrec_0001 2500\nrec_0002 2500\n")
+    same = read_wfdb(tmp_path / "rec")
+    assert same.lead_names == names and np.allclose(same.signal, mv, atol=2e-3)
+    other = names[:4] + ["aVF", "aVL"] + names[6:]
+    wfdb.wrsamp("rec_0002", sig_name=other, p_signal=mv[[names.index(n) for n in other], 2500:].T, **kw)
+    with pytest.raises(ECGReadError, match=r"rec: a fixed-layout multi-segment record whose segment rec_0002 lists"):
+        read_wfdb(tmp_path / "rec")
+
+
+def test_read_wfdb_compares_the_header_checksums(tmp_path):
+    """The header's per-signal checksums were never compared: two records' signal files exchanged (same size) were
+    read as each other's. Whole-record reads compare them; a piece (sampfrom/sampto) cannot, and all-zero
+    checksums are placeholders."""
+    _write_12_lead_wfdb(tmp_path, "a", seed=0)
+    _write_12_lead_wfdb(tmp_path, "b", seed=1)
+    read_wfdb(tmp_path / "a")
+    da, db = tmp_path / "a.dat", tmp_path / "b.dat"
+    bytes_a = da.read_bytes()
+    da.write_bytes(db.read_bytes())
+    db.write_bytes(bytes_a)
+    with pytest.raises(ECGReadError, match=r"a: the samples do not match the header's checksums \(signal 0 \(I\) "
+                                           r"in a\.dat: header -?\d+, samples -?\d+"):
+        read_wfdb(tmp_path / "a")
+    assert read_wfdb(tmp_path / "a", sampfrom=0, sampto=2500).signal.shape == (12, 2500)
+    hea = tmp_path / "a.hea"
+    lines = hea.read_text().splitlines()
+    hea.write_text("\n".join(lines[:1] + [" ".join(ln.split()[:6] + ["0"] + ln.split()[7:]) for ln in lines[1:]])
+                   + "\n")
+    assert read_wfdb(tmp_path / "a").signal.shape == (12, 5000)

@@ -52,6 +52,7 @@ import numpy as np
 
 from dbeta.processing_dbeta import (
     WFDB_RECORD_LINE,
+    WFDB_SIGNAL_LINE,
     MIMIC_LEADS,
     STANDARD_LEADS,
     assemble_report,
@@ -339,12 +340,7 @@ def iter_machine_measurements(mimic_root, on_malformed=None) -> Iterator[Tuple[i
 
 
 _RECORD_LINE = WFDB_RECORD_LINE
-_SIGNAL_LINE = re.compile(
-    r"^(?P<file>\S+)\s+(?P<fmt>\d+)(?:x(?P<spf>\d+))?(?::(?P<skew>\d+))?(?:\+(?P<off>\d+))?"
-    r"(?:\s+(?P<gain>[0-9.eE+-]+)(?:\((?P<base>-?\d+)\))?(?:/(?P<units>\S+))?"
-    r"(?:\s+(?P<res>\d+)(?:\s+(?P<zero>-?\d+)(?:\s+(?P<init>-?\d+)(?:\s+(?P<cks>-?\d+)"
-    r"(?:\s+(?P<bs>\d+)(?:\s+(?P<desc>.*?))?)?)?)?)?)?)?\s*$"
-)
+_SIGNAL_LINE = WFDB_SIGNAL_LINE
 
 
 class WfdbHeader(SimpleNamespace):
