@@ -300,10 +300,11 @@ def _header_units(names: list, wfdb_units: list, signals: list, segments: list) 
 
 
 def _checksums_to_compare(signals: list) -> bool:
-    """Whether a whole-record read compares the header's checksums: each signal line parsed, one sample a frame,
-    and a checksum stated. Checksums that are all 0 are placeholders (writers that compute none put 0 there to reach
-    the fields after it); a real record's signals all summing to 0 modulo 65536 is not to be expected."""
-    return bool(signals) and all(s is not None and not (s.group("spf") and int(s.group("spf")) != 1)
+    """Whether a whole-record read compares the header's checksums: each signal line parsed, one sample a frame, no
+    skew (wfdb shifts skewed signals, padding their ends), and a checksum stated. Checksums that are all 0 are
+    placeholders (writers that compute none put 0 there to reach the fields after it); a real record's signals all
+    summing to 0 modulo 65536 is not to be expected."""
+    return bool(signals) and all(s is not None and int(s.group("spf") or 1) == 1 and not int(s.group("skew") or 0)
                                  for s in signals) and any(s.group("cks") and int(s.group("cks")) for s in signals)
 
 
