@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from dbeta.processing_dbeta import ECGReadError, canonical_lead_name
+from dbeta.processing_dbeta import WFDB_RECORD_LINE, ECGReadError, canonical_lead_name
 
 SPLITS = ("train", "val", "test")
 PathLike = Union[str, Path]
@@ -307,10 +307,21 @@ def parse_header_dx(header_text: str, source: str = "header") -> Optional[List[s
 
 
 def read_header_dx(header_path: Path, dataset: str) -> Optional[List[str]]:
+    """`parse_header_dx` of a header file. A file that is no text WFDB header (NUL bytes: saved as UTF-16, as
+    Windows PowerShell writes; or no record line) is refused: read with replacement characters it has no Dx line,
+    and its record was dropped as unlabelled without a word."""
     try:
-        text = Path(header_path).read_text(errors="replace")
+        data = Path(header_path).read_bytes()
     except OSError as err:
         raise ECGReadError(f"{dataset}: cannot read header {header_path} ({err})") from err
+    if b"\x00" in data:
+        raise ValueError(f"{dataset}: {header_path} is no text WFDB header (it holds NUL bytes: saved as UTF-16?); "
+                         "save it as ASCII or UTF-8")
+    text = data.decode("utf-8-sig", errors="replace")  # a UTF-8 byte-order mark is no part of the record line
+    first = next((line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")),
+                 "")
+    if WFDB_RECORD_LINE.match(first) is None:
+        raise ValueError(f"{dataset}: {header_path} has no WFDB record line (its first line: {first[:60]!r})")
     return parse_header_dx(text, f"{dataset}: {header_path}")
 
 

@@ -247,6 +247,10 @@ class CPSC2018Dataset(_WFDBRecordsDataset):
                         f"the CinC 2020 CPSC2018 records (A0001.hea with '#Dx: <SNOMED codes>') or the ICBEB "
                         f"files with REFERENCE.csv")
         self.num_unlabeled_dropped = len(label_map) - len(labelled)
+        if not use_reference and with_dx < len(headers):  # every CPSC2018 record has a class: not the protocol's
+            no_dx = sorted(rec for rec in headers if read_header_dx(headers[rec], "CPSC2018") is None)
+            warnings.warn(f"CPSC2018: {len(no_dx)} header(s) under {root} have no '#Dx:' line and are left out "
+                          f"({', '.join(no_dx[:5])}{' ...' if len(no_dx) > 5 else ''})", UserWarning, stacklevel=2)
         ids = _select_split(labelled, split, seed)
         super().__init__(
             root, split, CPSC2018_CLASSES, ids, multi_hot([label_map[r] for r in ids], CPSC2018_CLASSES)

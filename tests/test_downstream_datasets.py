@@ -431,6 +431,22 @@ def test_cpsc_errors(cpsc_root, tmp_path):
     for f in root.rglob("*.mat"):  # labels need no signal file
         f.unlink()
     np.testing.assert_array_equal(ds.labels_matrix(), labels_before)
+    # a header saved as UTF-16 (PowerShell's default) read as no Dx line: its record dropped without a word and
+    # the split of six others changed (helper). Refused; a UTF-8 byte-order mark is read; a header with no Dx
+    # line is left out with a warning (every CPSC2018 record has a class)
+    header = root / "Training_WFDB" / "g1" / "A0002.hea"
+    text = header.read_text()
+    header.write_bytes(text.encode("utf-16"))
+    with pytest.raises(ValueError, match=r"A0002.hea is no text WFDB header .*UTF-16"):
+        CPSC2018Dataset(root, "all")
+    header.write_bytes(text.encode("utf-8-sig"))
+    np.testing.assert_array_equal(CPSC2018Dataset(root, "all").labels_matrix(), labels_before)
+    header.write_text("A0002.mat 16+24 1000/mV 16 0 28 -1716 0 I\n" + text)
+    with pytest.raises(ValueError, match=r"A0002.hea has no WFDB record line"):
+        CPSC2018Dataset(root, "all")
+    header.write_text("".join(line + "\n" for line in text.splitlines() if "Dx" not in line))
+    with pytest.warns(UserWarning, match=r"1 header\(s\) under .* have no '#Dx:' line and are left out \(A0002\)"):
+        assert len(CPSC2018Dataset(root, "all")) == len(labels_before) - 1
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -570,7 +586,7 @@ def test_physionet2021_scored_classes_and_merges(cinc_root):
     (["#Dx: 164889003 59118001"], r"'164889003 59118001' is not a SNOMED CT code"),
     (["#Dx: 164889003.0"], r"'164889003.0' is not a SNOMED CT code"),
     (["#Dx: 0164889003"], r"'0164889003' is not a SNOMED CT code"),
-    (["\x00\x01junk #Dx: 164889003"], r"a '#Dx:' comment that does not start the line"),
+    (["\x01\x02junk #Dx: 164889003"], r"a '#Dx:' comment that does not start the line"),
 ])
 def test_a_dx_line_that_is_not_comma_separated_codes_is_refused_naming_the_header(tmp_path, dx_lines, problem):
     """Such headers were read as no class: dropped without a word, or all-negative with drop_unlabeled=False
