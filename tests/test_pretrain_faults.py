@@ -167,3 +167,18 @@ def test_a_resume_between_two_logs_logs_the_uninterrupted_runs_losses(assets, tm
     history = resume_from_step_3(drop_window=True)
     assert [h.get("averaged_steps") for h in history if "train" in h] == [None, 1, None, None]
     assert any("predates saved training-loss windows" in r.getMessage() for r in caplog.records)
+
+
+def test_export_only_of_a_config_that_changes_no_shape_is_refused_before_publishing(straight_run, tmp_path, capsys):
+    """config.json edited so no weight's shape changes (fusion_num_heads): load_model filled the model, and the export
+    was published (replacing the previous one) although from_pretrained refuses it (its geometry check)."""
+    checkpoint = shutil.copytree(straight_run / "checkpoints" / "checkpoint_1", tmp_path / "checkpoint_1")
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["fusion_num_heads"] != 1
+    (checkpoint / "config.json").write_text(json.dumps(dict(config, fusion_num_heads=1)))
+    previous = shutil.copytree(straight_run / "model", tmp_path / "out" / "model")
+    before = {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()}
+    assert run_main(["--output-dir", str(tmp_path / "out"), "--export-only", str(checkpoint)], record=False) == 2
+    err = capsys.readouterr().err
+    assert "fusion_num_heads: config.json has 1, the weights were trained with" in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()} == before

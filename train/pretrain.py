@@ -491,6 +491,13 @@ def export_checkpoint(s: PretrainSettings, checkpoint: str) -> int:
         model, tokenizer, _ = build_model_and_tokenizer(shape_only.model)
     with _damaged(path / "model.safetensors", "does not match config.json"):
         load_model(model, str(path / "model.safetensors"))
+    # The check from_pretrained runs: settings that change no weight's shape (a head count) are recorded in the
+    # weights' `geometry` buffers; an export whose config.json differs from them would be published, then refused.
+    wrong = model._geometry_mismatches() if hasattr(model, "_geometry_mismatches") else []
+    if wrong:
+        raise ConfigError(f"cannot export: {path / 'config.json'} does not match {path / 'model.safetensors'} ("
+                          + "; ".join(wrong) + "): from_pretrained would refuse the export. Restore the "
+                          "checkpoint's config.json; nothing was exported")
     state = TrainState()
     saved = json.loads((path / STATE_FILE).read_text())
     state.load_state_dict(saved)
