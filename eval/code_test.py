@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -12,6 +13,7 @@ import pandas as pd
 from eval.downstream_base import (
     ECGLabelDataset,
     PathLike,
+    check_limb_leads,
     check_split,
     describe_layout,
     read_table,
@@ -28,6 +30,8 @@ from dbeta.processing_dbeta import canonical_lead_name
 # aVF = II - I/2 hold up to noise.
 CODE_TEST_LEADS = ("I", "II", "III", "aVL", "aVF", "aVR", "V1", "V2", "V3", "V4", "V5", "V6")
 CODE_TEST_RATE = 400.0
+LIMB_RESIDUAL_WARNING = 0.5  # eval.downstream_base.check_limb_leads: ~0 under the right names, >= 1 when swapped
+CODE_TEST_SAMPLES = 4096  # per exam in the release: 10.24 s at 400 Hz (shorter exams zero-padded)
 
 _HINT = (
     "download CODE-test (Zenodo record 3765780: ecg_tracings.hdf5 and annotations/) and pass the folder "
@@ -86,7 +90,7 @@ class CODETestDataset(ECGLabelDataset):
         split: str = "test",
         scale_to_mv: float = 1.0,
         lead_names: Sequence[str] = CODE_TEST_LEADS,
-        sampling_rate: float = CODE_TEST_RATE,
+        sampling_rate: Optional[float] = None,
     ):
         check_split(split, "CODE-test", allowed=("test", "all"))
         root = require_dir(Path(root), "CODE-test", "the dataset folder", _HINT)
@@ -107,7 +111,8 @@ class CODETestDataset(ECGLabelDataset):
                 f"column {CODE_TEST_COLUMNS[col]}: {str(table[CODE_TEST_COLUMNS[col]].iloc[row])!r})"
             )
 
-        matched = self._check_tracings(table, gold)
+        self.sampling_rate = CODE_TEST_RATE if sampling_rate is None else float(sampling_rate)
+        matched = self._check_tracings(table, gold, rate_given=sampling_rate is not None)
         lead_names = [str(n) for n in lead_names]
         if len(lead_names) != 12:
             raise ValueError(f"CODE-test: lead_names must name the 12 stored leads, got {len(lead_names)}")
@@ -122,12 +127,13 @@ class CODETestDataset(ECGLabelDataset):
         super().__init__(root, split, class_names, ids, labels)
         self.scale_to_mv = float(scale_to_mv)
         self.lead_names = lead_names
-        self.sampling_rate = float(sampling_rate)
         self.gold_standard_path = gold
         self._h5 = None
         self._h5_pid: Optional[int] = None
+        self._warn_if_limb_leads_disagree()
+        self.close()  # opened again in each process that reads
 
-    def _check_tracings(self, table, gold: Path) -> Optional[tuple]:
+    def _check_tracings(self, table, gold: Path, rate_given: bool = False) -> Optional[tuple]:
         """Checks the array against the table. None: rows pair by position (the release, which has no exam ids);
         else (exam ids, the HDF5 row of each table row), matched by `exam_id` when both files carry it (as
         CODE-15%'s do)."""
@@ -139,7 +145,10 @@ class CODETestDataset(ECGLabelDataset):
                     raise ValueError(
                         f"CODE-test: {self.h5_path} has no dataset 'tracings' (it has: {', '.join(f.keys())})"
                     )
-                shape = f["tracings"].shape
+                if not isinstance(f["tracings"], h5py.Dataset):
+                    raise ValueError(f"CODE-test: {self.h5_path}: 'tracings' is a group, not an array "
+                                     "[exams, samples, 12]")
+                shape, dtype = f["tracings"].shape, f["tracings"].dtype
                 stored_ids = np.asarray(f["exam_id"]).ravel() if "exam_id" in f else None
         except OSError as err:
             raise ValueError(f"CODE-test: {self.h5_path} is not a readable HDF5 file ({err})") from err
@@ -147,6 +156,11 @@ class CODETestDataset(ECGLabelDataset):
             raise ValueError(
                 f"CODE-test: {self.h5_path}: 'tracings' has shape {shape}, expected [exams, samples, 12]"
             )
+        if dtype.kind not in "fiu":  # booleans or complex numbers cast to float32 would be scored as an ECG
+            raise ValueError(f"CODE-test: {self.h5_path}: 'tracings' holds {dtype}, not numbers of a signal")
+        if shape[1] != CODE_TEST_SAMPLES and not rate_given:  # another rate read at 400 Hz: stretched in time
+            raise ValueError(f"CODE-test: {self.h5_path}: {shape[1]} samples per exam, where the release has "
+                             f"{CODE_TEST_SAMPLES} at {CODE_TEST_RATE:g} Hz: pass the file's sampling_rate")
         listed = "exam_id" in table.columns
         if stored_ids is None or not listed:
             if stored_ids is not None or listed:  # one file names exams, the other cannot be checked against it
@@ -183,7 +197,29 @@ class CODETestDataset(ECGLabelDataset):
                                  f"{'not in' if not found else 'stored twice in'} {self.h5_path}")
             rows.append(found[0])
             exams.append(str(exam))
+        # CODE-15%'s files end with a zero-filled exam whose id is 0; any other exam the table leaves out means the
+        # two files disagree about which exams these are
+        unlisted = sorted(e for e in where if e not in line_of and e != 0)
+        if unlisted:
+            raise ValueError(f"CODE-test: {self.h5_path} holds {len(unlisted)} exam(s) {gold} does not list (first: "
+                             f"exam_id {unlisted[0]}): give the gold standard of every stored exam")
         return exams, rows
+
+    def _warn_if_limb_leads_disagree(self, exams: int = 8) -> None:
+        """The release's README gives its limb-lead order; a file in another order (the standard aVR, aVL, aVF)
+        would be read under the wrong names without a word. Warn when the first exams do not obey Einthoven's and
+        Goldberger's relations under `lead_names` (devices derive III, aVR, aVL, aVF from I and II)."""
+        worst = []
+        for index in range(min(exams, len(self))):
+            signal = np.asarray(self._tracings()[self._rows[index]], dtype=np.float64).T
+            if np.abs(signal).max() > 0:  # CODE-15%'s zero-filled exam says nothing
+                worst.append(max(check_limb_leads(signal, self.lead_names).values()))
+        if worst and float(np.median(worst)) > LIMB_RESIDUAL_WARNING:
+            warnings.warn(f"CODE-test: {self.h5_path}: under lead_names {', '.join(self.lead_names[:6])}, the limb "
+                          f"leads of the first {len(worst)} exams do not obey Einthoven's and Goldberger's relations "
+                          f"(median worst residual {np.median(worst):.2f}; near 0 when the names are right): the "
+                          "file may store its limb leads in another order; pass lead_names= with its order",
+                          UserWarning, stacklevel=3)
 
     def _tracings(self):
         if self._h5 is None or self._h5_pid != os.getpid():

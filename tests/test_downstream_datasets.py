@@ -654,7 +654,7 @@ def test_physionet2021_errors(tmp_path):
 
 CODE_GOLD = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0],
                       [0, 0, 0, 0, 0, 1]], dtype=np.int64)
-CODE_N = 1024  # 2.56 s at 400 Hz (the real file has 4096)
+CODE_N = 4096  # 10.24 s at 400 Hz, as the real file
 README_ORDER = [STANDARD_LEADS.index(n) for n in CODE_TEST_LEADS]  # I, II, III, aVL, aVF, aVR, V1-V6
 
 
@@ -726,8 +726,36 @@ def test_code_test_errors(code_root, tmp_path):
     with pytest.raises(ValueError, match="no dataset 'tracings'"):
         CODETestDataset(tmp_path)
     with h5py.File(tmp_path / "ecg_tracings.hdf5", "w") as f:
-        f.create_dataset("tracings", data=np.zeros((4, 10, 12), dtype=np.float32))
+        f.create_dataset("tracings", data=np.zeros((4, 4096, 12), dtype=np.float32))
     with pytest.raises(ValueError, match="4 exams but the gold standard has 5 rows"):
+        CODETestDataset(tmp_path)
+    # a file that is not the release's layout was read as it: 5000 samples (500 Hz) read at 400 Hz, stretched;
+    # booleans scored as a signal; 'tracings' as a group a bare AttributeError (helper)
+    for data, problem in ((np.zeros((5, 5000, 12), np.float32), "5000 samples per exam, where the release has 4096 "
+                                                                 "at 400 Hz: pass the file's sampling_rate"),
+                          (np.zeros((5, 4096, 12), bool), "holds bool, not numbers of a signal")):
+        with h5py.File(tmp_path / "ecg_tracings.hdf5", "w") as f:
+            f.create_dataset("tracings", data=data)
+        with pytest.raises(ValueError, match=problem):
+            CODETestDataset(tmp_path)
+    with h5py.File(tmp_path / "ecg_tracings.hdf5", "w") as f:
+        f.create_dataset("tracings", data=np.zeros((5, 5000, 12), np.float32))
+    assert CODETestDataset(tmp_path, sampling_rate=500).sampling_rate == 500  # said: read at that rate
+    # limb leads stored in the standard order (aVR, aVL, aVF) read under the README's: warned (helper)
+    with h5py.File(tmp_path / "ecg_tracings.hdf5", "w") as f:
+        f.create_dataset("tracings", data=np.stack([code_exam(i)[:, np.argsort(README_ORDER)] for i in range(5)]))
+    with pytest.warns(UserWarning, match="do not obey Einthoven's and Goldberger's relations .*pass lead_names="):
+        CODETestDataset(tmp_path)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CODETestDataset(tmp_path, lead_names=STANDARD_LEADS)
+        CODETestDataset(code_root)
+    with h5py.File(tmp_path / "ecg_tracings.hdf5", "w") as f:
+        group = f.create_group("tracings")
+        group.create_dataset("I", data=np.zeros((5, 4096), np.float32))
+    with pytest.raises(ValueError, match="'tracings' is a group, not an array"):
         CODETestDataset(tmp_path)
     with pytest.raises(ValueError, match="split must be one of test, all"):
         CODETestDataset(code_root, split="train")
@@ -770,6 +798,19 @@ def test_code_test_files_with_exam_ids_are_matched_by_id_not_position(code_root,
                                                                index=False)
     with pytest.raises(ValueError, match=r"line 6: exam_id 1009 is not in .*ecg_tracings.hdf5"):
         CODETestDataset(tmp_path)
+    # exams the table leaves out were passed over (a gold standard cut to 3 of 6 rows evaluated 3 exams, helper);
+    # CODE-15%'s zero-filled last exam (id 0) is no exam
+    gold.iloc[:3].to_csv(tmp_path / "annotations" / "gold_standard.csv", index=False)
+    with pytest.raises(ValueError, match=r"holds 2 exam\(s\) .*gold_standard.csv does not list \(first: exam_id 1003\)"):
+        CODETestDataset(tmp_path)
+    with h5py.File(tmp_path / "ecg_tracings.hdf5", "w") as f:
+        f.create_dataset("tracings", data=np.stack([code_exam(i) for i in order] + [np.zeros_like(code_exam(0))]))
+        f.create_dataset("exam_id", data=np.array([1000 + i for i in order] + [0], dtype=np.int64))
+    gold.to_csv(tmp_path / "annotations" / "gold_standard.csv", index=False)
+    assert len(CODETestDataset(tmp_path)) == 5
+    with h5py.File(tmp_path / "ecg_tracings.hdf5", "w") as f:
+        f.create_dataset("tracings", data=np.stack([code_exam(i) for i in order]))
+        f.create_dataset("exam_id", data=np.array([1000 + i for i in order], dtype=np.int64))
     gold.to_csv(tmp_path / "annotations" / "gold_standard.csv", index=False)
     with h5py.File(tmp_path / "ecg_tracings.hdf5", "a") as f:  # ids that are no whole numbers are not truncated
         del f["exam_id"]
