@@ -182,3 +182,59 @@ def test_export_only_of_a_config_that_changes_no_shape_is_refused_before_publish
     err = capsys.readouterr().err
     assert "fusion_num_heads: config.json has 1, the weights were trained with" in err and "Traceback" not in err, err
     assert {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()} == before
+
+
+def test_a_prepared_dataset_cut_short_is_refused_naming_the_folder(assets, tmp_path, capsys):
+    """A split .arrow file cut at a record-batch boundary (a copy or a disk that ran out) loaded with fewer rows and
+    the run trained on them with exit 0; cut mid-batch it was a bare OSError; without state.json a traceback."""
+    import pyarrow as pa
+
+    def prepared(name: str, batches: int = None, cut: float = None, summary: bool = False):
+        """A copy of the dataset; its train file rewritten as 12-row batches, keeping `batches` of them (as a complete
+        stream) or cut to a `cut` fraction of its bytes; with `summary`, laid out as prepare_mimic's OUTPUT."""
+        root = tmp_path / name
+        data = shutil.copytree(assets.data, root / "dataset" if summary else root)
+        arrow = next((data / "train").glob("*.arrow"))
+        with pa.memory_map(str(arrow)) as src:
+            table = pa.ipc.open_stream(src).read_all()
+        parts = table.to_batches(max_chunksize=12)
+        sink = pa.BufferOutputStream()
+        writer = pa.ipc.new_stream(sink, table.schema)
+        for batch in parts[:batches]:
+            writer.write_batch(batch)
+        writer.close()
+        full = sink.getvalue().to_pybytes()
+        arrow.write_bytes(full[:int(len(full) * cut)] if cut else full)
+        if summary:
+            (root / "summary.json").write_text(json.dumps({"complete": True, "dataset": "dataset", "splits": {
+                "train": {"records": 48, "subjects": 48}, "validation": {"records": 16, "subjects": 16}}}))
+        return root
+
+    def refused(dataset, *expected):
+        out = tmp_path / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        argv = train_args(assets, out, steps=2)
+        argv[argv.index("--dataset") + 1] = str(dataset)
+        assert run_main(argv, record=False) == 2
+        err = capsys.readouterr().err
+        assert all(e in err for e in expected) and "Traceback" not in err, err
+        assert not (out / "model").exists()
+
+    whole = prepared("whole")
+    from datasets import load_from_disk
+
+    assert len(load_from_disk(str(whole))["train"]) == 48  # the rewrite alone keeps every row
+    # cut at a batch boundary: Arrow reads the first 2 batches (24 rows) as the whole file
+    boundary = prepared("boundary", batches=2)
+    arrow = next((boundary / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:-8])  # no end-of-stream marker: where a copy cut short stops
+    assert len(load_from_disk(str(boundary))["train"]) == 24
+    refused(boundary, f"data.dataset {boundary}", "is cut short")
+    # a complete stream of 24 rows where prepare_mimic's summary.json recorded 48: OUTPUT and OUTPUT/dataset
+    fewer = prepared("fewer", batches=2, summary=True)
+    refused(fewer, f"{fewer}", "train: 24 rows, summary.json says 48")
+    refused(fewer / "dataset", f"{fewer / 'dataset'}", "train: 24 rows, summary.json says 48")
+    refused(prepared("mid", cut=0.66), "is cut short")
+    no_state = prepared("no-state")
+    (no_state / "train" / "state.json").unlink()
+    refused(no_state, f"data.dataset {no_state} cannot be loaded")

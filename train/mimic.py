@@ -651,13 +651,26 @@ def mimic_iterable_dataset(mimic_root, limit: Optional[int] = None, num_shards: 
 
 def load_prepared_mimic(output_dir):
     """The DatasetDict ("train", "validation") written by `python -m train.prepare_mimic --output DIR`
-    (OUTPUT/dataset, memory-mapped; the same as datasets.load_from_disk(OUTPUT/dataset))."""
+    (OUTPUT/dataset, memory-mapped; the same as datasets.load_from_disk(OUTPUT/dataset)). Split sizes other than
+    OUTPUT/summary.json's are refused (ValueError): a split file cut at an Arrow record-batch boundary loads shorter."""
+    import json
+
     from datasets import load_from_disk
 
     path = Path(output_dir) / "dataset"
     if not (path / "dataset_dict.json").is_file():
         raise FileNotFoundError(f"{path}: no finished prepared dataset (run python -m train.prepare_mimic)")
-    return load_from_disk(str(path))
+    dataset = load_from_disk(str(path))
+    summary = Path(output_dir) / "summary.json"  # the split sizes the ingest wrote: a file cut short loads shorter
+    recorded = json.loads(summary.read_text()).get("splits", {}) if summary.is_file() else {}
+    wrong = [f"{name}: {len(dataset[name]) if name in dataset else 'missing'} rows, summary.json says "
+             f"{v.get('records')}" for name, v in recorded.items()
+             if isinstance(v, dict) and v.get("records") is not None
+             and (len(dataset[name]) if name in dataset else 0) != v["records"]]
+    if wrong:
+        raise ValueError(f"{path} does not hold the rows {summary} records ({'; '.join(wrong)}): files were lost or "
+                         "cut short; run python -m train.prepare_mimic --restart")
+    return dataset
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ slot), with a warning naming it: the batches stay a pure function of (seeds, pos
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from pathlib import Path
@@ -25,18 +26,70 @@ from train.settings import CollatorSettings, ConfigError, DataSettings
 logger = logging.getLogger("train.pretrain_data")
 
 
+ARROW_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the last 8 bytes of every complete Arrow IPC stream
+
+
 def load_splits(path):
-    """The prepared DatasetDict: a save_to_disk folder, or train.prepare_mimic's OUTPUT folder."""
+    """The prepared DatasetDict: a save_to_disk folder, or train.prepare_mimic's OUTPUT folder. A split file cut short
+    (a copy or disk that ran out), a folder that does not load, or split sizes that differ from prepare_mimic's
+    summary.json beside the dataset are refused with ConfigError naming the folder: Arrow reads a file cut at a
+    record-batch boundary as a shorter, valid one."""
     from datasets import load_from_disk
 
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"data.dataset {p} does not exist")
-    if (p / "dataset_dict.json").is_file():
-        return load_from_disk(str(p))
-    from train.mimic import load_prepared_mimic
+    plain = (p / "dataset_dict.json").is_file()
+    folder, summary = (p, p.parent / "summary.json") if plain else (p / "dataset", p / "summary.json")
+    _check_arrow_files(folder)
+    try:
+        if plain:
+            splits = load_from_disk(str(p))
+        else:
+            from train.mimic import load_prepared_mimic
 
-    return load_prepared_mimic(p)
+            splits = load_prepared_mimic(p)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - datasets and pyarrow raise their own (OSError, ArrowInvalid, KeyError)
+        raise ConfigError(f"data.dataset {p} cannot be loaded ({type(err).__name__}: {str(err)[:300]}); prepare it "
+                          "again") from None
+    _check_against_summary(splits, folder, summary)
+    return splits
+
+
+def _check_arrow_files(folder: Path) -> None:
+    """Each split's .arrow files end with the Arrow end-of-stream marker (a file cut short does not)."""
+    for arrow in sorted(folder.glob("*/*.arrow")) if folder.is_dir() else ():
+        try:
+            size = arrow.stat().st_size
+            with open(arrow, "rb") as f:
+                f.seek(max(size - len(ARROW_END_OF_STREAM), 0))
+                tail = f.read()
+        except OSError as err:
+            raise ConfigError(f"data.dataset {folder}: cannot read {arrow} ({err})") from None
+        if tail != ARROW_END_OF_STREAM and not tail.endswith(b"ARROW1"):  # a stream, or Arrow's file format
+            raise ConfigError(f"data.dataset {folder}: {arrow} is cut short (no Arrow end-of-stream marker: a copy "
+                              "or a disk that ran out of room); copy or prepare the dataset again")
+
+
+def _check_against_summary(splits, folder: Path, summary: Path) -> None:
+    """The split sizes prepare_mimic's summary.json records (`splits.NAME.records`), when it is the summary of this
+    dataset folder."""
+    if not summary.is_file():
+        return
+    try:
+        recorded = json.loads(summary.read_text())
+        if recorded.get("dataset") != folder.name:
+            return
+        expected = {name: int(v["records"]) for name, v in recorded.get("splits", {}).items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return  # not a prepare_mimic summary
+    wrong = [f"{name}: {len(splits[name]) if name in splits else 'missing'} rows, summary.json says {n}"
+             for name, n in expected.items() if (len(splits[name]) if name in splits else 0) != n]
+    if wrong:
+        raise ConfigError(f"data.dataset {folder} does not hold the rows {summary} records ({'; '.join(wrong)}): "
+                          "files were lost or cut short; copy or prepare the dataset again")
 
 
 def as_rows(dataset):
