@@ -680,12 +680,16 @@ def tokenizer_settings(tokenizer) -> set:
     return names
 
 
+class UnknownSettingError(ValueError):
+    """A saved feature-extractor setting this version does not know."""
+
+
 def _refuse_unknown_settings(settings: dict, where: str) -> None:
     """A saved setting this version does not know may change how signals are conditioned; ignoring it would give the
     model other inputs than it was exported with."""
     unknown = set(settings) - set(feature_extractor_settings()) - set(_saved_bookkeeping())
     if unknown:
-        raise ValueError(
+        raise UnknownSettingError(
             f"{where}: the processor config holds feature-extractor setting(s) this version of processing_dbeta.py "
             f"does not know: {', '.join(sorted(unknown))} (known: {', '.join(feature_extractor_settings())}). "
             "Written by a newer version of D-BETA (load it with the processing_dbeta.py saved beside it, "
@@ -1242,7 +1246,13 @@ class DBetaProcessor(ProcessorMixin):
         judges those."""
         suspects = [] if kwargs.get("_from_pipeline") else [
             k for k in kwargs if k not in LOADING_KEYWORDS and k not in feature_extractor_settings()]
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except ValueError as err:  # newer transformers hand the feature extractor the file's contents only
+            # by name: the feature extractor may come from the folder's own copy of this module (another class)
+            if type(err).__name__ != "UnknownSettingError" or str(pretrained_model_name_or_path) in str(err):
+                raise
+            raise UnknownSettingError(f"{pretrained_model_name_or_path}: {err}") from None
         processor = loaded[0] if isinstance(loaded, tuple) else loaded  # (processor, unused) when asked for
         unknown = set(suspects) - tokenizer_settings(processor.tokenizer)
         if unknown:

@@ -581,7 +581,7 @@ def test_a_processor_config_with_an_unknown_setting_is_refused_naming_the_folder
     for load in (DBetaProcessor.from_pretrained, AutoProcessor.from_pretrained, AutoFeatureExtractor.from_pretrained,
                  DBetaFeatureExtractor.from_pretrained):
         # transformers 5.25's AutoFeatureExtractor reads the file itself and hands only its contents on
-        where = rf"({folder}|a saved processor config)" if load is AutoFeatureExtractor.from_pretrained else folder
+        where = rf"({folder}|a saved processor config)" if load == AutoFeatureExtractor.from_pretrained else folder
         with pytest.raises(ValueError, match=rf"{where}.*does not know: highpass_hz"):
             load(folder, trust_remote_code=True)
 
