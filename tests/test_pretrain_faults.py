@@ -238,3 +238,66 @@ def test_a_prepared_dataset_cut_short_is_refused_naming_the_folder(assets, tmp_p
     no_state = prepared("no-state")
     (no_state / "train" / "state.json").unlink()
     refused(no_state, f"data.dataset {no_state} cannot be loaded")
+
+
+def test_resume_refuses_a_replaced_tokenizer_or_dataset_and_accepts_other_spellings(assets, straight_run, tmp_path,
+                                                                                   capsys):
+    """--resume read the text-encoder folder's tokenizer and the dataset folder as they are now: another tokenizer
+    saved there (other token ids) or a dataset made anew at the same path (same row count) were trained on without
+    a word. The same dataset folder spelled `data/`, `./data` or relatively was refused as another dataset."""
+    import os
+
+    from datasets import DatasetDict
+
+    from tests.test_pretrain import mimic_dataset
+    from tests.tiny import REPORTS, train_t5_tokenizer
+
+    def stopped(name: str, **moved) -> "Path":
+        """The straight run without its export, resumable from its last checkpoint; `moved`: setting -> the copy
+        of its input the run used (as if it had been started on that copy)."""
+        out = shutil.copytree(straight_run, tmp_path / name)
+        shutil.rmtree(out / "model")
+        (out / "metrics.json").unlink()
+        for checkpoint in (out / "checkpoints").iterdir():
+            config, state = (json.loads((checkpoint / f).read_text()) for f in ("run_config.json", "train_state.json"))
+            for key, copy in moved.items():
+                section, field = key.split(".")
+                config[section][field] = str(copy)
+                if state.get("paths"):
+                    state["paths"][key] = str(copy.resolve())
+            (checkpoint / "run_config.json").write_text(json.dumps(config))
+            (checkpoint / "train_state.json").write_text(json.dumps(state))
+        return out
+
+    def resume(out, **flags) -> int:
+        argv = train_args(assets, out, "--resume")
+        for flag, value in flags.items():
+            argv[argv.index(f"--{flag.replace('_', '-')}") + 1] = str(value)
+        return run_main(argv, record=False)
+
+    # the same folder spelled otherwise is the same run (the tokenizer and data read back the same)
+    for spelled in (f"{assets.data}/", f"{assets.data.parent}/./{assets.data.name}",
+                    os.path.relpath(assets.data)):
+        assert resume(stopped(f"spelled-{len(spelled)}"), dataset=spelled) == 0, capsys.readouterr().err
+    # another tokenizer (same size, other pieces) saved in the text encoder's folder
+    t5 = shutil.copytree(assets.t5, tmp_path / "t5")
+    out = stopped("other-tokenizer", **{"model.text_encoder": t5})
+    for old in [*t5.glob("*token*"), *t5.glob("spiece*")]:
+        old.unlink()
+    train_t5_tokenizer([r.upper().replace(".", " ;") for r in REPORTS][::-1]).save_pretrained(t5)
+    capsys.readouterr()
+    assert resume(out, text_encoder=t5) == 2
+    err = capsys.readouterr().err
+    assert f"the tokenizer of {t5} was replaced" in err and "model.text_encoder:" not in err, err
+    assert not (out / "model").exists()
+    # the dataset made anew in the same folder: other ECGs, the same row count and reports
+    data = shutil.copytree(assets.data, tmp_path / "data")
+    out = stopped("new-data", **{"data.dataset": data})
+    shutil.rmtree(data)
+    new_train = mimic_dataset(48, seed=11).remove_columns("report").add_column(
+        "report", mimic_dataset(48, seed=1)["report"])
+    DatasetDict(train=new_train, validation=mimic_dataset(16, seed=2)).save_to_disk(str(data))
+    assert resume(out, dataset=data) == 2
+    err = capsys.readouterr().err
+    assert f"the data {data} was rebuilt or replaced at the same path (train: fingerprint" in err, err
+    assert "data.dataset:" not in err and not (out / "model").exists()

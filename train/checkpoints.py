@@ -55,12 +55,19 @@ class TrainState:
         # the training losses summed since the last log ({"sum": [...], "steps": n}, mean over processes): a resume
         # between two logs logs the same means as an uninterrupted run. None in checkpoints older than it.
         self.loss_window: Optional[dict] = None
+        # what tells the run's inputs from others at the same paths (train.pretrain): the tokenizer's content hash,
+        # the dataset's split fingerprints and sizes, and the resolved folder of each path setting. None in older
+        # checkpoints.
+        self.tokenizer: Optional[str] = None
+        self.data_identity: Optional[dict] = None
+        self.paths: Optional[dict] = None
 
     def state_dict(self) -> dict:
         return {"step": self.step, "micro_batches": self.micro_batches, "samples": self.samples,
                 "bad_steps": self.bad_steps, "train_losses": dict(self.train_losses),
                 "validation": dict(self.validation), "history": list(self.history), "train_rows": self.train_rows,
-                "n3s_table": self.n3s_table, "loss_window": self.loss_window}
+                "n3s_table": self.n3s_table, "loss_window": self.loss_window, "tokenizer": self.tokenizer,
+                "data_identity": self.data_identity, "paths": self.paths}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -73,6 +80,9 @@ class TrainState:
         self.train_rows = state.get("train_rows")
         self.n3s_table = state.get("n3s_table")
         self.loss_window = state.get("loss_window")
+        self.tokenizer = state.get("tokenizer")
+        self.data_identity = state.get("data_identity")
+        self.paths = state.get("paths")
 
 
 def checkpoint_dir(output_dir) -> Path:

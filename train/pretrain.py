@@ -255,6 +255,8 @@ def train(s: PretrainSettings, resume: bool) -> int:
     train_rows, val_rows, split_reports = select_splits(d)
     train_sampler, val_sampler, negatives = negative_samplers(d.n3s, train_rows, val_rows, split_reports)
     n3s_table = n3s_identity(d.n3s)
+    identity = {"tokenizer": tokenizer_identity(tokenizer), "data_identity": dataset_identity(d),
+                "paths": resolved_paths(s)}
     train_collator, val_collator = build_collators(build_processor(tokenizer), s.collator, d.max_length, s.seed,
                                                    train_sampler, val_sampler)
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.betas, o.eps, o.fused, o.text_lr_ratio)
@@ -274,9 +276,11 @@ def train(s: PretrainSettings, resume: bool) -> int:
             if saved_world != world:
                 logger.warning("resuming a %s-process run with %s processes: the data order is not an exact "
                                "continuation", saved_world, world)
-            check_same_run(path, s, state, len(train_rows), n3s_table)
+            check_same_run(path, s, state, len(train_rows), n3s_table, identity)
             logger.info("resumed from %s at step %d", path, state.step)
     state.train_rows, state.n3s_table = len(train_rows), n3s_table
+    state.tokenizer, state.data_identity, state.paths = (identity["tokenizer"], identity["data_identity"],
+                                                         identity["paths"])
     if accelerator.is_main_process:  # after the resume checks: a refused resume leaves the run's record as it was
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RUN_CONFIG_FILE, s.to_dict())
@@ -445,11 +449,26 @@ RESUME_SETTINGS = ("seed", "data.dataset", "data.mimic_root", "data.train_split"
                    "data.n3s", "train.mixed_precision", "model.frozen_text_precision")
 
 
+# Settings naming a local folder or file (or a Hub id): the same place spelled otherwise (`data/`, `./data`, a
+# relative path) is the same setting.
+PATH_SETTINGS = ("data.dataset", "data.mimic_root", "data.n3s", "model.config", "model.text_encoder",
+                 "model.tokenizer", "model.init_from")
+
+
 def check_same_run(checkpoint: Path, s: PretrainSettings, state: TrainState, train_rows: int,
-                   n3s_table=None) -> None:
-    """Refuse a resume whose data, model or optimisation settings, training split or N3S table differ from the
-    checkpointed run's."""
-    changed = s.changed_since(json.loads((checkpoint / RUN_CONFIG_FILE).read_text()), RESUME_SETTINGS)
+                   n3s_table=None, identity: dict = None) -> None:
+    """Refuse a resume whose data, model or optimisation settings, training split, N3S table, tokenizer or dataset
+    content differ from the checkpointed run's (`identity`: {"tokenizer", "data_identity", "paths"} of this run)."""
+    identity = identity or {}
+    saved = _same_places(json.loads((checkpoint / RUN_CONFIG_FILE).read_text()), s, state.paths or {})
+    changed = s.changed_since(saved, RESUME_SETTINGS)
+    if state.tokenizer is not None and identity.get("tokenizer") not in (None, state.tokenizer):
+        changed.append(f"the tokenizer of {s.model.tokenizer or s.model.init_from or s.model.text_encoder} was "
+                       f"replaced (content {state.tokenizer} -> {identity['tokenizer']}: other token ids)")
+    now_data = identity.get("data_identity")
+    if state.data_identity is not None and now_data is not None and now_data != state.data_identity:
+        changed.append(f"the data {s.data.dataset or s.data.mimic_root} was rebuilt or replaced at the same path "
+                       f"({_differences(state.data_identity, now_data)})")
     if state.train_rows is not None and state.train_rows != train_rows:
         changed.append(f"training rows: {state.train_rows} -> {train_rows} (the data changed)")
     if state.n3s_table is not None and n3s_table is not None and state.n3s_table != n3s_table:
@@ -533,6 +552,77 @@ def n3s_identity(folder):
     folder = Path(folder)
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
     return dict(files, **{"meta.json sha256": hashlib.sha256((folder / "meta.json").read_bytes()).hexdigest()[:16]})
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """A hash of what the tokenizer does (its tokenizer.json content: vocabulary, merges, normalizer; else its
+    vocabulary) and its special tokens: another tokenizer saved in the same folder gives other token ids."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)  # set per call, not part of what the tokenizer is
+        spec.pop("padding", None)
+    else:
+        spec = {"vocab": sorted(tokenizer.get_vocab().items())}
+    spec["special_tokens"] = sorted(str(t) for t in tokenizer.all_special_tokens)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dataset_identity(d) -> dict:
+    """What tells a prepared dataset from another one written at the same path: each split's `_fingerprint`
+    (state.json) and data file bytes; for data.mimic_root, the sizes of its two CSVs. {} when none is readable."""
+    if d.mimic_root:
+        root = Path(d.mimic_root)
+        return {name: (root / name).stat().st_size for name in ("record_list.csv", "machine_measurements.csv")
+                if (root / name).is_file()}
+    p = Path(d.dataset)
+    folder = p if (p / "dataset_dict.json").is_file() else p / "dataset"
+    found = {}
+    for split in sorted(folder.iterdir()) if folder.is_dir() else ():
+        try:
+            state = json.loads((split / "state.json").read_text())
+            size = sum((split / f["filename"]).stat().st_size for f in state.get("_data_files", []))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        found[split.name] = f"fingerprint {state.get('_fingerprint')}, {size} bytes"
+    return found
+
+
+def resolved_paths(s: PretrainSettings) -> dict:
+    """The resolved folder of each PATH_SETTINGS value that is a local path (a Hub id is left out)."""
+    now = s.to_dict()
+    return {key: resolved for key in PATH_SETTINGS if (resolved := _resolved(_get(now, key))) is not None}
+
+
+def _same_places(saved: dict, s: PretrainSettings, saved_paths: dict) -> dict:
+    """`saved` (a run config) with each path setting spelled as now when both name the same place (the run's
+    resolved path, recorded in its train state; for older checkpoints the saved spelling resolved from here)."""
+    import copy
+
+    saved, now = copy.deepcopy(saved), s.to_dict()
+    for key in PATH_SETTINGS:
+        old, new = _get(saved, key), _get(now, key)
+        if isinstance(old, str) and isinstance(new, str) and old != new:
+            place = saved_paths.get(key) or _resolved(old)
+            if place is not None and place == _resolved(new):
+                section, name = key.split(".")
+                saved[section][name] = new
+    return saved
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _resolved(value):
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else None
 
 
 def _differences(old: dict, new: dict) -> str:
