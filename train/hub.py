@@ -104,6 +104,21 @@ def validate_export(folder: str | Path) -> Path:
             f"Export folder {folder} is missing {name}; expected a save_pretrained() output "
             f"containing {' and '.join(REQUIRED_FILES)}."
         )
+    if not (folder / "model.safetensors").is_file():  # sharded: every file the index names must be there
+        import json
+
+        index = folder / SHARDED_WEIGHTS_INDEX
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise FileNotFoundError(f"Export folder {folder}: {index.name} does not read as a weights index "
+                                    f"({type(err).__name__}: {err})") from None
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing or not shards:
+            raise FileNotFoundError(
+                f"Export folder {folder} is missing {len(missing)} of the {len(shards)} weight file(s) "
+                f"{index.name} names: {', '.join(missing[:10]) or 'none named'}; the upload would not load."
+            )
     return folder
 
 

@@ -246,6 +246,11 @@ def prepare_mimic(
     if settings_path.is_file():
         old = json.loads(settings_path.read_text())
         if old != settings:
+            if summary_path.is_file() and (out / "dataset").is_dir():
+                raise ValueError(
+                    f"{out} was prepared with other settings {old} (asked: {settings}); use the same arguments, "
+                    "or --restart to rebuild it with these (the prepared dataset is replaced)"
+                )
             raise ValueError(
                 f"{out} holds an unfinished ingest with other settings {old}; use the same arguments to resume, "
                 "or --restart to start over"
