@@ -9,9 +9,13 @@ vector; the other four limb leads are derived exactly (Einthoven / Goldberger):
 Every record gets its own heart rate, sinus arrhythmia, electrical axis, wave directions and amplitudes, electrode
 placement, baseline wander and noise, and sinus records sometimes carry a premature beat (PVC or PAC), so the
 classes overlap in every single number and are separable only by their morphology and rhythm. Atrial fibrillation
-has irregular RR (coefficient of variation 0.13-0.45) and no P waves, with visible f waves in some records only;
+has irregular RR (coefficient of variation 0.13-0.45; independent beat to beat in most records, drifting in runs in
+the rest, so irregularity is not one generator's RR statistics) and no P waves, with visible f waves in some records only;
 atrial flutter has a sawtooth at 250-350/min conducted 2:1, 4:1 or variably. Neither cue alone separates sinus
-rhythm from fibrillation: a quarter of sinus records have marked sinus arrhythmia and some have small P waves.
+rhythm from fibrillation: a quarter of sinus records have marked sinus arrhythmia and some have small P waves,
+and a third of all records carry muscle tremor (band-limited noise local to each electrode, as large as fine f
+waves but not coherent across leads), so that high-frequency activity alone does not mean fibrillation. T waves
+vary about threefold in height.
 """
 
 from __future__ import annotations
@@ -130,8 +134,17 @@ def _rhythm(label: str, rng: np.random.Generator, duration: float):
         rr0 = float(rr[0])
     elif label == "AFIB":
         n = int((duration + 2.0) / (rr0 * 0.6)) + 4
-        k = rng.uniform(5.0, 60.0)  # RR coefficient of variation 1/sqrt(k): 0.13-0.45
-        rr = np.clip(rr0 * rng.gamma(k, 1.0 / k, n), 0.28, 2.2)
+        cv = rng.uniform(0.13, 0.45)
+        if rng.random() < 0.6:  # independent intervals, as AV-node conduction of random atrial impulses gives
+            rr = rr0 * rng.gamma(cv**-2, cv**2, n)
+        else:  # intervals that drift in runs: irregular RR need not be independent beat to beat
+            phi = rng.uniform(0.3, 0.85)
+            x = np.empty(n)
+            x[0] = rng.normal()
+            for j in range(1, n):
+                x[j] = phi * x[j - 1] + np.sqrt(1.0 - phi * phi) * rng.normal()
+            rr = rr0 * np.exp(cv * x - cv * cv / 2.0)
+        rr = np.clip(rr, 0.28, 2.2)
     else:
         n = int((duration + 2.0) / (rr0 * 0.6)) + 4
         # respiratory sinus arrhythmia, marked in a quarter of the records (as in the young)
@@ -202,7 +215,7 @@ def synthesize(label: str, rng: np.random.Generator, sampling_rate: int = 500, d
         terminal = q_vec[-1]
         t_vec = -_unit(terminal) * rng.uniform(0.2, 0.4)  # secondary (discordant) repolarisation
     else:
-        t_vec = _jitter(_unit([0.55, 0.55, 0.25])[None], rng, 12.0)[0] * rng.uniform(0.25, 0.45)
+        t_vec = _jitter(_unit([0.55, 0.55, 0.25])[None], rng, 12.0)[0] * rng.uniform(0.2, 0.65)
         if label == "STD_":
             t_vec = t_vec * rng.uniform(0.2, 0.6)  # flattened T
         if label == "LVH":
@@ -288,6 +301,11 @@ def synthesize(label: str, rng: np.random.Generator, sampling_rate: int = 500, d
     leads += (lead_mat @ wander) * rng.uniform(0.0, 0.08)
     leads += rng.normal(0.0, 0.05, (8, 1)) + np.outer(rng.normal(0.0, 0.02, 8), t / duration)  # offsets, drift
     leads += rng.normal(0.0, rng.uniform(0.004, 0.02), (8, n))
+    if rng.random() < 0.35:  # muscle tremor: band-limited noise local to each electrode, unlike f waves
+        width = int(rng.integers(max(1, int(0.004 * fs)), max(2, int(0.025 * fs)) + 1))
+        emg = np.apply_along_axis(np.convolve, 1, rng.normal(0.0, 1.0, (8, n)), np.ones(width) / width, "same")
+        emg *= rng.uniform(0.005, 0.04) / (emg.std(axis=1, keepdims=True) + 1e-12)
+        leads += emg * (rng.random((8, 1)) < 0.7)
     mains = rng.choice([50.0, 60.0])
     leads += np.outer(rng.uniform(0.0, 0.015, 8), np.sin(2 * np.pi * mains * t + rng.uniform(0, 6.3)))
 
