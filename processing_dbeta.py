@@ -962,14 +962,18 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         start, stop = self._read_span(x.shape[1], crop or self.crop, generator)
         read = x[:, start:stop]
         # the checks judge the samples the model reads, not the rest of a longer record (a 60 s record whose first
-        # 10 s were zeros was scored as an all-zero input; a spike at 50 s refused the whole record)
-        lo, hi = _source_span(start, stop, x.shape[1], source_samples)
-        seen = where if stop - start == x.shape[1] else (
+        # 10 s were zeros was scored as an all-zero input; a spike at 50 s refused the whole record). A random crop
+        # reads any part over an epoch: the whole record is judged, as a record scan before training judges it.
+        lo, hi = (0, source_samples) if (crop or self.crop) == "random" else _source_span(
+            start, stop, x.shape[1], source_samples)
+        judged = x if (crop or self.crop) == "random" else read
+        seen = where if judged.shape[1] == x.shape[1] else (
             f"{where} (the {(stop - start) / self.sampling_rate:g} s the model reads, from "
             f"{start / self.sampling_rate:g} s)")
-        repaired = non_finite[:, lo:hi].mean(axis=1)
-        repaired[non_finite.all(axis=1)] = 0.0  # no finite sample at all, zeroed on request: a missing lead
-        self._check_plausible(read, normalization, implausible or self.implausible, seen, names, repaired)
+        gaps = non_finite[:, lo:hi]
+        repaired = gaps.mean(axis=1)
+        repaired[gaps.all(axis=1)] = 0.0  # no finite sample where read: a missing lead there, not an invented one
+        self._check_plausible(judged, normalization, implausible or self.implausible, seen, names, repaired)
         x = read
         flat = x.max(axis=1) == x.min(axis=1)  # over the part the model sees
         if flat.any() and not flat.all():  # a constant (lead-off) lead carries nothing: a zero row, marked unused

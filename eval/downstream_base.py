@@ -217,6 +217,8 @@ def find_files(folder: PathLike, suffix: str, dataset: str) -> List[Path]:
         # a folder reached both as itself and through a link keeps its own path: real folders are walked first
         dirs.sort(key=lambda d: (os.path.islink(os.path.join(here, d)), d))
         for name in files:
+            if name.startswith("._"):  # macOS AppleDouble metadata (copied to exFAT/SMB, or a macOS tar): no record
+                continue
             if name.endswith(suffix):
                 found.append(Path(here) / name)
             elif name.lower().endswith(suffix.lower()):

@@ -122,6 +122,17 @@ def read_ptbxl_tables(root: PathLike) -> Tuple[pd.DataFrame, pd.DataFrame]:
     return db, statements
 
 
+def read_ptbxl_record(path):
+    """A `filename_hr` record, refused when it is not at 500 Hz: resampled, a 100 Hz record (the column swapped
+    with `filename_lr`) would pass as the protocol's."""
+    record = read_wfdb(path)
+    if abs(record.sampling_rate - PTBXL_RATE) > 1e-6:
+        raise ECGReadError(f"{record.path}: {record.sampling_rate:g} Hz, but filename_hr names PTB-XL's "
+                           f"{PTBXL_RATE:g} Hz records (records500/); are filename_hr and filename_lr swapped in "
+                           "ptbxl_database.csv?")
+    return record
+
+
 class PTBXLDataset(ECGLabelDataset):
     """PTB-XL (Wagner et al. 2020) for one task: super (5 classes), sub (23), form (19) or rhythm (12).
 
@@ -174,9 +185,5 @@ class PTBXLDataset(ECGLabelDataset):
         return str(self.root / self.filenames[index])
 
     def _read(self, index: int):
-        record = read_wfdb(self.root / self.filenames[index])
-        if abs(record.sampling_rate - PTBXL_RATE) > 1e-6:  # resampled, a 100 Hz record would pass as the protocol's
-            raise ECGReadError(f"{record.path}: {record.sampling_rate:g} Hz, but filename_hr names PTB-XL's "
-                               f"{PTBXL_RATE:g} Hz records (records500/); are filename_hr and filename_lr swapped in "
-                               "ptbxl_database.csv?")
+        record = read_ptbxl_record(self.root / self.filenames[index])
         return record.signal, record.sampling_rate, record.lead_names

@@ -58,7 +58,8 @@ from eval.features import (
     text_features,
 )
 from eval.metrics import TIE_RULE, group_ids, retrieval_recall
-from dbeta.processing_dbeta import normalize_report, read_wfdb
+from eval.ptbxl import read_ptbxl_record
+from dbeta.processing_dbeta import normalize_report
 from train.folders import write_result
 
 
@@ -108,7 +109,7 @@ class PTBXLReports:
         return str(self.root / self.filenames[index])
 
     def __getitem__(self, index: int) -> dict:
-        record = read_wfdb(self.root / self.filenames[index])
+        record = read_ptbxl_record(self.root / self.filenames[index])
         return {"signal": record.signal, "sampling_rate": record.sampling_rate, "lead_names": record.lead_names,
                 "record_id": self.record_ids[index]}
 

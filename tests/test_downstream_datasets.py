@@ -243,10 +243,16 @@ def test_ptbxl_unreadable_record_names_the_file(ptbxl_root, tmp_path):
             wfdb.wrsamp(name, fs=100, units=["mV"] * 12, sig_name=hr.lead_names, p_signal=hr.signal[:, ::5].T.astype(
                 float), fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(lr))
             table.loc[i, "filename_hr"] = f"records100/00000/{name}"
+    table["report"] = "sinus rhythm. normal ecg."
     table.to_csv(root / "ptbxl_database.csv", index=False)
     swapped = PTBXLDataset(root, "all", "super")
     with pytest.raises(ECGReadError, match=r"_lr: 100 Hz, but filename_hr names PTB-XL's 500 Hz records .*swapped"):
         next(swapped[i] for i in range(len(swapped)) if "records100" in swapped.filenames[i])
+    from eval.retrieval import PTBXLReports  # retrieval reads the same column (it resampled them, helper)
+
+    reports = PTBXLReports(root, "all")
+    with pytest.raises(ECGReadError, match=r"_lr: 100 Hz, but filename_hr names PTB-XL's 500 Hz records"):
+        next(reports[i] for i in range(len(reports)) if "records100" in reports.filenames[i])
 
 
 def _packaged_ptbxl_tables():
@@ -519,6 +525,17 @@ def test_csn_split_and_processor(csn_root):
     item = parts["val"][0]
     assert item["sampling_rate"] == 500.0 and item["signal"].shape == (12, 1100)
     assert tuple(item_through_processor(item).shape) == (1, 12, 5000)
+
+
+def test_macos_appledouble_files_are_no_records(csn_root, tmp_path):
+    """A copy through exFAT/SMB or a macOS tar adds `._NAME.hea` metadata files; the header checks refused the
+    whole dataset as holding a UTF-16 header (helper). They are passed over."""
+    import shutil
+
+    root = Path(shutil.copytree(csn_root, tmp_path / "csn"))
+    header = next((root / "WFDBRecords").rglob("*.hea"))
+    (header.parent / f"._{header.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    assert CSNDataset(root, "all").record_ids == CSNDataset(csn_root, "all").record_ids
 
 
 def test_csn_errors(csn_root, tmp_path):

@@ -186,6 +186,33 @@ def test_random_crop_only_changes_the_window():
     assert len(starts) > 1 and fe.crop == "start"  # random windows; the model's extractor is left as it was
 
 
+def test_with_random_crops_the_record_scan_judges_the_windows_training_may_draw():
+    """The processor judges the part of a record the model reads; fine-tuning's scan read the first 10 s, and with
+    --random-crop a later stretch at 200 mV ended the run mid-training (helper). Training records are judged whole
+    then, as the processor judges a random crop."""
+    from dbeta.processing_dbeta import DBetaFeatureExtractor, STANDARD_LEADS
+    from tests.tiny import ecg_batch
+
+    signal = np.concatenate([ecg_batch(1, seed=k)[0].numpy() for k in range(6)], axis=1)  # 60 s at 500 Hz
+    signal[1, 20000:22500] = 200.0
+
+    class Late:
+        record_ids = ["late"]
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"signal": signal, "sampling_rate": 500.0, "lead_names": list(STANDARD_LEADS),
+                    "labels": np.ones(2, np.float32), "record_id": "late"}
+
+    fe = DBetaFeatureExtractor()
+    assert ft.check_records({"train": Late(), "val": Late()}, fe, None, "raise", 0, False) == ({}, {})
+    with pytest.raises(ft.RecordError, match=r"1 record\(s\) cannot be read .*\n  train: .*implausible amplitude"):
+        ft.check_records({"train": Late(), "val": Late()}, fe, None, "raise", 0, False, random_crop=True)
+    assert fe.crop == "start"
+
+
 def test_bad_records_stop_the_run_before_its_first_step_or_are_left_out(setup, tmp_path, capsys):
     """A truncated signal file or a two-lead record in the train split ended a fine-tuning run midway, with a
     DataLoader-worker traceback, whenever the sampler reached it. Every record is now checked first."""

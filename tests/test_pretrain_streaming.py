@@ -103,6 +103,10 @@ def test_split_and_validation_rows_are_prepare_mimics(mimic_root, tmp_path):
     assert list(again["validation"]["study_id"]) == want["study_id"].tolist()
     assert list(load_from_disk(str(write_reports(mimic_root, tmp_path / "reports", 7, 0.6)))["train"]["report"]) \
         != records.reports()  # a finished rewrite replaces it
+    # an N3S table built at its default place (REPORTS/n3s) leaves its writers' lock beside it: once the table is
+    # deleted, the reports folder is still only an earlier reports folder (the lock refused it, helper)
+    (tmp_path / "reports" / ".n3s.lock").touch()
+    write_reports(mimic_root, tmp_path / "reports", 7, 0.6)
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"holds something other than an earlier reports folder \(config.json\)"):

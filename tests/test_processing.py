@@ -185,8 +185,24 @@ def test_the_checks_judge_the_samples_the_model_reads_not_the_rest_of_a_long_rec
     assert fe(off, sampling_rate=500, crop="center")["ecg_values"].abs().sum() > 0  # reads 25-35 s
     missing = x.copy()
     missing[:, :5000] = np.nan
-    with pytest.raises(ValueError, match=r"the 10 s the model reads, from 0 s\): lead I has 100.0% NaN/inf"):
+    with pytest.raises(ValueError, match=r"the 10 s the model reads, from 0 s\): flat signal"):
         fe(missing, sampling_rate=500)
+    missing[:, :5000] = x[:, :5000]
+    missing[4, :6000] = np.nan  # aVL missing where read, finite later: an absent lead there, as before (helper)
+    for policy in ("interpolate", "zero"):
+        values, used = fe.condition(missing, 500, nan_policy=policy, return_lead_mask=True)
+        assert not used[4] and used.sum() == 11 and not values[4].any()
+    missing[4, :6000] = x[4, :6000]
+    missing[4, 1000:4000] = np.nan  # 60% of what is read
+    with pytest.raises(ValueError, match=r"the 10 s the model reads, from 0 s\): lead aVL has 60.0% NaN/inf"):
+        fe(missing, sampling_rate=500)
+    # a random crop reads any part over an epoch: the whole record is judged, as fine-tuning's record scan (its
+    # first 10 s) would otherwise pass a record whose later windows are refused mid-training (helper)
+    late = x.copy()
+    late[1, 20000:22500] = 200.0
+    fe(late, sampling_rate=500)
+    with pytest.raises(ValueError, match=r"ecg\[0\]: implausible amplitude"):
+        fe(late, sampling_rate=500, crop="random")
     spike = x.copy()
     spike[1, 25000] = 2000.0  # 2 V at 50 s, never read
     assert torch.equal(fe(spike, sampling_rate=500)["ecg_values"], fe(x, sampling_rate=500)["ecg_values"])

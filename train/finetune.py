@@ -383,7 +383,8 @@ def prepare(s: FinetuneSettings) -> dict:
     record_model_input(model, processor)  # Trainer's checkpoints are classifier folders too: their cut goes along
     kept, skipped = {}, {}
     if data.check_records:
-        kept, skipped = check_records(splits, fe, protocol_n, data.on_error, data.num_workers, s.train.progress)
+        kept, skipped = check_records(splits, fe, protocol_n, data.on_error, data.num_workers, s.train.progress,
+                                      random_crop=data.random_crop)
     y_train, y_val = (splits[k].labels_matrix()[kept.get(k, slice(None))] for k in ("train", "val"))
     if len(splits["train"]) == 0 or len(splits["val"]) == 0:
         raise ConfigError(f"{data.dataset}: empty train or val split")
@@ -412,8 +413,10 @@ def prepare(s: FinetuneSettings) -> dict:
 
 
 def check_records(splits: dict, feature_extractor, protocol_num_samples: Optional[int], on_error: str,
-                  num_workers: int, progress: bool) -> tuple:
-    """Read and condition every record of every split before training (eval.features.scan_records).
+                  num_workers: int, progress: bool, random_crop: bool = False) -> tuple:
+    """Read and condition every record of every split before training (eval.features.scan_records). With
+    `random_crop`, training records are judged whole, as the processor judges a random crop (any window may be
+    drawn); the others by the part the model reads.
 
     on_error="raise": RecordError naming every failing record (up to 20 shown). "skip": ({split: kept indices},
     {split: [{"record_id", "error"}]}) with a warning; refused (RecordError) when skipping leaves a split empty or
@@ -422,7 +425,11 @@ def check_records(splits: dict, feature_extractor, protocol_num_samples: Optiona
     for split, dataset in splits.items():
         if not len(dataset):
             continue
-        good, failures = scan_records(dataset, feature_extractor, protocol_num_samples, num_workers=num_workers,
+        fe = feature_extractor
+        if random_crop and split == "train":
+            fe = copy.deepcopy(feature_extractor)
+            fe.crop = "random"
+        good, failures = scan_records(dataset, fe, protocol_num_samples, num_workers=num_workers,
                                       progress=progress, desc=f"checking {split} records")
         failed += [f"{split}: {f['error']}" for f in failures]
         if failures and on_error == "skip":

@@ -394,7 +394,8 @@ def write_reports(mimic_root, out, split_seed: int = 0, val_fraction: float = 0.
     out = Path(out)
     if out.exists():  # replaced as a whole: only an earlier reports folder, nothing beside it (an N3S table)
         others = sorted(p.name for p in out.iterdir()) if out.is_dir() else [out.name]
-        others = [n for n in others if n not in ("dataset_dict.json", "train", "validation")]
+        others = [n for n in others if n not in ("dataset_dict.json", "train", "validation")
+                  and not (n.startswith(".") and n.endswith(".lock"))]  # a published N3S table's writers' lock
         if others or (out.is_dir() and any(out.iterdir()) and not (out / "dataset_dict.json").is_file()):
             raise ConfigError(f"--reports {out} holds something other than an earlier reports folder "
                               f"({', '.join(others) or 'no dataset_dict.json'}); the folder is replaced as a whole, "
