@@ -420,16 +420,15 @@ def test_a_resume_over_changed_inputs_is_refused(broken_root, tmp_path, monkeypa
     short_dat = root / f"{short[0][3]}.dat"
     data = short_dat.read_bytes()
     import os
-    import time
 
-    later = max(c.stat().st_mtime for c in chunks) + 5
-    short_dat.write_bytes(data + data)  # the rest arrived
-    os.utime(short_dat, (later, later))
+    before = short_dat.stat()
+    short_dat.write_bytes(data + data)  # the rest arrived, stamped with the server's older time (wget -N)
+    os.utime(short_dat, (before.st_atime - 86400 * 900, before.st_mtime - 86400 * 900))
     with pytest.raises(ValueError, match=r"1 record\(s\) dropped for their files have changed since .*a download "
                                          "finished"):
         prepare_mimic(root, out, **kwargs)
     short_dat.write_bytes(data)
-    os.utime(short_dat, (time.time() - 3600, time.time() - 3600))
+    os.utime(short_dat, ns=(before.st_atime_ns, before.st_mtime_ns))
     csv_path = root / "machine_measurements.csv"
     csv_path.write_text(csv_path.read_text() + "\n")
     with pytest.raises(ValueError, match="machine_measurements.csv under .* changed since this ingest started"):

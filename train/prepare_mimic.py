@@ -167,7 +167,7 @@ def process_chunk(task: dict) -> dict:
     }
     kept = {s: 0 for s in SPLITS}
     dropped: dict = {}
-    dropped_rows = []
+    dropped_rows, file_states = [], {}
     for idx, line, subject, study, ecg_time, path, status, detail, report, conflicting in rows:
         entry = {"index": idx, "line": line, "subject_id": subject, "study_id": study, "ecg_time": ecg_time or "",
                  "path": path, "status": status, "detail": detail or ""}
@@ -176,6 +176,8 @@ def process_chunk(task: dict) -> dict:
         except RecordDropped as drop:
             dropped[drop.reason] = dropped.get(drop.reason, 0) + 1
             dropped_rows.append([idx, line, study, path, drop.reason, drop.detail[:300]])
+            if drop.reason in _FILE_DROPS:  # a resume compares them: the files may be a download under way
+                file_states[path] = _file_state(mimic_root / path)
             continue
         split = subject_split(subject, task["seed"], task["val_fraction"])
         writers[split].write(row)
@@ -184,7 +186,7 @@ def process_chunk(task: dict) -> dict:
         w.finalize()
         w.close()
     result = {"chunk": task["chunk"], "start": task["start"], "stop": task["stop"], "read": len(rows),
-              "kept": kept, "dropped": dropped, "dropped_rows": dropped_rows}
+              "kept": kept, "dropped": dropped, "dropped_rows": dropped_rows, "file_states": file_states}
     write_json(tmp / "result.json", result)
     if final.exists():
         shutil.rmtree(final)
@@ -326,13 +328,19 @@ def _check_inputs_unchanged(out: Path, work: Path, mimic_root: Path) -> None:
     arrived, changed = [], []
     for result in sorted((work / "chunks").glob("*/result.json")):
         finished = result.stat().st_mtime
-        for _, _, _, path, reason, detail in json.loads(result.read_text())["dropped_rows"]:
+        saved = json.loads(result.read_text())
+        states = saved.get("file_states")  # absent in a chunk of an older version: its mtime is compared
+        for _, _, _, path, reason, detail in saved["dropped_rows"]:
             if reason == "missing_record" and (mimic_root / f"{path}.hea").is_file():
                 arrived.append(path)
             elif reason == "missing_dat" and Path(str(detail).split(" not found")[0]).is_file():
                 arrived.append(path)
-            elif reason in _FILE_DROPS and _modified_since(mimic_root / path, finished):
-                changed.append(path)  # a download that was under way: its short .dat was dropped as truncated
+            elif reason in _FILE_DROPS and (
+                    _file_state(mimic_root / path) != states.get(path) if states is not None
+                    else _modified_since(mimic_root / path, finished)):
+                # a download that was under way: its short .dat was dropped as truncated. Sizes and times are
+                # compared, not "newer than": wget -N stamps a file with the server's older time
+                changed.append(path)
     if arrived:
         raise ValueError(f"{out}: {len(arrived)} record(s) missing when this ingest started are there now (first: "
                          f"{arrived[0]}); resumed, they would stay dropped. Use --restart to ingest anew")
@@ -345,6 +353,18 @@ def _check_inputs_unchanged(out: Path, work: Path, mimic_root: Path) -> None:
 # drops decided by a record's own files: a file written since may now read (a download that finished)
 _FILE_DROPS = frozenset({"bad_header", "truncated_dat", "header_data_mismatch", "checksum_mismatch",
                          "unreadable_record", "unsupported_format"})
+
+
+def _file_state(base: Path) -> list:
+    """[size, mtime_ns] of the record's header and signal file (BASE.hea, BASE.dat); None for a missing one."""
+    state = []
+    for suffix in (".hea", ".dat"):
+        try:
+            st = (base.parent / (base.name + suffix)).stat()
+            state.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            state.append(None)
+    return state
 
 
 def _modified_since(base: Path, when: float) -> bool:
