@@ -276,9 +276,9 @@ def test_resume_refuses_a_replaced_tokenizer_or_dataset_and_accepts_other_spelli
         return run_main(argv, record=False)
 
     # the same folder spelled otherwise is the same run (the tokenizer and data read back the same)
-    for spelled in (f"{assets.data}/", f"{assets.data.parent}/./{assets.data.name}",
-                    os.path.relpath(assets.data)):
-        assert resume(stopped(f"spelled-{len(spelled)}"), dataset=spelled) == 0, capsys.readouterr().err
+    for i, spelled in enumerate((f"{assets.data}/", f"{assets.data.parent}/./{assets.data.name}",
+                                 os.path.relpath(assets.data))):
+        assert resume(stopped(f"spelled-{i}"), dataset=spelled) == 0, capsys.readouterr().err
     # another tokenizer (same size, other pieces) saved in the text encoder's folder
     t5 = shutil.copytree(assets.t5, tmp_path / "t5")
     out = stopped("other-tokenizer", **{"model.text_encoder": t5})
