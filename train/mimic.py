@@ -653,8 +653,6 @@ def load_prepared_mimic(output_dir):
     """The DatasetDict ("train", "validation") written by `python -m train.prepare_mimic --output DIR`
     (OUTPUT/dataset, memory-mapped; the same as datasets.load_from_disk(OUTPUT/dataset)). Split sizes other than
     OUTPUT/summary.json's are refused (ValueError): a split file cut at an Arrow record-batch boundary loads shorter."""
-    import json
-
     from datasets import load_from_disk
 
     path = Path(output_dir) / "dataset"
@@ -662,15 +660,28 @@ def load_prepared_mimic(output_dir):
         raise FileNotFoundError(f"{path}: no finished prepared dataset (run python -m train.prepare_mimic)")
     dataset = load_from_disk(str(path))
     summary = Path(output_dir) / "summary.json"  # the split sizes the ingest wrote: a file cut short loads shorter
-    recorded = json.loads(summary.read_text()).get("splits", {}) if summary.is_file() else {}
-    wrong = [f"{name}: {len(dataset[name]) if name in dataset else 'missing'} rows, summary.json says "
-             f"{v.get('records')}" for name, v in recorded.items()
-             if isinstance(v, dict) and v.get("records") is not None
-             and (len(dataset[name]) if name in dataset else 0) != v["records"]]
+    wrong = split_size_mismatches(dataset, summary, path.name)
     if wrong:
         raise ValueError(f"{path} does not hold the rows {summary} records ({'; '.join(wrong)}): files were lost or "
                          "cut short; run python -m train.prepare_mimic --restart")
     return dataset
+
+
+def split_size_mismatches(dataset, summary: Path, folder_name: str) -> TList[str]:
+    """The splits of `dataset` whose row counts differ from prepare_mimic's `summary` (`splits.NAME.records`), as
+    "NAME: n rows, summary.json says m"; [] when there is no readable summary of the folder `folder_name`."""
+    import json
+
+    try:
+        recorded = json.loads(Path(summary).read_text())
+        if recorded.get("dataset", folder_name) != folder_name:
+            return []
+        expected = {name: int(v["records"]) for name, v in recorded.get("splits", {}).items()
+                    if isinstance(v, dict) and v.get("records") is not None}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []  # no summary, or not prepare_mimic's
+    return [f"{name}: {len(dataset[name]) if name in dataset else 'missing'} rows, summary.json says {n}"
+            for name, n in expected.items() if (len(dataset[name]) if name in dataset else 0) != n]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ slot), with a warning naming it: the batches stay a pure function of (seeds, pos
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 from pathlib import Path
@@ -54,7 +53,8 @@ def load_splits(path):
     except Exception as err:  # noqa: BLE001 - datasets and pyarrow raise their own (OSError, ArrowInvalid, KeyError)
         raise ConfigError(f"data.dataset {p} cannot be loaded ({type(err).__name__}: {str(err)[:300]}); prepare it "
                           "again") from None
-    _check_against_summary(splits, folder, summary)
+    if plain:  # load_prepared_mimic checks prepare_mimic's OUTPUT folder itself
+        _check_against_summary(splits, folder, summary)
     return splits
 
 
@@ -74,19 +74,10 @@ def _check_arrow_files(folder: Path) -> None:
 
 
 def _check_against_summary(splits, folder: Path, summary: Path) -> None:
-    """The split sizes prepare_mimic's summary.json records (`splits.NAME.records`), when it is the summary of this
-    dataset folder."""
-    if not summary.is_file():
-        return
-    try:
-        recorded = json.loads(summary.read_text())
-        if recorded.get("dataset") != folder.name:
-            return
-        expected = {name: int(v["records"]) for name, v in recorded.get("splits", {}).items()}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return  # not a prepare_mimic summary
-    wrong = [f"{name}: {len(splits[name]) if name in splits else 'missing'} rows, summary.json says {n}"
-             for name, n in expected.items() if (len(splits[name]) if name in splits else 0) != n]
+    """The split sizes prepare_mimic's summary.json records, when it is the summary of this dataset folder."""
+    from train.mimic import split_size_mismatches
+
+    wrong = split_size_mismatches(splits, summary, folder.name)
     if wrong:
         raise ConfigError(f"data.dataset {folder} does not hold the rows {summary} records ({'; '.join(wrong)}): "
                           "files were lost or cut short; copy or prepare the dataset again")
