@@ -956,17 +956,18 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 f"{where}: {x.shape[1] / self.sampling_rate:.2f} s of signal is shorter than the minimum "
                 f"{self.min_duration:g} s (min_duration)"
             )
-        if self.keep_samples is not None and (crop or self.crop) != "start":
-            raise ValueError(f"{where}: crop={crop or self.crop!r} with keep_samples={self.keep_samples}: the "
+        crop = crop or self.crop
+        if self.keep_samples is not None and crop != "start":
+            raise ValueError(f"{where}: crop={crop!r} with keep_samples={self.keep_samples}: the "
                              "record is cut to its first keep_samples samples, so there is nothing to crop")
-        start, stop = self._read_span(x.shape[1], crop or self.crop, generator)
+        start, stop = self._read_span(x.shape[1], crop, generator)
         read = x[:, start:stop]
         # the checks judge the samples the model reads, not the rest of a longer record (a 60 s record whose first
         # 10 s were zeros was scored as an all-zero input; a spike at 50 s refused the whole record). A random crop
         # reads any part over an epoch: the whole record is judged, as a record scan before training judges it.
-        lo, hi = (0, source_samples) if (crop or self.crop) == "random" else _source_span(
-            start, stop, x.shape[1], source_samples)
-        judged = x if (crop or self.crop) == "random" else read
+        whole = crop == "random"
+        lo, hi = (0, source_samples) if whole else _source_span(start, stop, x.shape[1], source_samples)
+        judged = x if whole else read
         seen = where if judged.shape[1] == x.shape[1] else (
             f"{where} (the {(stop - start) / self.sampling_rate:g} s the model reads, from "
             f"{start / self.sampling_rate:g} s)")
