@@ -130,10 +130,7 @@ class ECGClassificationDataset(torch.utils.data.Dataset):
         self.dataset = dataset
         self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
         self.protocol_num_samples = protocol_num_samples
-        self.feature_extractor = feature_extractor
-        if random_crop:
-            self.feature_extractor = copy.deepcopy(feature_extractor)
-            self.feature_extractor.crop = "random"
+        self.feature_extractor = random_crops(feature_extractor) if random_crop else feature_extractor
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -412,6 +409,14 @@ def prepare(s: FinetuneSettings) -> dict:
             "processor": processor, "model": model, "protocol_num_samples": protocol_n}
 
 
+def random_crops(feature_extractor: DBetaFeatureExtractor) -> DBetaFeatureExtractor:
+    """A copy of `feature_extractor` that takes a random window of a longer record (the model's own is left as it
+    was: it is exported with the classifier)."""
+    fe = copy.deepcopy(feature_extractor)
+    fe.crop = "random"
+    return fe
+
+
 def check_records(splits: dict, feature_extractor, protocol_num_samples: Optional[int], on_error: str,
                   num_workers: int, progress: bool, random_crop: bool = False) -> tuple:
     """Read and condition every record of every split before training (eval.features.scan_records). With
@@ -425,10 +430,7 @@ def check_records(splits: dict, feature_extractor, protocol_num_samples: Optiona
     for split, dataset in splits.items():
         if not len(dataset):
             continue
-        fe = feature_extractor
-        if random_crop and split == "train":
-            fe = copy.deepcopy(feature_extractor)
-            fe.crop = "random"
+        fe = random_crops(feature_extractor) if random_crop and split == "train" else feature_extractor
         good, failures = scan_records(dataset, fe, protocol_num_samples, num_workers=num_workers,
                                       progress=progress, desc=f"checking {split} records")
         failed += [f"{split}: {f['error']}" for f in failures]
