@@ -10,6 +10,7 @@ from dbeta.processing_dbeta import MIMIC_LEADS, STANDARD_LEADS
 from train import synthetic as syn
 from train.mimic import (
     ADC_NAN,
+    RecordDropped,
     MimicECGCollator,
     build_row,
     decode_signal,
@@ -351,11 +352,40 @@ def test_header_parser_matches_wfdb(tmp_path):
         (tmp_path / f"{name}.hea").write_text(text)
         mine = parse_wfdb_header(text)
         ref = wfdb.rdheader(str(tmp_path / name))
-        for field in ("n_sig", "fs", "sig_len", "file_name", "fmt", "adc_gain", "baseline", "units", "adc_res",
+        for field in ("n_sig", "fs", "sig_len", "file_name", "fmt", "baseline", "units", "adc_res",
                       "adc_zero", "init_value", "checksum", "block_size", "sig_name"):
             assert getattr(mine, field) == getattr(ref, field), (name, field, getattr(mine, field), getattr(ref, field))
+        # an absent gain stays 0 ("uncalibrated") where wfdb substitutes its default of 200
+        assert [g or 200.0 for g in mine.adc_gain] == ref.adc_gain, name
+    assert parse_wfdb_header(headers["units_baseline"]).adc_gain == [1000.0, 0.0, 0.5]
     with pytest.raises(ValueError):
         parse_wfdb_header("multi/3 2 500 1000\n")
+
+
+def test_uncalibrated_or_rateless_headers_are_dropped(tmp_path):
+    """The ingest read an ADC gain of 0 or none (the WFDB spec's "uncalibrated") as 200 adu/mV, as wfdb does: a
+    record stored at 1000 adu/mV entered the corpus 5x too large. A record line without a rate was read at 250 Hz
+    and dropped as a 250 Hz record. Both are dropped now, saying why."""
+    x = syn.generate_ecg("NORM", np.random.default_rng(2))[[STANDARD_LEADS.index(n) for n in MIMIC_LEADS]]
+    folder = tmp_path / "files" / "p1000" / "p10000001" / "s40000001"
+    folder.mkdir(parents=True)
+    syn.write_wfdb("40000001", folder, syn.to_adc(x, 1000.0), 500, MIMIC_LEADS, 1000.0)
+    hea = folder / "40000001.hea"
+    path = "files/p1000/p10000001/s40000001/40000001"
+    assert read_record(tmp_path, path)["adc_gain"].tolist() == [1000.0] * 12
+    lines = hea.read_text().splitlines()
+    for gain in ("0", "0.0(0)/mV"):  # (an absent gain leaves no lead name either: parse_wfdb_header's test)
+        sig = lines[3].split()  # the third signal, lead III: file, format, gain(baseline)/units, ...
+        sig[2] = gain
+        hea.write_text("\n".join(lines[:3] + [" ".join(sig)] + lines[4:]) + "\n")
+        with pytest.raises(RecordDropped, match=r"ADC gain 0 or absent for \['III'\]") as err:
+            read_record(tmp_path, path)
+        assert err.value.reason == "uncalibrated"
+    record_line = lines[0].split()
+    hea.write_text("\n".join([" ".join(record_line[:2])] + lines[1:]) + "\n")
+    with pytest.raises(RecordDropped, match="states no sampling frequency") as err:
+        read_record(tmp_path, path)
+    assert err.value.reason == "wrong_sampling_rate"
 
 
 def test_read_record_microvolt_units(tmp_path):

@@ -28,8 +28,9 @@ Drop reasons (first failing check wins, report checks come before the signal is 
     machine_measurements row, e.g. a malformed one), empty_report, missing_record (.hea absent), missing_dat,
     bad_header, truncated_dat / header_data_mismatch (.dat smaller / larger than the header's samples x signals x
     bytes per sample of its format), checksum_mismatch, unreadable_record, wrong_lead_count, unknown_leads,
-    wrong_sampling_rate, wrong_length, unsupported_format, bad_units, all_nan_lead, flat_record (every lead
-    constant: no ECG).
+    wrong_sampling_rate (also a header stating no rate), wrong_length, unsupported_format, bad_units,
+    uncalibrated (an ADC gain of 0 or none: the WFDB spec's "uncalibrated", which wfdb would read as 200 adu/mV),
+    all_nan_lead, flat_record (every lead constant: no ECG).
 The CSVs are read one physical line per row (as MIMIC writes them), so a broken line costs only that row; report
 fields reading "nan" count as empty. A CSV without its key columns or without data rows is an error (MimicInputError).
 Records at another rate or length are dropped, not resampled: MIMIC-IV-ECG is uniformly 500 Hz x 10 s, and a fixed
@@ -93,6 +94,7 @@ DROP_REASONS = (
     "wrong_length",
     "unsupported_format",
     "bad_units",
+    "uncalibrated",
     "all_nan_lead",
     "flat_record",
 )
@@ -353,7 +355,9 @@ def parse_wfdb_header(text: str) -> WfdbHeader:
     A small, strict parser for the fields the loader needs: wfdb.rdheader spends ~3.5 ms per header in pandas
     look-ups, which would dominate the ingest. Raises ValueError on anything it does not understand (multi-segment
     records, malformed lines); read_record then falls back to wfdb.rdheader. tests/test_mimic.py checks it against
-    wfdb.rdheader.
+    wfdb.rdheader. Two fields keep what the text states where wfdb substitutes a default: `fs` is None when the record
+    line gives no rate (wfdb: 250 Hz) and a signal's `adc_gain` is 0.0 when it is 0 or absent (wfdb: 200), the
+    spec's "uncalibrated"; read_record refuses both.
     """
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -366,7 +370,7 @@ def parse_wfdb_header(text: str) -> WfdbHeader:
     if len(lines) < 1 + n_sig:
         raise ValueError(f"header lists {n_sig} signals but has {len(lines) - 1} signal lines")
     h = WfdbHeader(
-        record_name=m.group("name"), n_sig=n_sig, fs=float(m.group("fs") or 250.0),
+        record_name=m.group("name"), n_sig=n_sig, fs=float(m.group("fs")) if m.group("fs") else None,
         sig_len=int(m.group("len")) if m.group("len") else None,
         file_name=[], fmt=[], samps_per_frame=[], skew=[], byte_offset=[], adc_gain=[], baseline=[], units=[],
         adc_res=[], adc_zero=[], init_value=[], checksum=[], block_size=[], sig_name=[],
@@ -382,7 +386,7 @@ def parse_wfdb_header(text: str) -> WfdbHeader:
         h.samps_per_frame.append(int(s.group("spf")) if s.group("spf") else 1)
         h.skew.append(int(s.group("skew")) if s.group("skew") else None)
         h.byte_offset.append(int(s.group("off")) if s.group("off") else None)
-        h.adc_gain.append(gain if gain else 200.0)
+        h.adc_gain.append(gain)
         h.baseline.append(int(s.group("base")) if s.group("base") else (zero or 0))
         h.units.append(s.group("units") or "mV")
         h.adc_res.append(int(s.group("res")) if s.group("res") else None)
@@ -458,6 +462,8 @@ def read_record(mimic_root, path: str) -> dict:
         raise RecordDropped("unknown_leads", f"{hea}: {err}") from None
     if sorted(names) != sorted(STANDARD_LEADS):
         raise RecordDropped("unknown_leads", f"{hea}: leads {header.sig_name}")
+    if header.fs is None:
+        raise RecordDropped("wrong_sampling_rate", f"{hea}: the record line states no sampling frequency")
     if abs(float(header.fs) - SAMPLING_RATE) > 1e-6:
         raise RecordDropped("wrong_sampling_rate", f"{hea}: {header.fs} Hz, expected {SAMPLING_RATE}")
     if int(header.sig_len or 0) != NUM_SAMPLES:
@@ -471,7 +477,11 @@ def read_record(mimic_root, path: str) -> dict:
         scales = np.array([unit_scale_to_mv(u) for u in (header.units or ["mV"] * n_sig)])
     except ValueError as err:
         raise RecordDropped("bad_units", f"{hea}: {err}") from None
-    raw_gains = np.array([g if g else 200.0 for g in header.adc_gain], dtype=np.float64)
+    raw_gains = np.array(header.adc_gain, dtype=np.float64)
+    if (raw_gains == 0).any():
+        leads = [str(header.sig_name[i]) for i in np.nonzero(raw_gains == 0)[0]]
+        raise RecordDropped("uncalibrated", f"{hea}: ADC gain 0 or absent for {leads} (uncalibrated in the WFDB "
+                                            "spec; the true gain is unknown)")
     if not (np.isfinite(raw_gains).all() and (raw_gains > 0).all()):
         raise RecordDropped("bad_header", f"{hea}: ADC gains {raw_gains.tolist()}, expected positive numbers")
 
