@@ -61,8 +61,8 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .processing_dbeta import (NAN_POLICIES, normalize_report, read_ecg_file, read_wfdb, resolve_leads,
-                               standard_lead_name, table_advice, tensor_to_numpy, wfdb_info)
+from .processing_dbeta import (NAN_POLICIES, check_wfdb_checksums, normalize_report, read_ecg_file, read_wfdb,
+                               resolve_leads, standard_lead_name, table_advice, tensor_to_numpy, wfdb_info)
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
@@ -1045,6 +1045,8 @@ class _RecordSource:
                 self.sampling_rate, self.lead_names = _file_settings(str(item), info["sampling_rate"],
                                                                      info["lead_names"], lead_names)
                 self.num_samples = int(info["num_samples"])
+                # read() takes sample ranges, which cannot be checked one by one against the header's checksums
+                check_wfdb_checksums(self.path, chunk_samples=int(300 * self.sampling_rate))
                 return
         record = as_record(item, sampling_rate, lead_names)
         self.name = _where(None, record["source"])

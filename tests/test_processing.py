@@ -707,8 +707,8 @@ def test_read_wfdb_refuses_a_fixed_layout_record_with_leads_in_other_orders(tmp_
 
 def test_read_wfdb_compares_the_header_checksums(tmp_path):
     """The header's per-signal checksums were never compared: two records' signal files exchanged (same size) were
-    read as each other's. Whole-record reads compare them; a piece (sampfrom/sampto) cannot, and all-zero
-    checksums are placeholders."""
+    read as each other's. Whole-record reads compare them; a piece (sampfrom/sampto) cannot (the windows path checks
+    the record with check_wfdb_checksums: tests/test_windows.py), and all-zero checksums are placeholders."""
     _write_12_lead_wfdb(tmp_path, "a", seed=0)
     _write_12_lead_wfdb(tmp_path, "b", seed=1)
     read_wfdb(tmp_path / "a")

@@ -105,6 +105,28 @@ def test_a_wfdb_file_is_read_in_chunks_and_scores_like_the_array(pipe, tmp_path,
         assert [d["score"] for d in a["scores"]] == pytest.approx([d["score"] for d in b["scores"]], abs=1e-5)
 
 
+def test_a_wfdb_file_read_in_chunks_is_checked_against_its_checksums(pipe, tmp_path):
+    """read_wfdb compares the header's checksums on whole reads only, and the windows path reads sample ranges: two
+    long records' .dat files exchanged (same size) were scored as each other, and a sample damaged 100 s in was
+    read as it stood. The whole record is checked, a chunk at a time, before any window is scored."""
+    from dbeta.processing_dbeta import ECGReadError, check_wfdb_checksums
+
+    a = write_wfdb(tmp_path, "a", long_signal(120, seed=1))
+    write_wfdb(tmp_path, "b", long_signal(120, seed=2))
+    check_wfdb_checksums(a, chunk_samples=7000)  # chunks that do not divide the record
+    bytes_a = (tmp_path / "a.dat").read_bytes()
+    (tmp_path / "a.dat").write_bytes((tmp_path / "b.dat").read_bytes())
+    (tmp_path / "b.dat").write_bytes(bytes_a)
+    with pytest.raises(ECGReadError, match=r"a: the samples do not match the header's checksums"):
+        pipe(str(a), candidate_labels=LABELS, chunk_seconds=30)
+    damaged = bytearray(bytes_a)
+    at = (100 * 500 * 12 + 3) * 2  # lead 3 at 100 s, format 16: two bytes a sample, leads interleaved
+    damaged[at] ^= 0x10
+    (tmp_path / "a.dat").write_bytes(bytes(damaged))
+    with pytest.raises(ECGReadError, match=r"checksums \(signal 3 \(aVR\) in a\.dat: header -?\d+, samples -?\d+\)"):
+        pipe(str(a), candidate_labels=LABELS, chunk_seconds=30)
+
+
 def test_a_multi_segment_record_scores_like_the_single_file(pipe, tmp_path):
     """Long recordings are often stored in segments; the header then names no leads itself (its segments do),
     and every window failed with "0 lead names for 12 leads"."""
