@@ -548,7 +548,7 @@ write_file({str(dest)!r}, slow)
 def test_two_processes_publishing_one_folder_take_turns(tmp_path):
     """Two runs exporting to one folder shared its `.NAME.partial` staging folder, and each removed what it took
     for a stopped run's leftovers: 12 of 24 exports failed and published folders held one run's weights under the
-    other's card (helper). A second writer now waits for the first; each folder is published whole."""
+    other's card (helper). A second writer now waits for the first, saying so; each folder is published whole."""
     import subprocess
     import sys
     import time
@@ -564,7 +564,7 @@ with published_folder(Path({str(dest)!r})) as staging:
     staging.mkdir()
     (staging / "weights").write_text("theirs")
     (staging / "card").write_text("theirs")
-"""], cwd=Path(__file__).resolve().parents[1])
+"""], cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
     with published_folder(dest) as staging:
         staging.mkdir()
         (staging / "weights").write_text("ours")
@@ -575,6 +575,8 @@ with published_folder(Path({str(dest)!r})) as staging:
         assert other.poll() is None and (staging / "weights").read_text() == "ours"
         (staging / "card").write_text("ours")
     assert other.wait(timeout=60) == 0
+    # the waiting run says why it stands still (it waited without a word, looking hung)
+    assert f"waiting for another process writing {dest} to finish" in other.stderr.read()
     assert {p.name: p.read_text() for p in dest.iterdir()} == {"weights": "theirs", "card": "theirs"}
     with pytest.raises(RuntimeError):  # a failed publication leaves the folder as it was, and no staging
         with published_folder(dest) as staging:

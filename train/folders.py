@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def _real(out) -> Path:
 def published_folder(out):
     """Yields an empty staging folder beside `out`; when the block ends without an error it replaces `out` whole
     (`replace_folder`), else it is removed and `out` stays as it was. One writer at a time per folder: an advisory
-    flock on a hidden `.NAME.lock` beside it makes a second run exporting to the same folder wait, where both
+    flock on a hidden `.NAME.lock` beside it makes a second run exporting to the same folder wait (saying so on
+    stderr), where both
     shared one staging folder and each removed the other's (two runs published one model's weights under the
     other's card, helper). The kernel drops the lock when its holder ends in any way."""
     import fcntl
@@ -86,7 +88,12 @@ def published_folder(out):
     out = _real(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_name(f".{out.name}.lock"), "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # say why the run stands still rather than seem to hang
+            print(f"waiting for another process writing {out} to finish (it holds {lock.name})", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         staging = staging_folder(out)
         try:
             yield staging
