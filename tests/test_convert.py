@@ -98,13 +98,14 @@ def test_damaged_checkpoints_are_refused_with_the_keys_named(shared_dir, tmp_pat
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    """Exit 2 for bad input, as every other tool (it was 1)."""
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 10)
-    assert main(["--checkpoint", str(tmp_path / "bad.pt"), "--output", str(tmp_path / "o")]) == 1
+    assert main(["--checkpoint", str(tmp_path / "bad.pt"), "--output", str(tmp_path / "o")]) == 2
     assert "bad.pt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     # a tokenizer folder that is not there: four chained Hub tracebacks, after the conversion's work
     assert main(["--checkpoint", str(tmp_path / "bad.pt"), "--output", str(tmp_path / "o"), "--tokenizer",
-                 str(tmp_path / "no-tokenizer")]) == 1
+                 str(tmp_path / "no-tokenizer")]) == 2
     err = capsys.readouterr().err
     assert "--tokenizer" in err and "cannot load a tokenizer" in err and "Traceback" not in err
 
@@ -209,5 +210,5 @@ def test_non_finite_weights_are_refused_naming_file_and_tensor(tmp_path):
     (tmp_path / "authors.json").write_text(json.dumps({"model": authors}))
     (tmp_path / "text.json").write_text(json.dumps(text))
     assert main(["--checkpoint", str(tmp_path / "nan.pt"), "--config", str(tmp_path / "authors.json"),
-                 "--text-config", str(tmp_path / "text.json"), "--output", str(tmp_path / "o")]) == 1
+                 "--text-config", str(tmp_path / "text.json"), "--output", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()

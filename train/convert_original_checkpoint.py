@@ -334,7 +334,7 @@ def main(argv=None) -> int:
         model = convert(args.checkpoint, authors, _read_json(args.text_config, "text config"))
     except (ConversionError, ExportTargetError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as for every other tool of the package
     export_model(model, args.output, processor=processor, card_facts={"source": f"converted from {args.checkpoint}"})
     n = sum(p.numel() for p in model.parameters())
     print(f"converted {args.checkpoint} -> {args.output} ({n / 1e6:.1f}M parameters)")
