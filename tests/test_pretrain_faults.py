@@ -45,8 +45,13 @@ def test_resume_under_other_negatives_or_precision_is_refused(assets, straight_r
     assert f"data.n3s: '{assets.n3s}' -> None" in capsys.readouterr().err
     assert run_main(train_args(assets, out, "--resume", "--bf16")) == 2
     assert "train.mixed_precision: 'no' -> 'bf16'" in capsys.readouterr().err
-    # a frozen-encoder run resumed with the encoder computing in bf16 (the settings check alone: the optimizer of a
-    # frozen encoder has other parameter groups than this run's)
+    # the text encoder frozen on resume: the settings are compared before the checkpoint is loaded (loading first
+    # failed on the optimizer's other parameter groups, skipped every checkpoint and ended as "no usable checkpoint")
+    assert run_main(train_args(assets, out, "--resume", "--set", "model.freeze_text_encoder=true")) == 2
+    err = capsys.readouterr().err
+    assert "model.freeze_text_encoder: False -> True" in err and "no usable checkpoint" not in err, err
+    # a frozen-encoder run resumed with the encoder computing in bf16 (the settings check alone: this run's encoder
+    # is not frozen)
     from train.pretrain import RESUME_SETTINGS
     from train.settings import PretrainSettings
 

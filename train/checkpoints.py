@@ -151,8 +151,12 @@ def _optimizer_tensors(saved: dict):
                 yield f"state/{param}/{key}", value
 
 
-def resume_from_checkpoint(accelerator, output_dir, state: TrainState, scheduler) -> Optional[Path]:
-    """Load the newest checkpoint that verifies and loads, warning about each one skipped. Returns its path."""
+def resume_from_checkpoint(accelerator, output_dir, state: TrainState, scheduler, check=None) -> Optional[Path]:
+    """Load the newest checkpoint that verifies and loads, warning about each one skipped. Returns its path.
+
+    `check(path, saved_state)` runs on each checkpoint that verifies, before its state is loaded: an error it raises
+    ends the resume. A run resumed under other settings is refused there, naming them, where loading first failed
+    (a frozen text encoder's optimizer has other parameter groups) and ended as "no usable checkpoint"."""
     from accelerate.utils import broadcast_object_list
 
     shared = [[str(p) for p in list_checkpoints(output_dir)]]
@@ -160,11 +164,18 @@ def resume_from_checkpoint(accelerator, output_dir, state: TrainState, scheduler
     for path in map(Path, shared[0]):
         try:
             verify_checkpoint(path)
+        except Exception as err:  # noqa: BLE001 - any damage means: try the previous one
+            _skip(path, err)
+            continue
+        saved = TrainState()
+        saved.load_state_dict(json.loads((path / STATE_FILE).read_text()))  # verify_checkpoint read it
+        if check is not None:
+            check(path, saved)
+        try:
             accelerator.load_state(str(path))
             scheduler.load_state_dict(json.loads((path / SCHEDULER_FILE).read_text()))
-        except Exception as err:  # noqa: BLE001 - any damage means: try the previous one
-            logger.warning("checkpoint %s is unusable (%s: %s); falling back to the previous checkpoint",
-                           path, type(err).__name__, str(err)[:300])
+        except Exception as err:  # noqa: BLE001
+            _skip(path, err)
             continue
         state.load_state_dict(json.loads((path / STATE_FILE).read_text()))
         return path
@@ -172,6 +183,11 @@ def resume_from_checkpoint(accelerator, output_dir, state: TrainState, scheduler
         raise ConfigError(f"no usable checkpoint in {checkpoint_dir(output_dir)} (each one was skipped: see the "
                           "warnings above); restore one, or start a new run in another --output-dir")
     return None
+
+
+def _skip(path: Path, err: Exception) -> None:
+    logger.warning("checkpoint %s is unusable (%s: %s); falling back to the previous checkpoint",
+                   path, type(err).__name__, str(err)[:300])
 
 
 def save_checkpoint(accelerator, model, scheduler, state: TrainState, settings: dict, total_limit: int,

@@ -268,7 +268,8 @@ def train(s: PretrainSettings, resume: bool) -> int:
     # 3. Resume.
     state = TrainState()
     if resume:
-        path = resume_from_checkpoint(accelerator, out, state, scheduler)
+        path = resume_from_checkpoint(accelerator, out, state, scheduler, check=lambda checkpoint, saved: (
+            check_same_run(checkpoint, s, saved, len(train_rows), n3s_table, identity)))
         if path is None:
             logger.warning("--resume: no checkpoint in %s, starting from scratch", out / "checkpoints")
         else:
@@ -276,7 +277,6 @@ def train(s: PretrainSettings, resume: bool) -> int:
             if saved_world != world:
                 logger.warning("resuming a %s-process run with %s processes: the data order is not an exact "
                                "continuation", saved_world, world)
-            check_same_run(path, s, state, len(train_rows), n3s_table, identity)
             logger.info("resumed from %s at step %d", path, state.step)
     state.train_rows, state.n3s_table = len(train_rows), n3s_table
     state.tokenizer, state.data_identity, state.paths = (identity["tokenizer"], identity["data_identity"],
