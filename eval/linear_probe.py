@@ -81,6 +81,8 @@ CACHE_FORMAT = 1  # bump when the way features are computed changes, so old cach
 PROBE_DATASETS = ("ptbxl", "cpsc2018", "csn", "physionet2021")
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 SPLIT_NAMES = ("train", "val", "test")
+# A class one-valued in a run's training subset gets a head that learnt nothing of it; the runs name such classes.
+ONE_VALUED_KEYS = {"classes_without_train_positives": "positive", "classes_without_train_negatives": "negative"}
 # The encoder's own parameters: everything of DBetaForECGClassification except the (unused) classifier.
 HEAD_PREFIXES = ("classifier.",)
 
@@ -384,6 +386,8 @@ def probe_run(features: Dict[str, np.ndarray], labels: Dict[str, np.ndarray], cl
         "n_train": int(len(idx)),
         "train_positives": {c: int(p) for c, p in zip(class_names, positives)},
         "classes_without_train_positives": [c for c, p in zip(class_names, positives) if p == 0],
+        # as unlearnt: a head that saw only positives for a class (a small fraction of a common one)
+        "classes_without_train_negatives": [c for c, p in zip(class_names, positives) if p == len(idx)],
         "best_epoch": best + 1,
         "val_auc": _nan_to_none([history["val_auc"][best]])[0],
         "test_auc": report["macro_auc"],
@@ -438,7 +442,7 @@ def summarize(runs: List[dict], fractions: Sequence[float], class_names: Sequenc
             "comparison_only_max_test_auc_std": max_std,
             "per_class_test_auc": per_class,
             "per_class_test_auprc": per_class_auprc,
-            "classes_without_train_positives": sorted({c for r in group for c in r["classes_without_train_positives"]}),
+            **{key: sorted({c for r in group for c in r[key]}) for key in ONE_VALUED_KEYS},
         })
     return rows
 
@@ -512,15 +516,17 @@ def render_markdown(result: dict) -> str:
             cells = [_pct(row[key][c]["mean"]) for row in result["summary"]]
             lines.append(f"| {c} | {test_pos[c]} | " + " | ".join(cells) + " |")
     notes = []
-    train_pos = result["splits"]["train"]["positives"]
-    absent = [c for c in result["class_names"] if train_pos[c] == 0]
-    if absent:
-        notes.append(f"- the train split has no positive for {', '.join(absent)}.")
-    for row in result["summary"]:
-        lost = [c for c in row["classes_without_train_positives"] if c not in absent]
-        if lost:
-            notes.append(f"- fraction {row['fraction']:g}: the subset of at least one seed has no positive for "
-                         f"{', '.join(lost)} (present in the full train split).")
+    train = result["splits"]["train"]
+    for key, kind in ONE_VALUED_KEYS.items():
+        none_of_kind = 0 if kind == "positive" else train["n"]
+        absent = [c for c in result["class_names"] if train["positives"][c] == none_of_kind]
+        if absent:
+            notes.append(f"- the train split has no {kind} for {', '.join(absent)}.")
+        for row in result["summary"]:
+            lost = [c for c in row.get(key, []) if c not in absent]
+            if lost:
+                notes.append(f"- fraction {row['fraction']:g}: the subset of at least one seed has no {kind} for "
+                             f"{', '.join(lost)} (present in the full train split); its test score is not learnt.")
     for split in ("val", "test"):
         if result["splits"][split]["unscorable_classes"]:
             notes.append(f"- {split}: {', '.join(result['splits'][split]['unscorable_classes'])} cannot be scored "
@@ -659,9 +665,10 @@ def run_probe(model: str, dataset: str, data_root, task: Optional[str] = None,
             run, scores = probe_run(features, labels, class_names, fraction, seed, epochs, batch_size,
                                     lr, weight_decay, bootstrap)
             test_scores[(fraction, seed)] = scores
-            if run["classes_without_train_positives"]:
-                logger.warning("fraction %g seed %d: no training positive for %s", fraction, seed,
-                               ", ".join(run["classes_without_train_positives"]))
+            for key, kind in ONE_VALUED_KEYS.items():
+                if run[key]:
+                    logger.warning("fraction %g seed %d: no training %s for %s (its test score is not learnt)",
+                                   fraction, seed, kind, ", ".join(run[key]))
             logger.info("fraction %g seed %d: n=%d test AUC %.4f (val-selected, epoch %d); max-over-epochs %.4f",
                         fraction, seed, run["n_train"], run["test_auc"], run["best_epoch"],
                         run["comparison_only_max_test_auc"])

@@ -448,3 +448,25 @@ def test_cli_refuses_bad_fractions_and_wrong_folders(setup, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         lp.main(probe_args(setup, tmp_path / "x.md"))
     assert exit_info.value.code == 2 and "must be a .json file" in capsys.readouterr().err
+
+
+def test_a_class_without_negatives_in_the_training_subset_is_named():
+    """A small fraction of a common class can hold only positives: the head learns nothing of that class, yet its
+    test AUC entered the macro without a word, where a class without positives was named (helper:
+    /tmp/hI/repro/probe_no_negative_in_subset.py)."""
+    rng = np.random.default_rng(3)
+    features, labels = {}, {}
+    for split, n in (("train", 200), ("val", 60), ("test", 60)):
+        y = np.stack([rng.random(n) < 0.5, rng.random(n) < 0.9], axis=1).astype(np.float32)
+        features[split] = (rng.standard_normal((n, 8)) + np.pad(2 * y, ((0, 0), (0, 6)))).astype(np.float32)
+        labels[split] = y
+    common_in_subset = [seed for seed in range(60)
+                        if labels["train"][lp.train_subset_indices(200, 0.02, seed), 1].all()]
+    assert common_in_subset, "no seed draws a subset of only 'common' positives: change the data seed"
+    seed = common_in_subset[0]
+    run, _ = lp.probe_run(features, labels, ["half", "common"], 0.02, seed, epochs=3, batch_size=4, lr=1e-3,
+                          weight_decay=1e-4, bootstrap=0)
+    assert run["classes_without_train_negatives"] == ["common"]
+    assert "common" not in run["classes_without_train_positives"]
+    row = lp.summarize([run], [0.02], ["half", "common"])[0]
+    assert row["classes_without_train_negatives"] == ["common"]
