@@ -377,15 +377,27 @@ def _check_token_ids(input_ids: torch.Tensor, model) -> None:
 
 @torch.no_grad()
 def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """Text features [len(texts), hidden] (`get_text_features`) of texts cleaned and tokenized by the processor."""
+    """Text features [len(texts), hidden] (`get_text_features`) of texts cleaned and tokenized by the processor.
+    Each distinct text as the model reads it (`processor.text_keys`: its token ids) is encoded once, so copies get
+    bitwise-equal features whichever batch they fall in: padded beside a longer text they differed by ~4e-9, and
+    retrieval's tie rule then depended on the batch size."""
     device = _model_device(model)
+    texts = list(texts)
+    if not texts:
+        return torch.zeros(0, model.config.hidden_size)
+    keys = processor.text_keys(texts)
+    first = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    unique = [texts[i] for i in first.values()]
     chunks = []
-    for start in range(0, len(texts), batch_size):
-        enc = processor(text=list(texts[start:start + batch_size]), return_tensors="pt")
+    for start in range(0, len(unique), batch_size):
+        enc = processor(text=unique[start:start + batch_size], return_tensors="pt")
         _check_token_ids(enc["input_ids"], model)
         features = model.get_text_features(enc["input_ids"].to(device), enc["attention_mask"].to(device))
         chunks.append(features.pooler_output)
-    return torch.cat(chunks) if chunks else torch.zeros(0, model.config.hidden_size)
+    row = {key: j for j, key in enumerate(first)}
+    return torch.cat(chunks)[[row[key] for key in keys]]
 
 
 @torch.no_grad()

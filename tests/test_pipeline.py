@@ -534,3 +534,24 @@ def test_a_model_in_train_mode_is_scored_without_dropout(exported):
     want = e["logits"][0].softmax(-1)
     assert {d["label"]: d["score"] for d in first} == pytest.approx(dict(zip(LABELS, want.tolist())), abs=1e-5)
     assert model.training  # handed back as it came
+
+
+def test_copies_of_a_text_get_bitwise_equal_features_in_any_batch():
+    """A report padded beside a longer one came out ~4e-9 away from its copy in another batch, so retrieval's tie
+    rule (a copy of the paired report counts against the query) depended on --batch-size (helper:
+    /tmp/hI/repro/strict_recall_batch_noise.py). Each distinct text, as the model reads it, is encoded once."""
+    from dbeta.pipeline_dbeta import text_features
+
+    from tests.tiny import tiny_zero_shot_pipeline
+
+    model, processor, _ = tiny_zero_shot_pipeline()
+    long = "sinus rhythm with first degree av block and left axis deviation, borderline ecg"
+    texts = ["sinus rhythm.", long, "Sinus  rhythm.", "atrial fibrillation.", "sinus rhythm."]
+    with torch.no_grad():
+        for batch_size in (1, 2, 3, 64):
+            got = text_features(model, processor, texts, batch_size=batch_size)
+            assert got.shape == (5, model.config.hidden_size)
+            assert torch.equal(got[0], got[2]) and torch.equal(got[0], got[4])  # same token ids
+            assert not torch.equal(got[0], got[3])
+        alone = text_features(model, processor, ["sinus rhythm."])[0]
+    torch.testing.assert_close(got[0], alone)  # (bitwise only within one call: padding moves the last bits)
