@@ -299,6 +299,16 @@ def _json_float(value) -> Optional[float]:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
+def _class_names(class_names: Sequence[str]) -> List[str]:
+    """The names as strings; one given twice would key two columns' figures under one name (the per-class dicts
+    kept the last while the macro counted both)."""
+    names = [str(c) for c in class_names]
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise ValueError(f"class name(s) {', '.join(twice)} given more than once: each score column needs its own")
+    return names
+
+
 def auc_report(
     y_true,
     scores,
@@ -315,7 +325,7 @@ def auc_report(
     ({class: n}), n_records, n_classes, n_classes_scored, excluded_classes ([{class, reason, positives,
     records}]) and a `note` naming the excluded classes when there are any."""
     y, s = _as_2d(y_true, scores)
-    names = [str(c) for c in class_names]
+    names = _class_names(class_names)
     if len(names) != y.shape[1]:
         raise ValueError(f"{len(names)} class names for {y.shape[1]} score columns")
     point = point_metrics(y, s)
@@ -401,7 +411,7 @@ def make_compute_metrics(class_names: Sequence[str]) -> Callable:
     """`compute_metrics` for transformers.Trainer on multi-label logits: {"macro_auc", "macro_auprc",
     "classes_scored", "auc_<class>", "auprc_<class>"} from point_metrics (the figures auc_report gives).
     With no evaluable class the macros are NaN (never 0 or 0.5)."""
-    names = [str(c) for c in class_names]
+    names = _class_names(class_names)
 
     def compute_metrics(prediction) -> Dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions

@@ -118,3 +118,17 @@ def test_tie_rule_counts_ties_against_the_query():
     assert recall_at_k(torch.tensor(sim), torch.tensor([0, 1, 0]), ks=(1,)) == {"R@1": pytest.approx(1 / 3)}
     with pytest.raises(ValueError, match="NaN"):
         first_positive_rank(np.array([[np.nan, 1.0]]), [0])
+
+
+def test_a_class_name_given_twice_is_refused():
+    """The per-class figures are keyed by name: a name given twice kept only the last column's AUC while the macro
+    counted both (helper: /tmp/hI/repro/auc_report_duplicate_names.py)."""
+    from eval.metrics import auc_report, make_compute_metrics
+
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    s = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6], [0.1, 0.3]])
+    with pytest.raises(ValueError, match="class name.s. AFIB given more than once"):
+        auc_report(y, s, ["AFIB", "AFIB"], n_resamples=0)
+    with pytest.raises(ValueError, match="AFIB given more than once"):
+        make_compute_metrics(["AFIB", "AFIB"])
+    assert set(auc_report(y, s, ["AFIB", "NORM"], n_resamples=0)["per_class_auc"]) == {"AFIB", "NORM"}
