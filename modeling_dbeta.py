@@ -1336,20 +1336,34 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
         if "classifier" in getattr(self, "_heads_initialised_at_load", {}):
             return  # a new head already
         # the names the head was saved under: the config of the very folder loaded (subfolder, revision)
-        labels = type(self.config).from_pretrained(source, **hub).id2label
+        saved = type(self.config).from_pretrained(source, **hub)
+        labels = saved.id2label
         saved_names = [str(labels[i]) for i in range(len(labels))] if all(i in labels for i in range(len(labels))) \
             else None
+        keys = sorted(self.config.id2label)
+        if keys != list(range(self.config.num_labels)):
+            raise ValueError(f"{source}: id2label has keys {keys}; a head of {self.config.num_labels} classes needs "
+                             f"exactly 0..{self.config.num_labels - 1} (one per output row)")
         names = [str(self.config.id2label[i]) for i in range(self.config.num_labels)]
         if saved_names is None or saved_names == names:
             return
         head = self.classifier
+        # class weights still as saved belong to the saved classes and their order (weights given at load are
+        # taken as given for the new names)
+        weights = getattr(self.config, "class_weights", None)
+        saved_weights = weights is not None and weights == getattr(saved, "class_weights", None)
         if sorted(saved_names) == sorted(names):
             order = [saved_names.index(c) for c in names]
             with torch.no_grad():
                 head.weight.copy_(head.weight[order].clone())
                 head.bias.copy_(head.bias[order].clone())
+            if saved_weights:
+                self.config.class_weights = [weights[i] for i in order]
             logger.info("%s: the saved head's rows put in the order of id2label (%s)", source, ", ".join(names))
         else:  # a new module: transformers' init skips parameters it has already loaded
+            if saved_weights:
+                self.config.class_weights = None
+                logger.warning("%s: the saved class_weights were for the saved classes; dropped", source)
             self.classifier = nn.Linear(head.in_features, head.out_features).to(head.weight.device,
                                                                                  head.weight.dtype)
             self._init_weights(self.classifier)
@@ -1373,6 +1387,9 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
                            else "multi_label_classification")
             if problem == "multi_label_classification":
                 weights = getattr(self.config, "class_weights", None)
+                if weights and len(weights) != self.num_labels:
+                    raise ValueError(f"config.class_weights holds {len(weights)} weights for {self.num_labels} "
+                                     "classes: give one per class, in id2label's order (or None)")
                 pos_weight = torch.tensor(weights, device=logits.device) if weights else None
                 if self.num_labels == 1 and labels.dim() == 1:  # one class: a label per record
                     labels = labels[:, None]
@@ -1382,6 +1399,13 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
                     raise ValueError("single_label_classification over one class: its cross-entropy is 0 whatever "
                                      "the model; for a yes/no label use problem_type='multi_label_classification' "
                                      "(a sigmoid) or num_labels=2")
+                if labels.numel() != logits.shape[0]:
+                    raise ValueError(f"single_label_classification takes one class index per record; got labels "
+                                     f"of shape {tuple(labels.shape)} for {logits.shape[0]} records (multi-hot or "
+                                     "soft labels: problem_type='multi_label_classification')")
+                if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+                    raise ValueError("single_label_classification takes class indices; got labels that are not "
+                                     "whole numbers (they were truncated to indices)")
                 loss = F.cross_entropy(logits.float(), labels.long().view(-1))
             elif problem == "regression":  # mean squared error on one or `num_labels` real targets
                 target = labels.float()

@@ -103,6 +103,47 @@ def test_a_saved_head_keeps_its_rows_with_their_classes(setup, tmp_path, caplog)
     assert sub.classifier.bias.tolist() == [10.0, 11.0, 12.0] and sub.untrained_heads() == []
 
 
+def test_class_weights_and_labels_follow_the_head(setup, tmp_path, caplog):
+    """helper: /tmp/hJ/repro/classweights_reorder.py, single_label_float_labels.py, id2label_one_based.py. A head
+    reloaded under its classes in another order kept its class weights in the saved order (AFIB took STACH's 40);
+    a new head for other classes kept the old classes' weights; weights of another length failed in a bare
+    broadcast; single-label float labels were truncated to indices; 1-based id2label keys raised `KeyError: 0`."""
+    first = ft.load_classifier(str(setup["model"]), ["A", "B", "C"])
+    first.config.class_weights = [1.0, 2.0, 40.0]
+    with torch.no_grad():
+        first.classifier.weight.add_(1.0)  # a trained head (an untrained one is new at every load)
+    first.save_pretrained(tmp_path / "ft")
+    from dbeta.modeling_dbeta import DBetaForECGClassification
+
+    def load(names, **kwargs):
+        return DBetaForECGClassification.from_pretrained(tmp_path / "ft", id2label=dict(enumerate(names)),
+                                                         label2id={c: i for i, c in enumerate(names)}, **kwargs)
+
+    assert load(["C", "A", "B"]).config.class_weights == [40.0, 1.0, 2.0]
+    assert load(["C", "A", "B"], class_weights=[3.0, 2.0, 1.0]).config.class_weights == [3.0, 2.0, 1.0]  # as given
+    with caplog.at_level("WARNING"):
+        other = load(["X", "Y", "Z"])
+    assert other.config.class_weights is None and "saved class_weights were for the saved classes" in caplog.text
+    model = ft.load_classifier(str(tmp_path / "ft"), ["A", "B", "C"]).eval()
+    ecg = torch.randn(2, 12, model.config.ecg_config.num_samples)
+    model.config.problem_type = "multi_label_classification"
+    model.config.class_weights = [1.0] * 5
+    with pytest.raises(ValueError, match="class_weights holds 5 weights for 3 classes"):
+        model(ecg, labels=torch.zeros(2, 3))
+    model.config.class_weights, model.config.problem_type = None, "single_label_classification"
+    with pytest.raises(ValueError, match="not whole numbers"):
+        model(ecg, labels=torch.tensor([1.9, 0.7]))
+    with pytest.raises(ValueError, match=r"labels of shape \(2, 3\) for 2 records"):
+        model(ecg, labels=torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert model(ecg, labels=torch.tensor([2.0, 0.0])).loss is not None  # whole-number floats are indices
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    config["id2label"] = {"1": "A", "2": "B", "3": "C"}
+    config["label2id"] = {"A": 1, "B": 2, "C": 3}
+    (tmp_path / "ft" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"id2label has keys \[1, 2, 3\]; a head of 3 classes needs exactly 0..2"):
+        DBetaForECGClassification.from_pretrained(tmp_path / "ft")
+
+
 def test_auto_class_weights():
     y = np.zeros((100, 4), np.float32)
     y[:10, 0] = 1  # 10 positives: 90 / 10 = 9
