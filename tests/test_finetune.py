@@ -853,8 +853,12 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
     # a trainer_state.json without its step count was a bare KeyError after the choice
     checkpoint(24, state='{"best_metric": 0.5}')
     checkpoint(26, state='[1]')
+    # a NaN moment in the optimizer state: resumed, the run ended as 'diverged, lower the LR' (helper:
+    # /tmp/hJ/repro/finetune_nan_optimizer_state.py)
+    torch.save({"state": {0: {"step": torch.tensor(3.0), "exp_avg_sq": torch.tensor([1.0, float("nan")])}},
+                "param_groups": []}, checkpoint(28) / "optimizer.pt")
     (tmp_path / "checkpoint-x").mkdir()  # not Trainer's
-    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == [f"checkpoint-{n}" for n in range(2, 27, 2)]
+    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == [f"checkpoint-{n}" for n in range(2, 29, 2)]
     assert zipfile.is_zipfile(tmp_path / "checkpoint-2" / "optimizer.pt")
     with caplog.at_level("WARNING", logger=ft.logger.name):
         assert ft.find_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
@@ -864,7 +868,8 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
                          (14, "rng_state.pth is damaged"), (16, "no optimizer.pt: resumed, the optimizer"),
                          (18, "no scheduler.pt"), (20, "no readable config.json"),
                          (22, "scheduler.pt does not load as plain weights (UnpicklingError)"),
-                         (24, "trainer_state.json has no step count"), (26, "trainer_state.json has no step count")):
+                         (24, "trainer_state.json has no step count"), (26, "trainer_state.json has no step count"),
+                         (28, "optimizer.pt holds NaN or infinite values in state/0/exp_avg_sq")):
         assert f"checkpoint-{step} cannot be resumed from ({reason}" in caplog.text, step
     assert ft.find_checkpoint(tmp_path / "absent") is None
 

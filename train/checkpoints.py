@@ -129,7 +129,7 @@ def verify_checkpoint(path: Path) -> None:
         raise RuntimeError(f"{path / 'model.safetensors'} holds non-finite values in {len(bad)} tensor(s): "
                            f"{', '.join(bad[:5])}")
     for optimizer in sorted(path.glob("optimizer*.bin")):  # a NaN moment turns the weights NaN at the first step
-        bad = _read(optimizer, lambda f: non_finite_tensors(_optimizer_tensors(
+        bad = _read(optimizer, lambda f: non_finite_tensors(optimizer_state_tensors(
             torch.load(f, map_location="cpu", weights_only=True))))
         if bad:
             raise RuntimeError(f"{optimizer} holds non-finite values in {len(bad)} tensor(s): {', '.join(bad[:5])}")
@@ -143,7 +143,7 @@ def _read(path: Path, reader):
         raise RuntimeError(f"{path} is damaged ({type(err).__name__}: {str(err)[:200]})") from None
 
 
-def _optimizer_tensors(saved: dict):
+def optimizer_state_tensors(saved: dict):
     """(name, tensor) for each tensor of an optimizer state_dict: state/<param>/<key>."""
     for param, entries in saved.get("state", {}).items():
         for key, value in entries.items():

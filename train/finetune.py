@@ -58,6 +58,7 @@ from eval.features import (RecordError, check_skipped_records, condition_item, l
 from eval.metrics import NonFiniteScoresError, auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
+from train.checkpoints import non_finite_tensors, optimizer_state_tensors
 from train.export import ExportTargetError, check_export_target, check_run_folder, export_model, record_model_input
 from train.finetune_settings import FinetuneSettings
 from train.folders import write_json
@@ -239,9 +240,13 @@ def checkpoint_problem(path: Path) -> Optional[str]:
                 return f"{name} is damaged ({err})"
     for name in ("optimizer.pt", "scheduler.pt"):  # as Trainer reads them: weights only, never code
         try:
-            torch.load(path / name, map_location="cpu", weights_only=True, mmap=True)
+            saved = torch.load(path / name, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:  # noqa: BLE001 - UnpicklingError and others: named, never run
             return f"{name} does not load as plain weights ({type(err).__name__})"
+        # a NaN moment turns the weights NaN at the first step, which then reads as a diverging run
+        bad = non_finite_tensors(optimizer_state_tensors(saved)) if name == "optimizer.pt" else []
+        if bad:
+            return f"{name} holds NaN or infinite values in {', '.join(bad[:3])}"
     return None
 
 
