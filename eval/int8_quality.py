@@ -23,7 +23,8 @@ import torch
 
 from eval.datasets import load_downstream
 from eval.features import ProcessedRecords, load_model_and_processor
-from eval.linear_probe import probe_run
+from eval.linear_probe import fraction_arg, probe_run
+from eval.outputs import check_outputs
 from eval.metrics import auc_report
 from eval.zero_shot import class_prompts, class_text_features, label_set_name, zero_shot_scores
 from dbeta.prompting_dbeta import load_prompt_set, prompt_style_for
@@ -53,15 +54,25 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", required=True, help="a PTB-XL-layout folder")
     parser.add_argument("--task", default="sub")
     parser.add_argument("--onnx", default=None, help="an ONNX folder with the int8 graph (default: export one)")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    parser.add_argument("--fractions", type=fraction_arg, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--output", default=None)
+    parser.add_argument("--output", default=None, help="a .json file (never one the run reads)")
     args = parser.parse_args(argv)
+    try:  # before any work: an --output inside the model folder replaced its config.json
+        if args.output is not None:
+            if Path(args.output).suffix.lower() != ".json":
+                raise ValueError(f"--output {args.output} must be a .json file")
+            check_outputs({"--output": args.output}, reads=[args.model, args.onnx, args.data_root])
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
 
     model, processor = load_model_and_processor(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = Path(args.onnx) if args.onnx else export_onnx(args.model, Path(tmp) / "onnx", int8=True)
-        int8 = DBetaOnnxModel.from_pretrained(onnx_dir, int8=True)
+        try:
+            int8 = DBetaOnnxModel.from_pretrained(onnx_dir, int8=True)
+        except FileNotFoundError as err:  # no int8 graph in --onnx, or no ONNX folder at all
+            parser.exit(2, f"error: {err}\n")
         made_from = int8.manifest.get("source_weights")
         if made_from != source_fingerprint(model):  # another model's graphs: their drift is not int8's cost
             parser.exit(2, f"error: {onnx_dir} was not exported from {args.model} ("

@@ -151,7 +151,7 @@ def weights_fingerprint(module: torch.nn.Module, skip_prefixes: Sequence[str] = 
             continue
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return digest.hexdigest()
 
 
@@ -776,7 +776,7 @@ def run_linear_probe(*, model: str, dataset: str, data_root, output=None, task: 
     return result
 
 
-def _fraction_arg(value: str) -> float:
+def fraction_arg(value: str) -> float:
     try:
         return check_fraction(value)
     except ValueError as err:
@@ -791,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, help="the dataset's folder (see eval.datasets)")
     p.add_argument("--task", default=None, help="PTB-XL task: super, sub, form or rhythm")
     p.add_argument("--output", required=True, help="result JSON; .md and .png are written beside it")
-    p.add_argument("--fractions", type=_fraction_arg, nargs="+", default=list(DEFAULT_FRACTIONS),
+    p.add_argument("--fractions", type=fraction_arg, nargs="+", default=list(DEFAULT_FRACTIONS),
                    help="training fractions, each in (0, 1]")
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
     p.add_argument("--epochs", type=int, default=100)

@@ -111,15 +111,17 @@ def test_onnx_model_equals_torch_model_on_processor_outputs(folders, torch_model
 
 
 def test_similarity_follows_the_learnable_mode(folders, tmp_path):
-    """SigLIP mode (scaled cosine + bias) reads its constants from the manifest, as torch does from weights."""
+    """SigLIP mode (scaled cosine + bias) reads its constants from the manifest, as torch does from weights. The
+    export itself crashed on such a model (the demo's config): the source fingerprint viewed the 0-dim
+    logit_scale as bytes (helper: /tmp/hK/repro/onnx_export_learnable_crash.py)."""
     torch.manual_seed(1)
     tok = train_t5_tokenizer()
     model = DBetaModel(tiny_config(tiny_t5_text_config(len(tok)), ets_mode="learnable", ets_scale_init=7.0,
                                    ets_bias_init=-3.0)).eval()
+    model_dir = export_model(model, tmp_path / "learnable", processor=build_processor(tok))
+    assert main(["--model", str(model_dir), "--output", str(tmp_path / "onnx")]) == 0
+    onnx_model = DBetaOnnxModel.from_pretrained(tmp_path / "onnx")
     base = DBetaOnnxModel.from_pretrained(folders[1])
-    manifest = dict(base.manifest, ets_mode="learnable", logit_scale=model.logit_scale.item(),
-                    logit_bias=model.logit_bias.item())
-    onnx_model = DBetaOnnxModel(model.config, manifest, base.sessions)
     ecg, text = torch.randn(3, 32), torch.randn(4, 32)
     with torch.no_grad():
         torch.testing.assert_close(onnx_model.similarity(ecg, text), model.similarity(ecg, text))
@@ -381,3 +383,19 @@ def test_int8_quality_refuses_an_onnx_folder_of_other_weights(folders, torch_mod
         int8_quality(["--model", str(changed), "--onnx", str(out), "--data-root", str(tmp_path / "unread")])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"{out} was not exported from {changed}" in err, err
+    # --output inside the model folder replaced its config.json (helper: /tmp/hK/repro/int8_quality_overwrites_
+    # model.sh); --fractions 0 failed after every feature was extracted; --onnx without an int8 graph: a traceback
+    config = (changed / "config.json").read_bytes()
+    for argv, said in ((["--output", str(changed / "config.json")], "would replace a file in"),
+                       (["--output", str(tmp_path / "quality.txt")], "must be a .json file"),
+                       (["--fractions", "0"], "a fraction must be in (0, 1]")):
+        with pytest.raises(SystemExit) as stop:
+            int8_quality(["--model", str(changed), "--data-root", str(tmp_path / "unread"), *argv])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and said in err, (argv, err)
+    assert (changed / "config.json").read_bytes() == config
+    fp32_only = tmp_path / "fp32-onnx"
+    assert main(["--model", str(model_dir), "--output", str(fp32_only)]) == 0
+    with pytest.raises(SystemExit) as stop:
+        int8_quality(["--model", str(model_dir), "--onnx", str(fp32_only), "--data-root", str(tmp_path / "unread")])
+    assert stop.value.code == 2 and "lists no ecg_int8 graph" in capsys.readouterr().err
