@@ -329,3 +329,17 @@ def test_nan_policy_is_a_call_keyword_of_every_scoring_path_and_of_the_clis(pipe
         explained = explain_main([*common, "--output", str(tmp_path / "e.png"), "--n-steps", "2",
                                   "--nan-policy", "zero"])
     assert "aVR" not in explained["leads"]
+
+
+def test_the_window_table_keeps_times_of_long_recordings(tmp_path):
+    """The CSV wrote times with `:g` (6 significant digits): windows of a 1.25-day record half a second apart shared
+    one start, and a 14-day patch recording's read 1.20959e+06 (helper: /tmp/hK/repro/windows_csv_time_rounding.py)."""
+    from eval.windows import write_window_table
+
+    starts = [0.0, 107987.5, 107990.0, 1209587.5, 3 / 257]
+    result = {"aggregate": [{"label": "AFIB", "score": 0.5}],
+              "windows": [{"start": t, "end": t + 10, "scores": [{"label": "AFIB", "score": 0.5}]} for t in starts]}
+    write_window_table(result, tmp_path / "w.csv")
+    rows = list(csv.DictReader(open(tmp_path / "w.csv")))
+    assert [r["start_s"] for r in rows] == ["0", "107987.5", "107990", "1209587.5", "0.011673"]
+    assert [r["end_s"] for r in rows] == ["10", "107997.5", "108000", "1209597.5", "10.011673"]
