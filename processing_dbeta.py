@@ -963,9 +963,9 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         if x.ndim != 2:
             raise ValueError(f"{where}: expected [leads, samples], got shape {tuple(x.shape)}")
         sampling_rate = _as_rate(sampling_rate, where)
-        x, used = self._reorder_leads(x, lead_names, where, missing_leads or self.missing_leads)
-        if leads is not None:
-            wanted = resolve_leads(leads)
+        wanted = resolve_leads(leads) if leads is not None else None
+        x, used = self._reorder_leads(x, lead_names, where, missing_leads or self.missing_leads, wanted)
+        if wanted is not None:
             used &= np.array([lead in wanted for lead in self.lead_names])
             if not used.any():
                 raise ValueError(f"{where}: the record has none of the requested leads {', '.join(wanted)}")
@@ -1146,8 +1146,9 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             hint = " (it looks like [samples, leads]: pass ecg.T)" if len(lead_names) == samples else ""
             raise ValueError(f"{where}: {len(lead_names)} lead names for {rows} leads (rows){hint}")
 
-    def _reorder_leads(self, x: np.ndarray, lead_names, where: str, missing_leads: str) -> tuple:
-        """(x in the standard order [12, samples] with zero rows for absent leads, bool mask of present leads)."""
+    def _reorder_leads(self, x: np.ndarray, lead_names, where: str, missing_leads: str, wanted=None) -> tuple:
+        """(x in the standard order [12, samples] with zero rows for absent leads, bool mask of present leads).
+        `wanted`: the leads in use (`leads=`); missing_leads='raise' asks only for those."""
         self.check_layout(x.shape, lead_names, where)
         if lead_names is None:
             return x, np.ones(self.num_leads, dtype=bool)
@@ -1175,8 +1176,9 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
         if len(missing) == self.num_leads:
             raise ValueError(f"{where}: no standard lead ({', '.join(self.lead_names)}) in the record (have "
                              f"{shown or 'none'})")
-        if missing and missing_leads == "raise":
-            raise ValueError(f"{where}: missing lead(s) {', '.join(missing)} (have {shown}; "
+        missing_wanted = [lead for lead in missing if wanted is None or lead in wanted]
+        if missing_wanted and missing_leads == "raise":
+            raise ValueError(f"{where}: missing lead(s) {', '.join(missing_wanted)} (have {shown}; "
                              "missing_leads='zero' zeroes them as pretraining's lead masking does)")
         present = np.array([lead in canon for lead in self.lead_names])
         out = np.zeros((self.num_leads, x.shape[1]), dtype=np.float32)

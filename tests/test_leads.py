@@ -59,6 +59,13 @@ def test_no_standard_lead_and_strict_mode_are_clear_errors():
         fe(x[:2], sampling_rate=500, lead_names=["I", "II"], missing_leads="raise")
     with pytest.raises(ValueError, match="for fewer leads pass lead_names"):
         fe(x[:2], sampling_rate=500)
+    # strict mode asks only for the leads in use: a 2-lead record read as I+II was refused for lacking the other 10
+    # (helper: /tmp/hK/repro/strict_leads_with_subset.py)
+    two = fe(x[:2], sampling_rate=500, lead_names=["I", "II"], leads="I+II", missing_leads="raise",
+             return_lead_mask=True)
+    assert two["lead_mask"][0].tolist() == [True, True] + [False] * 10
+    with pytest.raises(ValueError, match=r"missing lead\(s\) III \(have I, II;"):
+        fe(x[:2], sampling_rate=500, lead_names=["I", "II"], leads=["I", "III"], missing_leads="raise")
     # a WFDB header without signal descriptions reads as names None (was "unknown lead name 'None'")
     with pytest.raises(ValueError, match=r"lead\(s\) at row\(s\) 0, 1 have no name .*pass lead_names"):
         fe(x[:2], sampling_rate=500, lead_names=[None, " "])
