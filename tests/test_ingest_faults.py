@@ -330,7 +330,7 @@ def test_unreadable_files_are_drops_not_a_crash(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "fromfile", failing_read)
     drop = _dropped_reason(tmp_path, path)
     assert drop.reason == "unreadable_record" and "Permission denied" in drop.detail
-    monkeypatch.setattr(Path, "read_text", failing_read)
+    monkeypatch.setattr(Path, "read_bytes", failing_read)  # the header
     drop = _dropped_reason(tmp_path, path)
     assert drop.reason == "unreadable_record" and drop.detail.startswith(str(tmp_path / path) + ".hea")
 

@@ -401,6 +401,12 @@ def test_read_record_microvolt_units(tmp_path):
     np.testing.assert_allclose(rec["adc_gain"], 1000.0)
     got = decode_signal(rec)
     assert np.abs(got - x).max() <= 0.5e-3 + 1e-6
+    # the same units spelt 'µV' in a UTF-8 header were read as 'ÂµV' and the record dropped as bad_units (helper:
+    # /tmp/hM/repro/ingest_utf8_micro_volt_header.sh); read_wfdb reads them as microvolts
+    hea = folder / "40000001.hea"
+    hea.write_bytes(hea.read_text().replace("/uV", "/µV").encode("utf-8"))
+    again = read_record(tmp_path, "files/p1000/p10000001/s40000001/40000001")
+    np.testing.assert_array_equal(again["adc_gain"], rec["adc_gain"])
 
 
 def test_arrow_batches_and_dataloader(prepared):
@@ -469,3 +475,21 @@ def test_a_resume_over_changed_inputs_is_refused(broken_root, tmp_path, monkeypa
     csv_path.write_text(csv_path.read_text() + "\n")
     assert prepare_mimic(root, out, **{**kwargs, "progress": True})["kept"] == done["kept"]
     assert "changed since" in capsys.readouterr().err
+
+
+def test_reports_differing_only_in_spacing_are_one_report(tmp_path):
+    """A study listed twice whose reports differ only by a doubled space (or a tab) was dropped as
+    conflicting_reports, though N3S and the tokenizer read them as one text (helper:
+    /tmp/hM/repro/whitespace_only_conflicting_reports.sh). Reports are kept with whitespace collapsed."""
+    from train.mimic import read_reports
+
+    header = ["subject_id", "study_id", "cart_id"] + [f"report_{i}" for i in range(18)]
+    rows = [["1", "11", "0", "Sinus rhythm", "Normal ECG"] + [""] * 16,
+            ["1", "11", "0", "Sinus  rhythm", "Normal\tECG "] + [""] * 16,
+            ["2", "22", "0", "Sinus rhythm"] + [""] * 17,
+            ["2", "22", "0", "Atrial fibrillation"] + [""] * 17]
+    with open(tmp_path / "machine_measurements.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header] + rows)
+    reports, conflicting = read_reports(tmp_path)
+    assert conflicting == {22}
+    assert reports[11] == "sinus rhythm. normal ecg"

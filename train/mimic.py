@@ -50,7 +50,6 @@ from typing import Dict, Iterator, List as TList, Optional, Sequence, Tuple
 
 import numpy as np
 
-
 from dbeta.processing_dbeta import (
     WFDB_RECORD_LINE,
     WFDB_SIGNAL_LINE,
@@ -58,10 +57,10 @@ from dbeta.processing_dbeta import (
     STANDARD_LEADS,
     assemble_report,
     canonical_lead_name,
-    normalize_report,
     unit_scale_to_mv,
     wfdb_signal_files,
 )
+from train.n3s import canonical_report
 
 
 NUM_LEADS = 12
@@ -303,7 +302,8 @@ def iter_record_list(mimic_root) -> Iterator[dict]:
 
 def iter_machine_measurements(mimic_root, on_malformed=None) -> Iterator[Tuple[int, str]]:
     """(study_id, report) for each well-formed row of machine_measurements.csv; the report is
-    normalize_report(assemble_report(report_0..report_17)), possibly "" ("nan" fields count as empty).
+    canonical_report(assemble_report(report_0..report_17)) (normalize_report, whitespace collapsed), possibly ""
+    ("nan" fields count as empty).
     Malformed rows are skipped after `on_malformed(line_number, problem)`. Raises MimicInputError if the file lacks
     study_id or every report_* column, or has no data row."""
     path = Path(mimic_root) / "machine_measurements.csv"
@@ -331,7 +331,9 @@ def iter_machine_measurements(mimic_root, on_malformed=None) -> Iterator[Tuple[i
                 on_malformed(lineno, str(err) or "bad value")
             continue
         texts = [row[c] for c in columns]
-        yield study, normalize_report(assemble_report(["" if t.strip().lower() in _NULL_TEXT else t for t in texts]))
+        # whitespace collapsed (canonical_report, N3S's key): rows differing only in spacing are one report, not a
+        # study with conflicting reports
+        yield study, canonical_report(assemble_report(["" if t.strip().lower() in _NULL_TEXT else t for t in texts]))
     if rows == 0:
         raise MimicInputError(f"{path}: a header but no data rows (expected one row per study)")
 
@@ -408,9 +410,13 @@ def read_header(hea: Path):
         size = hea.stat().st_size
         if size > _MAX_HEADER_BYTES:
             raise RecordDropped("bad_header", f"{hea}: {size} bytes, too large for a WFDB header")
-        text = hea.read_text(encoding="latin-1")
+        raw = hea.read_bytes()
     except OSError as err:
         raise RecordDropped("unreadable_record", f"{hea}: {err}") from None
+    try:  # UTF-8 first, as read_wfdb reads it: latin-1 turned a UTF-8 'µV' into 'ÂµV', and the record was dropped
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
     try:
         return parse_wfdb_header(text)
     except ValueError as err:
