@@ -72,6 +72,10 @@ __all__ = [
 ]
 
 
+#: the fields of a prompt-set file (prompts_dbeta.json); any other is refused
+PROMPT_SET_FIELDS = ("version", "note", "prompts", "aliases", "dataset_aliases", "members")
+
+
 def looks_like_code(label: str) -> bool:
     """No whitespace, only code characters, and at least one capital letter or digit ("AFIB", "1dAVb", "NST_")."""
     label = str(label).strip()
@@ -107,9 +111,16 @@ class PromptSet:
 
     def __init__(self, data: Optional[dict] = None, source: Optional[str] = None):
         data = data or {}
+        where = source or "prompt set"
         if "prompts" not in data and data and all(isinstance(v, str) for v in data.values()):
             data = {"prompts": data}
-        where = source or "prompt set"
+        unknown = sorted(str(k) for k in data if k not in PROMPT_SET_FIELDS)
+        if unknown:  # a misspelt field was ignored, and its table with it: labels then read as other classes
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+                k, PROMPT_SET_FIELDS, n=1)) else repr(k) for k in unknown]
+            raise ValueError(f"{where}: unknown field(s) {', '.join(hints)}; a prompt set holds "
+                             f"{', '.join(PROMPT_SET_FIELDS)}, or is a plain {{code: text}} mapping whose every "
+                             "value is a text")
         prompts = data.get("prompts", {})
         if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
                                                     for k, v in prompts.items()):
@@ -119,11 +130,21 @@ class PromptSet:
                 raise ValueError(f"{where}: '{field}' must be an object")
         self.prompts: Dict[str, str] = dict(prompts)
         self.aliases: Dict[str, str] = {str(k): str(v) for k, v in data.get("aliases", {}).items()}
-        self.dataset_aliases: Dict[str, Dict[str, str]] = {
-            str(k).casefold(): dict(v) for k, v in data.get("dataset_aliases", {}).items()
-        }
         self.source = source
         self._by_fold = {k.casefold(): k for k in self.prompts}
+        # a dataset's table keyed by any of its names ("chapman" is csn's); every alias must lead to a code of the
+        # set (a mistyped target fell through to the global aliases, another class)
+        self.dataset_aliases: Dict[str, Dict[str, str]] = {}
+        for name, table in data.get("dataset_aliases", {}).items():
+            if not isinstance(table, dict):
+                raise ValueError(f"{where}: dataset_aliases[{name!r}] must be an object")
+            key = _label_set_key(name)
+            self.dataset_aliases.setdefault(DATASET_ALIAS_GROUPS.get(key, key), {}).update(table)
+        tables = [("aliases", self.aliases)] + [(f"dataset_aliases[{k!r}]", t) for k, t in self.dataset_aliases.items()]
+        for field, table in tables:
+            lost = [f"{k!r} -> {v!r}" for k, v in table.items() if str(v).casefold() not in self._by_fold]
+            if lost:
+                raise ValueError(f"{where}: {field} lead(s) to no code of the set's prompts: {', '.join(lost[:5])}")
         self.members: Dict[str, Dict[str, List[str]]] = {}
         for label_set, table in data.get("members", {}).items():
             name = _label_set_key(label_set)
@@ -292,6 +313,9 @@ def load_prompt_set(name_or_path: Optional[str] = None, revision: Optional[str] 
     if isinstance(prompts, dict):
         return PromptSet(prompts, source="prompts argument")
     if prompts is not None:
+        if not isinstance(prompts, (str, os.PathLike)):
+            raise TypeError(f"prompts must be a PromptSet, a dict or the path of a JSON file, got "
+                            f"{type(prompts).__name__}")
         return _read_prompt_file(prompts)
     if name_or_path:
         local = Path(str(name_or_path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -297,3 +298,27 @@ def test_a_members_table_naming_unknown_codes_is_refused(tmp_path):
         PromptSet({"prompts": prompts, "members": ["_AVB"]})
     with pytest.raises(ValueError, match=r"the prompt set \(old.json\) has no members tables .*use a prompts_dbeta"):
         PromptSet({"prompts": prompts}, source="old.json").label_texts("_AVB", "ptbxl_sub", members=True)
+
+
+def test_a_prompt_set_with_a_misspelt_field_or_a_lost_alias_is_refused(tmp_path):
+    """helper: /tmp/hL/repro/prompts_unknown_keys.py. A user's prompt set with `dataset_alias` (for
+    dataset_aliases) was read without its table, so CSN's STE scored as ST elevation and VEB as a PVC; an alias
+    whose target is no code fell through to the global aliases; a table keyed 'chapman' (csn's other name) was
+    never used; a plain mapping with one non-text value was an empty set; prompts=[path] a bare TypeError."""
+    root = Path(__file__).resolve().parents[1]
+    shipped = json.loads((root / "prompts_dbeta.json").read_text())
+    misspelt = dict(shipped)
+    misspelt["dataset_alias"] = misspelt.pop("dataset_aliases")
+    with pytest.raises(ValueError, match=r"unknown field\(s\) 'dataset_alias' \(did you mean 'dataset_aliases'\?\)"):
+        PromptSet(misspelt, source="mine.json")
+    lost = json.loads(json.dumps(shipped))
+    lost["dataset_aliases"]["csn"]["VEB"] = "VEscB"
+    with pytest.raises(ValueError, match=r"dataset_aliases\['csn'\] lead\(s\) to no code .*'VEB' -> 'VEscB'"):
+        PromptSet(lost)
+    chapman = json.loads(json.dumps(shipped))
+    chapman["dataset_aliases"]["chapman"] = chapman["dataset_aliases"].pop("csn")
+    assert PromptSet(chapman).key_for("VEB", "csn") == PromptSet(shipped).key_for("VEB", "csn") == "VEsB"
+    with pytest.raises(ValueError, match=r"unknown field\(s\) 'NORM'"):
+        PromptSet({"NORM": "normal ecg.", "version": 2})
+    with pytest.raises(TypeError, match="prompts must be a PromptSet, a dict or the path of a JSON file, got list"):
+        load_prompt_set(prompts=[str(root / "prompts_dbeta.json")])
