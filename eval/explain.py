@@ -52,7 +52,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--record", required=True, help="WFDB record, DICOM file or .npy [leads, samples]")
     parser.add_argument("--labels", nargs="+", required=True)
     parser.add_argument("--label", default=None, help="the label to explain (default: the top one)")
-    parser.add_argument("--leads", nargs="+", default=None, help="a lead subset, e.g. I II (others zeroed)")
+    parser.add_argument("--leads", nargs="+", default=None,
+                        help="a lead subset: lead names (I II) or limb, I+II, ... (others zeroed)")
     parser.add_argument("--sampling-rate", type=float, default=None, help="for a .npy array")
     parser.add_argument("--lead-names", nargs="+", default=None, help="for a .npy array")
     parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=None,
@@ -66,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parser.parse_args(argv)
     from eval.outputs import IMAGE_SUFFIXES, check_outputs, record_files
     from eval.plots import plot_attribution
-    from eval.windows import load_pipeline, record_argument
+    from eval.windows import leads_argument, load_pipeline, record_argument
 
     try:  # before the attribution runs: never on top of the record, the model or each other
         if args.output.suffix.lower() not in IMAGE_SUFFIXES:
@@ -81,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         record = record_argument(args.record, args.sampling_rate, args.lead_names)
         pipe = load_pipeline(args.model, args.remote_code)
         result = pipe(record, candidate_labels=args.labels, explain=True, explain_label=args.label,
-                      leads=args.leads, segment_seconds=args.segment_seconds, n_steps=args.n_steps,
+                      leads=leads_argument(args.leads), segment_seconds=args.segment_seconds, n_steps=args.n_steps,
                       nan_policy=args.nan_policy)
     except (ValueError, OSError, TypeError, ImportError) as err:
         parser.exit(2, f"error: {err}\n")

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from dbeta.processing_dbeta import NAN_POLICIES
+from dbeta.processing_dbeta import LEAD_SUBSETS, NAN_POLICIES
 from train.folders import write_file, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stride-seconds", type=float, default=None, help="default: the window")
     parser.add_argument("--aggregate", default="mean", help="mean | max | fraction")
     parser.add_argument("--multi-label", action="store_true")
-    parser.add_argument("--leads", nargs="+", default=None, help="a lead subset, e.g. I II (others zeroed)")
+    parser.add_argument("--leads", nargs="+", default=None,
+                        help=f"a lead subset: lead names (I II) or one of {', '.join(LEAD_SUBSETS)} (others zeroed)")
     parser.add_argument("--sampling-rate", type=float, default=None, help="for a .npy array")
     parser.add_argument("--lead-names", nargs="+", default=None, help="for a .npy array")
     parser.add_argument("--nan-policy", choices=NAN_POLICIES, default=None,
@@ -143,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--remote-code", action="store_true", help="run the model folder's own code")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def leads_argument(values):
+    """A CLI's --leads as the pipeline takes it: one subset name ("limb", "I+II") as that name, else the lead list
+    (argparse's nargs="+" made ['limb'] of it, read as an unknown lead name)."""
+    if values and len(values) == 1 and values[0] in LEAD_SUBSETS:
+        return values[0]
+    return values
 
 
 def record_argument(path, sampling_rate=None, lead_names=None):
@@ -177,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         pipe = load_pipeline(args.model, args.remote_code)
         result = pipe(record, candidate_labels=args.labels, window_seconds=args.window_seconds,
                       stride_seconds=args.stride_seconds, aggregate=args.aggregate, multi_label=args.multi_label,
-                      leads=args.leads, batch_size=args.batch_size, progress=not args.quiet,
+                      leads=leads_argument(args.leads), batch_size=args.batch_size, progress=not args.quiet,
                       nan_policy=args.nan_policy)
     except (ValueError, OSError, TypeError) as err:
         parser.exit(2, f"error: {err}\n")

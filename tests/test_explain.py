@@ -192,6 +192,8 @@ def test_explain_cli(pipe, tmp_path):
             main(base + extra)
         assert stop.value.code == 2
     assert (tmp_path / "rec.npy").read_bytes() == saved and not (tmp_path / "x.png").exists()
+    main(base + ["--leads", "I+II", "--output", str(tmp_path / "two.png"), "--json", str(tmp_path / "two.json")])
+    assert json.loads((tmp_path / "two.json").read_text())["leads"] == ["I", "II"]  # was "unknown lead name 'I+II'"
 
 
 def test_the_padding_after_a_short_record_takes_no_attribution(trained):

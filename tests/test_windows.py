@@ -206,6 +206,11 @@ def test_cli_writes_the_window_table_json_and_plot(pipe, tmp_path):
     main(["--model", str(out_dir), "--record", str(record), "--labels", *LABELS, "--aggregate", "max",
           "--output", str(tmp_path / "w.json"), "--quiet"])
     assert json.loads((tmp_path / "w.json").read_text())["aggregate_rule"] == "max"
+    # a subset's name (argparse made ['limb'] of it: "unknown lead name 'limb'"; helper:
+    # /tmp/hK/repro/cli_leads_named_subset.sh)
+    limb = main(["--model", str(out_dir), "--record", str(record), "--labels", *LABELS, "--leads", "limb",
+                 "--output", str(tmp_path / "limb.json"), "--quiet"])
+    assert limb["leads"] == ["I", "II", "III", "aVR", "aVL", "aVF"]
     with pytest.raises(SystemExit) as stop:
         main(["--model", str(out_dir), "--record", str(record), "--labels", "AFIB", "--stride-seconds", "0",
               "--output", str(tmp_path / "x.csv"), "--quiet"])
