@@ -741,9 +741,10 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         lead_names, leads, multi_label, dataset, prompts, prompt_style, prompt_members, hypothesis_template,
         top_k: applies to the aggregate).
 
-        Returns {"windows": [{"start", "end", "scores": [{"label", "score"}, ...]}, ...] (seconds, scores in the
-        order of candidate_labels), "aggregate": [{"label", "score"}, ...] (highest first), "aggregate_rule",
-        "leads" (the leads used), "duration" (s), "window_seconds", "stride_seconds", "n_windows_scored",
+        Returns {"windows": [{"start", "end", "scores": [{"label", "score"}, ...], "leads"}, ...] (seconds, scores in
+        the order of candidate_labels, the leads that window used), "aggregate": [{"label", "score"}, ...] (highest
+        first), "aggregate_rule", "leads" (the leads used in any window: a lead lost in some windows is warned
+        about), "duration" (s), "window_seconds", "stride_seconds", "n_windows_scored",
         "unscored_seconds" (seconds in no window: gaps when the stride is longer than the window)}."""
         self._check_processor()
         fe = self.processor.feature_extractor
@@ -812,6 +813,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
                                 bar.update(1)
                             continue
                         lead_mask = mask if lead_mask is None else lead_mask | mask
+                        row["leads"] = used_lead_names(self.processor, mask)
                         batch.append((row, values))
                         if len(batch) >= batch_size:
                             flush()
@@ -825,6 +827,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
             raise ValueError(f"{source.name}: no window could be scored; the first window's error: "
                              f"{rows[0]['error']}")
         _warn_missing_leads(self.processor, lead_mask, source.name, pre.get("leads"))
+        _warn_leads_lost_in_windows(scored, used_lead_names(self.processor, lead_mask), source.name)
         combined = aggregate_scores(np.array([[d["score"] for d in r["scores"]] for r in scored]), aggregate,
                                     multi_label)
         order = sorted(range(len(labels)), key=lambda i: -combined[i])[:top_k]
@@ -1017,6 +1020,20 @@ def window_spans(num_samples: int, window: int, stride: int, min_length: int) ->
     if spans[-1][1] < num_samples:
         spans.append((num_samples - window, num_samples))
     return spans
+
+
+def _warn_leads_lost_in_windows(rows: list, leads: List[str], where: str) -> None:
+    """A lead used in some windows but absent or flat in others (an electrode that came off) is a zero row there;
+    the record's `leads` (the union) would not show it."""
+    import warnings
+
+    lost = {lead: [r for r in rows if lead not in r["leads"]] for lead in leads}
+    lost = {lead: found for lead, found in lost.items() if found}
+    if lost:
+        parts = [f"{lead} in {len(found)} of {len(rows)} (from {found[0]['start']:g} s)"
+                 for lead, found in lost.items()]
+        warnings.warn(f"{where}: lead(s) absent or flat (constant) in some windows, scored as zeros there: "
+                      f"{'; '.join(parts)}; each window's `leads` lists the leads it used", UserWarning, stacklevel=3)
 
 
 def uncovered_samples(num_samples: int, spans: Sequence[tuple]) -> int:

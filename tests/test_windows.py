@@ -348,3 +348,20 @@ def test_the_window_table_keeps_times_of_long_recordings(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "w.csv")))
     assert [r["start_s"] for r in rows] == ["0", "107987.5", "107990", "1209587.5", "0.011673"]
     assert [r["end_s"] for r in rows] == ["10", "107997.5", "108000", "1209597.5", "10.011673"]
+
+
+def test_a_lead_lost_in_some_windows_is_named(pipe):
+    """V2 flat after 10 s of 30: its windows scored it as a zero row (rightly), but `leads` listed it, no window
+    said which leads it used and no warning came, where the same stretch scored alone warns (helper:
+    /tmp/hK/repro/windows_partly_flat_lead.py)."""
+    import warnings
+
+    signal = long_signal(30, seed=4)
+    signal[NAMES.index("V2"), 5000:] = 0.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pipe(signal, sampling_rate=500, candidate_labels=LABELS, window_seconds=10, progress=False)
+    assert "V2" in result["leads"]  # used in the first window
+    assert ["V2" in w["leads"] for w in result["windows"]] == [True, False, False]
+    said = [str(w.message) for w in caught if "some windows" in str(w.message)]
+    assert said and "V2 in 2 of 3 (from 10 s)" in said[0], [str(w.message) for w in caught]
