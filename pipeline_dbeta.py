@@ -846,7 +846,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
     # -- where the model looked ----------------------------------------------------------------------------------
 
     def explain(self, inputs, explain_label=None, n_steps: int = 32, segment_seconds: float = 0.5,
-                **kwargs) -> dict:
+                batch_size=None, num_workers=None, **kwargs) -> dict:
         """Score one record and attribute one label's score to its leads and time (integrated gradients, captum).
 
         `explain_label`: the candidate label to explain (default: the top-scoring one). Attributions are against
@@ -855,7 +855,9 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         would jump at the start of the path and the gradients integrate to about 0. They rank leads and segments
         (`convergence_delta` is the gap left by the numerical integral). Returns
         {"scores": [...] (as the pipeline), "leads": [the leads used], "explanation": see
-        `attribute_zero_shot`}."""
+        `attribute_zero_shot`, with "start_seconds": where in the record the explained input begins, None for
+        a random crop}. `batch_size` and `num_workers` are accepted as in any call and unused: one record is
+        explained at a time."""
         self._check_processor()
         if not isinstance(self.model, torch.nn.Module):  # an ONNX Runtime graph has no gradients to integrate
             raise TypeError(f"explain=True needs the torch model (DBetaModel), not {type(self.model).__name__}: "
@@ -883,6 +885,13 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
                                           lead_names=self.processor.feature_extractor.lead_names,
                                           lead_mask=mask[0].numpy())
         explanation["label"] = labels[target]
+        # the part of the record the model read (crop="center" reads the middle of a longer one)
+        rate = float(record["sampling_rate"])
+        try:
+            start, _ = self.processor.feature_extractor.read_window(np.shape(record["signal"])[-1], rate)
+        except ValueError:  # a random crop has no fixed window
+            start = None
+        explanation["start_seconds"] = None if start is None else start / rate
         result = self._ranked(labels, scores, post.get("top_k"))
         return {"scores": result, "leads": used_lead_names(self.processor, mask), "explanation": explanation}
 

@@ -39,6 +39,7 @@ def explanation_json(result: dict) -> dict:
         "leads": result["leads"],
         "explanation": {
             "label": e["label"], "score": e["score"], "segment_seconds": e["segment_seconds"],
+            "start_seconds": e.get("start_seconds"),
             "lead_names": e["lead_names"], "lead_mask": e["lead_mask"], "lead_totals": e["lead_totals"],
             "convergence_delta": e["convergence_delta"],
             "segments": np.round(np.asarray(e["segments"], dtype=np.float64), 8).tolist(),

@@ -254,20 +254,22 @@ def plot_attribution(explanation: Mapping, path: Union[str, Path], title: Option
     seg_s = float(explanation["segment_seconds"])
     n = x.shape[1]
     duration = n / fs
+    t0 = float(explanation.get("start_seconds") or 0.0)  # the read window's place in the record
     spacing = 3.0
     height = spacing * len(names)
     limit = float(np.abs(segments).max()) or 1.0
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
     fig, ax = plt.subplots(figsize=(duration * 1.0 + 1.5, height * 0.4 + 1.0))
-    _ecg_grid(ax, 0, duration, -height + spacing / 2, spacing / 2)
-    t = np.arange(n) / fs
+    _ecg_grid(ax, t0, t0 + duration, -height + spacing / 2, spacing / 2)
+    t = t0 + np.arange(n) / fs
     for r, name in enumerate(names):
         base = -r * spacing
         ax.imshow(segments[r:r + 1], aspect="auto", cmap="RdBu_r", norm=norm, alpha=0.55, zorder=1,
-                  extent=(0, segments.shape[1] * seg_s, base - spacing / 2, base + spacing / 2))
+                  extent=(t0, t0 + segments.shape[1] * seg_s, base - spacing / 2, base + spacing / 2))
         ax.plot(t, np.clip(x[r], -spacing / 2, spacing / 2) + base, color="black", lw=0.6, zorder=2)
-        ax.text(0.02, base + 0.8, name + ("" if mask[r] else " (absent)"), fontsize=8, fontweight="bold", zorder=3)
-    ax.set(xlim=(0, duration), ylim=(-height + spacing / 2, spacing / 2))
+        ax.text(t0 + 0.02, base + 0.8, name + ("" if mask[r] else " (absent)"), fontsize=8, fontweight="bold",
+                zorder=3)
+    ax.set(xlim=(t0, t0 + duration), ylim=(-height + spacing / 2, spacing / 2))
     ax.set_aspect(0.2 / 0.5)
     ax.set_yticks([])
     ax.set_xlabel(f"time (s); tint: integrated-gradients attribution per {seg_s:g} s (red raises the score)",

@@ -159,6 +159,27 @@ def test_pipeline_explain_true(pipe, tmp_path):
         pipe(record, candidate_labels=LABELS, leads=["I", "II"], explain="yes")
 
 
+def test_the_explanation_says_where_in_the_record_it_lies(pipe, tmp_path):
+    """Under crop="center" the explanation covered the middle of a longer record but was drawn and saved as its
+    start (helper: /tmp/hK/repro/explain_center_crop_time_axis.py); explain=True with batch_size= (any call's
+    keyword) was a TypeError listing batch_size as accepted (helper: /tmp/hL/repro/explain_batch_size.py)."""
+    fe = pipe.processor.feature_extractor
+    signal = np.concatenate([ecg_batch(1, seed=k)[0].numpy() for k in range(3)], axis=1)
+    read = fe.num_samples / fe.sampling_rate  # seconds the model reads
+    record = {"signal": signal, "sampling_rate": fe.sampling_rate, "lead_names": list(fe.lead_names)}
+    seconds = signal.shape[1] / fe.sampling_rate
+    assert seconds > read
+    out = pipe(record, candidate_labels=LABELS, explain=True, n_steps=4, batch_size=2, num_workers=0)
+    assert out["explanation"]["start_seconds"] == 0.0
+    crop = fe.crop
+    try:
+        fe.crop = "center"
+        out = pipe(record, candidate_labels=LABELS, explain=True, n_steps=4)
+    finally:
+        fe.crop = crop
+    assert out["explanation"]["start_seconds"] == pytest.approx((seconds - read) / 2)
+
+
 def test_missing_captum_is_a_clear_error(pipe, monkeypatch):
     monkeypatch.setitem(sys.modules, "captum.attr", None)
     monkeypatch.setitem(sys.modules, "captum", None)
