@@ -61,8 +61,9 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .processing_dbeta import (NAN_POLICIES, check_wfdb_checksums, normalize_report, read_ecg_file, read_wfdb,
-                               resolve_leads, standard_lead_name, table_advice, tensor_to_numpy, wfdb_info)
+from .processing_dbeta import (NAN_POLICIES, check_wfdb_checksums, is_nested_record, normalize_report,
+                               read_ecg_file, read_wfdb, resolve_leads, standard_lead_name, table_advice,
+                               tensor_to_numpy, wfdb_info)
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
@@ -229,8 +230,7 @@ def _split_batch(inputs):
         return list(inputs)
     if isinstance(inputs, tuple):
         inputs = list(inputs)
-    if isinstance(inputs, list) and inputs and isinstance(inputs[0], (list, tuple)) and inputs[0] \
-            and np.isscalar(inputs[0][0]):
+    if is_nested_record(inputs):
         return np.asarray(inputs)  # one ECG written as nested lists
     return inputs
 

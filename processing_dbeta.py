@@ -91,6 +91,13 @@ def extra_lead_name(name: str) -> Optional[str]:
     return _EXTRA_SPELLINGS.get(key)
 
 
+def is_nested_record(x) -> bool:
+    """Whether a list is one ECG written as nested lists [leads][samples] rather than a list of ECGs: its first row
+    starts with a number, or with None (a missing sample, read as NaN: JSON's null)."""
+    return (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (list, tuple)) and len(x[0]) > 0
+            and (x[0][0] is None or np.isscalar(x[0][0])))
+
+
 def resolve_leads(leads) -> tuple:
     """A lead subset (a name of LEAD_SUBSETS such as "limb", or a list of lead names in any spelling) -> the
     canonical standard names, in the standard order; None -> all 12."""
@@ -1091,7 +1098,7 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
                 raise ValueError("the list of ECGs is empty")
             if np.isscalar(ecg[0]):
                 raise ValueError("expected [leads, samples] arrays, got a flat list of numbers")
-            if isinstance(ecg[0], (list, tuple)) and len(ecg[0]) > 0 and np.isscalar(ecg[0][0]):
+            if is_nested_record(ecg):
                 return [np.asarray(ecg)]  # one record as nested lists
             return [tensor_to_numpy(e) if isinstance(e, torch.Tensor) else np.asarray(e) for e in ecg]
         raise TypeError(f"unsupported ECG input of type {type(ecg).__name__}{table_advice(ecg)}")
@@ -1121,7 +1128,8 @@ class DBetaFeatureExtractor(FeatureExtractionMixin):
             return [None] * n
         if isinstance(lead_names, str):
             raise ValueError(f"lead_names must be a list with one name per lead (row), got the string {lead_names!r}")
-        if len(lead_names) and isinstance(lead_names[0], (list, tuple, np.ndarray)):
+        # per record when any entry is a list (the first record may have none: None)
+        if any(isinstance(names, (list, tuple, np.ndarray)) for names in lead_names):
             if len(lead_names) != n:
                 raise ValueError(f"got {len(lead_names)} lead-name lists for {n} ECGs")
             return list(lead_names)

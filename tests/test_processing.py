@@ -725,3 +725,22 @@ def test_read_wfdb_compares_the_header_checksums(tmp_path):
     hea.write_text("\n".join(lines[:1] + [" ".join(ln.split()[:6] + ["0"] + ln.split()[7:]) for ln in lines[1:]])
                    + "\n")
     assert read_wfdb(tmp_path / "a").signal.shape == (12, 5000)
+
+
+def test_a_leading_none_does_not_turn_one_record_into_many():
+    """A nested-list ECG whose first sample is None (JSON's null) was read as a batch of one-lead ECGs, and
+    per-record lead names whose first entry is None as one name list for all records (helper:
+    /tmp/hL/repro/leading_null.py, lead_names_first_none.py)."""
+    from dbeta.pipeline_dbeta import _split_batch
+
+    fe = DBetaFeatureExtractor()
+    x = np.random.default_rng(0).normal(size=(12, 5000)).astype(np.float32) * 0.3
+    rows = x.tolist()
+    rows[0][0] = None
+    out = fe(rows, sampling_rate=500)
+    assert out["ecg_values"].shape == (1, 12, 5000)
+    assert isinstance(_split_batch(rows), np.ndarray)  # one record, not a list of rows
+    names = list(STANDARD_LEADS)
+    batch = fe([x, x[::-1].copy(), x], sampling_rate=500, lead_names=[None, names[::-1], names])
+    assert batch["ecg_values"].shape == (3, 12, 5000)
+    np.testing.assert_allclose(batch["ecg_values"][1].numpy(), batch["ecg_values"][0].numpy(), atol=1e-6)
