@@ -144,6 +144,18 @@ def test_class_weights_and_labels_follow_the_head(setup, tmp_path, caplog):
         DBetaForECGClassification.from_pretrained(tmp_path / "ft")
 
 
+def test_each_logged_loss_says_how_many_steps_it_averages():
+    """Trainer restarts its loss sum at a resume: the loss logged at step 10 after a resume at step 6 averaged
+    steps 7-10 where an uninterrupted run's averaged 1-10, and results.json said nothing (helper:
+    /tmp/hJ/repro/finetune_resume_loss_log.py)."""
+    history = [{"step": 10, "loss": 0.7}, {"eval_macro_auc": 0.5, "step": 10}, {"step": 20, "loss": 0.6},
+               {"step": 30, "loss": 0.5}]
+    assert [e["steps_averaged"] for e in ft.loss_log(history)] == [10, 10, 10]
+    assert [e["steps_averaged"] for e in ft.loss_log(history, resumed_at=26)] == [10, 10, 4]
+    assert [e["steps_averaged"] for e in ft.loss_log(history, resumed_at=20)] == [10, 10, 10]  # on a log
+    assert [e["step"] for e in ft.loss_log(history)] == [10, 20, 30]
+
+
 def test_auto_class_weights():
     y = np.zeros((100, 4), np.float32)
     y[:10, 0] = 1  # 10 positives: 90 / 10 = 9
@@ -380,6 +392,7 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     assert second["global_step"] == 4 and second["epochs_run"] == 2
     steps = [e["step"] for e in second["train_loss_log"]]
     assert steps == [1, 2, 3, 4]  # the first epoch's log comes back from the checkpoint, then steps 3-4
+    assert [e["steps_averaged"] for e in second["train_loss_log"]] == [1, 1, 1, 1]
     assert len(second["eval_log"]) == 2 and second["best_checkpoint"] in (str(out / "checkpoint-2"),
                                                                          str(out / "checkpoint-4"))
     assert pushed == [(Path(second["export_dir"]), "someone/dbeta-cpsc", pushed[0][2])]

@@ -665,8 +665,7 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
         "train": dict(train_output.metrics, resumed_at_step=resumed_at),
         "val": val_metrics,
         "test": test,
-        "train_loss_log": [{"step": e["step"], "epoch": e.get("epoch"), "loss": e["loss"]}
-                           for e in log_history if "loss" in e],
+        "train_loss_log": loss_log(log_history, resumed_at),
         "eval_log": [{k: v for k, v in e.items()} for e in log_history if "eval_macro_auc" in e],
         "export_dir": str(export_dir),
         "pushed": pushed,
@@ -674,6 +673,21 @@ def _run(s: FinetuneSettings, resume: bool, training_args) -> dict:
     }
     write_json(output_dir / RESULTS_FILE, _json_safe(results))
     return results
+
+
+def loss_log(log_history: list, resumed_at: int = 0) -> list:
+    """The training losses Trainer logged, each with `steps_averaged`, the steps its mean covers: Trainer restarts
+    its loss sum at a resume, so the first loss logged after a resume between two logs averages only the steps
+    since the resume (an uninterrupted run's covers the whole interval; the two differed without a word)."""
+    out, previous = [], 0
+    for e in log_history:
+        if "loss" not in e:
+            continue
+        start = resumed_at if previous < resumed_at < e["step"] else previous
+        out.append({"step": e["step"], "epoch": e.get("epoch"), "loss": e["loss"],
+                    "steps_averaged": e["step"] - start})
+        previous = e["step"]
+    return out
 
 
 def _json_safe(value):
