@@ -109,6 +109,15 @@ def non_finite_tensors(named_tensors) -> list:
     return [name for name, t in named_tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def safetensors_non_finite(path) -> list:
+    """Names of the tensors of a safetensors file holding a NaN or an infinity (read one at a time); safetensors'
+    own error for a file that does not read."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as opened:
+        return non_finite_tensors((key, opened.get_tensor(key)) for key in opened.keys())
+
+
 def verify_checkpoint(path: Path) -> None:
     """Raise RuntimeError naming the file if the checkpoint is incomplete, a file does not read back, or the weights
     or optimizer state hold non-finite values."""
@@ -118,13 +127,7 @@ def verify_checkpoint(path: Path) -> None:
     _read(path / STATE_FILE, lambda f: TrainState().load_state_dict(json.loads(f.read_text())))
     for name in (SCHEDULER_FILE, RUN_CONFIG_FILE):
         _read(path / name, lambda f: json.loads(f.read_text()))
-    from safetensors import safe_open
-
-    def tensors(f):
-        with safe_open(str(f), framework="pt") as opened:
-            return non_finite_tensors((key, opened.get_tensor(key)) for key in opened.keys())
-
-    bad = _read(path / "model.safetensors", tensors)
+    bad = _read(path / "model.safetensors", safetensors_non_finite)
     if bad:
         raise RuntimeError(f"{path / 'model.safetensors'} holds non-finite values in {len(bad)} tensor(s): "
                            f"{', '.join(bad[:5])}")

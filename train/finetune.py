@@ -58,7 +58,7 @@ from eval.features import (RecordError, check_skipped_records, condition_item, l
 from eval.metrics import NonFiniteScoresError, auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
-from train.checkpoints import non_finite_tensors, optimizer_state_tensors
+from train.checkpoints import non_finite_tensors, optimizer_state_tensors, safetensors_non_finite
 from train.export import ExportTargetError, check_export_target, check_run_folder, export_model, record_model_input
 from train.finetune_settings import FinetuneSettings
 from train.folders import write_json
@@ -205,8 +205,6 @@ def checkpoint_problem(path: Path) -> Optional[str]:
     scheduler file that does not load as plain weights (a pickle of objects: refused, never run)."""
     import zipfile
 
-    from safetensors import safe_open
-
     try:
         state = json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError):
@@ -220,13 +218,11 @@ def checkpoint_problem(path: Path) -> Optional[str]:
         return f"no readable config.json ({type(err).__name__})"
     weights = path / "model.safetensors"
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    return f"{weights.name} holds NaN or infinite values in {key}"
+        bad = safetensors_non_finite(weights)
     except Exception as err:  # noqa: BLE001 - missing, truncated or not safetensors: named below
         return f"{weights.name} does not read ({type(err).__name__}: {err})"
+    if bad:
+        return f"{weights.name} holds NaN or infinite values in {bad[0]}"
     for name in ("optimizer.pt", "scheduler.pt"):  # without them Trainer starts a new optimizer and LR schedule
         if not (path / name).is_file():
             return f"no {name}: resumed, the optimizer and the learning-rate schedule would start over"

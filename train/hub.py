@@ -72,19 +72,14 @@ def is_pickle(path: Path) -> bool:
 
 def non_finite_tensors(files: dict) -> list:
     """"FILE: TENSOR" for each floating-point tensor of the upload's safetensors files holding a NaN or infinity."""
-    import torch
-    from safetensors import safe_open
+    from train.checkpoints import safetensors_non_finite
 
     found = []
     for name, path in files.items():
         if not name.endswith(".safetensors"):
             continue
         try:
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
-                    tensor = f.get_tensor(key)
-                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                        found.append(f"{name}: {key}")
+            found += [f"{name}: {key}" for key in safetensors_non_finite(path)]
         except Exception as err:  # noqa: BLE001 - safetensors' own error type: a damaged file
             raise RuntimeError(f"{path}: not a readable safetensors file ({err})") from None
     return found
