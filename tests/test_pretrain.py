@@ -1293,6 +1293,15 @@ def test_a_negative_cut_to_the_rows_own_sentences_is_aligned(rows, t5_tokenizer)
         kinds.add(own_only)
     assert kinds == {True, False}  # both cases drawn
 
+    class Subset:  # one sentence: never cut, so labelled as validation labels it (helper:
+        def sample_negative(self, report, rng):  # /tmp/hN/repro/collator_uncut_subset_negative.py)
+            return "atrial fibrillation."
+
+    for p in (1e-12, 1.0):
+        batch = PretrainingCollator(processor, Subset(), p_neg=1.0, mlm_probability=0.0, seed=5,
+                                    sentence_sample_prob=p)(data, batch_id=2)
+        assert batch["is_aligned"].tolist() == [0] * len(data)
+
 
 def test_a_lock_is_not_kept_by_the_children_of_a_killed_run(tmp_path):
     """DataLoader workers inherited the lock's open file: a run killed alone (the OOM killer's way) left its folder

@@ -243,13 +243,13 @@ class PretrainingCollator:
                     break
         return texts, aligned
 
-    def _sample_sentences(self, texts: list, rng: np.random.Generator) -> list:
+    def _sample_sentences(self, texts: list, rng: np.random.Generator) -> tuple:
         """Each text, with probability `sentence_sample_prob`, cut to a random non-empty subset of its sentences (in
         order), as medical CLIP models sample report sentences: short texts such as a zero-shot prompt ("first
-        degree av block") are then seen beside the whole reports they come from."""
-        out = list(texts)
+        degree av block") are then seen beside the whole reports they come from. Returns (texts, which were cut)."""
+        out, cut = list(texts), np.zeros(len(texts), dtype=bool)
         if not self.train or self.sentence_sample_prob <= 0:
-            return out
+            return out, cut
         for i, text in enumerate(texts):
             if rng.random() >= self.sentence_sample_prob:
                 continue
@@ -260,16 +260,16 @@ class PretrainingCollator:
             if not keep.any():
                 keep[rng.integers(len(sentences))] = True
             out[i] = ". ".join(t for t, k in zip(sentences, keep) if k)
-        return out
+            cut[i] = not keep.all()
+        return out, cut
 
-    def _cut_to_own_sentences(self, texts: list, reports: list, aligned: np.ndarray) -> np.ndarray:
+    def _cut_to_own_sentences(self, texts: list, reports: list, aligned: np.ndarray, cut: np.ndarray) -> np.ndarray:
         """A near (N3S) negative shares most of its sentences with the row's report: cut by `_sample_sentences`, it
         may keep only sentences of that report (53 of 320 negatives in a helper's run, 7 the whole report) and still
-        be labelled a mismatch. Such a row is aligned: the text describes its ECG."""
-        if not self.train or self.sentence_sample_prob <= 0 or aligned.all():
-            return aligned
+        be labelled a mismatch. Such a row is aligned: the text describes its ECG. Only cut rows are relabelled: an
+        uncut negative keeps the label validation (which cuts nothing) gives the same pair."""
         aligned = aligned.copy()
-        for i in np.flatnonzero(aligned == 0):
+        for i in np.flatnonzero((aligned == 0) & cut):
             kept = _sentences(texts[i])
             own = set(self.processor.text_keys(_sentences(reports[i]) or [reports[i]], max_length=self.max_length))
             if kept and set(self.processor.text_keys(kept, max_length=self.max_length)) <= own:
@@ -316,8 +316,8 @@ class PretrainingCollator:
             if not isinstance(r, str) or not r.strip():
                 raise ValueError(f"a row of the batch has no report ({r!r}); drop rows without one")
         texts, aligned = self._choose_negatives(reports, neg_rng)
-        texts = self._sample_sentences(texts, text_rng)  # negatives too, or a short text would mean "aligned"
-        aligned = self._cut_to_own_sentences(texts, reports, aligned)
+        texts, cut = self._sample_sentences(texts, text_rng)  # negatives too, or a short text would mean "aligned"
+        aligned = self._cut_to_own_sentences(texts, reports, aligned, cut)
         input_ids, attention_mask = self._tokenize(texts)
         masked_ids, labels = self.mask_tokens(input_ids, attention_mask, aligned, mlm_rng)
         batch = {
