@@ -381,6 +381,13 @@ def test_uncalibrated_or_rateless_headers_are_dropped(tmp_path):
         with pytest.raises(RecordDropped, match=r"ADC gain 0 or absent for \['III'\]") as err:
             read_record(tmp_path, path)
         assert err.value.reason == "uncalibrated"
+        # the same through wfdb's reading, which a header this module's parser refuses falls back to (a stray
+        # token after the record line's date): wfdb fills in 200 (helper: /tmp/hN/repro/uncalibrated_via_wfdb_
+        # fallback.py)
+        hea.write_text("\n".join([lines[0] + " 12:00:00 01/01/2020 x"] + lines[1:3] + [" ".join(sig)] + lines[4:])
+                       + "\n")
+        with pytest.raises(RecordDropped, match=r"ADC gain 0 or absent for \['III'\]"):
+            read_record(tmp_path, path)
     record_line = lines[0].split()
     hea.write_text("\n".join([" ".join(record_line[:2])] + lines[1:]) + "\n")
     with pytest.raises(RecordDropped, match="states no sampling frequency") as err:

@@ -323,3 +323,11 @@ def test_prepare_mimic_again_with_other_settings_on_a_finished_output_says_so(tm
     assert "was prepared with other settings" in message and "--restart" in message, message
     assert "unfinished" not in message
     assert prepare_mimic(root, out, seed=2, restart=True, **kwargs)["settings"]["seed"] == 2
+    # an ingest of an older version (other rules for uncalibrated gains and report spacing) is not resumed under
+    # this one's, which mixed both in one dataset (helper: /tmp/hN/repro/resume/run.sh)
+    settings, summary = out / "work" / "settings.json", out / "summary.json"
+    older = dict(json.loads(settings.read_text()), format_version=3)
+    settings.write_text(json.dumps(older))
+    summary.write_text(json.dumps(dict(json.loads(summary.read_text()), settings=older)))
+    with pytest.raises(ValueError, match=r"by an older version of this code, format 3; this one writes 4"):
+        prepare_mimic(root, out, seed=2, **kwargs)

@@ -429,7 +429,28 @@ def read_header(hea: Path):
         raise RecordDropped("bad_header", f"{hea}: {own} (wfdb: {type(err).__name__})") from None
     if len(header.file_name or []) != int(header.n_sig or 0):  # wfdb accepts a header missing signal lines
         raise RecordDropped("bad_header", f"{hea}: {own}")
+    _as_stated(header, text)
     return header
+
+
+def _as_stated(header, text: str) -> None:
+    """wfdb.rdheader reads a gain of 0 or none as 200 adu/mV and a missing rate as 250 Hz; put back what the text
+    states (gain 0.0, fs None), as parse_wfdb_header keeps them, so read_record's checks see them. Fields are
+    taken by position, which also holds for the lines parse_wfdb_header refuses (a stray token, a space before a
+    baseline)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if len(lines[0].split()) < 3:
+        header.fs = None
+    gains = list(header.adc_gain)
+    for i, line in enumerate(lines[1:1 + len(gains)]):
+        parts = line.split()
+        stated = parts[2].split("(")[0].split("/")[0] if len(parts) > 2 else ""
+        try:
+            if not stated or float(stated) == 0:
+                gains[i] = 0.0
+        except ValueError:
+            continue  # not a number: wfdb's reading stands
+    header.adc_gain = gains
 
 
 @lru_cache(maxsize=8)

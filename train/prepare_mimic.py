@@ -58,7 +58,9 @@ from train.mimic import (
 )
 
 
-FORMAT_VERSION = 3  # bumped when work/ changes layout: an older unfinished ingest is refused, not misread
+# bumped when work/ changes layout or what a record or report becomes (4: uncalibrated gains dropped, reports kept
+# with whitespace collapsed): an older ingest is refused, not resumed under mixed rules
+FORMAT_VERSION = 4
 SPLITS = ("train", "validation")
 
 
@@ -248,6 +250,9 @@ def prepare_mimic(
     if settings_path.is_file():
         old = json.loads(settings_path.read_text())
         if old != settings:
+            if old.get("format_version") != FORMAT_VERSION:
+                old = (f"(by an older version of this code, format {old.get('format_version')}; this one writes "
+                       f"{FORMAT_VERSION}, which reads some records and reports otherwise) {old}")
             if summary_path.is_file() and (out / "dataset").is_dir():
                 raise ValueError(
                     f"{out} was prepared with other settings {old} (asked: {settings}); use the same arguments, "
