@@ -63,7 +63,7 @@ from transformers import Pipeline
 
 from .processing_dbeta import (NAN_POLICIES, check_wfdb_checksums, is_nested_record, normalize_report,
                                read_ecg_file, read_wfdb, resolve_leads, standard_lead_name, table_advice,
-                               tensor_to_numpy, wfdb_info)
+                               tensor_to_numpy, wfdb_info, wfdb_reads_in_ranges)
 from .prompting_dbeta import (
     PROMPT_STYLES,
     PromptSet,
@@ -1076,7 +1076,8 @@ class _RecordSource:
         self.path = None
         base = str(item)[:-4] if isinstance(item, (str, os.PathLike)) and str(item).endswith(
             (".hea", ".dat", ".mat")) else str(item)
-        if isinstance(item, (str, os.PathLike)) and Path(base + ".hea").is_file():
+        # (a format-8 record is read whole: wfdb's range reads restart its first differences; see below)
+        if isinstance(item, (str, os.PathLike)) and Path(base + ".hea").is_file() and wfdb_reads_in_ranges(base):
             info = wfdb_info(base)
             if info["num_samples"]:
                 self.path, self.name = info["path"], str(item)

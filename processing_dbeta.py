@@ -334,6 +334,18 @@ def _digital_sums(d_signal) -> np.ndarray:
     return np.einsum("ij->j", np.asarray(d_signal, dtype=np.int64))
 
 
+def wfdb_reads_in_ranges(path: Union[str, Path]) -> bool:
+    """Whether wfdb reads a sample range of this record right. Format 8 stores first differences, and wfdb starts a
+    range read from the initial value, so every range after the first is offset by the sum before it."""
+    wfdb = _import_wfdb()
+    try:
+        header = wfdb.rdheader(_wfdb_base(path), rd_segments=True)
+    except Exception:  # noqa: BLE001 - the read itself names what is wrong with the header
+        return True
+    headers = [header] + [s for s in (getattr(header, "segments", None) or []) if s is not None]
+    return not any(str(f) == "8" for h in headers for f in (getattr(h, "fmt", None) or []))
+
+
 def check_wfdb_checksums(path: Union[str, Path], chunk_samples: int = 150_000) -> None:
     """Compare a WFDB record's header checksums with its samples, read `chunk_samples` at a time (as read_wfdb does
     on a whole-record read). For callers that read a long record in sample ranges, which read_wfdb cannot check
@@ -347,6 +359,8 @@ def check_wfdb_checksums(path: Union[str, Path], chunk_samples: int = 150_000) -
         return
     try:
         length = _wfdb_header_length(wfdb, base, record_line)
+        if length and not wfdb_reads_in_ranges(base):
+            chunk_samples = length  # format 8: one read (range reads restart its differences)
         sums = np.zeros(len(signals), dtype=np.int64)
         for lo in range(0, length or 0, chunk_samples):
             record = wfdb.rdrecord(base, sampfrom=lo, sampto=min(length, lo + chunk_samples), physical=False)

@@ -365,3 +365,31 @@ def test_a_lead_lost_in_some_windows_is_named(pipe):
     assert ["V2" in w["leads"] for w in result["windows"]] == [True, False, False]
     said = [str(w.message) for w in caught if "some windows" in str(w.message)]
     assert said and "V2 in 2 of 3 (from 10 s)" in said[0], [str(w.message) for w in caught]
+
+
+def test_a_format_8_record_is_read_whole(pipe, tmp_path):
+    """Format 8 stores first differences and wfdb starts a range read from the initial value: every chunk after the
+    first was offset (up to 0.13 mV; the encoder's normalisation hides a constant offset, the samples do not), and
+    the chunked checksum check refused a valid record longer than a chunk (helper:
+    /tmp/hN/repro/format8_long_record_refused.py). Such a record is read whole."""
+    import wfdb
+
+    from dbeta.processing_dbeta import read_ecg_file
+
+    d = np.round(long_signal(60, seed=3) * 100).astype(np.int64)  # 100 adu/mV; wfdb.wrsamp cannot write format 8
+    steps = np.diff(d, axis=1, prepend=d[:, :1])  # the first stored difference is from the initial value: 0
+    assert np.abs(steps).max() <= 127
+    (tmp_path / "f8.dat").write_bytes(steps.T.astype(np.int8).tobytes())
+    sums = [(int(c) + 32768) % 65536 - 32768 for c in d.sum(axis=1)]
+    (tmp_path / "f8.hea").write_text(f"f8 12 500 {d.shape[1]}\n" + "".join(
+        f"f8.dat 8 100/mV 8 0 {d[i, 0]} {sums[i]} 0 {name}\n" for i, name in enumerate(NAMES)))
+    whole = read_ecg_file(tmp_path / "f8").signal
+    piece = wfdb.rdrecord(str(tmp_path / "f8"), sampfrom=20000, sampto=20010).p_signal.T
+    assert np.abs(piece - whole[:, 20000:20010]).max() > 0.01  # wfdb's own range read is offset
+    from dbeta.processing_dbeta import check_wfdb_checksums
+
+    check_wfdb_checksums(tmp_path / "f8", chunk_samples=7000)  # a valid record: was refused chunk by chunk
+    source = pipeline_dbeta._RecordSource(str(tmp_path / "f8"))
+    np.testing.assert_allclose(source.read(20000, 20010), whole[:, 20000:20010], atol=1e-6)
+    assert pipe(str(tmp_path / "f8"), candidate_labels=LABELS, window_seconds=10, chunk_seconds=20,
+                progress=False)["n_windows_scored"] == 6
