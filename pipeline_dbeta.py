@@ -385,7 +385,8 @@ def text_features(model, processor, texts: Sequence[str], batch_size: int = 64) 
     texts = list(texts)
     if not texts:
         return torch.zeros(0, model.config.hidden_size)
-    keys = processor.text_keys(texts)
+    # an export's own processor from before text_keys existed (eval's --remote-code): copies by their text
+    keys = processor.text_keys(texts) if hasattr(processor, "text_keys") else texts
     first = {}
     for i, key in enumerate(keys):
         first.setdefault(key, i)
