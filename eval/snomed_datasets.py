@@ -336,11 +336,17 @@ def read_csn_condition_names(path: Path) -> pd.DataFrame:
     except ValueError as err:
         raise ValueError(f"{err}; expected the columns 'Acronym Name', 'Full Name', 'Snomed_CT'") from None
     full = table["Full Name"] if "Full Name" in table.columns else table["Acronym Name"]
+    codes = table["Snomed_CT"].astype(str).str.strip()
+    bad = [(i, c) for i, c in enumerate(codes) if not c.isdigit()]
+    if bad:  # "164889003.0" from a spreadsheet matched no header code: every record was dropped as unmapped
+        row, code = bad[0]
+        raise ValueError(f"CSN: {path}: Snomed_CT {code!r} (data row {row + 1}) is not a whole number "
+                         f"({len(bad)} such row(s)); write the codes as digits only, as the release does")
     return pd.DataFrame(
         {
             "acronym": table["Acronym Name"].astype(str).str.strip(),
             "full_name": full.astype(str).str.strip(),
-            "code": table["Snomed_CT"].astype(str).str.strip(),
+            "code": codes,
         }
     )
 

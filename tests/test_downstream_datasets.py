@@ -550,6 +550,12 @@ def test_csn_errors(csn_root, tmp_path):
     (tmp_path / "ConditionNames_SNOMED-CT.csv").write_bytes((csn_root / "ConditionNames_SNOMED-CT.csv").read_bytes())
     with pytest.raises(FileNotFoundError, match=r"no WFDB header"):
         CSNDataset(tmp_path, "train")
+    # codes saved by a spreadsheet as floats matched no header code: every record dropped as unmapped
+    table = pd.read_csv(csn_root / "ConditionNames_SNOMED-CT.csv", dtype=str)
+    table["Snomed_CT"] = table["Snomed_CT"] + ".0"
+    table.to_csv(tmp_path / "ConditionNames_SNOMED-CT.csv", index=False)
+    with pytest.raises(ValueError, match=r"Snomed_CT '\d+\.0' \(data row 1\) is not a whole number"):
+        CSNDataset(tmp_path, "train")
 
 
 # ------------------------------------------------------------------------------------------------------------
