@@ -407,7 +407,7 @@ def test_runs_refuse_an_export_folder_that_would_replace_what_they_read(pre_expo
     folder.mkdir()
     (folder / "authors.pt").write_bytes(b"x")
     assert convert_original_checkpoint.main(["--checkpoint", str(folder / "authors.pt"), "--output",
-                                             str(folder)]) == 1
+                                             str(folder)]) == 2
     assert f"would replace {folder / 'authors.pt'}" in capsys.readouterr().err
 
 
