@@ -174,17 +174,22 @@ WFDB_SIGNAL_LINE = re.compile(
 )
 
 
+def decode_wfdb_header(raw: bytes) -> str:
+    """A WFDB header's text: UTF-8, else latin-1. wfdb's own reader drops a non-ASCII letter (the 'µ' of µV), so
+    units are taken from this text (train/mimic.py's ingest reads headers through it too)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _header_lines(base: str) -> List[str]:
-    """The header's non-comment lines, stripped ([] if unreadable). Decoded as UTF-8, else latin-1: wfdb's own
-    reader drops a non-ASCII letter (the 'µ' of µV), so units are taken from this text."""
+    """The header's non-comment lines, stripped ([] if unreadable), decoded by `decode_wfdb_header`."""
     try:
         raw = Path(base + ".hea").read_bytes()
     except OSError:
         return []
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    text = decode_wfdb_header(raw)
     return [t.strip() for t in text.splitlines() if t.strip() and not t.lstrip().startswith("#")]
 
 

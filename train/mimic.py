@@ -57,6 +57,7 @@ from dbeta.processing_dbeta import (
     STANDARD_LEADS,
     assemble_report,
     canonical_lead_name,
+    decode_wfdb_header,
     unit_scale_to_mv,
     wfdb_signal_files,
 )
@@ -413,10 +414,7 @@ def read_header(hea: Path):
         raw = hea.read_bytes()
     except OSError as err:
         raise RecordDropped("unreadable_record", f"{hea}: {err}") from None
-    try:  # UTF-8 first, as read_wfdb reads it: latin-1 turned a UTF-8 'µV' into 'ÂµV', and the record was dropped
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    text = decode_wfdb_header(raw)  # as read_wfdb: latin-1 alone turned a UTF-8 'µV' into 'ÂµV'
     try:
         return parse_wfdb_header(text)
     except ValueError as err:
