@@ -500,3 +500,28 @@ def test_reports_differing_only_in_spacing_are_one_report(tmp_path):
     reports, conflicting = read_reports(tmp_path)
     assert conflicting == {22}
     assert reports[11] == "sinus rhythm. normal ecg"
+
+
+def test_older_ingest_format_is_used_with_a_warning_naming_the_changes(prepared, tmp_path):
+    import shutil
+    import warnings
+
+    from train.prepare_mimic import FORMAT_VERSION
+    from train.pretrain_data import load_splits
+
+    out = tmp_path / "prepared"
+    shutil.copytree(prepared[0], out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the current format loads without a word
+        load_prepared_mimic(out)
+        load_splits(out / "dataset")
+    summary = json.loads((out / "summary.json").read_text())
+    summary["settings"]["format_version"] = FORMAT_VERSION - 2
+    (out / "summary.json").write_text(json.dumps(summary))
+    for load in (lambda: load_prepared_mimic(out), lambda: load_splits(out / "dataset"), lambda: load_splits(out)):
+        with pytest.warns(UserWarning, match=f"ingest format {FORMAT_VERSION - 2}") as caught:
+            ds = load()
+        message = str(caught[0].message)
+        assert f"({FORMAT_VERSION}) records with an ADC gain of 0" in message and "--restart" in message
+        assert f"({FORMAT_VERSION - 1}) a study with two different reports" in message
+        assert sum(len(ds[s]) for s in ds) == summary["kept"]

@@ -699,7 +699,30 @@ def load_prepared_mimic(output_dir):
     if wrong:
         raise ValueError(f"{path} does not hold the rows {summary} records ({'; '.join(wrong)}): files were lost or "
                          "cut short; run python -m train.prepare_mimic --restart")
+    warn_if_older_format(summary, path.name)
     return dataset
+
+
+def warn_if_older_format(summary: Path, folder_name: str) -> None:
+    """Warn when prepare_mimic's `summary` (of the dataset folder `folder_name`) was written by an older ingest
+    format: its records and reports follow the rules of that version, listed with what changed since."""
+    import json
+    import warnings
+
+    from train.prepare_mimic import FORMAT_CHANGES, FORMAT_VERSION
+
+    try:
+        recorded = json.loads(Path(summary).read_text())
+        if recorded.get("dataset", folder_name) != folder_name:
+            return
+        version = int(recorded["settings"]["format_version"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return  # no summary, or not prepare_mimic's
+    if version < FORMAT_VERSION:
+        changes = "; ".join(f"({v}) {FORMAT_CHANGES[v]}" for v in range(version + 1, FORMAT_VERSION + 1))
+        warnings.warn(f"{Path(summary).parent} was prepared by ingest format {version}; this code writes "
+                      f"{FORMAT_VERSION}, which differs: {changes}. It is used as prepared; run python -m "
+                      "train.prepare_mimic --restart to ingest it under the current rules", stacklevel=3)
 
 
 def split_size_mismatches(dataset, summary: Path, folder_name: str) -> TList[str]:

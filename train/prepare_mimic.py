@@ -58,9 +58,15 @@ from train.mimic import (
 )
 
 
-# bumped when work/ changes layout or what a record or report becomes (4: uncalibrated gains dropped, reports kept
-# with whitespace collapsed): an older ingest is refused, not resumed under mixed rules
+# bumped when work/ changes layout or what a record or report becomes: an older unfinished ingest is refused, not
+# resumed under mixed rules, and loading a finished older one warns with the changes since (FORMAT_CHANGES)
 FORMAT_VERSION = 4
+FORMAT_CHANGES = {
+    2: "dropped.csv and the manifest carry CSV line numbers; paths leaving the MIMIC folder are refused",
+    3: "a study with two different reports is dropped (conflicting_reports) instead of keeping one of them",
+    4: "records with an ADC gain of 0 or none are dropped (they were read as 200 adu/mV); headers are read as UTF-8; "
+       "reports are stored with whitespace collapsed",
+}
 SPLITS = ("train", "validation")
 
 
