@@ -174,6 +174,11 @@ class PromptSet:
         if group in self.dataset_aliases:
             return self.dataset_aliases[group]
         if name in DATASET_ALIAS_GROUPS:
+            if self.prompts:  # a dataset's own spellings can mean another class here (CSN's "AF" is flutter)
+                warnings.warn(f"the prompt set ({self.source or 'prompts'}) has no dataset_aliases table for "
+                              f"{group!r}: labels of dataset={dataset!r} are matched to its codes as written, not "
+                              "as that dataset spells them (prompts_dbeta.json has one for each known dataset)",
+                              UserWarning, stacklevel=2)
             return {}
         known = sorted(set(DATASET_ALIAS_GROUPS) | set(self.dataset_aliases))
         raise ValueError(f"unknown dataset {dataset!r} for the prompt set; expected one of {', '.join(known)}")

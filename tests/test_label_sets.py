@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +323,22 @@ def test_a_prompt_set_with_a_misspelt_field_or_a_lost_alias_is_refused(tmp_path)
         PromptSet({"NORM": "normal ecg.", "version": 2})
     with pytest.raises(TypeError, match="prompts must be a PromptSet, a dict or the path of a JSON file, got list"):
         load_prompt_set(prompts=[str(root / "prompts_dbeta.json")])
+
+
+def test_a_prompt_set_without_a_table_for_the_dataset_says_so():
+    """(noted 2026-12-04, from hL) A user's prompt set with no dataset_aliases table for dataset="csn" read CSN's
+    own spellings as its global codes without a word: CSN's "AF" (atrial flutter) became atrial fibrillation."""
+    root = Path(__file__).resolve().parents[1]
+    shipped = json.loads((root / "prompts_dbeta.json").read_text())
+    assert PromptSet(shipped).key_for("AF", "csn") == "AFL"
+    without = json.loads(json.dumps(shipped))
+    del without["dataset_aliases"]["csn"]
+    mine = PromptSet(without, source="mine.json")
+    with pytest.warns(UserWarning, match=r"\(mine.json\) has no dataset_aliases table for 'csn': labels of "
+                                         r"dataset='chapman' are matched to its codes as written"):
+        assert mine.key_for("AF", "chapman") != "AFL"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a dataset the set has a table for, or no dataset: no warning
+        mine.key_for("AF", "ptbxl")
+        mine.key_for("AF")
+        PromptSet(shipped).key_for("AF", "csn")
