@@ -1303,6 +1303,25 @@ def test_a_negative_cut_to_the_rows_own_sentences_is_aligned(rows, t5_tokenizer)
         assert batch["is_aligned"].tolist() == [0] * len(data)
 
 
+def test_a_markup_only_sentence_is_never_a_training_text(rows, t5_tokenizer):
+    """A report with "***" between two statements is valid as a whole, but sentence sampling cut it down to "***"
+    (empty once normalised) or tokenised that sentence alone in the relabel check: ValueError mid-run, and the same
+    batch again on --resume (helper: /tmp/hP/repro/sentence_edge_mark.py)."""
+    class Plain:
+        def sample_negative(self, report, rng):
+            return "sinus rhythm. left axis deviation. normal ecg"
+
+    processor = build_processor(t5_tokenizer)
+    data = [dict(rows[i], report="abnormal ecg. ***. sinus rhythm") for i in range(16)]
+    for negatives, p_neg in ((None, 0.0), (Plain(), 1.0)):
+        collator = PretrainingCollator(processor, negatives, p_neg=p_neg, mlm_probability=0.0, seed=0,
+                                       sentence_sample_prob=1.0)
+        for batch_id in range(8):
+            batch = collator(data, batch_id=batch_id)
+            for ids in batch["input_ids"]:
+                assert t5_tokenizer.decode(strip(ids, t5_tokenizer), skip_special_tokens=True).strip("* .")
+
+
 def test_a_lock_is_not_kept_by_the_children_of_a_killed_run(tmp_path):
     """DataLoader workers inherited the lock's open file: a run killed alone (the OOM killer's way) left its folder
     "in use by another run" until the workers noticed."""
