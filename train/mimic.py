@@ -699,13 +699,14 @@ def load_prepared_mimic(output_dir):
     if wrong:
         raise ValueError(f"{path} does not hold the rows {summary} records ({'; '.join(wrong)}): files were lost or "
                          "cut short; run python -m train.prepare_mimic --restart")
-    warn_if_older_format(summary, path.name)
+    warn_if_other_format(summary, path.name)
     return dataset
 
 
-def warn_if_older_format(summary: Path, folder_name: str) -> None:
-    """Warn when prepare_mimic's `summary` (of the dataset folder `folder_name`) was written by an older ingest
-    format: its records and reports follow the rules of that version, listed with what changed since."""
+def warn_if_other_format(summary: Path, folder_name: str) -> None:
+    """Warn when prepare_mimic's `summary` (of the dataset folder `folder_name`) was written by another ingest
+    format: an older one's records and reports follow its rules (listed with what changed since); a newer one may
+    hold what this code does not expect."""
     import json
     import warnings
 
@@ -718,7 +719,11 @@ def warn_if_older_format(summary: Path, folder_name: str) -> None:
         version = int(recorded["settings"]["format_version"])
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return  # no summary, or not prepare_mimic's
-    if version < FORMAT_VERSION:
+    if version > FORMAT_VERSION:
+        warnings.warn(f"{Path(summary).parent} was prepared by ingest format {version}, newer than this code's "
+                      f"{FORMAT_VERSION}: its records may hold what this code does not expect; update the package",
+                      stacklevel=3)
+    elif version < FORMAT_VERSION:
         changes = "; ".join(f"({v}) {FORMAT_CHANGES[v]}" for v in range(version + 1, FORMAT_VERSION + 1))
         warnings.warn(f"{Path(summary).parent} was prepared by ingest format {version}; this code writes "
                       f"{FORMAT_VERSION}, which differs: {changes}. It is used as prepared; run python -m "

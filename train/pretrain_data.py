@@ -54,10 +54,10 @@ def load_splits(path):
         raise ConfigError(f"data.dataset {p} cannot be loaded ({type(err).__name__}: {str(err)[:300]}); prepare it "
                           "again") from None
     if plain:  # load_prepared_mimic checks prepare_mimic's OUTPUT folder itself
-        from train.mimic import warn_if_older_format
+        from train.mimic import warn_if_other_format
 
         _check_against_summary(splits, folder, summary)
-        warn_if_older_format(summary, folder.name)
+        warn_if_other_format(summary, folder.name)
     return splits
 
 
