@@ -703,21 +703,30 @@ def load_prepared_mimic(output_dir):
     return dataset
 
 
+def _summary_of(summary: Path, folder_name: str) -> Optional[dict]:
+    """prepare_mimic's summary.json when it describes the dataset folder `folder_name`; None for no readable one."""
+    import json
+
+    try:
+        recorded = json.loads(Path(summary).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict) or recorded.get("dataset", folder_name) != folder_name:
+        return None
+    return recorded
+
+
 def warn_if_other_format(summary: Path, folder_name: str) -> None:
     """Warn when prepare_mimic's `summary` (of the dataset folder `folder_name`) was written by another ingest
     format: an older one's records and reports follow its rules (listed with what changed since); a newer one may
     hold what this code does not expect."""
-    import json
     import warnings
 
     from train.prepare_mimic import FORMAT_CHANGES, FORMAT_VERSION
 
     try:
-        recorded = json.loads(Path(summary).read_text())
-        if recorded.get("dataset", folder_name) != folder_name:
-            return
-        version = int(recorded["settings"]["format_version"])
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        version = int(_summary_of(summary, folder_name)["settings"]["format_version"])
+    except (ValueError, TypeError, KeyError):
         return  # no summary, or not prepare_mimic's
     if version > FORMAT_VERSION:
         warnings.warn(f"{Path(summary).parent} was prepared by ingest format {version}, newer than this code's "
@@ -733,15 +742,10 @@ def warn_if_other_format(summary: Path, folder_name: str) -> None:
 def split_size_mismatches(dataset, summary: Path, folder_name: str) -> TList[str]:
     """The splits of `dataset` whose row counts differ from prepare_mimic's `summary` (`splits.NAME.records`), as
     "NAME: n rows, summary.json says m"; [] when there is no readable summary of the folder `folder_name`."""
-    import json
-
     try:
-        recorded = json.loads(Path(summary).read_text())
-        if recorded.get("dataset", folder_name) != folder_name:
-            return []
-        expected = {name: int(v["records"]) for name, v in recorded.get("splits", {}).items()
+        expected = {name: int(v["records"]) for name, v in _summary_of(summary, folder_name).get("splits", {}).items()
                     if isinstance(v, dict) and v.get("records") is not None}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         return []  # no summary, or not prepare_mimic's
     return [f"{name}: {len(dataset[name]) if name in dataset else 'missing'} rows, summary.json says {n}"
             for name, n in expected.items() if (len(dataset[name]) if name in dataset else 0) != n]
