@@ -525,6 +525,10 @@ def test_older_ingest_format_is_used_with_a_warning_naming_the_changes(prepared,
         assert f"({FORMAT_VERSION}) records with an ADC gain of 0" in message and "--restart" in message
         assert f"({FORMAT_VERSION - 1}) a study with two different reports" in message
         assert sum(len(ds[s]) for s in ds) == summary["kept"]
+    summary["settings"]["format_version"] = 0  # no such format: still a warning, not a KeyError
+    (out / "summary.json").write_text(json.dumps(summary))
+    with pytest.warns(UserWarning, match="ingest format 0; this code writes"):
+        load_prepared_mimic(out)
     summary["settings"]["format_version"] = FORMAT_VERSION + 1  # a package older than the ingest
     (out / "summary.json").write_text(json.dumps(summary))
     with pytest.warns(UserWarning, match=f"ingest format {FORMAT_VERSION + 1}, newer than this code's"):

@@ -733,7 +733,8 @@ def warn_if_other_format(summary: Path, folder_name: str) -> None:
                       f"{FORMAT_VERSION}: its records may hold what this code does not expect; update the package",
                       stacklevel=3)
     elif version < FORMAT_VERSION:
-        changes = "; ".join(f"({v}) {FORMAT_CHANGES[v]}" for v in range(version + 1, FORMAT_VERSION + 1))
+        changes = "; ".join(f"({v}) {FORMAT_CHANGES[v]}" for v in range(version + 1, FORMAT_VERSION + 1)
+                            if v in FORMAT_CHANGES)  # a summary edited to format 0 names no change 1
         warnings.warn(f"{Path(summary).parent} was prepared by ingest format {version}; this code writes "
                       f"{FORMAT_VERSION}, which differs: {changes}. It is used as prepared; run python -m "
                       "train.prepare_mimic --restart to ingest it under the current rules", stacklevel=3)
