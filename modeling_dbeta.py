@@ -607,13 +607,13 @@ class DBetaPreTrainedModel(PreTrainedModel):
             problems.append("settings that change no weight's shape, so the weights record the values they were "
                             "trained with (the config's would give wrong features):\n  " + "\n  ".join(wrong))
         absent_heads = {h for h in self._new_heads if {k for k in own if self._head_of(k) == h} <= missing}
-        # Heads the checkpoint lacked start random: keep their first weight as initialised, so a consumer (the
+        # Heads the checkpoint lacked start random: keep their parameters as initialised, so a consumer (the
         # classification pipeline) can tell a head still untrained from one trained since loading. A copy saved
         # before training names them in config.json (`untrained_heads`), and they stay untrained when reloaded.
         saved_untrained = set(getattr(self.config, "untrained_heads", None) or ()) & set(self._new_heads)
         resized = {self._head_of(k) for k in mismatched if allow_resize and self._head_of(k)}  # initialised anew
         self._heads_initialised_at_load = {
-            h: next(getattr(self, h).parameters()).detach().clone()
+            h: [p.detach().clone() for p in getattr(self, h).parameters()]
             for h in absent_heads | saved_untrained | resized if hasattr(self, h)
         }
         body_missing = sorted(k for k in missing if self._head_of(k) not in absent_heads)
@@ -661,7 +661,7 @@ class DBetaPreTrainedModel(PreTrainedModel):
                        for via in (now.dtype, torch.float16, torch.bfloat16))
 
         return sorted(h for h, first in getattr(self, "_heads_initialised_at_load", {}).items()
-                      if unchanged(next(getattr(self, h).parameters()), first))
+                      if all(unchanged(now, was) for now, was in zip(getattr(self, h).parameters(), first)))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         untrained = self.untrained_heads()

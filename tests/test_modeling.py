@@ -836,6 +836,20 @@ def test_a_head_resized_at_load_counts_as_untrained(config, tmp_path):
     assert json.loads((tmp_path / "three" / "config.json").read_text())["untrained_heads"] == ["classifier"]
 
 
+def test_a_head_changed_only_in_its_bias_counts_as_trained(config, tmp_path):
+    """Setting a new head's bias alone (to the classes' log-odds, say) changes its scores: it was still refused
+    as untrained, because only the weight was compared."""
+    cfg = DBetaConfig.from_dict(config.to_dict())
+    cfg.num_labels = 2
+    DBetaForECGClassification(cfg).save_pretrained(tmp_path / "two")
+    resized = DBetaForECGClassification.from_pretrained(tmp_path / "two", num_labels=3, ignore_mismatched_sizes=True)
+    with torch.no_grad():
+        resized.classifier.bias.copy_(torch.tensor([-2.0, 0.5, 1.0]))
+    assert resized.untrained_heads() == []
+    resized.save_pretrained(tmp_path / "three")
+    assert "untrained_heads" not in json.loads((tmp_path / "three" / "config.json").read_text())
+
+
 def test_saving_into_the_folder_a_model_came_from_keeps_the_new_weights_and_names_what_it_drops(config, tmp_path,
                                                                                                    caplog):
     """transformers leaves an old single model.safetensors beside a new sharded save (and from_pretrained prefers
