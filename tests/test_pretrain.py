@@ -1303,6 +1303,26 @@ def test_a_negative_cut_to_the_rows_own_sentences_is_aligned(rows, t5_tokenizer)
         assert batch["is_aligned"].tolist() == [0] * len(data)
 
 
+def test_a_sentence_ended_by_two_stops_is_still_the_reports_own(rows, t5_tokenizer):
+    """"sinus rhythm.. left axis deviation" split into "sinus rhythm." and the rest, so a near negative cut down to
+    "sinus rhythm" (a sentence of the row's own report) kept its mismatch label for ETM (noted 2026-12-04)."""
+    class Near:
+        def sample_negative(self, report, rng):
+            return "sinus rhythm. low qrs voltages in limb leads."
+
+    processor = build_processor(t5_tokenizer)
+    data = [dict(rows[i], report="sinus rhythm.. left axis deviation.") for i in range(16)]
+    batch = PretrainingCollator(processor, Near(), p_neg=1.0, mlm_probability=0.0, seed=5,
+                                sentence_sample_prob=1.0)(data, batch_id=2)
+    kinds = set()
+    for ids, aligned in zip(batch["input_ids"], batch["is_aligned"].tolist()):
+        kept = t5_tokenizer.decode(strip(ids, t5_tokenizer), skip_special_tokens=True)
+        own_only = "voltages" not in kept
+        assert aligned == int(own_only), (kept, aligned)
+        kinds.add(own_only)
+    assert kinds == {True, False}
+
+
 def test_a_markup_only_sentence_is_never_a_training_text(rows, t5_tokenizer):
     """A report with "***" between two statements is valid as a whole, but sentence sampling cut it down to "***"
     (empty once normalised) or tokenised that sentence alone in the relabel check: ValueError mid-run, and the same

@@ -335,9 +335,10 @@ class PretrainingCollator:
 
 
 def _sentences(text) -> list:
-    """A report's sentences (split at a full stop followed by space), as the collator's sentence sampling cuts it;
-    a sentence of markup alone ("***" between two statements) is left out, since it is empty once normalised."""
-    return [t for t in re.split(r"\.\s+", str(text).strip().rstrip(".")) if normalize_report(t)]
+    """A report's sentences (split at full stops followed by space; a run of stops, "..", is one), as the collator's
+    sentence sampling cuts it; a sentence of markup alone ("***" between two statements) is left out, since it is
+    empty once normalised."""
+    return [t for t in re.split(r"\.+\s+", str(text).strip().rstrip(".")) if normalize_report(t)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
