@@ -1170,6 +1170,10 @@ class DBetaForPreTraining(DBetaModel):
       says nothing about matching, and labels only aligned rows); the vocabulary projection runs only on the
       labelled positions.
     - ETM: matched / mismatched classification of the fused pair (`is_aligned`; N3S supplies the mismatches).
+
+    MLM and ETM need labels (`mlm_labels`, `is_aligned`; the pretraining collator gives both): an objective whose
+    labels are not given is left out of `loss` and its own loss is None. Without `is_aligned` the ECG-text loss
+    takes every pair as matched, as `DBetaModel(return_loss=True)` does.
     - ETS: sigmoid loss over the batch's ECG x text scores (all-gathered across processes when `ets_gather`);
       a row whose text is a sampled negative has no positive. With `ets_ecg_view="full"` the ECG features come
       from a second, unmasked encoder pass.
@@ -1188,6 +1192,11 @@ class DBetaForPreTraining(DBetaModel):
 
     def get_matching_logits(self, ecg_values, input_ids, attention_mask=None) -> torch.Tensor:
         """ECG-text matching logits [B, 2] (index 1 = matched) for the fused, unmasked pair."""
+        if "etm_head" in self.untrained_heads():
+            raise ValueError(
+                f"{self.name_or_path or type(self).__name__}: its matching head was initialised at random when it was loaded (the "
+                "checkpoint had none: a DBetaModel export keeps the encoders and the fusion layers only) and has not "
+                "been trained since; its logits would mean nothing. Load a DBetaForPreTraining checkpoint, or pretrain")
         return self.etm_head(self.get_fused_features(ecg_values, input_ids, attention_mask))
 
     def get_output_embeddings(self) -> nn.Module:
@@ -1228,8 +1237,6 @@ class DBetaForPreTraining(DBetaModel):
         hidden = _flag(output_hidden_states, cfg, "output_hidden_states")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if is_aligned is None:
-            is_aligned = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
         encoder = self.ecg_model
         features = encoder.features(self._ecg_input(ecg_values))
         b, t, _ = features.shape
@@ -1247,12 +1254,17 @@ class DBetaForPreTraining(DBetaModel):
 
         fused = self.fuse(ecg_states, text_states, attention_mask, cfg.mem_layer, attentions, hidden)
 
+        # An objective whose labels were not given is left out of `loss` (its loss is None), as BertForPreTraining
+        # does: defaulting `is_aligned` to all matched would train the matching head to call every pair matched.
         etm_logits = self.etm_head(self.fused_features(fused.text, fused.ecg))
-        etm_loss = F.cross_entropy(etm_logits.float(), is_aligned)
-        etm_accuracy = (etm_logits.argmax(-1) == is_aligned).float().mean()
+        etm_loss = etm_accuracy = None
+        if is_aligned is not None:
+            etm_loss = F.cross_entropy(etm_logits.float(), is_aligned)
+            etm_accuracy = (etm_logits.argmax(-1) == is_aligned).float().mean()
 
-        mlm_logits, mlm_loss = None, etm_loss.new_zeros(())
+        mlm_logits, mlm_loss = None, None
         if mlm_labels is not None:
+            mlm_loss = etm_logits.new_zeros((), dtype=torch.float32)
             selected = mlm_labels != -100
             if selected.any():
                 mlm_logits = self.mlm_head(fused.text[selected])
@@ -1263,14 +1275,17 @@ class DBetaForPreTraining(DBetaModel):
         per_token = (mem_pred.float() - target).pow(2).mean(-1)
         mem_loss = (per_token * mem_mask).sum() / mem_mask.sum().clamp(min=1.0)
 
-        ets_loss = self.ets_loss(ecg_embeds, text_embeds, is_aligned)
-        loss = (cfg.mem_weight * mem_loss + cfg.mlm_weight * mlm_loss + cfg.etm_weight * etm_loss
-                + cfg.ets_weight * ets_loss)
+        ets_loss = self.ets_loss(ecg_embeds, text_embeds, is_aligned)  # without is_aligned: every pair matched
+        loss = cfg.mem_weight * mem_loss + cfg.ets_weight * ets_loss
+        if mlm_loss is not None:
+            loss = loss + cfg.mlm_weight * mlm_loss
+        if etm_loss is not None:
+            loss = loss + cfg.etm_weight * etm_loss
         return _return(DBetaPreTrainingOutput(
             loss=loss,
             mem_loss=mem_loss.detach(),
-            mlm_loss=mlm_loss.detach(),
-            etm_loss=etm_loss.detach(),
+            mlm_loss=None if mlm_loss is None else mlm_loss.detach(),
+            etm_loss=None if etm_loss is None else etm_loss.detach(),
             ets_loss=ets_loss.detach(),
             etm_logits=etm_logits,
             etm_accuracy=etm_accuracy,

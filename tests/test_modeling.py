@@ -878,3 +878,35 @@ def test_saving_into_the_folder_a_model_came_from_keeps_the_new_weights_and_name
     with caplog.at_level(logging.WARNING, logger="dbeta.modeling_dbeta"):
         DBetaModel.from_pretrained(folder).save_pretrained(folder)  # nothing left to lose
     assert not [r for r in caplog.records if "which are lost" in r.getMessage()]
+
+
+def test_pretraining_without_labels_leaves_their_objectives_out(config, tokenizer):
+    """`model(**processor(ecg=..., text=...))` defaulted is_aligned to all matched and MLM to a zero loss: 30
+    AdamW steps on that loss taught the matching head to call every pair matched (helper: /tmp/hM/repro/
+    pretraining_loss_without_labels.py)."""
+    model = DBetaForPreTraining(config).train()
+    ids, mask = _text(tokenizer, ["sinus rhythm. normal ecg.", "atrial fibrillation."])
+    out = model(ecg_values=ecg_batch(2), input_ids=ids, attention_mask=mask)
+    assert out.etm_loss is None and out.etm_accuracy is None and out.mlm_loss is None
+    assert out.etm_logits.shape == (2, 2)
+    torch.testing.assert_close(out.loss, out.mem_loss + out.ets_loss, atol=1e-6, rtol=1e-6)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.etm_head.parameters())
+    assert all(p.grad is None for p in model.mlm_head.parameters())
+    labelled = model(ecg_values=ecg_batch(2), input_ids=ids, attention_mask=mask, is_aligned=torch.tensor([1, 0]),
+                     mlm_labels=torch.full_like(ids, -100))
+    assert labelled.etm_loss > 0 and labelled.mlm_loss == 0
+
+
+def test_matching_logits_of_a_random_matching_head_are_refused(config, tokenizer, tmp_path):
+    """A DBetaModel export loaded as DBetaForPreTraining has a random matching head; get_matching_logits served its
+    logits (two loads, two answers) with only transformers' load report to say so (helper: /tmp/hM/repro/
+    matching_logits_random_head.py)."""
+    DBetaModel(config).save_pretrained(tmp_path / "encoders")
+    model = DBetaForPreTraining.from_pretrained(tmp_path / "encoders").eval()
+    ids, mask = _text(tokenizer, ["sinus rhythm."])
+    with pytest.raises(ValueError, match="matching head was initialised at random"):
+        model.get_matching_logits(ecg_batch(1), ids, mask)
+    with torch.no_grad():
+        model.etm_head.fc.bias.add_(0.1)  # trained since (in spirit): no longer the head drawn at load
+    assert model.get_matching_logits(ecg_batch(1), ids, mask).shape == (1, 2)

@@ -102,8 +102,9 @@ class _DBetaTest(ModelTesterMixin):
             batch = inputs["ecg_values"].shape[0]
             generator = torch.Generator().manual_seed(0)
             inputs.setdefault("noise", torch.rand(batch, self.model_tester.num_tokens, generator=generator))
-            if return_labels:  # every text token labelled, so the MLM head gets gradients too
+            if return_labels:  # every text token labelled and one pair mismatched, so every head gets gradients
                 inputs["mlm_labels"] = inputs["input_ids"].clone()
+                inputs["is_aligned"] = (torch.arange(batch) > 0).long()
         return inputs
 
 
