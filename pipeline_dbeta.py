@@ -511,6 +511,14 @@ class _ECGPipeline(Pipeline):
             inputs = (_Item(i, x) for i, x in enumerate(inputs))
         return super().__call__(inputs, **kwargs)
 
+    def save_pretrained(self, save_directory, **kwargs):
+        """transformers' Pipeline saves the feature extractor alone (preprocessor_config.json), while AutoProcessor
+        reads processor_config.json first: saved into an export folder, the old processor settings came back on
+        reload. The processor is saved too, so both files hold the settings this pipeline scores with."""
+        super().save_pretrained(save_directory, **kwargs)
+        if self.processor is not None:
+            self.processor.save_pretrained(save_directory, **kwargs)
+
     def _ecg_inputs(self, inputs, sampling_rate=None, lead_names=None, leads=None, nan_policy=None) -> dict:
         """{"ecg_values" [1, leads, samples], "lead_mask" [1, 12]} of one input (an `_Item` of a list, or bare)."""
         index = inputs.index if isinstance(inputs, _Item) else None

@@ -562,3 +562,23 @@ def test_copies_of_a_text_get_bitwise_equal_features_in_any_batch():
         older = text_features(model, Older(), texts)
     torch.testing.assert_close(got[0], alone)  # (bitwise only within one call: padding moves the last bits)
     assert torch.equal(older[0], older[4]) and older.shape == got.shape
+
+
+def test_a_pipeline_saved_into_an_export_keeps_its_processor_settings(exported, tmp_path):
+    """pipe.save_pretrained(export) wrote the chosen settings to preprocessor_config.json only; processor_config.json
+    kept the old ones, and AutoProcessor and pipeline(model=...) read those back: a 6-lead record was scored where
+    it had been refused (helper: /tmp/hM/repro/pipeline_save_into_export.py)."""
+    import shutil
+
+    from transformers import AutoProcessor, pipeline
+
+    folder = tmp_path / "copy"
+    shutil.copytree(exported["dir"], folder)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True, missing_leads="raise",
+                                              nan_policy="zero")
+    pipeline("zero-shot-ecg-classification", model=str(folder), processor=processor,
+             trust_remote_code=True).save_pretrained(folder)
+    for back in (AutoProcessor.from_pretrained(folder, trust_remote_code=True).feature_extractor,
+                 pipeline("zero-shot-ecg-classification", model=str(folder),
+                          trust_remote_code=True).processor.feature_extractor):
+        assert (back.missing_leads, back.nan_policy) == ("raise", "zero")
