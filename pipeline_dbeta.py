@@ -625,12 +625,13 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         # One class twice would split its share of the softmax between two labels. Compared as the model reads
         # them ("normal ECG", "normal  ecg" and "nórmal ecg" may all be the same token ids), and by the class's
         # name too: with descriptions, "AFIB" (name + description) and "atrial fibrillation" differ as texts.
+        # Trailing punctuation is not compared: "sinus rhythm." is "sinus rhythm" (a different token id or two).
         names = prompt_set.texts(labels, dataset, "name", warn=False)
         typed = [(label.strip().casefold(),) for label in labels]  # "AFIB" and "afib": one class typed twice
         for compared in (typed, texts, names):
             first = {}
             for label, text in zip(labels, compared):
-                seen = tuple(self.processor.text_keys(list(text[:1])))
+                seen = tuple(self.processor.text_keys([text[0].rstrip(" .,;:!?")]))
                 if seen in first:
                     raise ValueError(f"candidate_labels {first[seen]!r} and {label!r} are the same class (both "
                                      f"name {normalize_report(text[0])!r}); give each class once")
