@@ -1194,8 +1194,9 @@ class DBetaForPreTraining(DBetaModel):
         """ECG-text matching logits [B, 2] (index 1 = matched) for the fused, unmasked pair."""
         if "etm_head" in self.untrained_heads():
             raise ValueError(
-                f"{self.name_or_path or type(self).__name__}: its matching head was initialised at random when it was loaded (the "
-                "checkpoint had none: a DBetaModel export keeps the encoders and the fusion layers only) and has not "
+                f"{self.name_or_path or type(self).__name__}: its matching head was initialised at random when it "
+                "was loaded (the checkpoint had none: a DBetaModel export keeps the encoders and the fusion layers only) "
+                "and has not "
                 "been trained since; its logits would mean nothing. Load a DBetaForPreTraining checkpoint, or pretrain")
         return self.etm_head(self.get_fused_features(ecg_values, input_ids, attention_mask))
 
@@ -1348,6 +1349,9 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
         (a `config=` or `id2label=` given to from_pretrained), transformers keeps them row for row, so the row
         trained for one class would be served under another's name. Same classes in another order: the rows
         follow their names. Other classes: a new head, counted untrained (`untrained_heads`) until trained."""
+        labels = self.config.id2label
+        if labels and all(isinstance(k, str) and k.isdigit() for k in labels):  # as a JSON file gives them
+            self.config.id2label = {int(k): v for k, v in labels.items()}
         if "classifier" in getattr(self, "_heads_initialised_at_load", {}):
             return  # a new head already
         # the names the head was saved under: the config of the very folder loaded (subfolder, revision)
@@ -1383,7 +1387,7 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
                                                                                  head.weight.dtype)
             self._init_weights(self.classifier)
             self._heads_initialised_at_load = {**getattr(self, "_heads_initialised_at_load", {}),
-                                               "classifier": self.classifier.weight.detach().clone()}
+                                               "classifier": [p.detach().clone() for p in self.classifier.parameters()]}
             logger.warning("%s: the saved head was trained for other classes (%s); a new head for %s, untrained",
                            source, ", ".join(saved_names), ", ".join(names))
 

@@ -142,6 +142,14 @@ def test_class_weights_and_labels_follow_the_head(setup, tmp_path, caplog):
     (tmp_path / "ft" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"id2label has keys \[1, 2, 3\]; a head of 3 classes needs exactly 0..2"):
         DBetaForECGClassification.from_pretrained(tmp_path / "ft")
+    # keys as a JSON file gives them ("0"): the same classes, not a contradictory refusal (helper:
+    # /tmp/hM/repro/id2label_string_keys.py)
+    config["id2label"], config["label2id"] = {"0": "A", "1": "B", "2": "C"}, {"A": 0, "B": 1, "C": 2}
+    (tmp_path / "ft" / "config.json").write_text(json.dumps(config))
+    for source in (tmp_path / "ft", setup["model"]):
+        loaded = DBetaForECGClassification.from_pretrained(source, id2label={"0": "C", "1": "A", "2": "B"})
+        assert loaded.config.id2label == {0: "C", 1: "A", 2: "B"}
+    assert loaded.untrained_heads() == ["classifier"]  # the pretrained export: a new head
 
 
 def test_each_logged_loss_says_how_many_steps_it_averages():
