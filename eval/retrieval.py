@@ -121,14 +121,19 @@ class ArrowReports:
     protocol_num_samples = None
 
     def __init__(self, root, split: str = "validation"):
-        from datasets import Dataset, DatasetDict, load_from_disk
+        from datasets import Dataset, DatasetDict
+
+        from train.pretrain_data import load_saved_dataset
+        from train.settings import ConfigError
 
         self.root = Path(root)
         if not self.root.exists():
             raise FileNotFoundError(f"{self.root}: no such folder (a prepared dataset from train.prepare_mimic)")
         folder = self.root / "dataset" if (self.root / "dataset" / "dataset_dict.json").is_file() else self.root
         try:
-            data = load_from_disk(str(folder))
+            data = load_saved_dataset(folder)  # a split file cut short reads as a shorter, valid one: refused there
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
         except Exception as err:
             raise FileNotFoundError(
                 f"{folder}: not a saved `datasets` folder ({type(err).__name__}: {err}); pass the output folder of "

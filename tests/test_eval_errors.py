@@ -145,6 +145,23 @@ def test_a_missing_report_is_skipped_by_retrieval_not_read_as_none(tmp_path):
     assert data.reports == ["sinus rhythm", "atrial fibrillation"] and data.record_ids == ["1", "3"]
 
 
+def test_retrieval_refuses_a_split_file_cut_short(tmp_path):
+    """A split file cut at a record-batch boundary read as a shorter, complete split: retrieval exited 0 with 830 of
+    1,100 records (helper: /tmp/hK/repro/cut_dataset_read_by_n3s_and_retrieval.py)."""
+    from datasets import Dataset, DatasetDict
+
+    from eval.retrieval import ArrowReports
+
+    rows = {"report": ["sinus rhythm", "atrial fibrillation"], "study_id": [1, 2],
+            "ecg": np.zeros((2, 12, 10), dtype=np.float32)}
+    DatasetDict(validation=Dataset.from_dict(rows)).save_to_disk(str(tmp_path / "out" / "dataset"))
+    assert len(ArrowReports(tmp_path / "out").reports) == 2
+    arrow = next((tmp_path / "out" / "dataset" / "validation").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="is cut short"):
+        ArrowReports(tmp_path / "out")
+
+
 def test_a_damaged_config_json_is_named_not_reported_as_a_missing_processor(tiny_model, tmp_path):
     """AutoTokenizer reads config.json: truncated, the error said "no D-BETA processor (processor_config.json +
     tokenizer files) found", which both were (helper)."""

@@ -406,6 +406,16 @@ def test_clear_errors(tmp_path, bert, bert_dir, capsys):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"report": ["a", "b"]}),
                           "validation": datasets.Dataset.from_dict({"report": []})}).save_to_disk(tmp_path / "ev")
     fails(["--dataset", str(tmp_path / "ev"), "--encoder", str(bert_dir)], "cannot be opened as a save_to_disk")
+    # a split file cut short at a record-batch boundary reads as a shorter, valid one (helper: /tmp/hK/repro/
+    # cut_dataset_read_by_n3s_and_retrieval.py); without the end-of-stream marker here, the same shape
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"report": CORPUS[:40]})}).save_to_disk(tmp_path / "cut")
+    arrow = next((tmp_path / "cut" / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:-8])
+    fails(["--dataset", str(tmp_path / "cut"), "--encoder", str(bert_dir)], "is cut short")
+    datasets.Dataset.from_dict({"report": CORPUS[:40]}).save_to_disk(tmp_path / "cut-plain")
+    arrow = next((tmp_path / "cut-plain").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:-8])
+    fails(["--dataset", str(tmp_path / "cut-plain"), "--encoder", str(bert_dir)], "is cut short")
     datasets.Dataset.from_dict({"report": ["", "  ", "***"]}).save_to_disk(tmp_path / "empty")
     fails(["--dataset", str(tmp_path / "empty"), "--encoder", str(bert_dir)], "no non-empty report")
     datasets.Dataset.from_dict({"report": ["sinus rhythm", "afib"]}).save_to_disk(tmp_path / "ok")

@@ -73,8 +73,13 @@ def read_reports(dataset_dir, column: str = "report", split: str = "train",
         what = "train.prepare_mimic's output folder" if (path / "summary.json").is_file() else "not the dataset"
         raise N3SBuildError(f"{str(path)!r} is {what}: its dataset is in dataset/, pass "
                             f"--dataset {str(path / 'dataset')!r}")
+    from train.pretrain_data import load_saved_dataset
+    from train.settings import ConfigError
+
     try:
-        ds = datasets.load_from_disk(str(path))
+        ds = load_saved_dataset(path)  # a split file cut short reads as a shorter, valid one: refused there
+    except ConfigError as e:
+        raise N3SBuildError(str(e)) from None
     except FileNotFoundError as e:
         raise N3SBuildError(f"{str(path)!r} is not a dataset saved with save_to_disk (no dataset_info.json / "
                             f"dataset_dict.json / state.json): {e}") from e

@@ -33,37 +33,48 @@ def load_splits(path):
     (a copy or disk that ran out), a folder that does not load, or split sizes that differ from prepare_mimic's
     summary.json beside the dataset are refused with ConfigError naming the folder: Arrow reads a file cut at a
     record-batch boundary as a shorter, valid one."""
-    from datasets import load_from_disk
-
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"data.dataset {p} does not exist")
     plain = (p / "dataset_dict.json").is_file()
-    folder, summary = (p, p.parent / "summary.json") if plain else (p / "dataset", p / "summary.json")
-    _check_arrow_files(folder)
     try:
         if plain:
-            splits = load_from_disk(str(p))
-        else:
-            from train.mimic import load_prepared_mimic
+            return load_saved_dataset(p)
+        _check_arrow_files(p / "dataset")
+        from train.mimic import load_prepared_mimic  # checks prepare_mimic's OUTPUT folder against its summary
 
-            splits = load_prepared_mimic(p)
+        return load_prepared_mimic(p)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - datasets and pyarrow raise their own (OSError, ArrowInvalid, KeyError)
         raise ConfigError(f"data.dataset {p} cannot be loaded ({type(err).__name__}: {str(err)[:300]}); prepare it "
                           "again") from None
-    if plain:  # load_prepared_mimic checks prepare_mimic's OUTPUT folder itself
+
+
+def load_saved_dataset(folder):
+    """datasets.load_from_disk(folder), a Dataset or a DatasetDict, refusing (ConfigError naming the folder) what it
+    would read wrongly without a word: a file cut at an Arrow record-batch boundary reads as a shorter, valid one,
+    so every .arrow file must end complete, and a DatasetDict beside prepare_mimic's summary.json (its OUTPUT/dataset)
+    must hold the rows it records. load_from_disk's own errors pass through."""
+    from datasets import DatasetDict, load_from_disk
+
+    folder = Path(folder)
+    _check_arrow_files(folder)
+    data = load_from_disk(str(folder))
+    if isinstance(data, DatasetDict):
         from train.mimic import warn_if_other_format
 
-        _check_against_summary(splits, folder, summary)
+        summary = folder.parent / "summary.json"
+        _check_against_summary(data, folder, summary)
         warn_if_other_format(summary, folder.name)
-    return splits
+    return data
 
 
 def _check_arrow_files(folder: Path) -> None:
-    """Each split's .arrow files end with the Arrow end-of-stream marker (a file cut short does not)."""
-    for arrow in sorted(folder.glob("*/*.arrow")) if folder.is_dir() else ():
+    """Each .arrow file (a DatasetDict's in its split folders, a Dataset's beside its state.json) ends with the Arrow
+    end-of-stream marker (a file cut short does not)."""
+    files = [*folder.glob("*.arrow"), *folder.glob("*/*.arrow")] if folder.is_dir() else []
+    for arrow in sorted(files):
         try:
             size = arrow.stat().st_size
             with open(arrow, "rb") as f:
