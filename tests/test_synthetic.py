@@ -650,3 +650,44 @@ def test_ptbxl_folder_refuses_a_wrong_shape(tmp_path):
     with pytest.raises(ValueError, match=r"record 1 \(NORM\).*\[12, 5000\].*\(12, 2500\)"):
         syn.write_ptbxl_folder(tmp_path / "p", ["NORM"], make_record, np.random.default_rng(0))
     assert not (tmp_path / "p" / "records500").exists()
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Regenerating a finished folder with another seed and stopping midway left the old ptbxl_database.csv over
+    records that held the new run's signals (72 of 76 under another record's label), and a stopped MIMIC run left
+    a truncated machine_measurements.csv that the ingest took (helper: /tmp/hK/repro/
+    synthetic_ptbxl_regenerate_killed.sh, synthetic_killed_in_csv.py)."""
+    from train.synthetic import layouts
+
+    def digest(folder):
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    for write in (lambda seed, n: syn.write_ptbxl_layout(tmp_path / "p", n, seed=seed, write_lr=False),
+                  lambda seed, n: syn.write_mimic_layout(tmp_path / "m", n, seed=seed)):
+        out = write(3, 12)
+        before = digest(out)
+        real = layouts.write_wfdb
+        calls = []
+
+        def stop_midway(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 6:
+                raise KeyboardInterrupt  # Ctrl-C (a kill leaves the same: nothing renamed into place)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(layouts, "write_wfdb", stop_midway)
+        with pytest.raises(KeyboardInterrupt):
+            write(4, 12)
+        monkeypatch.setattr(layouts, "write_wfdb", real)
+        assert digest(out) == before
+        assert write(4, 8) == out and len(digest(out)) < len(before)  # no record of the larger run is left
+        assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")] == [f".{out.name}.lock"]
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a synthetic folder")
+    with pytest.raises(FileExistsError, match="not a finished synthetic folder"):
+        syn.write_ptbxl_layout(other, 4, seed=0, write_lr=False)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    with pytest.raises(SystemExit):
+        synthetic_cli.main(["--layout", "mimic", "--output", str(other), "--n", "3"])

@@ -36,10 +36,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(SYNTHETIC_NOTICE, file=sys.stderr)
     writer = write_mimic_layout if args.layout == "mimic" else write_ptbxl_layout
     t0 = time.perf_counter()
-    out = writer(
-        args.output, args.n, args.seed, args.classes, progress=True, use_wfdb=args.use_wfdb_writer,
-        use_real_reports=False if args.template_reports else None, measurements=args.measurements,
-    )
+    try:
+        out = writer(
+            args.output, args.n, args.seed, args.classes, progress=True, use_wfdb=args.use_wfdb_writer,
+            use_real_reports=False if args.template_reports else None, measurements=args.measurements,
+        )
+    except FileExistsError as err:
+        parser.error(str(err))
     dt = time.perf_counter() - t0
     print(f"wrote {args.n} synthetic records ({args.layout} layout) to {out} in {dt:.1f} s "
           f"({args.n / dt:.0f} records/s). The signals are SYNTHETIC; see {out / 'README.txt'}.")

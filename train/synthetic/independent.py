@@ -34,7 +34,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from .classes import CLASS_SPECS
-from .layouts import SYNTHETIC_NOTICE, readme_text, write_ptbxl_folder
+from .layouts import SYNTHETIC_NOTICE, new_synthetic_folder, readme_text, write_ptbxl_folder
 from .reports import template_report
 
 INDEPENDENT_CLASSES = ("NORM", "SBRAD", "STACH", "AFIB", "AFLT")
@@ -239,13 +239,14 @@ def write_independent_ptbxl(out_dir, n: int, seed: int = 0, classes: Optional[Se
         return signal, report, dict(CLASS_SPECS[label].template_codes)
 
     needed = {code for c in classes for code in CLASS_SPECS[c].template_codes}
-    out = write_ptbxl_folder(out_dir, labels, make_record, lay, needed, progress, "independent synthetic PTB-XL",
-                             write_lr=write_lr)
-    (out / "README.txt").write_text(readme_text(
-        "ptbxl", n, seed, classes, False, "python -m train.synthetic.independent",
-        "Signals from the independent evaluation generator (train/synthetic/independent.py: McSharry-style "
-        "dynamical model, Dower leads), not the one that makes the pretraining corpus."))
-    return out
+    with new_synthetic_folder(out_dir) as staging:
+        write_ptbxl_folder(staging, labels, make_record, lay, needed, progress, "independent synthetic PTB-XL",
+                           write_lr=write_lr)
+        (staging / "README.txt").write_text(readme_text(
+            "ptbxl", n, seed, classes, False, "python -m train.synthetic.independent",
+            "Signals from the independent evaluation generator (train/synthetic/independent.py: McSharry-style "
+            "dynamical model, Dower leads), not the one that makes the pretraining corpus."))
+    return Path(out_dir)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -267,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = write_independent_ptbxl(args.output, args.n, args.seed, args.classes, progress=True,
                                       write_lr=not args.no_lr)
-    except ValueError as err:
+    except (ValueError, FileExistsError) as err:
         parser.error(str(err))
     dt = time.perf_counter() - t0
     print(f"wrote {args.n} synthetic records (independent generator, PTB-XL layout) to {out} in {dt:.1f} s "

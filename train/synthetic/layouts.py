@@ -7,6 +7,7 @@ it). Every folder gets a README.txt that says the signals are synthetic and carr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import shutil
@@ -114,6 +115,26 @@ def readme_text(kind: str, n: int, seed: int, classes: Sequence[str], uses_real_
     )
 
 
+@contextlib.contextmanager
+def new_synthetic_folder(out_dir):
+    """Yields an empty staging folder that replaces `out_dir` whole once everything is written into it: a run stopped
+    midway (a kill, Ctrl-C, a full disk) leaves the earlier folder as it was, never its tables over another run's
+    signals, and a finished one leaves no file of an earlier, larger run. Only a missing or empty folder, or one a
+    finished synthetic run wrote (its README.txt opens with SYNTHETIC_NOTICE), is replaced: FileExistsError else."""
+    from train.folders import published_folder
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        readme = out / "README.txt"
+        first = readme.read_text(errors="replace").partition("\n")[0] if readme.is_file() else ""
+        if first != SYNTHETIC_NOTICE:
+            raise FileExistsError(
+                f"{out} holds files that are not a finished synthetic folder (no README.txt opening with the "
+                "synthetic notice); the folder is replaced as a whole, so choose a new or empty one")
+    with published_folder(out) as staging:
+        yield staging
+
+
 def _capitalize(s: str) -> str:
     return s[:1].upper() + s[1:] if s else s
 
@@ -145,8 +166,13 @@ def write_mimic_layout(
     """
     classes = check_classes(classes)
     measurements = _check_measurements(measurements)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with new_synthetic_folder(out_dir) as staging:
+        _write_mimic_studies(staging, n, seed, classes, progress, use_wfdb, use_real_reports, measurements)
+    return Path(out_dir)
+
+
+def _write_mimic_studies(out: Path, n: int, seed: int, classes: Sequence[str], progress: bool, use_wfdb: bool,
+                         use_real_reports: Optional[bool], measurements: str) -> None:
     bank = ReportBank(use_real_reports)
     lay = np.random.default_rng([int(seed), 1])
     labels = _assign_labels(n, classes, lay)
@@ -197,7 +223,6 @@ def write_mimic_layout(
     _write_csv(out / "synthetic_labels.csv", ["study_id", "subject_id", "label", "scp_codes", "report_source"], truth)
     (out / "README.txt").write_text(readme_text("mimic", n, seed, classes, bank.uses_real,
                                                    measurements=measurements))
-    return out
 
 
 def _report(bank: ReportBank, label: str, rng: np.random.Generator, ecg, measurements: str) -> Tuple[str, dict, str]:
@@ -305,7 +330,8 @@ def write_ptbxl_folder(
     write_lr: bool = True,
 ) -> Path:
     """Write one record per label in the PTB-XL 1.0.x layout: ptbxl_database.csv, scp_statements.csv, records500/
-    (and records100/ unless write_lr=False); returns the folder.
+    (and records100/ unless write_lr=False) into `out_dir` (the callers' `new_synthetic_folder` staging folder);
+    returns the folder.
 
     `make_record(index, label)` returns (signal [12, 5000] mV at 500 Hz in STANDARD_LEADS order, report, scp_codes).
     Files: records500/00000/00001_hr.{hea,dat} (gain 1000/mV) and records100/00000/00001_lr (5-sample block means).
@@ -396,8 +422,9 @@ def write_ptbxl_layout(
     needed = set()
     for c in classes:  # the label space: every code any requested class can carry
         needed |= set(CLASS_SPECS[c].allowed_codes) | set(CLASS_SPECS[c].template_codes)
-    out = write_ptbxl_folder(out_dir, labels, make_record, lay, needed | {"PVC", "PAC"}, progress,
-                             use_wfdb=use_wfdb, write_lr=write_lr)
-    (out / "README.txt").write_text(readme_text("ptbxl", n, seed, classes, bank.uses_real,
-                                                   measurements=measurements))
-    return out
+    with new_synthetic_folder(out_dir) as staging:
+        write_ptbxl_folder(staging, labels, make_record, lay, needed | {"PVC", "PAC"}, progress,
+                           use_wfdb=use_wfdb, write_lr=write_lr)
+        (staging / "README.txt").write_text(readme_text("ptbxl", n, seed, classes, bank.uses_real,
+                                                        measurements=measurements))
+    return Path(out_dir)
