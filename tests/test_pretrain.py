@@ -187,6 +187,15 @@ def batches(out: Path, rank: int = 0) -> list:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def restamp(checkpoint: Path) -> None:
+    """Record a checkpoint's files as they are now in its train_state.json, as if it had been saved so: a test that
+    edits a file to stage a situation (moved paths, another setting) would otherwise meet the digest check."""
+    from train.checkpoints import file_digests
+
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    (checkpoint / "train_state.json").write_text(json.dumps(dict(state, files=file_digests(checkpoint))))
+
+
 def weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -874,6 +883,7 @@ def test_export_only_does_not_reuse_the_original_runs_export_dir(straight_run, t
     run_config = json.loads((checkpoint / "run_config.json").read_text())
     run_config["export_dir"] = str(tmp_path / "original-export")  # as if that run had --export-dir
     (checkpoint / "run_config.json").write_text(json.dumps(run_config))
+    restamp(checkpoint)
     assert run_main(["--export-only", str(checkpoint), "--output-dir", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
     assert not (tmp_path / "original-export").exists()
@@ -945,6 +955,7 @@ def test_resume_executes_nothing_from_planted_pickles(assets, straight_run, tmp_
     shutil.rmtree(out / "model")
     torch.save(_Planted(marker), newest / "optimizer.bin")
     torch.save(_Planted(marker), older / "random_states_0.pkl")
+    restamp(older)  # a planter who rewrote train_state.json too: the digests pass, and weights_only still refuses
     caplog.set_level("WARNING", logger="train.checkpoints")
     assert run_main(train_args(assets, out, "--resume")) == 0
     assert not marker.exists()

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from tests.test_pretrain import (assets, one_thread, run_main, straight_run, t5_tokenizer,  # noqa: F401 - fixtures
-                                 train_args)
+from tests.test_pretrain import (assets, one_thread, restamp, run_main, straight_run,  # noqa: F401 - fixtures
+                                 t5_tokenizer, train_args)
 
 
 def test_a_finished_run_without_checkpoints_is_not_replaced(assets, straight_run, tmp_path, capsys):
@@ -62,10 +62,11 @@ def test_resume_under_other_negatives_or_precision_is_refused(assets, straight_r
     assert now.changed_since(saved, RESUME_SETTINGS) == ["model.frozen_text_precision: 'fp32' -> 'bf16'"]
     # the same N3S folder, rebuilt with other negatives
     table = shutil.copytree(assets.n3s, tmp_path / "n3s")
-    for checkpoint in (out / "checkpoints").iterdir():
+    for checkpoint in (out / "checkpoints").iterdir():  # as if the run had been started with the table there
         saved = json.loads((checkpoint / "run_config.json").read_text())
         saved["data"]["n3s"] = str(table)
         (checkpoint / "run_config.json").write_text(json.dumps(saved))
+        restamp(checkpoint)
     build_n3s_table(mimic_rows(48, 1)["report"], lambda texts: np.eye(64, dtype=np.float32)[
         [len(t) % 64 for t in texts]], k=2, index="flat", progress=False).save(table)
     assert run_main(train_args(assets, out, "--resume", "--n3s", str(table))) == 2
@@ -132,7 +133,7 @@ def test_damaged_json_in_the_newest_checkpoint_falls_back_and_none_usable_is_exi
     (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:300000]),
      "model.safetensors is damaged"),
     (lambda c: (c / "config.json").write_text((c / "config.json").read_text()[:200]), "config.json is damaged"),
-    (lambda c: (c / "tokenizer" / "tokenizer.json").write_text("{}"), "tokenizer is damaged"),
+    (lambda c: (c / "tokenizer" / "tokenizer.json").write_text("{}"), "tokenizer.json is damaged"),
     (lambda c: (c / "train_state.json").write_text('{"step": 8}'), "train_state.json is damaged"),
 ], ids=["weights-truncated", "config-truncated", "tokenizer", "train-state-key"])
 def test_export_only_of_a_damaged_checkpoint_is_exit_2_naming_the_file(straight_run, tmp_path, capsys, damage, named):
@@ -142,6 +143,33 @@ def test_export_only_of_a_damaged_checkpoint_is_exit_2_naming_the_file(straight_
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_bytes_changed_in_a_checkpoint_file_fall_back_to_the_previous_checkpoint(assets, straight_run, tmp_path,
+                                                                                  caplog):
+    """Bytes flipped inside the newest checkpoint's weights (still finite) or optimizer state were resumed from: exit
+    0, "finished", an export up to 1,340 (weights) or 5e10 (optimizer) away from the uninterrupted run's (helper:
+    /tmp/hK/repro/ckpt_bitflip_resumed.sh)."""
+    from tests.test_pretrain import assert_same_weights, weights
+    from train.checkpoints import verify_checkpoint
+
+    for name in ("model.safetensors", "optimizer.bin"):
+        out = tmp_path / name
+        shutil.copytree(straight_run, out)
+        shutil.rmtree(out / "model")
+        (out / "metrics.json").unlink()
+        target = out / "checkpoints" / "checkpoint_1" / name
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01  # one bit inside the tensor data: still finite, and the file loads
+        target.write_bytes(bytes(data))
+        with pytest.raises(RuntimeError, match=f"{name} is damaged: its SHA-256 differs"):
+            verify_checkpoint(target.parent)
+        caplog.clear()
+        caplog.set_level("WARNING", logger="train.checkpoints")
+        assert run_main(train_args(assets, out, "--resume")) == 0
+        warned = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+        assert len(warned) == 1 and f"{name} is damaged" in warned[0], warned
+        assert_same_weights(weights(out / "model"), weights(straight_run / "model"))  # steps 5-8 redone
 
 
 def test_a_resume_between_two_logs_logs_the_uninterrupted_runs_losses(assets, tmp_path, caplog):
@@ -181,6 +209,7 @@ def test_export_only_of_a_config_that_changes_no_shape_is_refused_before_publish
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["fusion_num_heads"] != 1
     (checkpoint / "config.json").write_text(json.dumps(dict(config, fusion_num_heads=1)))
+    restamp(checkpoint)  # as if saved so: the geometry check, not the digests, is what this shows
     previous = shutil.copytree(straight_run / "model", tmp_path / "out" / "model")
     before = {p.name: p.read_bytes() for p in previous.iterdir() if p.is_file()}
     assert run_main(["--output-dir", str(tmp_path / "out"), "--export-only", str(checkpoint)], record=False) == 2
@@ -272,6 +301,7 @@ def test_resume_refuses_a_replaced_tokenizer_or_dataset_and_accepts_other_spelli
                     state["paths"][key] = str(copy.resolve())
             (checkpoint / "run_config.json").write_text(json.dumps(config))
             (checkpoint / "train_state.json").write_text(json.dumps(state))
+            restamp(checkpoint)
         return out
 
     def resume(out, **flags) -> int:

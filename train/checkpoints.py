@@ -14,10 +14,14 @@ planted pickle is refused, never run.
 Atomicity: a checkpoint is written to `checkpoint_N.partial`, completed with train_state.json, then renamed; old
 checkpoints are deleted only after the new one is complete. A folder without train_state.json is never resumed
 from, and leftovers of a killed save are removed by the next save.
+
+Integrity: train_state.json records the SHA-256 of every other file of the checkpoint; a file that differs (bytes
+flipped on disk or in a copy, which stay finite weights and load without complaint) makes the checkpoint unusable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -124,7 +128,8 @@ def verify_checkpoint(path: Path) -> None:
     for name in (STATE_FILE, SCHEDULER_FILE, RUN_CONFIG_FILE, "model.safetensors"):
         if not (path / name).is_file():
             raise RuntimeError(f"{path / name} is missing (the save did not finish)")
-    _read(path / STATE_FILE, lambda f: TrainState().load_state_dict(json.loads(f.read_text())))
+    saved = _read(path / STATE_FILE, lambda f: json.loads(f.read_text()))
+    _read(path / STATE_FILE, lambda f: TrainState().load_state_dict(saved))
     for name in (SCHEDULER_FILE, RUN_CONFIG_FILE):
         _read(path / name, lambda f: json.loads(f.read_text()))
     bad = _read(path / "model.safetensors", safetensors_non_finite)
@@ -136,6 +141,33 @@ def verify_checkpoint(path: Path) -> None:
             torch.load(f, map_location="cpu", weights_only=True))))
         if bad:
             raise RuntimeError(f"{optimizer} holds non-finite values in {len(bad)} tensor(s): {', '.join(bad[:5])}")
+    _check_digests(path, saved.get("files"))  # last: the checks above name what is wrong more precisely
+
+
+def file_digests(folder: Path, skip=(STATE_FILE,)) -> dict:
+    """{relative path: SHA-256} of every file below `folder` but those named in `skip`."""
+    digests = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in skip):
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                sha.update(block)
+        digests[path.relative_to(folder).as_posix()] = sha.hexdigest()
+    return digests
+
+
+def _check_digests(path: Path, recorded) -> None:
+    if recorded is None:  # a checkpoint from before digests were recorded
+        return
+    if not isinstance(recorded, dict):
+        raise RuntimeError(f"{path / STATE_FILE} is damaged (its file digests are not a table)")
+    found = file_digests(path)
+    for name, digest in recorded.items():
+        if name not in found:
+            raise RuntimeError(f"{path / name} is missing (the checkpoint was saved with it)")
+        if found[name] != digest:
+            raise RuntimeError(f"{path / name} is damaged: its SHA-256 differs from the one recorded when it was "
+                               "saved (bytes changed on disk or in a copy)")
 
 
 def _read(path: Path, reader):
@@ -213,6 +245,7 @@ def save_checkpoint(accelerator, model, scheduler, state: TrainState, settings: 
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process's files written before the main one records their digests
     if accelerator.is_main_process:
         (partial / RUN_CONFIG_FILE).write_text(json.dumps(settings, indent=2))
         (partial / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict()))
@@ -222,7 +255,7 @@ def save_checkpoint(accelerator, model, scheduler, state: TrainState, settings: 
             tokenizer.save_pretrained(str(partial / "tokenizer"))
         (partial / STATE_FILE).write_text(json.dumps(dict(
             state.state_dict(), world_size=accelerator.num_processes,
-            saved_at=datetime.now(timezone.utc).isoformat()), indent=2))
+            saved_at=datetime.now(timezone.utc).isoformat(), files=file_digests(partial)), indent=2))
         _fsync_tree(partial)
         os.replace(partial, final)
         for old in list_checkpoints(out)[total_limit:]:
