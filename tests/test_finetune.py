@@ -381,6 +381,8 @@ def test_finetune_checkpoints_resumes_exports_and_pushes(setup, tmp_path, monkey
     _killed_after_saving(argv, 2, monkeypatch)
     assert (out / "checkpoint-2" / "model.safetensors").is_file() and not (out / "results.json").exists()
     assert (out / "checkpoint-2" / "processor_config.json").is_file()  # processing_class is saved
+    recorded = json.loads((out / "checkpoint-2" / ft.DIGESTS_FILE).read_text())
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= set(recorded)
     # a Trainer checkpoint is a classifier folder too: it names only the classifier's pipeline
     assert set(json.loads((out / "checkpoint-2" / "config.json").read_text())["custom_pipelines"]) == {
         "ecg-classification"}
@@ -878,8 +880,16 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
     # /tmp/hJ/repro/finetune_nan_optimizer_state.py)
     torch.save({"state": {0: {"step": torch.tensor(3.0), "exp_avg_sq": torch.tensor([1.0, float("nan")])}},
                 "param_groups": []}, checkpoint(28) / "optimizer.pt")
+    # bytes changed in recorded weights (finite, and they load) were resumed from, exit 0, an export up to 1,570
+    # away (helper: /tmp/hK/repro/finetune_ckpt_bitflip_resumed.sh)
+    from train.checkpoints import file_digests
+
+    flipped = checkpoint(30)
+    (flipped / ft.DIGESTS_FILE).write_text(json.dumps(file_digests(flipped)))
+    save_file({"classifier.weight": torch.full((2, 2), 1.5)}, str(flipped / "model.safetensors"))
+    (checkpoint(32) / ft.DIGESTS_FILE).write_text('{"model.safe')
     (tmp_path / "checkpoint-x").mkdir()  # not Trainer's
-    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == [f"checkpoint-{n}" for n in range(2, 29, 2)]
+    assert [p.name for p in ft.checkpoint_folders(tmp_path)] == [f"checkpoint-{n}" for n in range(2, 33, 2)]
     assert zipfile.is_zipfile(tmp_path / "checkpoint-2" / "optimizer.pt")
     with caplog.at_level("WARNING", logger=ft.logger.name):
         assert ft.find_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
@@ -890,7 +900,9 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(tmp_path, caplog):
                          (18, "no scheduler.pt"), (20, "no readable config.json"),
                          (22, "scheduler.pt does not load as plain weights (UnpicklingError)"),
                          (24, "trainer_state.json has no step count"), (26, "trainer_state.json has no step count"),
-                         (28, "optimizer.pt holds NaN or infinite values in state/0/exp_avg_sq")):
+                         (28, "optimizer.pt holds NaN or infinite values in state/0/exp_avg_sq"),
+                         (30, "model.safetensors is damaged: its SHA-256 differs"),
+                         (32, f"{ft.DIGESTS_FILE} does not read")):
         assert f"checkpoint-{step} cannot be resumed from ({reason}" in caplog.text, step
     assert ft.find_checkpoint(tmp_path / "absent") is None
 

@@ -141,7 +141,7 @@ def verify_checkpoint(path: Path) -> None:
             torch.load(f, map_location="cpu", weights_only=True))))
         if bad:
             raise RuntimeError(f"{optimizer} holds non-finite values in {len(bad)} tensor(s): {', '.join(bad[:5])}")
-    _check_digests(path, saved.get("files"))  # last: the checks above name what is wrong more precisely
+    check_digests(path, saved.get("files"))  # last: the checks above name what is wrong more precisely
 
 
 def file_digests(folder: Path, skip=(STATE_FILE,)) -> dict:
@@ -156,12 +156,14 @@ def file_digests(folder: Path, skip=(STATE_FILE,)) -> dict:
     return digests
 
 
-def _check_digests(path: Path, recorded) -> None:
+def check_digests(path: Path, recorded, record_file: str = STATE_FILE) -> None:
+    """RuntimeError naming the first file below `path` that is missing or whose SHA-256 differs from `recorded`
+    (None: nothing recorded, as in checkpoints older than the digests)."""
     if recorded is None:  # a checkpoint from before digests were recorded
         return
     if not isinstance(recorded, dict):
-        raise RuntimeError(f"{path / STATE_FILE} is damaged (its file digests are not a table)")
-    found = file_digests(path)
+        raise RuntimeError(f"{path / record_file} is damaged (its file digests are not a table)")
+    found = file_digests(path, skip=(record_file,))
     for name, digest in recorded.items():
         if name not in found:
             raise RuntimeError(f"{path / name} is missing (the checkpoint was saved with it)")

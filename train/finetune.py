@@ -58,7 +58,8 @@ from eval.features import (RecordError, check_skipped_records, condition_item, l
 from eval.metrics import NonFiniteScoresError, auc_report, make_compute_metrics
 from dbeta.modeling_dbeta import DBetaForECGClassification
 from dbeta.processing_dbeta import DBetaFeatureExtractor
-from train.checkpoints import non_finite_tensors, optimizer_state_tensors, safetensors_non_finite
+from train.checkpoints import (check_digests, file_digests, non_finite_tensors, optimizer_state_tensors,
+                               safetensors_non_finite)
 from train.export import ExportTargetError, check_export_target, check_run_folder, export_model, record_model_input
 from train.finetune_settings import FinetuneSettings
 from train.folders import write_json
@@ -243,6 +244,13 @@ def checkpoint_problem(path: Path) -> Optional[str]:
         bad = non_finite_tensors(optimizer_state_tensors(saved)) if name == "optimizer.pt" else []
         if bad:
             return f"{name} holds NaN or infinite values in {', '.join(bad[:3])}"
+    digests = path / DIGESTS_FILE  # none: saved before digests were recorded, or stopped before recording them
+    try:
+        check_digests(path, json.loads(digests.read_text()) if digests.exists() else None, DIGESTS_FILE)
+    except (OSError, ValueError) as err:
+        return f"{DIGESTS_FILE} does not read ({type(err).__name__})"
+    except RuntimeError as err:
+        return str(err).replace(f"{path}/", "")
     return None
 
 
@@ -302,6 +310,21 @@ def build_training_args(s: FinetuneSettings):
         raise ConfigError(f"transformers.TrainingArguments refuses these settings: {err}") from None
 
 
+DIGESTS_FILE = "checkpoint_digests.json"
+
+
+class RecordCheckpointDigests(TrainerCallback):
+    """Each checkpoint's files' SHA-256 in its DIGESTS_FILE, written once Trainer has saved it: bytes flipped in
+    its weights later (still finite, and they load) made a resume continue from damaged weights without a word."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            write_json(folder / DIGESTS_FILE, file_digests(folder, skip=(DIGESTS_FILE,)))
+
+
 class BestCheckpointHere(TrainerCallback):
     """A resumed run's best checkpoint is the one of that name in the folder being resumed. transformers keeps the
     absolute path it was saved under, so a moved run loaded the best weights from the old place (another run's, if
@@ -328,7 +351,7 @@ def build_trainer(s: FinetuneSettings, model, processor, train_dataset, eval_dat
                   training_args=None):
     from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
-    callbacks = [BestCheckpointHere()]
+    callbacks = [BestCheckpointHere(), RecordCheckpointDigests()]
     if s.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=s.train.early_stopping_patience))
     trainer = Trainer(
