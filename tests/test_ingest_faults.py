@@ -479,3 +479,61 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted_run(tmp_path):
         leftovers += [str(p) for p in (out / "work" / "chunks").glob("*.tmp")]
         leftovers += [str(p) for p in (out / "work" / "chunks").rglob("*.arrow")]
         assert not leftovers, (name, leftovers)
+
+
+def _cut_after_first_batch(path):
+    """What a copy cut short at a record-batch boundary leaves: the first batch, read back as a whole stream."""
+    import pyarrow as pa
+
+    reader = pa.ipc.open_stream(pa.py_buffer(path.read_bytes()))  # in memory: the file is rewritten below
+    schema, first = reader.schema, reader.read_next_batch()
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(first)
+
+
+def test_a_damaged_work_file_is_named_with_the_way_out(tmp_path, monkeypatch, capsys):
+    """A file of an unfinished ingest's work/ folder damaged (a disk fault, a power cut before the page cache reached
+    the disk): the re-run said "error: Unterminated string ... (char 98)", a sqlite3 or a RuntimeError traceback,
+    naming no file and not --restart; a finished output's damaged summary.json the same (helper: /tmp/hK/repro/
+    ingest_damaged_work_files.sh)."""
+    from train import prepare_mimic as pm
+
+    root = _mimic(tmp_path, n=20)
+
+    def stopped_before_assembly(out):
+        def stop(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(pm, "assemble_dataset", stop)
+        with pytest.raises(KeyboardInterrupt):
+            pm.main(["--mimic-root", str(root), "--output", str(out), "--chunk-size", "6", "--quiet",
+                     "--writer-batch-size", "2"])
+        monkeypatch.undo()
+        (out / "run.lock").unlink(missing_ok=True)
+        return out
+
+    base = stopped_before_assembly(tmp_path / "base")
+    shard = next(p for p in sorted((base / "work" / "chunks").glob("chunk-*/train.arrow")))
+    cases = {"work/chunks/chunk-00001/result.json": lambda p: p.write_text(p.read_text()[:40]),
+             "work/settings.json": lambda p: p.write_text("{"), "work/inputs.json": lambda p: p.write_text(""),
+             # read again only for a chunk still to do
+             "work/manifest.sqlite": lambda p: (p.write_bytes(b"\0" * 4096),
+                                                shutil.rmtree(p.parent / "chunks" / "chunk-00002")),
+             shard.relative_to(base).as_posix(): _cut_after_first_batch}
+    for name, damage in cases.items():
+        out = shutil.copytree(base, tmp_path / name.replace("/", "_"))
+        damage(out / name)
+        capsys.readouterr()
+        assert prepare_main(["--mimic-root", str(root), "--output", str(out), "--chunk-size", "6", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert str(out / name) in err and "--restart" in err and "Traceback" not in err, (name, err)
+    done = tmp_path / "done"
+    assert prepare_main(["--mimic-root", str(root), "--output", str(done), "--chunk-size", "6", "--quiet"]) == 0
+    (done / "summary.json").write_text('{"settings": {')
+    capsys.readouterr()
+    assert prepare_main(["--mimic-root", str(root), "--output", str(done), "--chunk-size", "6", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{done / 'summary.json'} is damaged" in err and "--restart" in err, err
+    # and read for training, the rows it records went unchecked without a word
+    with pytest.warns(UserWarning, match="summary.json does not read .*not checked"):
+        load_prepared_mimic(done)

@@ -704,12 +704,19 @@ def load_prepared_mimic(output_dir):
 
 
 def _summary_of(summary: Path, folder_name: str) -> Optional[dict]:
-    """prepare_mimic's summary.json when it describes the dataset folder `folder_name`; None for no readable one."""
+    """prepare_mimic's summary.json when it describes the dataset folder `folder_name`; None for none (a damaged one
+    with a warning: what it records goes unchecked)."""
     import json
+    import warnings
 
     try:
         recorded = json.loads(Path(summary).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        warnings.warn(f"{summary} does not read ({type(err).__name__}): the split sizes and ingest format it records "
+                      f"for {folder_name} are not checked; python -m train.prepare_mimic --restart rewrites it",
+                      stacklevel=2)
         return None
     if not isinstance(recorded, dict) or recorded.get("dataset", folder_name) != folder_name:
         return None

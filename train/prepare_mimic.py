@@ -75,11 +75,21 @@ SPLITS = ("train", "validation")
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _read_own_json(path: Path):
+    """A JSON file this ingest wrote (in work/, or summary.json); one damaged (a disk fault, a power cut before the
+    page cache reached the disk) is a ValueError naming it, not a bare JSON error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is damaged ({type(err).__name__}: {err}); run again with --restart to ingest "
+                         "anew") from None
+
+
 def build_manifest(mimic_root: Path, work: Path, limit: Optional[int]) -> dict:
     """Stream record_list.csv and machine_measurements.csv into work/manifest.sqlite; returns its info."""
     done = work / "manifest.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return _read_own_json(done)
     if not (mimic_root / "record_list.csv").is_file():
         raise FileNotFoundError(f"{mimic_root}: record_list.csv not found (is this a MIMIC-IV-ECG v1.0 folder?)")
     db_path = work / "manifest.sqlite"
@@ -159,15 +169,19 @@ def process_chunk(task: dict) -> dict:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    con = sqlite3.connect(f"file:{work / 'manifest.sqlite'}?mode=ro", uri=True)
-    rows = con.execute(
-        "SELECT r.idx, r.line, r.subject_id, r.study_id, r.ecg_time, r.path, r.status, r.detail, m.report, "
-        "m.conflicting "
-        "FROM records r "
-        "LEFT JOIN reports m ON m.study_id = r.study_id WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
-        (task["start"], task["stop"]),
-    ).fetchall()
-    con.close()
+    try:
+        con = sqlite3.connect(f"file:{work / 'manifest.sqlite'}?mode=ro", uri=True)
+        rows = con.execute(
+            "SELECT r.idx, r.line, r.subject_id, r.study_id, r.ecg_time, r.path, r.status, r.detail, m.report, "
+            "m.conflicting "
+            "FROM records r "
+            "LEFT JOIN reports m ON m.study_id = r.study_id WHERE r.idx >= ? AND r.idx < ? ORDER BY r.idx",
+            (task["start"], task["stop"]),
+        ).fetchall()
+        con.close()
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"{work / 'manifest.sqlite'} is damaged ({err}); run again with --restart to ingest "
+                         "anew") from None
     feats = features()
     writers = {
         s: ArrowWriter(features=feats, path=str(tmp / f"{s}.arrow"), writer_batch_size=task["writer_batch_size"])
@@ -243,7 +257,7 @@ def prepare_mimic(
             _discard(p)
     summary_path = out / "summary.json"
     if summary_path.is_file() and (out / "dataset").is_dir():
-        summary = json.loads(summary_path.read_text())
+        summary = _read_own_json(summary_path)
         if summary.get("settings") == settings and summary.get("complete"):
             if progress:
                 print(f"{out}: already prepared (summary.json); nothing to do. Use --restart to rebuild.")
@@ -254,7 +268,7 @@ def prepare_mimic(
     work.mkdir(parents=True, exist_ok=True)
     settings_path = work / "settings.json"
     if settings_path.is_file():
-        old = json.loads(settings_path.read_text())
+        old = _read_own_json(settings_path)
         if old != settings:
             if old.get("format_version") != FORMAT_VERSION:
                 old = (f"(by an older version of this code, format {old.get('format_version')}; this one writes "
@@ -333,13 +347,13 @@ def _check_inputs_unchanged(out: Path, work: Path, mimic_root: Path) -> None:
     """Refuse to resume an ingest whose CSVs changed, or whose records once missing are there now: the finished
     chunks would keep their old rows and drops beside the new ones (ValueError; --restart starts over)."""
     saved = work / "inputs.json"
-    if saved.is_file() and json.loads(saved.read_text()) != _input_fingerprint(mimic_root):
+    if saved.is_file() and _read_own_json(saved) != _input_fingerprint(mimic_root):
         raise ValueError(f"{out}: record_list.csv or machine_measurements.csv under {mimic_root} changed since this "
                          "ingest started; its finished chunks hold the old rows. Use --restart to ingest anew")
     arrived, changed = [], []
     for result in sorted((work / "chunks").glob("*/result.json")):
         finished = result.stat().st_mtime
-        saved = json.loads(result.read_text())
+        saved = _read_own_json(result)
         states = saved.get("file_states")  # absent in a chunk of an older version: its mtime is compared
         for _, _, _, path, reason, detail in saved["dropped_rows"]:
             if reason == "missing_record" and (mimic_root / f"{path}.hea").is_file():
@@ -400,7 +414,7 @@ def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int
         w = csv.writer(f)
         w.writerow(["index", "line", "study_id", "path", "reason", "detail"])
         for c in range(n_chunks):
-            res = json.loads((_chunk_dir(work, c) / "result.json").read_text())
+            res = _read_own_json(_chunk_dir(work, c) / "result.json")
             read += res["read"]
             per_chunk.append(res["kept"])
             for s in SPLITS:
@@ -444,7 +458,7 @@ def _finish(out: Path, work: Path, settings: dict, manifest: dict, n_chunks: int
         "signal_storage": "int16 ADC values as stored in the .dat files + per-lead adc_gain (adu/mV) and "
         "baseline; -32768 = missing sample; decode with train.mimic.decode_signal",
         "settings": settings,
-        "inputs": json.loads((work / "inputs.json").read_text()) if (work / "inputs.json").is_file() else None,
+        "inputs": _read_own_json(work / "inputs.json") if (work / "inputs.json").is_file() else None,
     }
 
 
@@ -502,10 +516,20 @@ def assemble_dataset(out: Path, work: Path, per_chunk: list):
         }
         missing = [f for split in SPLITS for f in shards[split] if not f.is_file()]
         if missing:
-            raise RuntimeError(
+            raise ValueError(
                 f"{target} is not a finished dataset of this ingest and its chunk shards are gone ({missing[0]}); "
                 "re-run with --restart"
             )
+        for c, kept in enumerate(per_chunk):  # a shard cut at a record-batch boundary reads as a shorter, whole one
+            for split in (s for s in SPLITS if kept[s] > 0):
+                shard = _chunk_dir(work, c) / f"{split}.arrow"
+                try:
+                    rows = len(Dataset.from_file(str(shard)))
+                except Exception as err:  # noqa: BLE001 - pyarrow's own errors for a file cut mid-batch
+                    rows = f"no readable rows ({type(err).__name__})"
+                if rows != kept[split]:
+                    raise ValueError(f"{shard} holds {rows} rows where its chunk recorded {kept[split]} (cut "
+                                     "short); run again with --restart to ingest anew")
         _discard(target)
         _remove(tmp)
         feats = features()
@@ -518,7 +542,8 @@ def assemble_dataset(out: Path, work: Path, per_chunk: list):
         parts.save_to_disk(str(tmp), num_shards={split: 1 for split in SPLITS if not shards[split]})
         del parts
         if _load_if_complete(tmp, expected) is None:
-            raise RuntimeError(f"{tmp}: the assembled dataset does not hold the {expected} rows of the chunk results")
+            raise ValueError(f"{tmp}: the assembled dataset does not hold the {expected} rows of the chunk results; "
+                             "run again with --restart to ingest anew")
         os.replace(tmp, target)
     for shard in sorted((work / "chunks").glob("chunk-*/*.arrow")):  # the data now live in OUTPUT/dataset
         shard.unlink()
