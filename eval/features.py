@@ -36,6 +36,7 @@ from dbeta.processing_dbeta import resolve_leads, standard_lead_name
 __all__ = [
     "RecordError",
     "load_model_and_processor",
+    "check_json_files",
     "load_processor",
     "ProcessedRecords",
     "check_skipped_records",
@@ -63,6 +64,22 @@ def _register_local_config() -> None:
         pass
 
 
+MODEL_FOLDER_JSON = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_json_files(folder) -> None:
+    """ValueError naming the first of a model or tokenizer folder's JSON files that does not read: transformers'
+    loaders report a damaged one as missing ("no processor found"), or raise a bare JSONDecodeError."""
+    for name in MODEL_FOLDER_JSON:
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path}: not readable JSON ({type(err).__name__}: {err})") from None
+
+
 def load_processor(name_or_path: str):
     """The model's DBetaProcessor (feature extractor + tokenizer) from its folder or Hub repo, built with this
     repository's classes: no code from the model folder is run."""
@@ -71,12 +88,7 @@ def load_processor(name_or_path: str):
 
     from dbeta.processing_dbeta import DBetaFeatureExtractor, DBetaProcessor
 
-    config = Path(name_or_path) / "config.json"
-    if config.is_file():  # AutoTokenizer reads it: damaged, it would be reported as a missing processor
-        try:
-            json.loads(config.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{config}: not readable JSON ({type(err).__name__}: {err})") from None
+    check_json_files(name_or_path)
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer peeks at the (remote-code) model config; no code is run
     try:

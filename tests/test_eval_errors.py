@@ -171,3 +171,10 @@ def test_a_damaged_config_json_is_named_not_reported_as_a_missing_processor(tiny
     (copy / "config.json").write_text((copy / "config.json").read_text()[:50])
     with pytest.raises(ValueError, match=r"config\.json: not readable JSON \(JSONDecodeError"):
         load_processor(str(copy))
+    # the tokenizer's and the processor's own files the same (helper: /tmp/hK/repro/
+    # damaged_tokenizer_reported_as_missing_processor.sh)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
+        copy = shutil.copytree(tiny_model, tmp_path / name)
+        (copy / name).write_text((copy / name).read_text()[:50])
+        with pytest.raises(ValueError, match=rf"{name}: not readable JSON \(JSONDecodeError"):
+            load_processor(str(copy))

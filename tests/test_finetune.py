@@ -962,3 +962,17 @@ def test_damaged_base_weights_end_the_run_before_the_records_are_scanned(setup, 
         ft.main(args)
     assert stop.value.code == 2
     assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_a_model_folder_with_a_damaged_tokenizer_is_exit_2_naming_the_file(setup, tmp_path, capsys):
+    """A truncated tokenizer.json in the model folder ended as "no D-BETA processor ... found" and a
+    FileNotFoundError traceback, exit 1 (helper: /tmp/hK/repro/damaged_tokenizer_reported_as_missing_processor.sh)."""
+    import shutil
+
+    model = shutil.copytree(setup["model"], tmp_path / "model")
+    (model / "tokenizer.json").write_text((model / "tokenizer.json").read_text()[:80])
+    argv = [str(model) if a == str(setup["model"]) else a for a in ft_args(setup, tmp_path / "run", "--max-steps", "1")]
+    with pytest.raises(SystemExit) as exit_:
+        ft.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{model / 'tokenizer.json'}: not readable JSON" in err, err

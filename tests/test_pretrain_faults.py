@@ -361,3 +361,17 @@ def test_prepare_mimic_again_with_other_settings_on_a_finished_output_says_so(tm
     summary.write_text(json.dumps(dict(json.loads(summary.read_text()), settings=older)))
     with pytest.raises(ValueError, match=r"by an older version of this code, format 3; this one writes 4"):
         prepare_mimic(root, out, seed=2, **kwargs)
+
+
+def test_a_damaged_text_encoder_folder_is_exit_2_naming_the_file(assets, tmp_path, capsys):
+    """A truncated tokenizer.json or tokenizer_config.json in --text-encoder (or --init-from) was a bare
+    JSONDecodeError traceback, a truncated model.safetensors a SafetensorError one, exit 1 (helper: /tmp/hK/repro/
+    pretrain_damaged_inputs.sh)."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "model.safetensors"):
+        encoder = shutil.copytree(assets.t5, tmp_path / f"t5-{name}")
+        (encoder / name).write_bytes((encoder / name).read_bytes()[:60])
+        argv = [str(encoder) if a == str(assets.t5) else a for a in train_args(assets, tmp_path / name, steps=1)]
+        capsys.readouterr()
+        assert run_main(argv) == 2
+        err = capsys.readouterr().err
+        assert str(encoder) in err and name.split(".")[0] in err and "Traceback" not in err, (name, err)

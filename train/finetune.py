@@ -385,7 +385,10 @@ def prepare(s: FinetuneSettings) -> dict:
     splits = {split: load_downstream(data.dataset, data.root, split=split, task=data.task)
               for split in ("train", "val", "test")}
     class_names = list(splits["train"].class_names)
-    processor = load_processor(s.model.name_or_path)
+    try:
+        processor = load_processor(s.model.name_or_path)
+    except (FileNotFoundError, ValueError) as err:  # a damaged or missing processor file, named
+        raise ConfigError(f"model.name_or_path: {err}") from None
     fe = processor.feature_extractor
     fe.check_model_input(DBetaConfig.from_pretrained(s.model.name_or_path).ecg_config, str(s.model.name_or_path))
     protocol_n = resolve_protocol_num_samples(splits["train"], data.protocol_num_samples)

@@ -59,7 +59,11 @@ def load_text_encoder_weights(model, source: str) -> None:
     from transformers import AutoModel, T5EncoderModel
 
     loader = T5EncoderModel if model.config.text_config.model_type == "t5" else AutoModel
-    encoder = loader.from_pretrained(source, dtype=torch.float32)
+    try:
+        encoder = loader.from_pretrained(source, dtype=torch.float32)
+    except Exception as err:  # noqa: BLE001 - safetensors and torch raise their own for a damaged weights file
+        raise ConfigError(f"text encoder {source}: its weights do not load ({type(err).__name__}: "
+                          f"{str(err)[:200]})") from None
     missing, unexpected = model.text_model.load_state_dict(encoder.state_dict(), strict=False)
     unexpected = [k for k in unexpected if not k.startswith("pooler.")]
     if missing or unexpected:
@@ -73,7 +77,15 @@ def build_model_and_tokenizer(m: ModelSettings):
 
     from dbeta.configuration_dbeta import DBetaConfig
     from dbeta.modeling_dbeta import DBetaForPreTraining
+    from eval.features import check_json_files
 
+    for name, folder in (("model.init_from", m.init_from), ("model.tokenizer", resolve_text_encoder(m.tokenizer)),
+                         ("model.text_encoder", resolve_text_encoder(m.text_encoder))):
+        if folder and Path(folder).is_dir():
+            try:  # damaged, transformers' loaders fail on them with a bare JSONDecodeError
+                check_json_files(folder)
+            except ValueError as err:
+                raise ConfigError(f"{name}: {err}") from None
     try:
         if m.init_from:
             unused = [f"model.{name}={value!r}" for name, value, default in (
