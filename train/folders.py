@@ -72,7 +72,7 @@ def retract_result(index) -> None:
 def _real(out) -> Path:
     """A symlinked destination is published where the link points: the link stays, the folder it names changes."""
     out = Path(out)
-    return out.resolve() if out.is_symlink() else out
+    return out.resolve() if out.is_symlink() else Path(os.path.abspath(out))  # "." has no name to stage beside
 
 
 @contextmanager

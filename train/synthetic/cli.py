@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.output, args.n, args.seed, args.classes, progress=True, use_wfdb=args.use_wfdb_writer,
             use_real_reports=False if args.template_reports else None, measurements=args.measurements,
         )
-    except FileExistsError as err:
+    except (FileExistsError, PermissionError) as err:
         parser.error(str(err))
     dt = time.perf_counter() - t0
     print(f"wrote {args.n} synthetic records ({args.layout} layout) to {out} in {dt:.1f} s "

@@ -268,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = write_independent_ptbxl(args.output, args.n, args.seed, args.classes, progress=True,
                                       write_lr=not args.no_lr)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, FileExistsError, PermissionError) as err:
         parser.error(str(err))
     dt = time.perf_counter() - t0
     print(f"wrote {args.n} synthetic records (independent generator, PTB-XL layout) to {out} in {dt:.1f} s "

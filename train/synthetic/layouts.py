@@ -115,22 +115,40 @@ def readme_text(kind: str, n: int, seed: int, classes: Sequence[str], uses_real_
     )
 
 
+_NOTICE_START = "NOTE: these ECG signals are SYNTHETIC"  # every version's README.txt opens so
+# what either layout writes at the top of its folder
+_SYNTHETIC_NAMES = {"README.txt", "record_list.csv", "machine_measurements.csv", "synthetic_labels.csv", "files",
+                    "ptbxl_database.csv", "scp_statements.csv", "records500", "records100"}
+
+
 @contextlib.contextmanager
 def new_synthetic_folder(out_dir):
     """Yields an empty staging folder that replaces `out_dir` whole once everything is written into it: a run stopped
     midway (a kill, Ctrl-C, a full disk) leaves the earlier folder as it was, never its tables over another run's
     signals, and a finished one leaves no file of an earlier, larger run. Only a missing or empty folder, or one a
-    finished synthetic run wrote (its README.txt opens with SYNTHETIC_NOTICE), is replaced: FileExistsError else."""
+    finished synthetic run wrote (its README.txt opens with the synthetic notice) holding nothing else, is replaced:
+    FileExistsError else (PermissionError when the folder around it is not writable)."""
+    import os
+
     from train.folders import published_folder
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         readme = out / "README.txt"
         first = readme.read_text(errors="replace").partition("\n")[0] if readme.is_file() else ""
-        if first != SYNTHETIC_NOTICE:
+        if not first.startswith(_NOTICE_START):
             raise FileExistsError(
-                f"{out} holds files that are not a finished synthetic folder (no README.txt opening with the "
-                "synthetic notice); the folder is replaced as a whole, so choose a new or empty one")
+                f"{out} is not a finished synthetic folder (no README.txt opening with the synthetic notice); the "
+                "folder is replaced as a whole, so choose a new or empty one")
+        others = sorted(p.name for p in out.iterdir() if p.name not in _SYNTHETIC_NAMES)
+        if others:
+            raise FileExistsError(
+                f"{out} holds what the generator does not write ({', '.join(others[:5])}); the folder is replaced "
+                "as a whole, so move them or choose a new or empty folder")
+    parent = Path(os.path.abspath(out)).parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{parent} is not writable: the folder is built beside {out.name} and renamed into "
+                              "place; choose an output folder in a writable folder")
     with published_folder(out) as staging:
         yield staging
 
