@@ -976,3 +976,27 @@ def test_a_model_folder_with_a_damaged_tokenizer_is_exit_2_naming_the_file(setup
         ft.main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"{model / 'tokenizer.json'}: not readable JSON" in err, err
+
+
+def test_checkpoint_digests_wait_for_every_process(tmp_path, monkeypatch):
+    """Trainer saves each process's RNG state with no barrier after; hashed at once by the first process, a whole
+    checkpoint could later read as damaged and be skipped on resume (helper: /tmp/hR/repro/
+    finetune_digests_race_with_other_ranks.py)."""
+    from types import SimpleNamespace
+
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    calls = []
+
+    def barrier():
+        calls.append("barrier")
+        (folder / "rng_state_1.pth").write_bytes(b"written by the other process")
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", barrier)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    ft.RecordCheckpointDigests().on_save(args, SimpleNamespace(is_world_process_zero=False, global_step=4), None)
+    assert calls == ["barrier"] and not (folder / ft.DIGESTS_FILE).exists()
+    ft.RecordCheckpointDigests().on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=4), None)
+    assert "rng_state_1.pth" in json.loads((folder / ft.DIGESTS_FILE).read_text())

@@ -157,17 +157,15 @@ def file_digests(folder: Path, skip=(STATE_FILE,)) -> dict:
 
 
 def check_digests(path: Path, recorded, record_file: str = STATE_FILE) -> None:
-    """RuntimeError naming the first file below `path` that is missing or whose SHA-256 differs from `recorded`
-    (None: nothing recorded, as in checkpoints older than the digests)."""
+    """RuntimeError naming the first file below `path` whose SHA-256 differs from `recorded` (None: nothing recorded,
+    as in checkpoints older than the digests)."""
     if recorded is None:  # a checkpoint from before digests were recorded
         return
     if not isinstance(recorded, dict):
         raise RuntimeError(f"{path / record_file} is damaged (its file digests are not a table)")
     found = file_digests(path, skip=(record_file,))
-    for name, digest in recorded.items():
-        if name not in found:
-            raise RuntimeError(f"{path / name} is missing (the checkpoint was saved with it)")
-        if found[name] != digest:
+    for name, digest in recorded.items():  # a file since removed is judged by whoever needs it (an export does
+        if name in found and found[name] != digest:  # without the optimizer state, a resume does not)
             raise RuntimeError(f"{path / name} is damaged: its SHA-256 differs from the one recorded when it was "
                                "saved (bytes changed on disk or in a copy)")
 

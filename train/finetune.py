@@ -318,6 +318,10 @@ class RecordCheckpointDigests(TrainerCallback):
     its weights later (still finite, and they load) made a resume continue from damaged weights without a word."""
 
     def on_save(self, args, state, control, **kwargs):
+        # every process writes its own RNG state, with no barrier after: hashed before they all finish, a whole
+        # checkpoint would later read as damaged (every process calls on_save, so all meet here)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
