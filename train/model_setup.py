@@ -79,8 +79,10 @@ def build_model_and_tokenizer(m: ModelSettings):
     from dbeta.modeling_dbeta import DBetaForPreTraining
     from eval.features import check_json_files
 
-    for name, folder in (("model.init_from", m.init_from), ("model.tokenizer", resolve_text_encoder(m.tokenizer)),
-                         ("model.text_encoder", resolve_text_encoder(m.text_encoder))):
+    read = [("model.init_from", m.init_from), ("model.tokenizer", m.tokenizer)] if m.init_from else [
+        ("model.text_encoder", resolve_text_encoder(m.text_encoder)), ("model.tokenizer",
+                                                                       resolve_text_encoder(m.tokenizer))]
+    for name, folder in read:  # only the folders this setting reads (with init_from, the text encoder is unused)
         if folder and Path(folder).is_dir():
             try:  # damaged, transformers' loaders fail on them with a bare JSONDecodeError
                 check_json_files(folder)
