@@ -631,7 +631,7 @@ class ZeroShotECGClassificationPipeline(_ECGPipeline):
         for compared in (typed, texts, names):
             first = {}
             for label, text in zip(labels, compared):
-                seen = tuple(self.processor.text_keys([text[0].rstrip(" .,;:!?")]))
+                seen = tuple(self.processor.text_keys([normalize_report(text[0]).rstrip(" .,;:!?")]))
                 if seen in first:
                     raise ValueError(f"candidate_labels {first[seen]!r} and {label!r} are the same class (both "
                                      f"name {normalize_report(text[0])!r}); give each class once")

@@ -3,6 +3,7 @@ array, a WFDB path, pydicom's real DICOM ECG and a list; scores against a manual
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -383,8 +384,9 @@ def test_call_keywords_are_validated(exported):
             pipe(signal, sampling_rate=500, candidate_labels=["sinus rhythm", spacing, "NORM"], prompt_style="name")
     # a trailing full stop does not make another class (helper: /tmp/hM/repro/duplicate_label_trailing_period.py)
     for twice, style in ((["sinus rhythm", "sinus rhythm.", "SBRAD"], "name"), (["AFIB", "atrial fibrillation."], "name"),
+                         (["sinus rhythm", "sinus rhythm. ***"], "name"), (["sinus rhythm", "sinus rhythm.="], "name"),
                          (["NORM", "normal ecg."], "description")):
-        with pytest.raises(ValueError, match=f"{twice[0]!r} and {twice[1]!r} are the same class"):
+        with pytest.raises(ValueError, match=re.escape(f"{twice[0]!r} and {twice[1]!r} are the same class")):
             pipe(signal, sampling_rate=500, candidate_labels=twice, prompt_style=style)
     # with descriptions too, though a code (name + description) and its bare name are two texts
     for twice in (["NORM", "normal ECG"], ["AFIB", "Atrial fibrillation", "NORM"]):
