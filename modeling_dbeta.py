@@ -445,6 +445,14 @@ CLASSIFICATION_PIPELINES = {"ecg-classification": {
     "type": "multimodal"}}
 
 
+def _head_sample(param: torch.Tensor) -> torch.Tensor:
+    """At most 4,096 values spread evenly over a parameter, copied: enough to tell a head trained since it was drawn
+    (training moves every value) from one still as drawn, without a copy of a whole vocabulary projection (125 MiB
+    at full size). An edit of a few values between the samples goes unseen."""
+    flat = param.detach().reshape(-1)
+    return flat[:: max(1, -(-flat.numel() // 4096))].clone()
+
+
 def _weights_file(source, key: str) -> str:
     """The weights file of `source` (a folder or Hub id) that holds `key`, for error messages."""
     index = Path(str(source)) / "model.safetensors.index.json"
@@ -613,7 +621,7 @@ class DBetaPreTrainedModel(PreTrainedModel):
         saved_untrained = set(getattr(self.config, "untrained_heads", None) or ()) & set(self._new_heads)
         resized = {self._head_of(k) for k in mismatched if allow_resize and self._head_of(k)}  # initialised anew
         self._heads_initialised_at_load = {
-            h: [p.detach().clone() for p in getattr(self, h).parameters()]
+            h: [_head_sample(p) for p in getattr(self, h).parameters()]
             for h in absent_heads | saved_untrained | resized if hasattr(self, h)
         }
         body_missing = sorted(k for k in missing if self._head_of(k) not in absent_heads)
@@ -660,8 +668,9 @@ class DBetaPreTrainedModel(PreTrainedModel):
             return any(torch.equal(now, first.to(via).to(now.dtype))
                        for via in (now.dtype, torch.float16, torch.bfloat16))
 
-        return sorted(h for h, first in getattr(self, "_heads_initialised_at_load", {}).items()
-                      if all(unchanged(now, was) for now, was in zip(getattr(self, h).parameters(), first)))
+        drawn = getattr(self, "_heads_initialised_at_load", {})
+        return sorted(h for h, first in drawn.items()
+                      if all(unchanged(_head_sample(p), was) for p, was in zip(getattr(self, h).parameters(), first)))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         untrained = self.untrained_heads()
@@ -1194,10 +1203,10 @@ class DBetaForPreTraining(DBetaModel):
         """ECG-text matching logits [B, 2] (index 1 = matched) for the fused, unmasked pair."""
         if "etm_head" in self.untrained_heads():
             raise ValueError(
-                f"{self.name_or_path or type(self).__name__}: its matching head was initialised at random when it "
-                "was loaded (the checkpoint had none: a DBetaModel export keeps the encoders and the fusion layers only) "
-                "and has not "
-                "been trained since; its logits would mean nothing. Load a DBetaForPreTraining checkpoint, or pretrain")
+                f"{self.name_or_path or type(self).__name__}: its matching head is untrained (drawn at random at load: "
+                "the checkpoint had none, as a DBetaModel export has none, or it was saved before the head was "
+                "trained), so its logits would mean nothing. Load a pretrained DBetaForPreTraining checkpoint, or "
+                "pretrain")
         return self.etm_head(self.get_fused_features(ecg_values, input_ids, attention_mask))
 
     def get_output_embeddings(self) -> nn.Module:
@@ -1387,7 +1396,7 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
                                                                                  head.weight.dtype)
             self._init_weights(self.classifier)
             self._heads_initialised_at_load = {**getattr(self, "_heads_initialised_at_load", {}),
-                                               "classifier": [p.detach().clone() for p in self.classifier.parameters()]}
+                                               "classifier": [_head_sample(p) for p in self.classifier.parameters()]}
             logger.warning("%s: the saved head was trained for other classes (%s); a new head for %s, untrained",
                            source, ", ".join(saved_names), ", ".join(names))
 

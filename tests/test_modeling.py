@@ -905,8 +905,24 @@ def test_matching_logits_of_a_random_matching_head_are_refused(config, tokenizer
     DBetaModel(config).save_pretrained(tmp_path / "encoders")
     model = DBetaForPreTraining.from_pretrained(tmp_path / "encoders").eval()
     ids, mask = _text(tokenizer, ["sinus rhythm."])
-    with pytest.raises(ValueError, match="matching head was initialised at random"):
+    with pytest.raises(ValueError, match="matching head is untrained"):
         model.get_matching_logits(ecg_batch(1), ids, mask)
     with torch.no_grad():
         model.etm_head.fc.bias.add_(0.1)  # trained since (in spirit): no longer the head drawn at load
     assert model.get_matching_logits(ecg_batch(1), ids, mask).shape == (1, 2)
+
+
+def test_the_untrained_check_holds_samples_not_copies_of_the_heads(config, tmp_path):
+    """Every parameter of each head drawn at load was copied whole: loading an export into DBetaForPreTraining held
+    about 125 MiB of copies at full size, the MLM head's vocabulary projection (helper: /tmp/hR/repro/
+    untrained_check_keeps_full_head_copies.py)."""
+    cfg = DBetaConfig.from_dict(config.to_dict())
+    cfg.text_config.vocab_size = 400  # a vocabulary projection larger than what is kept of it
+    DBetaModel(cfg).save_pretrained(tmp_path / "encoders")
+    model = DBetaForPreTraining.from_pretrained(tmp_path / "encoders")
+    assert model.mlm_head.decoder.weight.numel() > 4097  # a head larger than what is kept of it
+    assert max(t.numel() for kept in model._heads_initialised_at_load.values() for t in kept) <= 4097
+    assert model.untrained_heads() == ["etm_head", "mem_head", "mlm_head"]
+    with torch.no_grad():
+        model.mlm_head.decoder.weight.add_(0.01)  # as any training step moves it
+    assert model.untrained_heads() == ["etm_head", "mem_head"]
