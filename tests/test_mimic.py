@@ -533,3 +533,18 @@ def test_older_ingest_format_is_used_with_a_warning_naming_the_changes(prepared,
     (out / "summary.json").write_text(json.dumps(summary))
     with pytest.warns(UserWarning, match=f"ingest format {FORMAT_VERSION + 1}, newer than this code's"):
         load_prepared_mimic(out)
+
+
+def test_load_prepared_mimic_refuses_a_split_file_cut_short(prepared, tmp_path):
+    """The public loader checked the split sizes only, so a file cut short whose summary.json was lost or rewritten
+    read as a shorter split; pretraining's check alone looked at the files (helper: /tmp/hR/repro/
+    two_owners_of_the_prepared_dataset_check.py). One check now serves both."""
+    import shutil
+
+    out = shutil.copytree(prepared[0], tmp_path / "prepared")
+    (out / "summary.json").unlink()
+    arrow = next((out / "dataset" / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="is cut short") as err:
+        load_prepared_mimic(out)
+    assert "data.dataset" not in str(err.value)  # not pretraining's setting: the folder is named

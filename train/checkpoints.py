@@ -21,7 +21,6 @@ flipped on disk or in a copy, which stay finite weights and load without complai
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -146,14 +145,10 @@ def verify_checkpoint(path: Path) -> None:
 
 def file_digests(folder: Path, skip=(STATE_FILE,)) -> dict:
     """{relative path: SHA-256} of every file below `folder` but those named in `skip`."""
-    digests = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in skip):
-        sha = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                sha.update(block)
-        digests[path.relative_to(folder).as_posix()] = sha.hexdigest()
-    return digests
+    from dbeta.onnx_dbeta import file_sha256
+
+    return {path.relative_to(folder).as_posix(): file_sha256(path)
+            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in skip)}
 
 
 def check_digests(path: Path, recorded, record_file: str = STATE_FILE) -> None:

@@ -686,21 +686,15 @@ def mimic_iterable_dataset(mimic_root, limit: Optional[int] = None, num_shards: 
 
 def load_prepared_mimic(output_dir):
     """The DatasetDict ("train", "validation") written by `python -m train.prepare_mimic --output DIR`
-    (OUTPUT/dataset, memory-mapped; the same as datasets.load_from_disk(OUTPUT/dataset)). Split sizes other than
-    OUTPUT/summary.json's are refused (ValueError): a split file cut at an Arrow record-batch boundary loads shorter."""
-    from datasets import load_from_disk
+    (OUTPUT/dataset, memory-mapped; the same as datasets.load_from_disk(OUTPUT/dataset)). A split file cut short or
+    split sizes other than OUTPUT/summary.json's are refused (ValueError): a file cut at an Arrow record-batch
+    boundary loads shorter (`train.pretrain_data.load_saved_dataset`)."""
+    from train.pretrain_data import load_saved_dataset
 
     path = Path(output_dir) / "dataset"
     if not (path / "dataset_dict.json").is_file():
         raise FileNotFoundError(f"{path}: no finished prepared dataset (run python -m train.prepare_mimic)")
-    dataset = load_from_disk(str(path))
-    summary = Path(output_dir) / "summary.json"  # the split sizes the ingest wrote: a file cut short loads shorter
-    wrong = split_size_mismatches(dataset, summary, path.name)
-    if wrong:
-        raise ValueError(f"{path} does not hold the rows {summary} records ({'; '.join(wrong)}): files were lost or "
-                         "cut short; run python -m train.prepare_mimic --restart")
-    warn_if_other_format(summary, path.name)
-    return dataset
+    return load_saved_dataset(path)  # split files whole, and the rows summary.json records
 
 
 def _summary_of(summary: Path, folder_name: str) -> Optional[dict]:
@@ -715,8 +709,7 @@ def _summary_of(summary: Path, folder_name: str) -> Optional[dict]:
         return None
     except (OSError, ValueError) as err:
         warnings.warn(f"{summary} does not read ({type(err).__name__}): the split sizes and ingest format it records "
-                      f"for {folder_name} are not checked; python -m train.prepare_mimic --restart rewrites it",
-                      stacklevel=2)
+                      f"for {folder_name} are not checked; python -m train.prepare_mimic --restart rewrites it")
         return None
     if not isinstance(recorded, dict) or recorded.get("dataset", folder_name) != folder_name:
         return None

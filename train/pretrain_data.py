@@ -37,15 +37,13 @@ def load_splits(path):
     if not p.exists():
         raise ConfigError(f"data.dataset {p} does not exist")
     plain = (p / "dataset_dict.json").is_file()
+    if not plain and not (p / "dataset" / "dataset_dict.json").is_file():
+        raise ConfigError(f"data.dataset {p} is neither a save_to_disk DatasetDict nor the output folder of a finished "
+                          "python -m train.prepare_mimic")
     try:
-        if plain:
-            return load_saved_dataset(p)
-        _check_arrow_files(p / "dataset")
-        from train.mimic import load_prepared_mimic  # checks prepare_mimic's OUTPUT folder against its summary
-
-        return load_prepared_mimic(p)
-    except ConfigError:
-        raise
+        return load_saved_dataset(p if plain else p / "dataset")
+    except ConfigError as err:
+        raise ConfigError(f"data.dataset {err}") from None
     except Exception as err:  # noqa: BLE001 - datasets and pyarrow raise their own (OSError, ArrowInvalid, KeyError)
         raise ConfigError(f"data.dataset {p} cannot be loaded ({type(err).__name__}: {str(err)[:300]}); prepare it "
                           "again") from None
@@ -81,10 +79,11 @@ def _check_arrow_files(folder: Path) -> None:
                 f.seek(max(size - len(ARROW_END_OF_STREAM), 0))
                 tail = f.read()
         except OSError as err:
-            raise ConfigError(f"data.dataset {folder}: cannot read {arrow} ({err})") from None
+            raise ConfigError(f"{folder}: cannot read {arrow} ({err})") from None
         if tail != ARROW_END_OF_STREAM and not tail.endswith(b"ARROW1"):  # a stream, or Arrow's file format
-            raise ConfigError(f"data.dataset {folder}: {arrow} is cut short (no Arrow end-of-stream marker: a copy "
-                              "or a disk that ran out of room); copy or prepare the dataset again")
+            raise ConfigError(f"{folder}: {arrow} is cut short (no Arrow end-of-stream marker: a copy "
+                              "or a disk that ran out of room); copy it again, or prepare it again (a prepared MIMIC "
+                              "dataset: python -m train.prepare_mimic --restart)")
 
 
 def _check_against_summary(splits, folder: Path, summary: Path) -> None:
@@ -93,8 +92,9 @@ def _check_against_summary(splits, folder: Path, summary: Path) -> None:
 
     wrong = split_size_mismatches(splits, summary, folder.name)
     if wrong:
-        raise ConfigError(f"data.dataset {folder} does not hold the rows {summary} records ({'; '.join(wrong)}): "
-                          "files were lost or cut short; copy or prepare the dataset again")
+        raise ConfigError(f"{folder} does not hold the rows {summary} records ({'; '.join(wrong)}): "
+                          "files were lost or cut short; copy it again, or prepare it again (python -m "
+                          "train.prepare_mimic --restart)")
 
 
 def as_rows(dataset):
