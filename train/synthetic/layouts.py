@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
@@ -115,7 +116,7 @@ def readme_text(kind: str, n: int, seed: int, classes: Sequence[str], uses_real_
     )
 
 
-_NOTICE_START = "NOTE: these ECG signals are SYNTHETIC"  # every version's README.txt opens so
+_NOTICE_START = SYNTHETIC_NOTICE.split(" (")[0]  # "NOTE: these ECG signals are SYNTHETIC": every version's opening
 # what either layout writes at the top of its folder
 _SYNTHETIC_NAMES = {"README.txt", "record_list.csv", "machine_measurements.csv", "synthetic_labels.csv", "files",
                     "ptbxl_database.csv", "scp_statements.csv", "records500", "records100"}
@@ -128,8 +129,6 @@ def new_synthetic_folder(out_dir):
     signals, and a finished one leaves no file of an earlier, larger run. Only a missing or empty folder, or one a
     finished synthetic run wrote (its README.txt opens with the synthetic notice) holding nothing else, is replaced:
     FileExistsError else (PermissionError when the folder around it is not writable)."""
-    import os
-
     from train.folders import published_folder
 
     out = Path(out_dir)
