@@ -145,6 +145,10 @@ def new_synthetic_folder(out_dir):
                 f"{out} holds what the generator does not write ({', '.join(others[:5])}); the folder is replaced "
                 "as a whole, so move them or choose a new or empty folder")
     parent = Path(os.path.abspath(out)).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        pass  # named just below
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"{parent} is not writable: the folder is built beside {out.name} and renamed into "
                               "place; choose an output folder in a writable folder")
