@@ -1285,25 +1285,34 @@ def test_sentence_sampling_cuts_texts_to_their_own_sentences(rows, t5_tokenizer)
         PretrainingCollator(processor, None, p_neg=0.0, sentence_sample_prob=1.5)
 
 
-def test_a_negative_cut_to_the_rows_own_sentences_is_aligned(rows, t5_tokenizer):
-    """A near negative shares most sentences with the row's report; cut by sentence sampling it often kept only those
-    (a helper counted 53 of 320, 7 the whole report) and was still labelled a mismatch for ETM (helper:
-    /tmp/hM/repro/sentence_sampled_negative_is_own_text.py)."""
+def _near_negatives_cut_to_sentences(rows, tokenizer, report: str, negative: str) -> list:
+    """16 rows of `report`, each given `negative` (whose sentence about voltages is not the report's) and cut to
+    sentences: a row whose text kept only the report's own sentences must be labelled aligned, any other not, and
+    both kinds must be drawn. Returns the rows."""
     class Near:
         def sample_negative(self, report, rng):
-            return "atrial fibrillation. left axis deviation. low qrs voltages in limb leads."
+            return negative
 
-    processor = build_processor(t5_tokenizer)
-    data = [dict(rows[i], report="atrial fibrillation. left axis deviation.") for i in range(16)]
-    batch = PretrainingCollator(processor, Near(), p_neg=1.0, mlm_probability=0.0, seed=5,
+    data = [dict(rows[i], report=report) for i in range(16)]
+    batch = PretrainingCollator(build_processor(tokenizer), Near(), p_neg=1.0, mlm_probability=0.0, seed=5,
                                 sentence_sample_prob=1.0)(data, batch_id=2)
     kinds = set()
     for ids, aligned in zip(batch["input_ids"], batch["is_aligned"].tolist()):
-        kept = t5_tokenizer.decode(strip(ids, t5_tokenizer), skip_special_tokens=True)
+        kept = tokenizer.decode(strip(ids, tokenizer), skip_special_tokens=True)
         own_only = "voltages" not in kept  # (the tiny tokenizer may drop letters it never saw)
         assert aligned == int(own_only), (kept, aligned)
         kinds.add(own_only)
     assert kinds == {True, False}  # both cases drawn
+    return data
+
+
+def test_a_negative_cut_to_the_rows_own_sentences_is_aligned(rows, t5_tokenizer):
+    """A near negative shares most sentences with the row's report; cut by sentence sampling it often kept only those
+    (a helper counted 53 of 320, 7 the whole report) and was still labelled a mismatch for ETM (helper:
+    /tmp/hM/repro/sentence_sampled_negative_is_own_text.py)."""
+    processor = build_processor(t5_tokenizer)
+    data = _near_negatives_cut_to_sentences(rows, t5_tokenizer, "atrial fibrillation. left axis deviation.",
+                                            "atrial fibrillation. left axis deviation. low qrs voltages in limb leads.")
 
     class Subset:  # one sentence: never cut, so labelled as validation labels it (helper:
         def sample_negative(self, report, rng):  # /tmp/hN/repro/collator_uncut_subset_negative.py)
@@ -1318,21 +1327,8 @@ def test_a_negative_cut_to_the_rows_own_sentences_is_aligned(rows, t5_tokenizer)
 def test_a_sentence_ended_by_two_stops_is_still_the_reports_own(rows, t5_tokenizer):
     """"sinus rhythm.. left axis deviation" split into "sinus rhythm." and the rest, so a near negative cut down to
     "sinus rhythm" (a sentence of the row's own report) kept its mismatch label for ETM (noted 2026-12-04)."""
-    class Near:
-        def sample_negative(self, report, rng):
-            return "sinus rhythm. low qrs voltages in limb leads."
-
-    processor = build_processor(t5_tokenizer)
-    data = [dict(rows[i], report="sinus rhythm.. left axis deviation.") for i in range(16)]
-    batch = PretrainingCollator(processor, Near(), p_neg=1.0, mlm_probability=0.0, seed=5,
-                                sentence_sample_prob=1.0)(data, batch_id=2)
-    kinds = set()
-    for ids, aligned in zip(batch["input_ids"], batch["is_aligned"].tolist()):
-        kept = t5_tokenizer.decode(strip(ids, t5_tokenizer), skip_special_tokens=True)
-        own_only = "voltages" not in kept
-        assert aligned == int(own_only), (kept, aligned)
-        kinds.add(own_only)
-    assert kinds == {True, False}
+    _near_negatives_cut_to_sentences(rows, t5_tokenizer, "sinus rhythm.. left axis deviation.",
+                                     "sinus rhythm. low qrs voltages in limb leads.")
 
 
 def test_a_markup_only_sentence_is_never_a_training_text(rows, t5_tokenizer):
