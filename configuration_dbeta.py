@@ -245,11 +245,6 @@ class DBetaConfig(PretrainedConfig):
         ets_ecg_view: the ECG the contrastive loss sees: "masked" reuses the MEM forward with 75% of the tokens
             hidden (the authors'; no extra cost); "full" runs the ECG encoder a second time on every token, so
             training matches inference, where the feature always sees the whole record.
-        fusion_trains_text: whether the losses read from the fusion layers (MEM, MLM, ETM) train the text encoder
-            and its projection (the authors': they do). False hands the fusion layers the text features detached, so
-            the text side learns from the ECG-text contrastive loss alone: in the demo, ETM otherwise pulled the
-            class texts together ("atrial fibrillation" toward "sinus tachycardia"), and the zero-shot score of an
-            outside generator's atrial fibrillation with them. Training only; inference is the same either way.
         zero_shot_prompt_style: how a class code becomes text for zero-shot use (the pipeline, eval.zero_shot):
             "description" encodes the prompt set's whole entry, "<full name>. <what the ECG shows>." (the
             authors' style: LLM-written descriptions); "name" encodes the full name alone, which suits a text
@@ -287,7 +282,6 @@ class DBetaConfig(PretrainedConfig):
         text_pooling: str = "first",
         ecg_pooling: str = "cls",
         ets_ecg_view: str = "masked",
-        fusion_trains_text: bool = True,
         zero_shot_prompt_style: str = "description",
         mem_weight: float = 1.0,
         mlm_weight: float = 1.0,
@@ -326,7 +320,6 @@ class DBetaConfig(PretrainedConfig):
         self.text_pooling = text_pooling
         self.ecg_pooling = ecg_pooling
         self.ets_ecg_view = ets_ecg_view
-        self.fusion_trains_text = fusion_trains_text
         self.zero_shot_prompt_style = zero_shot_prompt_style
         self.mem_weight = mem_weight
         self.mlm_weight = mlm_weight
@@ -346,8 +339,6 @@ class DBetaConfig(PretrainedConfig):
             raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}")
         if self.ecg_pooling not in ECG_POOLINGS:
             raise ValueError(f"ecg_pooling must be one of {ECG_POOLINGS}, got {self.ecg_pooling!r}")
-        if not isinstance(self.fusion_trains_text, bool):
-            raise ValueError(f"fusion_trains_text must be true or false, got {self.fusion_trains_text!r}")
         if self.ets_ecg_view not in ETS_ECG_VIEWS:
             raise ValueError(f"ets_ecg_view must be one of {ETS_ECG_VIEWS}, got {self.ets_ecg_view!r}")
         if self.zero_shot_prompt_style not in PROMPT_STYLES:

@@ -1262,8 +1262,7 @@ class DBetaForPreTraining(DBetaModel):
         else:
             ecg_embeds = self.pool_ecg(ecg_out.last_hidden_state)
 
-        fused_text = text_states if cfg.fusion_trains_text else text_states.detach()
-        fused = self.fuse(ecg_states, fused_text, attention_mask, cfg.mem_layer, attentions, hidden)
+        fused = self.fuse(ecg_states, text_states, attention_mask, cfg.mem_layer, attentions, hidden)
 
         # An objective whose labels were not given is left out of `loss` (its loss is None), as BertForPreTraining
         # does: defaulting `is_aligned` to all matched would train the matching head to call every pair matched.
