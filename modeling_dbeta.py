@@ -1179,13 +1179,13 @@ class DBetaForPreTraining(DBetaModel):
       says nothing about matching, and labels only aligned rows); the vocabulary projection runs only on the
       labelled positions.
     - ETM: matched / mismatched classification of the fused pair (`is_aligned`; N3S supplies the mismatches).
+    - ETS: sigmoid loss over the batch's ECG x text scores (all-gathered across processes when `ets_gather`);
+      a row whose text is a sampled negative has no positive. With `ets_ecg_view="full"` the ECG features come
+      from a second, unmasked encoder pass.
 
     MLM and ETM need labels (`mlm_labels`, `is_aligned`; the pretraining collator gives both): an objective whose
     labels are not given is left out of `loss` and its own loss is None. Without `is_aligned` the ECG-text loss
     takes every pair as matched, as `DBetaModel(return_loss=True)` does.
-    - ETS: sigmoid loss over the batch's ECG x text scores (all-gathered across processes when `ets_gather`);
-      a row whose text is a sampled negative has no positive. With `ets_ecg_view="full"` the ECG features come
-      from a second, unmasked encoder pass.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
