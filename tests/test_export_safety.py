@@ -662,3 +662,27 @@ def test_a_processor_set_to_another_rate_or_lead_order_than_the_model_was_traine
     assert model.config.ecg_config.sampling_rate is None
     assert ZeroShotECGClassificationPipeline(model=model, processor=processor)(record, sampling_rate=500,
                                                                              candidate_labels=["AFIB", "NORM"])
+
+
+def test_a_published_file_or_folder_is_on_the_disk_before_its_rename(tmp_path, monkeypatch):
+    """Exports, N3S tables, ingest chunks and the prepared dataset were renamed into place without fsync (only
+    checkpoints flushed): after a power cut the rename can be on the disk and the data not, an empty published
+    file (helper: /tmp/hK, noted). Every file is flushed while it is still in its staging place."""
+    from train import folders
+
+    flushed = []
+
+    def record(fd):
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(folders.os, "fsync", record)
+    with folders.published_folder(tmp_path / "out") as staging:
+        staging.mkdir()  # (the writers create it: save_pretrained, save_to_disk)
+        (staging / "a.bin").write_bytes(b"a")
+        (staging / "sub").mkdir()
+        (staging / "sub" / "b.bin").write_bytes(b"b")
+    assert sorted(Path(p).name for p in flushed) == ["a.bin", "b.bin"]
+    assert all(".out.partial" in p for p in flushed)  # flushed before the rename, where they were written
+    flushed.clear()
+    folders.write_text(tmp_path / "result.json", "{}")
+    assert len(flushed) == 1 and ".result.partial-" in flushed[0]

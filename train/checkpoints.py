@@ -32,6 +32,7 @@ from typing import Optional
 
 import torch
 
+from train.folders import fsync_tree
 from train.settings import ConfigError
 
 logger = logging.getLogger("train.checkpoints")
@@ -251,18 +252,10 @@ def save_checkpoint(accelerator, model, scheduler, state: TrainState, settings: 
         (partial / STATE_FILE).write_text(json.dumps(dict(
             state.state_dict(), world_size=accelerator.num_processes,
             saved_at=datetime.now(timezone.utc).isoformat(), files=file_digests(partial)), indent=2))
-        _fsync_tree(partial)
+        fsync_tree(partial)
         os.replace(partial, final)
         for old in list_checkpoints(out)[total_limit:]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     logger.info("saved checkpoint %s (step %d)", final, state.step)
     return final
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush the files before the rename publishes them, so a power cut cannot leave a renamed empty file."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())

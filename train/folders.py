@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["write_file", "write_text", "write_json", "write_result", "retract_result", "published_folder",
-           "staging_folder", "replace_folder"]
+           "staging_folder", "replace_folder", "fsync_tree"]
 
 
 def write_file(path, write) -> None:
@@ -23,10 +23,21 @@ def write_file(path, write) -> None:
     tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
         write(tmp)
+        fsync_tree(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync_tree(path) -> None:
+    """Flush a file, or every file below a folder, to the disk before a rename publishes it: after a power cut the
+    rename may be on the disk while the data the page cache held is not, leaving a published file empty."""
+    path = Path(path)
+    for item in (path.rglob("*") if path.is_dir() else [path]):
+        if item.is_file() and not item.is_symlink():
+            with open(item, "rb") as f:
+                os.fsync(f.fileno())
 
 
 def write_text(path, text: str) -> None:
@@ -120,6 +131,7 @@ def replace_folder(staging: Path, out: Path) -> None:
     run stopped at any point leaves the old folder (for the moment between the renames, as `.NAME.old`, which the
     next `staging_folder` puts back) or the new one, never a mix."""
     out = _real(out)
+    fsync_tree(staging)
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Optional
 
 
-from train.folders import write_json, write_text
+from train.folders import fsync_tree, write_json, write_text
 from train.mimic import (
     DROP_REASONS,
     MimicInputError,
@@ -210,6 +210,7 @@ def process_chunk(task: dict) -> dict:
     result = {"chunk": task["chunk"], "start": task["start"], "stop": task["stop"], "read": len(rows),
               "kept": kept, "dropped": dropped, "dropped_rows": dropped_rows, "file_states": file_states}
     write_json(tmp / "result.json", result)
+    fsync_tree(tmp)  # a power cut must not leave a published chunk with empty shards
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -544,6 +545,7 @@ def assemble_dataset(out: Path, work: Path, per_chunk: list):
         if _load_if_complete(tmp, expected) is None:
             raise ValueError(f"{tmp}: the assembled dataset does not hold the {expected} rows of the chunk results; "
                              "run again with --restart to ingest anew")
+        fsync_tree(tmp)
         os.replace(tmp, target)
     for shard in sorted((work / "chunks").glob("chunk-*/*.arrow")):  # the data now live in OUTPUT/dataset
         shard.unlink()
