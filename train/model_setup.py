@@ -71,23 +71,25 @@ def load_text_encoder_weights(model, source: str) -> None:
                           f"unexpected {unexpected[:5]})")
 
 
+def _check_readable(name: str, folder) -> None:
+    """A local folder about to be read whose JSON files do not read: transformers' loaders fail on it with a bare
+    JSONDecodeError (or say the file is missing); ConfigError naming the setting and the file."""
+    from eval.features import check_json_files
+
+    if folder and Path(folder).is_dir():
+        try:
+            check_json_files(folder)
+        except ValueError as err:
+            raise ConfigError(f"{name}: {err}") from None
+
+
 def build_model_and_tokenizer(m: ModelSettings):
     """(DBetaForPreTraining, tokenizer, where the text encoder came from: one line, no local path)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from dbeta.configuration_dbeta import DBetaConfig
     from dbeta.modeling_dbeta import DBetaForPreTraining
-    from eval.features import check_json_files
 
-    read = [("model.init_from", m.init_from), ("model.tokenizer", m.tokenizer)] if m.init_from else [
-        ("model.text_encoder", resolve_text_encoder(m.text_encoder)), ("model.tokenizer",
-                                                                       resolve_text_encoder(m.tokenizer))]
-    for name, folder in read:  # only the folders this setting reads (with init_from, the text encoder is unused)
-        if folder and Path(folder).is_dir():
-            try:  # damaged, transformers' loaders fail on them with a bare JSONDecodeError
-                check_json_files(folder)
-            except ValueError as err:
-                raise ConfigError(f"{name}: {err}") from None
     try:
         if m.init_from:
             unused = [f"model.{name}={value!r}" for name, value, default in (
@@ -96,6 +98,8 @@ def build_model_and_tokenizer(m: ModelSettings):
             if unused:  # the architecture and the text encoder are the saved model's
                 logger.warning("model.init_from %s: %s not used (the model, its size and its text encoder are the "
                                "saved one's)", m.init_from, ", ".join(unused))
+            _check_readable("model.init_from", m.init_from)
+            _check_readable("model.tokenizer", m.tokenizer)
             try:  # overrides go into the saved config, as from_pretrained's keyword arguments; a shape that no
                 # longer fits the weights is refused by the strict loader
                 model = DBetaForPreTraining.from_pretrained(m.init_from, dtype=torch.float32, **dict(m.overrides or {}))
@@ -109,7 +113,10 @@ def build_model_and_tokenizer(m: ModelSettings):
         source = resolve_text_encoder(m.text_encoder)
         if not source:
             raise ConfigError("model.text_encoder (or model.init_from) is required")
-        tokenizer = AutoTokenizer.from_pretrained(resolve_text_encoder(m.tokenizer) or source)
+        tokenizer_source = resolve_text_encoder(m.tokenizer)
+        _check_readable("model.text_encoder", source)
+        _check_readable("model.tokenizer", tokenizer_source)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or source)
         text_config = AutoConfig.from_pretrained(source)
     except OSError as err:  # not found locally / offline without a cached copy
         raise ConfigError(f"cannot load the text encoder or tokenizer: {err}") from err
