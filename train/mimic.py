@@ -697,9 +697,9 @@ def load_prepared_mimic(output_dir):
     return load_saved_dataset(path)  # split files whole, and the rows summary.json records
 
 
-def _summary_of(summary: Path, folder_name: str) -> Optional[dict]:
+def summary_of(summary: Path, folder_name: str) -> Optional[dict]:
     """prepare_mimic's summary.json when it describes the dataset folder `folder_name`; None for none (a damaged one
-    with a warning: what it records goes unchecked)."""
+    with a warning: what it records goes unchecked). Read once per load and handed to the checks below."""
     import json
     import warnings
 
@@ -716,35 +716,35 @@ def _summary_of(summary: Path, folder_name: str) -> Optional[dict]:
     return recorded
 
 
-def warn_if_other_format(summary: Path, folder_name: str) -> None:
-    """Warn when prepare_mimic's `summary` (of the dataset folder `folder_name`) was written by another ingest
-    format: an older one's records and reports follow its rules (listed with what changed since); a newer one may
-    hold what this code does not expect."""
+def warn_if_other_format(recorded: Optional[dict], output_dir: Path) -> None:
+    """Warn when prepare_mimic's summary (`summary_of`) of `output_dir` was written by another ingest format: an
+    older one's records and reports follow its rules (listed with what changed since); a newer one may hold what this
+    code does not expect."""
     import warnings
 
     from train.prepare_mimic import FORMAT_CHANGES, FORMAT_VERSION
 
     try:
-        version = int(_summary_of(summary, folder_name)["settings"]["format_version"])
+        version = int(recorded["settings"]["format_version"])
     except (ValueError, TypeError, KeyError):
         return  # no summary, or not prepare_mimic's
     if version > FORMAT_VERSION:
-        warnings.warn(f"{Path(summary).parent} was prepared by ingest format {version}, newer than this code's "
+        warnings.warn(f"{output_dir} was prepared by ingest format {version}, newer than this code's "
                       f"{FORMAT_VERSION}: its records may hold what this code does not expect; update the package",
                       stacklevel=3)
     elif version < FORMAT_VERSION:
         changes = "; ".join(f"({v}) {FORMAT_CHANGES[v]}" for v in range(version + 1, FORMAT_VERSION + 1)
                             if v in FORMAT_CHANGES)  # a summary edited to format 0 names no change 1
-        warnings.warn(f"{Path(summary).parent} was prepared by ingest format {version}; this code writes "
+        warnings.warn(f"{output_dir} was prepared by ingest format {version}; this code writes "
                       f"{FORMAT_VERSION}, which differs: {changes}. It is used as prepared; run python -m "
                       "train.prepare_mimic --restart to ingest it under the current rules", stacklevel=3)
 
 
-def split_size_mismatches(dataset, summary: Path, folder_name: str) -> TList[str]:
-    """The splits of `dataset` whose row counts differ from prepare_mimic's `summary` (`splits.NAME.records`), as
-    "NAME: n rows, summary.json says m"; [] when there is no readable summary of the folder `folder_name`."""
+def split_size_mismatches(dataset, recorded: Optional[dict]) -> TList[str]:
+    """The splits of `dataset` whose row counts differ from prepare_mimic's summary (`summary_of`;
+    `splits.NAME.records`), as "NAME: n rows, summary.json says m"; [] when there is none."""
     try:
-        expected = {name: int(v["records"]) for name, v in _summary_of(summary, folder_name).get("splits", {}).items()
+        expected = {name: int(v["records"]) for name, v in recorded.get("splits", {}).items()
                     if isinstance(v, dict) and v.get("records") is not None}
     except (ValueError, TypeError, KeyError, AttributeError):
         return []  # no summary, or not prepare_mimic's

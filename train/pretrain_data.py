@@ -60,11 +60,12 @@ def load_saved_dataset(folder):
     _check_arrow_files(folder)
     data = load_from_disk(str(folder))
     if isinstance(data, DatasetDict):
-        from train.mimic import warn_if_other_format
+        from train.mimic import summary_of, warn_if_other_format
 
         summary = folder.parent / "summary.json"
-        _check_against_summary(data, folder, summary)
-        warn_if_other_format(summary, folder.name)
+        recorded = summary_of(summary, folder.name)
+        _check_against_summary(data, folder, summary, recorded)
+        warn_if_other_format(recorded, folder.parent)
     return data
 
 
@@ -86,11 +87,12 @@ def _check_arrow_files(folder: Path) -> None:
                               "dataset: python -m train.prepare_mimic --restart)")
 
 
-def _check_against_summary(splits, folder: Path, summary: Path) -> None:
-    """The split sizes prepare_mimic's summary.json records, when it is the summary of this dataset folder."""
+def _check_against_summary(splits, folder: Path, summary: Path, recorded) -> None:
+    """The split sizes prepare_mimic's summary.json (`recorded`, read by train.mimic.summary_of) records, when it is
+    the summary of this dataset folder."""
     from train.mimic import split_size_mismatches
 
-    wrong = split_size_mismatches(splits, summary, folder.name)
+    wrong = split_size_mismatches(splits, recorded)
     if wrong:
         raise ConfigError(f"{folder} does not hold the rows {summary} records ({'; '.join(wrong)}): "
                           "files were lost or cut short; copy it again, or prepare it again (python -m "
