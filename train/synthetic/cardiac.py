@@ -115,21 +115,21 @@ def _qrs_components(label: str, rng: np.random.Generator):
     return offs, sig, vec
 
 def _rhythm(label: str, rng: np.random.Generator, duration: float):
-    """Beat times (s, the first before 0), RR intervals, the preceding RR of each beat, a PVC mask, a PAC mask and
-    the flutter cycle length (s; None unless AFLT)."""
+    """Beat times (s, the first before 0), RR intervals, the preceding RR of each beat, a PVC mask, a PAC mask,
+    the flutter cycle length (s) and its AV conduction ("2:1", "4:1" or "variable"), both None unless AFLT."""
     lo, hi = _HR_RANGE.get(label, (55, 95))
     rr0 = 60.0 / rng.uniform(lo, hi)
-    flutter = None
+    flutter = conduction = None
     if label == "AFLT":
         flutter = 60.0 / rng.uniform(250.0, 350.0)
         mode = rng.random()
         n = int(duration / (2 * flutter)) + 8
         if mode < 0.55:
-            ratio = np.full(n, 2)
+            ratio, conduction = np.full(n, 2), "2:1"
         elif mode < 0.8:
-            ratio = np.full(n, 4)
+            ratio, conduction = np.full(n, 4), "4:1"
         else:  # variable block: irregular, but in whole flutter cycles
-            ratio = rng.choice([2, 3, 4], n, p=[0.5, 0.2, 0.3])
+            ratio, conduction = rng.choice([2, 3, 4], n, p=[0.5, 0.2, 0.3]), "variable"
         rr = ratio * flutter
         rr0 = float(rr[0])
     elif label == "AFIB":
@@ -172,7 +172,7 @@ def _rhythm(label: str, rng: np.random.Generator, duration: float):
     times, pvc, pac = times[keep], pvc[keep], pac[keep]
     rr = np.diff(times, prepend=times[0] - rr0)
     rr_prev = np.concatenate([[rr[0]], rr[:-1]])
-    return times, rr, rr_prev, pvc, pac, flutter
+    return times, rr, rr_prev, pvc, pac, flutter, conduction
 
 
 def _pvc_components(rng: np.random.Generator):
@@ -194,7 +194,7 @@ def synthesize(label: str, rng: np.random.Generator, sampling_rate: int = 500, d
     t = np.arange(n) / fs
     atrial_sinus = label not in ("AFIB", "AFLT")
 
-    times, rr, rr_prev, pvc, pac, flutter = _rhythm(label, rng, duration)
+    times, rr, rr_prev, pvc, pac, flutter, conduction = _rhythm(label, rng, duration)
     nb = len(times)
 
     # --- waves of one beat ------------------------------------------------------------------------------------
@@ -334,6 +334,7 @@ def synthesize(label: str, rng: np.random.Generator, sampling_rate: int = 500, d
         "p_axis": frontal(rot @ p_vec) if atrial_sinus else None,
         "qrs_axis": frontal(qrs_vec),
         "t_axis": frontal(rot @ t_vec),
+        "conduction": conduction,  # flutter's AV conduction; None but for AFLT
         "atrial_wave_mv": float(f_amp),  # f/F-wave amplitude; 0 for sinus rhythm and for fine AF
         "beat_times": times[inside],
         "pvc_times": times[inside & pvc],

