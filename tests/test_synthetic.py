@@ -303,10 +303,13 @@ def test_report_bank_real_and_template():
                 assert not any(re.search(syn.CLASS_SPECS[o].mention, report.lower()) for o in others), (c, report)
 
 
-def test_reports_state_only_what_the_record_bears_out():
-    """The ventricular-response rate and flutter conduction a report states agree with its record: PTB-XL's AF
-    reports "with rapid ventricular response" were drawn for 60-bpm records, and templates named 2:1 conduction at
-    random. Such reports are still drawn where the record bears them out."""
+def test_reports_state_only_what_the_record_bears_out(tmp_path):
+    """The ventricular-response rate, flutter conduction and QRS voltage a report states agree with its record:
+    PTB-XL's AF reports "with rapid ventricular response" or "low limb lead voltage" were drawn for 60-bpm records
+    and normal voltages, and templates named 2:1 conduction at random. Such reports are still drawn where the record
+    bears them out."""
+    from train.synthetic.measurements import measure
+
     banks = [syn.ReportBank(use_real=False)]
     if syn.ptbxl_metadata_dir() is not None:
         banks.append(syn.ReportBank(use_real=True))
@@ -316,15 +319,27 @@ def test_reports_state_only_what_the_record_bears_out():
             for i in range(120):
                 rng = np.random.default_rng([i, 15])
                 ecg = syn.synthesize(label, rng)
-                report = bank.draw(label, rng, ecg.info)[0].lower()
+                facts = {**ecg.info, **measure(ecg.signal, ecg.info)}
+                report = bank.draw(label, rng, facts)[0].lower()
                 hr, conduction = ecg.info["hr"], ecg.info["conduction"]
                 for words, holds in (("rapid ventricular", hr > 100), ("controlled ventricular", hr <= 100),
                                      ("2:1 conduction", conduction == "2:1"),
-                                     ("variable conduction", conduction == "variable")):
+                                     ("variable conduction", conduction == "variable"),
+                                     ("low limb lead voltage", facts["limb_qrs_mv"] < 0.5),
+                                     ("upper limit", facts["sokolow_lyon_mv"] >= 3.0)):
                     if words in report:
                         assert holds, (label, round(hr), conduction, report)
                         stated.add(words)
         assert "rapid ventricular" in stated and "2:1 conduction" in stated, stated
+    # the layouts hand the bank the record's measured voltages too: a MIMIC-layout corpus says only what it shows
+    out = syn.write_mimic_layout(tmp_path / "m", 60, seed=4, classes=("AFIB",))
+    with open(out / "machine_measurements.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        report = " ".join(row[f"report_{k}"] for k in range(18)).lower()
+        assert "low limb lead voltage" not in report, report  # the generator draws no low-voltage record
+        if "rapid ventricular" in report:
+            assert 60000 / float(row["rr_interval"]) > 90, (row["rr_interval"], report)
     # a record whose facts are unknown gets no statement that needs them, and no made-up rate
     for i in range(40):
         report = syn.template_report("AFIB" if i % 2 else "NORM", np.random.default_rng(i), {})

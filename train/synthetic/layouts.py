@@ -22,7 +22,7 @@ from dbeta.processing_dbeta import MIMIC_LEADS, STANDARD_LEADS
 from . import reports
 from .cardiac import synthesize
 from .classes import CLASS_SPECS, check_classes
-from .measurements import MEASUREMENT_DETAILS, measurement_statement
+from .measurements import MEASUREMENT_DETAILS, measure, measurement_statement
 from .reports import ReportBank, ectopy_statement, join_sentences
 from .wfdb_writer import to_adc, write_wfdb
 
@@ -249,7 +249,7 @@ def _write_mimic_studies(out: Path, n: int, seed: int, classes: Sequence[str], p
 def _report(bank: ReportBank, label: str, rng: np.random.Generator, ecg, measurements: str) -> Tuple[str, dict, str]:
     """(report, scp_codes, source) of one record: the finding, its premature beats, then (unless `measurements` is
     "none") its measurements in words."""
-    finding, codes, source = bank.draw(label, rng, ecg.info)
+    finding, codes, source = bank.draw(label, rng, {**ecg.info, **measure(ecg.signal, ecg.info)})
     ectopy, ectopy_codes = ectopy_statement(ecg.info)
     measured = "" if measurements == "none" else measurement_statement(ecg.signal, ecg.info, detail=measurements)
     return join_sentences(finding, ectopy, measured), {**codes, **ectopy_codes}, source

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .classes import CLASS_SPECS
+from .measurements import LOW_VOLTAGE_MV, SOKOLOW_LYON_MV
 
 # findings the generator never draws: a borrowed report that mentions one of them would contradict its signal
 _NOT_IN_SIGNAL = re.compile(
@@ -25,16 +26,21 @@ _NOT_IN_SIGNAL = re.compile(
     r"pre-?excitation|atrial tachycardia|junctional|second degree|third degree|complete heart block"
 )
 
-# Statements whose truth depends on the record drawn, each with its check on the record's `info` (as the main
-# generator gives it): a report, borrowed or composed, that makes one is used only on a record that bears it out (a
-# PTB-XL report of AF "with rapid ventricular response" said so of 60-bpm records). A fact `info` lacks supports none.
+# Statements whose truth depends on the record drawn, each with its check on the record's facts (the main generator's
+# `info` and the voltages `measurements.measure` takes from the signal): a report, borrowed or composed, that makes
+# one is used only on a record that bears it out (PTB-XL reports of AF "with rapid ventricular response" or "low limb
+# lead voltage" were said of 60-bpm records and of normal voltages). A fact the caller does not know supports none.
 _RECORD_CLAIMS = (
-    (re.compile(r"rapid ventricular (?:response|rate)"), lambda info: info["hr"] > 100),
-    (re.compile(r"slow ventricular (?:response|rate)"), lambda info: info["hr"] < 60),
-    (re.compile(r"controlled ventricular (?:response|rate)"), lambda info: info["hr"] <= 100),
-    (re.compile(r"2:1 conduction"), lambda info: info["conduction"] == "2:1"),
-    (re.compile(r"4:1 conduction"), lambda info: info["conduction"] == "4:1"),
-    (re.compile(r"variable conduction"), lambda info: info["conduction"] == "variable"),
+    (re.compile(r"rapid ventricular (?:response|rate)"), lambda facts: facts["hr"] > 100),
+    (re.compile(r"slow ventricular (?:response|rate)"), lambda facts: facts["hr"] < 60),
+    (re.compile(r"controlled ventricular (?:response|rate)"), lambda facts: facts["hr"] <= 100),
+    (re.compile(r"2:1 conduction"), lambda facts: facts["conduction"] == "2:1"),
+    (re.compile(r"4:1 conduction"), lambda facts: facts["conduction"] == "4:1"),
+    (re.compile(r"variable conduction"), lambda facts: facts["conduction"] == "variable"),
+    (re.compile(r"low (?:limb lead )?voltage"), lambda facts: facts["limb_qrs_mv"] < LOW_VOLTAGE_MV),
+    # "at the upper limit", "high ... probably normal": near the LVH criterion, within half a millivolt of it
+    (re.compile(r"upper limit|high (?:v lead|qrs) voltage"),
+     lambda facts: facts["sokolow_lyon_mv"] >= SOKOLOW_LYON_MV - 0.5),
 )
 
 _GERMAN_OR_SWEDISH = re.compile(
@@ -157,19 +163,19 @@ _TEMPLATES = {
 
 
 def makes_record_claim(report: str) -> bool:
-    """Whether `report` says something (rate of the ventricular response, flutter conduction) only some records of
-    its class bear out."""
+    """Whether `report` says something (rate of the ventricular response, flutter conduction, QRS voltage) only some
+    records of its class bear out."""
     low = report.lower()
     return any(claim.search(low) for claim, _ in _RECORD_CLAIMS)
 
 
-def supported_by(report: str, info: dict) -> bool:
-    """Whether the record `info` describes bears out every record-dependent statement of `report`."""
+def supported_by(report: str, facts: dict) -> bool:
+    """Whether the record `facts` describes bears out every record-dependent statement of `report`."""
     low = report.lower()
     for claim, holds in _RECORD_CLAIMS:
         if claim.search(low):
             try:
-                if not holds(info):
+                if not holds(facts):
                     return False
             except (KeyError, TypeError):  # the fact is not known: the statement is not supported
                 return False
@@ -206,8 +212,9 @@ class ReportBank:
                           for c, pool in self.pools.items()}
 
     def draw(self, label: str, rng: np.random.Generator, info: Optional[dict] = None) -> Tuple[str, Dict[str, float], str]:
-        """(report, scp_codes, source) for a record of class `label`: a borrowed report among those the record
-        (`info`) bears out, else a template."""
+        """(report, scp_codes, source) for a record of class `label`: a borrowed report among those the record bears
+        out, else a template. `info`: the record's facts (the generator's `info`, with `measurements.measure`'s
+        voltages for statements about them)."""
         pool = self.pools.get(label) or []
         claiming = self._claiming.get(label)
         if claiming:
