@@ -304,33 +304,43 @@ def test_report_bank_real_and_template():
 
 
 def test_reports_state_only_what_the_record_bears_out(tmp_path):
-    """The ventricular-response rate, flutter conduction and QRS voltage a report states agree with its record:
-    PTB-XL's AF reports "with rapid ventricular response" or "low limb lead voltage" were drawn for 60-bpm records
-    and normal voltages, and templates named 2:1 conduction at random. Such reports are still drawn where the record
-    bears them out."""
+    """What a report states of its record (rate of the ventricular response, regularity, flutter conduction, PR,
+    axis, QRS voltage) agrees with the record: PTB-XL's AF reports "with rapid ventricular response" or "low limb
+    lead voltage" were drawn for 60-bpm records and normal voltages, 1AVB's "pr interval 0.24 seconds" for PRs up to
+    340 ms, LVH's "voltages are high in chest leads" for normal voltages, and templates named 2:1 conduction at
+    random. Such reports are still drawn where the record bears them out."""
     from train.synthetic.measurements import measure
 
+    checks = (  # words -> does the record (facts) bear them out
+        ("rapid ventricular", lambda f: f["rate_bpm"] > 100),
+        ("controlled ventricular", lambda f: f["rate_bpm"] <= 100),
+        ("irregular rhythm", lambda f: f["rr_cv"] >= 0.12),
+        ("2:1 conduction", lambda f: f["conduction"] == "2:1"),
+        ("variable conduction", lambda f: f["conduction"] == "variable"),
+        ("pr interval 0.24 seconds", lambda f: abs(f["pr_ms"] - 240) <= 20),
+        ("pr interval of 0.21 seconds", lambda f: abs(f["pr_ms"] - 210) <= 20),
+        ("leftward axis", lambda f: f["qrs_axis"] <= 30), ("rightward axis", lambda f: f["qrs_axis"] >= 60),
+        ("low limb lead voltage", lambda f: f["limb_qrs_mv"] < 0.5),
+        ("upper limit", lambda f: f["sokolow_lyon_mv"] >= 3.0),
+        ("high in chest leads", lambda f: f["sokolow_lyon_mv"] >= 3.5),
+        ("high in limb leads", lambda f: f["r_avl_mv"] >= 1.1 or f["r_i_s_iii_mv"] >= 2.5),
+    )
     banks = [syn.ReportBank(use_real=False)]
     if syn.ptbxl_metadata_dir() is not None:
         banks.append(syn.ReportBank(use_real=True))
     for bank in banks:
         stated = set()
-        for label in ("AFIB", "AFLT"):
-            for i in range(120):
+        for label in ("AFIB", "AFLT", "1AVB", "LVH", "SBRAD", "CRBBB"):
+            for i in range(80):
                 rng = np.random.default_rng([i, 15])
                 ecg = syn.synthesize(label, rng)
                 facts = {**ecg.info, **measure(ecg.signal, ecg.info)}
                 report = bank.draw(label, rng, facts)[0].lower()
-                hr, conduction = ecg.info["hr"], ecg.info["conduction"]
-                for words, holds in (("rapid ventricular", hr > 100), ("controlled ventricular", hr <= 100),
-                                     ("2:1 conduction", conduction == "2:1"),
-                                     ("variable conduction", conduction == "variable"),
-                                     ("low limb lead voltage", facts["limb_qrs_mv"] < 0.5),
-                                     ("upper limit", facts["sokolow_lyon_mv"] >= 3.0)):
+                for words, holds in checks:
                     if words in report:
-                        assert holds, (label, round(hr), conduction, report)
+                        assert holds(facts), (label, words, report)
                         stated.add(words)
-        assert "rapid ventricular" in stated and "2:1 conduction" in stated, stated
+        assert {"rapid ventricular", "2:1 conduction", "high in chest leads"} <= stated, stated
     # the layouts hand the bank the record's measured voltages too: a MIMIC-layout corpus says only what it shows
     out = syn.write_mimic_layout(tmp_path / "m", 60, seed=4, classes=("AFIB",))
     with open(out / "machine_measurements.csv", newline="") as f:

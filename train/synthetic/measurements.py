@@ -15,14 +15,17 @@ from typing import Dict
 import numpy as np
 
 SOKOLOW_LYON_MV = 3.5  # S(V1) + max(R(V5), R(V6)) at or above this: voltage criteria of left ventricular hypertrophy
+LIMB_LVH_AVL_MV = 1.1  # R in aVL at or above this, or
+LIMB_LVH_I_III_MV = 2.5  # R in I + S in III at or above this: limb-lead voltage criteria of LVH (Gubner-Ungerleider)
 LOW_VOLTAGE_MV = 0.5  # the largest limb-lead QRS peak-to-peak below this: low voltage
 IRREGULAR_RR_CV = 0.12  # coefficient of variation of the RR intervals between conducted beats
-_V1, _V5, _V6 = 6, 10, 11  # rows in STANDARD_LEADS order
+_I, _III, _AVL, _V1, _V5, _V6 = 0, 2, 4, 6, 10, 11  # rows in STANDARD_LEADS order
 MEASUREMENT_DETAILS = ("none", "abnormal", "all")  # what the layouts' `measurements` option may ask for
 
 
 def measure(signal: np.ndarray, info: dict, sampling_rate: int = 500) -> Dict[str, float]:
-    """Rate, RR variation, Sokolow-Lyon voltage and the largest limb-lead QRS amplitude of one record."""
+    """Rate, RR variation, Sokolow-Lyon voltage, the limb-lead LVH voltages and the largest limb-lead QRS amplitude
+    of one record."""
     x = signal - np.median(signal, axis=1, keepdims=True)  # the isoelectric line is the commonest level
     beats = np.asarray(info["beat_times"], dtype=np.float64)
     # the premature beats' times are entries of beat_times itself, so exact comparison finds them
@@ -43,6 +46,8 @@ def measure(signal: np.ndarray, info: dict, sampling_rate: int = 500) -> Dict[st
         "rate_bpm": 60.0 / float(np.mean(np.diff(beats))),
         "rr_cv": float(np.std(rr) / np.mean(rr)) if len(rr) > 1 else 0.0,
         "sokolow_lyon_mv": float(s[_V1] + max(r[_V5], r[_V6])),
+        "r_avl_mv": float(r[_AVL]),
+        "r_i_s_iii_mv": float(r[_I] + s[_III]),
         "limb_qrs_mv": float(np.max((r + s)[:6])),
     }
 

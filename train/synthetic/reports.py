@@ -17,31 +17,50 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .classes import CLASS_SPECS
-from .measurements import LOW_VOLTAGE_MV, SOKOLOW_LYON_MV
+from .measurements import (IRREGULAR_RR_CV, LIMB_LVH_AVL_MV, LIMB_LVH_I_III_MV, LOW_VOLTAGE_MV,
+                           SOKOLOW_LYON_MV)
 
 # findings the generator never draws: a borrowed report that mentions one of them would contradict its signal
 _NOT_IN_SIGNAL = re.compile(
     r"incomplete|premature|aberrant|ectopic|extrasystol|pacemaker|paced|infarct|q waves|qs complex|"
     r"artifact|fascicular|hemiblock|intraventricular|axis deviation|compared with|digitalis|qt\b|wpw|"
-    r"pre-?excitation|atrial tachycardia|junctional|second degree|third degree|complete heart block"
+    r"pre-?excitation|atrial tachycardia|junctional|second degree|third degree|complete heart block|rose to"
 )
 
 # Statements whose truth depends on the record drawn, each with its check on the record's facts (the main generator's
-# `info` and the voltages `measurements.measure` takes from the signal): a report, borrowed or composed, that makes
-# one is used only on a record that bears it out (PTB-XL reports of AF "with rapid ventricular response" or "low limb
-# lead voltage" were said of 60-bpm records and of normal voltages). A fact the caller does not know supports none.
+# `info` and what `measurements.measure` takes from the signal, whose rate and RR variation the measurement sentences
+# use too): a report, borrowed or composed, that makes one is used only on a record that bears it out (PTB-XL reports
+# of AF "with rapid ventricular response" or "low limb lead voltage" were said of 60-bpm records and of normal
+# voltages, "pr interval 0.24 seconds" of PRs from 220 to 340 ms). A fact the caller does not know supports none.
+def _lvh_chest(facts) -> bool:
+    return facts["sokolow_lyon_mv"] >= SOKOLOW_LYON_MV
+
+
+def _lvh_limb(facts) -> bool:
+    return facts["r_avl_mv"] >= LIMB_LVH_AVL_MV or facts["r_i_s_iii_mv"] >= LIMB_LVH_I_III_MV
+
+
 _RECORD_CLAIMS = (
-    (re.compile(r"rapid ventricular (?:response|rate)"), lambda facts: facts["hr"] > 100),
-    (re.compile(r"slow ventricular (?:response|rate)"), lambda facts: facts["hr"] < 60),
-    (re.compile(r"controlled ventricular (?:response|rate)"), lambda facts: facts["hr"] <= 100),
-    (re.compile(r"2:1 conduction"), lambda facts: facts["conduction"] == "2:1"),
-    (re.compile(r"4:1 conduction"), lambda facts: facts["conduction"] == "4:1"),
-    (re.compile(r"variable conduction"), lambda facts: facts["conduction"] == "variable"),
-    (re.compile(r"low (?:limb lead )?voltage"), lambda facts: facts["limb_qrs_mv"] < LOW_VOLTAGE_MV),
-    # "at the upper limit", "high ... probably normal": near the LVH criterion, within half a millivolt of it
-    (re.compile(r"upper limit|high (?:v lead|qrs) voltage"),
-     lambda facts: facts["sokolow_lyon_mv"] >= SOKOLOW_LYON_MV - 0.5),
+    (r"rapid ventricular (?:response|rate)", lambda f, m: f["rate_bpm"] > 100),
+    (r"slow ventricular (?:response|rate)", lambda f, m: f["rate_bpm"] < 60),
+    (r"controlled ventricular (?:response|rate)", lambda f, m: f["rate_bpm"] <= 100),
+    (r"marked (?:sinus )?bradycardia", lambda f, m: f["rate_bpm"] < 50),
+    (r"irregular rhythm", lambda f, m: f["rr_cv"] >= IRREGULAR_RR_CV),
+    (r"(\d):1 conduction", lambda f, m: f["conduction"] == m.group(0).split()[0]),
+    (r"variable conduction", lambda f, m: f["conduction"] == "variable"),
+    (r"pr interval (?:of )?(\d\.\d+) seconds", lambda f, m: abs(1000 * float(m.group(1)) - f["pr_ms"]) <= 20),
+    (r"\bleftward axis", lambda f, m: f["qrs_axis"] <= 30),
+    (r"\brightward axis", lambda f, m: f["qrs_axis"] >= 60),
+    (r"low (?:limb lead )?voltage", lambda f, m: f["limb_qrs_mv"] < LOW_VOLTAGE_MV),
+    # near the criterion ("at the upper limit", "high ... probably normal for age", "borderline"): within 0.5 mV
+    (r"upper limit|high (?:v lead|qrs) voltage|borderline precordial voltage",
+     lambda f, m: f["sokolow_lyon_mv"] >= SOKOLOW_LYON_MV - 0.5),
+    (r"high in chest leads|criteria .{0,30}chest leads|(?<!borderline )precordial voltages|voltages in precordial"
+     r"|r wave height in v6", lambda f, m: _lvh_chest(f)),
+    (r"high in limb leads", lambda f, m: _lvh_limb(f)),
+    (r"voltages? (?:of|suggest)|voltage criteria of|amplitude criteria", lambda f, m: _lvh_chest(f) or _lvh_limb(f)),
 )
+_RECORD_CLAIMS = tuple((re.compile(pattern), holds) for pattern, holds in _RECORD_CLAIMS)
 
 _GERMAN_OR_SWEDISH = re.compile(
     r"sinusrhythmus|sinusrytm|lagetyp|linkstyp|steiltyp|rechtstyp|normales|ekg\b|vorhof|schenkelblock|infarkt|"
@@ -163,8 +182,8 @@ _TEMPLATES = {
 
 
 def makes_record_claim(report: str) -> bool:
-    """Whether `report` says something (rate of the ventricular response, flutter conduction, QRS voltage) only some
-    records of its class bear out."""
+    """Whether `report` says something (rate, regularity, conduction, PR, axis, QRS voltage) only some records of its
+    class bear out."""
     low = report.lower()
     return any(claim.search(low) for claim, _ in _RECORD_CLAIMS)
 
@@ -173,9 +192,9 @@ def supported_by(report: str, facts: dict) -> bool:
     """Whether the record `facts` describes bears out every record-dependent statement of `report`."""
     low = report.lower()
     for claim, holds in _RECORD_CLAIMS:
-        if claim.search(low):
+        for match in claim.finditer(low):
             try:
-                if not holds(facts):
+                if not holds(facts, match):
                     return False
             except (KeyError, TypeError):  # the fact is not known: the statement is not supported
                 return False
@@ -213,8 +232,8 @@ class ReportBank:
 
     def draw(self, label: str, rng: np.random.Generator, info: Optional[dict] = None) -> Tuple[str, Dict[str, float], str]:
         """(report, scp_codes, source) for a record of class `label`: a borrowed report among those the record bears
-        out, else a template. `info`: the record's facts (the generator's `info`, with `measurements.measure`'s
-        voltages for statements about them)."""
+        out, else a template. `info`: the record's facts (the generator's `info` with `measurements.measure`'s rate,
+        RR variation and voltages; a statement about a fact it lacks is not drawn)."""
         pool = self.pools.get(label) or []
         claiming = self._claiming.get(label)
         if claiming:
