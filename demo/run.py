@@ -48,7 +48,7 @@ INDEPENDENT_CLASSES = ("NORM", "SBRAD", "STACH", "AFIB")  # the rhythm classes t
 DEFAULT_STEPS = 1200  # pretraining steps of `make demo` (and of each demo.ablation run)
 # train.synthetic.measurements.MEASUREMENT_DETAILS, spelt out so `--help` imports no torch (a test keeps them equal)
 MEASUREMENT_CHOICES = ("none", "abnormal", "all")
-DEMO_LAYOUT = 7  # bumped when the steps or their data change: outputs of an older demo are not mixed in
+DEMO_LAYOUT = 9  # bumped when the steps or their data change: outputs of an older demo are not mixed in
 
 
 def banner(text: str) -> None:
