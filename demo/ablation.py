@@ -2,7 +2,7 @@
 seed, each export evaluated the same way (zero-shot PTB-XL rhythm and sub, linear probe sub at 10% of the
 training labels, ECG->report retrieval and MEM against its baselines on the held-out MIMIC-layout split).
 
-    python -m demo.ablation [--out demo/out] [--steps 1200] [--seeds 42 43] [--jobs 2] [--only "ETS alone" ...]
+    python -m demo.ablation [--out demo/out] [--steps 2000] [--seeds 42 43] [--jobs 2] [--only "ETS alone" ...]
 
 Needs the demo's data (run `make demo`, or `python -m demo.run`, first). Objectives are switched on at the
 paper's weight (1) and off at 0, everything else as train/configs/small_cpu.yaml. Runs land in

@@ -21,7 +21,7 @@ a step whose output exists is reused on the next run):
 Every figure printed is written to demo/out/results.json. The ECG signals are SYNTHETIC: the numbers show that
 the code paths work end to end, not how D-BETA performs on real ECGs.
 
-    python -m demo.run [--out demo/out] [--steps 1200] [--n-downstream 3000] [--measurements none] [--fresh]
+    python -m demo.run [--out demo/out] [--steps 2000] [--n-downstream 3000] [--measurements none] [--fresh]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ BASELINE = "random weights"
 UNSEEN = "LVH"  # drawn by the generator but never put in the pretraining corpus; scored in the sub-class task
 UNSEEN_RHYTHM = "AFLT"  # a second one, atrial flutter, scored in the rhythm task
 INDEPENDENT_CLASSES = ("NORM", "SBRAD", "STACH", "AFIB")  # the rhythm classes the pretraining corpus also has
-DEFAULT_STEPS = 1200  # pretraining steps of `make demo` (and of each demo.ablation run)
+DEFAULT_STEPS = 2000  # pretraining steps of `make demo` (and of each demo.ablation run)
 # train.synthetic.measurements.MEASUREMENT_DETAILS, spelt out so `--help` imports no torch (a test keeps them equal)
 MEASUREMENT_CHOICES = ("none", "abnormal", "all")
 DEMO_LAYOUT = 9  # bumped when the steps or their data change: outputs of an older demo are not mixed in
