@@ -237,6 +237,15 @@ def _register_geometry(module: nn.Module, fields: dict) -> None:
     module.register_buffer("geometry", torch.tensor(list(fields.values()), dtype=torch.int64))
 
 
+class DBetaRecord(nn.Module):
+    """Nothing but a `geometry` buffer: settings of a part whose modules are not this package's (the text encoder
+    is a transformers model) recorded in the weights beside it."""
+
+    def __init__(self, fields: dict):
+        super().__init__()
+        _register_geometry(self, fields)
+
+
 def _eps_code(eps) -> int:
     """A layer-norm epsilon as a `geometry` integer: round(1000 x log10), 1e-12 -> -12000."""
     return round(1000 * math.log10(eps)) if isinstance(eps, (int, float)) and eps > 0 else 0
@@ -245,6 +254,15 @@ def _eps_code(eps) -> int:
 def _name_code(name) -> int:
     """A setting given by name (an activation) as a `geometry` integer: the CRC-32 of the name."""
     return zlib.crc32(str(name).encode())
+
+
+def _name_from_code(code: int) -> str:
+    """The name behind a `_name_code` when it is a model type or an activation transformers knows (for messages)."""
+    from transformers import CONFIG_MAPPING
+    from transformers.activations import ACT2FN
+
+    return next((repr(name) for name in (*CONFIG_MAPPING.keys(), *ACT2FN.keys()) if _name_code(name) == code),
+                str(code))
 
 
 def _text_geometry(text_config) -> dict:
@@ -656,7 +674,9 @@ class DBetaPreTrainedModel(PreTrainedModel):
                 continue
             for (field, configured), trained in zip(fields.items(), module.geometry.tolist()):
                 if configured != trained:
-                    wrong.append(f"{field}: config.json has {configured}, the weights were trained with {trained}")
+                    show = _name_from_code if "CRC-32" in field else str
+                    wrong.append(f"{field}: config.json has {show(configured)}, the weights were trained with "
+                                 f"{show(trained)}")
         return wrong
 
     def untrained_heads(self) -> list:
@@ -844,6 +864,11 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
         self.text_model = _build_text_encoder(config.text_config)
         self.text_projection = nn.Linear(config.text_hidden_size, d)
         _register_geometry(self.text_projection, _text_geometry(config.text_config))
+        # BERT, RoBERTa and their kin name their weights alike, so a config.json edited from one type to another
+        # would load the same tensors into another computation (RoBERTa offsets its positions): the type is kept
+        self.text_encoder_type = DBetaRecord({
+            "text_config.model_type (as the CRC-32 of its name)": _name_code(config.text_config.model_type),
+        })
         self.text_pooler = DBetaPooler(d)
         # which token(s) the pooler reads changes the text feature but no weight: recorded as an index
         _register_geometry(self.text_pooler, {
@@ -1327,8 +1352,8 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
     """
 
     _keys_to_ignore_on_load_unexpected = [
-        r"^text_model\.", r"^text_projection\.", r"^text_pooler\.", r"^modality_type_embeddings\.",
-        r"^fusion\.", r"^fused_", r"^mem_head\.", r"^mlm_head\.", r"^etm_head\.", r"^logit_",
+        r"^text_model\.", r"^text_projection\.", r"^text_pooler\.", r"^text_encoder_type\.",
+        r"^modality_type_embeddings\.", r"^fusion\.", r"^fused_", r"^mem_head\.", r"^mlm_head\.", r"^etm_head\.", r"^logit_",
     ]
     _new_heads = ("classifier",)
     _pipelines = CLASSIFICATION_PIPELINES

@@ -110,6 +110,18 @@ def test_an_edit_that_changes_no_weight_shape_but_the_output_is_refused(section,
         DBetaModel.from_pretrained(tmp_path)
 
 
+def test_a_text_model_type_edited_to_a_sibling_with_the_same_weight_names_is_refused(tmp_path):
+    """A BERT export whose text_config.model_type was edited to "roberta" loaded every tensor into RobertaModel
+    without a word and moved the text features by 0.03 (RoBERTa offsets its positions): the type is recorded."""
+    DBetaModel(tiny_config(tiny_bert_text_config(100))).save_pretrained(tmp_path)
+    edited = json.loads((tmp_path / "config.json").read_text())
+    edited["text_config"]["model_type"] = "roberta"
+    (tmp_path / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=r"text_config\.model_type .*config\.json has 'roberta', the weights were "
+                                         r"trained with 'bert'"):
+        DBetaModel.from_pretrained(tmp_path)
+
+
 def test_model_outputs_and_feature_shapes(config, tokenizer):
     model = DBetaModel(config).eval()
     ecg = ecg_batch(3)
