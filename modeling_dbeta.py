@@ -1353,7 +1353,8 @@ class DBetaForECGClassification(_ECGPathMixin, DBetaPreTrainedModel):
 
     _keys_to_ignore_on_load_unexpected = [
         r"^text_model\.", r"^text_projection\.", r"^text_pooler\.", r"^text_encoder_type\.",
-        r"^modality_type_embeddings\.", r"^fusion\.", r"^fused_", r"^mem_head\.", r"^mlm_head\.", r"^etm_head\.", r"^logit_",
+        r"^modality_type_embeddings\.", r"^fusion\.", r"^fused_", r"^mem_head\.", r"^mlm_head\.", r"^etm_head\.",
+        r"^logit_",
     ]
     _new_heads = ("classifier",)
     _pipelines = CLASSIFICATION_PIPELINES
