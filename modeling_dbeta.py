@@ -251,6 +251,9 @@ def _eps_code(eps) -> int:
     return round(1000 * math.log10(eps)) if isinstance(eps, (int, float)) and eps > 0 else 0
 
 
+_BY_NAME = " (as the CRC-32 of its name)"  # ends a `geometry` field stored by `_name_code`
+
+
 def _name_code(name) -> int:
     """A setting given by name (an activation) as a `geometry` integer: the CRC-32 of the name."""
     return zlib.crc32(str(name).encode())
@@ -271,7 +274,7 @@ def _text_geometry(text_config) -> dict:
     fields = {"text_config.num_attention_heads": text_config.num_attention_heads}
     for key in ("hidden_act", "dense_act_fn"):
         if isinstance(getattr(text_config, key, None), str):
-            fields[f"text_config.{key} (as the CRC-32 of its name)"] = _name_code(getattr(text_config, key))
+            fields[f"text_config.{key}{_BY_NAME}"] = _name_code(getattr(text_config, key))
     for key in ("layer_norm_eps", "layer_norm_epsilon"):
         if isinstance(getattr(text_config, key, None), (int, float)):
             fields[f"text_config.{key} (as round(1000 x log10))"] = _eps_code(getattr(text_config, key))
@@ -674,7 +677,7 @@ class DBetaPreTrainedModel(PreTrainedModel):
                 continue
             for (field, configured), trained in zip(fields.items(), module.geometry.tolist()):
                 if configured != trained:
-                    show = _name_from_code if "CRC-32" in field else str
+                    show = _name_from_code if field.endswith(_BY_NAME) else str
                     wrong.append(f"{field}: config.json has {show(configured)}, the weights were trained with "
                                  f"{show(trained)}")
         return wrong
@@ -867,7 +870,7 @@ class DBetaModel(_ECGPathMixin, DBetaPreTrainedModel):
         # BERT, RoBERTa and their kin name their weights alike, so a config.json edited from one type to another
         # would load the same tensors into another computation (RoBERTa offsets its positions): the type is kept
         self.text_encoder_type = DBetaRecord({
-            "text_config.model_type (as the CRC-32 of its name)": _name_code(config.text_config.model_type),
+            f"text_config.model_type{_BY_NAME}": _name_code(config.text_config.model_type),
         })
         self.text_pooler = DBetaPooler(d)
         # which token(s) the pooler reads changes the text feature but no weight: recorded as an index
